@@ -1,0 +1,3 @@
+"""ciartfs: CI build artifacts as a read-only FUSE filesystem."""
+
+__version__ = "0.1.0"

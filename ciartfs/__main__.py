@@ -1,0 +1,3 @@
+from ciartfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,291 @@
+"""Command line: `ciartfs mount`, `ciartfs unmount`, `ciartfs demo`.
+
+Background mode re-executes this program in the foreground as a new session with a pipe
+(`--ready-fd`) on which the child reports "ok" once the kernel has the mount, or one error
+line. The parent then checks that the mount answers before it exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import logging
+import os
+import re
+import select
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ciartfs import __version__
+from ciartfs.config import OPTIONS, ConfigError, Settings, load_settings
+
+log = logging.getLogger("ciartfs")
+
+READY_TIMEOUT = 60.0
+DEMO_TOKEN = "demo-token"
+
+
+class UsageError(Exception):
+    """A one-line reason the command cannot run."""
+
+
+# -- logging -------------------------------------------------------------------------------------
+
+class RedactingFormatter(logging.Formatter):
+    """Replaces every secret in the finished line, tracebacks included."""
+
+    def __init__(self, fmt: str, secrets: list[str]) -> None:
+        super().__init__(fmt)
+        self._secrets = [s for s in secrets if s]
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def setup_logging(settings: Settings, *, to_stderr: bool) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG if settings.verbose else logging.INFO)
+    formatter = RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", settings.secrets())
+    handlers: list[logging.Handler] = []
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(settings.log_file))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    # httpx logs every URL at INFO (presigned URLs carry signatures); pyfuse3 logs each worker.
+    for noisy in ("httpx", "httpcore", "hpack", "pyfuse3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- mount point checks --------------------------------------------------------------------------
+
+def _unescape_mount_path(text: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def is_mounted(path: str) -> bool:
+    """True if `path` is a mount point, also when it is a dead FUSE mount (ENOTCONN)."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape_mount_path(fields[4]) == target:
+                    return True
+    except OSError:
+        return os.path.ismount(path)
+    return False
+
+
+def check_mountpoint(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"mountpoint {path} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise UsageError(f"{path} is a stale mount (its ciartfs process is gone); run 'ciartfs unmount {path}' first") from None
+        raise UsageError(f"mountpoint {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"mountpoint {path} is not a directory")
+    if is_mounted(path):
+        raise UsageError(f"mountpoint {path} is busy: something is already mounted there")
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError as e:
+        raise UsageError(f"/dev/fuse is not usable ({e.strerror}); is the fuse3 package installed and FUSE allowed here?") from None
+    os.close(fd)
+    if shutil.which("fusermount3") is None and os.geteuid() != 0:
+        raise UsageError("fusermount3 is missing; install the fuse3 package")
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {o.key: getattr(args, o.key, None) for o in OPTIONS}
+    config = Path(args.config) if args.config else None
+    return load_settings(flags, config_path=config)
+
+
+def _report_ready(fd: int | None, message: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, message.encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _run_foreground(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
+    import ciartfs.mount as mount  # pyfuse3 is imported only by commands that mount
+
+    setup_logging(settings, to_stderr=args.ready_fd is None)
+    fake = None
+    demo_cache = None
+    try:
+        if demo:
+            from ciartfs.fakeserver import FakeCI, demo_dataset
+
+            fake = FakeCI(tokens={DEMO_TOKEN})
+            demo_dataset(fake)
+            fake.start()
+            demo_cache = tempfile.mkdtemp(prefix="ciartfs-demo-cache-")
+            settings = dataclasses.replace(settings, circleci_host=fake.api_url, circleci_token=DEMO_TOKEN,
+                                           cache_dir=Path(demo_cache))
+            log.info("demo: fake CircleCI at %s", fake.api_url)
+        ready = lambda: _report_ready(args.ready_fd, "ok")  # noqa: E731
+        try:
+            mount.serve(settings, args.mountpoint, on_ready=ready)
+        except RuntimeError as e:  # pyfuse3.init failing to mount
+            message = f"cannot mount {args.mountpoint}: {e}"
+            _report_ready(args.ready_fd, "error: " + message)
+            log.error("%s", message)
+            return 1
+    finally:
+        if fake is not None:
+            fake.stop()
+        if demo_cache is not None:
+            shutil.rmtree(demo_cache, ignore_errors=True)
+    return 0
+
+
+def _run_background(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
+    log_file = settings.log_file or (settings.cache_dir / "ciartfs.log")
+    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "ciartfs", *argv, "--foreground", "--ready-fd", str(write_fd),
+           "--log-file", str(log_file)]
+    with open(log_file, "ab") as err:
+        proc = subprocess.Popen(cmd, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+    os.close(write_fd)
+    message = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    with os.fdopen(read_fd, "rb") as pipe:
+        while not message.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
+                proc.terminate()
+                raise UsageError(f"the mount did not come up within {READY_TIMEOUT:.0f}s; see {log_file}")
+            chunk = os.read(pipe.fileno(), 4096)
+            if not chunk:
+                break
+            message += chunk
+    text = message.decode(errors="replace").strip()
+    if text != "ok":
+        proc.wait(timeout=10)
+        raise UsageError(text.removeprefix("error: ") or f"the mount process exited with {proc.returncode}; see {log_file}")
+    try:
+        os.stat(args.mountpoint)  # answered by the new mount: it is serving
+    except OSError as e:
+        raise UsageError(f"mounted {args.mountpoint} but it does not answer: {e.strerror}") from None
+    print(f"ciartfs: mounted {args.mountpoint} (pid {proc.pid}, log {log_file})")
+    return 0
+
+
+def cmd_mount(args: argparse.Namespace, argv: list[str], *, demo: bool = False) -> int:
+    settings = _settings(args)
+    if demo:
+        os.makedirs(args.mountpoint, exist_ok=True)
+    check_mountpoint(args.mountpoint)
+    if args.foreground:
+        return _run_foreground(args, settings, demo=demo)
+    code = _run_background(args, settings, argv)
+    if demo and code == 0:
+        mp = args.mountpoint
+        print(f"Try:\n  ls -l {mp}/github/acme/api/\n  ls -R {mp}/github/acme/api/latest/\n"
+              f"  grep -rl FAILED {mp}/github/acme/api/latest/\n  sha256sum {mp}/github/acme/api/latest/0/dist/app.tar.gz\n"
+              f"Stop it with: ciartfs unmount {mp}")
+    return code
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    path = args.mountpoint
+    if not is_mounted(path):
+        raise UsageError(f"{path} is not mounted")
+    stale = False
+    try:
+        os.stat(path)
+    except OSError as e:
+        stale = e.errno == errno.ENOTCONN
+    fusermount = shutil.which("fusermount3") or "fusermount3"
+    cmd = [fusermount, "-u"] + (["-z"] if args.lazy or stale else []) + [path]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        line = (result.stderr.strip().splitlines() or [f"{fusermount} failed"])[-1]
+        hint = "; close what uses it, or use --lazy" if "busy" in line.lower() else ""
+        raise UsageError(line + hint)
+    return 0
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground; SIGINT/SIGTERM unmount")
+    p.add_argument("--config", metavar="PATH", help="config file (default ~/.config/ciartfs/config.toml)")
+    for opt in OPTIONS:
+        flag = "--" + opt.key.replace("_", "-")
+        env = f" [${opt.env}]" if opt.env else ""
+        if opt.key == "verbose":
+            p.add_argument("-v", flag, dest=opt.key, action="store_const", const=True, default=None, help=opt.help + env)
+        else:
+            p.add_argument(flag, dest=opt.key, metavar=opt.key.split("_")[-1].upper(), default=None, help=opt.help + env)
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ciartfs",
+        description="Mount CI build artifacts as a read-only filesystem.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  ciartfs mount ~/ci && ls ~/ci/github/acme/api/latest/0/\n"
+               "  ciartfs demo /tmp/ci       # a local fake CircleCI, no account needed\n"
+               "  ciartfs unmount ~/ci",
+    )
+    parser.add_argument("--version", action="version", version=f"ciartfs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("mount", help="mount CircleCI artifacts at MOUNTPOINT",
+                       description="Mount at MOUNTPOINT; returns once the mount answers. "
+                                   "The token comes from $CIRCLE_TOKEN or --circleci-token-file.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_settings(p)
+    p = sub.add_parser("demo", help="start the bundled fake CI server and mount it",
+                       description="Mount a built-in fake CircleCI with example builds at MOUNTPOINT (created if missing).")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_settings(p)
+    p = sub.add_parser("unmount", aliases=["umount"], help="unmount MOUNTPOINT (fusermount3 -u works as well)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("-z", "--lazy", action="store_true", help="detach now even if busy (also used for stale mounts)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args: Any = build_parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return cmd_mount(args, argv)
+        if args.command == "demo":
+            return cmd_mount(args, argv, demo=True)
+        return cmd_unmount(args)
+    except (UsageError, ConfigError) as e:
+        print(f"ciartfs: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,217 @@
+"""Settings: each one a command-line flag, an environment variable and a config-file key.
+
+Precedence: flag > environment > `~/.config/ciartfs/config.toml` > built-in default.
+Secrets never come from a flag value (it would show in `ps`): the CircleCI token is read
+from `CIRCLE_TOKEN` or from a file named by `--circleci-token-file`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ciartfs.errors import ConfigError
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """'256M' -> 268435456. Binary units (K, M, G, T; 'MiB' and 'MB' mean the same)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 4096, 512K, 256M, 10G)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def _parse_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(str(text))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {text!r}")
+    if parts.username or parts.password:
+        raise ValueError("the URL must not carry credentials")
+    return str(text).rstrip("/")
+
+
+def _parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    low = str(text).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _positive_float(text: str | float) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be > 0: {text!r}")
+    return value
+
+
+def _positive_int(text: str | int) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"must be > 0: {text!r}")
+    return value
+
+
+def _path(text: str) -> Path:
+    return Path(os.path.expanduser(str(text)))
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "ciartfs"
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return Path(base) / "ciartfs" / "config.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its config key (also the attribute name), env var and parser."""
+
+    key: str
+    env: str | None
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("circleci_host", "CIRCLECI_HOST", _parse_url, "https://circleci.com",
+           "CircleCI host; the v1.1 API is at URL/api/v1.1"),
+    Option("circleci_token_file", "CIARTFS_CIRCLECI_TOKEN_FILE", _path, None,
+           "file holding the CircleCI API token (else $CIRCLE_TOKEN)"),
+    Option("cache_dir", "CIARTFS_CACHE_DIR", _path, None,
+           "persistent block cache directory (default: $XDG_CACHE_HOME/ciartfs)"),
+    Option("cache_size", "CIARTFS_CACHE_SIZE", parse_size, 10 << 30,
+           "disk cache bound; least recently used blocks are evicted"),
+    Option("memory_cache", "CIARTFS_MEMORY_CACHE", parse_size, 256 << 20,
+           "in-memory block cache bound"),
+    Option("block_size", "CIARTFS_BLOCK_SIZE", parse_size, 1 << 20,
+           "bytes per ranged request and cache block"),
+    Option("recent_builds", "CIARTFS_RECENT_BUILDS", _positive_int, 30,
+           "how many recent builds a project directory lists"),
+    Option("latest_ttl", "CIARTFS_LATEST_TTL", _positive_float, 60.0,
+           "seconds before 'latest' links and mutable listings are re-resolved"),
+    Option("timeout", "CIARTFS_TIMEOUT", _positive_float, 30.0,
+           "seconds one operation may take, retries included, before EIO"),
+    Option("verbose", "CIARTFS_VERBOSE", _parse_bool, False, "log debug detail"),
+    Option("log_file", "CIARTFS_LOG_FILE", _path, None, "append logs to this file"),
+)
+
+OPTIONS_BY_KEY = {o.key: o for o in OPTIONS}
+
+MIN_BLOCK_SIZE = 4 << 10
+MAX_BLOCK_SIZE = 64 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    circleci_host: str = "https://circleci.com"
+    circleci_token: str | None = dataclasses.field(default=None, repr=False)
+    cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
+    cache_size: int = 10 << 30
+    memory_cache: int = 256 << 20
+    block_size: int = 1 << 20
+    recent_builds: int = 30
+    latest_ttl: float = 60.0
+    timeout: float = 30.0
+    verbose: bool = False
+    log_file: Path | None = None
+
+    @property
+    def circleci_api(self) -> str:
+        return self.circleci_host + "/api/v1.1"
+
+    def secrets(self) -> list[str]:
+        """Every credential in force, for log redaction."""
+        return [s for s in (self.circleci_token,) if s]
+
+
+def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file not found: {path}") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    unknown = sorted(set(data) - set(OPTIONS_BY_KEY))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    return data
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read token file {path}: {e.strerror}") from None
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError(f"token file {path} must hold one token on one line")
+    return token
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> Settings:
+    """Merge flags (values None mean 'not given'), environment and config file."""
+    env = os.environ if env is None else env
+    explicit = config_path is not None or bool(env.get("CIARTFS_CONFIG"))
+    path = config_path or Path(env.get("CIARTFS_CONFIG") or default_config_path(env))
+    file_values = _read_config_file(path, explicit)
+
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        for origin, raw in (("flag", flags.get(opt.key)), ("env", env.get(opt.env) if opt.env else None),
+                            ("config", file_values.get(opt.key))):
+            if raw is None:
+                continue
+            where = {"flag": f"--{opt.key.replace('_', '-')}", "env": f"${opt.env}",
+                     "config": f"{path}: {opt.key}"}[origin]
+            try:
+                values[opt.key] = opt.parse(raw)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{where}: {e}") from None
+            break
+        else:
+            values[opt.key] = opt.default
+
+    # The token: a token file given as a flag wins, then $CIRCLE_TOKEN, then a file from env/config.
+    token_file = values.pop("circleci_token_file")
+    token = None
+    if flags.get("circleci_token_file") is not None:
+        token = _read_token_file(token_file)
+    elif env.get("CIRCLE_TOKEN"):
+        token = env["CIRCLE_TOKEN"].strip()
+    elif token_file is not None:
+        token = _read_token_file(token_file)
+
+    if values["cache_dir"] is None:
+        values["cache_dir"] = default_cache_dir()
+    bs = values["block_size"]
+    if not MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE or bs % 4096:
+        raise ConfigError(f"block size must be a multiple of 4K between 4K and 64M, not {bs}")
+    if values["memory_cache"] < 2 * bs:
+        raise ConfigError("memory cache must hold at least two blocks")
+    return Settings(circleci_token=token, **values)

@@ -1,0 +1,225 @@
+"""The FUSE layer: translate kernel requests into calls on the tree and the reader.
+
+No HTTP and no JSON here. Every handler ends in a reply or a `pyfuse3.FUSEError`: our own
+errors map through their `errno`, anything unexpected is logged with its traceback and
+becomes EIO, because any other exception escaping a handler would kill the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from ciartfs.errors import ArtifactExpired, CiartfsError
+from ciartfs.reader import Reader, ReadStream
+from ciartfs.tree import Kind, Node, Tree
+
+log = logging.getLogger(__name__)
+
+# Kernel cache timeouts. What never changes (a completed build) may be cached for a day;
+# what can change (recent builds, `latest`, a running build) only briefly: our own TTLs
+# decide when the API is asked again, this only bounds how stale the kernel's view is.
+IMMUTABLE_TIMEOUT = 86400.0
+MUTABLE_TIMEOUT = 1.0
+# st_blksize is what `cp`, `cat` and stdio use as their buffer size; the kernel's largest
+# buffered read is 128 KiB, so a bigger hint gains nothing.
+PREFERRED_IO_SIZE = 128 << 10
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _edge(handler: F) -> F:
+    """Map every error at the edge: FUSEError passes, CiartfsError -> its errno, the rest EIO."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except CiartfsError as e:
+            # A missing name is routine (shells probe for files); an expired artifact is not.
+            routine = e.errno == errno.ENOENT and not isinstance(e, ArtifactExpired)
+            level = logging.DEBUG if routine else logging.WARNING
+            log.log(level, "%s: %s (%s)", handler.__name__, e, errno.errorcode.get(e.errno, e.errno))
+            raise pyfuse3.FUSEError(e.errno) from None
+        except (trio.Cancelled, KeyboardInterrupt):
+            raise
+        except Exception:
+            log.exception("internal error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _read_only(name: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    handler.__name__ = name
+    return handler
+
+
+class _OpenFile:
+    __slots__ = ("node", "stream")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.stream = ReadStream()
+
+
+class ArtifactFS(pyfuse3.Operations):
+    """Read-only artifacts: files 0444, directories 0555, writes EROFS."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, reader: Reader) -> None:
+        super().__init__()
+        self.tree = tree
+        self.reader = reader
+        self._uid, self._gid = os.getuid(), os.getgid()
+        self._handles = itertools.count(1)
+        self._dirs: dict[int, list[Node]] = {}
+        self._files: dict[int, _OpenFile] = {}
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.inode
+        if node.kind is Kind.DIR:
+            attr.st_mode, attr.st_nlink, attr.st_size = stat.S_IFDIR | 0o555, 2, 0
+        elif node.kind is Kind.LINK:
+            attr.st_mode, attr.st_nlink = stat.S_IFLNK | 0o777, 1
+            attr.st_size = len((node.target or "").encode())
+        else:
+            attr.st_mode, attr.st_nlink = stat.S_IFREG | 0o444, 1
+            attr.st_size = node.size or 0
+        attr.st_blocks = (attr.st_size + 511) // 512
+        attr.st_blksize = PREFERRED_IO_SIZE
+        attr.st_uid, attr.st_gid = self._uid, self._gid
+        ns = int(node.mtime * 1e9)
+        attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = ns
+        timeout = IMMUTABLE_TIMEOUT if node.immutable else MUTABLE_TIMEOUT
+        attr.entry_timeout = attr.attr_timeout = timeout
+        return attr
+
+    # -- names --------------------------------------------------------------------------------
+
+    @_edge
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self.tree.lookup(self.tree.get(parent_inode), os.fsdecode(name))
+        self.tree.remember(node)
+        return self.attributes(node)
+
+    @_edge
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.tree.get(inode)
+        if node.kind is Kind.FILE and node.size is None:
+            assert node.artifact is not None
+            node.size = await self.reader.size(node.artifact)
+        return self.attributes(node)
+
+    @_edge
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.tree.get(inode)
+        if node.kind is not Kind.LINK or node.target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            self.tree.forget(inode, count)
+
+    # -- directories --------------------------------------------------------------------------
+
+    @_edge
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        # The listing is taken once per open, so offsets stay valid across readdir calls.
+        children = await self.tree.list(self.tree.get(inode))
+        fh = next(self._handles)
+        self._dirs[fh] = children
+        return fh
+
+    @_edge
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        children = self._dirs.get(fh)
+        if children is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        for index in range(start_id, len(children)):
+            child = children[index]
+            if not pyfuse3.readdir_reply(token, os.fsencode(child.name), self.attributes(child), index + 1):
+                break
+            self.tree.remember(child)  # readdirplus: each reply is a lookup
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files --------------------------------------------------------------------------------
+
+    @_edge
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self.tree.get(inode)
+        if node.kind is not Kind.FILE or node.artifact is None:
+            raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.EINVAL)
+        if node.size is None:
+            node.size = await self.reader.size(node.artifact)
+        fh = next(self._handles)
+        self._files[fh] = _OpenFile(node)
+        # The page cache may keep what an immutable file's reads brought in across opens.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable)
+
+    @_edge
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._files.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        assert handle.node.artifact is not None
+        return await self.reader.read(handle.node.artifact, off, size, handle.stream)
+
+    async def release(self, fh: int) -> None:
+        self._files.pop(fh, None)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_edge
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = PREFERRED_IO_SIZE
+        data.f_namemax = 255
+        return data
+
+    # -- extended attributes: none yet ----------------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return []
+
+    # -- everything that would write: EROFS (the mount is also 'ro', this is defence in depth)
+
+    setattr = _read_only("setattr")
+    mknod = _read_only("mknod")
+    mkdir = _read_only("mkdir")
+    unlink = _read_only("unlink")
+    rmdir = _read_only("rmdir")
+    symlink = _read_only("symlink")
+    rename = _read_only("rename")
+    link = _read_only("link")
+    create = _read_only("create")
+    write = _read_only("write")
+    setxattr = _read_only("setxattr")
+    removexattr = _read_only("removexattr")

@@ -1,0 +1,367 @@
+"""The one HTTP layer: timeouts, retries, redirects with credential scoping, ranged GETs.
+
+Invariants:
+- Every public call finishes within `timeout` seconds (retries included) or raises
+  `UpstreamTimeout`; nothing above this module builds a request or sees httpx.
+- Credentials go only to the origins their `Credential` names, on the first hop. A redirect
+  to another origin (the storage host behind an artifact URL) never carries them, and a
+  cached redirect target is always fetched without them. Redirects are followed here, not
+  by httpx, because httpx only strips `Authorization` and would forward a custom header
+  such as `Circle-Token`.
+- A ranged reply is verified (offset, length, total) before it is returned; a mismatch is
+  retried, never passed on.
+- Memory per call is bounded by the requested length (plus one network chunk), even when a
+  server ignores Range and sends the whole body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import http.cookiejar
+import json
+import logging
+import random
+import re
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+
+from ciartfs.errors import (
+    ArtifactExpired,
+    BadListing,
+    CiartfsError,
+    Forbidden,
+    NotFound,
+    UpstreamError,
+    UpstreamTimeout,
+    redact_url,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+# Hostile or broken servers must not make us buffer without bound: listings larger than
+# this are refused (CircleCI's largest real listings are a few MB).
+MAX_JSON_BYTES = 64 << 20
+# Backoff between retries: full jitter on an exponential base, capped so that a few retries
+# still fit in the default 30 s operation budget.
+BACKOFF_BASE = 0.2
+BACKOFF_CAP = 4.0
+# A resolved redirect target (presigned URL) is reused for ranged reads until it fails or
+# gets this old; presigned URLs commonly live 15-60 minutes.
+REDIRECT_TARGET_MAX_AGE = 600.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+@dataclasses.dataclass(frozen=True)
+class Credential:
+    """Headers that authenticate us, and the only places they may be sent.
+
+    `origins` are exact (scheme, host, port) matches; `https_host_suffixes` admit a family
+    of hosts over https only (CircleCI serves artifacts from `*.circle-artifacts.com`).
+    """
+
+    headers: Mapping[str, str] = dataclasses.field(repr=False)
+    origins: frozenset[tuple[str, str, int]] = frozenset()
+    https_host_suffixes: tuple[str, ...] = ()
+
+    def applies_to(self, url: str) -> bool:
+        scheme, host, port = _origin(url)
+        if (scheme, host, port) in self.origins:
+            return True
+        return scheme == "https" and any(host.endswith(s) for s in self.https_host_suffixes)
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeReply:
+    """`data` is exactly bytes [start, start+len(data)) of a resource of `total` bytes."""
+
+    start: int
+    data: bytes
+    total: int
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth retrying."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _StaleTarget(Exception):
+    """A cached redirect target no longer works: resolve the original URL again."""
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Cookies are state a storage host could plant; we never send any."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+class HttpClient:
+    """Async HTTP client for API JSON and ranged artifact reads (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        credentials: tuple[Credential, ...] = (),
+        max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._credentials = credentials
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+            trust_env=False,  # no proxies or ~/.netrc credentials picked up behind our back
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
+            transport=transport,
+            headers={"User-Agent": "ciartfs/0.1"},
+        )
+        self._targets: dict[str, tuple[str, float]] = {}
+        self.requests_made = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def get_json(self, url: str, params: Mapping[str, str | int] | None = None) -> Any:
+        """GET an API document. 404 -> NotFound, 401/403 -> Forbidden, bad JSON -> BadListing."""
+        if params:
+            url = url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
+        return await self._bounded(url, self._json_once, url)
+
+    async def get_range(self, url: str, start: int, length: int) -> RangeReply:
+        """Bytes [start, start+length) of the resource at `url` (fewer at its end).
+
+        Follows redirects (reusing a resolved target while it works). 404 at the original
+        URL -> ArtifactExpired; 401/403 there -> Forbidden.
+        """
+        if start < 0 or length <= 0:
+            raise ValueError("bad range")
+        return await self._bounded(url, self._range_once, url, start, length)
+
+    # -- retry / deadline machinery -----------------------------------------------------------
+
+    async def _bounded(self, url: str, once: Any, *args: Any) -> Any:
+        deadline = trio.current_time() + self.timeout
+        attempt = 0
+        last = "no attempt"
+        try:
+            with trio.fail_after(self.timeout):
+                while True:
+                    try:
+                        return await once(*args)
+                    except _StaleTarget:
+                        continue  # resolve again from the original URL, at once
+                    except _Retry as e:
+                        last = str(e)
+                        attempt += 1
+                        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+                        if e.retry_after is not None:
+                            delay = max(delay, e.retry_after)
+                        if trio.current_time() + delay >= deadline:
+                            raise UpstreamError(f"{redact_url(url)}: {last} (gave up after {attempt} attempts)") from None
+                        log.debug("retrying %s in %.2fs: %s", redact_url(url), delay, last)
+                        await trio.sleep(delay)
+        except trio.TooSlowError:
+            raise UpstreamTimeout(
+                f"{redact_url(url)}: no complete answer within {self.timeout:g}s (last: {last})"
+            ) from None
+
+    @asynccontextmanager
+    async def _open(self, url: str, *, accept: str, byte_range: tuple[int, int] | None = None,
+                    first_hop_credentials: bool = True) -> AsyncIterator[tuple[httpx.Response, str, bool]]:
+        """Send a GET following redirects; yields (streaming response, final url, redirected)."""
+        headers_base = {"Accept": accept}
+        if byte_range is not None:
+            # identity: Range and Content-Length must count the bytes we serve, not gzip's.
+            headers_base["Accept-Encoding"] = "identity"
+            headers_base["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+        current, redirected = url, False
+        cred_origin = _origin(url) if first_hop_credentials else None
+        for _hop in range(MAX_REDIRECTS + 1):
+            headers = dict(headers_base)
+            if cred_origin is not None and _origin(current) == cred_origin:
+                for cred in self._credentials:
+                    if cred.applies_to(current):
+                        headers.update(cred.headers)
+            try:
+                req = self._client.build_request("GET", current, headers=headers)
+                self.requests_made += 1
+                resp = await self._client.send(req, stream=True)
+            except httpx.TimeoutException as e:
+                raise _Retry(f"timeout ({type(e).__name__})") from None
+            except httpx.TransportError as e:
+                raise _Retry(f"connection failed ({type(e).__name__})") from None
+            except httpx.InvalidURL:
+                raise UpstreamError(f"invalid URL {redact_url(current)}") from None
+            if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
+                await resp.aclose()
+                nxt = urllib.parse.urljoin(current, resp.headers["location"])
+                if urllib.parse.urlsplit(nxt).scheme not in ("http", "https"):
+                    raise UpstreamError(f"{redact_url(current)}: redirect to a non-HTTP URL")
+                current, redirected = nxt, True
+                continue
+            try:
+                yield resp, current, redirected
+            except httpx.TimeoutException as e:
+                raise _Retry(f"timeout reading body ({type(e).__name__})") from None
+            except httpx.TransportError as e:
+                raise _Retry(f"connection broke reading body ({type(e).__name__})") from None
+            finally:
+                await resp.aclose()
+            return
+        raise UpstreamError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects")
+
+    @staticmethod
+    def _retry_or_raise(resp: httpx.Response, url: str) -> None:
+        """Raise _Retry for retryable statuses, UpstreamError for other unexpected ones."""
+        status = resp.status_code
+        if status in RETRY_STATUSES:
+            raise _Retry(f"HTTP {status}", _parse_retry_after(resp.headers.get("retry-after")))
+        raise UpstreamError(f"{redact_url(url)}: unexpected HTTP {status}")
+
+    # -- one attempt each ---------------------------------------------------------------------
+
+    async def _json_once(self, url: str) -> Any:
+        async with self._open(url, accept="application/json") as (resp, final, _):
+            status = resp.status_code
+            if status == 404:
+                raise NotFound(f"{redact_url(url)}: HTTP 404")
+            if status in (401, 403):
+                raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)")
+            if status != 200:
+                self._retry_or_raise(resp, url)
+            body = bytearray()
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_JSON_BYTES:
+                    raise BadListing(f"{redact_url(url)}: answer larger than {MAX_JSON_BYTES} bytes")
+        try:
+            return json.loads(bytes(body))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BadListing(f"{redact_url(url)}: malformed JSON ({e})") from None
+
+    async def _range_once(self, url: str, start: int, length: int) -> RangeReply:
+        cached = self._targets.get(url)
+        use_target = cached is not None and time.monotonic() - cached[1] < REDIRECT_TARGET_MAX_AGE
+        fetch_url = cached[0] if use_target and cached else url
+        async with self._open(fetch_url, accept="*/*", byte_range=(start, start + length - 1),
+                              first_hop_credentials=not use_target) as (resp, final, redirected):
+            status = resp.status_code
+            reached_storage = use_target or redirected
+            if status in (401, 403, 404, 410) and reached_storage:
+                # Expired presigned URL (S3 answers 403) or a target gone stale: go back to
+                # the original URL once; a fresh target failing the same way is final.
+                if use_target:
+                    self._targets.pop(url, None)
+                    raise _StaleTarget()
+                if status in (404, 410):
+                    raise ArtifactExpired(f"{redact_url(url)}: storage answered HTTP {status}; the artifact has expired")
+                raise Forbidden(f"{redact_url(url)}: storage refused access (HTTP {status})")
+            if status in (404, 410):
+                raise ArtifactExpired(f"{redact_url(url)}: HTTP {status}; the artifact has expired or was deleted")
+            if status in (401, 403):
+                raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)")
+            if redirected:
+                self._targets[url] = (final, time.monotonic())
+            if status == 206:
+                return await self._read_partial(resp, url, start, length)
+            if status == 200:
+                return await self._read_whole(resp, url, start, length)
+            if status == 416:
+                return self._unsatisfiable(resp, url, start)
+            self._retry_or_raise(resp, url)
+        raise AssertionError("unreachable")
+
+    async def _read_partial(self, resp: httpx.Response, url: str, start: int, length: int) -> RangeReply:
+        m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
+        if not m or m.group(1) is None or m.group(3) == "*":
+            raise _Retry(f"206 without a usable Content-Range ({resp.headers.get('content-range')!r})")
+        first, last, total = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        expected_last = min(start + length, total) - 1
+        if first != start or last != expected_last or last < first:
+            raise _Retry(f"Content-Range {first}-{last}/{total} does not match the request {start}-{start + length - 1}")
+        want = last - first + 1
+        body = bytearray()
+        async for chunk in resp.aiter_raw():
+            body += chunk
+            if len(body) > want:
+                raise _Retry(f"body longer than its Content-Range ({len(body)} > {want})")
+        if len(body) != want:
+            raise _Retry(f"short body: {len(body)} of {want} bytes")
+        return RangeReply(start, bytes(body), total)
+
+    async def _read_whole(self, resp: httpx.Response, url: str, start: int, length: int) -> RangeReply:
+        """The server ignored Range: stream, keep only [start, start+length), learn the total."""
+        declared = resp.headers.get("content-length")
+        total = int(declared) if declared and declared.isdigit() else None
+        end = start + length
+        pos = 0
+        kept = bytearray()
+        async for chunk in resp.aiter_raw():
+            lo, hi = max(start, pos), min(end, pos + len(chunk))
+            if lo < hi:
+                kept += chunk[lo - pos:hi - pos]
+            pos += len(chunk)
+            if total is not None and pos >= end:
+                break  # we know the total and have our bytes: drop the rest of the body
+        if total is None:
+            total = pos
+        elif pos < min(end, total):
+            raise _Retry(f"short body: {pos} of {total} bytes")
+        if start >= total:
+            return RangeReply(start, b"", total)
+        if len(kept) != min(end, total) - start:
+            raise _Retry("whole-body answer did not cover the requested range")
+        return RangeReply(start, bytes(kept), total)
+
+    @staticmethod
+    def _unsatisfiable(resp: httpx.Response, url: str, start: int) -> RangeReply:
+        m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
+        if not m or m.group(3) == "*":
+            raise UpstreamError(f"{redact_url(url)}: HTTP 416 without the resource size")
+        total = int(m.group(3))
+        if start < total:
+            raise _Retry(f"HTTP 416 for an offset inside the resource ({start} < {total})")
+        return RangeReply(start, b"", total)
+
+
+__all__ = ["Credential", "HttpClient", "RangeReply", "CiartfsError"]

@@ -1,0 +1,89 @@
+"""Assembling and running one mount: HTTP client, caches, reader, tree, FUSE loop.
+
+`serve()` runs in the foreground until the filesystem is unmounted or SIGINT/SIGTERM
+arrives; either way it unmounts and returns normally.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from ciartfs.cache import DiskStore, MemoryCache
+from ciartfs.config import Settings
+from ciartfs.fs import ArtifactFS
+from ciartfs.http import Credential, HttpClient
+from ciartfs.providers import circleci
+from ciartfs.reader import Reader
+from ciartfs.tree import StaticDir, Tree
+
+log = logging.getLogger(__name__)
+
+
+def fuse_options() -> set[str]:
+    # 'ro' makes the kernel itself answer EROFS to every write path; default_permissions
+    # lets it enforce our 0444/0555 modes.
+    return set(pyfuse3.default_options) | {"fsname=ciartfs", "subtype=ciartfs", "ro", "noatime"}
+
+
+class Mount:
+    """Everything one mount owns, built from settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        credentials: list[Credential] = []
+        cred = circleci.credential(settings.circleci_host, settings.circleci_token)
+        if cred is not None:
+            credentials.append(cred)
+        self.http = HttpClient(timeout=settings.timeout, credentials=tuple(credentials))
+        self.memory = MemoryCache(settings.memory_cache)
+        self.disk = DiskStore(settings.cache_dir / "blocks", settings.cache_size)
+        self.reader = Reader(self.http, self.memory, self.disk, settings.block_size)
+        now = time.time()
+        api = circleci.CircleCIApi(self.http, settings.circleci_host)
+        root = StaticDir(circleci.root_entries(api, recent_builds=settings.recent_builds,
+                                               ttl=settings.latest_ttl, mtime=now))
+        self.tree = Tree(root, self.reader.size)
+        self.ops = ArtifactFS(self.tree, self.reader)
+
+
+def serve(settings: Settings, mountpoint: str, on_ready: Callable[[], None] | None = None) -> None:
+    """Mount, call `on_ready`, serve until unmounted or signalled, then clean up."""
+    mount = Mount(settings)
+    pyfuse3.init(mount.ops, mountpoint, fuse_options())
+    log.info("mounted %s (CircleCI %s, cache %s)", mountpoint, settings.circleci_host, settings.cache_dir)
+    try:
+        trio.run(_main, mount, on_ready)
+    except BaseException:
+        pyfuse3.close(unmount=True)
+        raise
+    pyfuse3.close(unmount=True)
+    log.info("unmounted %s", mountpoint)
+
+
+async def _main(mount: Mount, on_ready: Callable[[], None] | None) -> None:
+    try:
+        async with trio.open_nursery() as nursery:
+            mount.reader.start(nursery)
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            if on_ready is not None:
+                on_ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()  # unmounted from outside: stop background work
+    finally:
+        with trio.CancelScope(shield=True):
+            await mount.http.aclose()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            scope.cancel()
+            return

@@ -1,0 +1,380 @@
+"""CircleCI API v1.1: answers turned into plain records, and the directory layout
+
+    <vcs>/<user>/<project>/{<build>, latest -> <build>, branch/<branch>/latest -> ../../<build>}
+    <vcs>/<user>/<project>/<build>/<node_index>/<artifact path>
+
+Every API answer is validated here: a wrong shape raises `BadListing` (EIO for that listing)
+with a log line, never a stray KeyError. Nothing here knows about FUSE or caching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import re
+import urllib.parse
+from collections import defaultdict
+from typing import Any
+
+from ciartfs.errors import BadListing, NotFound
+from ciartfs.http import Credential, HttpClient, _origin
+from ciartfs.tree import Artifact, Entry, FileTree, Kind, StaticDir, place_artifacts
+
+log = logging.getLogger(__name__)
+
+VCS_TYPES = ("github", "bitbucket")
+PAGE_LIMIT = 100  # the v1.1 API refuses limit > 100
+# CircleCI serves artifact URLs from per-build subdomains of this host; they take the token.
+ARTIFACT_HOST_SUFFIX = ".circle-artifacts.com"
+_BUILD_NUM_RE = re.compile(r"^[1-9][0-9]{0,17}$")
+
+
+def credential(host: str, token: str | None) -> Credential | None:
+    """The token goes to the CircleCI host and its artifact hosts, nowhere else."""
+    if not token:
+        return None
+    return Credential(
+        headers={"Circle-Token": token},
+        origins=frozenset({_origin(host)}),
+        https_host_suffixes=(ARTIFACT_HOST_SUFFIX,),
+    )
+
+
+def encode_branch(branch: str) -> str:
+    """A branch name as a file name: '%' -> '%25', '/' -> '%2F' (reversible)."""
+    return branch.replace("%", "%25").replace("/", "%2F")
+
+
+def decode_branch(name: str) -> str | None:
+    """Inverse of encode_branch; None if `name` is not the encoding of any branch."""
+    branch = name.replace("%2F", "/").replace("%25", "%")
+    return branch if encode_branch(branch) == name and branch else None
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Build:
+    num: int
+    branch: str | None
+    status: str
+    lifecycle: str
+    start_time: float | None
+    stop_time: float | None
+    revision: str | None
+
+    @property
+    def completed(self) -> bool:
+        return self.lifecycle == "finished"
+
+    @property
+    def mtime(self) -> float:
+        return self.stop_time or self.start_time or 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactRecord:
+    path: str
+    node_index: int
+    url: str
+
+
+def _opt_str(doc: dict[str, Any], key: str, where: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadListing(f"{where}: field {key!r} is {type(value).__name__}, not a string")
+    return value
+
+
+def parse_build(doc: Any, where: str) -> Build:
+    if not isinstance(doc, dict):
+        raise BadListing(f"{where}: a build is {type(doc).__name__}, not an object")
+    num = doc.get("build_num")
+    if not isinstance(num, int) or isinstance(num, bool) or num <= 0:
+        raise BadListing(f"{where}: build_num missing or not a positive integer")
+    return Build(
+        num=num,
+        branch=_opt_str(doc, "branch", where),
+        status=_opt_str(doc, "status", where) or "",
+        lifecycle=_opt_str(doc, "lifecycle", where) or "",
+        start_time=_parse_time(doc.get("start_time")),
+        stop_time=_parse_time(doc.get("stop_time")),
+        revision=_opt_str(doc, "vcs_revision", where),
+    )
+
+
+def parse_builds(doc: Any, where: str) -> list[Build]:
+    if not isinstance(doc, list):
+        raise BadListing(f"{where}: expected a list of builds, got {type(doc).__name__}")
+    return [parse_build(item, where) for item in doc]
+
+
+def parse_artifacts(doc: Any, where: str) -> list[ArtifactRecord]:
+    """Validate the artifacts listing. A wrong shape fails the whole listing; a URL that is
+    not http(s) only drops that artifact (it is data we will not fetch)."""
+    if not isinstance(doc, list):
+        raise BadListing(f"{where}: expected a list of artifacts, got {type(doc).__name__}")
+    records = []
+    for item in doc:
+        if not isinstance(item, dict):
+            raise BadListing(f"{where}: an artifact is {type(item).__name__}, not an object")
+        path, node, url = item.get("path"), item.get("node_index"), item.get("url")
+        if not isinstance(path, str):
+            raise BadListing(f"{where}: artifact 'path' missing or not a string")
+        if not isinstance(node, int) or isinstance(node, bool) or node < 0:
+            raise BadListing(f"{where}: artifact 'node_index' missing or not a non-negative integer")
+        if not isinstance(url, str):
+            raise BadListing(f"{where}: artifact 'url' missing or not a string")
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            log.warning("%s: skipped artifact %r: its URL is not http(s)", where, path[:120])
+            continue
+        records.append(ArtifactRecord(path, node, url))
+    return records
+
+
+class CircleCIApi:
+    """The v1.1 endpoints we use, returning records."""
+
+    def __init__(self, http: HttpClient, host: str) -> None:
+        self.http = http
+        self.host = host
+        self.api = host + "/api/v1.1"
+        self.host_id = urllib.parse.urlsplit(host).netloc  # for cache keys: host, never secrets
+
+    def _project_url(self, vcs: str, user: str, project: str) -> str:
+        q = lambda s: urllib.parse.quote(s, safe="")  # noqa: E731
+        return f"{self.api}/project/{q(vcs)}/{q(user)}/{q(project)}"
+
+    async def recent_builds(self, vcs: str, user: str, project: str, count: int, *,
+                            branch: str | None = None, filter: str | None = None) -> list[Build]:
+        """The newest `count` builds, paging with limit <= 100 and offset."""
+        url = self._project_url(vcs, user, project)
+        if branch is not None:
+            url += "/tree/" + urllib.parse.quote(branch, safe="")
+        builds: list[Build] = []
+        while len(builds) < count:
+            limit = min(PAGE_LIMIT, count - len(builds))
+            params: dict[str, str | int] = {"limit": limit, "offset": len(builds), "shallow": "true"}
+            if filter:
+                params["filter"] = filter
+            page = parse_builds(await self.http.get_json(url, params), url)
+            builds.extend(page)
+            if len(page) < limit:
+                break
+        return builds[:count]
+
+    async def latest_completed(self, vcs: str, user: str, project: str, branch: str | None = None) -> Build | None:
+        builds = await self.recent_builds(vcs, user, project, 1, branch=branch, filter="completed")
+        return builds[0] if builds else None
+
+    async def build(self, vcs: str, user: str, project: str, num: int) -> Build:
+        url = f"{self._project_url(vcs, user, project)}/{num}"
+        return parse_build(await self.http.get_json(url), url)
+
+    async def artifacts(self, vcs: str, user: str, project: str, num: int) -> list[ArtifactRecord]:
+        url = f"{self._project_url(vcs, user, project)}/{num}/artifacts"
+        return parse_artifacts(await self.http.get_json(url), url)
+
+
+# -- the directory layout --------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Project:
+    api: CircleCIApi
+    vcs: str
+    user: str
+    name: str
+    recent: int
+    ttl: float
+
+    @property
+    def where(self) -> str:
+        return f"{self.vcs}/{self.user}/{self.name}"
+
+
+def root_entries(api: CircleCIApi, *, recent_builds: int, ttl: float, mtime: float) -> list[Entry]:
+    """The top-level directories this provider adds to the mount: github/, bitbucket/."""
+    return [Entry(vcs, Kind.DIR, mtime=mtime, immutable=True,
+                  source=_VcsDir(api, vcs, recent_builds, ttl, mtime)) for vcs in VCS_TYPES]
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..") and "\x00" not in name
+
+
+class _VcsDir:
+    """Users cannot be enumerated: list() is empty, any user name looks up."""
+
+    ttl = None
+    complete = False
+
+    def __init__(self, api: CircleCIApi, vcs: str, recent: int, ttl: float, mtime: float) -> None:
+        self.api, self.vcs, self.recent, self.ttl_mutable, self.mtime = api, vcs, recent, ttl, mtime
+
+    async def list(self) -> list[Entry] | None:
+        return None
+
+    async def lookup(self, name: str) -> Entry | None:
+        if not _plain_name(name):
+            return None
+        return Entry(name, Kind.DIR, mtime=self.mtime, immutable=True,
+                     source=_UserDir(self.api, self.vcs, name, self.recent, self.ttl_mutable, self.mtime))
+
+
+class _UserDir:
+    """Projects cannot be enumerated in v1.1 without the user's token; any name looks up,
+    and exists if the API knows the project."""
+
+    ttl = None
+    complete = False
+
+    def __init__(self, api: CircleCIApi, vcs: str, user: str, recent: int, ttl: float, mtime: float) -> None:
+        self.api, self.vcs, self.user, self.recent, self.ttl_mutable, self.mtime = api, vcs, user, recent, ttl, mtime
+
+    async def list(self) -> list[Entry] | None:
+        return None
+
+    async def lookup(self, name: str) -> Entry | None:
+        if not _plain_name(name):
+            return None
+        project = _Project(self.api, self.vcs, self.user, name, self.recent, self.ttl_mutable)
+        try:
+            await self.api.recent_builds(self.vcs, self.user, name, 1)
+        except NotFound:
+            return None
+        return Entry(name, Kind.DIR, mtime=self.mtime, immutable=False, source=_ProjectDir(project))
+
+
+def _build_entry(project: _Project, build: Build) -> Entry:
+    return Entry(str(build.num), Kind.DIR, mtime=build.mtime, immutable=build.completed,
+                 source=_BuildDir(project, build))
+
+
+class _ProjectDir:
+    """Recent builds, `latest` and `branch/`; any other build number resolves on lookup."""
+
+    complete = False
+
+    def __init__(self, project: _Project) -> None:
+        self.p = project
+        self.ttl = project.ttl
+
+    async def list(self) -> list[Entry]:
+        p = self.p
+        builds = await p.api.recent_builds(p.vcs, p.user, p.name, p.recent)
+        entries = [_build_entry(p, b) for b in builds]
+        latest = next((b for b in builds if b.completed), None)
+        if latest is None and len(builds) == p.recent:
+            latest = await p.api.latest_completed(p.vcs, p.user, p.name)
+        if latest is not None:
+            entries.append(Entry("latest", Kind.LINK, mtime=latest.mtime, target=str(latest.num)))
+        entries.append(Entry("branch", Kind.DIR, mtime=max((b.mtime for b in builds), default=0.0),
+                             source=_BranchesDir(p)))
+        return entries
+
+    async def lookup(self, name: str) -> Entry | None:
+        p = self.p
+        if name == "latest":
+            latest = await p.api.latest_completed(p.vcs, p.user, p.name)
+            return None if latest is None else Entry("latest", Kind.LINK, mtime=latest.mtime, target=str(latest.num))
+        if name == "branch":
+            return Entry("branch", Kind.DIR, source=_BranchesDir(p))
+        if not _BUILD_NUM_RE.match(name):
+            return None
+        try:
+            build = await p.api.build(p.vcs, p.user, p.name, int(name))
+        except NotFound:
+            return None
+        return _build_entry(p, build)
+
+
+class _BranchesDir:
+    """Branches seen among the recent builds; any other branch looks up by encoded name."""
+
+    complete = False
+
+    def __init__(self, project: _Project) -> None:
+        self.p = project
+        self.ttl = project.ttl
+
+    async def list(self) -> list[Entry]:
+        p = self.p
+        names: dict[str, float] = {}
+        for b in await p.api.recent_builds(p.vcs, p.user, p.name, p.recent):
+            if b.branch:
+                name = encode_branch(b.branch)
+                names[name] = max(names.get(name, 0.0), b.mtime)
+        return [Entry(n, Kind.DIR, mtime=t, source=_BranchDir(self.p, decode_branch(n) or "")) for n, t in names.items()]
+
+    async def lookup(self, name: str) -> Entry | None:
+        branch = decode_branch(name)
+        if branch is None:
+            return None
+        p = self.p
+        builds = await p.api.recent_builds(p.vcs, p.user, p.name, 1, branch=branch)
+        if not builds:
+            return None
+        return Entry(name, Kind.DIR, mtime=builds[0].mtime, source=_BranchDir(p, branch))
+
+
+class _BranchDir:
+    complete = True
+
+    def __init__(self, project: _Project, branch: str) -> None:
+        self.p, self.branch = project, branch
+        self.ttl = project.ttl
+
+    async def list(self) -> list[Entry]:
+        p = self.p
+        latest = await p.api.latest_completed(p.vcs, p.user, p.name, branch=self.branch)
+        if latest is None:
+            return []
+        return [Entry("latest", Kind.LINK, mtime=latest.mtime, target=f"../../{latest.num}")]
+
+    async def lookup(self, name: str) -> Entry | None:
+        return next((e for e in await self.list() if e.name == name), None)
+
+
+class _BuildDir:
+    """One directory per node_index with artifacts; below, the artifact paths."""
+
+    complete = True
+
+    def __init__(self, project: _Project, build: Build) -> None:
+        self.p, self.build = project, build
+        self.ttl = None if build.completed else project.ttl
+
+    async def list(self) -> list[Entry]:
+        p, b = self.p, self.build
+        records = await p.api.artifacts(p.vcs, p.user, p.name, b.num)
+        by_node: dict[int, list[ArtifactRecord]] = defaultdict(list)
+        for r in records:
+            by_node[r.node_index].append(r)
+        entries = []
+        for node, recs in sorted(by_node.items()):
+            where = f"{p.where}/{b.num}/{node}"
+            tree = place_artifacts(((r.path, r) for r in recs), where=where, tiebreak=lambda r: r.url)
+            entries.append(self._dir_entry(str(node), tree, where))
+        return entries
+
+    async def lookup(self, name: str) -> Entry | None:
+        return next((e for e in await self.list() if e.name == name), None)
+
+    def _dir_entry(self, name: str, tree: FileTree[ArtifactRecord], where: str) -> Entry:
+        b, completed = self.build, self.build.completed
+        children = [self._dir_entry(n, sub, f"{where}/{n}") for n, sub in tree.dirs.items()]
+        for fname, rec in tree.files.items():
+            key = f"circleci|{self.p.api.host_id}|{where}/{fname}"
+            children.append(Entry(fname, Kind.FILE, mtime=b.mtime, immutable=completed,
+                                  artifact=Artifact(key=key, url=rec.url, immutable=completed)))
+        ttl = None if completed else self.ttl
+        return Entry(name, Kind.DIR, mtime=b.mtime, immutable=completed, source=StaticDir(children, ttl=ttl))
+

@@ -1,0 +1,221 @@
+"""Serving file bytes: block-aligned ranged fetches through the block cache.
+
+A file's size is learned by fetching its first block (a ranged GET whose `Content-Range`
+names the total); that block is kept, so listing a directory of small files caches them
+whole. Never HEAD: presigned storage URLs answer HEAD with 403.
+
+Read-ahead (per open file): a read that continues where the previous one ended doubles the
+window of blocks fetched ahead in the background, up to `readahead_blocks`; a seek resets
+it. Prefetched blocks land in the memory cache, which is bounded, and at most
+`PREFETCH_CONCURRENCY` prefetches run at once, so prefetch memory is bounded too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import cachetools
+import trio
+
+from ciartfs.cache import DiskStore, MemoryCache, SingleFlight
+from ciartfs.errors import CiartfsError, UpstreamError, redact_url
+from ciartfs.http import HttpClient
+from ciartfs.tree import Artifact
+
+log = logging.getLogger(__name__)
+
+# Enough parallel ranged requests to fill a link made of per-connection-capped streams.
+PREFETCH_CONCURRENCY = 16
+# Write-behind to disk is skipped (the block stays in memory only) when this many writes are
+# queued: a slow disk must not make us hold unbounded memory.
+MAX_PENDING_DISK_WRITES = 64
+SIZE_MEMO_ENTRIES = 1_000_000
+
+
+@dataclasses.dataclass
+class ReadStream:
+    """Per-open-file state for sequential detection."""
+
+    next_offset: int = 0
+    window: int = 0
+
+
+@dataclasses.dataclass
+class Stats:
+    requests: int = 0
+    bytes_fetched: int = 0
+    bytes_served: int = 0
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+
+
+class Reader:
+    def __init__(
+        self,
+        http: HttpClient,
+        memory: MemoryCache,
+        disk: DiskStore | None,
+        block_size: int,
+        *,
+        readahead_blocks: int = 8,
+    ) -> None:
+        self.http = http
+        self.memory = memory
+        self.disk = disk
+        self.block_size = block_size
+        self.readahead_blocks = readahead_blocks
+        self.stats = Stats()
+        self._sizes: cachetools.LRUCache[str, int] = cachetools.LRUCache(SIZE_MEMO_ENTRIES)
+        self._flight: SingleFlight[bytes] = SingleFlight()
+        self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONCURRENCY)
+        self._pending_writes = 0
+        self._prefetching: set[str] = set()
+        self._background: trio.Nursery | None = None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Background work (disk writes, prefetch) runs in `nursery`; until then, none."""
+        self._background = nursery
+
+    # -- sizes ------------------------------------------------------------------------------
+
+    async def size(self, art: Artifact) -> int:
+        if art.size is not None:
+            return art.size
+        known = self._sizes.get(art.key)
+        if known is not None:
+            return known
+        if self.disk is not None and art.immutable:
+            raw = await trio.to_thread.run_sync(self.disk.get, "size|" + art.key)
+            if raw is not None and raw.isdigit():
+                self._sizes[art.key] = int(raw)
+                return int(raw)
+        await self._block(art, 0)
+        known = self._sizes.get(art.key)
+        if known is None:  # block 0 came from disk but its size record did not
+            reply = await self.http.get_range(art.url, 0, 1)
+            self._remember_size(art, reply.total)
+            known = reply.total
+        return known
+
+    def _remember_size(self, art: Artifact, total: int) -> None:
+        previous = self._sizes.get(art.key)
+        if previous is not None and previous != total:
+            raise UpstreamError(f"{redact_url(art.url)}: size changed from {previous} to {total} bytes")
+        if previous is None:
+            self._sizes[art.key] = total
+            if self.disk is not None and art.immutable:
+                self._write_behind("size|" + art.key, str(total).encode())
+
+    # -- bytes ------------------------------------------------------------------------------
+
+    async def read(self, art: Artifact, offset: int, length: int, stream: ReadStream | None = None) -> bytes:
+        """Exactly the bytes [offset, offset+length) clipped to the file, or an error."""
+        total = await self.size(art)
+        if offset >= total or length <= 0:
+            return b""
+        end = min(offset + length, total)
+        bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        if stream is not None:
+            self._plan_readahead(art, stream, offset, end, last, total)
+        if first == last:
+            block = await self._checked_block(art, first, total)
+            data = block[offset - first * bs:end - first * bs]
+        else:
+            blocks: list[bytes] = [b""] * (last - first + 1)
+
+            async def fetch(i: int) -> None:
+                blocks[i - first] = await self._checked_block(art, i, total)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(first, last + 1):
+                    nursery.start_soon(fetch, i)
+            data = b"".join(blocks)[offset - first * bs:end - first * bs]
+        if len(data) != end - offset:  # defence in depth: a short reply would be zero-padded
+            raise UpstreamError(f"internal: assembled {len(data)} of {end - offset} bytes")
+        self.stats.bytes_served += len(data)
+        return data
+
+    async def _checked_block(self, art: Artifact, index: int, total: int) -> bytes:
+        block = await self._block(art, index)
+        expected = min(self.block_size, total - index * self.block_size)
+        if len(block) != expected:
+            raise UpstreamError(f"{redact_url(art.url)}: block {index} has {len(block)} bytes, expected {expected}")
+        return block
+
+    def _block_key(self, art: Artifact, index: int) -> str:
+        return f"{art.key}|{self.block_size}|{index}"
+
+    async def _block(self, art: Artifact, index: int) -> bytes:
+        key = self._block_key(art, index)
+        hit = self.memory.get(key)
+        if hit is not None:
+            self.stats.memory_hits += 1
+            return hit
+        return await self._flight.run(key, lambda: self._load(art, index, key))
+
+    async def _load(self, art: Artifact, index: int, key: str) -> bytes:
+        if self.disk is not None and art.immutable:
+            data = await trio.to_thread.run_sync(self.disk.get, key)
+            if data is not None:
+                self.stats.disk_hits += 1
+                self.memory.put(key, data)
+                return data
+        self.stats.misses += 1
+        self.stats.requests += 1
+        reply = await self.http.get_range(art.url, index * self.block_size, self.block_size)
+        self._remember_size(art, reply.total)
+        self.stats.bytes_fetched += len(reply.data)
+        self.memory.put(key, reply.data)
+        if art.immutable:
+            self._write_behind(key, reply.data)
+        return reply.data
+
+    # -- background work ----------------------------------------------------------------------
+
+    def _write_behind(self, key: str, data: bytes) -> None:
+        if self.disk is None or self._background is None:
+            return
+        if self._pending_writes >= MAX_PENDING_DISK_WRITES:
+            log.debug("disk cache: write queue full, %s stays in memory only", key)
+            return
+        self._pending_writes += 1
+        self._background.start_soon(self._write_disk, key, data)
+
+    async def _write_disk(self, key: str, data: bytes) -> None:
+        assert self.disk is not None
+        try:
+            await trio.to_thread.run_sync(self.disk.put, key, data)
+        except Exception:  # the disk cache is an optimisation: never let it kill the mount
+            log.exception("disk cache: write failed")
+        finally:
+            self._pending_writes -= 1
+
+    def _plan_readahead(self, art: Artifact, stream: ReadStream, offset: int, end: int, last: int, total: int) -> None:
+        if offset == stream.next_offset and offset > 0:
+            stream.window = min(max(1, stream.window * 2), self.readahead_blocks)
+        elif offset != stream.next_offset:
+            stream.window = 0
+        stream.next_offset = end
+        if self._background is None or stream.window == 0:
+            return
+        last_block = (total - 1) // self.block_size
+        for index in range(last + 1, min(last + stream.window, last_block) + 1):
+            key = self._block_key(art, index)
+            if key in self.memory or key in self._prefetching or self._flight.in_flight(key):
+                continue
+            self._prefetching.add(key)
+            self._background.start_soon(self._prefetch, art, index, key)
+
+    async def _prefetch(self, art: Artifact, index: int, key: str) -> None:
+        try:
+            async with self._prefetch_limiter:
+                await self._block(art, index)
+        except CiartfsError as e:
+            log.debug("prefetch of block %d failed: %s", index, e)
+        except Exception:
+            log.exception("prefetch of block %d failed", index)
+        finally:
+            self._prefetching.discard(key)

@@ -1,0 +1,158 @@
+"""Shared fixtures: the fake CI server (in this process) and real mounts (a subprocess).
+
+Real-mount tests skip where /dev/fuse is unusable, unless CIARTFS_REQUIRE_FUSE=1 (set by
+.ci/run), which turns that skip into a failure: CI must really mount.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ciartfs.cli import is_mounted
+from ciartfs.fakeserver import FakeCI, demo_dataset
+
+TOKEN = "secret-token"
+MOUNT_TIMEOUT = 20.0
+
+
+def fuse_problem() -> str | None:
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError as e:
+        return f"/dev/fuse is not usable: {e.strerror}"
+    os.close(fd)
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    return None
+
+
+def require_fuse() -> None:
+    problem = fuse_problem()
+    if problem is None:
+        return
+    if os.environ.get("CIARTFS_REQUIRE_FUSE") == "1":
+        pytest.fail(f"CIARTFS_REQUIRE_FUSE=1 but {problem}")
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCI]:
+    server = FakeCI(tokens={TOKEN})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def demo_fake(fake: FakeCI) -> FakeCI:
+    demo_dataset(fake)
+    return fake
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment for a ciartfs process: no token and no user config unless given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_"))}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
+    env.update(extra)
+    return env
+
+
+@dataclasses.dataclass
+class Mounted:
+    path: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+    expect_errors: bool = False
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        """Unmount cleanly (SIGTERM), and whatever happens, leave no mount behind."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=5)
+        finally:
+            if is_mounted(str(self.path)):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+
+
+class MountFactory:
+    def __init__(self, tmp_path: Path, fake: FakeCI) -> None:
+        self.tmp_path = tmp_path
+        self.fake = fake
+        self.mounts: list[Mounted] = []
+
+    def __call__(self, *args: str, token: str | None = None, cache_dir: Path | None = None,
+                 name: str = "mnt", env: dict[str, str] | None = None) -> Mounted:
+        require_fuse()
+        path = self.tmp_path / f"{name}{len(self.mounts)}"
+        path.mkdir()
+        log = self.tmp_path / f"{name}{len(self.mounts)}.log"
+        cmd = [sys.executable, "-m", "ciartfs", "mount", "-f", str(path),
+               "--circleci-host", self.fake.api_url,
+               "--cache-dir", str(cache_dir or self.tmp_path / "cache"),
+               "--log-file", str(log), "-v", "--timeout", "5", *args]
+        extra = {"CIRCLE_TOKEN": token} if token else {}
+        extra.update(env or {})
+        proc = subprocess.Popen(cmd, env=clean_env(self.tmp_path, **extra),
+                                stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(".stderr"), "wb"))
+        mounted = Mounted(path, log, proc)
+        self.mounts.append(mounted)
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not is_mounted(str(path)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                mounted.stop()
+                pytest.fail(f"mount did not come up (exit {proc.poll()}):\n{mounted.log_text()}"
+                            f"{log.with_suffix('.stderr').read_text(errors='replace')}")
+            time.sleep(0.05)
+        os.stat(path)  # answered by the filesystem
+        return mounted
+
+    def close(self) -> list[str]:
+        """Stop every mount; returns problems found in their logs."""
+        problems = []
+        for m in self.mounts:
+            m.stop()
+            text = m.log_text() + m.log.with_suffix(".stderr").read_text(errors="replace")
+            if "Traceback" in text:
+                problems.append(f"{m.path}: a traceback in the log:\n{text[-4000:]}")
+            if " ERROR " in text and not m.expect_errors:
+                problems.append(f"{m.path}: an unexpected ERROR line in the log:\n{text[-4000:]}")
+            if is_mounted(str(m.path)):
+                problems.append(f"{m.path}: still mounted after stop")
+        return problems
+
+
+@pytest.fixture
+def mount(tmp_path: Path, fake: FakeCI) -> Iterator[MountFactory]:
+    """mount(*extra_args, token=..., cache_dir=...) -> Mounted; all unmounted at teardown,
+    and a traceback or an unexpected ERROR in a mount's log fails the test."""
+    factory = MountFactory(tmp_path, fake)
+    try:
+        yield factory
+    finally:
+        problems = factory.close()
+    if problems:
+        pytest.fail("\n\n".join(problems))

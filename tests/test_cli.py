@@ -1,0 +1,197 @@
+"""Tier 3: the commands as a user runs them: background mount, unmount, signals, failures, demo."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ciartfs.cli import is_mounted
+from conftest import clean_env, require_fuse
+
+
+class Runner:
+    """Runs `ciartfs ...` and cleans up whatever it mounted or started, by pid."""
+
+    def __init__(self, tmp_path: Path, api_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.api_url = api_url
+        self.pids: list[int] = []
+        self.mountpoints: list[Path] = []
+
+    def mountpoint(self, name: str = "mnt") -> Path:
+        path = self.tmp_path / name
+        path.mkdir(exist_ok=True)
+        self.mountpoints.append(path)
+        return path
+
+    def settings(self) -> list[str]:
+        return ["--circleci-host", self.api_url, "--cache-dir", str(self.tmp_path / "cache"),
+                "--log-file", str(self.tmp_path / "ciartfs.log"), "--timeout", "3"]
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "ciartfs", *args], capture_output=True, text=True,
+                                timeout=timeout, env=clean_env(self.tmp_path), stdin=subprocess.DEVNULL)
+        m = re.search(r"\(pid (\d+)", result.stdout)
+        if m:
+            self.pids.append(int(m.group(1)))
+        return result
+
+    def popen(self, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "ciartfs", *args], env=clean_env(self.tmp_path),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.pids.append(proc.pid)
+        return proc
+
+    def cleanup(self) -> None:
+        for mp in self.mountpoints:
+            if is_mounted(str(mp)):
+                subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def cli(tmp_path: Path, demo_fake) -> Iterator[Runner]:
+    runner = Runner(tmp_path, demo_fake.api_url)
+    try:
+        yield runner
+    finally:
+        runner.cleanup()
+
+
+def wait_for(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_background_mount_returns_once_it_answers_then_unmount(cli):
+    require_fuse()
+    mp = cli.mountpoint()
+    result = cli.run("mount", str(mp), *cli.settings())
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(mp)) == ["bitbucket", "github"]  # no waiting: it answers already
+    assert "acme" not in os.listdir(mp / "github")  # users cannot be listed, only looked up
+    assert os.listdir(mp / "github/acme/api/latest/0")
+    pid = cli.pids[-1]
+    result = cli.run("unmount", str(mp))
+    assert result.returncode == 0, result.stderr
+    assert not is_mounted(str(mp))
+    assert wait_for(lambda: not pid_alive(pid)), "the mount process exits after unmount"
+
+
+def test_mount_failures_exit_nonzero_with_one_clear_line(cli, tmp_path):
+    require_fuse()
+    cases = [
+        (["mount", str(tmp_path / "missing")], "does not exist"),
+        (["mount", str(cli.mountpoint("a")), "--block-size", "1000"], "block size"),
+        (["mount", str(cli.mountpoint("b")), "--memory-cache", "lots"], "--memory-cache"),
+        (["mount", str(cli.mountpoint("c")), "--circleci-host", "ftp://x"], "http"),
+        (["mount", str(cli.mountpoint("d")), "--config", str(tmp_path / "none.toml")], "not found"),
+    ]
+    for args, words in cases:
+        result = cli.run(*args)
+        assert result.returncode != 0, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and lines[0].startswith("ciartfs: "), (args, result.stderr)
+    mp = cli.mountpoint("busy")
+    assert cli.run("mount", str(mp), *cli.settings()).returncode == 0
+    result = cli.run("mount", str(mp), *cli.settings())
+    assert result.returncode != 0 and "busy" in result.stderr
+    assert cli.run("unmount", str(mp)).returncode == 0
+    result = cli.run("unmount", str(mp))
+    assert result.returncode != 0 and "not mounted" in result.stderr
+
+
+def test_token_is_never_a_flag(cli):
+    result = cli.run("mount", str(cli.mountpoint()), "--circleci-token", "abc")
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+
+
+def test_unreachable_host_mounts_and_listings_give_eio(cli):
+    require_fuse()
+    mp = cli.mountpoint()
+    settings = cli.settings()
+    settings[1] = "http://127.0.0.1:9"  # discard port: nothing listens
+    result = cli.run("mount", str(mp), *settings)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(OSError) as info:
+        os.listdir(mp / "github/acme/api")
+    assert info.value.errno == errno.EIO
+    assert cli.run("unmount", str(mp)).returncode == 0
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "fusermount3"])
+def test_foreground_stops_cleanly(cli, how):
+    require_fuse()
+    mp = cli.mountpoint()
+    proc = cli.popen("mount", "-f", str(mp), *cli.settings())
+    assert wait_for(lambda: is_mounted(str(mp))), proc.stderr.read().decode() if proc.poll() is not None else ""
+    assert sorted(os.listdir(mp)) == ["bitbucket", "github"]
+    if how == "fusermount3":
+        subprocess.run(["fusermount3", "-u", str(mp)], check=True)
+    else:
+        proc.send_signal(getattr(signal, how))
+    assert proc.wait(timeout=15) == 0
+    assert not is_mounted(str(mp))
+
+
+def test_stale_mount_is_explained_and_cleared_by_unmount(cli):
+    require_fuse()
+    mp = cli.mountpoint()
+    proc = cli.popen("mount", "-f", str(mp), *cli.settings())
+    assert wait_for(lambda: is_mounted(str(mp)))
+    proc.kill()
+    proc.wait(timeout=10)
+    with pytest.raises(OSError) as info:
+        os.listdir(mp)
+    assert info.value.errno == errno.ENOTCONN
+    result = cli.run("mount", str(mp), *cli.settings())
+    assert result.returncode != 0 and "stale" in result.stderr and "ciartfs unmount" in result.stderr
+    result = cli.run("unmount", str(mp))
+    assert result.returncode == 0, result.stderr
+    assert not is_mounted(str(mp))
+    result = cli.run("mount", str(mp), *cli.settings())
+    assert result.returncode == 0, result.stderr
+    assert cli.run("unmount", str(mp)).returncode == 0
+
+
+def test_demo_shows_real_files_without_any_configuration(cli, tmp_path):
+    require_fuse()
+    mp = tmp_path / "demo-mount"  # created by demo
+    cli.mountpoints.append(mp)
+    result = cli.run("demo", str(mp))
+    assert result.returncode == 0, result.stderr
+    assert "ls" in result.stdout and "unmount" in result.stdout
+    latest = mp / "github/acme/api/latest"
+    assert os.path.islink(latest)
+    files = subprocess.run(["find", str(latest) + "/"], capture_output=True, text=True, timeout=60).stdout
+    assert "index.html" in files and "junit.xml" in files
+    grep = subprocess.run(["grep", "-rl", "FAILED", str(mp / "github/acme/api")], capture_output=True, text=True, timeout=120)
+    assert "junit.xml" in grep.stdout
+    pid = cli.pids[-1]
+    assert cli.run("unmount", str(mp)).returncode == 0
+    assert wait_for(lambda: not pid_alive(pid))

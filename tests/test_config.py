@@ -1,0 +1,73 @@
+"""Tier 1: settings precedence (flag > env > file > default), sizes, token sources."""
+
+import pytest
+
+from ciartfs.config import load_settings, parse_size
+from ciartfs.errors import ConfigError
+
+
+@pytest.mark.parametrize("text,value", [("4096", 4096), ("512K", 512 << 10), ("256M", 256 << 20),
+                                        ("1G", 1 << 30), ("2MiB", 2 << 20), ("3mb", 3 << 20), (77, 77)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "M", "1.5M", "-1K", "12Q"])
+def test_parse_size_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_precedence_flag_env_file_default(tmp_path):
+    cfg = write(tmp_path / "c.toml", 'circleci_host = "https://file.example"\nblock_size = "64K"\n'
+                                     'recent_builds = 7\nlatest_ttl = 5\n')
+    env = {"CIRCLECI_HOST": "https://env.example", "CIARTFS_BLOCK_SIZE": "128K"}
+    s = load_settings({"block_size": "256K"}, env=env, config_path=cfg)
+    assert s.block_size == 256 << 10          # flag
+    assert s.circleci_host == "https://env.example"  # env beats file
+    assert s.recent_builds == 7               # file
+    assert s.latest_ttl == 5.0
+    assert s.timeout == 30.0                  # default
+    assert s.circleci_api == "https://env.example/api/v1.1"
+
+
+def test_missing_default_config_file_is_fine(tmp_path):
+    s = load_settings({}, env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert s.circleci_host == "https://circleci.com"
+
+
+def test_unknown_key_and_bad_values_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_settings({}, env={}, config_path=write(tmp_path / "a.toml", "circle_host = 1\n"))
+    with pytest.raises(ConfigError, match="--block-size"):
+        load_settings({"block_size": "huge"}, env={})
+    with pytest.raises(ConfigError, match="block size"):
+        load_settings({"block_size": "1000"}, env={})
+    with pytest.raises(ConfigError, match="http"):
+        load_settings({"circleci_host": "ftp://x"}, env={})
+    with pytest.raises(ConfigError, match="credentials"):
+        load_settings({"circleci_host": "https://user:pw@x"}, env={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings({}, env={}, config_path=tmp_path / "missing.toml")
+
+
+def test_token_sources(tmp_path):
+    tok = write(tmp_path / "tok", "file-token\n")
+    assert load_settings({}, env={"CIRCLE_TOKEN": "env-token"}).circleci_token == "env-token"
+    assert load_settings({"circleci_token_file": str(tok)}, env={"CIRCLE_TOKEN": "env-token"}).circleci_token == "file-token"
+    cfg = write(tmp_path / "c.toml", f'circleci_token_file = "{tok}"\n')
+    assert load_settings({}, env={}, config_path=cfg).circleci_token == "file-token"
+    assert load_settings({}, env={"CIRCLE_TOKEN": "env-token"}, config_path=cfg).circleci_token == "env-token"
+    with pytest.raises(ConfigError, match="token file"):
+        load_settings({"circleci_token_file": str(tmp_path / "nope")}, env={})
+
+
+def test_token_never_in_repr(tmp_path):
+    s = load_settings({}, env={"CIRCLE_TOKEN": "sekrit-123"})
+    assert "sekrit-123" not in repr(s)
+    assert s.secrets() == ["sekrit-123"]

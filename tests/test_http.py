@@ -1,0 +1,224 @@
+"""Tier 1: the HTTP layer against a scripted in-process transport: credential scoping across redirects,
+range verification, retries, the time bound, error mapping."""
+
+import httpx
+import pytest
+import trio
+
+from ciartfs.errors import ArtifactExpired, BadListing, Forbidden, NotFound, UpstreamError, UpstreamTimeout
+from ciartfs.http import Credential, HttpClient, _origin
+from ciartfs.providers.circleci import credential
+
+API = "https://circleci.example"
+STORAGE = "https://storage.example"
+DATA = bytes(range(256)) * 40  # 10240 bytes
+TOKEN = "tok-123"
+
+
+class Transport(httpx.AsyncBaseTransport):
+    """Like httpx.MockTransport but leaves the body unread, as a real connection does,
+    so the client's raw (undecoded) streaming is exercised."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    async def handle_async_request(self, request):
+        response = await self.handler(request)
+        body = response.content
+        return httpx.Response(response.status_code, headers=response.headers, stream=_Body(body))
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, data: bytes):
+        self.data = data
+
+    async def __aiter__(self):
+        for i in range(0, len(self.data), 4096):
+            yield self.data[i:i + 4096]
+
+
+class Server:
+    """A scripted API + storage pair; records every request."""
+
+    def __init__(self):
+        self.requests: list[httpx.Request] = []
+        self.storage_script: list[httpx.Response] = []
+        self.valid_sig = "sig1"
+
+    async def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        url = str(request.url)
+        if url.startswith(API + "/art"):
+            return httpx.Response(302, headers={"Location": f"{STORAGE}/blob?signature={self.valid_sig}"})
+        if url.startswith(API + "/api/json"):
+            return httpx.Response(200, json={"ok": True})
+        if url.startswith(STORAGE):
+            if self.storage_script:
+                status, content, headers = self.storage_script.pop(0)
+                return httpx.Response(status, content=content, headers=headers)
+            if request.url.params.get("signature") != self.valid_sig:
+                return httpx.Response(403, text="expired")
+            return ranged(request, DATA)
+        return httpx.Response(404)
+
+
+def ranged(request, data, *, total=None):
+    spec = request.headers.get("range", "")
+    start, end = (int(x) for x in spec.removeprefix("bytes=").split("-"))
+    end = min(end, len(data) - 1)
+    return httpx.Response(206, content=data[start:end + 1],
+                          headers={"Content-Range": f"bytes {start}-{end}/{total or len(data)}"})
+
+
+@pytest.fixture
+async def server_and_client():
+    server = Server()
+    cred = credential(API, TOKEN)
+    client = HttpClient(timeout=3.0, credentials=(cred,), transport=Transport(server.handler))
+    try:
+        yield server, client
+    finally:
+        await client.aclose()
+
+
+def headers_to(server, prefix):
+    return [r.headers for r in server.requests if str(r.url).startswith(prefix)]
+
+
+async def test_token_goes_to_api_not_to_storage(server_and_client):
+    server, client = server_and_client
+    reply = await client.get_range(API + "/art/1", 100, 50)
+    assert reply.data == DATA[100:150] and reply.total == len(DATA)
+    assert [h.get("circle-token") for h in headers_to(server, API)] == [TOKEN]
+    storage = headers_to(server, STORAGE)
+    assert storage and all("circle-token" not in h and "authorization" not in h for h in storage)
+    assert all(h["accept-encoding"] == "identity" for h in storage)
+
+
+async def test_redirect_target_is_reused_then_re_resolved_when_expired(server_and_client):
+    server, client = server_and_client
+    await client.get_range(API + "/art/1", 0, 10)
+    await client.get_range(API + "/art/1", 10, 10)
+    assert len(headers_to(server, API)) == 1  # second read went straight to storage
+    server.valid_sig = "sig2"  # the presigned URL expired: storage now says 403 to sig1
+    reply = await client.get_range(API + "/art/1", 20, 10)
+    assert reply.data == DATA[20:30]
+    assert len(headers_to(server, API)) == 2
+    assert all("circle-token" not in h for h in headers_to(server, STORAGE))
+
+
+@pytest.mark.parametrize("url,gets_token", [
+    (API + "/x", True),
+    ("https://24-88881093-gh.circle-artifacts.com/0/a.txt", True),
+    ("http://24-88881093-gh.circle-artifacts.com/0/a.txt", False),  # never over plain http
+    ("https://circle-artifacts.com.evil.example/0/a", False),
+    ("https://circleci.example:8443/x", False),  # another port is another origin
+    ("https://evil.example/x", False),
+])
+def test_credential_scope(url, gets_token):
+    assert credential(API, TOKEN).applies_to(url) is gets_token
+
+
+async def test_redirect_to_artifact_host_does_not_carry_token():
+    seen = []
+
+    async def handler(request):
+        seen.append(request)
+        if request.url.host == "circleci.example":
+            return httpx.Response(302, headers={"Location": "https://1-2-gh.circle-artifacts.com/x"})
+        return ranged(request, DATA)
+
+    client = HttpClient(timeout=3, credentials=(credential(API, TOKEN),), transport=Transport(handler))
+    await client.get_range(API + "/a", 0, 10)
+    await client.aclose()
+    assert "circle-token" in seen[0].headers and "circle-token" not in seen[1].headers
+
+
+@pytest.mark.parametrize("bad", [
+    (206, DATA[:10], {"Content-Range": "bytes 5-14/10240"}),  # wrong offset
+    (206, DATA[:5], {"Content-Range": "bytes 0-9/10240"}),    # short body
+    (206, DATA[:10], {}),                                      # no Content-Range
+    (503, b"busy", {}),
+])
+async def test_bad_answers_are_retried_not_returned(server_and_client, bad):
+    server, client = server_and_client
+    server.storage_script = [bad]
+    reply = await client.get_range(API + "/art/1", 0, 10)
+    assert reply.data == DATA[:10]
+    assert len(headers_to(server, STORAGE)) == 2
+
+
+async def test_range_ignored_gives_exact_bytes(server_and_client):
+    server, client = server_and_client
+    server.storage_script = [(200, DATA, {})]
+    reply = await client.get_range(API + "/art/1", 4000, 100)
+    assert reply.data == DATA[4000:4100] and reply.total == len(DATA)
+
+
+async def test_empty_file_416(server_and_client):
+    server, client = server_and_client
+    server.storage_script = [(416, b"", {"Content-Range": "bytes */0"})]
+    reply = await client.get_range(API + "/art/1", 0, 4096)
+    assert reply.data == b"" and reply.total == 0
+
+
+async def test_expired_artifact_and_forbidden():
+    async def handler(request):
+        return httpx.Response({"/gone": 404, "/denied": 401}[request.url.path])
+
+    client = HttpClient(timeout=3, transport=Transport(handler))
+    with pytest.raises(ArtifactExpired, match="expired"):
+        await client.get_range(API + "/gone", 0, 10)
+    with pytest.raises(Forbidden):
+        await client.get_range(API + "/denied", 0, 10)
+    await client.aclose()
+
+
+async def test_json_errors_map():
+    async def handler(request):
+        path = request.url.path
+        assert request.headers["accept"] == "application/json"
+        if path == "/ok":
+            return httpx.Response(200, json=[1, 2])
+        if path == "/bad":
+            return httpx.Response(200, text='[{"path": ')
+        return httpx.Response({"/missing": 404, "/denied": 403, "/teapot": 418}[path])
+
+    client = HttpClient(timeout=3, transport=Transport(handler))
+    assert await client.get_json(API + "/ok") == [1, 2]
+    with pytest.raises(BadListing, match="malformed JSON"):
+        await client.get_json(API + "/bad")
+    with pytest.raises(NotFound):
+        await client.get_json(API + "/missing")
+    with pytest.raises(Forbidden):
+        await client.get_json(API + "/denied")
+    with pytest.raises(UpstreamError, match="418"):
+        await client.get_json(API + "/teapot")
+    await client.aclose()
+
+
+async def test_retry_after_is_honoured_and_time_is_bounded():
+    calls = []
+
+    async def handler(request):
+        calls.append(trio.current_time())
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"Retry-After": "1"})
+        if request.url.path == "/hang":
+            await trio.sleep_forever()
+        return httpx.Response(200, json={})
+
+    client = HttpClient(timeout=2.0, transport=Transport(handler))
+    assert await client.get_json(API + "/x") == {}
+    assert calls[1] - calls[0] >= 1.0
+    start = trio.current_time()
+    with pytest.raises(UpstreamTimeout, match="within 2s"):
+        await client.get_json(API + "/hang")
+    assert trio.current_time() - start < 2.5
+    await client.aclose()
+
+
+def test_origin_normalises_ports():
+    assert _origin("https://A.example/x") == ("https", "a.example", 443)
+    assert _origin("http://a.example:80/") == ("http", "a.example", 80)
+    assert Credential(headers={}, origins=frozenset({("http", "a", 80)})).applies_to("http://a/x")

@@ -1,0 +1,375 @@
+"""Tier 3: real mounts of the fake CircleCI, driven with ordinary tools and syscalls."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import mmap
+import os
+import random
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ciartfs.fakeserver import FakeCI, FakeProject
+from conftest import TOKEN
+
+STOP = "2026-11-01T10:00:00Z"
+STOP_EPOCH = 1793527200  # STOP as a Unix time
+
+
+def blob(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def sample(fake: FakeCI) -> FakeProject:
+    """github/acme/api: builds 1-3 completed (3 on feature/x), 4 running."""
+    p = fake.add_project("github", "acme", "api")
+    b1 = p.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time="2026-10-30T10:00:00Z")
+    b1.add_artifact("report.txt", b"build one\n")
+    b2 = p.add_build(build_num=2, branch="main", status="failed", lifecycle="finished", stop_time=STOP)
+    b2.add_artifact("test-results/junit.xml", b"<testsuite><testcase name='a'>FAILED: boom</testcase></testsuite>\n")
+    b2.add_artifact("coverage/index.html", b"<html><a href='src/app.py.html'>app</a></html>\n")
+    b2.add_artifact("coverage/src/app.py.html", b"<html>covered</html>\n")
+    b2.add_artifact("/tmp/circle-artifacts.7wgAaIU/file.txt", b"leading slash\n")
+    b2.add_artifact("dist/app.bin", blob(2, 3 * 1024 * 1024 + 123))
+    b2.add_artifact("empty.txt", b"")
+    b2.add_artifact("test-results/junit.xml", b"<testsuite>node one ok</testsuite>\n", node_index=1)
+    b3 = p.add_build(build_num=3, branch="feature/x", status="success", lifecycle="finished", stop_time="2026-11-02T10:00:00Z")
+    b3.add_artifact("logs/build.log", b"feature build log\nall tests passed\n")
+    b4 = p.add_build(build_num=4, branch="main", status="running", lifecycle="running", stop_time=None)
+    b4.add_artifact("partial.log", b"still running\n")
+    return p
+
+
+def files_of(project: FakeProject, build: int) -> dict[str, bytes]:
+    """Expected relative path (node/path) -> bytes, applying the leading-slash rule."""
+    return {f"{a.node_index}/{a.path.lstrip('/')}": a.data for a in project.builds[build].artifacts}
+
+
+def storage_gets(fake: FakeCI) -> list:
+    return [r for r in fake.requests if r.server == "storage" and r.method == "GET"]
+
+
+def run(*cmd: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+
+
+# -- the tree ------------------------------------------------------------------------------------
+
+def test_tree_listing_modes_sizes_and_times(fake, mount):
+    project = sample(fake)
+    m = mount()
+    root = m.path
+    assert sorted(os.listdir(root)) == ["bitbucket", "github"]
+    proj = root / "github/acme/api"
+    assert sorted(os.listdir(proj)) == ["1", "2", "3", "4", "branch", "latest"]
+    assert os.readlink(proj / "latest") == "3"  # newest completed, any branch (4 is running)
+    build = proj / "2"
+    assert sorted(os.listdir(build)) == ["0", "1"]
+    assert os.stat(build).st_mtime == STOP_EPOCH
+    found = run("find", str(build), "-type", "f").stdout.split()
+    assert sorted(str(Path(f).relative_to(build)) for f in found) == sorted(files_of(project, 2))
+    for rel, data in files_of(project, 2).items():
+        st = os.stat(build / rel)
+        assert stat.S_IMODE(st.st_mode) == 0o444 and stat.S_ISREG(st.st_mode)
+        assert st.st_size == len(data), rel
+        assert st.st_mtime == STOP_EPOCH
+        assert st.st_uid == os.getuid()
+    for d in (root, root / "github", proj, build, build / "0", build / "0/coverage"):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o555, d
+    # `ls -l` (readdirplus) agrees with stat, sizes included
+    out = run("ls", "-ln", str(build / "0/dist")).stdout
+    assert f" {3 * 1024 * 1024 + 123} " in out
+    assert storage_gets(fake), "sizes come from ranged GETs"
+    assert not [r for r in fake.requests if r.method == "HEAD"], "never HEAD: presigned URLs refuse it"
+
+
+def test_every_artifact_reads_back_byte_exact(fake, mount):
+    project = sample(fake)
+    m = mount()
+    build = m.path / "github/acme/api/2"
+    expected = {rel: hashlib.sha256(data).hexdigest() for rel, data in files_of(project, 2).items()}
+    out = run("sha256sum", *sorted(expected), cwd=build)
+    assert out.returncode == 0, out.stderr
+    got = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in out.stdout.splitlines()}
+    assert got == expected
+
+
+def test_grep_recursive(fake, mount):
+    sample(fake)
+    m = mount()
+    out = run("grep", "-rl", "FAILED", str(m.path / "github/acme/api/2"))
+    assert out.stdout.split() == [str(m.path / "github/acme/api/2/0/test-results/junit.xml")]
+
+
+def test_reads_across_blocks_past_eof_and_mmap(fake, mount):
+    project = sample(fake)
+    data = project.builds[2].artifacts[4].data  # dist/app.bin, 3 MiB + 123
+    m = mount("--block-size", "64K")
+    path = m.path / "github/acme/api/2/0/dist/app.bin"
+    rng = random.Random(7)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        bs = 64 * 1024
+        cases = [(0, 1), (bs - 1, 2), (bs - 10, bs + 20), (5 * bs, 3 * bs), (len(data) - 5, 100),
+                 (len(data), 10), (len(data) + 1000, 10)]
+        cases += [(rng.randrange(len(data)), rng.randrange(1, 300_000)) for _ in range(40)]
+        for off, size in cases:
+            assert os.pread(fd, size, off) == data[off:off + size], (off, size)
+    finally:
+        os.close(fd)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        assert mm[:100] == data[:100]
+        assert mm[len(data) - 4096:] == data[-4096:]
+        assert hashlib.sha256(mm).digest() == hashlib.sha256(data).digest()
+    assert (m.path / "github/acme/api/2/0/empty.txt").read_bytes() == b""
+
+
+def test_latest_and_branch_links_follow_new_builds(fake, mount):
+    project = sample(fake)
+    m = mount("--latest-ttl", "1")
+    proj = m.path / "github/acme/api"
+    assert os.readlink(proj / "branch/feature%2Fx/latest") == "../../3"
+    assert (proj / "branch/feature%2Fx/latest/0/logs/build.log").read_bytes().startswith(b"feature build log")
+    assert os.readlink(proj / "branch/main/latest") == "../../2"
+    assert "feature%2Fx" in os.listdir(proj / "branch")
+    assert not (proj / "branch/no-such-branch").exists()
+    # an open file keeps reading the build it opened while `latest` moves on
+    with open(proj / "latest/0/logs/build.log", "rb") as held:
+        b5 = project.add_build(build_num=5, branch="main", status="success", lifecycle="finished",
+                               stop_time="2026-11-03T10:00:00Z")
+        b5.add_artifact("report.txt", b"build five\n")
+        deadline = time.monotonic() + 10
+        while os.readlink(proj / "latest") != "5":
+            assert time.monotonic() < deadline, "latest was not re-resolved after its TTL"
+            time.sleep(0.3)
+        assert held.read() == b"feature build log\nall tests passed\n"
+    assert (proj / "latest/0/report.txt").read_bytes() == b"build five\n"
+    assert os.readlink(proj / "branch/main/latest") == "../../5"
+
+
+def test_running_build_is_refreshed_completed_build_is_not(fake, mount):
+    project = sample(fake)
+    m = mount("--latest-ttl", "1")
+    running = m.path / "github/acme/api/4/0"
+    done = m.path / "github/acme/api/2/0"
+    assert os.listdir(running) == ["partial.log"]
+    os.listdir(done)
+    project.builds[4].add_artifact("more.log", b"more\n")
+    deadline = time.monotonic() + 10
+    while "more.log" not in os.listdir(running):
+        assert time.monotonic() < deadline, "a running build's listing was not refreshed"
+        time.sleep(0.3)
+    before = len([r for r in fake.requests if r.path.endswith("/2/artifacts")])
+    time.sleep(1.5)
+    for _ in range(3):
+        os.listdir(done)
+        run("ls", "-lR", str(done))
+    after = len([r for r in fake.requests if r.path.endswith("/2/artifacts")])
+    assert before == after == 1, "a completed build's listing is fetched once"
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+def expect_errno(code: int, fn, *args) -> None:
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    assert info.value.errno == code, f"{fn.__name__}{args}: {info.value}"
+
+
+def test_every_write_path_is_erofs(fake, mount):
+    sample(fake)
+    m = mount()
+    d = m.path / "github/acme/api/2/0"
+    f = d / "empty.txt"
+    expect_errno(errno.EROFS, os.open, f, os.O_WRONLY)
+    expect_errno(errno.EROFS, os.open, f, os.O_RDWR)
+    expect_errno(errno.EROFS, os.open, d / "new", os.O_WRONLY | os.O_CREAT, 0o644)
+    expect_errno(errno.EROFS, os.mkdir, d / "newdir")
+    expect_errno(errno.EROFS, os.unlink, f)
+    expect_errno(errno.EROFS, os.rmdir, d / "coverage")
+    expect_errno(errno.EROFS, os.rename, f, d / "moved")
+    expect_errno(errno.EROFS, os.chmod, f, 0o644)
+    expect_errno(errno.EROFS, os.truncate, f, 0)
+    expect_errno(errno.EROFS, os.utime, f, (1, 1))
+    expect_errno(errno.EROFS, os.symlink, "x", d / "link")
+    expect_errno(errno.EROFS, os.link, f, d / "hard")
+    expect_errno(errno.EROFS, os.setxattr, f, "user.x", b"1")
+    out = run("touch", str(d / "touched"))
+    assert out.returncode != 0 and "Read-only file system" in out.stderr
+
+
+def test_unknown_names_are_enoent(fake, mount):
+    sample(fake)
+    m = mount()
+    for rel in ("github/nobody/nothing", "github/acme/nothing", "github/acme/api/99",
+                "github/acme/api/007", "github/acme/api/2/7", "github/acme/api/2/0/nope.txt",
+                "gitlab", "github/acme/api/branch/a%2", "github/acme/api/latest/0/nope"):
+        expect_errno(errno.ENOENT, os.stat, m.path / rel)
+
+
+def test_private_project_token_rules(fake, mount, tmp_path):
+    p = fake.add_project("github", "acme", "secret", private=True)
+    b = p.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time=STOP)
+    b.add_artifact("secret.txt", b"top secret\n")
+    anon = mount()
+    expect_errno(errno.ENOENT, os.listdir, anon.path / "github/acme/secret")  # 404, as circleci.com hides it
+    bad = mount(token="wrong-token")
+    bad.expect_errors = True
+    expect_errno(errno.EACCES, os.listdir, bad.path / "github/acme/secret")
+    good = mount(token=TOKEN)
+    fake.clear_requests()
+    assert (good.path / "github/acme/secret/1/0/secret.txt").read_bytes() == b"top secret\n"
+    api = [r for r in fake.requests if r.server == "api"]
+    storage = [r for r in fake.requests if r.server == "storage"]
+    assert api and storage
+    assert all(r.headers.get("circle-token") == TOKEN for r in api)
+    for r in storage:
+        assert TOKEN not in repr(r.headers) and TOKEN not in repr(r.query), "token leaked to the storage host"
+    for m in (anon, bad, good):
+        assert TOKEN not in m.log_text() and "wrong-token" not in m.log_text()
+    cache_names = [n for _, dirs, files in os.walk(tmp_path / "cache") for n in dirs + files]
+    assert cache_names and not any(TOKEN in n for n in cache_names)
+
+
+def test_hung_storage_gives_eio_within_the_timeout(fake, mount):
+    sample(fake)
+    m = mount("--timeout", "2")
+    m.expect_errors = True
+    path = m.path / "github/acme/api/1/0/report.txt"
+    fake.faults.storage_hang = True
+    start = time.monotonic()
+    expect_errno(errno.EIO, os.stat, path)
+    assert time.monotonic() - start < 10, "bounded: the timeout is 2 s"
+    fake.faults.storage_hang = False
+    assert path.read_bytes() == b"build one\n", "the mount recovers"
+
+
+def test_hostile_artifact_paths(fake, mount):
+    p = fake.add_project("github", "evil", "paths")
+    b = p.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time=STOP)
+    for path, data in [("../../escape.txt", b"x"), ("a/../../b", b"x"), ("./dot", b"x"), ("nul\x00byte", b"x"),
+                       ("long/" + "n" * 300, b"x"), ("double//slash.txt", b"double\n"),
+                       ("a", b"file a"), ("a/b.txt", b"in dir a\n"), ("dup.txt", b"first\n"),
+                       ("dup.txt", b"second\n"), ("ok/é ü.txt", b"unicode\n")]:
+        b.add_artifact(path, data)
+    m = mount()
+    node = m.path / "github/evil/paths/1/0"
+    found = sorted(str(Path(f).relative_to(node)) for f in run("find", str(node), "-type", "f").stdout.splitlines())
+    assert found == ["a/b.txt", "double/slash.txt", "dup.txt", "ok/é ü.txt"]
+    assert (node / "a/b.txt").read_bytes() == b"in dir a\n"
+    assert (node / "double/slash.txt").read_bytes() == b"double\n"
+    assert (node / "dup.txt").read_bytes() in (b"first\n", b"second\n")
+    assert not (m.path / "github/evil/escape.txt").exists()
+    log = m.log_text()
+    assert log.count("skipped") >= 7
+    assert sorted(os.listdir(m.path)) == ["bitbucket", "github"]  # still answering
+
+
+def test_malformed_listing_is_eio_and_the_mount_survives(fake, mount):
+    project = sample(fake)
+    project.builds[1].raw_artifacts = [{"path": "x.txt", "node_index": "zero", "url": "http://x"}]
+    fake.faults.malformed_json.add("/api/v1.1/project/github/acme/api/3/artifacts")
+    m = mount()
+    m.expect_errors = True
+    expect_errno(errno.EIO, os.listdir, m.path / "github/acme/api/1")
+    expect_errno(errno.EIO, os.listdir, m.path / "github/acme/api/3")
+    assert (m.path / "github/acme/api/2/0/empty.txt").exists()
+    log = m.log_text()
+    assert "node_index" in log and "malformed JSON" in log
+
+
+def test_expired_artifact_is_enoent_with_a_clear_log_line(fake, mount):
+    project = sample(fake)
+    project.builds[1].artifacts[0].expired = True
+    m = mount()
+    m.expect_errors = True
+    expect_errno(errno.ENOENT, open, m.path / "github/acme/api/1/0/report.txt", "rb")
+    assert "expired" in m.log_text()
+
+
+def test_server_ignoring_range_still_gives_exact_bytes(fake, mount):
+    project = sample(fake)
+    fake.faults.ignore_range = True
+    m = mount("--block-size", "256K")
+    data = project.builds[2].artifacts[4].data
+    out = run("sha256sum", str(m.path / "github/acme/api/2/0/dist/app.bin"))
+    assert out.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+
+
+# -- the block cache -----------------------------------------------------------------------------
+
+def test_concurrent_cold_readers_make_one_request_per_block(fake, mount):
+    project = sample(fake)
+    data = project.builds[2].artifacts[4].data
+    m = mount("--block-size", "256K")
+    path = m.path / "github/acme/api/2/0/dist/app.bin"
+    os.stat(path)  # size probe: fetches block 0
+    fake.clear_requests()
+    procs = [subprocess.Popen(["sha256sum", str(path)], stdout=subprocess.PIPE, text=True) for _ in range(16)]
+    digests = {p.communicate(timeout=60)[0].split()[0] for p in procs}
+    assert digests == {hashlib.sha256(data).hexdigest()}
+    ranges = [r.headers.get("range") for r in storage_gets(fake)]
+    blocks = -(-len(data) // (256 * 1024))
+    assert len(ranges) == len(set(ranges)) == blocks - 1, ranges
+
+
+def test_disk_cache_serves_a_second_mount_without_storage_requests(fake, mount, tmp_path):
+    project = sample(fake)
+    cache = tmp_path / "shared-cache"
+    first = mount(cache_dir=cache)
+    build = "github/acme/api/2"
+    expected = {rel: data for rel, data in files_of(project, 2).items()}
+    for rel, data in expected.items():
+        assert (first.path / build / rel).read_bytes() == data
+    first.stop()
+    fake.clear_requests()
+    second = mount(cache_dir=cache)
+    for rel, data in expected.items():
+        assert (second.path / build / rel).read_bytes() == data
+    assert storage_gets(fake) == [], "everything came from the disk cache"
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700 or stat.S_IMODE(os.stat(cache / "blocks").st_mode) == 0o700
+
+
+def test_recent_builds_paging_and_lookup_of_older_builds(fake, mount):
+    p = fake.add_project("github", "big", "proj")
+    for n in range(1, 161):
+        b = p.add_build(build_num=n, branch="main", status="success", lifecycle="finished", stop_time=STOP)
+        b.add_artifact("n.txt", f"{n}\n".encode())
+    m = mount("--recent-builds", "120")
+    names = os.listdir(m.path / "github/big/proj")
+    builds = sorted(int(n) for n in names if n.isdigit())
+    assert builds == list(range(41, 161))
+    pages = [r.query for r in fake.requests if r.path == "/api/v1.1/project/github/big/proj"]
+    assert pages and all(int(q["limit"]) <= 100 for q in pages)
+    assert {q.get("offset") for q in pages} >= {"0", "100"}
+    assert (m.path / "github/big/proj/7/0/n.txt").read_bytes() == b"7\n"  # not listed, still there
+
+
+def test_parallel_readers_in_threads_see_consistent_bytes(fake, mount):
+    project = sample(fake)
+    m = mount("--block-size", "64K")
+    data = project.builds[2].artifacts[4].data
+    path = m.path / "github/acme/api/2/0/dist/app.bin"
+    errors: list[str] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        with open(path, "rb") as f:
+            for _ in range(30):
+                off, size = rng.randrange(len(data)), rng.randrange(1, 200_000)
+                f.seek(off)
+                if f.read(size) != data[off:off + size]:
+                    errors.append(f"mismatch at {off}+{size}")
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors

@@ -1,0 +1,63 @@
+"""Tier 1: the artifact path safety rules of tree.place_artifacts (documented in README)."""
+
+import logging
+
+import pytest
+
+from ciartfs.tree import FileTree, place_artifacts, split_artifact_path
+
+
+def flatten(tree: FileTree, prefix: str = "") -> dict[str, object]:
+    out = {prefix + name: value for name, value in tree.files.items()}
+    for name, sub in tree.dirs.items():
+        out.update(flatten(sub, prefix + name + "/"))
+    return out
+
+
+def place(paths, **kw):
+    return flatten(place_artifacts([(p, f"url-{i}") for i, p in enumerate(paths)], where="t", **kw))
+
+
+def test_leading_slash_and_empty_components_collapse():
+    assert place(["/tmp/a.txt", "x//y///z", "trailing/"]) == {
+        "tmp/a.txt": "url-0", "x/y/z": "url-1", "trailing": "url-2"}
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd", "a/../../b", "./a", "a/./b", "a/..", "..", ".",
+                                 "a\x00b", "x/" + "n" * 256, "", "/", "//", "\udc80bad"])
+def test_unsafe_paths_are_skipped_with_a_warning(bad, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert place([bad, "ok.txt"]) == {"ok.txt": "url-1"}
+    assert "skipped" in caplog.text
+
+
+def test_name_of_exactly_255_bytes_is_kept():
+    name = "é" * 127 + "x"  # 255 bytes in UTF-8
+    assert place([name]) == {name: "url-0"}
+    assert isinstance(split_artifact_path("é" * 128), str)  # 256 bytes: refused
+
+
+def test_duplicates_keep_the_smallest_tiebreak_whatever_the_order(caplog):
+    items = [("a/b", "https://z"), ("a/b", "https://a"), ("/a//b", "https://m")]
+    for order in (items, items[::-1], items[1:] + items[:1]):
+        with caplog.at_level(logging.WARNING):
+            assert flatten(place_artifacts(order, where="t")) == {"a/b": "https://a"}
+    assert "duplicate" in caplog.text
+
+
+def test_file_and_directory_collision_directory_wins(caplog):
+    items = [("a", "u1"), ("a/b", "u2"), ("a/c/d", "u3"), ("a/c", "u4")]
+    for order in (items, items[::-1]):
+        with caplog.at_level(logging.WARNING):
+            assert flatten(place_artifacts(order, where="t")) == {"a/b": "u2", "a/c/d": "u3"}
+    assert "also a directory" in caplog.text
+
+
+def test_non_string_path_is_refused():
+    assert split_artifact_path(42) == "not a string"
+    assert split_artifact_path(None) == "not a string"
+
+
+def test_unicode_and_spaces_are_fine():
+    assert place(["réports/ünïcode file.txt", "日本/語"]) == {
+        "réports/ünïcode file.txt": "url-0", "日本/語": "url-1"}
