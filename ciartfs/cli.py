@@ -92,6 +92,16 @@ def is_mounted(path: str) -> bool:
     return False
 
 
+def is_stale(path: str) -> bool:
+    """A FUSE mount whose process is gone. statvfs always reaches the filesystem; stat may be
+    answered from the kernel's attribute cache."""
+    try:
+        os.statvfs(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
 def check_mountpoint(path: str) -> None:
     try:
         st = os.stat(path)
@@ -104,6 +114,8 @@ def check_mountpoint(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"mountpoint {path} is not a directory")
     if is_mounted(path):
+        if is_stale(path):
+            raise UsageError(f"{path} is a stale mount (its ciartfs process is gone); run 'ciartfs unmount {path}' first")
         raise UsageError(f"mountpoint {path} is busy: something is already mounted there")
     try:
         fd = os.open("/dev/fuse", os.O_RDWR)
@@ -219,11 +231,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     path = args.mountpoint
     if not is_mounted(path):
         raise UsageError(f"{path} is not mounted")
-    stale = False
-    try:
-        os.stat(path)
-    except OSError as e:
-        stale = e.errno == errno.ENOTCONN
+    stale = is_stale(path)
     fusermount = shutil.which("fusermount3") or "fusermount3"
     cmd = [fusermount, "-u"] + (["-z"] if args.lazy or stale else []) + [path]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -252,6 +260,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ciartfs",
+        allow_abbrev=False,
         description="Mount CI build artifacts as a read-only filesystem.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  ciartfs mount ~/ci && ls ~/ci/github/acme/api/latest/0/\n"
@@ -260,12 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ciartfs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("mount", help="mount CircleCI artifacts at MOUNTPOINT",
+    p = sub.add_parser("mount", allow_abbrev=False, help="mount CircleCI artifacts at MOUNTPOINT",
                        description="Mount at MOUNTPOINT; returns once the mount answers. "
                                    "The token comes from $CIRCLE_TOKEN or --circleci-token-file.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_settings(p)
-    p = sub.add_parser("demo", help="start the bundled fake CI server and mount it",
+    p = sub.add_parser("demo", allow_abbrev=False, help="start the bundled fake CI server and mount it",
                        description="Mount a built-in fake CircleCI with example builds at MOUNTPOINT (created if missing).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_settings(p)

@@ -182,7 +182,7 @@ class HttpClient:
     async def _bounded(self, url: str, once: Any, *args: Any) -> Any:
         deadline = trio.current_time() + self.timeout
         attempt = 0
-        last = "no attempt"
+        last = "waiting for the first answer"
         try:
             with trio.fail_after(self.timeout):
                 while True:

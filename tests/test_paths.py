@@ -61,3 +61,42 @@ def test_non_string_path_is_refused():
 def test_unicode_and_spaces_are_fine():
     assert place(["réports/ünïcode file.txt", "日本/語"]) == {
         "réports/ünïcode file.txt": "url-0", "日本/語": "url-1"}
+
+
+# -- property-based: random hostile listings ---------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_component = st.one_of(
+    st.sampled_from(["", ".", "..", "a", "b", "a b", "é", "x\x00y", "n" * 256, "ü" * 128, "日本"]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=12),
+)
+_path = st.lists(_component, min_size=1, max_size=5).map("/".join) | st.lists(_component, max_size=4).map(
+    lambda parts: "/" + "/".join(parts))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_path, st.text(max_size=3)), max_size=25), st.randoms())
+def test_random_listings_keep_the_invariants(items, rnd):
+    tree = place_artifacts(items, where="prop")
+    flat = flatten(tree)
+    # nothing escapes: every name is a safe, single component
+    for path in flat:
+        for part in path.split("/"):
+            assert part not in ("", ".", "..") and "\x00" not in part
+            assert len(part.encode("utf-8")) <= 255
+    # deterministic whatever the order
+    shuffled = list(items)
+    rnd.shuffle(shuffled)
+    assert flatten(place_artifacts(shuffled, where="prop")) == flat
+    # every safe path is reachable unless another path needs it as a directory
+    safe = {"/".join(p) for p in (split_artifact_path(path) for path, _ in items) if not isinstance(p, str)}
+    dirs = {s.rsplit("/", 1)[0] for s in safe if "/" in s}
+    dir_prefixes = {"/".join(d.split("/")[:i]) for d in dirs for i in range(1, d.count("/") + 2)}
+    assert set(flat) == safe - dir_prefixes
+    # a kept duplicate is the smallest value
+    for path, value in flat.items():
+        candidates = [v for p, v in items if not isinstance(split_artifact_path(p), str)
+                      and "/".join(split_artifact_path(p)) == path]
+        assert value == min(candidates, key=str)

@@ -1,0 +1,7 @@
+"""A fake CircleCI v1.1 API with a separate presigned storage host, for the demo and the tests."""
+
+from ciartfs.fakeserver.dataset import demo_dataset
+from ciartfs.fakeserver.model import FakeArtifact, FakeBuild, FakeProject, Faults, Recorded
+from ciartfs.fakeserver.server import FakeCI
+
+__all__ = ["FakeCI", "FakeProject", "FakeBuild", "FakeArtifact", "Faults", "Recorded", "demo_dataset"]

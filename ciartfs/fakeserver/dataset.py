@@ -1,0 +1,78 @@
+"""The demo data: realistic, deterministic builds (seeded bytes, fixed times)."""
+
+from __future__ import annotations
+
+import random
+
+from ciartfs.fakeserver.model import FakeBuild
+from ciartfs.fakeserver.server import FakeCI
+
+_CSS = b"body { font-family: sans-serif; } .covered { background: #cfc; } .missed { background: #fcc; }\n"
+
+
+def _junit(build: int, node: int, failed: bool) -> bytes:
+    cases = [f'  <testcase classname="api.tests" name="test_{i}" time="0.{i:02d}"/>' for i in range(12)]
+    if failed:
+        cases[5] = ('  <testcase classname="api.tests" name="test_login" time="0.12">\n'
+                    '    <failure message="FAILED: expected 200, got 500">AssertionError</failure>\n  </testcase>')
+    head = f'<?xml version="1.0"?>\n<testsuite name="api build {build} node {node}" tests="12" failures="{int(failed)}">\n'
+    return (head + "\n".join(cases) + "\n</testsuite>\n").encode()
+
+
+def _coverage(build: int) -> dict[str, bytes]:
+    index = (f"<!DOCTYPE html>\n<html><head><title>Coverage for build {build}</title>"
+             '<link rel="stylesheet" href="style.css"></head>\n'
+             f'<body><h1>Coverage: {80 + build % 15}%</h1>\n<ul><li><a href="src/app.py.html">src/app.py</a></li></ul>'
+             "</body></html>\n").encode()
+    page = ('<!DOCTYPE html>\n<html><head><title>src/app.py</title><link rel="stylesheet" href="../style.css">'
+            '</head>\n<body><pre>\n<span class="covered">def handler(request):</span>\n'
+            '<span class="missed">    raise NotImplementedError</span>\n</pre>'
+            '<a href="../index.html">back</a></body></html>\n').encode()
+    return {"coverage/index.html": index, "coverage/style.css": _CSS, "coverage/src/app.py.html": page}
+
+
+def _log(rng: random.Random, build: int, lines: int, failed: bool) -> bytes:
+    out = []
+    for i in range(lines):
+        out.append(f"[{i:06d}] step {i % 17}: compiling module_{rng.randrange(1000)} ... ok")
+    if failed:
+        out.append("FAILED: 1 test failed (test_login)")
+    out.append(f"build {build} done")
+    return ("\n".join(out) + "\n").encode()
+
+
+def _fill(build: FakeBuild, rng: random.Random, nodes: int) -> None:
+    failed = build.status == "failed"
+    for node in range(nodes):
+        build.add_artifact("test-results/junit.xml", _junit(build.build_num, node, failed and node == 0), node)
+    for path, data in _coverage(build.build_num).items():
+        build.add_artifact(path, data)
+    build.add_artifact("logs/build.log", _log(rng, build.build_num, 4000, failed))
+    build.add_artifact("dist/app.tar.gz", rng.randbytes(3 * 1024 * 1024 + rng.randrange(4096)))
+    if failed:
+        build.add_artifact("core_dumps/core.1234.dump", rng.randbytes(256 * 1024))
+
+
+def demo_dataset(fake: FakeCI) -> None:
+    """github/acme/api (12 builds, two branches, one failed, the newest running),
+    github/acme/secret (private), bitbucket/acme/web."""
+    rng = random.Random(20261101)
+    api = fake.add_project("github", "acme", "api")
+    for num in range(1, 13):
+        branch = "feature/login" if num % 3 == 0 else "main"
+        status = "failed" if num == 10 else "success"
+        lifecycle = "running" if num == 12 else "finished"
+        stop = f"2026-11-{num:02d}T10:{num:02d}:00Z"
+        build = api.add_build(num, branch=branch, status="running" if lifecycle == "running" else status,
+                              lifecycle=lifecycle, stop_time=stop, start_time=f"2026-11-{num:02d}T09:50:00Z")
+        if lifecycle == "running":
+            build.add_artifact("logs/build.log", _log(rng, num, 200, False))
+        else:
+            _fill(build, rng, nodes=2 if num % 2 == 0 else 1)
+    secret = fake.add_project("github", "acme", "secret", private=True)
+    build = secret.add_build(1, stop_time="2026-11-05T12:00:00Z")
+    build.add_artifact("credentials-report.txt", b"only visible with a token\n")
+    web = fake.add_project("bitbucket", "acme", "web")
+    for num in (1, 2):
+        build = web.add_build(num, stop_time=f"2026-10-2{num}T08:00:00Z")
+        build.add_artifact("site/index.html", f"<html><body>web build {num}</body></html>\n".encode())

@@ -1,0 +1,97 @@
+"""The fake CI's state: projects, builds, artifacts, fault switches and the request log."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+_blob_ids = itertools.count(1)
+
+
+@dataclasses.dataclass(eq=False)
+class FakeArtifact:
+    path: str
+    data: bytes
+    node_index: int = 0
+    expired: bool = False  # listed, but its URL answers 404 (CircleCI deletes after 30 days)
+    url: str | None = None  # override the URL the listing reports (hostile listings)
+    blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
+
+
+@dataclasses.dataclass(eq=False)
+class FakeBuild:
+    build_num: int
+    branch: str | None = "main"
+    status: str = "success"
+    lifecycle: str = "finished"
+    start_time: str | None = None
+    stop_time: str | None = None
+    queued_at: str | None = None
+    vcs_revision: str | None = None
+    subject: str | None = None
+    artifacts: list[FakeArtifact] = dataclasses.field(default_factory=list)
+    # When set, the artifacts endpoint answers exactly this value (malformed-record tests).
+    raw_artifacts: Any = None
+
+    def add_artifact(self, path: str, data: bytes, node_index: int = 0, **kw: Any) -> FakeArtifact:
+        artifact = FakeArtifact(path, data, node_index, **kw)
+        self.artifacts.append(artifact)
+        return artifact
+
+    @property
+    def outcome(self) -> str | None:
+        return None if self.lifecycle != "finished" else self.status
+
+
+@dataclasses.dataclass(eq=False)
+class FakeProject:
+    vcs_type: str
+    username: str
+    reponame: str
+    private: bool = False
+    builds: dict[int, FakeBuild] = dataclasses.field(default_factory=dict)
+
+    def add_build(self, build_num: int, branch: str | None = "main", status: str = "success",
+                  lifecycle: str = "finished", stop_time: str | None = "2026-11-01T10:00:00Z",
+                  start_time: str | None = None, vcs_revision: str | None = None, **kw: Any) -> FakeBuild:
+        if lifecycle != "finished":
+            stop_time = None
+        build = FakeBuild(
+            build_num=build_num, branch=branch, status=status, lifecycle=lifecycle,
+            start_time=start_time or stop_time or "2026-11-01T09:55:00Z", stop_time=stop_time,
+            queued_at=start_time or stop_time or "2026-11-01T09:54:00Z",
+            vcs_revision=vcs_revision or f"{build_num:040x}", subject=kw.pop("subject", f"Commit for build {build_num}"),
+            **kw,
+        )
+        self.builds[build_num] = build
+        return build
+
+
+@dataclasses.dataclass
+class Faults:
+    """Switches the tests flip; all off by default."""
+
+    storage_hang: bool = False
+    api_hang: bool = False
+    ignore_range: bool = False
+    storage_statuses: list[int] = dataclasses.field(default_factory=list)
+    api_statuses: list[int] = dataclasses.field(default_factory=list)
+    malformed_json: set[str] = dataclasses.field(default_factory=set)
+    presign_ttl: float = 3600.0
+
+    def reset(self) -> None:
+        for field in dataclasses.fields(self):
+            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default  # type: ignore[misc]
+            setattr(self, field.name, default)
+
+
+@dataclasses.dataclass
+class Recorded:
+    server: str  # "api" | "storage"
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    status: int
+    time: float
