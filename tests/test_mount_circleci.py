@@ -376,3 +376,21 @@ def test_parallel_readers_in_threads_see_consistent_bytes(fake, mount):
     for t in threads:
         t.join(timeout=60)
     assert not errors
+
+
+def test_expired_presigned_url_is_resolved_again_transparently(fake, mount):
+    project = sample(fake)
+    data = project.builds[2].artifacts[4].data
+    fake.faults.presign_ttl = 1
+    m = mount("--block-size", "64K")
+    path = m.path / "github/acme/api/2/0/dist/app.bin"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 1000, 0) == data[:1000]
+        time.sleep(2.2)  # the storage URL the mount holds has expired: storage says 403
+        fake.clear_requests()
+        assert os.pread(fd, 1000, 2_000_000) == data[2_000_000:2_001_000]
+    finally:
+        os.close(fd)
+    statuses = [(r.server, r.status) for r in fake.requests if r.method == "GET"]
+    assert ("storage", 403) in statuses and ("api", 302) in statuses and statuses[-1] == ("storage", 206)

@@ -346,6 +346,7 @@ class FakeCI:
                     raise _Reply(416, b"", content_type="application/xml", headers={"Content-Range": f"bytes */{total}"})
                 status = 206
         body = data[start:end + 1] if total else b""
+        record.status = status  # before the body: the client may look at the log once it has it
         try:
             handler.send_response(status)
             handler.send_header("Content-Type", "application/octet-stream")
