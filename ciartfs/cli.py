@@ -159,7 +159,7 @@ def _run_foreground(args: argparse.Namespace, settings: Settings, *, demo: bool)
             fake.start()
             demo_cache = tempfile.mkdtemp(prefix="ciartfs-demo-cache-")
             settings = dataclasses.replace(settings, circleci_host=fake.api_url, circleci_token=DEMO_TOKEN,
-                                           cache_dir=Path(demo_cache))
+                                           taskcluster_root_url=fake.api_url, cache_dir=Path(demo_cache))
             log.info("demo: fake CircleCI at %s", fake.api_url)
         ready = lambda: _report_ready(args.ready_fd, "ok")  # noqa: E731
         try:
@@ -221,8 +221,10 @@ def cmd_mount(args: argparse.Namespace, argv: list[str], *, demo: bool = False) 
     code = _run_background(args, settings, argv)
     if demo and code == 0:
         mp = args.mountpoint
+        from ciartfs.fakeserver.dataset import DEMO_TASK_GROUP
         print(f"Try:\n  ls -l {mp}/github/acme/api/\n  ls -R {mp}/github/acme/api/latest/\n"
-              f"  grep -rl FAILED {mp}/github/acme/api/latest/\n  sha256sum {mp}/github/acme/api/latest/0/dist/app.tar.gz\n"
+              f"  grep -rl FAILED {mp}/github/acme/api/\n  sha256sum {mp}/github/acme/api/latest/0/dist/app.tar.gz\n"
+              f"  ls -l {mp}/taskcluster/group/{DEMO_TASK_GROUP}/ {mp}/taskcluster/group/{DEMO_TASK_GROUP}/build-linux64/\n"
               f"Stop it with: ciartfs unmount {mp}")
     return code
 

@@ -97,6 +97,8 @@ OPTIONS: tuple[Option, ...] = (
            "CircleCI host; the v1.1 API is at URL/api/v1.1"),
     Option("circleci_token_file", "CIARTFS_CIRCLECI_TOKEN_FILE", _path, None,
            "file holding the CircleCI API token (else $CIRCLE_TOKEN)"),
+    Option("taskcluster_root_url", "TASKCLUSTER_ROOT_URL", _parse_url, None,
+           "Taskcluster deployment; adds taskcluster/ (credentials: $TASKCLUSTER_CLIENT_ID, $TASKCLUSTER_ACCESS_TOKEN)"),
     Option("cache_dir", "CIARTFS_CACHE_DIR", _path, None,
            "persistent block cache directory (default: $XDG_CACHE_HOME/ciartfs)"),
     Option("cache_size", "CIARTFS_CACHE_SIZE", parse_size, 10 << 30,
@@ -125,6 +127,9 @@ MAX_BLOCK_SIZE = 64 << 20
 class Settings:
     circleci_host: str = "https://circleci.com"
     circleci_token: str | None = dataclasses.field(default=None, repr=False)
+    taskcluster_root_url: str | None = None
+    taskcluster_client_id: str | None = None
+    taskcluster_access_token: str | None = dataclasses.field(default=None, repr=False)
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
     cache_size: int = 10 << 30
     memory_cache: int = 256 << 20
@@ -141,7 +146,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every credential in force, for log redaction."""
-        return [s for s in (self.circleci_token,) if s]
+        return [s for s in (self.circleci_token, self.taskcluster_access_token) if s]
 
 
 def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
@@ -214,4 +219,9 @@ def load_settings(
         raise ConfigError(f"block size must be a multiple of 4K between 4K and 64M, not {bs}")
     if values["memory_cache"] < 2 * bs:
         raise ConfigError("memory cache must hold at least two blocks")
-    return Settings(circleci_token=token, **values)
+    # Taskcluster credentials: the variable names every Taskcluster client reads.
+    tc_id = env.get("TASKCLUSTER_CLIENT_ID") or None
+    tc_token = env.get("TASKCLUSTER_ACCESS_TOKEN") or None
+    if bool(tc_id) != bool(tc_token):
+        raise ConfigError("set both TASKCLUSTER_CLIENT_ID and TASKCLUSTER_ACCESS_TOKEN, or neither")
+    return Settings(circleci_token=token, taskcluster_client_id=tc_id, taskcluster_access_token=tc_token, **values)

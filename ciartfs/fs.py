@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from ciartfs.errors import ArtifactExpired, CiartfsError
+from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError
 from ciartfs.reader import Reader, ReadStream
 from ciartfs.tree import Kind, Node, Tree
 
@@ -33,6 +33,7 @@ MUTABLE_TIMEOUT = 1.0
 # st_blksize is what `cp`, `cat` and stdio use as their buffer size; the kernel's largest
 # buffered read is 128 KiB, so a bigger hint gains nothing.
 PREFERRED_IO_SIZE = 128 << 10
+ERROR_XATTR = b"user.ciartfs.error"
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -173,6 +174,8 @@ class ArtifactFS(pyfuse3.Operations):
         node = self.tree.get(inode)
         if node.kind is not Kind.FILE or node.artifact is None:
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.EINVAL)
+        if node.artifact.error:
+            raise UpstreamError(f"{node.path}: error artifact: {await self.reader.error_reason(node.artifact)}")
         if node.size is None:
             node.size = await self.reader.size(node.artifact)
         fh = next(self._handles)
@@ -185,8 +188,10 @@ class ArtifactFS(pyfuse3.Operations):
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        assert handle.node.artifact is not None
-        return await self.reader.read(handle.node.artifact, off, size, handle.stream)
+        node = handle.node
+        assert node.artifact is not None
+        # A growing file is served up to the size the kernel was shown (it pads short replies).
+        return await self.reader.read(node.artifact, off, size, handle.stream, total=node.size)
 
     async def release(self, fh: int) -> None:
         self._files.pop(fh, None)
@@ -201,13 +206,19 @@ class ArtifactFS(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
-    # -- extended attributes: none yet ----------------------------------------------------------
+    # -- extended attributes ----------------------------------------------------------------------
 
+    @_edge
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.tree.get(inode)
+        if name == ERROR_XATTR and node.artifact is not None and node.artifact.error:
+            return (await self.reader.error_reason(node.artifact)).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
+    @_edge
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return []
+        node = self.tree.get(inode)
+        return [ERROR_XATTR] if node.artifact is not None and node.artifact.error else []
 
     # -- everything that would write: EROFS (the mount is also 'ro', this is defence in depth)
 

@@ -25,9 +25,9 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
@@ -45,6 +45,8 @@ from ciartfs.errors import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 MAX_REDIRECTS = 5
 # Hostile or broken servers must not make us buffer without bound: listings larger than
 # this are refused (CircleCI's largest real listings are a few MB).
@@ -61,39 +63,57 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
-def _origin(url: str) -> tuple[str, str, int]:
+def origin_of(url: str) -> tuple[str, str, int]:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or (443 if scheme == "https" else 80)
     return scheme, (parts.hostname or "").lower(), port
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Credential:
-    """Headers that authenticate us, and the only places they may be sent.
+    """What authenticates us, and the only places it may be sent.
 
     `origins` are exact (scheme, host, port) matches; `https_host_suffixes` admit a family
     of hosts over https only (CircleCI serves artifacts from `*.circle-artifacts.com`).
+    Subclasses say which headers a request gets (static, or signed per request).
     """
 
-    headers: Mapping[str, str] = dataclasses.field(repr=False)
     origins: frozenset[tuple[str, str, int]] = frozenset()
     https_host_suffixes: tuple[str, ...] = ()
 
     def applies_to(self, url: str) -> bool:
-        scheme, host, port = _origin(url)
+        scheme, host, port = origin_of(url)
         if (scheme, host, port) in self.origins:
             return True
         return scheme == "https" and any(host.endswith(s) for s in self.https_host_suffixes)
 
+    def headers_for(self, method: str, url: str) -> Mapping[str, str]:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HeaderCredential(Credential):
+    """The same headers on every request (an API token)."""
+
+    headers: Mapping[str, str] = dataclasses.field(repr=False)
+
+    def headers_for(self, method: str, url: str) -> Mapping[str, str]:
+        return self.headers
+
 
 @dataclasses.dataclass(frozen=True)
 class RangeReply:
-    """`data` is exactly bytes [start, start+len(data)) of a resource of `total` bytes."""
+    """`data` is exactly bytes [start, start+len(data)) of a resource of `total` bytes.
+
+    `encoding` is the Content-Encoding the storage applied (e.g. "gzip"), if any: then the
+    offsets and `total` count encoded bytes, and the caller must fetch and decode the whole.
+    """
 
     start: int
     data: bytes
     total: int
+    encoding: str | None = None
 
 
 class _Retry(Exception):
@@ -161,11 +181,19 @@ class HttpClient:
 
     # -- public API -------------------------------------------------------------------------
 
-    async def get_json(self, url: str, params: Mapping[str, str | int] | None = None) -> Any:
-        """GET an API document. 404 -> NotFound, 401/403 -> Forbidden, bad JSON -> BadListing."""
+    async def get_json(self, url: str, params: Mapping[str, str | int] | None = None, *,
+                       also_ok: frozenset[int] = frozenset()) -> Any:
+        """GET an API document. 404 -> NotFound, 401/403 -> Forbidden, bad JSON -> BadListing.
+        Statuses in `also_ok` (e.g. Taskcluster's 424 for error artifacts) return their body."""
         if params:
             url = url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
-        return await self._bounded(url, self._json_once, url)
+        return await self._bounded(url, self._json_once, url, also_ok)
+
+    async def fetch_whole(self, url: str, consume: Callable[[AsyncIterator[bytes], str | None], Awaitable[T]], *,
+                          timeout: float | None = None) -> T:
+        """Stream the whole raw body of `url` into `consume(chunks, content_encoding)`, called
+        afresh on every attempt. For bodies that cannot be read by range (gzip-encoded)."""
+        return await self._bounded(url, self._whole_once, url, consume, timeout=timeout)
 
     async def get_range(self, url: str, start: int, length: int) -> RangeReply:
         """Bytes [start, start+length) of the resource at `url` (fewer at its end).
@@ -179,12 +207,13 @@ class HttpClient:
 
     # -- retry / deadline machinery -----------------------------------------------------------
 
-    async def _bounded(self, url: str, once: Any, *args: Any) -> Any:
-        deadline = trio.current_time() + self.timeout
+    async def _bounded(self, url: str, once: Any, *args: Any, timeout: float | None = None) -> Any:
+        timeout = timeout or self.timeout
+        deadline = trio.current_time() + timeout
         attempt = 0
         last = "waiting for the first answer"
         try:
-            with trio.fail_after(self.timeout):
+            with trio.fail_after(timeout):
                 while True:
                     try:
                         return await once(*args)
@@ -202,7 +231,7 @@ class HttpClient:
                         await trio.sleep(delay)
         except trio.TooSlowError:
             raise UpstreamTimeout(
-                f"{redact_url(url)}: no complete answer within {self.timeout:g}s (last: {last})"
+                f"{redact_url(url)}: no complete answer within {timeout:g}s (last: {last})"
             ) from None
 
     @asynccontextmanager
@@ -210,18 +239,20 @@ class HttpClient:
                     first_hop_credentials: bool = True) -> AsyncIterator[tuple[httpx.Response, str, bool]]:
         """Send a GET following redirects; yields (streaming response, final url, redirected)."""
         headers_base = {"Accept": accept}
-        if byte_range is not None:
+        if accept != "application/json":
             # identity: Range and Content-Length must count the bytes we serve, not gzip's.
+            # (Storage that keeps an object gzip-encoded still says so: see RangeReply.encoding.)
             headers_base["Accept-Encoding"] = "identity"
+        if byte_range is not None:
             headers_base["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         current, redirected = url, False
-        cred_origin = _origin(url) if first_hop_credentials else None
+        cred_origin = origin_of(url) if first_hop_credentials else None
         for _hop in range(MAX_REDIRECTS + 1):
             headers = dict(headers_base)
-            if cred_origin is not None and _origin(current) == cred_origin:
+            if cred_origin is not None and origin_of(current) == cred_origin:
                 for cred in self._credentials:
                     if cred.applies_to(current):
-                        headers.update(cred.headers)
+                        headers.update(cred.headers_for("GET", current))
             try:
                 req = self._client.build_request("GET", current, headers=headers)
                 self.requests_made += 1
@@ -260,14 +291,14 @@ class HttpClient:
 
     # -- one attempt each ---------------------------------------------------------------------
 
-    async def _json_once(self, url: str) -> Any:
+    async def _json_once(self, url: str, also_ok: frozenset[int]) -> Any:
         async with self._open(url, accept="application/json") as (resp, final, _):
             status = resp.status_code
-            if status == 404:
+            if status == 404 and status not in also_ok:
                 raise NotFound(f"{redact_url(url)}: HTTP 404")
-            if status in (401, 403):
+            if status in (401, 403) and status not in also_ok:
                 raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)")
-            if status != 200:
+            if status != 200 and status not in also_ok:
                 self._retry_or_raise(resp, url)
             body = bytearray()
             async for chunk in resp.aiter_bytes():
@@ -302,10 +333,15 @@ class HttpClient:
                 raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)")
             if redirected:
                 self._targets[url] = (final, time.monotonic())
+            encoding = resp.headers.get("content-encoding", "").strip().lower() or None
+            if encoding == "identity":
+                encoding = None
             if status == 206:
-                return await self._read_partial(resp, url, start, length)
+                reply = await self._read_partial(resp, url, start, length)
+                return dataclasses.replace(reply, encoding=encoding)
             if status == 200:
-                return await self._read_whole(resp, url, start, length)
+                reply = await self._read_whole(resp, url, start, length)
+                return dataclasses.replace(reply, encoding=encoding)
             if status == 416:
                 return self._unsatisfiable(resp, url, start)
             self._retry_or_raise(resp, url)
@@ -353,6 +389,25 @@ class HttpClient:
             raise _Retry("whole-body answer did not cover the requested range")
         return RangeReply(start, bytes(kept), total)
 
+    async def _whole_once(self, url: str, consume: Callable[[AsyncIterator[bytes], str | None], Awaitable[T]]) -> T:
+        cached = self._targets.get(url)
+        use_target = cached is not None and time.monotonic() - cached[1] < REDIRECT_TARGET_MAX_AGE
+        fetch_url = cached[0] if use_target and cached else url
+        async with self._open(fetch_url, accept="*/*", byte_range=None,
+                              first_hop_credentials=not use_target) as (resp, final, redirected):
+            status = resp.status_code
+            if status in (401, 403, 404, 410) and use_target:
+                self._targets.pop(url, None)
+                raise _StaleTarget()
+            if status in (404, 410):
+                raise ArtifactExpired(f"{redact_url(url)}: HTTP {status}; the artifact has expired or was deleted")
+            if status in (401, 403):
+                raise Forbidden(f"{redact_url(url)}: HTTP {status}")
+            if status != 200:
+                self._retry_or_raise(resp, url)
+            encoding = resp.headers.get("content-encoding", "").strip().lower() or None
+            return await consume(resp.aiter_raw(), None if encoding == "identity" else encoding)
+
     @staticmethod
     def _unsatisfiable(resp: httpx.Response, url: str, start: int) -> RangeReply:
         m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
@@ -364,4 +419,4 @@ class HttpClient:
         return RangeReply(start, b"", total)
 
 
-__all__ = ["Credential", "HttpClient", "RangeReply", "CiartfsError"]
+__all__ = ["Credential", "HeaderCredential", "HttpClient", "RangeReply"]

@@ -18,7 +18,7 @@ from ciartfs.cache import DiskStore, MemoryCache
 from ciartfs.config import Settings
 from ciartfs.fs import ArtifactFS
 from ciartfs.http import Credential, HttpClient
-from ciartfs.providers import circleci
+from ciartfs.providers import circleci, taskcluster
 from ciartfs.reader import Reader
 from ciartfs.tree import StaticDir, Tree
 
@@ -36,18 +36,22 @@ class Mount:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        credentials: list[Credential] = []
-        cred = circleci.credential(settings.circleci_host, settings.circleci_token)
-        if cred is not None:
-            credentials.append(cred)
-        self.http = HttpClient(timeout=settings.timeout, credentials=tuple(credentials))
+        creds = [circleci.credential(settings.circleci_host, settings.circleci_token)]
+        if settings.taskcluster_root_url:
+            creds.append(taskcluster.credential(settings.taskcluster_root_url, settings.taskcluster_client_id,
+                                                settings.taskcluster_access_token))
+        credentials: tuple[Credential, ...] = tuple(c for c in creds if c is not None)
+        self.http = HttpClient(timeout=settings.timeout, credentials=credentials)
         self.memory = MemoryCache(settings.memory_cache)
         self.disk = DiskStore(settings.cache_dir / "blocks", settings.cache_size)
         self.reader = Reader(self.http, self.memory, self.disk, settings.block_size)
         now = time.time()
         api = circleci.CircleCIApi(self.http, settings.circleci_host)
-        root = StaticDir(circleci.root_entries(api, recent_builds=settings.recent_builds,
-                                               ttl=settings.latest_ttl, mtime=now))
+        entries = circleci.root_entries(api, recent_builds=settings.recent_builds, ttl=settings.latest_ttl, mtime=now)
+        if settings.taskcluster_root_url:
+            queue = taskcluster.QueueApi(self.http, settings.taskcluster_root_url)
+            entries.append(taskcluster.root_entry(queue, ttl=settings.latest_ttl, mtime=now))
+        root = StaticDir(entries)
         self.tree = Tree(root, self.reader.size)
         self.ops = ArtifactFS(self.tree, self.reader)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
+from collections.abc import AsyncIterator
 
 import cachetools
 import trio
@@ -31,6 +33,12 @@ PREFETCH_CONCURRENCY = 16
 # queued: a slow disk must not make us hold unbounded memory.
 MAX_PENDING_DISK_WRITES = 64
 SIZE_MEMO_ENTRIES = 1_000_000
+# A gzip-encoded artifact must be fetched whole: it gets this many operation timeouts.
+WHOLE_FETCH_TIMEOUT_FACTOR = 10
+
+
+class _TruncatedBody(Exception):
+    pass
 
 
 @dataclasses.dataclass
@@ -72,6 +80,9 @@ class Reader:
         self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONCURRENCY)
         self._pending_writes = 0
         self._prefetching: set[str] = set()
+        self._sizing: SingleFlight[int] = SingleFlight()
+        self._decoded: set[str] = set()  # artifacts stored encoded, served from decoded blocks
+        self._errors: dict[str, str] = {}
         self._background: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -81,38 +92,67 @@ class Reader:
     # -- sizes ------------------------------------------------------------------------------
 
     async def size(self, art: Artifact) -> int:
+        if art.error:
+            return 0
         if art.size is not None:
             return art.size
+        if not art.immutable:
+            # A growing file (a running task's log): ask every time the tree asks.
+            return await self._sizing.run(art.key, lambda: self._probe_mutable(art))
         known = self._sizes.get(art.key)
         if known is not None:
             return known
-        if self.disk is not None and art.immutable:
+        if self.disk is not None:
             raw = await trio.to_thread.run_sync(self.disk.get, "size|" + art.key)
             if raw is not None and raw.isdigit():
                 self._sizes[art.key] = int(raw)
                 return int(raw)
-        await self._block(art, 0)
+        await self._block(art, 0, None)
         known = self._sizes.get(art.key)
         if known is None:  # block 0 came from disk but its size record did not
-            reply = await self.http.get_range(art.url, 0, 1)
-            self._remember_size(art, reply.total)
-            known = reply.total
+            known = await self._probe_mutable(art)
         return known
+
+    async def _probe_mutable(self, art: Artifact) -> int:
+        reply = await self.http.get_range(art.url, 0, self.block_size)
+        self.stats.requests += 1
+        if reply.encoding is not None:
+            return await self._load_decoded(art)
+        self._sizes[art.key] = reply.total
+        self.memory.put(self._block_key(art, 0, reply.total), reply.data)
+        return reply.total
 
     def _remember_size(self, art: Artifact, total: int) -> None:
         previous = self._sizes.get(art.key)
-        if previous is not None and previous != total:
+        if previous is not None and previous != total and art.immutable:
             raise UpstreamError(f"{redact_url(art.url)}: size changed from {previous} to {total} bytes")
-        if previous is None:
+        if previous != total:
             self._sizes[art.key] = total
             if self.disk is not None and art.immutable:
                 self._write_behind("size|" + art.key, str(total).encode())
 
+    async def error_reason(self, art: Artifact) -> str:
+        """Why an error artifact failed, as the CI system says (fetched once)."""
+        reason = self._errors.get(art.key)
+        if reason is None:
+            doc = await self.http.get_json(art.url, also_ok=frozenset({424}))
+            reason = "the CI system marks this artifact as failed"
+            if isinstance(doc, dict):
+                parts = [str(doc[k]) for k in ("reason", "message") if isinstance(doc.get(k), str) and doc[k]]
+                reason = ": ".join(parts)[:1000] or reason
+            self._errors[art.key] = reason
+        return reason
+
     # -- bytes ------------------------------------------------------------------------------
 
-    async def read(self, art: Artifact, offset: int, length: int, stream: ReadStream | None = None) -> bytes:
-        """Exactly the bytes [offset, offset+length) clipped to the file, or an error."""
-        total = await self.size(art)
+    async def read(self, art: Artifact, offset: int, length: int, stream: ReadStream | None = None,
+                   total: int | None = None) -> bytes:
+        """Exactly the bytes [offset, offset+length) clipped to the file, or an error.
+        `total` is the size the caller showed the kernel (a growing file is read up to it)."""
+        if art.error:
+            raise UpstreamError(f"{redact_url(art.url)}: error artifact: {await self.error_reason(art)}")
+        if total is None:
+            total = await self.size(art)
         if offset >= total or length <= 0:
             return b""
         end = min(offset + length, total)
@@ -139,17 +179,22 @@ class Reader:
         return data
 
     async def _checked_block(self, art: Artifact, index: int, total: int) -> bytes:
-        block = await self._block(art, index)
+        block = await self._block(art, index, total)
         expected = min(self.block_size, total - index * self.block_size)
+        if len(block) > expected and not art.immutable:
+            block = block[:expected]  # the file grew since its size was shown: serve up to that
         if len(block) != expected:
             raise UpstreamError(f"{redact_url(art.url)}: block {index} has {len(block)} bytes, expected {expected}")
         return block
 
-    def _block_key(self, art: Artifact, index: int) -> str:
-        return f"{art.key}|{self.block_size}|{index}"
+    def _block_key(self, art: Artifact, index: int, total: int | None) -> str:
+        key = f"{art.key}|{self.block_size}|{index}"
+        if not art.immutable and art.key not in self._decoded:
+            key += f"|{total}"  # a growing file's blocks are only valid for one size
+        return key
 
-    async def _block(self, art: Artifact, index: int) -> bytes:
-        key = self._block_key(art, index)
+    async def _block(self, art: Artifact, index: int, total: int | None) -> bytes:
+        key = self._block_key(art, index, total)
         hit = self.memory.get(key)
         if hit is not None:
             self.stats.memory_hits += 1
@@ -166,12 +211,77 @@ class Reader:
         self.stats.misses += 1
         self.stats.requests += 1
         reply = await self.http.get_range(art.url, index * self.block_size, self.block_size)
+        if reply.encoding is not None:
+            await self._load_decoded(art)
+            data = self.memory.get(key)
+            if data is None:
+                raise UpstreamError(f"{redact_url(art.url)}: block {index} is past the decoded end")
+            return data
         self._remember_size(art, reply.total)
         self.stats.bytes_fetched += len(reply.data)
         self.memory.put(key, reply.data)
         if art.immutable:
             self._write_behind(key, reply.data)
         return reply.data
+
+    async def _load_decoded(self, art: Artifact) -> int:
+        """Fetch a Content-Encoding: gzip artifact whole and cache its decoded blocks; Range
+        and sizes on such storage count compressed bytes, so they cannot serve reads.
+        Memory: one block plus one network chunk, however well the data compresses."""
+        return await self._sizing.run(("decode", art.key), lambda: self._decode_into_cache(art))
+
+    async def _decode_into_cache(self, art: Artifact) -> int:
+        bs = self.block_size
+
+        async def consume(chunks: AsyncIterator[bytes], encoding: str | None) -> int:
+            if encoding not in (None, "gzip", "x-gzip", "deflate"):
+                raise UpstreamError(f"{redact_url(art.url)}: unsupported Content-Encoding {encoding!r}")
+            decoder = zlib.decompressobj(wbits=47) if encoding else None  # 47: gzip or zlib header
+            pending = bytearray()
+            index = 0
+
+            def emit(block: bytes) -> None:
+                nonlocal index
+                key = self._block_key(art, index, None)
+                self.memory.put(key, block)
+                if art.immutable:
+                    self._write_behind(key, block)
+                index += 1
+
+            def emit_full_blocks() -> None:
+                while len(pending) >= bs:
+                    emit(bytes(pending[:bs]))
+                    del pending[:bs]
+
+            async for chunk in chunks:
+                self.stats.bytes_fetched += len(chunk)
+                if decoder is None:
+                    pending += chunk
+                    emit_full_blocks()
+                    continue
+                data = chunk
+                while data:  # at most one block of output per step: a zip bomb stays bounded
+                    pending += decoder.decompress(data, bs)
+                    data = decoder.unconsumed_tail
+                    emit_full_blocks()
+            if decoder is not None:
+                pending += decoder.flush()
+                if not decoder.eof:
+                    raise _TruncatedBody()
+            total = index * bs + len(pending)
+            if pending or total == 0:
+                emit(bytes(pending))
+            return total
+
+        self._decoded.add(art.key)
+        try:
+            total = await self.http.fetch_whole(art.url, consume, timeout=self.http.timeout * WHOLE_FETCH_TIMEOUT_FACTOR)
+        except (_TruncatedBody, zlib.error) as e:
+            raise UpstreamError(f"{redact_url(art.url)}: the gzip body is corrupt or truncated ({e!r})") from None
+        log.info("decoded %s: %d bytes", redact_url(art.url), total)
+        self._sizes.pop(art.key, None)
+        self._remember_size(art, total)
+        return total
 
     # -- background work ----------------------------------------------------------------------
 
@@ -203,16 +313,16 @@ class Reader:
             return
         last_block = (total - 1) // self.block_size
         for index in range(last + 1, min(last + stream.window, last_block) + 1):
-            key = self._block_key(art, index)
+            key = self._block_key(art, index, total)
             if key in self.memory or key in self._prefetching or self._flight.in_flight(key):
                 continue
             self._prefetching.add(key)
-            self._background.start_soon(self._prefetch, art, index, key)
+            self._background.start_soon(self._prefetch, art, index, total, key)
 
-    async def _prefetch(self, art: Artifact, index: int, key: str) -> None:
+    async def _prefetch(self, art: Artifact, index: int, total: int, key: str) -> None:
         try:
             async with self._prefetch_limiter:
-                await self._block(art, index)
+                await self._block(art, index, total)
         except CiartfsError as e:
             log.debug("prefetch of block %d failed: %s", index, e)
         except Exception:

@@ -52,6 +52,9 @@ class Artifact:
     url: str
     immutable: bool
     size: int | None = None  # when the listing already says it
+    # An artifact the CI system marks as failed (Taskcluster's `error` storage type): it is
+    # listed, and opening it fails with EIO; the reason is fetched on demand.
+    error: bool = False
 
 
 class DirSource(Protocol):
@@ -236,7 +239,8 @@ class Tree:
             child.checked = time.monotonic()
             if child.kind is Kind.LINK:
                 child.target = entry.target
-            elif child.kind is Kind.FILE and entry.artifact != child.artifact:
+            elif child.kind is Kind.FILE and (entry.artifact != child.artifact or not entry.immutable):
+                # a mutable file (a growing live log) has its size learned again
                 child.artifact, child.size = entry.artifact, None
             elif child.kind is Kind.DIR and not child.immutable:
                 child.source = entry.source
@@ -299,6 +303,18 @@ class FileTree(Generic[T]):
 
     def count(self) -> int:
         return len(self.files) + sum(d.count() for d in self.dirs.values())
+
+
+def tree_entries(tree: FileTree[T], make_file: Callable[[str, str, T], Entry], *, mtime: float,
+                 immutable: bool, ttl: float | None, prefix: str = "") -> list[Entry]:
+    """The entries of a FileTree's top level: subdirectories as StaticDirs (recursively),
+    files made by `make_file(name, path_below_the_top, value)`."""
+    entries = []
+    for name, sub in tree.dirs.items():
+        children = tree_entries(sub, make_file, mtime=mtime, immutable=immutable, ttl=ttl, prefix=f"{prefix}{name}/")
+        entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable, source=StaticDir(children, ttl=ttl)))
+    entries.extend(make_file(name, prefix + name, value) for name, value in tree.files.items())
+    return entries
 
 
 def split_artifact_path(path: Any) -> tuple[str, ...] | str:

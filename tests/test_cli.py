@@ -192,6 +192,10 @@ def test_demo_shows_real_files_without_any_configuration(cli, tmp_path):
     assert "index.html" in files and "junit.xml" in files
     grep = subprocess.run(["grep", "-rl", "FAILED", str(mp / "github/acme/api")], capture_output=True, text=True, timeout=120)
     assert "junit.xml" in grep.stdout
+    from ciartfs.fakeserver.dataset import DEMO_TASK_GROUP
+    group = mp / "taskcluster/group" / DEMO_TASK_GROUP
+    assert "build-linux64" in os.listdir(group)
+    assert (group / "build-linux64/latest/public/build/target.json").read_bytes().startswith(b'{"version"')
     pid = cli.pids[-1]
     assert cli.run("unmount", str(mp)).returncode == 0
     assert wait_for(lambda: not pid_alive(pid))

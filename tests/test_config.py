@@ -71,3 +71,13 @@ def test_token_never_in_repr(tmp_path):
     s = load_settings({}, env={"CIRCLE_TOKEN": "sekrit-123"})
     assert "sekrit-123" not in repr(s)
     assert s.secrets() == ["sekrit-123"]
+
+
+def test_taskcluster_settings(tmp_path):
+    s = load_settings({}, env={"TASKCLUSTER_ROOT_URL": "https://tc.example/", "TASKCLUSTER_CLIENT_ID": "me",
+                               "TASKCLUSTER_ACCESS_TOKEN": "tc-secret"})
+    assert s.taskcluster_root_url == "https://tc.example"
+    assert s.taskcluster_client_id == "me" and "tc-secret" in s.secrets() and "tc-secret" not in repr(s)
+    assert load_settings({}, env={}).taskcluster_root_url is None
+    with pytest.raises(ConfigError, match="TASKCLUSTER_CLIENT_ID"):
+        load_settings({}, env={"TASKCLUSTER_CLIENT_ID": "me"})

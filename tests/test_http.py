@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from ciartfs.errors import ArtifactExpired, BadListing, Forbidden, NotFound, UpstreamError, UpstreamTimeout
-from ciartfs.http import Credential, HttpClient, _origin
+from ciartfs.http import HeaderCredential, HttpClient, origin_of
 from ciartfs.providers.circleci import credential
 
 API = "https://circleci.example"
@@ -219,6 +219,6 @@ async def test_retry_after_is_honoured_and_time_is_bounded():
 
 
 def test_origin_normalises_ports():
-    assert _origin("https://A.example/x") == ("https", "a.example", 443)
-    assert _origin("http://a.example:80/") == ("http", "a.example", 80)
-    assert Credential(headers={}, origins=frozenset({("http", "a", 80)})).applies_to("http://a/x")
+    assert origin_of("https://A.example/x") == ("https", "a.example", 443)
+    assert origin_of("http://a.example:80/") == ("http", "a.example", 80)
+    assert HeaderCredential(headers={}, origins=frozenset({("http", "a", 80)})).applies_to("http://a/x")

@@ -3,5 +3,7 @@
 from ciartfs.fakeserver.dataset import demo_dataset
 from ciartfs.fakeserver.model import FakeArtifact, FakeBuild, FakeProject, Faults, Recorded
 from ciartfs.fakeserver.server import FakeCI
+from ciartfs.fakeserver.taskcluster import FakeQueue, FakeRun, FakeTask, FakeTcArtifact
 
-__all__ = ["FakeCI", "FakeProject", "FakeBuild", "FakeArtifact", "Faults", "Recorded", "demo_dataset"]
+__all__ = ["FakeCI", "FakeProject", "FakeBuild", "FakeArtifact", "Faults", "Recorded", "demo_dataset",
+           "FakeQueue", "FakeTask", "FakeRun", "FakeTcArtifact"]

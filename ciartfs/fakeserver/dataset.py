@@ -55,7 +55,7 @@ def _fill(build: FakeBuild, rng: random.Random, nodes: int) -> None:
 
 def demo_dataset(fake: FakeCI) -> None:
     """github/acme/api (12 builds, two branches, one failed, the newest running),
-    github/acme/secret (private), bitbucket/acme/web."""
+    github/acme/secret (private), bitbucket/acme/web, and a Taskcluster task group."""
     rng = random.Random(20261101)
     api = fake.add_project("github", "acme", "api")
     for num in range(1, 13):
@@ -76,3 +76,27 @@ def demo_dataset(fake: FakeCI) -> None:
     for num in (1, 2):
         build = web.add_build(num, stop_time=f"2026-10-2{num}T08:00:00Z")
         build.add_artifact("site/index.html", f"<html><body>web build {num}</body></html>\n".encode())
+    _taskcluster(fake, rng)
+
+
+DEMO_TASK_GROUP = "dEmOgRoUQaC0000000001A"
+DEMO_TASKS = ("dEmOtAsKQaC0000000001A", "dEmOtAsKQaC0000000002A")
+
+
+def _taskcluster(fake: FakeCI, rng: random.Random) -> None:
+    """A push: a build task retried once (run 0 failed), and a test task."""
+    build = fake.queue.add_task(DEMO_TASKS[0], DEMO_TASK_GROUP, name="build-linux64")
+    failed = build.add_run("exception", started="2026-11-10T10:00:00.000Z", resolved="2026-11-10T10:02:00.000Z")
+    failed.add_artifact("public/logs/live.log", _log(rng, 1, 300, True), content_type="text/plain")
+    ok = build.add_run("completed", started="2026-11-10T10:03:00.000Z", resolved="2026-11-10T10:20:00.000Z")
+    ok.add_artifact("public/logs/live.log", _log(rng, 2, 3000, False), content_type="text/plain", gzip=True)
+    ok.add_artifact("public/build/target.tar.gz", rng.randbytes(2 * 1024 * 1024), content_type="application/gzip")
+    ok.add_artifact("public/build/target.json", b'{"version": "1.2.3", "arch": "x86_64"}\n',
+                    content_type="application/json", gzip=True)
+    ok.add_artifact("public/build/symbols.zip", storage_type="error", reason="file-missing-on-worker",
+                    message="/builds/worker/symbols.zip does not exist")
+    test = fake.queue.add_task(DEMO_TASKS[1], DEMO_TASK_GROUP, name="test-linux64")
+    run = test.add_run("failed", started="2026-11-10T10:21:00.000Z", resolved="2026-11-10T10:30:00.000Z")
+    run.add_artifact("public/logs/live.log", _log(rng, 3, 500, True), content_type="text/plain", gzip=True)
+    run.add_artifact("public/test_info/report.html", b"<html><body>1 FAILED, 41 passed</body></html>\n",
+                     content_type="text/html")

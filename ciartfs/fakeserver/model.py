@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import itertools
 from typing import Any
 
@@ -41,7 +42,10 @@ class FakeBuild:
 
     @property
     def outcome(self) -> str | None:
-        return None if self.lifecycle != "finished" else self.status
+        """v1.1's outcome: null until finished; "fixed" is a successful outcome."""
+        if self.lifecycle != "finished":
+            return None
+        return "success" if self.status == "fixed" else self.status
 
 
 @dataclasses.dataclass(eq=False)
@@ -52,20 +56,40 @@ class FakeProject:
     private: bool = False
     builds: dict[int, FakeBuild] = dataclasses.field(default_factory=dict)
 
-    def add_build(self, build_num: int, branch: str | None = "main", status: str = "success",
+    def add_build(self, build_num: int, branch: str | None = "main", status: str | None = None,
                   lifecycle: str = "finished", stop_time: str | None = "2026-11-01T10:00:00Z",
                   start_time: str | None = None, vcs_revision: str | None = None, **kw: Any) -> FakeBuild:
+        """Add (or replace) a build. Defaults derive from the rest: a finished build succeeded,
+        started 5 minutes before it stopped and was queued a minute before that; a build that
+        is not finished has no stop_time, and a running one has status "running"."""
         if lifecycle != "finished":
             stop_time = None
+        if lifecycle == "running":
+            status = "running"
+        elif status is None:
+            status = "success" if lifecycle == "finished" else lifecycle
+        if start_time is None and lifecycle not in ("queued", "not_running", "not_run"):
+            start_time = _shift(stop_time, -300) if stop_time else "2026-11-01T09:55:00Z"
+        queued_at = kw.pop("queued_at", None)
+        if queued_at is None:
+            queued_at = _shift(start_time, -60) if start_time else "2026-11-01T09:54:00Z"
         build = FakeBuild(
             build_num=build_num, branch=branch, status=status, lifecycle=lifecycle,
-            start_time=start_time or stop_time or "2026-11-01T09:55:00Z", stop_time=stop_time,
-            queued_at=start_time or stop_time or "2026-11-01T09:54:00Z",
+            start_time=start_time, stop_time=stop_time, queued_at=queued_at,
             vcs_revision=vcs_revision or f"{build_num:040x}", subject=kw.pop("subject", f"Commit for build {build_num}"),
             **kw,
         )
         self.builds[build_num] = build
         return build
+
+
+def _shift(stamp: str, seconds: float) -> str:
+    """An ISO-8601 UTC time moved by some seconds, as "YYYY-MM-DDTHH:MM:SSZ"."""
+    t = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=datetime.timezone.utc)
+    t = t.astimezone(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclasses.dataclass

@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ciartfs.fakeserver.model import FakeArtifact, FakeBuild, FakeProject, Faults, Recorded
+from ciartfs.fakeserver.reply import Reply, Served
+from ciartfs.fakeserver.taskcluster import FakeQueue, FakeTcArtifact
 
 CHUNK = 64 * 1024
 MAX_LIMIT = 100
@@ -31,17 +33,6 @@ _FILTERS = {
     "failed": lambda b: b.status in ("failed", "timedout", "infrastructure_fail"),
     "running": lambda b: b.lifecycle == "running",
 }
-
-
-class _Reply(Exception):
-    """Raised inside a route to answer with this status and body."""
-
-    def __init__(self, status: int, body: bytes | Any = b"", content_type: str = "application/json",
-                 headers: dict[str, str] | None = None) -> None:
-        self.status = status
-        self.body = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.content_type = content_type
-        self.headers = headers or {}
 
 
 class _Server(ThreadingHTTPServer):
@@ -74,6 +65,7 @@ class FakeCI:
         self.host = host
         self.faults = Faults()
         self.projects: dict[tuple[str, str, str], FakeProject] = {}
+        self.queue = FakeQueue(self)
         self._requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -155,17 +147,17 @@ class FakeCI:
                 self._api(handler, method, raw_path, query)
             else:
                 self._storage(handler, method, raw_path, query, record)
-            raise _Reply(500, {"message": "no answer"})
-        except _Reply as reply:
+            raise Reply(500, {"message": "no answer"})
+        except Reply as reply:
             record.status = reply.status
             self._send(handler, reply, head=method == "HEAD")
-        except _Served as served:
+        except Served as served:
             record.status = served.status
         except (BrokenPipeError, ConnectionResetError):
             record.status = -1
 
     @staticmethod
-    def _send(handler: _Handler, reply: _Reply, *, head: bool = False) -> None:
+    def _send(handler: _Handler, reply: Reply, *, head: bool = False) -> None:
         try:
             handler.send_response(reply.status)
             handler.send_header("Content-Type", reply.content_type)
@@ -182,7 +174,7 @@ class FakeCI:
         while getattr(self.faults, switch) and not self._stopping.is_set():
             self._stopping.wait(0.05)
         if self._stopping.is_set():
-            raise _Reply(503, {"message": "shutting down"})
+            raise Reply(503, {"message": "shutting down"})
 
     # -- API host ------------------------------------------------------------------------------
 
@@ -190,41 +182,43 @@ class FakeCI:
         self._hang("api_hang")
         if self.faults.api_statuses:
             status = self.faults.api_statuses.pop(0)
-            raise _Reply(status, {"message": f"injected {status}"}, headers={"Retry-After": "1"} if status == 429 else {})
+            raise Reply(status, {"message": f"injected {status}"}, headers={"Retry-After": "1"} if status == 429 else {})
         if method != "GET":
-            raise _Reply(405, {"message": "method not allowed"})
+            raise Reply(405, {"message": "method not allowed"})
+        if raw_path.startswith("/api/queue/v1/"):
+            self.queue.handle(handler, raw_path, query)
         token = self._token(handler, query)
         if token is not None and token not in self.tokens:
-            raise _Reply(401, {"message": "Invalid token provided."})
+            raise Reply(401, {"message": "Invalid token provided."})
         segments = [urllib.parse.unquote(s) for s in raw_path.split("/")]
         if raw_path.startswith("/artifacts/"):
             self._artifact_redirect(raw_path, token)
         if raw_path in self.faults.malformed_json:
-            raise _Reply(200, b'[{"path": "truncated', )
+            raise Reply(200, b'[{"path": "truncated', )
         if "application/json" not in handler.headers.get("Accept", ""):
-            raise _Reply(200, b'({:build_num 1 :status "success"})', content_type="application/edn")
+            raise Reply(200, b'({:build_num 1 :status "success"})', content_type="application/edn")
         if segments[:4] != ["", "api", "v1.1", "project"] or len(segments) < 7:
-            raise _Reply(404, {"message": "Not found"})
+            raise Reply(404, {"message": "Not found"})
         project = self._project(segments[4], segments[5], segments[6], token)
         rest = segments[7:]
         if rest in ([], [""]):
-            raise _Reply(200, self._build_page(project, None, query))
+            raise Reply(200, self._build_page(project, None, query))
         if len(rest) == 2 and rest[0] == "tree":
-            raise _Reply(200, self._build_page(project, rest[1], query))
+            raise Reply(200, self._build_page(project, rest[1], query))
         if rest == ["latest", "artifacts"]:
             builds = self._filtered(project, query.get("branch") or None, query.get("filter"))
             if not builds:
-                raise _Reply(404, {"message": "Build not found"})
-            raise _Reply(200, self._artifacts(project, builds[0]))
+                raise Reply(404, {"message": "Build not found"})
+            raise Reply(200, self._artifacts(project, builds[0]))
         if rest and rest[0].isdigit():
             build = project.builds.get(int(rest[0]))
             if build is None:
-                raise _Reply(404, {"message": "Build not found"})
+                raise Reply(404, {"message": "Build not found"})
             if len(rest) == 1:
-                raise _Reply(200, self._summary(project, build))
+                raise Reply(200, self._summary(project, build))
             if rest[1:] == ["artifacts"]:
-                raise _Reply(200, self._artifacts(project, build))
-        raise _Reply(404, {"message": "Not found"})
+                raise Reply(200, self._artifacts(project, build))
+        raise Reply(404, {"message": "Not found"})
 
     @staticmethod
     def _token(handler: _Handler, query: dict[str, str]) -> str | None:
@@ -242,7 +236,7 @@ class FakeCI:
     def _project(self, vcs: str, user: str, name: str, token: str | None) -> FakeProject:
         project = self.projects.get((vcs, user, name))
         if project is None or (project.private and token is None):
-            raise _Reply(404, {"message": "Project not found"})
+            raise Reply(404, {"message": "Project not found"})
         return project
 
     def _filtered(self, project: FakeProject, branch: str | None, filter_name: str | None) -> list[FakeBuild]:
@@ -258,9 +252,9 @@ class FakeCI:
             limit = int(query.get("limit", "30"))
             offset = int(query.get("offset", "0"))
         except ValueError:
-            raise _Reply(400, {"message": "limit and offset must be integers"}) from None
+            raise Reply(400, {"message": "limit and offset must be integers"}) from None
         if limit > MAX_LIMIT:
-            raise _Reply(400, {"message": "limit must be <= 100"})
+            raise Reply(400, {"message": "limit must be <= 100"})
         builds = self._filtered(project, branch, query.get("filter"))
         return [self._summary(project, b) for b in builds[offset:offset + limit]]
 
@@ -286,51 +280,54 @@ class FakeCI:
     def _artifact_redirect(self, raw_path: str, token: str | None) -> None:
         parts = raw_path[len("/artifacts/"):].split("/", 5)
         if len(parts) < 6 or not parts[3].isdigit() or not parts[4].isdigit():
-            raise _Reply(404, {"message": "Not found"})
+            raise Reply(404, {"message": "Not found"})
         vcs, user, name = (urllib.parse.unquote(p) for p in parts[:3])
         project = self._project(vcs, user, name, token)
         build = project.builds.get(int(parts[3]))
         path = "/".join(urllib.parse.unquote(p) for p in parts[5].split("/"))
         artifact = next((a for a in (build.artifacts if build else []) if a.node_index == int(parts[4]) and a.path == path), None)
         if artifact is None or artifact.expired:
-            raise _Reply(404, {"message": "Artifact not found"})
+            raise Reply(404, {"message": "Artifact not found"})
+        raise Reply(302, b"", content_type="text/plain", headers={"Location": self.presigned_url(artifact.blob_id)})
+
+    def presigned_url(self, blob_id: int) -> str:
         expires = int(time.time() + self.faults.presign_ttl)
-        location = f"{self.storage_url}/blob/{artifact.blob_id}?expires={expires}&signature={self._sign(artifact.blob_id, expires)}"
-        raise _Reply(302, b"", content_type="text/plain", headers={"Location": location})
+        return f"{self.storage_url}/blob/{blob_id}?expires={expires}&signature={self._sign(blob_id, expires)}"
 
     # -- storage host --------------------------------------------------------------------------
 
     def _sign(self, blob_id: int, expires: int) -> str:
         return hmac.new(self._secret, f"{blob_id}:{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def _blob(self, blob_id: int) -> FakeArtifact | None:
+    def _blob(self, blob_id: int) -> FakeArtifact | FakeTcArtifact | None:
         for project in list(self.projects.values()):
             for build in list(project.builds.values()):
                 for artifact in build.artifacts:
                     if artifact.blob_id == blob_id:
                         return artifact
-        return None
+        return next((a for a in self.queue.blobs() if a.blob_id == blob_id), None)
 
     def _storage(self, handler: _Handler, method: str, raw_path: str, query: dict[str, str], record: Recorded) -> None:
-        denied = _Reply(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+        denied = Reply(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
                         content_type="application/xml")
         if method == "HEAD":
             raise denied  # presigned GET URLs refuse HEAD
         self._hang("storage_hang")
         if self.faults.storage_statuses:
             status = self.faults.storage_statuses.pop(0)
-            raise _Reply(status, b"injected", content_type="text/plain",
+            raise Reply(status, b"injected", content_type="text/plain",
                          headers={"Retry-After": "1"} if status == 429 else {})
         m = re.fullmatch(r"/blob/(\d+)", raw_path)
         artifact = self._blob(int(m.group(1))) if m else None
         if artifact is None:
-            raise _Reply(404, b"<Error><Code>NoSuchKey</Code></Error>", content_type="application/xml")
+            raise Reply(404, b"<Error><Code>NoSuchKey</Code></Error>", content_type="application/xml")
         expires = query.get("expires", "")
         if not expires.isdigit() or not hmac.compare_digest(query.get("signature", ""), self._sign(artifact.blob_id, int(expires))):
             raise denied
         if time.time() > int(expires):
             raise denied
-        data = artifact.data
+        data = artifact.stored if isinstance(artifact, FakeTcArtifact) else artifact.data
+        encoding = artifact.content_encoding if isinstance(artifact, FakeTcArtifact) else None
         total = len(data)
         spec = handler.headers.get("Range")
         start, end, status = 0, total - 1, 200
@@ -343,7 +340,7 @@ class FakeCI:
                 else:  # suffix range: the last n bytes
                     start = max(0, total - int(rm.group(2)))
                 if start >= total or start > end:
-                    raise _Reply(416, b"", content_type="application/xml", headers={"Content-Range": f"bytes */{total}"})
+                    raise Reply(416, b"", content_type="application/xml", headers={"Content-Range": f"bytes */{total}"})
                 status = 206
         body = data[start:end + 1] if total else b""
         record.status = status  # before the body: the client may look at the log once it has it
@@ -352,6 +349,8 @@ class FakeCI:
             handler.send_header("Content-Type", "application/octet-stream")
             handler.send_header("Content-Length", str(len(body)))
             handler.send_header("Accept-Ranges", "bytes")
+            if encoding:
+                handler.send_header("Content-Encoding", encoding)
             if status == 206:
                 handler.send_header("Content-Range", f"bytes {start}-{end}/{total}")
             handler.end_headers()
@@ -359,12 +358,6 @@ class FakeCI:
             for i in range(0, len(body), CHUNK):
                 handler.wfile.write(view[i:i + CHUNK])
         except (BrokenPipeError, ConnectionResetError):
-            raise _Served(-1) from None
-        raise _Served(status)
+            raise Served(-1) from None
+        raise Served(status)
 
-
-class _Served(Exception):
-    """The handler already wrote its answer (streamed body)."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status

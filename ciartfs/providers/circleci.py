@@ -18,8 +18,8 @@ from collections import defaultdict
 from typing import Any
 
 from ciartfs.errors import BadListing, NotFound
-from ciartfs.http import Credential, HttpClient, _origin
-from ciartfs.tree import Artifact, Entry, FileTree, Kind, StaticDir, place_artifacts
+from ciartfs.http import HeaderCredential, HttpClient, origin_of
+from ciartfs.tree import Artifact, Entry, Kind, StaticDir, place_artifacts, tree_entries
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,13 @@ ARTIFACT_HOST_SUFFIX = ".circle-artifacts.com"
 _BUILD_NUM_RE = re.compile(r"^[1-9][0-9]{0,17}$")
 
 
-def credential(host: str, token: str | None) -> Credential | None:
+def credential(host: str, token: str | None) -> HeaderCredential | None:
     """The token goes to the CircleCI host and its artifact hosts, nowhere else."""
     if not token:
         return None
-    return Credential(
+    return HeaderCredential(
         headers={"Circle-Token": token},
-        origins=frozenset({_origin(host)}),
+        origins=frozenset({origin_of(host)}),
         https_host_suffixes=(ARTIFACT_HOST_SUFFIX,),
     )
 
@@ -362,19 +362,16 @@ class _BuildDir:
         for node, recs in sorted(by_node.items()):
             where = f"{p.where}/{b.num}/{node}"
             tree = place_artifacts(((r.path, r) for r in recs), where=where, tiebreak=lambda r: r.url)
-            entries.append(self._dir_entry(str(node), tree, where))
+
+            def make_file(name: str, path: str, rec: ArtifactRecord, where: str = where) -> Entry:
+                art = Artifact(key=f"circleci|{p.api.host_id}|{where}/{path}", url=rec.url, immutable=b.completed)
+                return Entry(name, Kind.FILE, mtime=b.mtime, immutable=b.completed, artifact=art)
+
+            children = tree_entries(tree, make_file, mtime=b.mtime, immutable=b.completed, ttl=self.ttl)
+            entries.append(Entry(str(node), Kind.DIR, mtime=b.mtime, immutable=b.completed,
+                                 source=StaticDir(children, ttl=self.ttl)))
         return entries
 
     async def lookup(self, name: str) -> Entry | None:
         return next((e for e in await self.list() if e.name == name), None)
-
-    def _dir_entry(self, name: str, tree: FileTree[ArtifactRecord], where: str) -> Entry:
-        b, completed = self.build, self.build.completed
-        children = [self._dir_entry(n, sub, f"{where}/{n}") for n, sub in tree.dirs.items()]
-        for fname, rec in tree.files.items():
-            key = f"circleci|{self.p.api.host_id}|{where}/{fname}"
-            children.append(Entry(fname, Kind.FILE, mtime=b.mtime, immutable=completed,
-                                  artifact=Artifact(key=key, url=rec.url, immutable=completed)))
-        ttl = None if completed else self.ttl
-        return Entry(name, Kind.DIR, mtime=b.mtime, immutable=completed, source=StaticDir(children, ttl=ttl))
 

@@ -1,0 +1,184 @@
+"""A fake Taskcluster queue (v1) on the fake CI's API host, as documented:
+
+    GET /api/queue/v1/task/<taskId>/status
+    GET /api/queue/v1/task/<taskId>/runs/<runId>/artifacts[?continuationToken=&limit=]
+    GET /api/queue/v1/task/<taskId>/runs/<runId>/artifacts/<name>   303 to storage, 424 for errors
+    GET /api/queue/v1/task-group/<taskGroupId>/list[?continuationToken=&limit=]
+
+Artifacts outside `public/` need a valid Hawk header (checked with mohawk). Listings page
+with a small page size so clients must follow continuationToken.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import gzip
+import itertools
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+import mohawk
+import mohawk.exc
+
+from ciartfs.fakeserver.reply import Reply
+
+if TYPE_CHECKING:
+    from ciartfs.fakeserver.server import FakeCI
+
+_blob_ids = itertools.count(1_000_000)
+
+
+@dataclasses.dataclass(eq=False)
+class FakeTcArtifact:
+    name: str
+    data: bytes = b""
+    storage_type: str = "s3"  # s3 | object | reference | error
+    content_type: str = "application/octet-stream"
+    gzip: bool = False  # stored with Content-Encoding: gzip (Range counts compressed bytes)
+    reason: str = "file-missing-on-worker"  # error artifacts
+    message: str = "The file was not found on the worker"
+    blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
+
+    @property
+    def stored(self) -> bytes:
+        return gzip.compress(self.data, mtime=0) if self.gzip else self.data
+
+    @property
+    def content_encoding(self) -> str | None:
+        return "gzip" if self.gzip else None
+
+
+@dataclasses.dataclass(eq=False)
+class FakeRun:
+    run_id: int
+    state: str = "completed"  # pending | running | completed | failed | exception
+    started: str | None = "2026-11-01T10:00:00.000Z"
+    resolved: str | None = "2026-11-01T10:05:00.000Z"
+    artifacts: list[FakeTcArtifact] = dataclasses.field(default_factory=list)
+
+    def add_artifact(self, name: str, data: bytes = b"", **kw: Any) -> FakeTcArtifact:
+        artifact = FakeTcArtifact(name, data, **kw)
+        self.artifacts.append(artifact)
+        return artifact
+
+
+@dataclasses.dataclass(eq=False)
+class FakeTask:
+    task_id: str
+    task_group_id: str
+    name: str = "a task"
+    runs: list[FakeRun] = dataclasses.field(default_factory=list)
+
+    def add_run(self, state: str = "completed", **kw: Any) -> FakeRun:
+        if state in ("pending", "running"):
+            kw.setdefault("resolved", None)
+        run = FakeRun(len(self.runs), state, **kw)
+        self.runs.append(run)
+        return run
+
+    @property
+    def state(self) -> str:
+        return self.runs[-1].state if self.runs else "unscheduled"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "taskId": self.task_id, "taskGroupId": self.task_group_id, "state": self.state,
+            "provisionerId": "fake", "workerType": "fake", "schedulerId": "-",
+            "runs": [{"runId": r.run_id, "state": r.state, "reasonCreated": "scheduled",
+                      "scheduled": r.started, "started": r.started, "resolved": r.resolved} for r in self.runs],
+        }
+
+
+def _page(items: list[Any], query: dict[str, str], page_size: int) -> tuple[list[Any], str | None]:
+    token = query.get("continuationToken")
+    try:
+        start = int(base64.urlsafe_b64decode(token.encode()).decode()) if token else 0
+        limit = min(int(query.get("limit", page_size)), page_size)
+    except ValueError:
+        raise Reply(400, {"code": "InvalidRequestArguments", "message": "bad continuationToken or limit"}) from None
+    end = start + limit
+    more = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
+    return items[start:end], more
+
+
+class FakeQueue:
+    """The queue's state and routes; FakeCI dispatches /api/queue/v1/ here."""
+
+    def __init__(self, fake: FakeCI) -> None:
+        self.fake = fake
+        self.tasks: dict[str, FakeTask] = {}
+        self.clients: dict[str, str] = {}  # clientId -> accessToken
+        self.page_size = 2
+
+    def add_task(self, task_id: str, task_group_id: str | None = None, name: str = "a task") -> FakeTask:
+        task = FakeTask(task_id, task_group_id or task_id, name)
+        self.tasks[task_id] = task
+        return task
+
+    def blobs(self) -> list[FakeTcArtifact]:
+        return [a for t in list(self.tasks.values()) for r in list(t.runs) for a in list(r.artifacts)]
+
+    def handle(self, handler: Any, raw_path: str, query: dict[str, str]) -> None:
+        parts = raw_path[len("/api/queue/v1/"):].split("/")
+        if len(parts) >= 3 and parts[0] == "task":
+            task = self.tasks.get(parts[1])
+            if task is None:
+                raise Reply(404, {"code": "ResourceNotFound", "message": f"Task {parts[1]} not found"})
+            if parts[2:] == ["status"]:
+                raise Reply(200, {"status": task.status()})
+            if len(parts) >= 5 and parts[2] == "runs" and parts[3].isdigit() and parts[4] == "artifacts":
+                run_id = int(parts[3])
+                if run_id >= len(task.runs):
+                    raise Reply(404, {"code": "ResourceNotFound", "message": f"Run {run_id} not found"})
+                run = task.runs[run_id]
+                if len(parts) == 5:
+                    page, token = _page(run.artifacts, query, self.page_size)
+                    body: dict[str, Any] = {"artifacts": [
+                        {"storageType": a.storage_type, "name": a.name, "expires": "2027-11-01T00:00:00.000Z",
+                         "contentType": a.content_type} for a in page]}
+                    if token:
+                        body["continuationToken"] = token
+                    raise Reply(200, body)
+                name = urllib.parse.unquote("/".join(parts[5:]))
+                self._get_artifact(handler, run, name)
+        if len(parts) == 3 and parts[0] == "task-group" and parts[2] == "list":
+            tasks = [t for t in self.tasks.values() if t.task_group_id == parts[1]]
+            if not tasks:
+                raise Reply(404, {"code": "ResourceNotFound", "message": f"Task group {parts[1]} not found"})
+            page, token = _page(tasks, query, self.page_size)
+            body = {"taskGroupId": parts[1], "tasks": [
+                {"status": t.status(), "task": {"metadata": {"name": t.name, "owner": "nobody@example.com"}}}
+                for t in page]}
+            if token:
+                body["continuationToken"] = token
+            raise Reply(200, body)
+        raise Reply(404, {"code": "ResourceNotFound", "message": "no such endpoint"})
+
+    def _get_artifact(self, handler: Any, run: FakeRun, name: str) -> None:
+        artifact = next((a for a in run.artifacts if a.name == name), None)
+        if artifact is None:
+            raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} not found"})
+        if not name.startswith("public/"):
+            self._check_hawk(handler)
+        if artifact.storage_type == "error":
+            raise Reply(424, {"reason": artifact.reason, "message": artifact.message})
+        location = self.fake.presigned_url(artifact.blob_id)
+        raise Reply(303, b"", content_type="text/plain", headers={
+            "Location": location, "x-taskcluster-artifact-storage-type": artifact.storage_type})
+
+    def _check_hawk(self, handler: Any) -> None:
+        header = handler.headers.get("Authorization")
+        if not header:
+            raise Reply(403, {"code": "InsufficientScopes", "message": "This request requires Taskcluster credentials"})
+
+        def lookup(client_id: str) -> dict[str, str]:
+            if client_id not in self.clients:
+                raise LookupError(client_id)
+            return {"id": client_id, "key": self.clients[client_id], "algorithm": "sha256"}
+
+        url = f"http://{handler.headers.get('Host')}{handler.path}"
+        try:
+            mohawk.Receiver(lookup, header, url, "GET", content="", content_type="", accept_untrusted_content=True)
+        except (mohawk.exc.HawkFail, LookupError) as e:
+            raise Reply(401, {"code": "AuthenticationFailed", "message": f"Hawk: {type(e).__name__}"}) from None

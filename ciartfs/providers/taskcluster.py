@@ -1,0 +1,337 @@
+"""Taskcluster (queue service v1): answers turned into records, and the directory layout
+
+    taskcluster/<taskId>/{<runId>/<artifact name split on '/'>, latest -> <highest runId>}
+    taskcluster/group/<taskGroupId>/{<taskId>/ (as above), <task name> -> <taskId>}
+
+Tasks cannot be enumerated: `taskcluster/` lists only `group/`, but any well-formed taskId
+looks up. Artifacts under `public/` need no credentials; for the rest, requests to the root
+URL's host are Hawk-signed (mohawk, the library Taskcluster's own Python client used).
+Nothing here knows about FUSE or caching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import re
+import urllib.parse
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import mohawk
+
+from ciartfs.errors import BadListing, NotFound
+from ciartfs.http import Credential, HttpClient, origin_of
+from ciartfs.tree import Artifact, Entry, Kind, place_artifacts, split_artifact_path, tree_entries
+
+log = logging.getLogger(__name__)
+
+# slugid: 22 characters of URL-safe base64 (taskIds and taskGroupIds)
+_SLUGID_RE = re.compile(r"^[A-Za-z0-9_-]{8}[Q-T][A-Za-z0-9_-][CGKOSWaeimquy26-][A-Za-z0-9_-]{10}[AQgw]$")
+RESOLVED_STATES = frozenset({"completed", "failed", "exception"})
+PAGE_LIMIT = 1000
+
+
+def is_slugid(name: str) -> bool:
+    return bool(_SLUGID_RE.match(name))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HawkCredential(Credential):
+    """Taskcluster client credentials: each request gets its own Hawk signature."""
+
+    client_id: str
+    access_token: str = dataclasses.field(repr=False)
+
+    def headers_for(self, method: str, url: str) -> Mapping[str, str]:
+        sender = mohawk.Sender(
+            {"id": self.client_id, "key": self.access_token, "algorithm": "sha256"},
+            url, method, content="", content_type="", always_hash_content=False,
+        )
+        return {"Authorization": sender.request_header}
+
+
+def credential(root_url: str, client_id: str | None, access_token: str | None) -> HawkCredential | None:
+    """Credentials go to the root URL's host only, never to a storage host a redirect names."""
+    if not client_id or not access_token:
+        return None
+    return HawkCredential(client_id=client_id, access_token=access_token, origins=frozenset({origin_of(root_url)}))
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    run_id: int
+    state: str
+    started: float | None
+    resolved: float | None
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.state in RESOLVED_STATES
+
+    @property
+    def mtime(self) -> float:
+        return self.resolved or self.started or 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskStatus:
+    task_id: str
+    state: str
+    runs: tuple[Run, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactRecord:
+    name: str
+    storage_type: str
+
+
+def parse_status(doc: Any, where: str) -> TaskStatus:
+    status = doc.get("status") if isinstance(doc, dict) else None
+    if not isinstance(status, dict):
+        raise BadListing(f"{where}: no 'status' object")
+    task_id, state, runs = status.get("taskId"), status.get("state"), status.get("runs")
+    if not isinstance(task_id, str) or not isinstance(state, str) or not isinstance(runs, list):
+        raise BadListing(f"{where}: 'taskId', 'state' or 'runs' missing or of the wrong type")
+    parsed = []
+    for run in runs:
+        if not isinstance(run, dict) or not isinstance(run.get("runId"), int) or isinstance(run.get("runId"), bool) \
+                or run["runId"] < 0 or not isinstance(run.get("state"), str):
+            raise BadListing(f"{where}: a run without an integer 'runId' and a 'state'")
+        parsed.append(Run(run["runId"], run["state"], _parse_time(run.get("started")), _parse_time(run.get("resolved"))))
+    return TaskStatus(task_id, state, tuple(parsed))
+
+
+def parse_artifacts_page(doc: Any, where: str) -> tuple[list[ArtifactRecord], str | None]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("artifacts"), list):
+        raise BadListing(f"{where}: no 'artifacts' list")
+    records = []
+    for item in doc["artifacts"]:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
+                or not isinstance(item.get("storageType"), str):
+            raise BadListing(f"{where}: an artifact without a string 'name' and 'storageType'")
+        records.append(ArtifactRecord(item["name"], item["storageType"]))
+    token = doc.get("continuationToken")
+    if token is not None and not isinstance(token, str):
+        raise BadListing(f"{where}: 'continuationToken' is not a string")
+    return records, token or None
+
+
+class QueueApi:
+    def __init__(self, http: HttpClient, root_url: str) -> None:
+        self.http = http
+        self.root_url = root_url
+        self.base = root_url + "/api/queue/v1"
+        self.host_id = urllib.parse.urlsplit(root_url).netloc  # for cache keys: host, never secrets
+
+    async def status(self, task_id: str) -> TaskStatus:
+        url = f"{self.base}/task/{task_id}/status"
+        return parse_status(await self.http.get_json(url), url)
+
+    async def artifacts(self, task_id: str, run_id: int) -> list[ArtifactRecord]:
+        """Every page, following continuationToken."""
+        url = f"{self.base}/task/{task_id}/runs/{run_id}/artifacts"
+        records: list[ArtifactRecord] = []
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            params: dict[str, str | int] = {"limit": PAGE_LIMIT}
+            if token:
+                params["continuationToken"] = token
+            page, token = parse_artifacts_page(await self.http.get_json(url, params), url)
+            records.extend(page)
+            if token is None:
+                return records
+            if token in seen:
+                raise BadListing(f"{url}: continuationToken repeats; refusing to loop")
+            seen.add(token)
+
+    def artifact_url(self, task_id: str, run_id: int, name: str) -> str:
+        return f"{self.base}/task/{task_id}/runs/{run_id}/artifacts/{urllib.parse.quote(name, safe='/')}"
+
+    async def group_tasks(self, group_id: str) -> list[tuple[TaskStatus, str | None]]:
+        """(status, metadata.name) of every task in the group, following continuationToken."""
+        url = f"{self.base}/task-group/{group_id}/list"
+        out: list[tuple[TaskStatus, str | None]] = []
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            params: dict[str, str | int] = {"limit": PAGE_LIMIT}
+            if token:
+                params["continuationToken"] = token
+            doc = await self.http.get_json(url, params)
+            if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
+                raise BadListing(f"{url}: no 'tasks' list")
+            for item in doc["tasks"]:
+                if not isinstance(item, dict):
+                    raise BadListing(f"{url}: a task entry is not an object")
+                status = parse_status(item, url)
+                task = item.get("task")
+                meta = task.get("metadata") if isinstance(task, dict) else None
+                name = meta.get("name") if isinstance(meta, dict) else None
+                out.append((status, name if isinstance(name, str) else None))
+            token = doc.get("continuationToken") or None
+            if token is None:
+                return out
+            if not isinstance(token, str) or token in seen:
+                raise BadListing(f"{url}: bad or repeating continuationToken")
+            seen.add(token)
+
+
+# -- the directory layout ---------------------------------------------------------------------
+
+def root_entry(api: QueueApi, *, ttl: float, mtime: float) -> Entry:
+    return Entry("taskcluster", Kind.DIR, mtime=mtime, immutable=True, source=_Root(api, ttl, mtime))
+
+
+async def _task_entry(api: QueueApi, ttl: float, task_id: str) -> Entry | None:
+    try:
+        status = await api.status(task_id)
+    except NotFound:
+        return None
+    return _entry_for(api, ttl, status)
+
+
+def _entry_for(api: QueueApi, ttl: float, status: TaskStatus) -> Entry:
+    resolved = bool(status.runs) and all(r.is_resolved for r in status.runs) and status.state in RESOLVED_STATES
+    mtime = max((r.mtime for r in status.runs), default=0.0)
+    return Entry(status.task_id, Kind.DIR, mtime=mtime, immutable=resolved, source=_TaskDir(api, ttl, status, resolved))
+
+
+class _Root:
+    """`group/`, and any taskId on lookup."""
+
+    ttl = None
+    complete = False
+
+    def __init__(self, api: QueueApi, ttl: float, mtime: float) -> None:
+        self.api, self.ttl_mutable, self.mtime = api, ttl, mtime
+
+    async def list(self) -> list[Entry]:
+        return [Entry("group", Kind.DIR, mtime=self.mtime, immutable=True, source=_Groups(self.api, self.ttl_mutable))]
+
+    async def lookup(self, name: str) -> Entry | None:
+        if name == "group":
+            return (await self.list())[0]
+        if not is_slugid(name):
+            return None
+        return await _task_entry(self.api, self.ttl_mutable, name)
+
+
+class _Groups:
+    ttl = None
+    complete = False
+
+    def __init__(self, api: QueueApi, ttl: float) -> None:
+        self.api, self.ttl_mutable = api, ttl
+
+    async def list(self) -> None:
+        return None
+
+    async def lookup(self, name: str) -> Entry | None:
+        if not is_slugid(name):
+            return None
+        source = _Group(self.api, self.ttl_mutable, name)
+        try:
+            entries = await source.list()
+        except NotFound:
+            return None
+        source.prefetched = entries
+        return Entry(name, Kind.DIR, mtime=max((e.mtime for e in entries), default=0.0), source=source)
+
+
+class _Group:
+    """A task group: a directory per task (by taskId) and a link per unique, valid task name."""
+
+    complete = True
+
+    def __init__(self, api: QueueApi, ttl: float, group_id: str) -> None:
+        self.api, self.ttl, self.group_id = api, ttl, group_id
+        self.prefetched: list[Entry] | None = None
+
+    async def list(self) -> list[Entry]:
+        if self.prefetched is not None:
+            entries, self.prefetched = self.prefetched, None
+            return entries
+        tasks = await self.api.group_tasks(self.group_id)
+        entries = [_entry_for(self.api, self.ttl, status) for status, _ in tasks]
+        task_ids = {status.task_id for status, _ in tasks}
+        names = Counter(name for _, name in tasks if name)
+        for status, name in tasks:
+            if not name:
+                continue
+            if names[name] > 1 or name in task_ids or isinstance(split_artifact_path(name), str) or "/" in name:
+                log.debug("group %s: no link for task name %r (not a unique, valid file name)", self.group_id, name[:120])
+                continue
+            entries.append(Entry(name, Kind.LINK, mtime=0.0, target=status.task_id))
+        return entries
+
+    async def lookup(self, name: str) -> Entry | None:
+        return next((e for e in await self.list() if e.name == name), None)
+
+
+class _TaskDir:
+    """One directory per run, and `latest` -> the highest runId."""
+
+    complete = True
+
+    def __init__(self, api: QueueApi, ttl: float, status: TaskStatus, resolved: bool) -> None:
+        self.api, self.ttl_mutable, self.status = api, ttl, status
+        self.ttl = None if resolved else ttl
+        self._fresh = True  # the status we were built from is still current
+
+    async def list(self) -> list[Entry]:
+        status = self.status
+        if not self._fresh:
+            status = self.status = await self.api.status(status.task_id)
+        self._fresh = False
+        entries = [Entry(str(r.run_id), Kind.DIR, mtime=r.mtime, immutable=r.is_resolved,
+                         source=_RunDir(self.api, self.ttl_mutable, status.task_id, r)) for r in status.runs]
+        if status.runs:
+            latest = max(status.runs, key=lambda r: r.run_id)
+            entries.append(Entry("latest", Kind.LINK, mtime=latest.mtime, target=str(latest.run_id)))
+        return entries
+
+    async def lookup(self, name: str) -> Entry | None:
+        return next((e for e in await self.list() if e.name == name), None)
+
+
+class _RunDir:
+    """A run's artifacts, their names split on '/'."""
+
+    complete = True
+
+    def __init__(self, api: QueueApi, ttl: float, task_id: str, run: Run) -> None:
+        self.api, self.task_id, self.run = api, task_id, run
+        self.ttl = None if run.is_resolved else ttl
+
+    async def list(self) -> list[Entry]:
+        run = self.run
+        records = await self.api.artifacts(self.task_id, run.run_id)
+        where = f"taskcluster/{self.task_id}/{run.run_id}"
+        tree = place_artifacts(((r.name, r) for r in records), where=where, tiebreak=lambda r: r.storage_type)
+        return tree_entries(tree, self._file, mtime=run.mtime, immutable=run.is_resolved, ttl=self.ttl)
+
+    async def lookup(self, name: str) -> Entry | None:
+        return next((e for e in await self.list() if e.name == name), None)
+
+    def _file(self, fname: str, path: str, rec: ArtifactRecord) -> Entry:
+        run = self.run
+        # A reference artifact points anywhere and may change: never cached as permanent.
+        immutable = run.is_resolved and rec.storage_type != "reference"
+        art = Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}",
+                       url=self.api.artifact_url(self.task_id, run.run_id, rec.name),
+                       immutable=immutable, error=rec.storage_type == "error")
+        return Entry(fname, Kind.FILE, mtime=run.mtime, immutable=immutable, artifact=art)
