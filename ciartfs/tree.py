@@ -82,6 +82,20 @@ class Entry:
     target: str | None = None  # LINK
 
 
+class CompleteDir:
+    """Base for a directory whose list() names every child: lookup is a search of it (the
+    tree only calls lookup on such a directory when it has no fresh listing)."""
+
+    complete = True
+    ttl: float | None = None
+
+    async def list(self) -> list[Entry]:
+        raise NotImplementedError
+
+    async def lookup(self, name: str) -> Entry | None:
+        return next((e for e in await self.list() if e.name == name), None)
+
+
 class StaticDir:
     """A directory whose children are known up front (artifact subtrees, fixed roots)."""
 

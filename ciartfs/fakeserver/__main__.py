@@ -1,21 +1,43 @@
-"""python -m ciartfs.fakeserver: run the fake CircleCI with the demo data until Ctrl-C."""
+"""python -m ciartfs.fakeserver [--port-api N] [--port-storage M]: run the fake CircleCI with
+the demo data, print its two URLs, and serve until Ctrl-C (or SIGTERM)."""
 
+from __future__ import annotations
+
+import argparse
 import signal
 import threading
 
 from ciartfs.fakeserver import FakeCI, demo_dataset
 
+DEMO_TOKEN = "demo-token"
 
-def main() -> None:
-    fake = FakeCI(tokens={"demo-token"})
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ciartfs.fakeserver", allow_abbrev=False,
+                                     description="A fake CircleCI v1.1 API and storage host with demo data.")
+    parser.add_argument("--port-api", type=int, default=0, metavar="N", help="API host port (default: any free one)")
+    parser.add_argument("--port-storage", type=int, default=0, metavar="M",
+                        help="storage host port (default: any free one)")
+    parser.add_argument("--token", default=DEMO_TOKEN, help=f"the valid API token (default: {DEMO_TOKEN})")
+    args = parser.parse_args(argv)
+    fake = FakeCI(tokens={args.token}, api_port=args.port_api, storage_port=args.port_storage)
     demo_dataset(fake)
-    fake.start()
-    print(f"fake CircleCI API: {fake.api_url}  (token: demo-token)\nstorage host:      {fake.storage_url}", flush=True)
+    try:
+        fake.start()
+    except OSError as e:
+        parser.exit(1, f"cannot listen: {e.strerror or e}\n")
+    print(f"fake CircleCI API: {fake.api_url}  (v1.1 at {fake.api_url}/api/v1.1, token: {args.token})\n"
+          f"storage host:      {fake.storage_url}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    fake.stop()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+    return 0
 
 
-main()
+if __name__ == "__main__":
+    raise SystemExit(main())

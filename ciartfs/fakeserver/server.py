@@ -9,11 +9,12 @@ requests like S3 (206, 416, HEAD refused). `FakeCI.faults` switches on misbehavi
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
-import json
 import re
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -27,6 +28,8 @@ from ciartfs.fakeserver.taskcluster import FakeQueue, FakeTcArtifact
 CHUNK = 64 * 1024
 MAX_LIMIT = 100
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_NUM_RE = re.compile(r"[0-9]+")
+_VCS_SLUG = {"github": "gh", "bitbucket": "bb"}
 _FILTERS = {
     "completed": lambda b: b.lifecycle == "finished",
     "successful": lambda b: b.status in ("success", "fixed"),
@@ -38,11 +41,27 @@ _FILTERS = {
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64
 
-    def __init__(self, fake: FakeCI, role: str) -> None:
+    def __init__(self, fake: FakeCI, role: str, port: int) -> None:
         self.fake = fake
         self.role = role
-        super().__init__((fake.host, 0), _Handler)
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__((fake.host, port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # quiet: no tracebacks on stderr
+        pass
+
+    def close_connections(self) -> None:
+        """Cut open (keep-alive) connections: a stopped server must not go on answering them."""
+        with self.connections_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -52,17 +71,40 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
     def do_GET(self) -> None:
         self.server.fake._dispatch(self, self.server.role, "GET")
 
     def do_HEAD(self) -> None:
         self.server.fake._dispatch(self, self.server.role, "HEAD")
 
+    def _other(self) -> None:  # recorded and answered 405 (after reading any body: keep-alive stays in step)
+        self.server.fake._dispatch(self, self.server.role, self.command)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
+
 
 class FakeCI:
-    def __init__(self, tokens: set[str] | None = None, host: str = "127.0.0.1") -> None:
+    """The fake CircleCI: `start()` binds the API and storage hosts (ephemeral ports unless
+    given), `stop()` closes them; state, faults and the request log are plain attributes."""
+
+    def __init__(self, tokens: set[str] | None = None, host: str = "127.0.0.1",
+                 api_port: int = 0, storage_port: int = 0) -> None:
         self.tokens = set(tokens or ())
         self.host = host
+        self._ports = {"api": api_port, "storage": storage_port}
         self.faults = Faults()
         self.projects: dict[tuple[str, str, str], FakeProject] = {}
         self.queue = FakeQueue(self)
@@ -76,8 +118,13 @@ class FakeCI:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> FakeCI:
+        self._stopping.clear()
         for role in ("api", "storage"):
-            server = _Server(self, role)
+            try:
+                server = _Server(self, role, self._ports[role])
+            except OSError:
+                self.stop()  # the port is taken: release the host already bound
+                raise
             self._servers[role] = server
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                       name=f"fakeci-{role}", daemon=True)
@@ -86,12 +133,19 @@ class FakeCI:
         return self
 
     def stop(self) -> None:
+        """Stop both hosts promptly: hanging handlers are released (they answer 503), open
+        keep-alive connections are cut. Safe to call twice."""
         self._stopping.set()
-        for server in self._servers.values():
-            server.shutdown()
-            server.server_close()
-        for thread in self._threads:
+        servers, threads = list(self._servers.values()), self._threads
+        self._threads = []
+        for server in servers:
+            if server.socket.fileno() != -1:
+                server.shutdown()
+                server.server_close()
+        for thread in threads:
             thread.join(timeout=5)
+        for server in servers:
+            server.close_connections()
 
     def __enter__(self) -> FakeCI:
         return self.start()
@@ -128,6 +182,8 @@ class FakeCI:
             self._requests.clear()
 
     def artifact_url(self, project: FakeProject, build: FakeBuild, artifact: FakeArtifact) -> str:
+        """The URL the listing reports: on the API host, each path segment percent-encoded
+        (a leading "/" stays, giving "0//tmp/..." as in the docs)."""
         if artifact.url is not None:
             return artifact.url
         encoded = "/".join(urllib.parse.quote(part, safe="") for part in artifact.path.split("/"))
@@ -143,6 +199,9 @@ class FakeCI:
         with self._lock:
             self._requests.append(record)
         try:
+            length = int(handler.headers.get("Content-Length") or 0)
+            if length > 0:
+                handler.rfile.read(length)
             if role == "api":
                 self._api(handler, method, raw_path, query)
             else:
@@ -153,8 +212,17 @@ class FakeCI:
             self._send(handler, reply, head=method == "HEAD")
         except Served as served:
             record.status = served.status
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the client went away
             record.status = -1
+            handler.close_connection = True
+        except Exception as e:  # a bug in the fake: answer 500 rather than a traceback and a dead socket
+            record.status = 500
+            self._send(handler, Reply(500, {"message": f"fake server error: {e!r}"}), head=method == "HEAD")
+
+    def _pop_status(self, name: str) -> int | None:
+        with self._lock:
+            queue = getattr(self.faults, name)
+            return queue.pop(0) if queue else None
 
     @staticmethod
     def _send(handler: _Handler, reply: Reply, *, head: bool = False) -> None:
@@ -167,8 +235,8 @@ class FakeCI:
             handler.end_headers()
             if not head:
                 handler.wfile.write(reply.body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except OSError:
+            handler.close_connection = True
 
     def _hang(self, switch: str) -> None:
         while getattr(self.faults, switch) and not self._stopping.is_set():
@@ -180,8 +248,8 @@ class FakeCI:
 
     def _api(self, handler: _Handler, method: str, raw_path: str, query: dict[str, str]) -> None:
         self._hang("api_hang")
-        if self.faults.api_statuses:
-            status = self.faults.api_statuses.pop(0)
+        status = self._pop_status("api_statuses")
+        if status is not None:
             raise Reply(status, {"message": f"injected {status}"}, headers={"Retry-After": "1"} if status == 429 else {})
         if method != "GET":
             raise Reply(405, {"message": "method not allowed"})
@@ -210,7 +278,7 @@ class FakeCI:
             if not builds:
                 raise Reply(404, {"message": "Build not found"})
             raise Reply(200, self._artifacts(project, builds[0]))
-        if rest and rest[0].isdigit():
+        if rest and _NUM_RE.fullmatch(rest[0]):
             build = project.builds.get(int(rest[0]))
             if build is None:
                 raise Reply(404, {"message": "Build not found"})
@@ -255,20 +323,20 @@ class FakeCI:
             raise Reply(400, {"message": "limit and offset must be integers"}) from None
         if limit > MAX_LIMIT:
             raise Reply(400, {"message": "limit must be <= 100"})
+        if limit < 0 or offset < 0:
+            raise Reply(400, {"message": "limit and offset must not be negative"})
         builds = self._filtered(project, branch, query.get("filter"))
         return [self._summary(project, b) for b in builds[offset:offset + limit]]
 
     def _summary(self, project: FakeProject, build: FakeBuild) -> dict[str, Any]:
-        def iso(t: str | None) -> str | None:
-            return None if t is None else t.replace("Z", ".000Z") if t.endswith("Z") and "." not in t else t
-
         return {
             "build_num": build.build_num, "branch": build.branch, "vcs_revision": build.vcs_revision,
             "status": build.status, "lifecycle": build.lifecycle, "outcome": build.outcome,
-            "start_time": iso(build.start_time), "stop_time": iso(build.stop_time), "queued_at": iso(build.queued_at),
+            "start_time": _iso(build.start_time), "stop_time": _iso(build.stop_time), "queued_at": _iso(build.queued_at),
             "subject": build.subject, "username": project.username, "reponame": project.reponame,
             "vcs_type": project.vcs_type,
-            "build_url": f"{self.api_url}/gh/{project.username}/{project.reponame}/{build.build_num}",
+            "build_url": f"{self.api_url}/{_VCS_SLUG.get(project.vcs_type, project.vcs_type)}/"
+                         f"{project.username}/{project.reponame}/{build.build_num}",
         }
 
     def _artifacts(self, project: FakeProject, build: FakeBuild) -> Any:
@@ -279,7 +347,7 @@ class FakeCI:
 
     def _artifact_redirect(self, raw_path: str, token: str | None) -> None:
         parts = raw_path[len("/artifacts/"):].split("/", 5)
-        if len(parts) < 6 or not parts[3].isdigit() or not parts[4].isdigit():
+        if len(parts) < 6 or not _NUM_RE.fullmatch(parts[3]) or not _NUM_RE.fullmatch(parts[4]):
             raise Reply(404, {"message": "Not found"})
         vcs, user, name = (urllib.parse.unquote(p) for p in parts[:3])
         project = self._project(vcs, user, name, token)
@@ -308,24 +376,28 @@ class FakeCI:
         return next((a for a in self.queue.blobs() if a.blob_id == blob_id), None)
 
     def _storage(self, handler: _Handler, method: str, raw_path: str, query: dict[str, str], record: Recorded) -> None:
-        denied = Reply(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
-                        content_type="application/xml")
-        if method == "HEAD":
-            raise denied  # presigned GET URLs refuse HEAD
+        if method == "HEAD":  # a presigned GET URL's signature does not cover HEAD
+            raise _s3_error(403, "AccessDenied", "There were headers present in the request which were not signed")
+        if method != "GET":
+            raise _s3_error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
         self._hang("storage_hang")
-        if self.faults.storage_statuses:
-            status = self.faults.storage_statuses.pop(0)
+        status = self._pop_status("storage_statuses")
+        if status is not None:
             raise Reply(status, b"injected", content_type="text/plain",
-                         headers={"Retry-After": "1"} if status == 429 else {})
-        m = re.fullmatch(r"/blob/(\d+)", raw_path)
-        artifact = self._blob(int(m.group(1))) if m else None
-        if artifact is None:
-            raise Reply(404, b"<Error><Code>NoSuchKey</Code></Error>", content_type="application/xml")
+                        headers={"Retry-After": "1"} if status == 429 else {})
+        m = re.fullmatch(r"/blob/([0-9]+)", raw_path)
+        if m is None:
+            raise _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        blob_id = int(m.group(1))
         expires = query.get("expires", "")
-        if not expires.isdigit() or not hmac.compare_digest(query.get("signature", ""), self._sign(artifact.blob_id, int(expires))):
-            raise denied
+        if not _NUM_RE.fullmatch(expires) or not hmac.compare_digest(
+                query.get("signature", "").encode(), self._sign(blob_id, int(expires)).encode()):
+            raise _s3_error(403, "AccessDenied", "The request signature we calculated does not match the signature you provided.")
         if time.time() > int(expires):
-            raise denied
+            raise _s3_error(403, "AccessDenied", "Request has expired")
+        artifact = self._blob(blob_id)
+        if artifact is None or getattr(artifact, "expired", False):
+            raise _s3_error(404, "NoSuchKey", "The specified key does not exist.")
         data = artifact.stored if isinstance(artifact, FakeTcArtifact) else artifact.data
         encoding = artifact.content_encoding if isinstance(artifact, FakeTcArtifact) else None
         total = len(data)
@@ -333,15 +405,18 @@ class FakeCI:
         start, end, status = 0, total - 1, 200
         if spec and not self.faults.ignore_range:
             rm = _RANGE_RE.match(spec.strip())
-            if rm and (rm.group(1) or rm.group(2)):
-                if rm.group(1):
-                    start = int(rm.group(1))
-                    end = min(int(rm.group(2)), total - 1) if rm.group(2) else total - 1
-                else:  # suffix range: the last n bytes
-                    start = max(0, total - int(rm.group(2)))
-                if start >= total or start > end:
-                    raise Reply(416, b"", content_type="application/xml", headers={"Content-Range": f"bytes */{total}"})
+            first, last = (rm.group(1), rm.group(2)) if rm else ("", "")
+            if first and (not last or int(last) >= int(first)):  # bytes=a-b, bytes=a-
+                start = int(first)
+                end = min(int(last), total - 1) if last else total - 1
                 status = 206
+            elif not first and last:  # bytes=-n: the last n bytes
+                start = max(0, total - int(last))
+                status = 206
+            # anything else (multiple ranges, b < a, garbage) is ignored: 200 with the whole body
+            if status == 206 and (start >= total or start > end):
+                raise _s3_error(416, "InvalidRange", "The requested range is not satisfiable",
+                                {"Content-Range": f"bytes */{total}"})
         body = data[start:end + 1] if total else b""
         record.status = status  # before the body: the client may look at the log once it has it
         try:
@@ -357,7 +432,26 @@ class FakeCI:
             view = memoryview(body)
             for i in range(0, len(body), CHUNK):
                 handler.wfile.write(view[i:i + CHUNK])
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:
+            handler.close_connection = True
             raise Served(-1) from None
         raise Served(status)
+
+
+def _iso(stamp: str | None) -> str | None:
+    """v1.1's time format, "2026-11-01T10:00:00.000Z" (UTC, milliseconds), or None."""
+    if stamp is None:
+        return None
+    try:
+        t = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp  # odd values are the test's business
+    if t.tzinfo is not None:
+        t = t.astimezone(datetime.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _s3_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Reply:
+    body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
+    return Reply(status, body.encode(), content_type="application/xml", headers=headers)
 

@@ -10,16 +10,16 @@ with a log line, never a stray KeyError. Nothing here knows about FUSE or cachin
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import re
 import urllib.parse
 from collections import defaultdict
 from typing import Any
 
+from ciartfs.providers import parse_time
 from ciartfs.errors import BadListing, NotFound
 from ciartfs.http import HeaderCredential, HttpClient, origin_of
-from ciartfs.tree import Artifact, Entry, Kind, StaticDir, place_artifacts, tree_entries
+from ciartfs.tree import Artifact, CompleteDir, Entry, Kind, StaticDir, place_artifacts, tree_entries
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,6 @@ def decode_branch(name: str) -> str | None:
     """Inverse of encode_branch; None if `name` is not the encoding of any branch."""
     branch = name.replace("%2F", "/").replace("%25", "%")
     return branch if encode_branch(branch) == name and branch else None
-
-
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +96,8 @@ def parse_build(doc: Any, where: str) -> Build:
         branch=_opt_str(doc, "branch", where),
         status=_opt_str(doc, "status", where) or "",
         lifecycle=_opt_str(doc, "lifecycle", where) or "",
-        start_time=_parse_time(doc.get("start_time")),
-        stop_time=_parse_time(doc.get("stop_time")),
+        start_time=parse_time(doc.get("start_time")),
+        stop_time=parse_time(doc.get("stop_time")),
         revision=_opt_str(doc, "vcs_revision", where),
     )
 
@@ -325,9 +316,7 @@ class _BranchesDir:
         return Entry(name, Kind.DIR, mtime=builds[0].mtime, source=_BranchDir(p, branch))
 
 
-class _BranchDir:
-    complete = True
-
+class _BranchDir(CompleteDir):
     def __init__(self, project: _Project, branch: str) -> None:
         self.p, self.branch = project, branch
         self.ttl = project.ttl
@@ -339,14 +328,9 @@ class _BranchDir:
             return []
         return [Entry("latest", Kind.LINK, mtime=latest.mtime, target=f"../../{latest.num}")]
 
-    async def lookup(self, name: str) -> Entry | None:
-        return next((e for e in await self.list() if e.name == name), None)
 
-
-class _BuildDir:
+class _BuildDir(CompleteDir):
     """One directory per node_index with artifacts; below, the artifact paths."""
-
-    complete = True
 
     def __init__(self, project: _Project, build: Build) -> None:
         self.p, self.build = project, build
@@ -371,7 +355,4 @@ class _BuildDir:
             entries.append(Entry(str(node), Kind.DIR, mtime=b.mtime, immutable=b.completed,
                                  source=StaticDir(children, ttl=self.ttl)))
         return entries
-
-    async def lookup(self, name: str) -> Entry | None:
-        return next((e for e in await self.list() if e.name == name), None)
 

@@ -12,19 +12,19 @@ Nothing here knows about FUSE or caching.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import re
 import urllib.parse
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import mohawk
 
+from ciartfs.providers import parse_time
 from ciartfs.errors import BadListing, NotFound
 from ciartfs.http import Credential, HttpClient, origin_of
-from ciartfs.tree import Artifact, Entry, Kind, place_artifacts, split_artifact_path, tree_entries
+from ciartfs.tree import Artifact, CompleteDir, Entry, Kind, place_artifacts, split_artifact_path, tree_entries
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,6 @@ def credential(root_url: str, client_id: str | None, access_token: str | None) -
     if not client_id or not access_token:
         return None
     return HawkCredential(client_id=client_id, access_token=access_token, origins=frozenset({origin_of(root_url)}))
-
-
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +101,11 @@ def parse_status(doc: Any, where: str) -> TaskStatus:
         if not isinstance(run, dict) or not isinstance(run.get("runId"), int) or isinstance(run.get("runId"), bool) \
                 or run["runId"] < 0 or not isinstance(run.get("state"), str):
             raise BadListing(f"{where}: a run without an integer 'runId' and a 'state'")
-        parsed.append(Run(run["runId"], run["state"], _parse_time(run.get("started")), _parse_time(run.get("resolved"))))
+        parsed.append(Run(run["runId"], run["state"], parse_time(run.get("started")), parse_time(run.get("resolved"))))
     return TaskStatus(task_id, state, tuple(parsed))
 
 
-def parse_artifacts_page(doc: Any, where: str) -> tuple[list[ArtifactRecord], str | None]:
+def parse_artifacts(doc: Any, where: str) -> list[ArtifactRecord]:
     if not isinstance(doc, dict) or not isinstance(doc.get("artifacts"), list):
         raise BadListing(f"{where}: no 'artifacts' list")
     records = []
@@ -123,10 +114,7 @@ def parse_artifacts_page(doc: Any, where: str) -> tuple[list[ArtifactRecord], st
                 or not isinstance(item.get("storageType"), str):
             raise BadListing(f"{where}: an artifact without a string 'name' and 'storageType'")
         records.append(ArtifactRecord(item["name"], item["storageType"]))
-    token = doc.get("continuationToken")
-    if token is not None and not isinstance(token, str):
-        raise BadListing(f"{where}: 'continuationToken' is not a string")
-    return records, token or None
+    return records
 
 
 class QueueApi:
@@ -140,54 +128,45 @@ class QueueApi:
         url = f"{self.base}/task/{task_id}/status"
         return parse_status(await self.http.get_json(url), url)
 
-    async def artifacts(self, task_id: str, run_id: int) -> list[ArtifactRecord]:
-        """Every page, following continuationToken."""
-        url = f"{self.base}/task/{task_id}/runs/{run_id}/artifacts"
-        records: list[ArtifactRecord] = []
-        token: str | None = None
+    async def _pages(self, url: str) -> AsyncIterator[Any]:
+        """Every page of a paginated queue listing, following continuationToken."""
         seen: set[str] = set()
-        while True:
-            params: dict[str, str | int] = {"limit": PAGE_LIMIT}
-            if token:
-                params["continuationToken"] = token
-            page, token = parse_artifacts_page(await self.http.get_json(url, params), url)
-            records.extend(page)
-            if token is None:
-                return records
-            if token in seen:
-                raise BadListing(f"{url}: continuationToken repeats; refusing to loop")
-            seen.add(token)
-
-    def artifact_url(self, task_id: str, run_id: int, name: str) -> str:
-        return f"{self.base}/task/{task_id}/runs/{run_id}/artifacts/{urllib.parse.quote(name, safe='/')}"
-
-    async def group_tasks(self, group_id: str) -> list[tuple[TaskStatus, str | None]]:
-        """(status, metadata.name) of every task in the group, following continuationToken."""
-        url = f"{self.base}/task-group/{group_id}/list"
-        out: list[tuple[TaskStatus, str | None]] = []
         token: str | None = None
-        seen: set[str] = set()
         while True:
             params: dict[str, str | int] = {"limit": PAGE_LIMIT}
             if token:
                 params["continuationToken"] = token
             doc = await self.http.get_json(url, params)
+            yield doc
+            token = doc.get("continuationToken") if isinstance(doc, dict) else None
+            if not token:
+                return
+            if not isinstance(token, str) or token in seen:
+                raise BadListing(f"{url}: bad or repeating continuationToken; refusing to loop")
+            seen.add(token)
+
+    async def artifacts(self, task_id: str, run_id: int) -> list[ArtifactRecord]:
+        url = f"{self.base}/task/{task_id}/runs/{run_id}/artifacts"
+        return [record async for doc in self._pages(url) for record in parse_artifacts(doc, url)]
+
+    def artifact_url(self, task_id: str, run_id: int, name: str) -> str:
+        return f"{self.base}/task/{task_id}/runs/{run_id}/artifacts/{urllib.parse.quote(name, safe='/')}"
+
+    async def group_tasks(self, group_id: str) -> list[tuple[TaskStatus, str | None]]:
+        """(status, metadata.name) of every task in the group."""
+        url = f"{self.base}/task-group/{group_id}/list"
+        out: list[tuple[TaskStatus, str | None]] = []
+        async for doc in self._pages(url):
             if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
                 raise BadListing(f"{url}: no 'tasks' list")
             for item in doc["tasks"]:
                 if not isinstance(item, dict):
                     raise BadListing(f"{url}: a task entry is not an object")
-                status = parse_status(item, url)
                 task = item.get("task")
                 meta = task.get("metadata") if isinstance(task, dict) else None
                 name = meta.get("name") if isinstance(meta, dict) else None
-                out.append((status, name if isinstance(name, str) else None))
-            token = doc.get("continuationToken") or None
-            if token is None:
-                return out
-            if not isinstance(token, str) or token in seen:
-                raise BadListing(f"{url}: bad or repeating continuationToken")
-            seen.add(token)
+                out.append((parse_status(item, url), name if isinstance(name, str) else None))
+        return out
 
 
 # -- the directory layout ---------------------------------------------------------------------
@@ -252,10 +231,8 @@ class _Groups:
         return Entry(name, Kind.DIR, mtime=max((e.mtime for e in entries), default=0.0), source=source)
 
 
-class _Group:
+class _Group(CompleteDir):
     """A task group: a directory per task (by taskId) and a link per unique, valid task name."""
-
-    complete = True
 
     def __init__(self, api: QueueApi, ttl: float, group_id: str) -> None:
         self.api, self.ttl, self.group_id = api, ttl, group_id
@@ -278,14 +255,9 @@ class _Group:
             entries.append(Entry(name, Kind.LINK, mtime=0.0, target=status.task_id))
         return entries
 
-    async def lookup(self, name: str) -> Entry | None:
-        return next((e for e in await self.list() if e.name == name), None)
 
-
-class _TaskDir:
+class _TaskDir(CompleteDir):
     """One directory per run, and `latest` -> the highest runId."""
-
-    complete = True
 
     def __init__(self, api: QueueApi, ttl: float, status: TaskStatus, resolved: bool) -> None:
         self.api, self.ttl_mutable, self.status = api, ttl, status
@@ -304,14 +276,9 @@ class _TaskDir:
             entries.append(Entry("latest", Kind.LINK, mtime=latest.mtime, target=str(latest.run_id)))
         return entries
 
-    async def lookup(self, name: str) -> Entry | None:
-        return next((e for e in await self.list() if e.name == name), None)
 
-
-class _RunDir:
+class _RunDir(CompleteDir):
     """A run's artifacts, their names split on '/'."""
-
-    complete = True
 
     def __init__(self, api: QueueApi, ttl: float, task_id: str, run: Run) -> None:
         self.api, self.task_id, self.run = api, task_id, run
@@ -323,9 +290,6 @@ class _RunDir:
         where = f"taskcluster/{self.task_id}/{run.run_id}"
         tree = place_artifacts(((r.name, r) for r in records), where=where, tiebreak=lambda r: r.storage_type)
         return tree_entries(tree, self._file, mtime=run.mtime, immutable=run.is_resolved, ttl=self.ttl)
-
-    async def lookup(self, name: str) -> Entry | None:
-        return next((e for e in await self.list() if e.name == name), None)
 
     def _file(self, fname: str, path: str, rec: ArtifactRecord) -> Entry:
         run = self.run
