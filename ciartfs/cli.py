@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ciartfs import __version__
-from ciartfs.config import OPTIONS, ConfigError, Settings, load_settings
+from ciartfs.config import OPTIONS, ConfigError, Settings, load_settings, parse_bool
 
 log = logging.getLogger("ciartfs")
 
@@ -252,8 +252,9 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
         flag = "--" + opt.key.replace("_", "-")
         env = f" [${opt.env}]" if opt.env else ""
-        if opt.key == "verbose":
-            p.add_argument("-v", flag, dest=opt.key, action="store_const", const=True, default=None, help=opt.help + env)
+        if opt.parse is parse_bool:  # a switch: present means true (env/config can say either)
+            names = ["-v", flag] if opt.key == "verbose" else [flag]
+            p.add_argument(*names, dest=opt.key, action="store_const", const=True, default=None, help=opt.help + env)
         else:
             p.add_argument(flag, dest=opt.key, metavar=opt.key.split("_")[-1].upper(), default=None, help=opt.help + env)
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)

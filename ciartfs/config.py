@@ -41,7 +41,7 @@ def _parse_url(text: str) -> str:
     return str(text).rstrip("/")
 
 
-def _parse_bool(text: str | bool) -> bool:
+def parse_bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
     low = str(text).strip().lower()
@@ -113,7 +113,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds before 'latest' links and mutable listings are re-resolved"),
     Option("timeout", "CIARTFS_TIMEOUT", _positive_float, 30.0,
            "seconds one operation may take, retries included, before EIO"),
-    Option("verbose", "CIARTFS_VERBOSE", _parse_bool, False, "log debug detail"),
+    Option("allow_other", "CIARTFS_ALLOW_OTHER", parse_bool, False,
+           "let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root)"),
+    Option("verbose", "CIARTFS_VERBOSE", parse_bool, False, "log debug detail"),
     Option("log_file", "CIARTFS_LOG_FILE", _path, None, "append logs to this file"),
 )
 
@@ -137,6 +139,7 @@ class Settings:
     recent_builds: int = 30
     latest_ttl: float = 60.0
     timeout: float = 30.0
+    allow_other: bool = False
     verbose: bool = False
     log_file: Path | None = None
 

@@ -7,6 +7,7 @@ arrives; either way it unmounts and returns normally.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -25,10 +26,14 @@ from ciartfs.tree import StaticDir, Tree
 log = logging.getLogger(__name__)
 
 
-def fuse_options() -> set[str]:
+def fuse_options(settings: Settings) -> set[str]:
     # 'ro' makes the kernel itself answer EROFS to every write path; default_permissions
-    # lets it enforce our 0444/0555 modes.
-    return set(pyfuse3.default_options) | {"fsname=ciartfs", "subtype=ciartfs", "ro", "noatime"}
+    # lets it enforce our 0444/0555 modes. Without allow_other only the mounting user (and
+    # not even root) can enter the mount: artifacts may be private.
+    options = set(pyfuse3.default_options) | {"fsname=ciartfs", "subtype=ciartfs", "ro", "noatime"}
+    if settings.allow_other:
+        options.add("allow_other")
+    return options
 
 
 class Mount:
@@ -43,6 +48,8 @@ class Mount:
         credentials: tuple[Credential, ...] = tuple(c for c in creds if c is not None)
         self.http = HttpClient(timeout=settings.timeout, credentials=credentials)
         self.memory = MemoryCache(settings.memory_cache)
+        settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(settings.cache_dir, 0o700)  # cached artifacts may come from private projects
         self.disk = DiskStore(settings.cache_dir / "blocks", settings.cache_size)
         self.reader = Reader(self.http, self.memory, self.disk, settings.block_size)
         now = time.time()
@@ -59,7 +66,7 @@ class Mount:
 def serve(settings: Settings, mountpoint: str, on_ready: Callable[[], None] | None = None) -> None:
     """Mount, call `on_ready`, serve until unmounted or signalled, then clean up."""
     mount = Mount(settings)
-    pyfuse3.init(mount.ops, mountpoint, fuse_options())
+    pyfuse3.init(mount.ops, mountpoint, fuse_options(settings))
     log.info("mounted %s (CircleCI %s, cache %s)", mountpoint, settings.circleci_host, settings.cache_dir)
     try:
         trio.run(_main, mount, on_ready)

@@ -199,3 +199,33 @@ def test_demo_shows_real_files_without_any_configuration(cli, tmp_path):
     pid = cli.pids[-1]
     assert cli.run("unmount", str(mp)).returncode == 0
     assert wait_for(lambda: not pid_alive(pid))
+
+
+def test_sigterm_with_reads_in_flight_unmounts_cleanly(cli, demo_fake):
+    require_fuse()
+    mp = cli.mountpoint()
+    proc = cli.popen("mount", "-f", str(mp), *cli.settings(), "--timeout", "30")
+    assert wait_for(lambda: is_mounted(str(mp)))
+    target = mp / "github/acme/api/2/0/dist/app.tar.gz"
+    os.stat(target)
+    demo_fake.faults.storage_hang = True  # reads of further blocks now hang upstream
+    readers = [subprocess.Popen(["dd", f"if={target}", "of=/dev/null", "bs=1M", "skip=1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
+    time.sleep(1.0)
+    assert all(r.poll() is None for r in readers), "the reads are in flight"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert time.monotonic() - start < 15
+    for r in readers:
+        assert r.wait(timeout=20) != 0  # the reader gets an error, not a hang
+    assert not is_mounted(str(mp))
+    demo_fake.faults.storage_hang = False
+
+
+def test_cache_dir_is_private(cli, tmp_path):
+    require_fuse()
+    mp = cli.mountpoint()
+    assert cli.run("mount", str(mp), *cli.settings()).returncode == 0
+    assert (os.stat(tmp_path / "cache").st_mode & 0o777) == 0o700
+    assert cli.run("unmount", str(mp)).returncode == 0
