@@ -55,11 +55,24 @@ def _edge(handler: F) -> F:
             raise pyfuse3.FUSEError(e.errno) from None
         except (trio.Cancelled, KeyboardInterrupt):
             raise
+        except ExceptionGroup as group:  # concurrent work that all failed our way: its first error
+            ours, rest = group.split(CiartfsError)
+            if rest is None and ours is not None:
+                first = _first_leaf(ours)
+                log.warning("%s: %s (%s)", handler.__name__, first, errno.errorcode.get(first.errno, first.errno))
+                raise pyfuse3.FUSEError(first.errno) from None
+            log.exception("internal error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("internal error in %s", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _first_leaf(group: BaseExceptionGroup) -> CiartfsError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first  # type: ignore[return-value]
 
 
 def _read_only(name: str) -> Callable[..., Awaitable[Any]]:

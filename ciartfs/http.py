@@ -59,6 +59,8 @@ BACKOFF_CAP = 4.0
 # gets this old; presigned URLs commonly live 15-60 minutes.
 REDIRECT_TARGET_MAX_AGE = 600.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A retry is only worth starting with at least this much of the operation's time left.
+MIN_ATTEMPT_TIME = 0.25
 
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -223,9 +225,14 @@ class HttpClient:
                         last = str(e)
                         attempt += 1
                         delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+                        remaining = deadline - trio.current_time() - MIN_ATTEMPT_TIME
                         if e.retry_after is not None:
+                            if e.retry_after > remaining:  # the server asks for more than we have
+                                raise UpstreamError(f"{redact_url(url)}: {last}, Retry-After {e.retry_after:g}s "
+                                                    f"exceeds the time left (gave up after {attempt} attempts)") from None
                             delay = max(delay, e.retry_after)
-                        if trio.current_time() + delay >= deadline:
+                        delay = min(delay, remaining)  # one more try fits: shorten the wait
+                        if delay < 0:
                             raise UpstreamError(f"{redact_url(url)}: {last} (gave up after {attempt} attempts)") from None
                         log.debug("retrying %s in %.2fs: %s", redact_url(url), delay, last)
                         await trio.sleep(delay)

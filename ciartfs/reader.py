@@ -165,13 +165,19 @@ class Reader:
             data = block[offset - first * bs:end - first * bs]
         else:
             blocks: list[bytes] = [b""] * (last - first + 1)
+            failures: list[CiartfsError] = []
 
             async def fetch(i: int) -> None:
-                blocks[i - first] = await self._checked_block(art, i, total)
+                try:
+                    blocks[i - first] = await self._checked_block(art, i, total)
+                except CiartfsError as e:  # one error for the kernel, not an ExceptionGroup
+                    failures.append(e)
 
             async with trio.open_nursery() as nursery:
                 for i in range(first, last + 1):
                     nursery.start_soon(fetch, i)
+            if failures:
+                raise failures[0]
             data = b"".join(blocks)[offset - first * bs:end - first * bs]
         if len(data) != end - offset:  # defence in depth: a short reply would be zero-padded
             raise UpstreamError(f"internal: assembled {len(data)} of {end - offset} bytes")

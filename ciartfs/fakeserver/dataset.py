@@ -7,6 +7,10 @@ import random
 from ciartfs.fakeserver.model import FakeBuild
 from ciartfs.fakeserver.server import FakeCI
 
+# An ELF64 little-endian header of type ET_CORE for x86-64: `file` calls the dump a core file.
+_CORE_HEADER = (b"\x7fELF\x02\x01\x01\x00" + bytes(8) + (4).to_bytes(2, "little") + (62).to_bytes(2, "little")
+                + (1).to_bytes(4, "little") + bytes(24 + 4) + (64).to_bytes(2, "little") + (56).to_bytes(2, "little")
+                + bytes(8))
 _CSS = b"body { font-family: sans-serif; } .covered { background: #cfc; } .missed { background: #fcc; }\n"
 
 
@@ -50,7 +54,7 @@ def _fill(build: FakeBuild, rng: random.Random, nodes: int) -> None:
     build.add_artifact("logs/build.log", _log(rng, build.build_num, 4000, failed))
     build.add_artifact("dist/app.tar.gz", rng.randbytes(3 * 1024 * 1024 + rng.randrange(4096)))
     if failed:
-        build.add_artifact("core_dumps/core.1234.dump", rng.randbytes(256 * 1024))
+        build.add_artifact("core_dumps/core.1234.dump", _CORE_HEADER + rng.randbytes(256 * 1024 - len(_CORE_HEADER)))
 
 
 def demo_dataset(fake: FakeCI) -> None:

@@ -100,6 +100,8 @@ class Faults:
     api_hang: bool = False
     ignore_range: bool = False
     storage_statuses: list[int] = dataclasses.field(default_factory=list)
+    # Each storage GET fails with 503 with this probability (seeded: runs are repeatable).
+    storage_failure_rate: float = 0.0
     api_statuses: list[int] = dataclasses.field(default_factory=list)
     malformed_json: set[str] = dataclasses.field(default_factory=set)
     presign_ttl: float = 3600.0

@@ -12,6 +12,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import random
 import re
 import secrets
 import socket
@@ -73,6 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # headers and body go out in separate writes: without this, Nagle plus the client's
+        # delayed ACK stall every keep-alive answer by ~40 ms
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
 
@@ -108,6 +112,7 @@ class FakeCI:
         self.faults = Faults()
         self.projects: dict[tuple[str, str, str], FakeProject] = {}
         self.queue = FakeQueue(self)
+        self._rng = random.Random(1234)  # for storage_failure_rate
         self._requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -126,7 +131,7 @@ class FakeCI:
                 self.stop()  # the port is taken: release the host already bound
                 raise
             self._servers[role] = server
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
                                       name=f"fakeci-{role}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -382,6 +387,10 @@ class FakeCI:
             raise _s3_error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
         self._hang("storage_hang")
         status = self._pop_status("storage_statuses")
+        if status is None and self.faults.storage_failure_rate:
+            with self._lock:
+                if self._rng.random() < self.faults.storage_failure_rate:
+                    status = 503
         if status is not None:
             raise Reply(status, b"injected", content_type="text/plain",
                         headers={"Retry-After": "1"} if status == 429 else {})
@@ -417,7 +426,7 @@ class FakeCI:
             if status == 206 and (start >= total or start > end):
                 raise _s3_error(416, "InvalidRange", "The requested range is not satisfiable",
                                 {"Content-Range": f"bytes */{total}"})
-        body = data[start:end + 1] if total else b""
+        body = memoryview(data)[start:end + 1] if total else memoryview(b"")  # no copy of the blob
         record.status = status  # before the body: the client may look at the log once it has it
         try:
             handler.send_response(status)
@@ -429,7 +438,7 @@ class FakeCI:
             if status == 206:
                 handler.send_header("Content-Range", f"bytes {start}-{end}/{total}")
             handler.end_headers()
-            view = memoryview(body)
+            view = body
             for i in range(0, len(body), CHUNK):
                 handler.wfile.write(view[i:i + CHUNK])
         except OSError:
