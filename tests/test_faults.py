@@ -140,3 +140,53 @@ def test_stress_many_readers_random_faults(fake, mount, files):
     assert sum(done) == 8 * 15
     assert sum(r.status == 503 for r in fake.requests if r.server == "storage") > 10
     no_token_at_storage(fake)
+
+
+@pytest.mark.parametrize("fault", ["cut", "short", "bad-range"])
+def test_broken_bodies_are_retried_never_served(fake, mount, files, fault):
+    m = mount("--block-size", "64K", "--timeout", "15", token=TOKEN)
+    fake.faults.storage_body_faults = [fault] * 6
+    check_all(m.path / "github/acme/api/1/0", files)
+    assert fake.faults.storage_body_faults == [], "every injected fault was met"
+    no_token_at_storage(fake)
+
+
+def cache_files(cache):
+    return sorted(p for p in (cache / "blocks").rglob("*") if p.is_file())
+
+
+def test_corrupt_or_truncated_cache_files_are_dropped_and_fetched_again(fake, mount, files, tmp_path):
+    cache = tmp_path / "shared"
+    first = mount("--block-size", "64K", token=TOKEN, cache_dir=cache)
+    check_all(first.path / "github/acme/api/1/0", files)
+    first.stop()
+    blocks = [p for p in cache_files(cache) if p.stat().st_size > 60_000]
+    assert len(blocks) >= 2
+    raw = blocks[0].read_bytes()
+    blocks[0].write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # a flipped bit
+    blocks[1].write_bytes(blocks[1].read_bytes()[:1000])  # a crash mid-write
+    fake.clear_requests()
+    second = mount("--block-size", "64K", token=TOKEN, cache_dir=cache)
+    check_all(second.path / "github/acme/api/1/0", files)
+    assert len([r for r in fake.requests if r.server == "storage"]) == 2, "only the two damaged blocks"
+    assert second.log_text().count("corrupt or truncated") == 2
+
+
+def test_two_mounts_sharing_a_cache_dir(fake, mount, files, tmp_path):
+    cache = tmp_path / "shared"
+    a = mount("--block-size", "16K", token=TOKEN, cache_dir=cache)
+    b = mount("--block-size", "16K", token=TOKEN, cache_dir=cache)
+
+    def read_all(root):
+        check_all(root / "github/acme/api/1/0", files)
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(read_all, [a.path, b.path, a.path, b.path]))
+    a.stop()
+    b.stop()
+    assert not [p for p in cache_files(cache) if ".tmp." in p.name], "no temp files left behind"
+    fake.clear_requests()
+    c = mount("--block-size", "16K", token=TOKEN, cache_dir=cache)
+    check_all(c.path / "github/acme/api/1/0", files)
+    assert not [r for r in fake.requests if r.server == "storage"], "the shared cache is whole and valid"

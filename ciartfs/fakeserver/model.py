@@ -102,6 +102,11 @@ class Faults:
     storage_statuses: list[int] = dataclasses.field(default_factory=list)
     # Each storage GET fails with 503 with this probability (seeded: runs are repeatable).
     storage_failure_rate: float = 0.0
+    # A queue: each storage GET that serves bytes pops one and misbehaves so:
+    #   "cut"       - headers promise the whole body, the connection closes halfway through it
+    #   "short"     - Content-Length says N, N-1 bytes arrive and the connection closes
+    #   "bad-range" - a 206 whose Content-Range names other bytes than those asked for
+    storage_body_faults: list[str] = dataclasses.field(default_factory=list)
     api_statuses: list[int] = dataclasses.field(default_factory=list)
     malformed_json: set[str] = dataclasses.field(default_factory=set)
     presign_ttl: float = 3600.0

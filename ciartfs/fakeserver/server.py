@@ -427,20 +427,32 @@ class FakeCI:
                 raise _s3_error(416, "InvalidRange", "The requested range is not satisfiable",
                                 {"Content-Range": f"bytes */{total}"})
         body = memoryview(data)[start:end + 1] if total else memoryview(b"")  # no copy of the blob
+        fault = self._pop_status("storage_body_faults")
+        content_range = f"bytes {start}-{end}/{total}"
+        if fault == "bad-range" and status == 206:
+            content_range = f"bytes {start + 1}-{end + 1}/{total}"
+        length = len(body)
+        if fault == "cut":
+            body = body[:len(body) // 2]
+        elif fault == "short":
+            body = body[:-1]
         record.status = status  # before the body: the client may look at the log once it has it
         try:
             handler.send_response(status)
             handler.send_header("Content-Type", "application/octet-stream")
-            handler.send_header("Content-Length", str(len(body)))
+            handler.send_header("Content-Length", str(length))
             handler.send_header("Accept-Ranges", "bytes")
             if encoding:
                 handler.send_header("Content-Encoding", encoding)
             if status == 206:
-                handler.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+                handler.send_header("Content-Range", content_range)
             handler.end_headers()
-            view = body
             for i in range(0, len(body), CHUNK):
-                handler.wfile.write(view[i:i + CHUNK])
+                handler.wfile.write(body[i:i + CHUNK])
+            if len(body) != length:  # the promised bytes will never come: hang up
+                handler.wfile.flush()
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                handler.close_connection = True
         except OSError:
             handler.close_connection = True
             raise Served(-1) from None
