@@ -346,6 +346,8 @@ class _BuildDir(CompleteDir):
         for node, recs in sorted(by_node.items()):
             where = f"{p.where}/{b.num}/{node}"
             tree = place_artifacts(((r.path, r) for r in recs), where=where, tiebreak=lambda r: r.url)
+            if not tree.count():
+                continue  # nothing safe to show: no empty node directory
 
             def make_file(name: str, path: str, rec: ArtifactRecord, where: str = where) -> Entry:
                 art = Artifact(key=f"circleci|{p.api.host_id}|{where}/{path}", url=rec.url, immutable=b.completed)
