@@ -97,6 +97,9 @@ class DiskStore:
             pass
         return data
 
+    def contains(self, key: str) -> bool:
+        return self.enabled and self._path(key).exists()
+
     def put(self, key: str, data: bytes) -> None:
         if not self.enabled:
             return

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError
+from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, redact_url
 from ciartfs.reader import Reader, ReadStream
 from ciartfs.tree import Kind, Node, Tree
 
@@ -33,7 +33,8 @@ MUTABLE_TIMEOUT = 1.0
 # st_blksize is what `cp`, `cat` and stdio use as their buffer size; the kernel's largest
 # buffered read is 128 KiB, so a bigger hint gains nothing.
 PREFERRED_IO_SIZE = 128 << 10
-ERROR_XATTR = b"user.ciartfs.error"
+XATTR_PREFIX = b"user.ciartfs."
+ERROR_XATTR = XATTR_PREFIX + b"error"
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -223,15 +224,34 @@ class ArtifactFS(pyfuse3.Operations):
 
     @_edge
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self.tree.get(inode)
-        if name == ERROR_XATTR and node.artifact is not None and node.artifact.error:
-            return (await self.reader.error_reason(node.artifact)).encode()
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        value = await self._xattr(self.tree.get(inode), name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value.encode()
 
     @_edge
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         node = self.tree.get(inode)
-        return [ERROR_XATTR] if node.artifact is not None and node.artifact.error else []
+        names = [XATTR_PREFIX + key.encode() for key in node.info]
+        if node.artifact is not None:
+            names += [XATTR_PREFIX + b"url", XATTR_PREFIX + b"cached"]
+            if node.artifact.error:
+                names.append(ERROR_XATTR)
+        return names
+
+    async def _xattr(self, node: Node, name: bytes) -> str | None:
+        if not name.startswith(XATTR_PREFIX):
+            return None
+        key = name[len(XATTR_PREFIX):].decode(errors="replace")
+        art = node.artifact
+        if art is not None:
+            if key == "url":
+                return redact_url(art.url)
+            if key == "cached":
+                return str(await self.reader.cached_bytes(art, node.size or 0))
+            if key == "error" and art.error:
+                return await self.reader.error_reason(art)
+        return node.info.get(key)
 
     # -- everything that would write: EROFS (the mount is also 'ro', this is defence in depth)
 

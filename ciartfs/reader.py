@@ -143,6 +143,15 @@ class Reader:
             self._errors[art.key] = reason
         return reason
 
+    async def cached_bytes(self, art: Artifact, size: int) -> int:
+        """How many of the file's bytes the disk cache holds."""
+        if self.disk is None or not art.immutable or size <= 0:
+            return 0
+        bs = self.block_size
+        keys = [(i, self._block_key(art, i, size)) for i in range((size - 1) // bs + 1)]
+        present = await trio.to_thread.run_sync(lambda: [i for i, k in keys if self.disk.contains(k)])  # type: ignore[union-attr]
+        return sum(min(bs, size - i * bs) for i in present)
+
     # -- bytes ------------------------------------------------------------------------------
 
     async def read(self, art: Artifact, offset: int, length: int, stream: ReadStream | None = None,

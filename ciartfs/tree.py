@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import trio
@@ -80,6 +80,8 @@ class Entry:
     source: DirSource | None = None  # DIR
     artifact: Artifact | None = None  # FILE
     target: str | None = None  # LINK
+    # Shown as extended attributes `user.ciartfs.<key>` (provider metadata, never secrets).
+    info: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class CompleteDir:
@@ -124,6 +126,7 @@ class Node:
     artifact: Artifact | None = None
     target: str | None = None
     size: int | None = None
+    info: Mapping[str, str] = dataclasses.field(default_factory=dict)
     lookups: int = 0
     attached: bool = True
     children: dict[str, Node] = dataclasses.field(default_factory=dict)
@@ -260,14 +263,14 @@ class Tree:
                 child.source = entry.source
                 if entry.immutable:
                     child.listing, child.expires = None, None
-            child.mtime, child.immutable = entry.mtime, entry.immutable
+            child.mtime, child.immutable, child.info = entry.mtime, entry.immutable, entry.info
             return child
         if child is not None:
             self._detach(child)
         child = Node(
             self._next_inode, entry.name, entry.kind, parent, entry.mtime, entry.immutable,
             source=entry.source, artifact=entry.artifact, target=entry.target,
-            size=entry.artifact.size if entry.artifact else None,
+            size=entry.artifact.size if entry.artifact else None, info=entry.info,
         )
         child.checked = time.monotonic()
         self._next_inode += 1

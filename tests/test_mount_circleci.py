@@ -9,6 +9,7 @@ import random
 import stat
 import subprocess
 import sys
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -394,3 +395,31 @@ def test_expired_presigned_url_is_resolved_again_transparently(fake, mount):
         os.close(fd)
     statuses = [(r.server, r.status) for r in fake.requests if r.method == "GET"]
     assert ("storage", 403) in statuses and ("api", 302) in statuses and statuses[-1] == ("storage", 206)
+
+
+def test_extended_attributes_say_where_a_file_comes_from(fake, mount):
+    import json
+
+    project = sample(fake)
+    m = mount(token=TOKEN)
+    build = m.path / "github/acme/api/2"
+    f = build / "0/coverage/index.html"
+    size = f.stat().st_size
+    url = os.getxattr(f, "user.ciartfs.url").decode()
+    assert url == fake.artifact_url(project, project.builds[2], project.builds[2].artifacts[1])
+    source = json.loads(os.getxattr(f, "user.ciartfs.source"))
+    assert source == {"provider": "circleci", "host": fake.api_url, "vcs": "github", "user": "acme",
+                      "project": "api", "build": 2, "node": 0}
+    f.read_bytes()
+    time.sleep(0.5)  # the disk write happens behind the read
+    assert int(os.getxattr(f, "user.ciartfs.cached")) == size
+    info = json.loads(os.getxattr(build, "user.ciartfs.build"))
+    assert info["build_num"] == 2 and info["branch"] == "main" and info["status"] == "failed"
+    assert info["stop_time"] == STOP_EPOCH and info["lifecycle"] == "finished"
+    out = run("getfattr", "-d", str(f)) if shutil.which("getfattr") else None
+    if out is not None:
+        assert "user.ciartfs.url" in out.stdout and "user.ciartfs.source" in out.stdout
+    names = os.listxattr(f)
+    assert set(names) == {"user.ciartfs.url", "user.ciartfs.source", "user.ciartfs.cached"}
+    for name in names:
+        assert TOKEN not in os.getxattr(f, name).decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -123,6 +124,9 @@ def test_error_artifact_fails_with_eio_and_says_why(tc, mount):
     reason = os.getxattr(path, "user.ciartfs.error").decode()
     assert "file-missing-on-worker" in reason and "was not found" in reason
     assert "file-missing-on-worker" in m.log_text()
+    source = json.loads(os.getxattr(path, "user.ciartfs.source"))
+    assert source["task"] == slug(1) and source["run"] == 1 and source["storage_type"] == "error"
+    assert "user.ciartfs.error" in os.listxattr(path)
 
 
 def test_gzip_artifact_is_served_decoded_with_true_size(tc, mount):

@@ -10,6 +10,7 @@ with a log line, never a stray KeyError. Nothing here knows about FUSE or cachin
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import urllib.parse
@@ -61,6 +62,7 @@ class Build:
     start_time: float | None
     stop_time: float | None
     revision: str | None
+    outcome: str | None = None
 
     @property
     def completed(self) -> bool:
@@ -99,6 +101,7 @@ def parse_build(doc: Any, where: str) -> Build:
         start_time=parse_time(doc.get("start_time")),
         stop_time=parse_time(doc.get("stop_time")),
         revision=_opt_str(doc, "vcs_revision", where),
+        outcome=_opt_str(doc, "outcome", where),
     )
 
 
@@ -245,8 +248,20 @@ class _UserDir:
 
 
 def _build_entry(project: _Project, build: Build) -> Entry:
+    info = {"build": json.dumps({
+        "build_num": build.num, "branch": build.branch, "revision": build.revision, "status": build.status,
+        "outcome": build.outcome, "lifecycle": build.lifecycle, "start_time": build.start_time,
+        "stop_time": build.stop_time}), "source": _source(project, build.num)}
     return Entry(str(build.num), Kind.DIR, mtime=build.mtime, immutable=build.completed,
-                 source=_BuildDir(project, build))
+                 source=_BuildDir(project, build), info=info)
+
+
+def _source(project: _Project, build: int, node: int | None = None) -> str:
+    doc: dict[str, object] = {"provider": "circleci", "host": project.api.host, "vcs": project.vcs,
+                              "user": project.user, "project": project.name, "build": build}
+    if node is not None:
+        doc["node"] = node
+    return json.dumps(doc)
 
 
 class _ProjectDir:
@@ -348,13 +363,15 @@ class _BuildDir(CompleteDir):
             tree = place_artifacts(((r.path, r) for r in recs), where=where, tiebreak=lambda r: r.url)
             if not tree.count():
                 continue  # nothing safe to show: no empty node directory
+            info = {"source": _source(p, b.num, node)}
 
-            def make_file(name: str, path: str, rec: ArtifactRecord, where: str = where) -> Entry:
+            def make_file(name: str, path: str, rec: ArtifactRecord, where: str = where,
+                          info: dict[str, str] = info) -> Entry:
                 art = Artifact(key=f"circleci|{p.api.host_id}|{where}/{path}", url=rec.url, immutable=b.completed)
-                return Entry(name, Kind.FILE, mtime=b.mtime, immutable=b.completed, artifact=art)
+                return Entry(name, Kind.FILE, mtime=b.mtime, immutable=b.completed, artifact=art, info=info)
 
             children = tree_entries(tree, make_file, mtime=b.mtime, immutable=b.completed, ttl=self.ttl)
             entries.append(Entry(str(node), Kind.DIR, mtime=b.mtime, immutable=b.completed,
-                                 source=StaticDir(children, ttl=self.ttl)))
+                                 source=StaticDir(children, ttl=self.ttl), info=info))
         return entries
 

@@ -12,6 +12,7 @@ Nothing here knows about FUSE or caching.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import urllib.parse
@@ -298,4 +299,7 @@ class _RunDir(CompleteDir):
         art = Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}",
                        url=self.api.artifact_url(self.task_id, run.run_id, rec.name),
                        immutable=immutable, error=rec.storage_type == "error")
-        return Entry(fname, Kind.FILE, mtime=run.mtime, immutable=immutable, artifact=art)
+        info = {"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,
+                                      "task": self.task_id, "run": run.run_id, "name": rec.name,
+                                      "storage_type": rec.storage_type})}
+        return Entry(fname, Kind.FILE, mtime=run.mtime, immutable=immutable, artifact=art, info=info)
