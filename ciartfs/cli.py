@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import json
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ciartfs import __version__
+from ciartfs import __version__, status
 from ciartfs.config import OPTIONS, ConfigError, Settings, load_settings, parse_bool
 
 log = logging.getLogger("ciartfs")
@@ -244,6 +245,60 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    mounts = status.active_mounts()
+    if args.mountpoint:
+        target = os.path.realpath(args.mountpoint)
+        mounts = [m for m in mounts if m["mountpoint"] == target]
+        if not mounts:
+            raise UsageError(f"no ciartfs mount at {args.mountpoint}")
+    if args.json:
+        print(json.dumps(mounts, indent=1, sort_keys=True))
+    elif not mounts:
+        print("no ciartfs mounts")
+    else:
+        print("\n\n".join(status.format_status(m) for m in mounts))
+    return 0
+
+
+def _cache_files(settings: Settings) -> list[tuple[Path, os.stat_result]]:
+    root = settings.cache_dir / "blocks"
+    out = []
+    if root.is_dir():
+        for path in root.rglob("*"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out.append((path, st))
+    return out
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    files = _cache_files(settings)
+    if args.cache_command == "info":
+        used = sum(st.st_size for _, st in files)
+        oldest = min((st.st_mtime for _, st in files), default=None)
+        print(f"cache dir:  {settings.cache_dir}\n"
+              f"disk use:   {status.human(used)} in {len(files)} files (bound {status.human(settings.cache_size)})\n"
+              f"least recently used: " + (time.strftime("%Y-%m-%d %H:%M", time.localtime(oldest)) if oldest else "-"))
+        return 0
+    cutoff = time.time() - args.older_than * 86400 if args.older_than is not None else None
+    removed = freed = 0
+    for path, st in files:
+        if cutoff is None or st.st_mtime < cutoff:
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed += 1
+            freed += st.st_size
+    print(f"removed {removed} files, {status.human(freed)}")
+    return 0
+
+
 # -- argument parsing ----------------------------------------------------------------------------
 
 def _add_settings(p: argparse.ArgumentParser) -> None:
@@ -281,6 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Mount a built-in fake CircleCI with example builds at MOUNTPOINT (created if missing).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_settings(p)
+    p = sub.add_parser("status", help="show active mounts: settings, cache use, requests, hit ratio, errors",
+                       description="Show each active ciartfs mount of this user (or the one at MOUNTPOINT).")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("cache", help="inspect or clear the disk cache",
+                       description="'cache info' shows the disk cache; 'cache clear' empties it "
+                                   "(e.g. ciartfs cache clear --older-than 30).")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--config", metavar="PATH", help="config file (default ~/.config/ciartfs/config.toml)")
+    where.add_argument("--cache-dir", dest="cache_dir", metavar="DIR", default=None,
+                       help="the cache dir (default: as a mount would use) [$CIARTFS_CACHE_DIR]")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True)
+    cache_sub.add_parser("info", parents=[where], help="where the cache is and how much it holds")
+    clear = cache_sub.add_parser("clear", parents=[where], help="remove cached blocks")
+    clear.add_argument("--older-than", type=float, metavar="DAYS", default=None,
+                       help="only blocks not used for this many days")
     p = sub.add_parser("unmount", aliases=["umount"], help="unmount MOUNTPOINT (fusermount3 -u works as well)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-z", "--lazy", action="store_true", help="detach now even if busy (also used for stale mounts)")
@@ -295,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args, argv)
         if args.command == "demo":
             return cmd_mount(args, argv, demo=True)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "cache":
+            return cmd_cache(args)
         return cmd_unmount(args)
     except (UsageError, ConfigError) as e:
         print(f"ciartfs: {e}", file=sys.stderr)

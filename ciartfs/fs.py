@@ -7,6 +7,7 @@ becomes EIO, because any other exception escaping a handler would kill the mount
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import itertools
@@ -52,6 +53,8 @@ def _edge(handler: F) -> F:
             # A missing name is routine (shells probe for files); an expired artifact is not.
             routine = e.errno == errno.ENOENT and not isinstance(e, ArtifactExpired)
             level = logging.DEBUG if routine else logging.WARNING
+            if not routine:
+                args[0].errors[errno.errorcode.get(e.errno, str(e.errno))] += 1
             log.log(level, "%s: %s (%s)", handler.__name__, e, errno.errorcode.get(e.errno, e.errno))
             raise pyfuse3.FUSEError(e.errno) from None
         except (trio.Cancelled, KeyboardInterrupt):
@@ -60,11 +63,13 @@ def _edge(handler: F) -> F:
             ours, rest = group.split(CiartfsError)
             if rest is None and ours is not None:
                 first = _first_leaf(ours)
+                args[0].errors[errno.errorcode.get(first.errno, str(first.errno))] += 1
                 log.warning("%s: %s (%s)", handler.__name__, first, errno.errorcode.get(first.errno, first.errno))
                 raise pyfuse3.FUSEError(first.errno) from None
             log.exception("internal error in %s", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
+            args[0].errors["internal"] += 1
             log.exception("internal error in %s", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
@@ -107,6 +112,7 @@ class ArtifactFS(pyfuse3.Operations):
         self._handles = itertools.count(1)
         self._dirs: dict[int, list[Node]] = {}
         self._files: dict[int, _OpenFile] = {}
+        self.errors: collections.Counter[str] = collections.Counter()  # errno name -> count, for status
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()

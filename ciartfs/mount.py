@@ -6,15 +6,18 @@ arrives; either way it unmounts and returns normally.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pyfuse3
 import trio
 
+from ciartfs import status
 from ciartfs.cache import DiskStore, MemoryCache
 from ciartfs.config import Settings
 from ciartfs.fs import ArtifactFS
@@ -39,8 +42,10 @@ def fuse_options(settings: Settings) -> set[str]:
 class Mount:
     """Everything one mount owns, built from settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, mountpoint: str = "") -> None:
         self.settings = settings
+        self.mountpoint = os.path.realpath(mountpoint) if mountpoint else ""
+        self.started = time.time()
         creds = [circleci.credential(settings.circleci_host, settings.circleci_token)]
         if settings.taskcluster_root_url:
             creds.append(taskcluster.credential(settings.taskcluster_root_url, settings.taskcluster_client_id,
@@ -63,9 +68,30 @@ class Mount:
         self.ops = ArtifactFS(self.tree, self.reader)
 
 
+    def status(self, disk_bytes: int) -> dict[str, Any]:
+        """What `ciartfs status` shows: settings without secrets, counters, cache use."""
+        s = self.settings
+        return {
+            "pid": os.getpid(), "mountpoint": self.mountpoint, "started": self.started,
+            "uptime": time.time() - self.started,
+            "settings": {
+                "circleci_host": s.circleci_host, "circleci_token": bool(s.circleci_token),
+                "taskcluster_root_url": s.taskcluster_root_url,
+                "taskcluster_credentials": bool(s.taskcluster_access_token),
+                "cache_dir": str(s.cache_dir), "cache_size": s.cache_size, "memory_cache": s.memory_cache,
+                "block_size": s.block_size, "recent_builds": s.recent_builds, "latest_ttl": s.latest_ttl,
+                "timeout": s.timeout, "allow_other": s.allow_other,
+            },
+            "stats": {**dataclasses.asdict(self.reader.stats), "http_requests": self.http.requests_made},
+            "memory_bytes": self.memory.bytes_used,
+            "disk_bytes": disk_bytes,
+            "errors": dict(self.ops.errors),
+        }
+
+
 def serve(settings: Settings, mountpoint: str, on_ready: Callable[[], None] | None = None) -> None:
     """Mount, call `on_ready`, serve until unmounted or signalled, then clean up."""
-    mount = Mount(settings)
+    mount = Mount(settings, mountpoint)
     pyfuse3.init(mount.ops, mountpoint, fuse_options(settings))
     log.info("mounted %s (CircleCI %s, cache %s)", mountpoint, settings.circleci_host, settings.cache_dir)
     try:
@@ -82,13 +108,25 @@ async def _main(mount: Mount, on_ready: Callable[[], None] | None) -> None:
         async with trio.open_nursery() as nursery:
             mount.reader.start(nursery)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            nursery.start_soon(_publish_status, mount)
             if on_ready is not None:
                 on_ready()
             await pyfuse3.main()
             nursery.cancel_scope.cancel()  # unmounted from outside: stop background work
     finally:
+        status.withdraw(os.getpid())
         with trio.CancelScope(shield=True):
             await mount.http.aclose()
+
+
+async def _publish_status(mount: Mount) -> None:
+    while True:
+        try:
+            disk_bytes = await trio.to_thread.run_sync(lambda: mount.disk.bytes_used)  # may scan the dir
+            await trio.to_thread.run_sync(status.publish, os.getpid(), mount.status(disk_bytes))
+        except OSError as e:
+            log.debug("cannot publish status: %s", e)
+        await trio.sleep(status.PUBLISH_INTERVAL)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

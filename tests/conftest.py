@@ -66,6 +66,7 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_"))}
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg-run")
     env.update(extra)
     return env
 

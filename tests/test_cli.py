@@ -229,3 +229,42 @@ def test_cache_dir_is_private(cli, tmp_path):
     assert cli.run("mount", str(mp), *cli.settings()).returncode == 0
     assert (os.stat(tmp_path / "cache").st_mode & 0o777) == 0o700
     assert cli.run("unmount", str(mp)).returncode == 0
+
+
+def test_status_agrees_with_the_server_and_cache_commands(cli, demo_fake, tmp_path):
+    require_fuse()
+    import json
+
+    mp = cli.mountpoint()
+    assert cli.run("mount", str(mp), *cli.settings()).returncode == 0
+    data = (mp / "github/acme/api/2/0/dist/app.tar.gz").read_bytes()
+    (mp / "github/acme/api/2/0/dist/app.tar.gz").read_bytes()  # the second read is a cache hit
+    with pytest.raises(FileNotFoundError):
+        os.stat(mp / "github/acme/api/2/0/nope")
+
+    def doc():
+        out = cli.run("status", str(mp), "--json")
+        assert out.returncode == 0, out.stderr
+        (one,) = json.loads(out.stdout)
+        return one
+
+    assert wait_for(lambda: doc()["stats"]["bytes_served"] >= len(data), timeout=10)
+    d = doc()
+    assert d["mountpoint"] == os.path.realpath(mp) and d["pid"] == cli.pids[-1]
+    assert d["stats"]["http_requests"] == len(demo_fake.requests)
+    storage_bytes = len(data)  # every byte of the file crossed the network once
+    assert d["stats"]["bytes_fetched"] == storage_bytes
+    assert d["stats"]["misses"] == len([r for r in demo_fake.requests if r.server == "storage"])
+    assert d["stats"]["memory_hits"] > 0 and d["settings"]["circleci_host"] == cli.api_url
+    assert d["disk_bytes"] >= storage_bytes and d["errors"] == {}
+    text = cli.run("status").stdout
+    assert str(os.path.realpath(mp)) in text and "hit ratio" in text
+    info = cli.run("cache", "info", "--cache-dir", str(tmp_path / "cache"))
+    assert info.returncode == 0 and "disk use" in info.stdout and " 0 files" not in info.stdout
+    assert cli.run("unmount", str(mp)).returncode == 0
+    assert wait_for(lambda: json.loads(cli.run("status", "--json").stdout) == [])
+    cleared = cli.run("cache", "clear", "--cache-dir", str(tmp_path / "cache"), "--older-than", "1")
+    assert cleared.stdout.startswith("removed 0 files")  # everything was used just now
+    cleared = cli.run("cache", "clear", "--cache-dir", str(tmp_path / "cache"))
+    assert cleared.returncode == 0 and not cleared.stdout.startswith("removed 0 ")
+    assert " 0 files" in cli.run("cache", "info", "--cache-dir", str(tmp_path / "cache")).stdout
