@@ -261,6 +261,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    from ciartfs.prefetch import prefetch
+
+    try:
+        failed = prefetch(args.paths, jobs=args.jobs)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"cannot prefetch: {e}") from None
+    return 1 if failed else 0
+
+
 def _cache_files(settings: Settings) -> list[tuple[Path, os.stat_result]]:
     root = settings.cache_dir / "blocks"
     out = []
@@ -336,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Mount a built-in fake CircleCI with example builds at MOUNTPOINT (created if missing).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_settings(p)
+    p = sub.add_parser("prefetch", help="fetch files or trees of a mount into its disk cache, with progress",
+                       description="Read PATHs (files or directories inside a ciartfs mount) in parallel so that "
+                                   "their bytes are in the disk cache; already cached files are skipped, so an "
+                                   "interrupted run resumes. Example: ciartfs prefetch ~/ci/github/acme/api/latest/")
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("-j", "--jobs", type=int, default=8, help="files fetched at once (default 8)")
     p = sub.add_parser("status", help="show active mounts: settings, cache use, requests, hit ratio, errors",
                        description="Show each active ciartfs mount of this user (or the one at MOUNTPOINT).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
@@ -368,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args, argv, demo=True)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "prefetch":
+            return cmd_prefetch(args)
         if args.command == "cache":
             return cmd_cache(args)
         return cmd_unmount(args)

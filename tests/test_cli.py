@@ -268,3 +268,32 @@ def test_status_agrees_with_the_server_and_cache_commands(cli, demo_fake, tmp_pa
     cleared = cli.run("cache", "clear", "--cache-dir", str(tmp_path / "cache"))
     assert cleared.returncode == 0 and not cleared.stdout.startswith("removed 0 ")
     assert " 0 files" in cli.run("cache", "info", "--cache-dir", str(tmp_path / "cache")).stdout
+
+
+def test_prefetch_fills_the_cache_and_resumes(cli, demo_fake, tmp_path):
+    require_fuse()
+    mp = cli.mountpoint()
+    assert cli.run("mount", str(mp), *cli.settings()).returncode == 0
+    build = mp / "github/acme/api/4"
+    files = [os.path.join(d, f) for d, _, fs in os.walk(build) for f in fs]
+    assert len(files) > 5
+    demo_fake.clear_requests()
+    out = cli.run("prefetch", str(build), "-j", "4")
+    assert out.returncode == 0, out.stderr
+    # listing probed every file's first block (and kept it): small files are already whole
+    small = sum(os.stat(f).st_size <= 1 << 20 for f in files)
+    assert 0 < small < len(files)
+    assert f"{len(files)} files, {small} already cached; fetching {len(files) - small}" in out.stdout
+    assert "done:" in out.stdout and "MiB/s" in out.stdout
+    time.sleep(0.5)  # disk writes happen behind the reads
+    for f in files:
+        assert int(os.getxattr(f, "user.ciartfs.cached")) == os.stat(f).st_size, f
+    fetched = len([r for r in demo_fake.requests if r.server == "storage"])
+    assert fetched > 0
+    demo_fake.clear_requests()
+    again = cli.run("prefetch", str(build))
+    assert f"{len(files)} already cached; fetching 0" in again.stdout
+    assert not [r for r in demo_fake.requests if r.server == "storage"], "nothing fetched twice"
+    bad = cli.run("prefetch", str(tmp_path))
+    assert bad.returncode != 0 and "not on a ciartfs mount" in bad.stderr
+    assert cli.run("unmount", str(mp)).returncode == 0
