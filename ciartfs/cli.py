@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ciartfs import __version__, status
-from ciartfs.config import OPTIONS, ConfigError, Settings, load_settings, parse_bool
+from ciartfs.config import OPTIONS, OPTIONS_BY_KEY, ConfigError, Settings, load_settings, parse_bool
 
 log = logging.getLogger("ciartfs")
 
@@ -129,8 +129,32 @@ def check_mountpoint(path: str) -> None:
 
 # -- commands ------------------------------------------------------------------------------------
 
+# Generic mount(8) options that /etc/fstab lines carry and mount.fuse3 passes on: not ours.
+_GENERIC_MOUNT_OPTIONS = {"rw", "ro", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto",
+                          "user", "users", "nouser", "owner", "group", "defaults", "_netdev", "nofail",
+                          "atime", "noatime", "relatime", "sync", "async"}
+
+
+def parse_mount_options(values: list[str] | None) -> dict[str, str | bool]:
+    """`-o key=value,switch,...` (as /etc/fstab and mount.fuse3 pass them) -> settings flags.
+    Secrets are refused here too: a token never goes on a command line."""
+    flags: dict[str, str | bool] = {}
+    for value in values or ():
+        for item in filter(None, value.split(",")):
+            key, eq, val = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if key in _GENERIC_MOUNT_OPTIONS or key.startswith("x-") or key.startswith("comment="):
+                continue
+            if key in OPTIONS_BY_KEY:
+                flags[key] = val if eq else True
+            else:
+                raise ConfigError(f"unknown mount option {key!r} (settings: {', '.join(o.key for o in OPTIONS)})")
+    return flags
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {o.key: getattr(args, o.key, None) for o in OPTIONS}
+    flags = {**parse_mount_options(getattr(args, "options", None)),
+             **{o.key: getattr(args, o.key) for o in OPTIONS if getattr(args, o.key, None) is not None}}
     config = Path(args.config) if args.config else None
     return load_settings(flags, config_path=config)
 
@@ -322,6 +346,8 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
             p.add_argument(*names, dest=opt.key, action="store_const", const=True, default=None, help=opt.help + env)
         else:
             p.add_argument(flag, dest=opt.key, metavar=opt.key.split("_")[-1].upper(), default=None, help=opt.help + env)
+    p.add_argument("-o", dest="options", action="append", metavar="KEY=VALUE,...",
+                   help="settings as mount options, as /etc/fstab passes them (e.g. -o cache_dir=/x,allow_other)")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
 

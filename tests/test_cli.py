@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,3 +298,30 @@ def test_prefetch_fills_the_cache_and_resumes(cli, demo_fake, tmp_path):
     bad = cli.run("prefetch", str(tmp_path))
     assert bad.returncode != 0 and "not on a ciartfs mount" in bad.stderr
     assert cli.run("unmount", str(mp)).returncode == 0
+
+
+def test_fstab_style_mount_through_mount_fuse3(cli, tmp_path):
+    """/etc/fstab: 'mount  MOUNTPOINT  fuse.ciartfs  noauto,circleci_host=URL,...  0 0'.
+    mount(8) hands fuse.ciartfs to mount.fuse3, which runs 'ciartfs mount MOUNTPOINT -o ...'."""
+    require_fuse()
+    if not shutil.which("mount.fuse3"):
+        pytest.skip("mount.fuse3 (package fuse3) is not installed")
+    mp = cli.mountpoint()
+    opts = (f"noauto,circleci_host={cli.api_url},cache_dir={tmp_path / 'cache'},timeout=5,"
+            f"log_file={tmp_path / 'fstab.log'},recent_builds=3")
+    env = clean_env(tmp_path)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    # exactly what mount(8) runs for that fstab line (mount(8) itself resets PATH, so for real
+    # use ciartfs must be in /usr/local/bin: see the README)
+    result = subprocess.run(["mount.fuse3", "ciartfs#mount", str(mp), "-o", opts],
+                            capture_output=True, text=True, timeout=60, env=env)
+    m = re.search(r"\(pid (\d+)", result.stdout)
+    if m:
+        cli.pids.append(int(m.group(1)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert is_mounted(str(mp))
+    builds = [n for n in os.listdir(mp / "github/acme/api") if n.isdigit()]
+    assert len(builds) == 3  # recent_builds=3 came through the options
+    assert cli.run("unmount", str(mp)).returncode == 0
+    bad = cli.run("mount", str(cli.mountpoint("x")), "-o", "circle_token=abc")
+    assert bad.returncode != 0 and "unknown mount option" in bad.stderr
