@@ -113,6 +113,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds before 'latest' links and mutable listings are re-resolved"),
     Option("timeout", "CIARTFS_TIMEOUT", _positive_float, 30.0,
            "seconds one operation may take, retries included, before EIO"),
+    Option("offline", "CIARTFS_OFFLINE", parse_bool, False,
+           "no network at all: serve what the cache holds, EIO for the rest"),
     Option("allow_other", "CIARTFS_ALLOW_OTHER", parse_bool, False,
            "let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root)"),
     Option("verbose", "CIARTFS_VERBOSE", parse_bool, False, "log debug detail"),
@@ -139,6 +141,7 @@ class Settings:
     recent_builds: int = 30
     latest_ttl: float = 60.0
     timeout: float = 30.0
+    offline: bool = False
     allow_other: bool = False
     verbose: bool = False
     log_file: Path | None = None

@@ -64,6 +64,10 @@ class UpstreamTimeout(UpstreamError):
     """No complete answer within the time bound."""
 
 
+class Offline(UpstreamError):
+    """--offline, and what was asked for is not in the cache."""
+
+
 class BadListing(UpstreamError):
     """An API answer that does not have the documented shape (malformed JSON, wrong types)."""
 

@@ -38,6 +38,7 @@ from ciartfs.errors import (
     CiartfsError,
     Forbidden,
     NotFound,
+    Offline,
     UpstreamError,
     UpstreamTimeout,
     redact_url,
@@ -163,8 +164,10 @@ class HttpClient:
         credentials: tuple[Credential, ...] = (),
         max_connections: int = 64,
         transport: httpx.AsyncBaseTransport | None = None,
+        offline: bool = False,
     ) -> None:
         self.timeout = timeout
+        self.offline = offline  # --offline: no request ever leaves the machine
         self._credentials = credentials
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
@@ -210,6 +213,8 @@ class HttpClient:
     # -- retry / deadline machinery -----------------------------------------------------------
 
     async def _bounded(self, url: str, once: Any, *args: Any, timeout: float | None = None) -> Any:
+        if self.offline:
+            raise Offline(f"offline: {redact_url(url)} is not in the cache")
         timeout = timeout or self.timeout
         deadline = trio.current_time() + timeout
         attempt = 0

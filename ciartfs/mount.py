@@ -20,6 +20,7 @@ import trio
 from ciartfs import status
 from ciartfs.cache import DiskStore, MemoryCache
 from ciartfs.config import Settings
+from ciartfs.docs import ApiDocs
 from ciartfs.fs import ArtifactFS
 from ciartfs.http import Credential, HttpClient
 from ciartfs.providers import circleci, taskcluster
@@ -51,17 +52,18 @@ class Mount:
             creds.append(taskcluster.credential(settings.taskcluster_root_url, settings.taskcluster_client_id,
                                                 settings.taskcluster_access_token))
         credentials: tuple[Credential, ...] = tuple(c for c in creds if c is not None)
-        self.http = HttpClient(timeout=settings.timeout, credentials=credentials)
+        self.http = HttpClient(timeout=settings.timeout, credentials=credentials, offline=settings.offline)
         self.memory = MemoryCache(settings.memory_cache)
         settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.cache_dir, 0o700)  # cached artifacts may come from private projects
         self.disk = DiskStore(settings.cache_dir / "blocks", settings.cache_size)
         self.reader = Reader(self.http, self.memory, self.disk, settings.block_size)
+        self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
         now = time.time()
-        api = circleci.CircleCIApi(self.http, settings.circleci_host)
+        api = circleci.CircleCIApi(self.docs, settings.circleci_host)
         entries = circleci.root_entries(api, recent_builds=settings.recent_builds, ttl=settings.latest_ttl, mtime=now)
         if settings.taskcluster_root_url:
-            queue = taskcluster.QueueApi(self.http, settings.taskcluster_root_url)
+            queue = taskcluster.QueueApi(self.docs, settings.taskcluster_root_url)
             entries.append(taskcluster.root_entry(queue, ttl=settings.latest_ttl, mtime=now))
         root = StaticDir(entries)
         self.tree = Tree(root, self.reader.size)
@@ -80,9 +82,10 @@ class Mount:
                 "taskcluster_credentials": bool(s.taskcluster_access_token),
                 "cache_dir": str(s.cache_dir), "cache_size": s.cache_size, "memory_cache": s.memory_cache,
                 "block_size": s.block_size, "recent_builds": s.recent_builds, "latest_ttl": s.latest_ttl,
-                "timeout": s.timeout, "allow_other": s.allow_other,
+                "timeout": s.timeout, "allow_other": s.allow_other, "offline": s.offline,
             },
-            "stats": {**dataclasses.asdict(self.reader.stats), "http_requests": self.http.requests_made},
+            "stats": {**dataclasses.asdict(self.reader.stats), "http_requests": self.http.requests_made,
+                      "api_calls_saved": self.docs.api_calls_saved},
             "memory_bytes": self.memory.bytes_used,
             "disk_bytes": disk_bytes,
             "errors": dict(self.ops.errors),

@@ -423,3 +423,36 @@ def test_extended_attributes_say_where_a_file_comes_from(fake, mount):
     assert set(names) == {"user.ciartfs.url", "user.ciartfs.source", "user.ciartfs.cached"}
     for name in names:
         assert TOKEN not in os.getxattr(f, name).decode()
+
+
+def test_second_mount_and_offline_use_kept_listings(fake, mount, tmp_path):
+    project = sample(fake)
+    cache = tmp_path / "kept"
+    first = mount(cache_dir=cache)
+    build = "github/acme/api/2"
+    expected = files_of(project, 2)
+    for rel, data in expected.items():
+        assert (first.path / build / rel).read_bytes() == data
+    assert "2" in os.listdir(first.path / "github/acme/api")
+    first.stop()
+
+    fake.clear_requests()
+    again = mount(cache_dir=cache)  # online: a completed build it has seen needs no request at all
+    assert sorted(os.listdir(again.path / build)) == ["0", "1"]
+    for rel, data in expected.items():
+        assert (again.path / build / rel).read_bytes() == data
+    assert fake.requests == [], [r.path for r in fake.requests]
+    again.stop()
+
+    offline = mount("--offline", cache_dir=cache)
+    offline.expect_errors = True
+    assert "2" in os.listdir(offline.path / "github/acme/api")  # the last recent-builds list seen
+    for rel, data in expected.items():
+        assert (offline.path / build / rel).read_bytes() == data
+    with pytest.raises(OSError) as info:
+        os.listdir(offline.path / "github/acme/api/1")  # never listed: not in the cache
+    assert info.value.errno in (errno.EIO, errno.ENOENT)
+    with pytest.raises(OSError):
+        os.listdir(offline.path / "github/acme/other")
+    assert fake.requests == [], "offline: nothing reached the network"
+    assert "offline:" in offline.log_text() and "not in the cache" in offline.log_text()

@@ -19,7 +19,8 @@ from typing import Any
 
 from ciartfs.providers import parse_time
 from ciartfs.errors import BadListing, NotFound
-from ciartfs.http import HeaderCredential, HttpClient, origin_of
+from ciartfs.docs import ApiDocs, Keep
+from ciartfs.http import HeaderCredential, origin_of
 from ciartfs.tree import Artifact, CompleteDir, Entry, Kind, StaticDir, place_artifacts, tree_entries
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,8 @@ def parse_artifacts(doc: Any, where: str) -> list[ArtifactRecord]:
 class CircleCIApi:
     """The v1.1 endpoints we use, returning records."""
 
-    def __init__(self, http: HttpClient, host: str) -> None:
-        self.http = http
+    def __init__(self, docs: ApiDocs, host: str) -> None:
+        self.docs = docs
         self.host = host
         self.api = host + "/api/v1.1"
         self.host_id = urllib.parse.urlsplit(host).netloc  # for cache keys: host, never secrets
@@ -148,7 +149,7 @@ class CircleCIApi:
         return f"{self.api}/project/{q(vcs)}/{q(user)}/{q(project)}"
 
     async def recent_builds(self, vcs: str, user: str, project: str, count: int, *,
-                            branch: str | None = None, filter: str | None = None) -> list[Build]:
+                            branch: str | None = None, filter: str | None = None, keep: Keep = None) -> list[Build]:
         """The newest `count` builds, paging with limit <= 100 and offset."""
         url = self._project_url(vcs, user, project)
         if branch is not None:
@@ -159,7 +160,7 @@ class CircleCIApi:
             params: dict[str, str | int] = {"limit": limit, "offset": len(builds), "shallow": "true"}
             if filter:
                 params["filter"] = filter
-            page = parse_builds(await self.http.get_json(url, params), url)
+            page = parse_builds(await self.docs.get_json(url, params, keep=keep), url)
             builds.extend(page)
             if len(page) < limit:
                 break
@@ -171,11 +172,13 @@ class CircleCIApi:
 
     async def build(self, vcs: str, user: str, project: str, num: int) -> Build:
         url = f"{self._project_url(vcs, user, project)}/{num}"
-        return parse_build(await self.http.get_json(url), url)
+        finished = lambda doc: isinstance(doc, dict) and doc.get("lifecycle") == "finished"  # noqa: E731
+        return parse_build(await self.docs.get_json(url, keep=finished), url)
 
-    async def artifacts(self, vcs: str, user: str, project: str, num: int) -> list[ArtifactRecord]:
+    async def artifacts(self, vcs: str, user: str, project: str, num: int, *, completed: bool) -> list[ArtifactRecord]:
+        """A completed build's list never changes: it is kept (see docs.ApiDocs)."""
         url = f"{self._project_url(vcs, user, project)}/{num}/artifacts"
-        return parse_artifacts(await self.http.get_json(url), url)
+        return parse_artifacts(await self.docs.get_json(url, keep=completed), url)
 
 
 # -- the directory layout --------------------------------------------------------------------
@@ -240,8 +243,8 @@ class _UserDir:
         if not _plain_name(name):
             return None
         project = _Project(self.api, self.vcs, self.user, name, self.recent, self.ttl_mutable)
-        try:
-            await self.api.recent_builds(self.vcs, self.user, name, 1)
+        try:  # a project that exists goes on existing: this answer is kept
+            await self.api.recent_builds(self.vcs, self.user, name, 1, keep=True)
         except NotFound:
             return None
         return Entry(name, Kind.DIR, mtime=self.mtime, immutable=False, source=_ProjectDir(project))
@@ -353,7 +356,7 @@ class _BuildDir(CompleteDir):
 
     async def list(self) -> list[Entry]:
         p, b = self.p, self.build
-        records = await p.api.artifacts(p.vcs, p.user, p.name, b.num)
+        records = await p.api.artifacts(p.vcs, p.user, p.name, b.num, completed=b.completed)
         by_node: dict[int, list[ArtifactRecord]] = defaultdict(list)
         for r in records:
             by_node[r.node_index].append(r)

@@ -24,7 +24,8 @@ import mohawk
 
 from ciartfs.providers import parse_time
 from ciartfs.errors import BadListing, NotFound
-from ciartfs.http import Credential, HttpClient, origin_of
+from ciartfs.docs import ApiDocs, Keep
+from ciartfs.http import Credential, origin_of
 from ciartfs.tree import Artifact, CompleteDir, Entry, Kind, place_artifacts, split_artifact_path, tree_entries
 
 log = logging.getLogger(__name__)
@@ -118,18 +119,26 @@ def parse_artifacts(doc: Any, where: str) -> list[ArtifactRecord]:
     return records
 
 
+def _resolved_status(doc: Any) -> bool:
+    """A task whose every run is resolved (and which is itself) will not change."""
+    status = doc.get("status") if isinstance(doc, dict) else None
+    runs = status.get("runs") if isinstance(status, dict) else None
+    return (isinstance(runs, list) and bool(runs) and status.get("state") in RESOLVED_STATES  # type: ignore[union-attr]
+            and all(isinstance(r, dict) and r.get("state") in RESOLVED_STATES for r in runs))
+
+
 class QueueApi:
-    def __init__(self, http: HttpClient, root_url: str) -> None:
-        self.http = http
+    def __init__(self, docs: ApiDocs, root_url: str) -> None:
+        self.docs = docs
         self.root_url = root_url
         self.base = root_url + "/api/queue/v1"
         self.host_id = urllib.parse.urlsplit(root_url).netloc  # for cache keys: host, never secrets
 
     async def status(self, task_id: str) -> TaskStatus:
         url = f"{self.base}/task/{task_id}/status"
-        return parse_status(await self.http.get_json(url), url)
+        return parse_status(await self.docs.get_json(url, keep=_resolved_status), url)
 
-    async def _pages(self, url: str) -> AsyncIterator[Any]:
+    async def _pages(self, url: str, keep: Keep = None) -> AsyncIterator[Any]:
         """Every page of a paginated queue listing, following continuationToken."""
         seen: set[str] = set()
         token: str | None = None
@@ -137,7 +146,7 @@ class QueueApi:
             params: dict[str, str | int] = {"limit": PAGE_LIMIT}
             if token:
                 params["continuationToken"] = token
-            doc = await self.http.get_json(url, params)
+            doc = await self.docs.get_json(url, params, keep=keep)
             yield doc
             token = doc.get("continuationToken") if isinstance(doc, dict) else None
             if not token:
@@ -146,9 +155,10 @@ class QueueApi:
                 raise BadListing(f"{url}: bad or repeating continuationToken; refusing to loop")
             seen.add(token)
 
-    async def artifacts(self, task_id: str, run_id: int) -> list[ArtifactRecord]:
+    async def artifacts(self, task_id: str, run_id: int, *, resolved: bool) -> list[ArtifactRecord]:
+        """A resolved run's list never changes: it is kept (see docs.ApiDocs)."""
         url = f"{self.base}/task/{task_id}/runs/{run_id}/artifacts"
-        return [record async for doc in self._pages(url) for record in parse_artifacts(doc, url)]
+        return [record async for doc in self._pages(url, keep=resolved) for record in parse_artifacts(doc, url)]
 
     def artifact_url(self, task_id: str, run_id: int, name: str) -> str:
         return f"{self.base}/task/{task_id}/runs/{run_id}/artifacts/{urllib.parse.quote(name, safe='/')}"
@@ -287,7 +297,7 @@ class _RunDir(CompleteDir):
 
     async def list(self) -> list[Entry]:
         run = self.run
-        records = await self.api.artifacts(self.task_id, run.run_id)
+        records = await self.api.artifacts(self.task_id, run.run_id, resolved=run.is_resolved)
         where = f"taskcluster/{self.task_id}/{run.run_id}"
         tree = place_artifacts(((r.name, r) for r in records), where=where, tiebreak=lambda r: r.storage_type)
         return tree_entries(tree, self._file, mtime=run.mtime, immutable=run.is_resolved, ttl=self.ttl)
