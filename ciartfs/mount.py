@@ -23,7 +23,7 @@ from ciartfs.config import Settings
 from ciartfs.docs import ApiDocs
 from ciartfs.fs import ArtifactFS
 from ciartfs.http import Credential, HttpClient
-from ciartfs.providers import circleci, taskcluster
+from ciartfs.providers import circleci, circleci_v2, taskcluster
 from ciartfs.reader import Reader
 from ciartfs.tree import StaticDir, Tree
 
@@ -61,7 +61,12 @@ class Mount:
         self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
         now = time.time()
         api = circleci.CircleCIApi(self.docs, settings.circleci_host)
-        entries = circleci.root_entries(api, recent_builds=settings.recent_builds, ttl=settings.latest_ttl, mtime=now)
+        v2 = circleci_v2.CircleCIV2Api(self.docs, settings.circleci_host)
+        ttl = settings.latest_ttl
+        entries = circleci.root_entries(
+            api, recent_builds=settings.recent_builds, ttl=ttl, mtime=now,
+            extras=lambda vcs, user, project: [circleci_v2.pipelines_entry(v2, vcs, user, project, ttl)])
+        entries.append(circleci_v2.v2_root_entry(v2, ttl=ttl, mtime=now))
         if settings.taskcluster_root_url:
             queue = taskcluster.QueueApi(self.docs, settings.taskcluster_root_url)
             entries.append(taskcluster.root_entry(queue, ttl=settings.latest_ttl, mtime=now))

@@ -66,9 +66,9 @@ def test_tree_listing_modes_sizes_and_times(fake, mount):
     project = sample(fake)
     m = mount()
     root = m.path
-    assert sorted(os.listdir(root)) == ["bitbucket", "github"]
+    assert sorted(os.listdir(root)) == ["bitbucket", "circleci", "github"]
     proj = root / "github/acme/api"
-    assert sorted(os.listdir(proj)) == ["1", "2", "3", "4", "branch", "latest"]
+    assert sorted(os.listdir(proj)) == ["1", "2", "3", "4", "branch", "latest", "pipeline"]
     assert os.readlink(proj / "latest") == "3"  # newest completed, any branch (4 is running)
     build = proj / "2"
     assert sorted(os.listdir(build)) == ["0", "1"]
@@ -272,7 +272,7 @@ def test_hostile_artifact_paths(fake, mount):
     assert not (m.path / "github/evil/escape.txt").exists()
     log = m.log_text()
     assert log.count("skipped") >= 7
-    assert sorted(os.listdir(m.path)) == ["bitbucket", "github"]  # still answering
+    assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github"]  # still answering
 
 
 def test_malformed_listing_is_eio_and_the_mount_survives(fake, mount):

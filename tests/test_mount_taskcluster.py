@@ -64,7 +64,7 @@ def run(*cmd, **kw):
 def test_tree_runs_latest_and_byte_exact_reads(tc, mount):
     m = tc_mount(mount, tc)
     root = m.path / "taskcluster"
-    assert sorted(os.listdir(m.path)) == ["bitbucket", "github", "taskcluster"]
+    assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github", "taskcluster"]
     assert os.listdir(root) == ["group"]  # tasks cannot be enumerated...
     task = root / slug(1)
     here = os.getcwd()
@@ -201,5 +201,5 @@ def test_running_task_log_grows_and_reference_is_not_cached(tc, mount, tmp_path)
 
 def test_no_taskcluster_dir_without_a_root_url(tc, mount):
     m = mount()
-    assert sorted(os.listdir(m.path)) == ["bitbucket", "github"]
+    assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github"]
     assert not Path(m.path / "taskcluster").exists()

@@ -73,6 +73,10 @@ def demo_dataset(fake: FakeCI) -> None:
             build.add_artifact("logs/build.log", _log(rng, num, 200, False))
         else:
             _fill(build, rng, nodes=2 if num % 2 == 0 else 1)
+    # pipeline 11 ran workflow "ci" (builds 10 and 11 as jobs), then a rerun of it (build 11 again)
+    pipeline = fake.v2.add_pipeline(api, 11, branch="main")
+    pipeline.add_workflow("ci", [10, 11], status="failed", created_at="2026-11-10T09:40:00.000Z")
+    pipeline.add_workflow("ci", [11], created_at="2026-11-11T09:40:00.000Z")
     secret = fake.add_project("github", "acme", "secret", private=True)
     build = secret.add_build(1, stop_time="2026-11-05T12:00:00Z")
     build.add_artifact("credentials-report.txt", b"only visible with a token\n")

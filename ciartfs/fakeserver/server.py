@@ -25,6 +25,7 @@ from typing import Any
 from ciartfs.fakeserver.model import FakeArtifact, FakeBuild, FakeProject, Faults, Recorded
 from ciartfs.fakeserver.reply import Reply, Served
 from ciartfs.fakeserver.taskcluster import FakeQueue, FakeTcArtifact
+from ciartfs.fakeserver.v2 import FakeV2
 
 CHUNK = 64 * 1024
 MAX_LIMIT = 100
@@ -112,6 +113,7 @@ class FakeCI:
         self.faults = Faults()
         self.projects: dict[tuple[str, str, str], FakeProject] = {}
         self.queue = FakeQueue(self)
+        self.v2 = FakeV2(self)
         self._rng = random.Random(1234)  # for storage_failure_rate
         self._requests: list[Recorded] = []
         self._lock = threading.Lock()
@@ -268,6 +270,8 @@ class FakeCI:
             self._artifact_redirect(raw_path, token)
         if raw_path in self.faults.malformed_json:
             raise Reply(200, b'[{"path": "truncated', )
+        if segments[:3] == ["", "api", "v2"]:
+            self.v2.handle(segments[3:], query, token)
         if "application/json" not in handler.headers.get("Accept", ""):
             raise Reply(200, b'({:build_num 1 :status "success"})', content_type="application/edn")
         if segments[:4] != ["", "api", "v1.1", "project"] or len(segments) < 7:

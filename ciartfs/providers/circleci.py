@@ -15,6 +15,7 @@ import logging
 import re
 import urllib.parse
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from ciartfs.providers import parse_time
@@ -191,16 +192,22 @@ class _Project:
     name: str
     recent: int
     ttl: float
+    # More entries for the project directory from other providers (v2's pipeline/).
+    extras: Callable[[str, str, str], list[Entry]] | None = None
+
+    def extra_entries(self) -> list[Entry]:
+        return self.extras(self.vcs, self.user, self.name) if self.extras else []
 
     @property
     def where(self) -> str:
         return f"{self.vcs}/{self.user}/{self.name}"
 
 
-def root_entries(api: CircleCIApi, *, recent_builds: int, ttl: float, mtime: float) -> list[Entry]:
+def root_entries(api: CircleCIApi, *, recent_builds: int, ttl: float, mtime: float,
+                 extras: Callable[[str, str, str], list[Entry]] | None = None) -> list[Entry]:
     """The top-level directories this provider adds to the mount: github/, bitbucket/."""
     return [Entry(vcs, Kind.DIR, mtime=mtime, immutable=True,
-                  source=_VcsDir(api, vcs, recent_builds, ttl, mtime)) for vcs in VCS_TYPES]
+                  source=_VcsDir(api, vcs, recent_builds, ttl, mtime, extras)) for vcs in VCS_TYPES]
 
 
 def _plain_name(name: str) -> bool:
@@ -213,8 +220,10 @@ class _VcsDir:
     ttl = None
     complete = False
 
-    def __init__(self, api: CircleCIApi, vcs: str, recent: int, ttl: float, mtime: float) -> None:
+    def __init__(self, api: CircleCIApi, vcs: str, recent: int, ttl: float, mtime: float,
+                 extras: Callable[[str, str, str], list[Entry]] | None) -> None:
         self.api, self.vcs, self.recent, self.ttl_mutable, self.mtime = api, vcs, recent, ttl, mtime
+        self.extras = extras
 
     async def list(self) -> list[Entry] | None:
         return None
@@ -223,7 +232,7 @@ class _VcsDir:
         if not _plain_name(name):
             return None
         return Entry(name, Kind.DIR, mtime=self.mtime, immutable=True,
-                     source=_UserDir(self.api, self.vcs, name, self.recent, self.ttl_mutable, self.mtime))
+                     source=_UserDir(self.api, self.vcs, name, self.recent, self.ttl_mutable, self.mtime, self.extras))
 
 
 class _UserDir:
@@ -233,8 +242,10 @@ class _UserDir:
     ttl = None
     complete = False
 
-    def __init__(self, api: CircleCIApi, vcs: str, user: str, recent: int, ttl: float, mtime: float) -> None:
+    def __init__(self, api: CircleCIApi, vcs: str, user: str, recent: int, ttl: float, mtime: float,
+                 extras: Callable[[str, str, str], list[Entry]] | None) -> None:
         self.api, self.vcs, self.user, self.recent, self.ttl_mutable, self.mtime = api, vcs, user, recent, ttl, mtime
+        self.extras = extras
 
     async def list(self) -> list[Entry] | None:
         return None
@@ -242,7 +253,7 @@ class _UserDir:
     async def lookup(self, name: str) -> Entry | None:
         if not _plain_name(name):
             return None
-        project = _Project(self.api, self.vcs, self.user, name, self.recent, self.ttl_mutable)
+        project = _Project(self.api, self.vcs, self.user, name, self.recent, self.ttl_mutable, self.extras)
         try:  # a project that exists goes on existing: this answer is kept
             await self.api.recent_builds(self.vcs, self.user, name, 1, keep=True)
         except NotFound:
@@ -287,7 +298,7 @@ class _ProjectDir:
             entries.append(Entry("latest", Kind.LINK, mtime=latest.mtime, target=str(latest.num)))
         entries.append(Entry("branch", Kind.DIR, mtime=max((b.mtime for b in builds), default=0.0),
                              source=_BranchesDir(p)))
-        return entries
+        return entries + p.extra_entries()
 
     async def lookup(self, name: str) -> Entry | None:
         p = self.p
@@ -296,6 +307,9 @@ class _ProjectDir:
             return None if latest is None else Entry("latest", Kind.LINK, mtime=latest.mtime, target=str(latest.num))
         if name == "branch":
             return Entry("branch", Kind.DIR, source=_BranchesDir(p))
+        extra = next((e for e in p.extra_entries() if e.name == name), None)
+        if extra is not None:
+            return extra
         if not _BUILD_NUM_RE.match(name):
             return None
         try:
@@ -357,24 +371,32 @@ class _BuildDir(CompleteDir):
     async def list(self) -> list[Entry]:
         p, b = self.p, self.build
         records = await p.api.artifacts(p.vcs, p.user, p.name, b.num, completed=b.completed)
-        by_node: dict[int, list[ArtifactRecord]] = defaultdict(list)
-        for r in records:
-            by_node[r.node_index].append(r)
-        entries = []
-        for node, recs in sorted(by_node.items()):
-            where = f"{p.where}/{b.num}/{node}"
-            tree = place_artifacts(((r.path, r) for r in recs), where=where, tiebreak=lambda r: r.url)
-            if not tree.count():
-                continue  # nothing safe to show: no empty node directory
-            info = {"source": _source(p, b.num, node)}
+        return node_entries(records, host_id=p.api.host_id, where=f"{p.where}/{b.num}", mtime=b.mtime,
+                            immutable=b.completed, ttl=self.ttl, source=lambda node: _source(p, b.num, node))
 
-            def make_file(name: str, path: str, rec: ArtifactRecord, where: str = where,
-                          info: dict[str, str] = info) -> Entry:
-                art = Artifact(key=f"circleci|{p.api.host_id}|{where}/{path}", url=rec.url, immutable=b.completed)
-                return Entry(name, Kind.FILE, mtime=b.mtime, immutable=b.completed, artifact=art, info=info)
 
-            children = tree_entries(tree, make_file, mtime=b.mtime, immutable=b.completed, ttl=self.ttl)
-            entries.append(Entry(str(node), Kind.DIR, mtime=b.mtime, immutable=b.completed,
-                                 source=StaticDir(children, ttl=self.ttl), info=info))
-        return entries
+def node_entries(records: list[ArtifactRecord], *, host_id: str, where: str, mtime: float, immutable: bool,
+                 ttl: float | None, source: Callable[[int], str]) -> list[Entry]:
+    """One directory per node_index with safe artifacts; below, the artifact paths. Shared by
+    v1.1 builds and v2 jobs (same cache keys: a job's blocks are cached once)."""
+    by_node: dict[int, list[ArtifactRecord]] = defaultdict(list)
+    for r in records:
+        by_node[r.node_index].append(r)
+    entries = []
+    for node, recs in sorted(by_node.items()):
+        node_where = f"{where}/{node}"
+        tree = place_artifacts(((r.path, r) for r in recs), where=node_where, tiebreak=lambda r: r.url)
+        if not tree.count():
+            continue  # nothing safe to show: no empty node directory
+        info = {"source": source(node)}
+
+        def make_file(name: str, path: str, rec: ArtifactRecord, node_where: str = node_where,
+                      info: dict[str, str] = info) -> Entry:
+            art = Artifact(key=f"circleci|{host_id}|{node_where}/{path}", url=rec.url, immutable=immutable)
+            return Entry(name, Kind.FILE, mtime=mtime, immutable=immutable, artifact=art, info=info)
+
+        children = tree_entries(tree, make_file, mtime=mtime, immutable=immutable, ttl=ttl)
+        entries.append(Entry(str(node), Kind.DIR, mtime=mtime, immutable=immutable,
+                             source=StaticDir(children, ttl=ttl), info=info))
+    return entries
 
