@@ -364,25 +364,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ciartfs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("mount", allow_abbrev=False, help="mount CircleCI artifacts at MOUNTPOINT",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  CIRCLE_TOKEN=... ciartfs mount ~/ci\n"
+                              "  ciartfs mount -f -v ~/ci --taskcluster-root-url https://tc.example.com\n"
+                              "  ciartfs mount ~/ci -o cache_dir=/data/ciartfs,memory_cache=1G   # as /etc/fstab passes it",
                        description="Mount at MOUNTPOINT; returns once the mount answers. "
                                    "The token comes from $CIRCLE_TOKEN or --circleci-token-file.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_settings(p)
     p = sub.add_parser("demo", allow_abbrev=False, help="start the bundled fake CI server and mount it",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  ciartfs demo /tmp/ci && ls /tmp/ci/github/acme/api/latest/0/\n"
+                              "  ciartfs demo -f /tmp/ci      # in the foreground; Ctrl-C unmounts",
                        description="Mount a built-in fake CircleCI with example builds at MOUNTPOINT (created if missing).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_settings(p)
     p = sub.add_parser("prefetch", help="fetch files or trees of a mount into its disk cache, with progress",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  ciartfs prefetch ~/ci/github/acme/api/latest/\n"
+                              "  ciartfs prefetch -j 16 ~/ci/taskcluster/<taskId>/latest/public/build/",
                        description="Read PATHs (files or directories inside a ciartfs mount) in parallel so that "
                                    "their bytes are in the disk cache; already cached files are skipped, so an "
                                    "interrupted run resumes. Example: ciartfs prefetch ~/ci/github/acme/api/latest/")
     p.add_argument("paths", metavar="PATH", nargs="+")
     p.add_argument("-j", "--jobs", type=int, default=8, help="files fetched at once (default 8)")
     p = sub.add_parser("status", help="show active mounts: settings, cache use, requests, hit ratio, errors",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  ciartfs status\n  ciartfs status ~/ci --json",
                        description="Show each active ciartfs mount of this user (or the one at MOUNTPOINT).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("cache", help="inspect or clear the disk cache",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  ciartfs cache info\n  ciartfs cache clear --older-than 30",
                        description="'cache info' shows the disk cache; 'cache clear' empties it "
                                    "(e.g. ciartfs cache clear --older-than 30).")
     where = argparse.ArgumentParser(add_help=False)
@@ -394,7 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     clear = cache_sub.add_parser("clear", parents=[where], help="remove cached blocks")
     clear.add_argument("--older-than", type=float, metavar="DAYS", default=None,
                        help="only blocks not used for this many days")
-    p = sub.add_parser("unmount", aliases=["umount"], help="unmount MOUNTPOINT (fusermount3 -u works as well)")
+    p = sub.add_parser("unmount", aliases=["umount"], help="unmount MOUNTPOINT (fusermount3 -u works as well)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  ciartfs unmount ~/ci\n  ciartfs unmount --lazy ~/ci   # even if busy",
+                       description="Unmount MOUNTPOINT; a stale mount (its process gone) is detached lazily.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-z", "--lazy", action="store_true", help="detach now even if busy (also used for stale mounts)")
     return parser

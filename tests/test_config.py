@@ -81,3 +81,19 @@ def test_taskcluster_settings(tmp_path):
     assert load_settings({}, env={}).taskcluster_root_url is None
     with pytest.raises(ConfigError, match="TASKCLUSTER_CLIENT_ID"):
         load_settings({}, env={"TASKCLUSTER_CLIENT_ID": "me"})
+
+
+def test_readme_config_example_has_every_key_and_loads(tmp_path):
+    import re
+    from pathlib import Path
+
+    from ciartfs.config import OPTIONS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"A `config.toml` with every key:\n\n```toml\n(.*?)```", readme, re.S).group(1)
+    path = tmp_path / "config.toml"
+    path.write_text(block.replace("~/.config/ciartfs/circle-token", str(tmp_path / "tok")))
+    (tmp_path / "tok").write_text("t0ken\n")
+    settings = load_settings({}, env={}, config_path=path)
+    assert {o.key for o in OPTIONS} <= set(re.findall(r"^(\w+) =", block, re.M))
+    assert settings.memory_cache == 512 << 20 and settings.circleci_token == "t0ken"
