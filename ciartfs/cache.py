@@ -100,6 +100,21 @@ class DiskStore:
     def contains(self, key: str) -> bool:
         return self.enabled and self._path(key).exists()
 
+    def load_index(self) -> None:
+        """Scan the directory once (in a thread) so that might_have() answers from memory."""
+        with self._lock:
+            if self._sizes is None:
+                self._sizes = self._scan()
+                self._used = sum(self._sizes.values())
+
+    def might_have(self, key: str) -> bool:
+        """False only when the key is surely not on disk: saves a thread hop per cold miss.
+        (A block another mount writes later is then fetched, not read: still correct.)"""
+        if not self.enabled:
+            return False
+        sizes = self._sizes
+        return sizes is None or str(self._path(key)) in sizes
+
     def put(self, key: str, data: bytes) -> None:
         if not self.enabled:
             return

@@ -53,7 +53,7 @@ class ApiDocs:
         return doc
 
     async def _load(self, key: str) -> Any:
-        if self.disk is None:
+        if self.disk is None or not self.disk.might_have(key):
             return None
         raw = await trio.to_thread.run_sync(self.disk.get, key)
         if raw is None:

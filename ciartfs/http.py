@@ -60,6 +60,8 @@ BACKOFF_CAP = 4.0
 # gets this old; presigned URLs commonly live 15-60 minutes.
 REDIRECT_TARGET_MAX_AGE = 600.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Redirect bodies up to this size are read to the end so their connection can be reused.
+DRAIN_LIMIT = 64 << 10
 # A retry is only worth starting with at least this much of the operation's time left.
 MIN_ATTEMPT_TIME = 0.25
 
@@ -162,7 +164,7 @@ class HttpClient:
         *,
         timeout: float,
         credentials: tuple[Credential, ...] = (),
-        max_connections: int = 64,
+        max_connections: int = 32,
         transport: httpx.AsyncBaseTransport | None = None,
         offline: bool = False,
     ) -> None:
@@ -276,7 +278,7 @@ class HttpClient:
             except httpx.InvalidURL:
                 raise UpstreamError(f"invalid URL {redact_url(current)}") from None
             if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
-                await resp.aclose()
+                await self._drain(resp)
                 nxt = urllib.parse.urljoin(current, resp.headers["location"])
                 if urllib.parse.urlsplit(nxt).scheme not in ("http", "https"):
                     raise UpstreamError(f"{redact_url(current)}: redirect to a non-HTTP URL")
@@ -292,6 +294,19 @@ class HttpClient:
                 await resp.aclose()
             return
         raise UpstreamError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects")
+
+    @staticmethod
+    async def _drain(resp: httpx.Response) -> None:
+        """Finish a small answer we do not need (a redirect's body) so that its connection goes
+        back to the pool: closing it unread makes httpx drop the connection, and every
+        artifact's redirect would then pay a new TCP connection."""
+        declared = resp.headers.get("content-length", "")
+        try:
+            if declared.isdigit() and int(declared) <= DRAIN_LIMIT:
+                async for _ in resp.aiter_raw():
+                    pass
+        finally:
+            await resp.aclose()
 
     @staticmethod
     def _retry_or_raise(resp: httpx.Response, url: str) -> None:

@@ -124,6 +124,7 @@ async def _main(mount: Mount, on_ready: Callable[[], None] | None) -> None:
     finally:
         status.withdraw(os.getpid())
         with trio.CancelScope(shield=True):
+            await mount.reader.flush_writes()  # what was read stays read, also across a restart
             await mount.http.aclose()
 
 

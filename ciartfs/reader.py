@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 # Enough parallel ranged requests to fill a link made of per-connection-capped streams.
 PREFETCH_CONCURRENCY = 16
-# Write-behind to disk is skipped (the block stays in memory only) when this many writes are
+# Write-behind to disk is skipped (the block stays in memory only) when this many bytes are
 # queued: a slow disk must not make us hold unbounded memory.
-MAX_PENDING_DISK_WRITES = 64
+MAX_PENDING_DISK_BYTES = 64 << 20
 SIZE_MEMO_ENTRIES = 1_000_000
 # A gzip-encoded artifact must be fetched whole: it gets this many operation timeouts.
 WHOLE_FETCH_TIMEOUT_FACTOR = 10
@@ -78,7 +78,9 @@ class Reader:
         self._sizes: cachetools.LRUCache[str, int] = cachetools.LRUCache(SIZE_MEMO_ENTRIES)
         self._flight: SingleFlight[bytes] = SingleFlight()
         self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONCURRENCY)
-        self._pending_writes = 0
+        self._write_queue: list[tuple[str, bytes]] = []
+        self._queued_bytes = 0
+        self._writer_running = False
         self._prefetching: set[str] = set()
         self._sizing: SingleFlight[int] = SingleFlight()
         self._decoded: set[str] = set()  # artifacts stored encoded, served from decoded blocks
@@ -88,6 +90,8 @@ class Reader:
     def start(self, nursery: trio.Nursery) -> None:
         """Background work (disk writes, prefetch) runs in `nursery`; until then, none."""
         self._background = nursery
+        if self.disk is not None:
+            nursery.start_soon(trio.to_thread.run_sync, self.disk.load_index)
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -102,7 +106,7 @@ class Reader:
         known = self._sizes.get(art.key)
         if known is not None:
             return known
-        if self.disk is not None:
+        if self.disk is not None and self.disk.might_have("size|" + art.key):
             raw = await trio.to_thread.run_sync(self.disk.get, "size|" + art.key)
             if raw is not None and raw.isdigit():
                 self._sizes[art.key] = int(raw)
@@ -217,7 +221,7 @@ class Reader:
         return await self._flight.run(key, lambda: self._load(art, index, key))
 
     async def _load(self, art: Artifact, index: int, key: str) -> bytes:
-        if self.disk is not None and art.immutable:
+        if self.disk is not None and art.immutable and self.disk.might_have(key):
             data = await trio.to_thread.run_sync(self.disk.get, key)
             if data is not None:
                 self.stats.disk_hits += 1
@@ -301,22 +305,49 @@ class Reader:
     # -- background work ----------------------------------------------------------------------
 
     def _write_behind(self, key: str, data: bytes) -> None:
+        """Queue a verified block for the disk cache. One writer drains the queue in batches, one
+        thread hop per batch: a hop per block cost more CPU than the HTTP request that got it."""
         if self.disk is None or self._background is None:
             return
-        if self._pending_writes >= MAX_PENDING_DISK_WRITES:
+        if self._queued_bytes + len(data) > MAX_PENDING_DISK_BYTES:
             log.debug("disk cache: write queue full, %s stays in memory only", key)
             return
-        self._pending_writes += 1
-        self._background.start_soon(self._write_disk, key, data)
+        self._write_queue.append((key, data))
+        self._queued_bytes += len(data)
+        if not self._writer_running:
+            self._writer_running = True
+            self._background.start_soon(self._drain_writes)
 
-    async def _write_disk(self, key: str, data: bytes) -> None:
-        assert self.disk is not None
+    async def flush_writes(self) -> None:
+        """At unmount: write what is still queued (at most MAX_PENDING_DISK_BYTES)."""
+        if self.disk is not None and self._write_queue:
+            batch, self._write_queue, self._queued_bytes = self._write_queue, [], 0
+            disk = self.disk
+            await trio.to_thread.run_sync(lambda: [disk.put(k, d) for k, d in batch])
+
+    async def _drain_writes(self) -> None:
+        disk = self.disk
+        assert disk is not None
         try:
-            await trio.to_thread.run_sync(self.disk.put, key, data)
-        except Exception:  # the disk cache is an optimisation: never let it kill the mount
-            log.exception("disk cache: write failed")
+            while self._write_queue:
+                batch, self._write_queue = self._write_queue, []
+                self._queued_bytes = 0  # (the batch's bytes are held until written: at most 2x the bound)
+
+                def write_all(batch: list[tuple[str, bytes]] = batch) -> None:
+                    for key, data in batch:
+                        disk.put(key, data)
+
+                try:
+                    await trio.to_thread.run_sync(write_all)
+                except trio.Cancelled:
+                    # Cancelled before the thread ran (unmount): the batch goes back for flush_writes.
+                    self._write_queue = batch + self._write_queue
+                    self._queued_bytes = sum(len(d) for _, d in self._write_queue)
+                    raise
+                except Exception:  # the disk cache is an optimisation: never let it kill the mount
+                    log.exception("disk cache: write failed")
         finally:
-            self._pending_writes -= 1
+            self._writer_running = False
 
     def _plan_readahead(self, art: Artifact, stream: ReadStream, offset: int, end: int, last: int, total: int) -> None:
         if offset == stream.next_offset and offset > 0:
