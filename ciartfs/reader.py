@@ -67,7 +67,7 @@ class Reader:
         disk: DiskStore | None,
         block_size: int,
         *,
-        readahead_blocks: int = 8,
+        readahead_blocks: int = 16,
     ) -> None:
         self.http = http
         self.memory = memory
