@@ -35,7 +35,6 @@ import trio
 from ciartfs.errors import (
     ArtifactExpired,
     BadListing,
-    CiartfsError,
     Forbidden,
     NotFound,
     Offline,

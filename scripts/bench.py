@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import random
-import re
 import shlex
 import shutil
 import signal

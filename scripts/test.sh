@@ -9,4 +9,5 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
+.venv/bin/ruff check ciartfs tests scripts
 exec .venv/bin/python -m pytest "$@"

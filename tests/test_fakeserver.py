@@ -12,31 +12,20 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from conftest import TOKEN  # the conftest `fake` fixture accepts it
 from ciartfs.fakeserver import FakeArtifact, FakeBuild, FakeCI, FakeProject, Faults, Recorded, demo_dataset
 
-TOKEN = "secret-token"
 JSON = {"Accept": "application/json"}
 DATA = bytes(range(256)) * 4  # 1024 bytes
 ODD = "reports/a b#c?d%e&f=g/ünï+cödé.txt"  # characters a URL must encode
 HTTP = httpx.Client(timeout=5)  # one client: building an SSL context per request costs ~20 ms
 SUMMARY_KEYS = {"build_num", "branch", "vcs_revision", "status", "lifecycle", "outcome", "start_time", "stop_time",
                 "queued_at", "subject", "build_url", "username", "reponame", "vcs_type"}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCI]:
-    server = FakeCI(tokens={TOKEN})
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ciartfs.errors import BadListing
+
+if TYPE_CHECKING:
+    from ciartfs.docs import ApiDocs, Keep
 
 
 def parse_time(value: Any) -> float | None:
@@ -14,3 +20,23 @@ def parse_time(value: Any) -> float | None:
         return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+async def pages(docs: ApiDocs, url: str, *, token_param: str, token_field: str,
+                params: dict[str, str | int] | None = None, keep: Keep = None) -> AsyncIterator[Any]:
+    """Every page of a paginated listing, following its continuation token; a token that
+    repeats (a looping server) fails the listing instead of looping forever."""
+    seen: set[str] = set()
+    token: str | None = None
+    while True:
+        query = dict(params or {})
+        if token:
+            query[token_param] = token
+        doc = await docs.get_json(url, query or None, keep=keep)
+        yield doc
+        token = doc.get(token_field) if isinstance(doc, dict) else None
+        if not token:
+            return
+        if not isinstance(token, str) or token in seen:
+            raise BadListing(f"{url}: bad or repeating {token_field}; refusing to loop")
+        seen.add(token)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from ciartfs.docs import ApiDocs, Keep
 from ciartfs.errors import BadListing, NotFound
-from ciartfs.providers import parse_time
+from ciartfs.providers import pages, parse_time
 from ciartfs.providers.circleci import ArtifactRecord, encode_branch, node_entries, parse_artifacts
 from ciartfs.tree import NAME_MAX, CompleteDir, Entry, Kind
 
@@ -107,20 +107,11 @@ class CircleCIV2Api:
         self.host_id = urllib.parse.urlsplit(host).netloc
 
     async def _items(self, url: str, keep: Keep = None) -> AsyncIterator[Any]:
-        token: str | None = None
-        seen: set[str] = set()
-        while True:
-            doc = await self.docs.get_json(url, {"page-token": token} if token else None, keep=keep)
+        async for doc in pages(self.docs, url, token_param="page-token", token_field="next_page_token", keep=keep):
             if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
                 raise BadListing(f"{url}: no 'items' list")
             for item in doc["items"]:
                 yield item
-            token = doc.get("next_page_token")
-            if not token:
-                return
-            if not isinstance(token, str) or token in seen:
-                raise BadListing(f"{url}: bad or repeating next_page_token")
-            seen.add(token)
 
     @staticmethod
     def slug(vcs: str, user: str, project: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import mohawk
 
-from ciartfs.providers import parse_time
+from ciartfs.providers import pages, parse_time
 from ciartfs.errors import BadListing, NotFound
 from ciartfs.docs import ApiDocs, Keep
 from ciartfs.http import Credential, origin_of
@@ -138,22 +138,9 @@ class QueueApi:
         url = f"{self.base}/task/{task_id}/status"
         return parse_status(await self.docs.get_json(url, keep=_resolved_status), url)
 
-    async def _pages(self, url: str, keep: Keep = None) -> AsyncIterator[Any]:
-        """Every page of a paginated queue listing, following continuationToken."""
-        seen: set[str] = set()
-        token: str | None = None
-        while True:
-            params: dict[str, str | int] = {"limit": PAGE_LIMIT}
-            if token:
-                params["continuationToken"] = token
-            doc = await self.docs.get_json(url, params, keep=keep)
-            yield doc
-            token = doc.get("continuationToken") if isinstance(doc, dict) else None
-            if not token:
-                return
-            if not isinstance(token, str) or token in seen:
-                raise BadListing(f"{url}: bad or repeating continuationToken; refusing to loop")
-            seen.add(token)
+    def _pages(self, url: str, keep: Keep = None) -> AsyncIterator[Any]:
+        return pages(self.docs, url, token_param="continuationToken", token_field="continuationToken",
+                     params={"limit": PAGE_LIMIT}, keep=keep)
 
     async def artifacts(self, task_id: str, run_id: int, *, resolved: bool) -> list[ArtifactRecord]:
         """A resolved run's list never changes: it is kept (see docs.ApiDocs)."""
