@@ -190,3 +190,12 @@ def test_two_mounts_sharing_a_cache_dir(fake, mount, files, tmp_path):
     c = mount("--block-size", "16K", token=TOKEN, cache_dir=cache)
     check_all(c.path / "github/acme/api/1/0", files)
     assert not [r for r in fake.requests if r.server == "storage"], "the shared cache is whole and valid"
+
+
+def test_api_5xx_are_retried(fake, mount, files):
+    m = mount("--timeout", "15", token=TOKEN)
+    fake.faults.api_statuses = [500, 502, 503]
+    check_all(m.path / "github/acme/api/1/0", files)
+    api = [r.status for r in fake.requests if r.server == "api"]
+    assert api[:3] == [500, 502, 503] and api[3] == 200
+    no_token_at_storage(fake)

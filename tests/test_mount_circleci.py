@@ -413,6 +413,7 @@ def test_extended_attributes_say_where_a_file_comes_from(fake, mount):
     f.read_bytes()
     time.sleep(0.5)  # the disk write happens behind the read
     assert int(os.getxattr(f, "user.ciartfs.cached")) == size
+    assert json.loads(os.getxattr(m.path / "github/acme/api", "user.ciartfs.source"))["project"] == "api"
     info = json.loads(os.getxattr(build, "user.ciartfs.build"))
     assert info["build_num"] == 2 and info["branch"] == "main" and info["status"] == "failed"
     assert info["stop_time"] == STOP_EPOCH and info["lifecycle"] == "finished"

@@ -127,6 +127,9 @@ def test_error_artifact_fails_with_eio_and_says_why(tc, mount):
     source = json.loads(os.getxattr(path, "user.ciartfs.source"))
     assert source["task"] == slug(1) and source["run"] == 1 and source["storage_type"] == "error"
     assert "user.ciartfs.error" in os.listxattr(path)
+    task_dir = m.path / "taskcluster" / slug(1)
+    assert json.loads(os.getxattr(task_dir, "user.ciartfs.source"))["task"] == slug(1)
+    assert json.loads(os.getxattr(task_dir / "1", "user.ciartfs.source"))["state"] == "completed"
 
 
 def test_gzip_artifact_is_served_decoded_with_true_size(tc, mount):

@@ -258,7 +258,9 @@ class _UserDir:
             await self.api.recent_builds(self.vcs, self.user, name, 1, keep=True)
         except NotFound:
             return None
-        return Entry(name, Kind.DIR, mtime=self.mtime, immutable=False, source=_ProjectDir(project))
+        info = {"source": json.dumps({"provider": "circleci", "host": self.api.host, "vcs": self.vcs,
+                                      "user": self.user, "project": name})}
+        return Entry(name, Kind.DIR, mtime=self.mtime, immutable=False, source=_ProjectDir(project), info=info)
 
 
 def _build_entry(project: _Project, build: Build) -> Entry:

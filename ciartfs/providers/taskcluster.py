@@ -184,7 +184,10 @@ async def _task_entry(api: QueueApi, ttl: float, task_id: str) -> Entry | None:
 def _entry_for(api: QueueApi, ttl: float, status: TaskStatus) -> Entry:
     resolved = bool(status.runs) and all(r.is_resolved for r in status.runs) and status.state in RESOLVED_STATES
     mtime = max((r.mtime for r in status.runs), default=0.0)
-    return Entry(status.task_id, Kind.DIR, mtime=mtime, immutable=resolved, source=_TaskDir(api, ttl, status, resolved))
+    info = {"source": json.dumps({"provider": "taskcluster", "root_url": api.root_url, "task": status.task_id,
+                                  "state": status.state})}
+    return Entry(status.task_id, Kind.DIR, mtime=mtime, immutable=resolved,
+                 source=_TaskDir(api, ttl, status, resolved), info=info)
 
 
 class _Root:
@@ -268,7 +271,10 @@ class _TaskDir(CompleteDir):
             status = self.status = await self.api.status(status.task_id)
         self._fresh = False
         entries = [Entry(str(r.run_id), Kind.DIR, mtime=r.mtime, immutable=r.is_resolved,
-                         source=_RunDir(self.api, self.ttl_mutable, status.task_id, r)) for r in status.runs]
+                         source=_RunDir(self.api, self.ttl_mutable, status.task_id, r),
+                         info={"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,
+                                                     "task": status.task_id, "run": r.run_id, "state": r.state})})
+                   for r in status.runs]
         if status.runs:
             latest = max(status.runs, key=lambda r: r.run_id)
             entries.append(Entry("latest", Kind.LINK, mtime=latest.mtime, target=str(latest.run_id)))
