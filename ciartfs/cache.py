@@ -222,6 +222,30 @@ class SingleFlight(Generic[T]):
     def in_flight(self, key: Hashable) -> bool:
         return key in self._calls
 
+    def claim(self, key: Hashable) -> _Call[T] | None:
+        """Mark `key` in flight for a caller that computes several keys at once (one ranged
+        GET for a run of blocks) and then `settle`s each; None when it already is in flight.
+        Concurrent `run(key)` calls wait for the settlement instead of starting their own."""
+        if key in self._calls:
+            return None
+        call: _Call[T] = _Call()
+        self._calls[key] = call
+        return call
+
+    def settle(self, key: Hashable, call: _Call[T], result: T | None = None, error: BaseException | None = None) -> None:
+        """End a claimed call: with a result, with an error, or with neither (abandoned:
+        a waiter then computes the key itself)."""
+        if self._calls.get(key) is not call or call.done.is_set():
+            return
+        if error is not None:
+            call.error = error
+        elif result is not None:
+            call.result = result
+        else:
+            call.cancelled = True
+        del self._calls[key]
+        call.done.set()
+
     async def run(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> T:
         while True:
             call = self._calls.get(key)

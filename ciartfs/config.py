@@ -105,8 +105,8 @@ OPTIONS: tuple[Option, ...] = (
            "disk cache bound; least recently used blocks are evicted"),
     Option("memory_cache", "CIARTFS_MEMORY_CACHE", parse_size, 256 << 20,
            "in-memory block cache bound"),
-    Option("block_size", "CIARTFS_BLOCK_SIZE", parse_size, 1 << 20,
-           "bytes per ranged request and cache block"),
+    Option("block_size", "CIARTFS_BLOCK_SIZE", parse_size, 128 << 10,
+           "cache block size: what a random read fetches (sequential reads fetch runs of blocks)"),
     Option("recent_builds", "CIARTFS_RECENT_BUILDS", _positive_int, 30,
            "how many recent builds a project directory lists"),
     Option("latest_ttl", "CIARTFS_LATEST_TTL", _positive_float, 60.0,
@@ -137,7 +137,7 @@ class Settings:
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
     cache_size: int = 10 << 30
     memory_cache: int = 256 << 20
-    block_size: int = 1 << 20
+    block_size: int = 128 << 10
     recent_builds: int = 30
     latest_ttl: float = 60.0
     timeout: float = 30.0

@@ -4,10 +4,14 @@ A file's size is learned by fetching its first block (a ranged GET whose `Conten
 names the total); that block is kept, so listing a directory of small files caches them
 whole. Never HEAD: presigned storage URLs answer HEAD with 403.
 
-Read-ahead (per open file): a read that continues where the previous one ended doubles the
-window of blocks fetched ahead in the background, up to `readahead_blocks`; a seek resets
-it. Prefetched blocks land in the memory cache, which is bounded, and at most
-`PREFETCH_CONCURRENCY` prefetches run at once, so prefetch memory is bounded too.
+Blocks are small (128 KiB, the kernel's largest buffered read) so that a random read, such
+as `unzip -l` looking at a zip's central directory, costs little more than it reads.
+Sequential reading is where bytes come in bulk: per open file, a read that continues where
+the previous one ended doubles a window of blocks fetched ahead in the background, up to
+`READAHEAD_BYTES`; a seek resets it (mountpoint-s3's prefetcher is the model). Read-ahead is
+topped up once half the window has been consumed, as runs of up to `RUN_BYTES` fetched with
+one ranged GET each, at most `PREFETCH_CONCURRENCY` at once: few requests, several
+connections, bounded memory (the window per file, the memory LRU in total).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import dataclasses
 import logging
 import zlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import cachetools
 import trio
@@ -29,6 +34,11 @@ log = logging.getLogger(__name__)
 
 # Enough parallel ranged requests to fill a link made of per-connection-capped streams.
 PREFETCH_CONCURRENCY = 16
+# Bytes one read-ahead request asks for: large enough that per-request costs (first-byte
+# latency, CPU) are amortised, small enough that 16 of them fill the link early.
+RUN_BYTES = 1 << 20
+# How far ahead of a sequential reader blocks are fetched, at most.
+READAHEAD_BYTES = 16 << 20
 # Write-behind to disk is skipped (the block stays in memory only) when this many bytes are
 # queued: a slow disk must not make us hold unbounded memory.
 MAX_PENDING_DISK_BYTES = 64 << 20
@@ -46,7 +56,8 @@ class ReadStream:
     """Per-open-file state for sequential detection."""
 
     next_offset: int = 0
-    window: int = 0
+    window: int = 0  # blocks
+    ahead_end: int = 0  # read-ahead has been started for blocks below this index
 
 
 @dataclasses.dataclass
@@ -67,13 +78,14 @@ class Reader:
         disk: DiskStore | None,
         block_size: int,
         *,
-        readahead_blocks: int = 16,
+        readahead_bytes: int = READAHEAD_BYTES,
     ) -> None:
         self.http = http
         self.memory = memory
         self.disk = disk
         self.block_size = block_size
-        self.readahead_blocks = readahead_blocks
+        self.readahead_blocks = max(1, readahead_bytes // block_size)
+        self.run_blocks = max(1, RUN_BYTES // block_size)
         self.stats = Stats()
         self._sizes: cachetools.LRUCache[str, int] = cachetools.LRUCache(SIZE_MEMO_ENTRIES)
         self._flight: SingleFlight[bytes] = SingleFlight()
@@ -81,7 +93,6 @@ class Reader:
         self._write_queue: list[tuple[str, bytes]] = []
         self._queued_bytes = 0
         self._writer_running = False
-        self._prefetching: set[str] = set()
         self._sizing: SingleFlight[int] = SingleFlight()
         self._decoded: set[str] = set()  # artifacts stored encoded, served from decoded blocks
         self._errors: dict[str, str] = {}
@@ -354,18 +365,46 @@ class Reader:
             stream.window = min(max(1, stream.window * 2), self.readahead_blocks)
         elif offset != stream.next_offset:
             stream.window = 0
+            stream.ahead_end = 0
         stream.next_offset = end
         if self._background is None or stream.window == 0:
             return
-        last_block = (total - 1) // self.block_size
-        for index in range(last + 1, min(last + stream.window, last_block) + 1):
+        # Top up only once half the window is consumed, so that requests go out in runs
+        # rather than one block per read.
+        start = max(stream.ahead_end, last + 1)
+        if stream.ahead_end - (last + 1) >= stream.window // 2 and stream.ahead_end > last + 1:
+            return
+        stop = min(last + 1 + stream.window, (total - 1) // self.block_size + 1)
+        if start >= stop:
+            return
+        stream.ahead_end = stop
+        coalesce = art.immutable and art.key not in self._decoded
+        run: list[tuple[int, str, Any]] = []
+        for index in range(start, stop):
             key = self._block_key(art, index, total)
-            if key in self.memory or key in self._prefetching or self._flight.in_flight(key):
+            if key in self.memory or self._flight.in_flight(key):
+                self._start_run(art, run, total)
+                run = []
                 continue
-            self._prefetching.add(key)
-            self._background.start_soon(self._prefetch, art, index, total, key)
+            if not coalesce or (self.disk is not None and self.disk.might_have(key)):
+                self._start_run(art, run, total)
+                run = []
+                self._background.start_soon(self._prefetch, art, index, total)
+                continue
+            call = self._flight.claim(key)
+            assert call is not None  # not in flight: checked above, and nothing awaited since
+            run.append((index, key, call))
+            if len(run) == self.run_blocks:
+                self._start_run(art, run, total)
+                run = []
+        self._start_run(art, run, total)
 
-    async def _prefetch(self, art: Artifact, index: int, total: int, key: str) -> None:
+    def _start_run(self, art: Artifact, run: list[tuple[int, str, Any]], total: int) -> None:
+        if run:
+            assert self._background is not None
+            self._background.start_soon(self._prefetch_run, art, run, total)
+
+    async def _prefetch(self, art: Artifact, index: int, total: int) -> None:
         try:
             async with self._prefetch_limiter:
                 await self._block(art, index, total)
@@ -373,5 +412,36 @@ class Reader:
             log.debug("prefetch of block %d failed: %s", index, e)
         except Exception:
             log.exception("prefetch of block %d failed", index)
+
+    async def _prefetch_run(self, art: Artifact, run: list[tuple[int, str, Any]], total: int) -> None:
+        """Fetch consecutive missing blocks with one ranged GET and settle each block's
+        claimed flight: readers waiting for one of them get it as soon as the run lands."""
+        bs = self.block_size
+        first = run[0][0]
+        try:
+            async with self._prefetch_limiter:
+                self.stats.misses += len(run)
+                self.stats.requests += 1
+                reply = await self.http.get_range(art.url, first * bs, len(run) * bs)
+            if reply.encoding is not None:
+                return  # abandoned: a reader's own fetch of the block handles encoded storage
+            self._remember_size(art, reply.total)
+            self.stats.bytes_fetched += len(reply.data)
+            view = memoryview(reply.data)
+            for index, key, call in run:
+                block = bytes(view[(index - first) * bs:(index - first + 1) * bs])
+                expected = min(bs, reply.total - index * bs)
+                if len(block) != expected:
+                    raise UpstreamError(f"{redact_url(art.url)}: block {index} has {len(block)} bytes, expected {expected}")
+                self.memory.put(key, block)
+                self._write_behind(key, block)
+                self._flight.settle(key, call, result=block)
+        except CiartfsError as e:
+            log.debug("prefetch of blocks %d-%d failed: %s", first, run[-1][0], e)
+            for _, key, call in run:
+                self._flight.settle(key, call, error=e)
+        except Exception:
+            log.exception("prefetch of blocks %d-%d failed", first, run[-1][0])
         finally:
-            self._prefetching.discard(key)
+            for _, key, call in run:  # whatever is left (cancelled, encoded) is abandoned
+                self._flight.settle(key, call)

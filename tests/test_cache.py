@@ -141,3 +141,28 @@ async def test_single_flight_waiter_takes_over_when_leader_is_cancelled():
         await trio.testing.wait_all_tasks_blocked()
         leader_scope.cancel()
     assert out == [2]
+
+
+async def test_single_flight_claims_are_shared_and_abandoned_claims_are_taken_over():
+    """A run of blocks fetched at once claims each block; readers wait for the settlement."""
+    flight: SingleFlight[bytes] = SingleFlight()
+    a, b = flight.claim("a"), flight.claim("b")
+    assert a is not None and b is not None and flight.claim("a") is None
+    got: dict[str, bytes] = {}
+
+    async def reader(key: str) -> None:
+        async def own_fetch() -> bytes:
+            return b"own " + key.encode()
+        got[key] = await flight.run(key, own_fetch)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(reader, "a")
+        n.start_soon(reader, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == {}  # both wait for the claimant
+        flight.settle("a", a, result=b"from the run")
+        flight.settle("b", b)  # abandoned: the reader fetches it itself
+        flight.settle("a", a, error=ValueError("late"))  # settling twice changes nothing
+    assert got == {"a": b"from the run", "b": b"own b"}
+    assert not flight.in_flight("a") and not flight.in_flight("b")
+
