@@ -200,6 +200,7 @@ class ArtifactFS(pyfuse3.Operations):
             node.size = await self.reader.size(node.artifact)
         fh = next(self._handles)
         self._files[fh] = _OpenFile(node)
+        self.reader.opened(node.artifact, node.size)
         # The page cache may keep what an immutable file's reads brought in across opens.
         return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable)
 

@@ -43,6 +43,11 @@ READAHEAD_BYTES = 16 << 20
 # queued: a slow disk must not make us hold unbounded memory.
 MAX_PENDING_DISK_BYTES = 64 << 20
 SIZE_MEMO_ENTRIES = 1_000_000
+# Archives whose index is at their end: readers (unzip -l, jar, pip) look there first, so
+# opening one fetches its tail at once; a zip's central directory of a few thousand members
+# fits in TAIL_BYTES.
+TAIL_FIRST_SUFFIXES = (".zip", ".jar", ".war", ".ear", ".aar", ".apk", ".whl", ".nupkg", ".ipa", ".xpi", ".vsix")
+TAIL_BYTES = 256 << 10
 # A gzip-encoded artifact must be fetched whole: it gets this many operation timeouts.
 WHOLE_FETCH_TIMEOUT_FACTOR = 10
 
@@ -168,6 +173,15 @@ class Reader:
         return sum(min(bs, size - i * bs) for i in present)
 
     # -- bytes ------------------------------------------------------------------------------
+
+    def opened(self, art: Artifact, total: int) -> None:
+        """A file was opened: start fetching what its reader will surely want first."""
+        if (self._background is None or art.error or not art.immutable or art.key in self._decoded
+                or total <= self.block_size or not art.key.lower().endswith(TAIL_FIRST_SUFFIXES)):
+            return
+        last = (total - 1) // self.block_size
+        first = max(1, last + 1 - max(1, TAIL_BYTES // self.block_size))
+        self._start_readahead(art, first, last + 1, total)
 
     async def read(self, art: Artifact, offset: int, length: int, stream: ReadStream | None = None,
                    total: int | None = None) -> bytes:
@@ -378,6 +392,12 @@ class Reader:
         if start >= stop:
             return
         stream.ahead_end = stop
+        self._start_readahead(art, start, stop, total)
+
+    def _start_readahead(self, art: Artifact, start: int, stop: int, total: int) -> None:
+        """Fetch blocks [start, stop) in the background: the missing ones in runs of up to
+        `run_blocks`, one ranged GET each; blocks the disk may have are read from it."""
+        assert self._background is not None
         coalesce = art.immutable and art.key not in self._decoded
         run: list[tuple[int, str, Any]] = []
         for index in range(start, stop):

@@ -327,6 +327,33 @@ def test_random_reads_fetch_about_what_they_read(fake, mount):
     assert len(ranges) <= 4 and fetched <= 4 * 128 * 1024, ranges
 
 
+def test_unzip_list_of_a_large_zip_reads_only_its_tail(fake, mount):
+    """unzip -l through the mount lists every member, and only the zip's tail crosses the
+    network (opening a zip fetches its last 256 KiB at once, where unzip looks)."""
+    if not shutil.which("unzip"):
+        pytest.skip("unzip is not installed")
+    import io
+    import zipfile
+    rng = random.Random(3)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for i in range(600):
+            z.writestr(f"pkg/mod-{i:04d}/data.bin", rng.randbytes(rng.randint(2000, 9000)))
+    data = buf.getvalue()
+    p = fake.add_project("github", "acme", "zips")
+    p.add_build(build_num=1, stop_time=STOP).add_artifact("dist/bundle.zip", data)
+    m = mount()
+    path = m.path / "github/acme/zips/1/0/dist/bundle.zip"
+    assert os.stat(path).st_size == len(data)
+    fake.clear_requests()
+    out = run("unzip", "-l", str(path))
+    assert out.returncode == 0, out.stderr
+    listed = [line.split()[-1] for line in out.stdout.splitlines() if "pkg/mod-" in line]
+    assert listed == [f"pkg/mod-{i:04d}/data.bin" for i in range(600)]
+    ranges = [tuple(int(n) for n in r.headers["range"].removeprefix("bytes=").split("-")) for r in storage_gets(fake)]
+    assert len(ranges) == 1 and ranges[0][0] >= len(data) - 256 * 1024, ranges
+
+
 def test_concurrent_cold_readers_fetch_each_byte_once(fake, mount):
     project = sample(fake)
     data = project.builds[2].artifacts[4].data
