@@ -9,10 +9,11 @@ network: kept and last-seen answers are served, anything else is EIO with a clea
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -23,7 +24,7 @@ from ciartfs.http import HttpClient
 
 log = logging.getLogger(__name__)
 
-Keep = bool | Callable[[Any], bool] | None
+Keep = bool | Callable[[Any], bool] | Callable[[Any], Awaitable[bool]] | None
 
 
 class ApiDocs:
@@ -49,6 +50,8 @@ class ApiDocs:
             raise Offline(f"offline: {redact_url(full)} was never fetched, so it is not in the cache")
         doc = await self.http.get_json(url, params, also_ok=also_ok)
         immutable = keep(doc) if callable(keep) else bool(keep)
+        if inspect.isawaitable(immutable):  # decided by another answer still on its way
+            immutable = await immutable
         await self._store(("doc|" if immutable else "last|") + full, doc)
         return doc
 

@@ -327,6 +327,26 @@ def test_random_reads_fetch_about_what_they_read(fake, mount):
     assert len(ranges) <= 4 and fetched <= 4 * 128 * 1024, ranges
 
 
+def test_a_build_and_its_artifact_list_are_asked_for_at_once(fake, mount, tmp_path):
+    """Opening a file of a build not seen yet costs one API round trip for the build, not
+    two in series (the build's document, then its artifact list); the list is still kept
+    because the build turns out to be completed."""
+    project = sample(fake)
+    expected = project.builds[2].artifacts[0].data
+    m = mount(cache_dir=tmp_path / "shared")
+    os.stat(m.path / "github/acme/api")
+    fake.faults.api_latency = 0.5
+    fake.clear_requests()
+    assert (m.path / "github/acme/api/2/0/test-results/junit.xml").read_bytes() == expected
+    arrived = {r.path.rsplit("/", 1)[-1]: r.time for r in fake.requests if r.server == "api"}
+    assert arrived["artifacts"] - arrived["2"] < 0.25, arrived  # asked before the build's answer came
+    fake.faults.api_latency = 0
+    second = mount(cache_dir=tmp_path / "shared")
+    fake.clear_requests()
+    assert (second.path / "github/acme/api/2/0/test-results/junit.xml").read_bytes() == expected
+    assert not [r for r in fake.requests if r.path.endswith("/artifacts")]
+
+
 def test_unzip_list_of_a_large_zip_reads_only_its_tail(fake, mount):
     """unzip -l through the mount lists every member, and only the zip's tail crosses the
     network (opening a zip fetches its last 256 KiB at once, where unzip looks)."""

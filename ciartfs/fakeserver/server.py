@@ -255,6 +255,8 @@ class FakeCI:
 
     def _api(self, handler: _Handler, method: str, raw_path: str, query: dict[str, str]) -> None:
         self._hang("api_hang")
+        if self.faults.api_latency:
+            self._stopping.wait(self.faults.api_latency)
         status = self._pop_status("api_statuses")
         if status is not None:
             raise Reply(status, {"message": f"injected {status}"}, headers={"Retry-After": "1"} if status == 429 else {})

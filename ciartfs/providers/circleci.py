@@ -18,8 +18,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from ciartfs.providers import parse_time
-from ciartfs.errors import BadListing, NotFound
+from ciartfs.errors import BadListing, CiartfsError, NotFound, redact_url
 from ciartfs.docs import ApiDocs, Keep
 from ciartfs.http import HeaderCredential, origin_of
 from ciartfs.tree import Artifact, CompleteDir, Entry, Kind, StaticDir, place_artifacts, tree_entries
@@ -176,6 +178,45 @@ class CircleCIApi:
         finished = lambda doc: isinstance(doc, dict) and doc.get("lifecycle") == "finished"  # noqa: E731
         return parse_build(await self.docs.get_json(url, keep=finished), url)
 
+    async def build_and_artifacts(self, vcs: str, user: str, project: str,
+                                  num: int) -> tuple[Build, list[ArtifactRecord] | None]:
+        """The build and its artifact list, asked for at once (one round trip, not two, before
+        the first file of a build can be opened). The list is kept if the build turns out to
+        be completed. A failing list is left for the build directory to ask again (None)."""
+        url = f"{self._project_url(vcs, user, project)}/{num}/artifacts"
+        got_build = trio.Event()
+        build: list[Build] = []
+        records: list[list[ArtifactRecord]] = []
+
+        failed: list[CiartfsError] = []
+
+        async def fetch_build() -> None:
+            try:
+                build.append(await self.build(vcs, user, project, num))
+            except CiartfsError as e:
+                failed.append(e)
+            finally:
+                got_build.set()
+
+        async def completed(_doc: Any) -> bool:
+            await got_build.wait()
+            return bool(build) and build[0].completed
+
+        async def fetch_artifacts() -> None:
+            try:
+                records.append(parse_artifacts(await self.docs.get_json(url, keep=completed), url))
+            except CiartfsError as e:
+                log.debug("%s: %s (asked again when the build is listed)", redact_url(url), e)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch_artifacts)
+            await fetch_build()
+            if failed:
+                nursery.cancel_scope.cancel()
+        if failed:
+            raise failed[0]  # the build's own error (NotFound: no such build), as itself
+        return build[0], (records[0] if records else None)
+
     async def artifacts(self, vcs: str, user: str, project: str, num: int, *, completed: bool) -> list[ArtifactRecord]:
         """A completed build's list never changes: it is kept (see docs.ApiDocs)."""
         url = f"{self._project_url(vcs, user, project)}/{num}/artifacts"
@@ -263,13 +304,13 @@ class _UserDir:
         return Entry(name, Kind.DIR, mtime=self.mtime, immutable=False, source=_ProjectDir(project), info=info)
 
 
-def _build_entry(project: _Project, build: Build) -> Entry:
+def _build_entry(project: _Project, build: Build, records: list[ArtifactRecord] | None = None) -> Entry:
     info = {"build": json.dumps({
         "build_num": build.num, "branch": build.branch, "revision": build.revision, "status": build.status,
         "outcome": build.outcome, "lifecycle": build.lifecycle, "start_time": build.start_time,
         "stop_time": build.stop_time}), "source": _source(project, build.num)}
     return Entry(str(build.num), Kind.DIR, mtime=build.mtime, immutable=build.completed,
-                 source=_BuildDir(project, build), info=info)
+                 source=_BuildDir(project, build, records), info=info)
 
 
 def _source(project: _Project, build: int, node: int | None = None) -> str:
@@ -315,10 +356,10 @@ class _ProjectDir:
         if not _BUILD_NUM_RE.match(name):
             return None
         try:
-            build = await p.api.build(p.vcs, p.user, p.name, int(name))
+            build, records = await p.api.build_and_artifacts(p.vcs, p.user, p.name, int(name))
         except NotFound:
             return None
-        return _build_entry(p, build)
+        return _build_entry(p, build, records)
 
 
 class _BranchesDir:
@@ -366,13 +407,16 @@ class _BranchDir(CompleteDir):
 class _BuildDir(CompleteDir):
     """One directory per node_index with artifacts; below, the artifact paths."""
 
-    def __init__(self, project: _Project, build: Build) -> None:
+    def __init__(self, project: _Project, build: Build, records: list[ArtifactRecord] | None = None) -> None:
         self.p, self.build = project, build
         self.ttl = None if build.completed else project.ttl
+        self._fetched = records  # already fetched with the build: used for the first listing
 
     async def list(self) -> list[Entry]:
         p, b = self.p, self.build
-        records = await p.api.artifacts(p.vcs, p.user, p.name, b.num, completed=b.completed)
+        records, self._fetched = self._fetched, None
+        if records is None:
+            records = await p.api.artifacts(p.vcs, p.user, p.name, b.num, completed=b.completed)
         return node_entries(records, host_id=p.api.host_id, where=f"{p.where}/{b.num}", mtime=b.mtime,
                             immutable=b.completed, ttl=self.ttl, source=lambda node: _source(p, b.num, node))
 
