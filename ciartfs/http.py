@@ -369,14 +369,15 @@ class HttpClient:
         if first != start or last != expected_last or last < first:
             raise _Retry(f"Content-Range {first}-{last}/{total} does not match the request {start}-{start + length - 1}")
         want = last - first + 1
-        body = bytearray()
+        chunks, got = [], 0
         async for chunk in resp.aiter_raw():
-            body += chunk
-            if len(body) > want:
-                raise _Retry(f"body longer than its Content-Range ({len(body)} > {want})")
-        if len(body) != want:
-            raise _Retry(f"short body: {len(body)} of {want} bytes")
-        return RangeReply(start, bytes(body), total)
+            chunks.append(chunk)
+            got += len(chunk)
+            if got > want:
+                raise _Retry(f"body longer than its Content-Range ({got} > {want})")
+        if got != want:
+            raise _Retry(f"short body: {got} of {want} bytes")
+        return RangeReply(start, chunks[0] if len(chunks) == 1 else b"".join(chunks), total)  # one copy at most
 
     async def _read_whole(self, resp: httpx.Response, url: str, start: int, length: int) -> RangeReply:
         """The server ignored Range: stream, keep only [start, start+length), learn the total."""
