@@ -198,6 +198,14 @@ class HttpClient:
             raise ValueError("bad range")
         return await self._bounded(url, self._range_once, url, start, length)
 
+    async def get_tail(self, url: str, length: int) -> RangeReply:
+        """The last `length` bytes of the resource (all of it when smaller), with its total:
+        one request for a file read from its end (a zip's central directory). `start` of the
+        reply says where they begin."""
+        if length <= 0:
+            raise ValueError("bad range")
+        return await self._bounded(url, self._range_once, url, -1, length)
+
     # -- retry / deadline machinery -----------------------------------------------------------
 
     async def _bounded(self, url: str, once: Any, *args: Any, timeout: float | None = None) -> Any:
@@ -235,7 +243,7 @@ class HttpClient:
             ) from None
 
     @asynccontextmanager
-    async def _open(self, url: str, *, accept: str, byte_range: tuple[int, int] | None = None,
+    async def _open(self, url: str, *, accept: str, byte_range: str | None = None,
                     first_hop_credentials: bool = True) -> AsyncIterator[tuple[httpx.Response, str, bool]]:
         """Send a GET following redirects; yields (streaming response, final url, redirected)."""
         headers_base = {"Accept": accept, "User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"}
@@ -244,7 +252,7 @@ class HttpClient:
             # (Storage that keeps an object gzip-encoded still says so: see RangeReply.encoding.)
             headers_base["Accept-Encoding"] = "identity"
         if byte_range is not None:
-            headers_base["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+            headers_base["Range"] = "bytes=" + byte_range  # "first-last", or "-n": the last n
         current, redirected = url, False
         cred_origin = origin_of(url) if first_hop_credentials else None
         for _hop in range(MAX_REDIRECTS + 1):
@@ -324,10 +332,12 @@ class HttpClient:
             raise BadListing(f"{redact_url(url)}: malformed JSON ({e})") from None
 
     async def _range_once(self, url: str, start: int, length: int) -> RangeReply:
+        """One attempt at bytes [start, start+length), or at the last `length` bytes when
+        start is -1 (a suffix range)."""
         cached = self._targets.get(url)
         use_target = cached is not None and time.monotonic() - cached[1] < REDIRECT_TARGET_MAX_AGE
         fetch_url = cached[0] if use_target and cached else url
-        async with self._open(fetch_url, accept="*/*", byte_range=(start, start + length - 1),
+        async with self._open(fetch_url, accept="*/*", byte_range=f"{start}-{start + length - 1}" if start >= 0 else f"-{length}",
                               first_hop_credentials=not use_target) as (resp, final, redirected):
             status = resp.status_code
             reached_storage = use_target or redirected
@@ -350,13 +360,18 @@ class HttpClient:
             if encoding == "identity":
                 encoding = None
             if status == 206:
+                if start < 0:  # the tail: where it starts follows from the total
+                    start = max(0, self._total_of(resp) - length)
                 reply = await self._read_partial(resp, url, start, length)
                 return dataclasses.replace(reply, encoding=encoding)
             if status == 200:
-                reply = await self._read_whole(resp, url, start, length)
+                if start < 0:
+                    reply = await self._read_whole_tail(resp, length)
+                else:
+                    reply = await self._read_whole(resp, url, start, length)
                 return dataclasses.replace(reply, encoding=encoding)
             if status == 416:
-                return self._unsatisfiable(resp, url, start)
+                return self._unsatisfiable(resp, url, max(0, start))
             self._retry_or_raise(resp, url)
         raise AssertionError("unreachable")
 
@@ -378,6 +393,28 @@ class HttpClient:
         if got != want:
             raise _Retry(f"short body: {got} of {want} bytes")
         return RangeReply(start, chunks[0] if len(chunks) == 1 else b"".join(chunks), total)  # one copy at most
+
+    @staticmethod
+    def _total_of(resp: httpx.Response) -> int:
+        m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
+        if not m or m.group(1) is None or m.group(3) == "*":
+            raise _Retry(f"206 without a usable Content-Range ({resp.headers.get('content-range')!r})")
+        return int(m.group(3))
+
+    async def _read_whole_tail(self, resp: httpx.Response, length: int) -> RangeReply:
+        """The server ignored a suffix Range: stream the body, keeping its last `length`
+        bytes (memory: `length` plus a chunk)."""
+        declared = resp.headers.get("content-length")
+        kept = bytearray()
+        total = 0
+        async for chunk in resp.aiter_raw():
+            total += len(chunk)
+            kept += chunk
+            if len(kept) > length:
+                del kept[:len(kept) - length]
+        if declared and declared.isdigit() and int(declared) != total:
+            raise _Retry(f"short body: {total} of {declared} bytes")
+        return RangeReply(total - len(kept), bytes(kept), total)
 
     async def _read_whole(self, resp: httpx.Response, url: str, start: int, length: int) -> RangeReply:
         """The server ignored Range: stream, keep only [start, start+length), learn the total."""

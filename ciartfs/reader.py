@@ -127,11 +127,38 @@ class Reader:
             if raw is not None and raw.isdigit():
                 self._sizes[art.key] = int(raw)
                 return int(raw)
-        await self._block(art, 0, None)
+        if self._tail_first(art):
+            await self._sizing.run(("tail", art.key), lambda: self._probe_tail(art))
+        else:
+            await self._block(art, 0, None)
         known = self._sizes.get(art.key)
         if known is None:  # block 0 came from disk but its size record did not
             known = await self._probe_mutable(art)
         return known
+
+    def _tail_first(self, art: Artifact) -> bool:
+        return art.immutable and art.key not in self._decoded and art.key.lower().endswith(TAIL_FIRST_SUFFIXES)
+
+    async def _probe_tail(self, art: Artifact) -> int:
+        """Learn an archive's size from a ranged GET of its last TAIL_BYTES, keeping the whole
+        blocks in it: the reader's first reads (the index at the end) are then already here."""
+        reply = await self.http.get_tail(art.url, max(TAIL_BYTES, self.block_size))
+        self.stats.requests += 1
+        if reply.encoding is not None:
+            return await self._load_decoded(art)
+        self._remember_size(art, reply.total)
+        self.stats.bytes_fetched += len(reply.data)
+        bs = self.block_size
+        first = -(-reply.start // bs)  # the first block wholly inside the reply
+        view = memoryview(reply.data)
+        for index in range(first, (reply.total - 1) // bs + 1 if reply.total else 0):
+            lo = index * bs - reply.start
+            block = bytes(view[lo:lo + min(bs, reply.total - index * bs)])
+            key = self._block_key(art, index, reply.total)
+            self.stats.misses += 1
+            self.memory.put(key, block)
+            self._write_behind(key, block)
+        return reply.total
 
     async def _probe_mutable(self, art: Artifact) -> int:
         reply = await self.http.get_range(art.url, 0, self.block_size)

@@ -63,9 +63,11 @@ class Server:
 
 
 def ranged(request, data, *, total=None):
-    spec = request.headers.get("range", "")
-    start, end = (int(x) for x in spec.removeprefix("bytes=").split("-"))
-    end = min(end, len(data) - 1)
+    first, last = request.headers.get("range", "").removeprefix("bytes=").split("-")
+    if first:
+        start, end = int(first), min(int(last), len(data) - 1)
+    else:  # bytes=-n
+        start, end = max(0, len(data) - int(last)), len(data) - 1
     return httpx.Response(206, content=data[start:end + 1],
                           headers={"Content-Range": f"bytes {start}-{end}/{total or len(data)}"})
 
@@ -222,3 +224,27 @@ def test_origin_normalises_ports():
     assert origin_of("https://A.example/x") == ("https", "a.example", 443)
     assert origin_of("http://a.example:80/") == ("http", "a.example", 80)
     assert HeaderCredential(headers={}, origins=frozenset({("http", "a", 80)})).applies_to("http://a/x")
+
+
+async def test_tail_request_gives_the_last_bytes_and_the_total(server_and_client):
+    server, client = server_and_client
+    server.storage_script = [(206, DATA[-300:], {"Content-Range": f"bytes {len(DATA) - 300}-{len(DATA) - 1}/{len(DATA)}"})]
+    reply = await client.get_tail(API + "/art/1", 300)
+    assert (reply.start, reply.data, reply.total) == (len(DATA) - 300, DATA[-300:], len(DATA))
+    assert headers_to(server, STORAGE)[-1]["range"] == "bytes=-300"
+    # larger than the file: all of it
+    server.storage_script = [(206, DATA, {"Content-Range": f"bytes 0-{len(DATA) - 1}/{len(DATA)}"})]
+    reply = await client.get_tail(API + "/art/1", 1 << 20)
+    assert (reply.start, reply.data, reply.total) == (0, DATA, len(DATA))
+    # Range ignored: the whole body streams by, its tail is kept
+    server.storage_script = [(200, DATA, {})]
+    reply = await client.get_tail(API + "/art/1", 1000)
+    assert (reply.start, reply.data, reply.total) == (len(DATA) - 1000, DATA[-1000:], len(DATA))
+    # a Content-Range that does not end at the end is retried, never returned
+    server.storage_script = [(206, DATA[:300], {"Content-Range": f"bytes 0-299/{len(DATA)}"})]
+    reply = await client.get_tail(API + "/art/1", 300)
+    assert reply.data == DATA[-300:] and len(headers_to(server, STORAGE)) == 5
+    # an empty file
+    server.storage_script = [(416, b"", {"Content-Range": "bytes */0"})]
+    reply = await client.get_tail(API + "/art/1", 300)
+    assert (reply.data, reply.total) == (b"", 0)
