@@ -1,37 +1,44 @@
 #!/usr/bin/env python3
-"""Benchmark ciartfs against the tools people use instead (issue "Speed", first increment).
+"""Benchmark ciartfs against the tools people use instead (issue "Speed").
 
-    .venv/bin/python scripts/bench.py [--quick] [--runs N] [--size-mib N] [--json PATH]
+    .venv/bin/python scripts/bench.py [--quick] [--runs N] [--size-mib N] [--no-peers] [--json PATH]
 
 Self-contained and local: it generates seeded data in a temp dir, serves it with the bundled
-fake CircleCI (in its own process, scripts/bench/fakeci.py) behind a small link-shaping proxy
+fake CircleCI (in its own process, scripts/bench/fakeci.py) and, for the FUSE peers, as plain
+files with an HTML autoindex (scripts/bench/files.py), both behind a small link-shaping proxy
 (scripts/bench/proxy.py: a per-connection bandwidth cap and a delay before each response's
-first byte), and runs each scenario several times against ciartfs and the baselines,
-interleaved, printing medians and ratios (baseline time / ciartfs time: >1 means ciartfs is
-faster). Every server binds 127.0.0.1. Everything it starts (mounts, servers, commands) is
-stopped by pid in `finally`, also on Ctrl-C or SIGTERM.
+first byte; it counts the bytes it delivers), and runs each scenario several times against
+ciartfs and the baselines, interleaved, printing medians, ratios (baseline time / ciartfs
+time: >1 means ciartfs is faster) and the issue's targets, met or not. Every server binds
+127.0.0.1. Everything it starts (mounts, servers, commands) is stopped by pid in `finally`,
+also on Ctrl-C or SIGTERM.
 
-Scenarios (ciartfs: a fresh mount with an empty cache dir per run, so every run is cold):
-  cold read, uncapped   `cat` of a large file; the fake's storage host directly, no proxy.
+Scenarios (every FUSE tool: a fresh mount with an empty cache dir per run, so every run is cold):
+  cold read, uncapped   `cat` of a large file (default 512 MiB); the servers directly, no proxy.
                         Baselines: curl (one stream), aria2c -x8 -s8 (parallel ranges).
   cold read, capped     the same through the proxy: 25 MiB/s per connection, 20 ms.
   warm re-read          a second `cat` through the same mount. Limit: `cat` of a local copy.
   grep -rl              over a build of 2000 small files (1-20 KiB), 20 ms latency.
                         Baseline: the CircleCI docs recipe (list the artifact URLs from the
                         API, download with xargs -P4 curl, grep locally).
-  ls -l                 a directory of 1000 artifacts, 20 ms latency, cold mount.
+  ls -l                 a directory of 1000 artifacts, 20 ms latency.
                         Baseline: listing the names from the API with curl.
-A tool that is not installed is skipped with a note. The script installs nothing.
+  unzip -l              a zip of 2000 stored members (default 200 MiB), capped link: time
+                        and the bytes the servers sent. Baseline: curl the zip, then unzip -l.
+FUSE peers, in every scenario: rclone mount (--vfs-cache-mode full) and httpdirfs (--cache),
+on the files host. A peer's command gets --peer-timeout seconds (default 90): a timeout is
+reported as "> N s" and that scenario is not run again for that peer.
+
+Wants these Debian packages (a missing tool is skipped with a note; the script installs
+nothing): fuse3 (needed), curl, aria2, jq, unzip, rclone, httpdirfs.
+    apt-get install -y fuse3 curl aria2 jq unzip rclone httpdirfs
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import random
 import shlex
 import shutil
 import signal
@@ -39,7 +46,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,30 +64,24 @@ except ImportError:
         os.execv(str(VENV_PY), [str(VENV_PY), __file__, *sys.argv[1:]])
     sys.exit("bench: ciartfs is not importable; run ./scripts/setup.sh, then .venv/bin/python scripts/bench.py")
 
+# scripts/bench/ (a package: found before this file for `import bench`)
+from bench.common import MiB, Failed, TimedOut, log, proc_cpu  # noqa: E402
+from bench.data import BIG_BUILD, BIG_PATH, GREP_BUILD, LS_BUILD, NEEDLE, PROJECT, ZIP_BUILD, ZIP_PATH, generate  # noqa: E402
+from bench.mounts import PEERS, CiartfsMount, FuseMount, PeerMount  # noqa: E402
+from bench.report import (ARIA, CIARTFS, COLD_CAPPED, COLD_UNCAPPED, CURL, GREP, LOCAL, LS, LS_BASE, RECIPE,  # noqa: E402
+                          UNZIP, UNZIP_BASE, WARM, Results, Sample, machine_info, report)
+
 PY = sys.executable
-MiB = 1024 * 1024
-PROJECT = ("github", "bench", "data")
-BIG_BUILD, GREP_BUILD, LS_BUILD = 1, 2, 3
-NEEDLE = "CIARTFS_BENCH_NEEDLE_7f3a"
-SEED = 20261101
-MOUNT_TIMEOUT = 30.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-# bytes -> printable text (letters, digits, spaces, newlines): grep-able "logs" from random bytes
-_TEXT = bytes((b"abcdefghijklmnopqrstuvwxyz0123456789      \n" * 6)[:256])
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-class Failed(Exception):
-    """A scenario run did not produce a valid result (timeout, wrong output, exit status)."""
+def log_short(tool: str) -> str:
+    return tool.split()[0].rstrip(",")
 
 
 # -- processes we start ----------------------------------------------------------------------
 
 class Helper:
-    """A helper process (fake server, proxy) driven by JSON lines on stdin/stdout."""
+    """A helper process (fake server, files host, proxy) driven by JSON lines on stdin/stdout."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
         self.name = name
@@ -170,172 +170,17 @@ def reap_group(pgid: int, timeout: float) -> bool:
             time.sleep(0.02)
 
 
-def proc_cpu(pid: int) -> float:
-    """utime+stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
-
-def proc_hwm_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-class Mount:
-    """One `python -m ciartfs mount -f` process on a fresh mountpoint with a fresh cache dir."""
-
-    count = 0
-
-    def __init__(self, bench: Bench, api_url: str) -> None:
-        Mount.count += 1
-        n = Mount.count
-        self.bench = bench
-        self.path = bench.tmp / f"mnt{n}"
-        self.cache = bench.tmp / f"cache{n}"
-        self.log = bench.tmp / "logs" / f"ciartfs{n}.log"
-        self.path.mkdir()
-        cmd = [PY, "-m", "ciartfs", "mount", "-f", str(self.path), "--circleci-host", api_url,
-               "--cache-dir", str(self.cache), "--log-file", str(self.log), "--timeout", str(bench.args.timeout),
-               "--memory-cache", bench.args.memory_cache]
-        if bench.args.block_size:
-            cmd += ["--block-size", bench.args.block_size]
-        with open(self.log.with_suffix(".stderr"), "wb") as err:
-            self.proc = subprocess.Popen(cmd, env=bench.ciartfs_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=err, start_new_session=True)
-        bench.mounts.append(self)
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not is_mounted(str(self.path)):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise Failed(f"mount did not come up (exit {self.proc.poll()}): {self.log_text()[-1500:]}")
-            time.sleep(0.02)
-        os.stat(self.path)  # answered by the filesystem
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def cpu(self) -> float:
-        return proc_cpu(self.pid)
-
-    def hwm_mib(self) -> float:
-        return proc_hwm_kib(self.pid) / 1024
-
-    def reset_hwm(self) -> bool:
-        """Reset the peak RSS to the current RSS (Linux >= 4.0: clear_refs 5)."""
-        try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
-                f.write("5")
-            return True
-        except OSError:
-            return False
-
-    def log_text(self) -> str:
-        text = ""
-        for p in (self.log, self.log.with_suffix(".stderr")):
-            try:
-                text += p.read_text(errors="replace")
-            except OSError:
-                pass
-        return text
-
-    def stop(self) -> None:
-        """SIGTERM (ciartfs unmounts cleanly), then SIGKILL; and never leave the mount behind."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    log(f"  ciartfs pid {self.pid} ignored SIGTERM for 15s; killing it")
-                    self.proc.kill()
-                    self.proc.wait(timeout=5)
-        finally:
-            if is_mounted(str(self.path)):
-                subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
-            if self in self.bench.mounts:
-                self.bench.mounts.remove(self)
-                self.bench.check_log(self)
-            shutil.rmtree(self.cache, ignore_errors=True)
-
-
-# -- data --------------------------------------------------------------------------------------
-
-def text_bytes(rng: random.Random, n: int) -> bytes:
-    return rng.randbytes(n).translate(_TEXT)
-
-
-def generate(data: Path, size_mib: int, grep_files: int, ls_files: int) -> dict[str, Any]:
-    """Seeded data files and the manifest the fake server loads."""
-    rng = random.Random(SEED)
-    big = data / "big.bin"
-    with open(big, "wb") as f:
-        left = size_mib * MiB
-        while left:
-            n = min(left, 16 * MiB)
-            f.write(rng.randbytes(n))
-            left -= n
-    grep_arts, needles = [], set()
-    needle_idx = set(rng.sample(range(grep_files), max(1, grep_files // 300)))
-    (data / "grep").mkdir()
-    for i in range(grep_files):
-        path = f"reports/shard-{i % 20:02d}/test-{i:04d}.log"
-        body = bytearray(text_bytes(rng, rng.randint(1024, 20 * 1024)))
-        if i in needle_idx:
-            at = rng.randrange(len(body) - len(NEEDLE))
-            body[at:at + len(NEEDLE)] = NEEDLE.encode()
-            needles.add(path)
-        local = data / "grep" / f"{i:04d}"
-        local.write_bytes(body)
-        grep_arts.append([path, str(local)])
-    ls_arts, ls_sizes = [], {}
-    (data / "ls").mkdir()
-    for i in range(ls_files):
-        name = f"file-{i:04d}.txt"
-        body = text_bytes(rng, rng.randint(100, 4000))
-        local = data / "ls" / name
-        local.write_bytes(body)
-        ls_arts.append([f"many/{name}", str(local)])
-        ls_sizes[name] = len(body)
-    manifest = {"project": list(PROJECT), "builds": [
-        {"num": BIG_BUILD, "stop_time": "2026-11-01T10:00:00Z", "artifacts": [["big.bin", str(big)]]},
-        {"num": GREP_BUILD, "stop_time": "2026-11-02T10:00:00Z", "artifacts": grep_arts},
-        {"num": LS_BUILD, "stop_time": "2026-11-03T10:00:00Z", "artifacts": ls_arts},
-    ]}
-    (data / "manifest.json").write_text(json.dumps(manifest))
-    return {"big": big, "needles": needles, "ls_sizes": ls_sizes}
-
-
-# -- results -----------------------------------------------------------------------------------
-
-class Sample(dict):  # seconds, plus optional resource figures for ciartfs runs
-    pass
-
-
-class Results:
-    def __init__(self) -> None:
-        # scenario -> tool -> list of samples; insertion order is print order
-        self.data: dict[str, dict[str, list[Sample]]] = {}
-        self.meta: dict[str, dict[str, Any]] = {}  # scenario -> {"bytes": n, "reference": tool}
-        self.skipped: dict[str, str] = {}  # tool -> why
-        self.failures: list[str] = []
-        self.notes: list[str] = []
-
-    def scenario(self, name: str, reference: str = "ciartfs", nbytes: int | None = None, tools: tuple[str, ...] = ()) -> None:
-        self.data.setdefault(name, {t: [] for t in tools})
-        self.meta[name] = {"bytes": nbytes, "reference": reference}
-
-    def add(self, scenario: str, tool: str, sample: Sample) -> None:
-        self.data[scenario].setdefault(tool, []).append(sample)
-
-    @staticmethod
-    def median(samples: list[Sample], key: str) -> float | None:
-        values = [s[key] for s in samples if s.get(key) is not None]
-        return statistics.median(values) if values else None
+def check_unzip_listing(text: str, expected: dict[str, int]) -> None:
+    """`unzip -l` listed exactly the zip's members, with their sizes."""
+    listed: dict[str, int] = {}
+    for line in text.splitlines():  # "   102400  2026-11-04 10:00   pkg/mod-0000/data-0000.bin"
+        f = line.split(None, 3)
+        if len(f) == 4 and f[0].isdigit() and f[1][:1].isdigit() and ":" in f[2]:
+            listed[f[3]] = int(f[0])
+    if listed != expected:
+        wrong = sorted(n for n in expected.keys() | listed.keys() if listed.get(n) != expected.get(n))[:3]
+        raise Failed(f"unzip -l listed {len(listed)} members, expected {len(expected)}; wrong or missing: {wrong}")
 
 
 # -- the benchmark -----------------------------------------------------------------------------
@@ -345,17 +190,22 @@ class Bench:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="ciartfs-bench-"))
         (self.tmp / "logs").mkdir()
-        self.mounts: list[Mount] = []
+        self.mounts: list[FuseMount] = []
         self.helpers: list[Helper] = []
         self.running: subprocess.Popen[bytes] | None = None
         self.results = Results()
         self.log_problems: list[str] = []
-        self.tools = {t: shutil.which(t) for t in ("curl", "aria2c", "xargs", "grep", "jq", "fusermount3")}
-        self.ciartfs_env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_", "TASKCLUSTER_"))}
-        self.ciartfs_env["XDG_CONFIG_HOME"] = str(self.tmp / "xdg-config")  # no user config file
-        self.ciartfs_env["XDG_CACHE_HOME"] = str(self.tmp / "xdg-cache")
+        self.link: dict[str, Any] = {}
+        self.tools = {t: shutil.which(t) for t in ("curl", "aria2c", "xargs", "grep", "jq", "unzip", "fusermount3")}
+        self.peers: list[type[PeerMount]] = [] if args.no_peers else [p for p in PEERS if p.available()]
+        self.timed_out: set[tuple[str, str]] = set()  # (scenario, peer) not to run again
+        # every FUSE process: no user config, no CI credentials from our environment
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_", "TASKCLUSTER_", "RCLONE_"))}
+        self.env["XDG_CONFIG_HOME"] = str(self.tmp / "xdg-config")
+        self.env["XDG_CACHE_HOME"] = str(self.tmp / "xdg-cache")
         self.profile = ""
         self.api_url = ""
+        self.files_url = ""
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -363,35 +213,38 @@ class Bench:
         a = self.args
         t = time.monotonic()
         (self.tmp / "data").mkdir()
-        self.data = generate(self.tmp / "data", a.size_mib, a.grep_files, a.ls_files)
-        log(f"data: {a.size_mib} MiB file, {a.grep_files} + {a.ls_files} small files in {self.tmp}/data "
-            f"({time.monotonic() - t:.1f}s)")
-        self.fake = Helper("fake server", [PY, "-u", str(HELPERS / "fakeci.py"), str(self.tmp / "data" / "manifest.json")],
-                           self.tmp / "logs" / "fakeci.log")
+        self.data = generate(self.tmp / "data", a.size_mib, a.grep_files, a.ls_files, a.zip_members, a.zip_mib)
+        log(f"data: {a.size_mib} MiB file, {a.grep_files} + {a.ls_files} small files, a {a.zip_mib} MiB zip of "
+            f"{a.zip_members} members in {self.tmp}/data ({time.monotonic() - t:.1f}s)")
+        manifest = str(self.tmp / "data" / "manifest.json")
+        # each server in its own process: the benchmark process never serves HTTP while it reads
+        # through a FUSE mount, and the servers do not share a GIL
+        self.fake = Helper("fake server", [PY, "-u", str(HELPERS / "fakeci.py"), manifest], self.tmp / "logs" / "fakeci.log")
         self.helpers.append(self.fake)
-        self.direct = self.fake.ready
+        self.files = Helper("files host", [PY, "-u", str(HELPERS / "files.py"), manifest], self.tmp / "logs" / "files.log")
+        self.helpers.append(self.files)
+        self.direct = {**self.fake.ready, **self.files.ready}
         self.proxy = Helper("proxy", [PY, "-u", str(HELPERS / "proxy.py"), f"api={self.direct['api']}",
-                                      f"storage={self.direct['storage']}"], self.tmp / "logs" / "proxy.log")
+                                      f"storage={self.direct['storage']}", f"files={self.direct['files']}"],
+                            self.tmp / "logs" / "proxy.log")
         self.helpers.append(self.proxy)
         self.proxied = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
-        # the fake's own ThreadingHTTPServer prints a traceback when a client resets a connection
-        # (aria2c does): its stderr goes to a log file, not the terminal
 
     def set_profile(self, name: str) -> None:
-        """uncapped: straight to the fake's hosts; capped: proxy with rate cap and latency;
-        latency: proxy with latency only. Sets self.api_url (what to mount / ask)."""
+        """uncapped: straight to the servers; capped: proxy with rate cap and latency; latency:
+        proxy with latency only. Sets self.api_url and self.files_url (what to mount / ask)."""
         if name == self.profile:
             return
         a = self.args
         if name == "uncapped":
             self.fake.ask({"publish": {"api": None, "storage": None}})
             self.proxy.ask({"rate": 0, "latency": 0})
-            self.api_url = self.direct["api"]
+            self.api_url, self.files_url = self.direct["api"], self.direct["files"]
         else:
             rate = a.rate_mib * MiB if name == "capped" else 0
             self.proxy.ask({"rate": rate, "latency": a.latency_ms / 1000})
-            self.fake.ask({"publish": self.proxied})
-            self.api_url = self.proxied["api"]
+            self.fake.ask({"publish": {"api": self.proxied["api"], "storage": self.proxied["storage"]}})
+            self.api_url, self.files_url = self.proxied["api"], self.proxied["files"]
         self.profile = name
 
     def api(self, path: str) -> str:
@@ -412,7 +265,7 @@ class Bench:
     # -- running commands ----------------------------------------------------------------
 
     def timed(self, argv: list[str] | str, *, cwd: Path | None = None, stdout_to_null: bool = False,
-              timeout: float | None = None, mount: Mount | None = None) -> tuple[float, str]:
+              timeout: float | None = None, mount: FuseMount | None = None) -> tuple[float, str]:
         """Run a command (a list, or a bash script), return (wall seconds, stdout)."""
         timeout = timeout or self.args.cmd_timeout
         if isinstance(argv, str):
@@ -426,7 +279,7 @@ class Bench:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill_running(mount)
-            raise Failed(f"{shlex.join(argv)[:120]}: no result within {timeout:.0f}s") from None
+            raise TimedOut(f"{shlex.join(argv)[:120]}: no result within {timeout:.0f}s", timeout) from None
         except BaseException:  # Ctrl-C, SIGTERM: the command runs in its own session, stop it here
             self.kill_running(mount)
             raise
@@ -437,7 +290,7 @@ class Bench:
             raise Failed(f"{shlex.join(argv)[:160]}: exit {proc.returncode}: {stderr.decode(errors='replace')[-500:]}")
         return elapsed, (stdout or b"").decode(errors="replace")
 
-    def kill_running(self, mount: Mount | None = None) -> None:
+    def kill_running(self, mount: FuseMount | None = None) -> None:
         """Kill the running command and everything in its session (bash, xargs, curl ...),
         and reap them: we are their subreaper, so none is left behind as a zombie."""
         proc = self.running
@@ -454,7 +307,7 @@ class Bench:
             reap_group(proc.pid, 10.0)
         proc.poll()
 
-    def check_log(self, m: Mount) -> None:
+    def check_log(self, m: FuseMount) -> None:
         text = m.log_text()
         for marker in ("Traceback", " ERROR ", " WARNING "):
             if marker in text:
@@ -463,31 +316,64 @@ class Bench:
                 break
 
     def snapshot(self) -> dict[str, float]:
-        return {"fake": self.fake.cpu(), "proxy": self.proxy.cpu()}
+        return {"fake": self.fake.cpu(), "proxy": self.proxy.cpu(), "files": self.files.cpu()}
 
-    def ciartfs_run(self, scenario: str, mount: Mount, run: Callable[[], float], *, extra: dict[str, Any] | None = None,
-                    check: Callable[[], None] | None = None) -> Sample:
-        """Time one ciartfs command on `mount`, with its CPU, peak RSS and HTTP requests; the
-        sample counts once `check` (untimed: is the output right?) has passed."""
-        self.fake.ask({"stats": True})  # clears the request log
-        proxy0 = json.loads(self.proxy.ask({"stats": True}))
+    def proxy_stats(self) -> dict[str, dict[str, int]]:
+        return json.loads(self.proxy.ask({"stats": True}))
+
+    def proxy_bytes(self) -> int:
+        """Bytes the proxy has delivered to clients so far, all upstreams."""
+        return sum(v["bytes"] for v in self.proxy_stats().values())
+
+    def limit(self, tool: str) -> float:
+        return self.args.cmd_timeout if tool == CIARTFS else self.args.peer_timeout
+
+    def mount(self, tool: str, build: int) -> FuseMount:
+        """A fresh mount (empty cache dir) of `tool`; peers mount `build`'s directory only."""
+        a = self.args
+        if tool == CIARTFS:
+            options = ["--timeout", str(a.timeout), "--memory-cache", a.memory_cache]
+            if a.block_size:
+                options += ["--block-size", a.block_size]
+            return CiartfsMount(self.tmp, self.mounts, self.env, python=PY, api_url=self.api_url, options=options,
+                                on_stop=self.check_log)
+        peer = next(p for p in self.peers if p.tool == tool)
+        return peer(self.tmp, self.mounts, self.env, url=f"{self.files_url}/{build}/")
+
+    def measure(self, scenario: str, tool: str, mount: FuseMount, run: Callable[[], float], *,
+                extra: dict[str, Any] | None = None) -> Sample:
+        """Time one command on a FUSE mount, with the filesystem's CPU and peak RSS, the requests
+        that reached the servers and the bytes the proxy delivered. The caller adds the sample
+        once it has checked the output (untimed). A peer's timeout is recorded here, as a result."""
+        self.fake.ask({"stats": True})  # clears the request counters
+        self.files.ask({"stats": True})
+        proxy0 = self.proxy_stats()
         servers0 = self.snapshot()
         cpu0 = mount.cpu()
-        seconds = run()
+        try:
+            seconds = run()
+        except TimedOut as e:
+            if tool != CIARTFS:
+                self.results.add(scenario, tool, Sample(seconds=None, timeout=e.limit))
+                self.timed_out.add((scenario, tool))
+                e.recorded = True
+            raise
         cpu1 = mount.cpu()
         servers1 = self.snapshot()
-        counts = json.loads(self.fake.ask({"stats": True}))
-        proxy1 = json.loads(self.proxy.ask({"stats": True}))
-        sample = Sample(seconds=seconds, cpu=cpu1 - cpu0, rss_mib=mount.hwm_mib(), api=counts.get("api", 0),
-                        storage=counts.get("storage", 0),
+        fake = json.loads(self.fake.ask({"stats": True}))
+        files = json.loads(self.files.ask({"stats": True}))
+        proxy1 = self.proxy_stats()
+        sample = Sample(seconds=seconds, cpu=cpu1 - cpu0, rss_mib=mount.hwm_mib(),
                         server_cpu={k: round(servers1[k] - servers0[k], 2) for k in servers0})
-        if self.profile != "uncapped":  # through the proxy: it counts the TCP connections too
-            sample["api_conns"] = proxy1["api"]["connections"] - proxy0["api"]["connections"]
-            sample["storage_conns"] = proxy1["storage"]["connections"] - proxy0["storage"]["connections"]
+        if tool == CIARTFS:
+            sample.update(api=fake.get("api", 0), storage=fake.get("storage", 0))
+        else:
+            sample.update(head=files["HEAD"], get=files["GET"])
+        if self.profile != "uncapped":  # through the proxy: it counts connections and bytes
+            for host in ("api", "storage", "files"):
+                sample[f"{host}_conns"] = proxy1[host]["connections"] - proxy0[host]["connections"]
+            sample["sent_mib"] = sum(proxy1[h]["bytes"] - proxy0[h]["bytes"] for h in proxy1) / MiB
         sample.update(extra or {})
-        if check is not None:
-            check()
-        self.results.add(scenario, "ciartfs", sample)
         return sample
 
     def attempt(self, scenario: str, tool: str, fn: Callable[[], Any]) -> Any:
@@ -499,49 +385,79 @@ class Bench:
             self.results.failures.append(msg)
             return None
 
+    def fresh(self, scenario: str, tool: str, build: int, body: Callable[[FuseMount, Path], None]) -> None:
+        """Run `body(mount, build's directory)` on a fresh, cold mount of `tool`, then stop the
+        mount. A failure is recorded as one; a peer's timeout as a result (by measure())."""
+        if (scenario, tool) in self.timed_out:
+            return
+
+        def go() -> None:
+            m = self.mount(tool, build)
+            try:
+                body(m, m.root(build))
+            except TimedOut as e:
+                if not e.recorded:
+                    raise
+                log(f"  {scenario} / {tool}: {e}: reported as > {e.limit:.0f} s, not run again")
+            finally:
+                m.stop()
+
+        self.attempt(scenario, tool, go)
+
+    def baseline(self, scenario: str, tool: str, fn: Callable[[], float], parts: list[str]) -> None:
+        """One run of a non-FUSE tool: `fn` runs it, checks its output, returns its seconds."""
+        def go() -> None:
+            b0 = self.proxy_bytes()
+            seconds = fn()
+            sample = Sample(seconds=seconds)
+            if self.profile != "uncapped":
+                sample["sent_mib"] = (self.proxy_bytes() - b0) / MiB
+            self.results.add(scenario, tool, sample)
+            parts.append(f"{log_short(tool)} {seconds:.3f}s")
+
+        self.attempt(scenario, tool, go)
+
     # -- scenarios -----------------------------------------------------------------------
 
     def cold_read(self, scenario: str, profile: str, rnd: int, *, warm: bool) -> None:
         self.set_profile(profile)
-        rel = f"{'/'.join(PROJECT)}/{BIG_BUILD}/0/big.bin"
         size = self.args.size_mib * MiB
         big_local: Path = self.data["big"]
-        parts = []
+        parts: list[str] = []
 
-        def ciartfs() -> None:
-            m = Mount(self, self.api_url)
-            try:
-                target = m.path / "github" / rel.split("/", 1)[1]
-                def same_bytes() -> None:  # untimed, first run: the bytes through the mount are the data
-                    if rnd == 0:
-                        self.timed(["cmp", str(target), str(big_local)], mount=m)
+        def body(m: FuseMount, root: Path) -> None:
+            target = str(root / BIG_PATH)
+            lim = self.limit(m.tool)
 
-                s = self.ciartfs_run(scenario, m, lambda: self.timed(["cat", str(target)], stdout_to_null=True, mount=m)[0],
-                                     check=same_bytes)
-                parts.append(f"ciartfs {s['seconds']:.2f}s")
-                if not warm:
-                    return
-                hwm_reset = m.reset_hwm()
-                w = self.ciartfs_run(WARM, m, lambda: self.timed(["cat", str(target)], stdout_to_null=True, mount=m)[0],
-                                     extra={"rss_reset": hwm_reset})
-                parts.append(f"warm {w['seconds']:.3f}s")
-            finally:
-                m.stop()
+            def cat() -> float:
+                return self.timed(["cat", target], stdout_to_null=True, mount=m, timeout=lim)[0]
 
-        self.attempt(scenario, "ciartfs", ciartfs)
+            cold = self.measure(scenario, m.tool, m, cat)
+            hot = None
+            if warm:
+                reset = m.reset_hwm()
+                hot = self.measure(WARM, m.tool, m, cat, extra={"rss_reset": reset})
+            # untimed: what the cold read fetched (and the tool kept) is the data, byte for byte
+            self.timed(["cmp", target, str(big_local)], mount=m, timeout=lim)
+            self.results.add(scenario, m.tool, cold)
+            parts.append(f"{log_short(m.tool)} {cold['seconds']:.2f}s")
+            if hot is not None:
+                self.results.add(WARM, m.tool, hot)
+                parts.append(f"warm {hot['seconds']:.3f}s")
+
+        self.fresh(scenario, CIARTFS, BIG_BUILD, body)
         if self.tools["curl"]:
-            url = self.storage_url(BIG_BUILD, "big.bin")
+            url = self.storage_url(BIG_BUILD, BIG_PATH)
 
-            def curl() -> None:
+            def curl() -> float:
                 t, out = self.timed(["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url])
-                if int(out) != size:
+                if int(out) != size:  # to /dev/null (its own speed): the byte count is the check
                     raise Failed(f"curl fetched {out} bytes, expected {size}")
-                self.results.add(scenario, CURL, Sample(seconds=t))
-                parts.append(f"curl {t:.2f}s")
+                return t
 
-            self.attempt(scenario, CURL, curl)
+            self.baseline(scenario, CURL, curl, parts)
             if self.tools["aria2c"]:
-                def aria() -> None:
+                def aria() -> float:
                     d = self.tmp / "aria2"
                     shutil.rmtree(d, ignore_errors=True)
                     d.mkdir()
@@ -550,55 +466,46 @@ class Bench:
                                            "--allow-overwrite=true", "--auto-file-renaming=false", "--check-certificate=false",
                                            "--console-log-level=error", "--summary-interval=0", "--download-result=hide",
                                            "-q", "-d", str(d), "-o", "out", url])
-                        got = (d / "out").stat().st_size
-                        if got != size:
-                            raise Failed(f"aria2c wrote {got} bytes, expected {size}")
+                        self.timed(["cmp", str(d / "out"), str(big_local)])  # untimed
                     finally:
                         shutil.rmtree(d, ignore_errors=True)
-                    self.results.add(scenario, ARIA, Sample(seconds=t))
-                    parts.append(f"aria2c {t:.2f}s")
-
-                self.attempt(scenario, ARIA, aria)
-        if warm:
-            def local() -> None:
-                if rnd == 0:
-                    self.timed(["cat", str(big_local)], stdout_to_null=True)  # into the page cache
-                t, _ = self.timed(["cat", str(big_local)], stdout_to_null=True)
-                self.results.add(WARM, LOCAL, Sample(seconds=t))
-                parts.append(f"local cat {t:.3f}s")
-
-            self.attempt(WARM, LOCAL, local)
-        log(f"  {scenario}: " + ", ".join(parts))
-
-    def grep(self, rnd: int) -> None:
-        self.set_profile("latency")
-        expected = set(self.data["needles"])
-        parts = []
-
-        def ciartfs() -> None:
-            m = Mount(self, self.api_url)
-            try:
-                root = m.path / PROJECT[0] / PROJECT[1] / PROJECT[2] / str(GREP_BUILD) / "0"
-                out: list[str] = []
-
-                def run() -> float:
-                    t, text = self.timed(["grep", "-rl", NEEDLE, str(root)], timeout=self.args.cmd_timeout, mount=m)
-                    out.append(text)
                     return t
 
-                def check() -> None:
-                    found = {os.path.relpath(line, root) for line in out[0].split("\n") if line}
-                    if found != expected:
-                        raise Failed(f"grep -rl found {sorted(found)[:5]}..., expected {sorted(expected)[:5]}...")
+                self.baseline(scenario, ARIA, aria, parts)
+        for peer in self.peers:
+            self.fresh(scenario, peer.tool, BIG_BUILD, body)
+        if warm:
+            def local() -> float:
+                if rnd == 0:
+                    self.timed(["cat", str(big_local)], stdout_to_null=True)  # into the page cache
+                return self.timed(["cat", str(big_local)], stdout_to_null=True)[0]
 
-                s = self.ciartfs_run(GREP, m, run, check=check)
-                parts.append(f"ciartfs {s['seconds']:.2f}s")
-            finally:
-                m.stop()
+            self.baseline(WARM, LOCAL, local, parts)
+        log(f"  {scenario}: " + ", ".join(parts))
 
-        self.attempt(GREP, "ciartfs", ciartfs)
+    def grep(self) -> None:
+        self.set_profile("latency")
+        expected = set(self.data["needles"])
+        parts: list[str] = []
+
+        def body(m: FuseMount, root: Path) -> None:
+            out: list[str] = []
+
+            def run() -> float:
+                t, text = self.timed(["grep", "-rl", NEEDLE, str(root)], mount=m, timeout=self.limit(m.tool))
+                out.append(text)
+                return t
+
+            s = self.measure(GREP, m.tool, m, run)
+            found = {os.path.relpath(line, root) for line in out[0].split("\n") if line}
+            if found != expected:
+                raise Failed(f"grep -rl found {sorted(found)[:5]}..., expected {sorted(expected)[:5]}...")
+            self.results.add(GREP, m.tool, s)
+            parts.append(f"{log_short(m.tool)} {s['seconds']:.2f}s")
+
+        self.fresh(GREP, CIARTFS, GREP_BUILD, body)
         if self.tools["curl"] and self.tools["xargs"]:
-            def recipe() -> None:
+            def recipe() -> float:
                 d = self.tmp / "recipe"
                 shutil.rmtree(d, ignore_errors=True)
                 d.mkdir()
@@ -617,46 +524,41 @@ class Bench:
                         raise Failed(f"recipe downloaded {files} files and found {sorted(found)[:5]}")
                 finally:
                     shutil.rmtree(d, ignore_errors=True)
-                self.results.add(GREP, RECIPE, Sample(seconds=t))
-                parts.append(f"recipe {t:.2f}s")
+                return t
 
-            self.attempt(GREP, RECIPE, recipe)
+            self.baseline(GREP, RECIPE, recipe, parts)
+        for peer in self.peers:
+            self.fresh(GREP, peer.tool, GREP_BUILD, body)
         log(f"  {GREP}: " + ", ".join(parts))
 
-    def ls(self, rnd: int) -> None:
+    def ls(self) -> None:
         self.set_profile("latency")
         sizes: dict[str, int] = self.data["ls_sizes"]
-        parts = []
+        parts: list[str] = []
 
-        def ciartfs() -> None:
-            m = Mount(self, self.api_url)
-            try:
-                d = m.path / PROJECT[0] / PROJECT[1] / PROJECT[2] / str(LS_BUILD) / "0" / "many"
-                out: list[str] = []
+        def body(m: FuseMount, root: Path) -> None:
+            out: list[str] = []
 
-                def run() -> float:
-                    t, text = self.timed(["ls", "-l", str(d)], mount=m)
-                    out.append(text)
-                    return t
+            def run() -> float:
+                t, text = self.timed(["ls", "-l", str(root / "many")], mount=m, timeout=self.limit(m.tool))
+                out.append(text)
+                return t
 
-                def check() -> None:  # every file listed, with its exact size
-                    seen = {}
-                    for line in out[0].splitlines():
-                        f = line.split()
-                        if len(f) >= 9 and f[0].startswith("-"):
-                            seen[f[-1]] = int(f[4])
-                    if seen != sizes:
-                        wrong = [n for n in sizes if seen.get(n) != sizes[n]][:3]
-                        raise Failed(f"ls -l listed {len(seen)} files; wrong or missing sizes: {wrong}")
+            s = self.measure(LS, m.tool, m, run)
+            seen = {}  # every file listed, with its exact size
+            for line in out[0].splitlines():
+                f = line.split()
+                if len(f) >= 9 and f[0].startswith("-"):
+                    seen[f[-1]] = int(f[4])
+            if seen != sizes:
+                wrong = [n for n in sizes if seen.get(n) != sizes[n]][:3]
+                raise Failed(f"ls -l listed {len(seen)} files; wrong or missing sizes: {wrong}")
+            self.results.add(LS, m.tool, s)
+            parts.append(f"{log_short(m.tool)} {s['seconds']:.2f}s")
 
-                s = self.ciartfs_run(LS, m, run, check=check)
-                parts.append(f"ciartfs {s['seconds']:.2f}s")
-            finally:
-                m.stop()
-
-        self.attempt(LS, "ciartfs", ciartfs)
+        self.fresh(LS, CIARTFS, LS_BUILD, body)
         if self.tools["curl"]:
-            def names() -> None:
+            def names() -> float:
                 url = shlex.quote(self.api(f"{LS_BUILD}/artifacts"))
                 if self.tools["jq"]:
                     script = f"curl -sf -H 'Accept: application/json' {url} | jq -r '.[].path'"
@@ -665,11 +567,62 @@ class Bench:
                 t, text = self.timed(script)
                 if len(text.splitlines()) != len(sizes):
                     raise Failed(f"listed {len(text.splitlines())} names, expected {len(sizes)}")
-                self.results.add(LS, LS_BASE, Sample(seconds=t))
-                parts.append(f"curl {t:.3f}s")
+                return t
 
-            self.attempt(LS, LS_BASE, names)
+            self.baseline(LS, LS_BASE, names, parts)
+        for peer in self.peers:
+            self.fresh(LS, peer.tool, LS_BUILD, body)
         log(f"  {LS}: " + ", ".join(parts))
+
+    def unzip(self) -> None:
+        """unzip -l on the capped link: how long, and how many bytes the servers sent, counted
+        from before mounting to after unmounting (a tool's background reads count too)."""
+        self.set_profile("capped")
+        expected: dict[str, int] = self.data["zip_sizes"]
+        parts: list[str] = []
+
+        def on_fuse(tool: str) -> None:
+            done: list[Sample] = []
+
+            def body(m: FuseMount, root: Path) -> None:
+                out: list[str] = []
+
+                def run() -> float:
+                    t, text = self.timed(["unzip", "-l", str(root / ZIP_PATH)], mount=m, timeout=self.limit(m.tool))
+                    out.append(text)
+                    return t
+
+                s = self.measure(UNZIP, m.tool, m, run)
+                check_unzip_listing(out[0], expected)
+                done.append(s)
+
+            b0 = self.proxy_bytes()
+            self.fresh(UNZIP, tool, ZIP_BUILD, body)
+            if done:  # the mount is stopped now
+                s = done[0]
+                s["sent_during_command_mib"] = s.get("sent_mib")
+                s["sent_mib"] = (self.proxy_bytes() - b0) / MiB
+                self.results.add(UNZIP, tool, s)
+                parts.append(f"{log_short(tool)} {s['seconds']:.2f}s {s['sent_mib']:.1f} MiB")
+
+        on_fuse(CIARTFS)
+        if self.tools["curl"]:
+            def recipe() -> float:
+                d = self.tmp / "unzip"
+                shutil.rmtree(d, ignore_errors=True)
+                d.mkdir()
+                try:
+                    url = shlex.quote(self.artifact_url(ZIP_BUILD, ZIP_PATH))
+                    t, text = self.timed(f"curl -sfL -o packages.zip {url}\nunzip -l packages.zip", cwd=d)
+                    check_unzip_listing(text, expected)
+                finally:
+                    shutil.rmtree(d, ignore_errors=True)
+                return t
+
+            self.baseline(UNZIP, UNZIP_BASE, recipe, parts)
+        for peer in self.peers:
+            on_fuse(peer.tool)
+        log(f"  {UNZIP}: " + ", ".join(parts))
 
     def link_check(self) -> dict[str, Any]:
         """Show the link: what the uncapped path and the proxy can carry, and that the cap
@@ -685,9 +638,10 @@ class Bench:
             return int(out[0]) / float(out[1]) / MiB, float(out[2])
 
         self.set_profile("uncapped")
-        info["direct_mib_s"] = rate(self.storage_url(BIG_BUILD, "big.bin"))[0]
+        info["direct_mib_s"] = rate(self.storage_url(BIG_BUILD, BIG_PATH))[0]
+        info["files_direct_mib_s"] = rate(f"{self.files_url}/{BIG_BUILD}/{BIG_PATH}")[0]  # not the peers' bottleneck
         self.set_profile("latency")  # the proxy without a cap: its own ceiling
-        url = self.storage_url(BIG_BUILD, "big.bin")
+        url = self.storage_url(BIG_BUILD, BIG_PATH)
         info["proxy_nocap_mib_s"], _ = rate(url)
         self.set_profile("capped")
         small = self.storage_url(LS_BUILD, "many/file-0000.txt")
@@ -695,7 +649,7 @@ class Bench:
         # 2 s worth of capped transfer, measured over the tail (after the first byte)
         rng = f"0-{min(size, 2 * self.args.rate_mib * MiB) - 1}"
         out = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-r", rng, "-w", "%{size_download} %{time_total} %{time_starttransfer}",
-                              self.storage_url(BIG_BUILD, "big.bin")], capture_output=True, text=True, timeout=60).stdout.split()
+                              self.storage_url(BIG_BUILD, BIG_PATH)], capture_output=True, text=True, timeout=60).stdout.split()
         info["capped_stream_mib_s"] = int(out[0]) / (float(out[1]) - float(out[2])) / MiB
         return info
 
@@ -706,37 +660,54 @@ class Bench:
         self.start_servers()
         missing = {t: why for t, why in (("curl", "curl is not installed (apt-get install curl)"),
                                          ("aria2c", "aria2c is not installed (apt-get install aria2)"),
-                                         ("xargs", "xargs is not installed (apt-get install findutils)"))
+                                         ("xargs", "xargs is not installed (apt-get install findutils)"),
+                                         ("unzip", "unzip is not installed (apt-get install unzip)"))
                    if not self.tools[t]}
         for label, needs in ((CURL, ("curl",)), (ARIA, ("curl", "aria2c")), (RECIPE, ("curl", "xargs")),
-                             (LS_BASE, ("curl",))):
+                             (LS_BASE, ("curl",)), (UNZIP_BASE, ("curl", "unzip"))):
             why = "; ".join(missing[t] for t in needs if t in missing)
             if why:
                 self.results.skipped[label] = why
                 log(f"note: skipping the baseline {label}: {why}")
+        for peer in PEERS:
+            if peer not in self.peers:
+                why = "--no-peers" if a.no_peers else f"{peer.binary} is not installed (apt-get install {peer.apt})"
+                self.results.skipped[peer.tool] = why
+                log(f"note: skipping the FUSE peer {peer.tool}: {why}")
+        if not self.tools["unzip"]:
+            self.results.notes.append(f"{UNZIP}: not run, for any tool: {missing['unzip']}")
         self.link = self.link_check()
         if self.link:
-            log("link: direct {direct_mib_s:.0f} MiB/s (one curl stream, no proxy); proxy without cap {proxy_nocap_mib_s:.0f} MiB/s; "
-                "capped {capped_stream_mib_s:.1f} MiB/s per stream, first byte {capped_first_byte_ms:.0f} ms".format(**self.link))
+            log("link: direct {direct_mib_s:.0f} MiB/s (fake storage, one curl stream, no proxy), files host {files_direct_mib_s:.0f} "
+                "MiB/s; proxy without cap {proxy_nocap_mib_s:.0f} MiB/s; capped {capped_stream_mib_s:.1f} MiB/s per stream, "
+                "first byte {capped_first_byte_ms:.0f} ms".format(**self.link))
         size = a.size_mib * MiB
-        self.results.scenario(COLD_UNCAPPED, nbytes=size, tools=("ciartfs", CURL, ARIA))
-        self.results.scenario(COLD_CAPPED, nbytes=size, tools=("ciartfs", CURL, ARIA))
-        self.results.scenario(WARM, nbytes=size, tools=("ciartfs", LOCAL))
-        self.results.scenario(GREP, tools=("ciartfs", RECIPE))
-        self.results.scenario(LS, tools=("ciartfs", LS_BASE))
-        started = time.monotonic()
+        peers = tuple(p.tool for p in PEERS)  # all of them: a skipped one shows as skipped
+        self.results.scenario(COLD_UNCAPPED, nbytes=size, tools=(CIARTFS, CURL, ARIA, *peers))
+        self.results.scenario(COLD_CAPPED, nbytes=size, tools=(CIARTFS, CURL, ARIA, *peers))
+        self.results.scenario(WARM, nbytes=size, tools=(CIARTFS, LOCAL, *peers))
+        self.results.scenario(GREP, tools=(CIARTFS, RECIPE, *peers))
+        self.results.scenario(LS, tools=(CIARTFS, LS_BASE, *peers))
+        self.results.scenario(UNZIP, tools=(CIARTFS, UNZIP_BASE, *peers))
+        started = last = time.monotonic()
         for rnd in range(a.runs):
-            if rnd and time.monotonic() - started > a.budget_s:
-                note = f"stopped after {rnd} of {a.runs} runs: the time budget ({a.budget_s:.0f}s) is spent"
+            now = time.monotonic()
+            # bounded: no new run unless one as long as the last one still fits the budget
+            if rnd and now - started + (now - last) > a.budget_s:
+                note = (f"stopped after {rnd} of {a.runs} runs: another run (the last took {now - last:.0f}s) would "
+                        f"not fit the time budget ({a.budget_s:.0f}s)")
                 self.results.notes.append(note)
                 log("note: " + note)
                 break
+            last = now
+            self.results.runs_done = rnd + 1
             log(f"run {rnd + 1}/{a.runs}")
             self.cold_read(COLD_UNCAPPED, "uncapped", rnd, warm=True)
             self.cold_read(COLD_CAPPED, "capped", rnd, warm=False)
-            self.grep(rnd)
-            self.ls(rnd)
-        self.elapsed = time.monotonic() - started
+            self.grep()
+            self.ls()
+            if self.tools["unzip"]:
+                self.unzip()
 
     def cleanup(self) -> None:
         """Stop everything this run started, by pid. Bounded (each stop has a timeout), and not
@@ -775,156 +746,35 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-COLD_UNCAPPED = "cold read, uncapped"
-COLD_CAPPED = "cold read, capped"
-WARM = "warm re-read"
-GREP = "grep -rl, 2000 small files"
-LS = "ls -l, 1000 artifacts"
-CURL = "curl (1 stream)"
-ARIA = "aria2c -x8 -s8"
-LOCAL = "cat local file"
-RECIPE = "docs recipe (xargs -P4 curl)"
-LS_BASE = "curl API list (names)"
-
-
-# -- report ----------------------------------------------------------------------------------
-
-def machine_info() -> dict[str, Any]:
-    def first_line(cmd: list[str]) -> str | None:
-        if not shutil.which(cmd[0]):
-            return None
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired):
-            return None
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
-    rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(), "cpu": cpu, "mem_mib": mem, "kernel": platform.release(),
-        "python": platform.python_version(), "ciartfs_rev": rev or "?",
-        "loadavg_start": os.getloadavg(),
-        "curl": first_line(["curl", "--version"]), "aria2c": first_line(["aria2c", "--version"]),
-    }
-
-
-def report(bench: Bench, info: dict[str, Any]) -> dict[str, Any]:
-    a, res = bench.args, bench.results
-    out: dict[str, Any] = {"machine": info, "settings": {
-        "size_mib": a.size_mib, "runs": a.runs, "quick": a.quick, "rate_mib_s_per_connection": a.rate_mib,
-        "latency_ms": a.latency_ms, "memory_cache": a.memory_cache, "block_size": a.block_size or "1M (default)",
-        "grep_files": a.grep_files, "ls_files": a.ls_files}, "link": getattr(bench, "link", {}),
-        "scenarios": [], "skipped": res.skipped, "failures": res.failures, "notes": res.notes,
-        "ciartfs_log_problems": bench.log_problems}
-    print()
-    print(f"ciartfs benchmark  {info['date']}  nproc={info['nproc']}  {info['cpu']}  {info['mem_mib']} MiB RAM  "
-          f"Linux {info['kernel']}  Python {info['python']}  ciartfs {info['ciartfs_rev']}")
-    print(f"file {a.size_mib} MiB; capped link {a.rate_mib:g} MiB/s per connection + {a.latency_ms:g} ms before the first "
-          f"byte; grep/ls: {a.latency_ms:g} ms, no cap; ciartfs --memory-cache {a.memory_cache} (holds the file for the "
-          f"warm re-read), --block-size {a.block_size or '1M (default)'}; median of {a.runs} run{'s' if a.runs != 1 else ''}"
-          + (" (--quick)" if a.quick else ""))
-    if out["link"]:
-        lk = out["link"]
-        print(f"link check: uncapped = the fake's storage host directly, {lk['direct_mib_s']:.0f} MiB/s on one curl stream; "
-              f"the proxy without a cap carries {lk['proxy_nocap_mib_s']:.0f} MiB/s; capped: {lk['capped_stream_mib_s']:.1f} "
-              f"MiB/s per stream, first byte after {lk['capped_first_byte_ms']:.0f} ms")
-    print()
-    head = f"{'scenario':<28} {'tool':<30} {'median s':>9} {'MiB/s':>8} {'ratio':>7}  {'n':>2}  {'ciartfs: peak RSS':>17} {'CPU s':>6}  requests"
-    print(head)
-    print("-" * len(head))
-    for scenario, tools in res.data.items():
-        meta = res.meta[scenario]
-        ref = Results.median(tools.get(meta["reference"], []), "seconds")
-        first = True
-        for tool, samples in tools.items():
-            med = Results.median(samples, "seconds")
-            row: dict[str, Any] = {"scenario": scenario, "tool": tool, "runs": len(samples),
-                                   "samples_s": [round(s["seconds"], 4) for s in samples], "median_s": med}
-            name = scenario if first else ""
-            first = False
-            if tool in res.skipped:
-                print(f"{name:<28} {tool:<30} skipped: {res.skipped[tool]}")
-                row["skipped"] = res.skipped.get(tool)
-                out["scenarios"].append(row)
-                continue
-            if med is None:
-                failed = any(f.startswith(f"{scenario} / {tool}:") for f in res.failures)
-                print(f"{name:<28} {tool:<30} {'FAILED' if failed else 'not run':>9}")
-                out["scenarios"].append(row)
-                continue
-            mibs = meta["bytes"] / MiB / med if meta["bytes"] else None
-            ratio = (med / ref) if (ref and tool != meta["reference"]) else None
-            row["mib_s"] = mibs
-            row["ratio_baseline_over_ciartfs"] = ratio
-            extra = ""
-            if tool == "ciartfs":
-                rss = Results.median(samples, "rss_mib")
-                cpu = Results.median(samples, "cpu")
-                api = Results.median(samples, "api")
-                sto = Results.median(samples, "storage")
-                api_c = Results.median(samples, "api_conns")
-                sto_c = Results.median(samples, "storage_conns")
-                row.update(peak_rss_mib=rss, cpu_s=cpu, api_requests=api, storage_requests=sto,
-                           api_connections=api_c, storage_connections=sto_c,
-                           server_cpu_s=[s.get("server_cpu") for s in samples])
-                if scenario == WARM and not all(s.get("rss_reset") for s in samples):
-                    row["note"] = "peak RSS not reset before the warm read: it includes the cold read"
-                conns = lambda c: "" if c is None else f" ({c:g} conn)"  # noqa: E731
-                extra = f"{rss:>13.0f} MiB {cpu:>6.2f}  api {api:g}{conns(api_c)}, storage {sto:g}{conns(sto_c)}"
-            print(f"{name:<28} {tool:<30} {med:>9.3f} {(f'{mibs:.1f}' if mibs else '-'):>8} "
-                  f"{(f'{ratio:.2f}' if ratio else '-'):>7}  {len(samples):>2}  {extra}")
-            out["scenarios"].append(row)
-    print()
-    print(textwrap.fill(
-        "ratio = baseline median / ciartfs median (>1: ciartfs is faster). ciartfs times include resolving the path on the "
-        "fresh mount; curl and aria2c get the presigned storage URL directly. CPU s = the ciartfs process's utime+stime "
-        "during the command; peak RSS = its VmHWM (reset before the warm re-read); requests = what reached the fake server "
-        "(conn = TCP connections opened through the proxy; the uncapped scenario bypasses it).", width=len(head)))
-    load = info.get("loadavg_start"), os.getloadavg()
-    print(f"load average (1 min) at start {load[0][0]:.2f}, at end {load[1][0]:.2f}: on a busy machine the numbers are noisy")
-    out["machine"]["loadavg_end"] = load[1]
-    for row in out["scenarios"]:
-        if row["tool"] == "ciartfs" and row.get("server_cpu_s"):
-            cpus = [c for c in row["server_cpu_s"] if c]
-            if cpus:
-                fake = statistics.median(c["fake"] for c in cpus)
-                proxy = statistics.median(c["proxy"] for c in cpus)
-                print(f"  during ciartfs {row['scenario']}: fake server CPU {fake:.2f} s, proxy CPU {proxy:.2f} s")
-    for tool, why in res.skipped.items():
-        print(f"skipped {tool}: {why}")
-    for msg in res.notes:
-        print(f"note: {msg}")
-    for msg in res.failures:
-        print(f"FAILED: {msg}")
-    for msg in bench.log_problems[:10]:
-        print(f"ciartfs log: {msg}")
-    return out
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smaller file and fewer runs (about 2 minutes)")
-    p.add_argument("--runs", type=int, help="runs per scenario and tool (default 5, --quick 2)")
-    p.add_argument("--size-mib", type=int, help="size of the large file (default 256, --quick 64)")
+    p.add_argument("--quick", action="store_true", help="smaller files, fewer runs, shorter peer timeout (about 3 minutes)")
+    p.add_argument("--runs", type=int, help="runs per scenario and tool, as many as fit the time budget "
+                                            "(default 5 in 17 minutes; --quick 2 in 4 minutes)")
+    p.add_argument("--size-mib", type=int, help="size of the large file (default 512, --quick 64)")
+    p.add_argument("--zip-mib", type=int, help="size of the zip (default 200, --quick 32)")
+    p.add_argument("--peer-timeout", type=float, help="seconds a FUSE peer's command may take (default 90, --quick 30)")
+    p.add_argument("--no-peers", action="store_true", help="leave out the FUSE peers (rclone, httpdirfs)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--rate-mib", type=float, default=25.0, help="capped scenarios: MiB/s per connection (default 25)")
     p.add_argument("--latency-ms", type=float, default=20.0, help="ms before each response's first byte (default 20)")
     p.add_argument("--memory-cache", default="1G", help="ciartfs --memory-cache (default 1G: holds the file)")
-    p.add_argument("--block-size", help="ciartfs --block-size (default: ciartfs's own, 1M)")
+    p.add_argument("--block-size", help="ciartfs --block-size (default: ciartfs's own)")
     p.add_argument("--timeout", type=float, default=30.0, help="ciartfs --timeout (default 30)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
     args = p.parse_args(argv)
     args.runs = args.runs or (2 if args.quick else 5)
-    args.size_mib = args.size_mib or (64 if args.quick else 256)
-    if args.runs < 1 or args.size_mib < 1:
-        p.error("--runs and --size-mib must be at least 1")
-    args.grep_files, args.ls_files = 2000, 1000
+    args.size_mib = args.size_mib or (64 if args.quick else 512)
+    args.zip_mib = args.zip_mib or (32 if args.quick else 200)
+    args.peer_timeout = args.peer_timeout or (30.0 if args.quick else 90.0)
+    if args.runs < 1 or args.size_mib < 1 or args.zip_mib < 1 or args.peer_timeout <= 0:
+        p.error("--runs, --size-mib, --zip-mib and --peer-timeout must be positive")
+    args.grep_files, args.ls_files, args.zip_members = 2000, 1000, 2000
     # a command that takes longer than this has failed (a 1 MiB/s link would be a failure too)
     args.cmd_timeout = 120.0 + args.size_mib / max(1.0, args.rate_mib) * 3
-    # stop starting new runs after this (the script is bounded in time)
-    args.budget_s = 90.0 if args.quick else 480.0
+    # the runs' time budget: the script is bounded in time (plus data generation, link check, report)
+    args.budget_s = 240.0 if args.quick else 1020.0
     return args
 
 
@@ -954,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         bench.cleanup()
-    out = report(bench, info)
+    out = report(args, bench.results, bench.link, bench.log_problems, info)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")

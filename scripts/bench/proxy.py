@@ -1,6 +1,6 @@
 """A small HTTP/1.1 reverse proxy that shapes a link: per-connection bandwidth cap and a delay
 before each response's first byte. Used by scripts/bench.py in front of the fake CircleCI's
-API host and its storage host.
+API host and its storage host, and of the static files host the FUSE peers mount.
 
     python proxy.py NAME=http://127.0.0.1:PORT [NAME=...]
 

@@ -1,0 +1,296 @@
+"""The benchmark's results: samples per scenario and tool, the printed table, the issue's
+targets (each: measured, met / NOT met), and the same as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import MiB
+from bench.mounts import PEERS
+from ciartfs.config import Settings, parse_size
+
+REPO = Path(__file__).resolve().parents[2]
+
+# scenarios (print order is the order Bench.run declares them)
+COLD_UNCAPPED = "cold read, uncapped"
+COLD_CAPPED = "cold read, capped"
+WARM = "warm re-read"
+GREP = "grep -rl, 2000 small files"
+LS = "ls -l, 1000 artifacts"
+UNZIP = "unzip -l, 2000-member zip"
+# tools other than the FUSE mounts (whose labels are in bench/mounts.py)
+CIARTFS = "ciartfs"
+CURL = "curl (1 stream)"
+ARIA = "aria2c -x8 -s8"
+LOCAL = "cat local file"
+RECIPE = "docs recipe (xargs -P4 curl)"
+LS_BASE = "curl API list (names)"
+UNZIP_BASE = "curl, then unzip -l"
+
+
+class Sample(dict):  # seconds (None: timed out after `timeout` s), plus resource figures for FUSE runs
+    pass
+
+
+class Results:
+    def __init__(self) -> None:
+        # scenario -> tool -> list of samples; insertion order is print order
+        self.data: dict[str, dict[str, list[Sample]]] = {}
+        self.meta: dict[str, dict[str, Any]] = {}  # scenario -> {"bytes": n, "reference": tool}
+        self.skipped: dict[str, str] = {}  # tool -> why
+        self.failures: list[str] = []
+        self.notes: list[str] = []
+        self.runs_done = 0  # rounds over all scenarios started (the time budget may stop them early)
+
+    def scenario(self, name: str, reference: str = CIARTFS, nbytes: int | None = None, tools: tuple[str, ...] = ()) -> None:
+        self.data.setdefault(name, {t: [] for t in tools})
+        self.meta[name] = {"bytes": nbytes, "reference": reference}
+
+    def add(self, scenario: str, tool: str, sample: Sample) -> None:
+        self.data[scenario].setdefault(tool, []).append(sample)
+
+    @staticmethod
+    def median(samples: list[Sample], key: str) -> float | None:
+        values = [s[key] for s in samples if s.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    @staticmethod
+    def time_median(samples: list[Sample]) -> tuple[float | None, bool]:
+        """(median seconds, is it only a lower bound). A timed-out run counts as infinitely
+        slow; when that makes the median infinite, the median with the time limit in its
+        place is returned as a lower bound ("> N s")."""
+        if not samples:
+            return None, False
+        med = statistics.median([math.inf if s.get("seconds") is None else s["seconds"] for s in samples])
+        if math.isinf(med):
+            return statistics.median([s["timeout"] if s.get("seconds") is None else s["seconds"] for s in samples]), True
+        return med, False
+
+    def ratio(self, scenario: str, tool: str) -> tuple[float | None, bool]:
+        """Baseline median / ciartfs median (>1: ciartfs faster), and whether it is a lower bound."""
+        tools = self.data.get(scenario, {})
+        ref, _ = self.time_median(tools.get(self.meta[scenario]["reference"], []))
+        med, bound = self.time_median(tools.get(tool, []))
+        if not ref or med is None:
+            return None, False
+        return med / ref, bound
+
+
+# -- the issue's targets -------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    text: str
+    measured: str
+    status: str  # "met", "NOT met", "n/a: why"
+    value: float | None = None
+    need: str = ""
+
+
+def _ratio_target(res: Results, text: str, scenario: str, tool: str, threshold: float, strict: bool = False) -> Target:
+    need = f"{'>' if strict else '>='} {threshold:.3g}"
+    if tool in res.skipped:
+        return Target(text, "-", f"n/a: {tool} skipped", None, need)
+    r, bound = res.ratio(scenario, tool)
+    if r is None:
+        return Target(text, "-", "n/a: no result", None, need)
+    ok = r > threshold if strict else r >= threshold
+    measured = f"{'> ' if bound else ''}{r:.2f}"
+    if bound and not ok:  # the peer timed out, ciartfs was not fast enough to tell
+        return Target(text, measured, "n/a: peer timed out", r, need)
+    return Target(text, measured, "met" if ok else "NOT met", r, need)
+
+
+def targets(res: Results, memory_cache: str) -> list[Target]:
+    peers = [p.tool for p in PEERS]
+    out = [_ratio_target(res, "capped cold read >= 4x faster than curl", COLD_CAPPED, CURL, 4),
+           _ratio_target(res, "capped cold read within 1.5x of aria2c's time", COLD_CAPPED, ARIA, 1 / 1.5)]
+    out += [_ratio_target(res, f"capped cold read ahead of {p}", COLD_CAPPED, p, 1, strict=True) for p in peers]
+    out.append(_ratio_target(res, "warm re-read >= 0.5x the speed of local cat", WARM, LOCAL, 0.5))
+    out += [_ratio_target(res, f"warm re-read ahead of {p}", WARM, p, 1, strict=True) for p in peers]
+    out.append(_ratio_target(res, "grep -rl >= 3x faster than the docs recipe", GREP, RECIPE, 3))
+    out += [_ratio_target(res, f"ls -l >= 4x faster than {p}", LS, p, 4) for p in peers]
+    sent = Results.median(res.data.get(UNZIP, {}).get(CIARTFS, []), "sent_mib")
+    out.append(Target("unzip -l: < 1 MiB sent by the server", "-" if sent is None else f"{sent:.2f} MiB",
+                      "n/a: no result" if sent is None else "met" if sent < 1 else "NOT met", sent, "< 1 MiB"))
+    out.append(_ratio_target(res, f"unzip -l no slower than {peers[0]}", UNZIP, peers[0], 1))
+    limit = parse_size(memory_cache) / MiB + 100
+    worst = max(((s["rss_mib"], scenario) for scenario, tools in res.data.items()
+                 for s in tools.get(CIARTFS, []) if s.get("rss_mib")), default=None)
+    text = f"ciartfs peak RSS <= memory cache ({memory_cache}) + 100 MiB, every run"
+    if worst is None:
+        out.append(Target(text, "-", "n/a: no result", None, f"<= {limit:.0f} MiB"))
+    else:
+        out.append(Target(text, f"max {worst[0]:.0f} MiB ({worst[1]})", "met" if worst[0] <= limit else "NOT met",
+                          worst[0], f"<= {limit:.0f} MiB"))
+    return out
+
+
+# -- the printed report -----------------------------------------------------------------------
+
+def machine_info() -> dict[str, Any]:
+    def first_line(cmd: list[str]) -> str | None:
+        if not shutil.which(cmd[0]):
+            return None
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (proc.stdout or proc.stderr).splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return None
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
+    rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(), "cpu": cpu, "mem_mib": mem, "kernel": platform.release(),
+        "python": platform.python_version(), "ciartfs_rev": rev or "?",
+        "loadavg_start": os.getloadavg(),
+        "curl": first_line(["curl", "--version"]), "aria2c": first_line(["aria2c", "--version"]),
+        "rclone": first_line(["rclone", "version"]), "httpdirfs": first_line(["httpdirfs", "--version"]),
+        "unzip": first_line(["unzip", "-v"]),
+    }
+
+
+def _fuse_columns(tool: str, samples: list[Sample], row: dict[str, Any]) -> str:
+    """peak RSS, CPU s and requests of a FUSE tool's runs (medians), for the table and the JSON."""
+    rss = Results.median(samples, "rss_mib")
+    cpu = Results.median(samples, "cpu")
+    if rss is None or cpu is None:
+        return ""
+    row.update(peak_rss_mib=rss, cpu_s=cpu, server_cpu_s=[s.get("server_cpu") for s in samples])
+
+    def conns(key: str) -> str:
+        c = Results.median(samples, key)
+        row[key] = c
+        return "" if c is None else f" ({c:g} conn)"
+
+    if tool == CIARTFS:
+        api, sto = Results.median(samples, "api"), Results.median(samples, "storage")
+        row.update(api_requests=api, storage_requests=sto)
+        requests = f"api {api:g}{conns('api_conns')}, storage {sto:g}{conns('storage_conns')}"
+    else:
+        head, get = Results.median(samples, "head"), Results.median(samples, "get")
+        row.update(head_requests=head, get_requests=get)
+        requests = f"HEAD {head:g}, GET {get:g}{conns('files_conns')}"
+    return f"{rss:>7.0f} MiB {cpu:>6.2f}  {requests}"
+
+
+def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_problems: list[str],
+           info: dict[str, Any]) -> dict[str, Any]:
+    a = args
+    block = a.block_size or f"{Settings.block_size // 1024}K (ciartfs default)"
+    out: dict[str, Any] = {"machine": info, "settings": {
+        "size_mib": a.size_mib, "runs": a.runs, "runs_done": res.runs_done, "quick": a.quick, "rate_mib_s_per_connection": a.rate_mib,
+        "latency_ms": a.latency_ms, "memory_cache": a.memory_cache, "block_size": block,
+        "grep_files": a.grep_files, "ls_files": a.ls_files, "zip_members": a.zip_members, "zip_mib": a.zip_mib,
+        "peer_timeout_s": a.peer_timeout}, "link": link,
+        "scenarios": [], "targets": [], "skipped": res.skipped, "failures": res.failures, "notes": res.notes,
+        "ciartfs_log_problems": log_problems}
+    print()
+    print(f"ciartfs benchmark  {info['date']}  nproc={info['nproc']}  {info['cpu']}  {info['mem_mib']} MiB RAM  "
+          f"Linux {info['kernel']}  Python {info['python']}  ciartfs {info['ciartfs_rev']}")
+    print(f"file {a.size_mib} MiB; zip {a.zip_mib} MiB of {a.zip_members} members; capped link {a.rate_mib:g} MiB/s per "
+          f"connection + {a.latency_ms:g} ms before the first byte (cold read capped, unzip -l); grep/ls: {a.latency_ms:g} ms, "
+          f"no cap; ciartfs --memory-cache {a.memory_cache} (holds the file for the warm re-read), --block-size {block}; "
+          f"median of {res.runs_done} run{'s' if res.runs_done != 1 else ''}"
+          + (f" (of {a.runs} asked)" if res.runs_done != a.runs else "") + (" (--quick)" if a.quick else "")
+          + f"; FUSE peers get {a.peer_timeout:g} s per command")
+    if link:
+        print(f"link check: uncapped = the servers directly: fake storage {link['direct_mib_s']:.0f} MiB/s, files host "
+              f"{link.get('files_direct_mib_s', 0):.0f} MiB/s on one curl stream; the proxy without a cap carries "
+              f"{link['proxy_nocap_mib_s']:.0f} MiB/s; capped: {link['capped_stream_mib_s']:.1f} MiB/s per stream, first byte "
+              f"after {link['capped_first_byte_ms']:.0f} ms")
+    print()
+    head = (f"{'scenario':<26} {'tool':<28} {'median s':>9} {'MiB/s':>8} {'ratio':>7} {'n':>2} {'MiB sent':>9}  "
+            f"{'FUSE: peak RSS':>14} {'CPU s':>6}  requests")
+    print(head)
+    print("-" * len(head))
+    for scenario, tools in res.data.items():
+        meta = res.meta[scenario]
+        first = True
+        for tool, samples in tools.items():
+            med, bound = Results.time_median(samples)
+            row: dict[str, Any] = {"scenario": scenario, "tool": tool, "runs": len(samples), "median_s": med,
+                                   "median_is_lower_bound": bound,
+                                   "samples_s": [None if s.get("seconds") is None else round(s["seconds"], 4) for s in samples]}
+            name = scenario if first else ""
+            first = False
+            if tool in res.skipped:
+                print(f"{name:<26} {tool:<28} skipped: {res.skipped[tool]}")
+                row["skipped"] = res.skipped[tool]
+                out["scenarios"].append(row)
+                continue
+            if med is None:
+                failed = any(f.startswith(f"{scenario} / {tool}:") for f in res.failures)
+                print(f"{name:<26} {tool:<28} {'FAILED' if failed else 'not run':>9}")
+                out["scenarios"].append(row)
+                continue
+            mibs = meta["bytes"] / MiB / med if meta["bytes"] else None
+            ratio, rbound = res.ratio(scenario, tool) if tool != meta["reference"] else (None, False)
+            sent = Results.median(samples, "sent_mib")
+            row.update(mib_s=mibs, ratio_baseline_over_ciartfs=ratio, sent_mib=sent)
+            extra = _fuse_columns(tool, samples, row) if any(s.get("cpu") is not None for s in samples) else ""
+            if scenario == WARM and tool != LOCAL and not all(s.get("rss_reset") for s in samples if s.get("seconds")):
+                row["note"] = "peak RSS not reset before the warm read: it includes the cold read"
+            gt = "> " if bound else ""
+            mib_text = "-" if not mibs else f"{'< ' if bound else ''}{mibs:.1f}"
+            ratio_text = "-" if not ratio else f"{'> ' if rbound else ''}{ratio:.2f}"
+            print(f"{name:<26} {tool:<28} {gt + f'{med:.3f}':>9} {mib_text:>8} {ratio_text:>7} {len(samples):>2} "
+                  f"{'-' if sent is None else f'{sent:.1f}':>9}  {extra}")
+            out["scenarios"].append(row)
+    width = len(head)
+    print()
+    print(textwrap.fill(
+        "ratio = baseline median / ciartfs median (>1: ciartfs is faster); '> N' = timed out after N s (a FUSE peer's "
+        "command; not run again). ciartfs times include resolving the path on the fresh mount; curl and aria2c get the "
+        "presigned storage URL directly. MiB sent = what the proxy delivered (all hosts; the uncapped scenario bypasses "
+        "it); for unzip -l, from mounting to unmounting (background reads included). FUSE columns: peak RSS = VmHWM "
+        "(reset before the warm re-read), CPU s = utime+stime during the command, requests = what reached the servers "
+        "(ciartfs: the fake's API and storage hosts; peers: the files host), conn = TCP connections opened through the "
+        "proxy during the command.",
+        width=width))
+    print()
+    tgt = targets(res, a.memory_cache)
+    tw, mw, nw = (max(len(x) for x in col) for col in zip(*((t.text, t.measured, t.need) for t in tgt)))
+    print(f"{'targets (the issue)':<{tw}}  {'measured':>{mw}}  {'need':>{nw}}  status")
+    print("-" * (tw + mw + nw + 14))
+    for t in tgt:
+        print(f"{t.text:<{tw}}  {t.measured:>{mw}}  {t.need:>{nw}}  {t.status}")
+        out["targets"].append({"target": t.text, "measured": t.measured, "value": t.value, "need": t.need, "status": t.status})
+    print("(ratios as in the table: baseline time / ciartfs time)")
+    print()
+    load = info.get("loadavg_start"), os.getloadavg()
+    print(f"load average (1 min) at start {load[0][0]:.2f}, at end {load[1][0]:.2f}: on a busy machine the numbers are noisy")
+    out["machine"]["loadavg_end"] = load[1]
+    by_scenario: dict[str, list[str]] = {}
+    keys = ("fake", "proxy", "files")  # Bench.snapshot()
+    for row in out["scenarios"]:  # the servers are not the bottleneck: their CPU during the FUSE runs
+        cpus = [c for c in row.get("server_cpu_s") or [] if c]
+        if cpus:
+            by_scenario.setdefault(row["scenario"], []).append(
+                f"{row['tool'].split()[0]} " + "/".join(f"{statistics.median(c[k] for c in cpus):.2f}" for k in keys))
+    if by_scenario:
+        print(f"server CPU s ({'/'.join(keys)}) during the FUSE runs (medians):")
+        for scenario, parts in by_scenario.items():
+            print(f"  {scenario}: {', '.join(parts)}")
+    for tool, why in res.skipped.items():
+        print(f"skipped {tool}: {why}")
+    for msg in res.notes:
+        print(f"note: {msg}")
+    for msg in res.failures:
+        print(f"FAILED: {msg}")
+    for msg in log_problems[:10]:
+        print(f"ciartfs log: {msg}")
+    return out
