@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 MiB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -40,3 +43,15 @@ def proc_hwm_kib(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return 0
+
+
+def serve_commands(ready: dict[str, Any], answer: Callable[[dict[str, Any]], str]) -> None:
+    """A helper process's side of the protocol: one `READY {json}` line, then one answer line
+    per JSON command read from stdin, until stdin closes (the benchmark exiting)."""
+    print("READY " + json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        try:
+            reply = answer(json.loads(line))
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            reply = f"error: {e}"
+        print(reply, flush=True)

@@ -24,8 +24,10 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from ciartfs.fakeserver import FakeCI
+from common import serve_commands  # run as a script: scripts/bench/ is on sys.path
 
 
 class BenchCI(FakeCI):
@@ -56,25 +58,20 @@ def main(manifest_path: str) -> None:
             build.add_artifact(path, Path(local).read_bytes())
     fake.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    def answer(cmd: dict[str, Any]) -> str:
+        if "publish" in cmd:
+            fake.published = {k: v for k, v in cmd["publish"].items() if v}
+            return "ok"
+        if cmd.get("stats"):
+            counts = {"api": 0, "storage": 0}
+            for r in fake.requests:
+                counts[r.server] = counts.get(r.server, 0) + 1
+            fake.clear_requests()
+            return json.dumps(counts)
+        return "error: unknown command"
+
     try:
-        print("READY " + json.dumps({"api": fake.own_url("api"), "storage": fake.own_url("storage")}), flush=True)
-        for line in sys.stdin:
-            try:
-                cmd = json.loads(line)
-                if "publish" in cmd:
-                    fake.published = {k: v for k, v in cmd["publish"].items() if v}
-                    answer = "ok"
-                elif cmd.get("stats"):
-                    counts = {"api": 0, "storage": 0}
-                    for r in fake.requests:
-                        counts[r.server] = counts.get(r.server, 0) + 1
-                    fake.clear_requests()
-                    answer = json.dumps(counts)
-                else:
-                    answer = "error: unknown command"
-            except (ValueError, TypeError, AttributeError) as e:
-                answer = f"error: {e}"
-            print(answer, flush=True)
+        serve_commands({"api": fake.own_url("api"), "storage": fake.own_url("storage")}, answer)
     finally:
         fake.stop()
 

@@ -36,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from common import serve_commands  # run as a script: scripts/bench/ is on sys.path
+
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -175,20 +177,15 @@ class Handler(BaseHTTPRequestHandler):
 def main(manifest_path: str) -> None:
     server = Server(Tree(json.loads(Path(manifest_path).read_text())))
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    def answer(cmd: dict[str, Any]) -> str:
+        if not cmd.get("stats"):
+            return "error: unknown command"
+        with server.lock:
+            counts, server.counts = server.counts, {"HEAD": 0, "GET": 0, "bytes": 0}
+        return json.dumps(counts)
+
     try:
-        print("READY " + json.dumps({"files": f"http://127.0.0.1:{server.server_address[1]}"}), flush=True)
-        for line in sys.stdin:
-            try:
-                cmd = json.loads(line)
-                if cmd.get("stats"):
-                    with server.lock:
-                        answer = json.dumps(server.counts)
-                        server.counts = {"HEAD": 0, "GET": 0, "bytes": 0}
-                else:
-                    answer = "error: unknown command"
-            except (ValueError, TypeError, AttributeError) as e:
-                answer = f"error: {e}"
-            print(answer, flush=True)
+        serve_commands({"files": f"http://127.0.0.1:{server.server_address[1]}"}, answer)
     finally:
         server.shutdown()
         server.server_close()
