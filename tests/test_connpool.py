@@ -1,27 +1,47 @@
-"""Tier 1: the connection pool against a real HTTP/1.1 server on loopback that counts the
-TCP connections it accepts: keep-alive reuse, the per-origin bound, and no slot or socket
-lost to a request that timed out."""
+"""Tier 1: the HTTP/1.1 transport and its pool against a real server on loopback that counts
+the TCP connections it accepts: keep-alive reuse, the per-origin bound, no slot or socket lost
+to a request that timed out, the body framings servers use (Content-Length, chunked, ended by
+closing), connections a server closes or leaves out of step, and TLS with certificates checked."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
+import time
 
 import pytest
 import trio
+import trustme
 
-from ciartfs.errors import UpstreamTimeout
+from ciartfs.connpool import PoolPerOrigin
+from ciartfs.errors import UpstreamError, UpstreamTimeout
 from ciartfs.http import HttpClient
 
 BODY = b"0123456789"
+JSON_CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"6\r\n{\"a\": \r\n3\r\n[1]\r\n1\r\n}\r\n0\r\n\r\n")
+PARTIAL = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/10\r\nContent-Length: 4\r\n"
+# path -> (raw answer, what the server does next): "keep" the connection, "close" it
+SCRIPTS: dict[bytes, tuple[bytes, str]] = {
+    b"/chunked": (JSON_CHUNKED, "keep"),
+    b"/until-close": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"b\": 2}", "close"),
+    b"/conn-close": (PARTIAL + b"Connection: close\r\n\r\n" + BODY[:4], "keep"),
+    b"/then-close": (PARTIAL + b"\r\n" + BODY[:4], "close"),
+    b"/extra": (PARTIAL + b"\r\n" + BODY[:4] + b"JUNK", "keep"),
+    b"/short": (PARTIAL + b"\r\n" + BODY[:2], "close"),
+    b"/huge-head": (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * (200 << 10) + b"\r\n\r\n", "close"),
+}
 
 
 class CountingServer:
-    """Answers GET /hang never, any other GET with a 206 of BODY's first 4 bytes; keep-alive."""
+    """Answers GET /hang never, the paths in SCRIPTS as scripted, any other GET with a 206 of
+    BODY's first 4 bytes; keep-alive. With `tls`, over TLS with that context."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.sock.getsockname()[1]}"
         self.accepted = 0
         self.open_now = 0
         self.peak_open = 0
@@ -43,6 +63,8 @@ class CountingServer:
     def _serve(self, conn: socket.socket) -> None:
         buf = b""
         try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             while True:
                 while b"\r\n\r\n" not in buf:
                     chunk = conn.recv(65536)
@@ -50,12 +72,19 @@ class CountingServer:
                         return
                     buf += chunk
                 head, _, buf = buf.partition(b"\r\n\r\n")
-                if head.split(b" ")[1] == b"/hang":
+                path = head.split(b" ")[1]
+                if path == b"/hang":
                     conn.recv(1)  # until the client gives up and closes
                     return
+                if path in SCRIPTS:
+                    answer, then = SCRIPTS[path]
+                    conn.sendall(answer)
+                    if then == "close":
+                        return
+                    continue
                 conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/10\r\n"
                              b"Content-Length: 4\r\n\r\n" + BODY[:4])
-        except OSError:
+        except (OSError, ssl.SSLError):
             pass
         finally:
             conn.close()
@@ -114,3 +143,88 @@ async def test_a_request_that_times_out_gives_back_its_slot(server):
     finally:
         await client.aclose()
     assert server.accepted == 2
+
+
+async def test_chunked_and_close_delimited_bodies(server):
+    client = HttpClient(timeout=5)
+    try:
+        assert await client.get_json(server.url + "/chunked") == {"a": [1]}
+        assert await client.get_json(server.url + "/chunked") == {"a": [1]}
+        assert server.accepted == 1  # a chunked body read to its end leaves the connection reusable
+        assert await client.get_json(server.url + "/until-close") == {"b": 2}
+        assert (await client.get_range(server.url + "/a", 0, 4)).data == BODY[:4]
+    finally:
+        await client.aclose()
+    assert server.accepted == 2 and client.requests_made == 4
+
+
+async def test_connections_the_server_closes_are_not_reused(server):
+    client = HttpClient(timeout=5)
+    try:
+        # "Connection: close", and a close with no notice after an answer: the next request
+        # goes out on a new connection at once (no failed attempt, no retry)
+        for path in ("/conn-close", "/then-close", "/then-close", "/a"):
+            assert (await client.get_range(server.url + path, 0, 4)).data == BODY[:4]
+            time.sleep(0.05)  # the server's close has reached us before the next request
+    finally:
+        await client.aclose()
+    assert client.requests_made == 4 and server.accepted == 4  # each answer above ended its connection
+
+
+async def test_bytes_beyond_the_body_retire_the_connection(server):
+    client = HttpClient(timeout=5)
+    try:
+        assert (await client.get_range(server.url + "/extra", 0, 4)).data == BODY[:4]
+        # the "JUNK" must not be read as the start of the next answer
+        assert (await client.get_range(server.url + "/a", 0, 4)).data == BODY[:4]
+    finally:
+        await client.aclose()
+    assert client.requests_made == 2 and server.accepted == 2
+
+
+@pytest.mark.parametrize("path", ["/short", "/huge-head"])
+async def test_broken_answers_are_errors_not_data(server, path):
+    client = HttpClient(timeout=1.5)
+    try:
+        with pytest.raises((UpstreamError, UpstreamTimeout)):
+            await client.get_range(server.url + path, 0, 4)
+        assert client.requests_made >= 2  # retried, each time on a fresh connection
+        assert server.accepted == client.requests_made
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def tls_server():
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    s = CountingServer(tls=server_ctx)
+    try:
+        yield s, ca
+    finally:
+        s.close()
+
+
+async def test_tls_with_a_trusted_certificate(tls_server):
+    server, ca = tls_server
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client = HttpClient(timeout=5, transport=PoolPerOrigin(max_per_origin=4, ssl_context=client_ctx))
+    try:
+        for _ in range(3):
+            assert (await client.get_range(server.url + "/a", 0, 4)).data == BODY[:4]
+        assert await client.get_json(server.url + "/chunked") == {"a": [1]}
+    finally:
+        await client.aclose()
+    assert server.accepted == 1
+
+
+async def test_tls_certificates_are_verified(tls_server):
+    server, _ = tls_server
+    client = HttpClient(timeout=1.5)  # the system's CAs, which never signed the test CA
+    try:
+        with pytest.raises(UpstreamError, match="connection failed"):
+            await client.get_range(server.url + "/a", 0, 4)
+    finally:
+        await client.aclose()
