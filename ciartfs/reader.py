@@ -127,6 +127,11 @@ class Reader:
             if raw is not None and raw.isdigit():
                 self._sizes[art.key] = int(raw)
                 return int(raw)
+        if self.disk is not None and self.disk.might_have(self._block_key(art, 0, None)):
+            await self._block(art, 0, None)  # from disk: a short block 0 gives the size
+            known = self._sizes.get(art.key)
+            if known is not None:
+                return known
         if self._tail_first(art):
             await self._sizing.run(("tail", art.key), lambda: self._probe_tail(art))
         else:
@@ -175,7 +180,9 @@ class Reader:
             raise UpstreamError(f"{redact_url(art.url)}: size changed from {previous} to {total} bytes")
         if previous != total:
             self._sizes[art.key] = total
-            if self.disk is not None and art.immutable:
+            # A file shorter than a block is cached whole as block 0, whose length is then its
+            # size: no size record (half the disk files for a build of small artifacts).
+            if self.disk is not None and art.immutable and not 0 < total < self.block_size:
                 self._write_behind("size|" + art.key, str(total).encode())
 
     async def error_reason(self, art: Artifact) -> str:
@@ -278,6 +285,8 @@ class Reader:
             if data is not None:
                 self.stats.disk_hits += 1
                 self.memory.put(key, data)
+                if index == 0 and len(data) < self.block_size:
+                    self._sizes.setdefault(art.key, len(data))  # the whole file (see _remember_size)
                 return data
         self.stats.misses += 1
         self.stats.requests += 1
