@@ -119,7 +119,8 @@ class _Exchange:
             assert isinstance(event, h11.Response)
             break
         names = [name for name, _ in event.headers]
-        if b"content-length" in names and b"transfer-encoding" not in names:
+        # 204 and 304 never have a body, whatever Content-Length says: h11 knows that rule
+        if b"content-length" in names and b"transfer-encoding" not in names and event.status_code not in (204, 304):
             # h11 has checked the value (digits, repeated values agree)
             declared = next(v for n, v in event.headers if n == b"content-length")
             length = int(declared.split(b",")[0])

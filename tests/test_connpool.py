@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 
+import httpx
 import pytest
 import trio
 import trustme
@@ -30,6 +31,7 @@ SCRIPTS: dict[bytes, tuple[bytes, str]] = {
     b"/then-close": (PARTIAL + b"\r\n" + BODY[:4], "close"),
     b"/extra": (PARTIAL + b"\r\n" + BODY[:4] + b"JUNK", "keep"),
     b"/short": (PARTIAL + b"\r\n" + BODY[:2], "close"),
+    b"/not-modified": (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", "keep"),
     b"/huge-head": (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * (200 << 10) + b"\r\n\r\n", "close"),
 }
 
@@ -228,3 +230,17 @@ async def test_tls_certificates_are_verified(tls_server):
             await client.get_range(server.url + "/a", 0, 4)
     finally:
         await client.aclose()
+
+
+async def test_a_304_has_no_body_whatever_its_content_length(server):
+    pool = PoolPerOrigin(max_per_origin=2)  # the transport itself: HttpClient never reads a 304's body
+    try:
+        for _ in range(2):
+            with trio.fail_after(2):  # not a wait for 10 bytes that never come
+                response = await pool.handle_async_request(httpx.Request("GET", server.url + "/not-modified"))
+                assert response.status_code == 304
+                assert [chunk async for chunk in response.stream] == []
+                await response.aclose()
+    finally:
+        await pool.aclose()
+    assert server.accepted == 1  # read whole, the connection stays in step
