@@ -161,7 +161,8 @@ class _Exchange:
 
 
 class _Origin:
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, key: tuple[bytes, bytes, int | None], max_connections: int) -> None:
+        self.key = key
         self.slots = trio.Semaphore(max_connections)
         self.idle: list[_Connection] = []
 
@@ -188,7 +189,7 @@ class _Body(httpx.AsyncByteStream):
             else:  # unread or broken: the rest of the body would arrive on the next request
                 await exchange.conn.aclose()
         finally:
-            self._origin.slots.release()
+            self._pool._release(self._origin)
 
 
 class PoolPerOrigin(httpx.AsyncBaseTransport):
@@ -206,6 +207,13 @@ class PoolPerOrigin(httpx.AsyncBaseTransport):
         if self._ssl is None:
             self._ssl = httpx.create_ssl_context()  # certificates verified, as httpx does by default
         return self._ssl
+
+    def _release(self, origin: _Origin) -> None:
+        origin.slots.release()
+        if origin.slots.value == self.max_per_origin and not origin.idle:
+            # nobody holds or awaits a slot and nothing is pooled: forget the origin, so that
+            # a long-lived mount reading from many hosts does not keep one entry per host
+            self._origins.pop(origin.key, None)
 
     async def _take_idle(self, origin: _Origin) -> _Connection | None:
         now = trio.current_time()
@@ -250,7 +258,7 @@ class PoolPerOrigin(httpx.AsyncBaseTransport):
         key = (url.raw_scheme, url.raw_host, url.port)
         origin = self._origins.get(key)
         if origin is None:
-            origin = self._origins[key] = _Origin(self.max_per_origin)
+            origin = self._origins[key] = _Origin(key, self.max_per_origin)
         await origin.slots.acquire()
         conn: _Connection | None = None
         try:
@@ -270,7 +278,7 @@ class PoolPerOrigin(httpx.AsyncBaseTransport):
         except BaseException:
             if conn is not None:
                 await conn.aclose()
-            origin.slots.release()
+            self._release(origin)
             raise
         return httpx.Response(status_code=response.status_code, headers=response.headers.raw_items(),
                               stream=_Body(self, origin, exchange))

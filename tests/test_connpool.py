@@ -244,3 +244,20 @@ async def test_a_304_has_no_body_whatever_its_content_length(server):
     finally:
         await pool.aclose()
     assert server.accepted == 1  # read whole, the connection stays in step
+
+
+async def test_origins_without_connections_are_forgotten(server):
+    pool = PoolPerOrigin(max_per_origin=2)
+    client = HttpClient(timeout=5, transport=pool)
+    try:
+        assert (await client.get_range(server.url + "/a", 0, 4)).data == BODY[:4]
+        assert len(pool._origins) == 1  # its connection is pooled
+        other = CountingServer()
+        try:
+            for _ in range(2):
+                assert (await client.get_range(other.url + "/conn-close", 0, 4)).data == BODY[:4]
+        finally:
+            other.close()
+        assert len(pool._origins) == 1  # nothing left of the other host: its entry is gone
+    finally:
+        await client.aclose()
