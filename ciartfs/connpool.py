@@ -33,6 +33,8 @@ import trio
 READ_SIZE = 1 << 20
 # Reads while waiting for a head: most answers (redirects, small artifacts) fit whole.
 HEAD_READ_SIZE = 64 << 10
+# Longest wait to close a connection politely (TLS close_notify) before just closing it.
+CLOSE_TIMEOUT = 1.0
 # Response heads larger than this are refused (S3 presigned redirects are a few KiB).
 MAX_HEAD_BYTES = 100 << 10
 
@@ -76,11 +78,14 @@ class _Connection:
             raise httpx.ReadError(f"reading the answer: {e}") from None
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):  # a socket must not leak because its task was cancelled
+        # Shielded: a socket must not leak because its task was cancelled. Bounded: TLS sends
+        # close_notify, which must not wait forever on a peer that stopped reading.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
             try:
                 await self.stream.aclose()
             except Exception:
                 pass
+        self.socket.close()  # a no-op when aclose got that far
 
 
 class _Exchange:

@@ -261,3 +261,18 @@ async def test_origins_without_connections_are_forgotten(server):
         assert len(pool._origins) == 1  # nothing left of the other host: its entry is gone
     finally:
         await client.aclose()
+
+
+async def test_a_tls_request_that_times_out_is_closed_within_its_deadline(tls_server):
+    server, ca = tls_server
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client = HttpClient(timeout=0.5, transport=PoolPerOrigin(max_per_origin=1, ssl_context=client_ctx))
+    try:
+        with trio.fail_after(3), pytest.raises(UpstreamTimeout):
+            await client.get_range(server.url + "/hang", 0, 4)
+        with trio.fail_after(3):
+            assert (await client.get_range(server.url + "/a", 0, 4)).data == BODY[:4]
+    finally:
+        await client.aclose()
+    assert server.accepted == 2
