@@ -179,9 +179,8 @@ class _Body(httpx.AsyncByteStream):
         self._pool, self._origin, self._exchange = pool, origin, exchange
         self._closed = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._exchange.body():
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._exchange.body()
 
     async def aclose(self) -> None:
         if self._closed:

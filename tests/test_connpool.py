@@ -201,17 +201,17 @@ def tls_server():
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()  # what a client trusting the test CA uses
+    ca.configure_trust(client_ctx)
     s = CountingServer(tls=server_ctx)
     try:
-        yield s, ca
+        yield s, client_ctx
     finally:
         s.close()
 
 
 async def test_tls_with_a_trusted_certificate(tls_server):
-    server, ca = tls_server
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server, client_ctx = tls_server
     client = HttpClient(timeout=5, transport=PoolPerOrigin(max_per_origin=4, ssl_context=client_ctx))
     try:
         for _ in range(3):
@@ -264,9 +264,7 @@ async def test_origins_without_connections_are_forgotten(server):
 
 
 async def test_a_tls_request_that_times_out_is_closed_within_its_deadline(tls_server):
-    server, ca = tls_server
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server, client_ctx = tls_server
     client = HttpClient(timeout=0.5, transport=PoolPerOrigin(max_per_origin=1, ssl_context=client_ctx))
     try:
         with trio.fail_after(3), pytest.raises(UpstreamTimeout):
