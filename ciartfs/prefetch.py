@@ -94,11 +94,14 @@ def prefetch(paths: list[str], jobs: int = 8, terminal: bool | None = None) -> i
     print(f"{len(files)} files, {skipped} already cached; fetching {len(todo)} ({total} bytes)", flush=True)
     progress = _Progress(total, len(todo), terminal)
     failures: list[str] = []
+    # Ctrl-C: running reads stop after their current chunk. (Cancelling the pool's futures
+    # only drops files not started, and the interpreter waits for its threads at exit.)
+    stop = threading.Event()
 
     def fetch(path: str) -> None:
         try:
             with open(path, "rb", buffering=0) as f:
-                while chunk := f.read(CHUNK):
+                while not stop.is_set() and (chunk := f.read(CHUNK)):
                     progress.add(len(chunk))
         except OSError as e:
             failures.append(f"{path}: {e.strerror}")
@@ -109,6 +112,7 @@ def prefetch(paths: list[str], jobs: int = 8, terminal: bool | None = None) -> i
         for future in [pool.submit(fetch, p) for p, _ in todo]:
             future.result()
     except KeyboardInterrupt:
+        stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
         progress.close()
         print(f"\ninterrupted: {progress.files_done} of {len(todo)} files done; run again to resume", flush=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -300,6 +302,41 @@ def test_prefetch_fills_the_cache_and_resumes(cli, demo_fake, tmp_path):
     assert not [r for r in demo_fake.requests if r.server == "storage"], "nothing fetched twice"
     bad = cli.run("prefetch", str(tmp_path))
     assert bad.returncode != 0 and "not on a ciartfs mount" in bad.stderr
+    assert cli.run("unmount", str(mp)).returncode == 0
+
+
+def test_prefetch_stops_promptly_on_ctrl_c_and_resumes(cli, demo_fake, tmp_path):
+    require_fuse()
+    big = {f"part{i}.bin": random.Random(i).randbytes(96 << 20) for i in range(2)}
+    build = demo_fake.add_project("github", "acme", "huge").add_build(build_num=1)
+    for name, data in big.items():
+        build.add_artifact(name, data)
+    mp = cli.mountpoint()
+    assert cli.run("mount", str(mp), *cli.settings()).returncode == 0
+    top = mp / "github/acme/huge/1/0"
+    assert sorted(os.listdir(top)) == sorted(big)
+    demo_fake.faults.storage_latency = 1.0  # a file now takes over 10 s (16 requests in flight)
+    proc = subprocess.Popen([sys.executable, "-m", "ciartfs", "prefetch", "-j", "2", str(top)],
+                            env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli.pids.append(proc.pid)
+    try:
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Files being read stop after their current chunk (one request away), not at their end
+    assert proc.returncode == 130 and "interrupted: 0 of 2 files done" in out, out
+    assert waited < 3.5, f"Ctrl-C took {waited:.1f}s"
+    demo_fake.faults.storage_latency = 0.0
+    again = cli.run("prefetch", str(top))
+    assert again.returncode == 0 and "done:" in again.stdout, again.stdout + again.stderr
+    for name, data in big.items():  # what was cut short and resumed reads back exact
+        assert hashlib.sha256((top / name).read_bytes()).digest() == hashlib.sha256(data).digest(), name
     assert cli.run("unmount", str(mp)).returncode == 0
 
 

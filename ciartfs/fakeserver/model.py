@@ -99,6 +99,7 @@ class Faults:
     storage_hang: bool = False
     api_hang: bool = False
     api_latency: float = 0.0  # seconds before each API answer (a far-away API host)
+    storage_latency: float = 0.0  # seconds before each storage answer (a slow link)
     ignore_range: bool = False
     storage_statuses: list[int] = dataclasses.field(default_factory=list)
     # Each storage GET fails with 503 with this probability (seeded: runs are repeatable).

@@ -392,6 +392,8 @@ class FakeCI:
         if method != "GET":
             raise _s3_error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
         self._hang("storage_hang")
+        if self.faults.storage_latency:
+            self._stopping.wait(self.faults.storage_latency)
         status = self._pop_status("storage_statuses")
         if status is None and self.faults.storage_failure_rate:
             with self._lock:
