@@ -21,6 +21,7 @@ caller's deadline covers the wait), at most `max_idle` idle connections in all.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 
@@ -43,6 +44,13 @@ def _limit(request: httpx.Request, key: str) -> float | None:
     return request.extensions.get("timeout", {}).get(key)
 
 
+def _deadline(timeout: float | None) -> contextlib.AbstractContextManager[object]:
+    """A timeout for one socket operation, when the request names one. HttpClient names none
+    (one deadline bounds each whole call), and a cancel scope per operation is a measurable
+    share of a small GET's CPU."""
+    return contextlib.nullcontext() if timeout is None else trio.fail_after(timeout)
+
+
 class _Connection:
     __slots__ = ("stream", "socket", "idle_since")
 
@@ -51,16 +59,10 @@ class _Connection:
         self.socket = socket
         self.idle_since = 0.0
 
-    # Per-operation timeouts apply only when the request names them: HttpClient bounds each
-    # whole call by one deadline instead, and a cancel scope per socket operation is a
-    # measurable share of a small GET's CPU.
     async def send_all(self, data: bytes, timeout: float | None) -> None:
         try:
-            if timeout is None:
+            with _deadline(timeout):
                 await self.stream.send_all(data)
-            else:
-                with trio.fail_after(timeout):
-                    await self.stream.send_all(data)
         except trio.TooSlowError:
             raise httpx.WriteTimeout("timed out sending the request") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
@@ -68,9 +70,7 @@ class _Connection:
 
     async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
         try:
-            if timeout is None:
-                return await self.stream.receive_some(max_bytes)
-            with trio.fail_after(timeout):
+            with _deadline(timeout):
                 return await self.stream.receive_some(max_bytes)
         except trio.TooSlowError:
             raise httpx.ReadTimeout("timed out waiting for the server") from None
@@ -235,15 +235,14 @@ class PoolPerOrigin(httpx.AsyncBaseTransport):
             origin.idle.append(conn)
             self._idle_count += 1
         else:
-            # no await here (aclose may run in a cancelled scope): dropping the reference
-            # closes the socket
+            # not pooled: closed at once, without awaiting (we may be in a cancelled scope)
             conn.socket.close()
 
     async def _connect(self, url: httpx.URL, timeout: float | None) -> _Connection:
         host = url.host
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            with trio.fail_after(float("inf") if timeout is None else timeout):
+            with _deadline(timeout):
                 tcp = await trio.open_tcp_stream(host, port)
                 stream: trio.abc.Stream = tcp
                 if url.scheme == "https":
