@@ -127,15 +127,11 @@ class Reader:
             if raw is not None and raw.isdigit():
                 self._sizes[art.key] = int(raw)
                 return int(raw)
-        if self.disk is not None and self.disk.might_have(self._block_key(art, 0, None)):
-            await self._block(art, 0, None)  # from disk: a short block 0 gives the size
-            known = self._sizes.get(art.key)
-            if known is not None:
-                return known
-        if self._tail_first(art):
+        block0_on_disk = self.disk is not None and self.disk.might_have(self._block_key(art, 0, None))
+        if self._tail_first(art) and not block0_on_disk:
             await self._sizing.run(("tail", art.key), lambda: self._probe_tail(art))
         else:
-            await self._block(art, 0, None)
+            await self._block(art, 0, None)  # from disk, a short block 0 is the whole file: its size
         known = self._sizes.get(art.key)
         if known is None:  # block 0 came from disk but its size record did not
             known = await self._probe_mutable(art)
