@@ -5,9 +5,14 @@
 
 Self-contained and local: it generates seeded data in a temp dir, serves it with the bundled
 fake CircleCI (in its own process, scripts/bench/fakeci.py) and, for the FUSE peers, as plain
-files with an HTML autoindex (scripts/bench/files.py), both behind a small link-shaping proxy
-(scripts/bench/proxy.py: a per-connection bandwidth cap and a delay before each response's
-first byte; it counts the bytes it delivers), and runs each scenario several times against
+files with an HTML autoindex (scripts/bench/files.py), both behind a link-shaping proxy that
+adds a delay before each response's first byte, caps each connection's bandwidth and counts the
+bytes it delivers. The capped scenarios use our own relay (scripts/bench/proxy.py: a token
+bucket per connection): nginx's `limit_rate` grants each request its first second at full speed
+(rate x (elapsed + 1)), so ranged requests under 25 MiB would not be capped at all. The
+latency-only scenarios (grep, ls: thousands of small requests) use nginx with the echo module's
+`echo_sleep` (scripts/bench/nginx.py), as the issue did, when it is installed: on 2 shared cores
+proxy.py's per-request CPU competed with the filesystem it measured. It runs each scenario several times against
 ciartfs and the baselines, interleaved, printing medians, ratios (baseline time / ciartfs
 time: >1 means ciartfs is faster) and the issue's targets, met or not. Every server binds
 127.0.0.1. Everything it starts (mounts, servers, commands) is stopped by pid in `finally`,
@@ -30,8 +35,8 @@ on the files host. A peer's command gets --peer-timeout seconds (default 90): a 
 reported as "> N s" and that scenario is not run again for that peer.
 
 Wants these Debian packages (a missing tool is skipped with a note; the script installs
-nothing): fuse3 (needed), curl, aria2, jq, unzip, rclone, httpdirfs.
-    apt-get install -y fuse3 curl aria2 jq unzip rclone httpdirfs
+nothing): fuse3 (needed), curl, aria2, jq, unzip, rclone, httpdirfs, nginx and libnginx-mod-http-echo.
+    apt-get install -y fuse3 curl aria2 jq unzip rclone httpdirfs nginx libnginx-mod-http-echo
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ except ImportError:
     sys.exit("bench: ciartfs is not importable; run ./scripts/setup.sh, then .venv/bin/python scripts/bench.py")
 
 # scripts/bench/ (a package: found before this file for `import bench`)
-from bench.common import MiB, Failed, TimedOut, log, proc_cpu  # noqa: E402
+from bench.common import MiB, Failed, TimedOut, log, nginx_shaper_available, proc_tree_cpu  # noqa: E402
 from bench.data import BIG_BUILD, BIG_PATH, GREP_BUILD, LS_BUILD, NEEDLE, PROJECT, ZIP_BUILD, ZIP_PATH, generate  # noqa: E402
 from bench.mounts import PEERS, CiartfsMount, FuseMount, PeerMount  # noqa: E402
 from bench.report import (ARIA, CIARTFS, COLD_CAPPED, COLD_UNCAPPED, CURL, GREP, LOCAL, LS, LS_BASE, RECIPE,  # noqa: E402
@@ -116,7 +121,7 @@ class Helper:
         return answer
 
     def cpu(self) -> float:
-        return proc_cpu(self.proc.pid)
+        return proc_tree_cpu(self.proc.pid)
 
     def log_tail(self) -> str:
         try:
@@ -224,11 +229,17 @@ class Bench:
         self.files = Helper("files host", [PY, "-u", str(HELPERS / "files.py"), manifest], self.tmp / "logs" / "files.log")
         self.helpers.append(self.files)
         self.direct = {**self.fake.ready, **self.files.ready}
-        self.proxy = Helper("proxy", [PY, "-u", str(HELPERS / "proxy.py"), f"api={self.direct['api']}",
-                                      f"storage={self.direct['storage']}", f"files={self.direct['files']}"],
-                            self.tmp / "logs" / "proxy.log")
-        self.helpers.append(self.proxy)
-        self.proxied = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
+        upstreams = [f"api={self.direct['api']}", f"storage={self.direct['storage']}", f"files={self.direct['files']}"]
+        self.capped_proxy = Helper("proxy", [PY, "-u", str(HELPERS / "proxy.py"), *upstreams], self.tmp / "logs" / "proxy.log")
+        self.helpers.append(self.capped_proxy)
+        self.latency_proxy = self.capped_proxy
+        if nginx_shaper_available():
+            self.latency_proxy = Helper("nginx", [PY, "-u", str(HELPERS / "nginx.py"), *upstreams], self.tmp / "logs" / "nginx.log")
+            self.helpers.append(self.latency_proxy)
+        else:
+            log("note: nginx with its echo module is not installed (apt-get install nginx libnginx-mod-http-echo): "
+                "grep and ls go through scripts/bench/proxy.py, whose CPU competes with the filesystem's on 2 cores")
+        self.proxy = self.capped_proxy  # the one in use (set_profile)
 
     def set_profile(self, name: str) -> None:
         """uncapped: straight to the servers; capped: proxy with rate cap and latency; latency:
@@ -238,13 +249,14 @@ class Bench:
         a = self.args
         if name == "uncapped":
             self.fake.ask({"publish": {"api": None, "storage": None}})
-            self.proxy.ask({"rate": 0, "latency": 0})
             self.api_url, self.files_url = self.direct["api"], self.direct["files"]
         else:
+            self.proxy = self.capped_proxy if name == "capped" else self.latency_proxy
             rate = a.rate_mib * MiB if name == "capped" else 0
             self.proxy.ask({"rate": rate, "latency": a.latency_ms / 1000})
-            self.fake.ask({"publish": {"api": self.proxied["api"], "storage": self.proxied["storage"]}})
-            self.api_url, self.files_url = self.proxied["api"], self.proxied["files"]
+            proxied = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
+            self.fake.ask({"publish": {"api": proxied["api"], "storage": proxied["storage"]}})
+            self.api_url, self.files_url = proxied["api"], proxied["files"]
         self.profile = name
 
     def api(self, path: str) -> str:
@@ -627,7 +639,7 @@ class Bench:
     def link_check(self) -> dict[str, Any]:
         """Show the link: what the uncapped path and the proxy can carry, and that the cap
         and the latency are what they claim."""
-        info: dict[str, Any] = {}
+        info: dict[str, Any] = {"latency_shaper": self.latency_proxy.name}
         if not self.tools["curl"]:
             return info
         size = self.args.size_mib * MiB
@@ -640,7 +652,7 @@ class Bench:
         self.set_profile("uncapped")
         info["direct_mib_s"] = rate(self.storage_url(BIG_BUILD, BIG_PATH))[0]
         info["files_direct_mib_s"] = rate(f"{self.files_url}/{BIG_BUILD}/{BIG_PATH}")[0]  # not the peers' bottleneck
-        self.set_profile("latency")  # the proxy without a cap: its own ceiling
+        self.set_profile("latency")  # the latency-only proxy: its own ceiling
         url = self.storage_url(BIG_BUILD, BIG_PATH)
         info["proxy_nocap_mib_s"], _ = rate(url)
         self.set_profile("capped")
@@ -677,9 +689,9 @@ class Bench:
         if not self.tools["unzip"]:
             self.results.notes.append(f"{UNZIP}: not run, for any tool: {missing['unzip']}")
         self.link = self.link_check()
-        if self.link:
+        if "capped_stream_mib_s" in self.link:
             log("link: direct {direct_mib_s:.0f} MiB/s (fake storage, one curl stream, no proxy), files host {files_direct_mib_s:.0f} "
-                "MiB/s; proxy without cap {proxy_nocap_mib_s:.0f} MiB/s; capped {capped_stream_mib_s:.1f} MiB/s per stream, "
+                "MiB/s; latency-only proxy ({latency_shaper}) {proxy_nocap_mib_s:.0f} MiB/s; capped {capped_stream_mib_s:.1f} MiB/s per stream, "
                 "first byte {capped_first_byte_ms:.0f} ms".format(**self.link))
         size = a.size_mib * MiB
         peers = tuple(p.tool for p in PEERS)  # all of them: a skipped one shows as skipped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,32 @@ def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and all its descendants, including exited children it has
+    reaped (a helper that runs nginx: its workers, and the old ones a reload replaced)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+    return total / CLK_TCK
+
+
+NGINX_ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+
+
+def nginx_shaper_available() -> bool:
+    """nginx with the echo module (Debian: nginx libnginx-mod-http-echo), for bench/nginx.py."""
+    return shutil.which("nginx") is not None and os.path.exists(NGINX_ECHO_MODULE)
 
 
 def proc_hwm_kib(pid: int) -> int:

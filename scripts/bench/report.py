@@ -207,9 +207,9 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
           f"median of {res.runs_done} run{'s' if res.runs_done != 1 else ''}"
           + (f" (of {a.runs} asked)" if res.runs_done != a.runs else "") + (" (--quick)" if a.quick else "")
           + f"; FUSE peers get {a.peer_timeout:g} s per command")
-    if link:
+    if "capped_stream_mib_s" in link:
         print(f"link check: uncapped = the servers directly: fake storage {link['direct_mib_s']:.0f} MiB/s, files host "
-              f"{link.get('files_direct_mib_s', 0):.0f} MiB/s on one curl stream; the proxy without a cap carries "
+              f"{link.get('files_direct_mib_s', 0):.0f} MiB/s on one curl stream; the latency-only proxy ({link.get('latency_shaper', '?')}) carries "
               f"{link['proxy_nocap_mib_s']:.0f} MiB/s; capped: {link['capped_stream_mib_s']:.1f} MiB/s per stream, first byte "
               f"after {link['capped_first_byte_ms']:.0f} ms")
     print()
