@@ -6,7 +6,9 @@ through a FUSE mount.
 
 The manifest names one project and its builds: {"project": [vcs, user, repo], "builds":
 [{"num": N, "stop_time": ISO, "artifacts": [[path, local_file], ...]}]}. Prints one line
-`READY {"api": URL, "storage": URL}` (the fake's own hosts) once serving, then reads JSON
+`READY {"api": URL, "storage": URL, "blob_root": DIR}` (the fake's own hosts, and a directory
+where blob/<id>, the path of a presigned storage URL, is a symlink to the artifact's file, for
+a static server to stand in for the storage host) once serving, then reads JSON
 commands on stdin, one per line, each answered with one line:
 
     {"publish": {"api": URL|null, "storage": URL|null}}  -> ok
@@ -49,13 +51,18 @@ class BenchCI(FakeCI):
 
 def main(manifest_path: str) -> None:
     manifest = json.loads(Path(manifest_path).read_text())
+    blob_root = Path(manifest_path).with_name("blobs")
+    (blob_root / "blob").mkdir(parents=True, exist_ok=True)
     fake = BenchCI()
     fake.published = {}
     project = fake.add_project(*manifest["project"])
     for spec in manifest["builds"]:
         build = project.add_build(spec["num"], stop_time=spec["stop_time"])
         for path, local in spec["artifacts"]:
-            build.add_artifact(path, Path(local).read_bytes())
+            artifact = build.add_artifact(path, Path(local).read_bytes())
+            link = blob_root / "blob" / str(artifact.blob_id)
+            link.unlink(missing_ok=True)
+            link.symlink_to(Path(local).resolve())
     fake.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     def answer(cmd: dict[str, Any]) -> str:
@@ -71,7 +78,7 @@ def main(manifest_path: str) -> None:
         return "error: unknown command"
 
     try:
-        serve_commands({"api": fake.own_url("api"), "storage": fake.own_url("storage")}, answer)
+        serve_commands({"api": fake.own_url("api"), "storage": fake.own_url("storage"), "blob_root": str(blob_root)}, answer)
     finally:
         fake.stop()
 

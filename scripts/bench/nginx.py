@@ -7,7 +7,11 @@ A rate cap is supported (`limit_rate`) but not used by the benchmark: nginx lets
 send its first second's worth at full speed (limit = rate x (elapsed + 1)), so a ranged request
 under `rate` bytes is not capped at all. proxy.py's token bucket per connection is the capped link.
 
-    python nginx.py NAME=http://127.0.0.1:PORT [NAME=...]
+    python nginx.py NAME=http://127.0.0.1:PORT|NAME=dir:/PATH [NAME=...]
+
+An http upstream is proxied to; a dir: upstream is served as static files (Range, 206, 416),
+standing in for S3 behind the fake CircleCI's presigned redirects: the issue's "artifact
+server", with the fake API pointing at it.
 
 Same protocol as proxy.py: prints `READY {"NAME": port, ...}`, then answers JSON commands on
 stdin, one line each:
@@ -48,7 +52,7 @@ def _free_port() -> int:
 
 class Nginx:
     def __init__(self, upstreams: dict[str, str], workdir: Path) -> None:
-        self.upstreams = {name: url.split("://", 1)[-1].rstrip("/") for name, url in upstreams.items()}
+        self.upstreams = upstreams
         self.ports = {name: _free_port() for name in upstreams}
         self.dir = workdir
         self.conf = workdir / "nginx.conf"
@@ -70,11 +74,17 @@ class Nginx:
         rate = int(self.rate)
         servers = []
         for name, port in self.ports.items():
-            relay = f"limit_rate {rate}; proxy_pass http://up_{name};"
+            target = self.upstreams[name]
+            if target.startswith("dir:"):
+                relay = f"limit_rate {rate}; root {target[4:]};"
+                upstream = ""
+            else:
+                relay = f"limit_rate {rate}; proxy_pass http://up_{name};"
+                upstream = f"upstream up_{name} {{ server {target.split('://', 1)[-1].rstrip('/')}; keepalive 256; }}"
             # echo_sleep then an internal redirect: the delay comes before the first byte
             entry = f"echo_sleep {self.latency:.3f}; echo_exec @upstream;" if self.latency > 0 else relay
             servers.append(f"""
-    upstream up_{name} {{ server {self.upstreams[name]}; keepalive 256; }}
+    {upstream}
     server {{
         listen 127.0.0.1:{port} backlog=512;
         location = {STATUS_PATH} {{ access_log off; return 200 "{self.generation}"; }}

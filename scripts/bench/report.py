@@ -258,7 +258,8 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
         "presigned storage URL directly. MiB sent = what the proxy delivered (all hosts; the uncapped scenario bypasses "
         "it); for unzip -l, from mounting to unmounting (background reads included). FUSE columns: peak RSS = VmHWM "
         "(reset before the warm re-read), CPU s = utime+stime during the command, requests = what reached the servers "
-        "(ciartfs: the fake's API and storage hosts; peers: the files host), conn = TCP connections opened through the "
+        "(ciartfs: the API host and the storage host, which is nginx's static files in grep and ls when nginx is "
+        "installed; peers: the files host), conn = TCP connections opened through the "
         "proxy during the command.",
         width=width))
     print()
