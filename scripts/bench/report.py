@@ -79,6 +79,8 @@ class Results:
 
     def ratio(self, scenario: str, tool: str) -> tuple[float | None, bool]:
         """Baseline median / ciartfs median (>1: ciartfs faster), and whether it is a lower bound."""
+        if scenario not in self.meta:  # interrupted before the scenarios were set up
+            return None, False
         tools = self.data.get(scenario, {})
         ref, _ = self.time_median(tools.get(self.meta[scenario]["reference"], []))
         med, bound = self.time_median(tools.get(tool, []))
