@@ -214,10 +214,38 @@ class PoolPerOrigin(httpx.AsyncBaseTransport):
 
     def _release(self, origin: _Origin) -> None:
         origin.slots.release()
-        if origin.slots.value == self.max_per_origin and not origin.idle:
+        self._forget_if_unused(origin)
+
+    def _forget_if_unused(self, origin: _Origin) -> None:
+        if origin.slots.value == self.max_per_origin and not origin.idle and self._origins.get(origin.key) is origin:
             # nobody holds or awaits a slot and nothing is pooled: forget the origin, so that
             # a long-lived mount reading from many hosts does not keep one entry per host
             self._origins.pop(origin.key, None)
+
+    async def close_expired(self) -> int:
+        """Close idle connections past their keep-alive expiry (or closed by their server), and
+        forget origins left empty; returns how many were closed. Reuse only ever checks the
+        newest idle connection of an origin that is asked again, so without this sweep a host
+        never revisited (a presigned storage host, a build's region) keeps its sockets open,
+        half-closed by the server, until unmount."""
+        now = trio.current_time()
+        closed = 0
+        for origin in list(self._origins.values()):
+            # oldest first; reuse pops from the end, so the expired ones are at the front
+            while origin.idle and (now - origin.idle[0].idle_since >= self.keepalive_expiry
+                                   or origin.idle[0].socket.is_readable()):
+                conn = origin.idle.pop(0)
+                self._idle_count -= 1
+                closed += 1
+                await conn.aclose()
+            self._forget_if_unused(origin)
+        return closed
+
+    async def close_expired_forever(self) -> None:
+        """Sweep with `close_expired` every keep-alive period, until cancelled (unmount)."""
+        while True:
+            await trio.sleep(self.keepalive_expiry)
+            await self.close_expired()
 
     async def _take_idle(self, origin: _Origin) -> _Connection | None:
         now = trio.current_time()

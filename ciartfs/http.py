@@ -171,6 +171,11 @@ class HttpClient:
     async def aclose(self) -> None:
         await self._transport.aclose()
 
+    async def close_idle_forever(self) -> None:
+        """Background work for a long-lived client: close idle connections as they expire."""
+        if isinstance(self._transport, PoolPerOrigin):
+            await self._transport.close_expired_forever()
+
     # -- public API -------------------------------------------------------------------------
 
     async def get_json(self, url: str, params: Mapping[str, str | int] | None = None, *,

@@ -117,6 +117,7 @@ async def _main(mount: Mount, on_ready: Callable[[], None] | None) -> None:
             mount.reader.start(nursery)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(_publish_status, mount)
+            nursery.start_soon(mount.http.close_idle_forever)
             if on_ready is not None:
                 on_ready()
             await pyfuse3.main()

@@ -274,3 +274,32 @@ async def test_a_tls_request_that_times_out_is_closed_within_its_deadline(tls_se
     finally:
         await client.aclose()
     assert server.accepted == 2
+
+
+async def test_idle_connections_are_closed_when_expired_or_closed_by_the_server(server):
+    pool = PoolPerOrigin(max_per_origin=4, keepalive_expiry=0.5)
+    client = HttpClient(timeout=5, transport=pool)
+    try:
+        async with trio.open_nursery() as nursery:  # at once: three connections
+            for _ in range(3):
+                nursery.start_soon(client.get_range, server.url + "/a", 0, 4)
+        assert server.accepted == 3 and pool._idle_count == 3
+        assert await pool.close_expired() == 0  # fresh and open: kept for reuse
+        assert server.open_now == 3
+        await trio.sleep(0.6)
+        assert await pool.close_expired() == 3
+        assert pool._idle_count == 0 and not pool._origins  # the host is forgotten too
+        with trio.fail_after(3):  # the server sees every socket closed
+            while server.open_now:
+                await trio.sleep(0.01)
+        # a connection the server closed goes at once, well before its expiry
+        pool.keepalive_expiry = 60
+        assert (await client.get_range(server.url + "/then-close", 0, 4)).data == BODY[:4]
+        assert pool._idle_count == 1
+        with trio.fail_after(3):
+            while server.open_now:
+                await trio.sleep(0.01)
+        assert await pool.close_expired() == 1
+        assert pool._idle_count == 0
+    finally:
+        await client.aclose()
