@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import cachetools
 import httpx
 import trio
 
@@ -59,6 +60,9 @@ BACKOFF_CAP = 4.0
 # A resolved redirect target (presigned URL) is reused for ranged reads until it fails or
 # gets this old; presigned URLs commonly live 15-60 minutes.
 REDIRECT_TARGET_MAX_AGE = 600.0
+# At most this many are remembered (least recently used dropped): a long-lived mount reads
+# from ever more artifacts, and a presigned URL is a few hundred bytes.
+REDIRECT_TARGETS_KEPT = 20_000
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Redirect bodies up to this size are read to the end so their connection can be reused.
 DRAIN_LIMIT = 64 << 10
@@ -165,7 +169,9 @@ class HttpClient:
         # cookies, auth and redirect hooks, none of which we use) cost a fifth of the CPU of a
         # small ranged GET. We follow redirects ourselves and never send cookies.
         self._transport = transport or PoolPerOrigin(max_per_origin=max_connections)
-        self._targets: dict[str, tuple[str, float]] = {}
+        # artifact URL -> its resolved redirect target, until that fails or gets too old
+        self._targets: cachetools.TTLCache[str, str] = cachetools.TTLCache(
+            REDIRECT_TARGETS_KEPT, REDIRECT_TARGET_MAX_AGE, timer=time.monotonic)
         self.requests_made = 0
 
     async def aclose(self) -> None:
@@ -339,9 +345,9 @@ class HttpClient:
     async def _range_once(self, url: str, start: int, length: int) -> RangeReply:
         """One attempt at bytes [start, start+length), or at the last `length` bytes when
         start is -1 (a suffix range)."""
-        cached = self._targets.get(url)
-        use_target = cached is not None and time.monotonic() - cached[1] < REDIRECT_TARGET_MAX_AGE
-        fetch_url = cached[0] if use_target and cached else url
+        target = self._targets.get(url)
+        use_target = target is not None
+        fetch_url = target or url
         async with self._open(fetch_url, accept="*/*", byte_range=f"{start}-{start + length - 1}" if start >= 0 else f"-{length}",
                               first_hop_credentials=not use_target) as (resp, final, redirected):
             status = resp.status_code
@@ -360,7 +366,7 @@ class HttpClient:
             if status in (401, 403):
                 raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)")
             if redirected:
-                self._targets[url] = (final, time.monotonic())
+                self._targets[url] = final
             encoding = resp.headers.get("content-encoding", "").strip().lower() or None
             if encoding == "identity":
                 encoding = None
@@ -446,9 +452,9 @@ class HttpClient:
         return RangeReply(start, bytes(kept), total)
 
     async def _whole_once(self, url: str, consume: Callable[[AsyncIterator[bytes], str | None], Awaitable[T]]) -> T:
-        cached = self._targets.get(url)
-        use_target = cached is not None and time.monotonic() - cached[1] < REDIRECT_TARGET_MAX_AGE
-        fetch_url = cached[0] if use_target and cached else url
+        target = self._targets.get(url)
+        use_target = target is not None
+        fetch_url = target or url
         async with self._open(fetch_url, accept="*/*", byte_range=None,
                               first_hop_credentials=not use_target) as (resp, final, redirected):
             status = resp.status_code
