@@ -92,6 +92,7 @@ class Mount:
             "stats": {**dataclasses.asdict(self.reader.stats), "http_requests": self.http.requests_made,
                       "api_calls_saved": self.docs.api_calls_saved},
             "memory_bytes": self.memory.bytes_used,
+            "inodes": len(self.tree.nodes),  # follows what the kernel holds (see tree.py)
             "disk_bytes": disk_bytes,
             "errors": dict(self.ops.errors),
         }

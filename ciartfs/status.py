@@ -88,7 +88,7 @@ def format_status(doc: dict[str, Any]) -> str:
         lines.append(f"  Taskcluster:    {s['taskcluster_root_url']}" + ("  (credentials set)" if s["taskcluster_credentials"] else ""))
     lines += [
         f"  cache:          {s['cache_dir']}  disk {human(doc['disk_bytes'])} of {human(s['cache_size'])}, "
-        f"memory {human(doc['memory_bytes'])} of {human(s['memory_cache'])}",
+        f"memory {human(doc['memory_bytes'])} of {human(s['memory_cache'])}; {doc.get('inodes', 0)} inodes",
         f"  requests:       {st['http_requests']}  (fetched {human(st['bytes_fetched'])}, served {human(st['bytes_served'])})",
         f"  block reads:    {reads}  hit ratio {hit_ratio:.0%}  (memory {st['memory_hits']}, disk {st['disk_hits']}, "
         f"network {st['misses']})",

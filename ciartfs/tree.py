@@ -5,6 +5,11 @@ this module turns them into `Node`s with stable inode numbers, refreshes mutable
 after their TTL, tracks the kernel's lookup counts, and learns file sizes (through an
 injected `sizer`) before an entry is shown, because readdirplus and lookup need exact sizes.
 
+Memory follows the kernel's: once the kernel has forgotten every inode in a directory's
+subtree (its own included), the directory drops its children and listing, to be listed again
+(from the API documents the disk cache keeps) if it is visited again. So a long-lived mount
+holds what the kernel holds, not every build it ever showed.
+
 Artifact paths come from the network: `place_artifacts` is the one place that decides how
 they become file names (rules in its docstring, also in the README).
 """
@@ -128,6 +133,8 @@ class Node:
     size: int | None = None
     info: Mapping[str, str] = dataclasses.field(default_factory=dict)
     lookups: int = 0
+    # nodes in this subtree (this one included) the kernel holds a reference to
+    pinned: int = 0
     attached: bool = True
     children: dict[str, Node] = dataclasses.field(default_factory=dict)
     listing: list[str] | None = None  # names from the last list(), in order
@@ -153,7 +160,7 @@ class Tree:
     def __init__(self, root: DirSource, sizer: Sizer, *, now: Callable[[], float] = time.time) -> None:
         self._sizer = sizer
         self._next_inode = ROOT_INODE + 1
-        self.root = Node(ROOT_INODE, "", Kind.DIR, None, now(), False, source=root, lookups=1)
+        self.root = Node(ROOT_INODE, "", Kind.DIR, None, now(), False, source=root, lookups=1, pinned=1)
         self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._refresh: SingleFlight[None] = SingleFlight()
 
@@ -167,15 +174,50 @@ class Tree:
 
     def remember(self, node: Node) -> None:
         """The kernel now holds one more reference (a lookup or readdirplus entry)."""
+        if node.lookups == 0:
+            self._pin(node, 1)
         node.lookups += 1
 
     def forget(self, inode: int, count: int) -> None:
         node = self.nodes.get(inode)
-        if node is None or node is self.root:
+        if node is None or node is self.root or node.lookups == 0:
             return
         node.lookups = max(0, node.lookups - count)
-        if node.lookups == 0 and not node.attached:
-            del self.nodes[inode]
+        if node.lookups == 0:
+            if not node.attached:
+                del self.nodes[inode]
+            released = self._pin(node, -1)
+            if released is not None:
+                self._release(released)
+
+    def _pin(self, node: Node, delta: int) -> Node | None:
+        """Count a kernel reference gained or lost up the chain of parents. Returns the highest
+        directory whose subtree the kernel no longer references at all (when losing one)."""
+        released = None
+        at: Node | None = node
+        while at is not None:
+            at.pinned += delta
+            if at.pinned == 0 and at.kind is Kind.DIR:
+                released = at
+            at = at.parent
+        return released
+
+    def _release(self, node: Node) -> None:
+        """Drop what a directory the kernel has forgotten holds: its listing and the nodes below
+        it (none of which the kernel references). Visited again, it is listed again."""
+        if not node.attached:
+            return  # detached: its nodes went when the kernel forgot them
+        for child in node.children.values():
+            self._drop(child)
+        node.children.clear()
+        node.listing, node.expires = None, None
+
+    def _drop(self, node: Node) -> None:
+        node.attached = False
+        self.nodes.pop(node.inode, None)
+        for child in node.children.values():
+            self._drop(child)
+        node.children.clear()
 
     # -- directories ----------------------------------------------------------------------------
 

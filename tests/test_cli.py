@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ciartfs.cli import is_mounted
-from conftest import clean_env, require_fuse
+from conftest import clean_env, require_fuse, wait_for
 
 
 class Runner:
@@ -72,15 +72,6 @@ def cli(tmp_path: Path, demo_fake) -> Iterator[Runner]:
         yield runner
     finally:
         runner.cleanup()
-
-
-def wait_for(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def pid_alive(pid: int) -> bool:

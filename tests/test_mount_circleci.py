@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import stat
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ciartfs.fakeserver import FakeCI, FakeProject
-from conftest import TOKEN
+from conftest import TOKEN, clean_env, wait_for
 
 STOP = "2026-11-01T10:00:00Z"
 STOP_EPOCH = 1793527200  # STOP as a Unix time
@@ -536,3 +537,37 @@ def test_second_mount_and_offline_use_kept_listings(fake, mount, tmp_path):
         os.listdir(offline.path / "github/acme/other")
     assert fake.requests == [], "offline: nothing reached the network"
     assert "offline:" in offline.log_text() and "not in the cache" in offline.log_text()
+
+
+def test_a_long_lived_mount_lets_go_of_what_the_kernel_forgot(fake, mount, tmp_path):
+    """Nodes live while the kernel references them: once it forgets a build's inodes (here:
+    dropping the kernel's dentry and inode caches), the mount frees them, and a later visit
+    lists the build again from the disk-cached API documents, sizes from memory."""
+    drop_caches = Path("/proc/sys/vm/drop_caches")
+    if not os.access(drop_caches, os.W_OK):
+        pytest.skip("needs root to make the kernel forget its inodes (/proc/sys/vm/drop_caches)")
+    project = fake.add_project("github", "acme", "big")
+    build = project.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time=STOP)
+    files = {f"reports/r{i:03}.txt": blob(i, 100 + i) for i in range(300)}
+    for path, data in files.items():
+        build.add_artifact(path, data)
+    m = mount()
+    reports = m.path / "github/acme/big/1/0/reports"
+    env = clean_env(tmp_path)
+
+    def inodes() -> int:
+        out = subprocess.run([sys.executable, "-m", "ciartfs", "status", str(m.path), "--json"],
+                             env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)[0]["inodes"]
+
+    sizes = {e.name: e.stat().st_size for e in os.scandir(reports)}
+    assert sizes == {p.rsplit("/", 1)[1]: len(d) for p, d in files.items()}
+    assert wait_for(lambda: inodes() > 300)
+    drop_caches.write_text("2")  # the kernel forgets every inode nothing holds
+    assert wait_for(lambda: inodes() < 30), "the forgotten build's nodes are still held"
+    fake.clear_requests()
+    assert {e.name: e.stat().st_size for e in os.scandir(reports)} == sizes  # listed again
+    assert (reports / "r042.txt").read_bytes() == files["reports/r042.txt"]
+    assert [r for r in fake.requests if r.server == "api"] == [], "listed again from the cached API documents"
+    assert storage_gets(fake) == [], "sizes and bytes from the caches"

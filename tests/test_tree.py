@@ -1,0 +1,93 @@
+"""Tier 1: the inode table follows the kernel's references. A directory whose whole subtree
+the kernel has forgotten lets go of its nodes and listing, and is listed again on a visit;
+nothing the kernel still holds (or holds something below) is ever dropped."""
+
+from __future__ import annotations
+
+from ciartfs.tree import Artifact, Entry, Kind, StaticDir, Tree
+
+
+class CountingDir(StaticDir):
+    """A static directory that counts how often it is listed."""
+
+    def __init__(self, entries: list[Entry]) -> None:
+        super().__init__(entries)
+        self.listed = 0
+
+    async def list(self) -> list[Entry]:
+        self.listed += 1
+        return await super().list()
+
+
+def file_entry(name: str) -> Entry:
+    return Entry(name, Kind.FILE, immutable=True, artifact=Artifact(f"k/{name}", f"http://x/{name}", True, size=len(name)))
+
+
+def make_tree() -> tuple[Tree, CountingDir, CountingDir]:
+    build = CountingDir([file_entry(f"f{i}") for i in range(100)])
+    builds = CountingDir([Entry("1", Kind.DIR, immutable=True, source=build)])
+    root = StaticDir([Entry("proj", Kind.DIR, immutable=True, source=builds)])
+
+    async def sizer(art: Artifact) -> int:
+        raise AssertionError("sizes are in the listing")
+
+    return Tree(root, sizer), builds, build
+
+
+async def visit(tree: Tree, *names: str):
+    """Look up a path as the kernel does: each component remembered; then list the last one
+    as readdirplus does (each entry remembered)."""
+    node = tree.root
+    for name in names:
+        node = await tree.lookup(node, name)
+        tree.remember(node)
+    children = await tree.list(node)
+    for child in children:
+        tree.remember(child)
+    return node, children
+
+
+async def test_a_subtree_the_kernel_forgot_is_dropped_and_listed_again():
+    tree, builds, build = make_tree()
+    one, children = await visit(tree, "proj", "1")
+    assert len(tree.nodes) == 1 + 2 + 100 and build.listed == 1
+    for child in children:  # the kernel forgets the files: the build dir is still held
+        tree.forget(child.inode, 1)
+    assert len(tree.nodes) == 103 and one.listing is not None
+    tree.forget(one.inode, 1)  # ... and now the build dir: its subtree goes
+    assert len(tree.nodes) == 3 and one.listing is None and not one.children
+    assert all(not c.attached for c in children)
+    again = await tree.list(one)  # visited again: listed again, new nodes
+    assert build.listed == 2 and [c.name for c in again] == [c.name for c in children]
+    assert {c.inode for c in again}.isdisjoint(c.inode for c in children)
+
+
+async def test_nothing_under_a_held_node_is_dropped():
+    tree, builds, build = make_tree()
+    one, children = await visit(tree, "proj", "1")
+    held = children[7]
+    proj = tree.root.children["proj"]
+    for child in children:
+        if child is not held:
+            tree.forget(child.inode, 1)
+    tree.forget(one.inode, 1)
+    tree.forget(proj.inode, 1)
+    # the kernel still holds one file: its directories and their listings stay
+    assert tree.nodes[held.inode] is held and held.attached
+    assert one.listing is not None and proj.listing is not None and len(tree.nodes) == 103
+    tree.forget(held.inode, 1)  # the last reference: everything below the root goes
+    assert len(tree.nodes) == 2 and proj.listing is None and build.listed == 1
+
+
+async def test_lookup_counts_are_per_reference():
+    tree, _, _ = make_tree()
+    one, children = await visit(tree, "proj", "1")
+    tree.remember(one)  # a second lookup of the same directory
+    for child in children:
+        tree.forget(child.inode, 1)
+    tree.forget(one.inode, 1)
+    assert one.listing is not None and len(tree.nodes) == 103  # one reference left
+    tree.forget(one.inode, 1)
+    assert one.listing is None and len(tree.nodes) == 3
+    tree.forget(one.inode, 1)  # more forgets than lookups: ignored
+    assert tree.root.pinned >= 1 and tree.root.children["proj"].pinned >= 1
