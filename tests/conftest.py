@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,11 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg-run")
     env.update(extra)
     return env
+
+
+def blob(seed: int, size: int) -> bytes:
+    """Reproducible artifact bytes."""
+    return random.Random(seed).randbytes(size)
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:

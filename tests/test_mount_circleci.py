@@ -18,14 +18,10 @@ from pathlib import Path
 import pytest
 
 from ciartfs.fakeserver import FakeCI, FakeProject
-from conftest import TOKEN, clean_env, wait_for
+from conftest import TOKEN, blob, clean_env, wait_for
 
 STOP = "2026-11-01T10:00:00Z"
 STOP_EPOCH = 1793527200  # STOP as a Unix time
-
-
-def blob(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 def sample(fake: FakeCI) -> FakeProject:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import random
 
 import pytest
 
 from ciartfs.providers.circleci_v2 import unique_names
-
-
-def blob(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+from conftest import blob
 
 
 @pytest.fixture

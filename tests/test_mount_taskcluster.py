@@ -7,12 +7,13 @@ import gzip
 import hashlib
 import json
 import os
-import random
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import blob
 
 TC_ID, TC_TOKEN = "project/ciartfs/tester", "tc-access-token-xyz"
 
@@ -20,10 +21,6 @@ TC_ID, TC_TOKEN = "project/ciartfs/tester", "tc-access-token-xyz"
 def slug(n: int) -> str:
     """A well-formed slugid (taskId / taskGroupId)."""
     return f"fAkEtAsK{'Q'}a{'C'}{n:010d}A"
-
-
-def blob(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 @pytest.fixture
