@@ -208,16 +208,9 @@ class Tree:
         if not node.attached:
             return  # detached: its nodes went when the kernel forgot them
         for child in node.children.values():
-            self._drop(child)
+            self._detach(child)  # no lookups anywhere below: every node goes at once
         node.children.clear()
         node.listing, node.expires = None, None
-
-    def _drop(self, node: Node) -> None:
-        node.attached = False
-        self.nodes.pop(node.inode, None)
-        for child in node.children.values():
-            self._drop(child)
-        node.children.clear()
 
     # -- directories ----------------------------------------------------------------------------
 
