@@ -235,14 +235,19 @@ class Bench:
         self.capped_proxy = Helper("proxy", [PY, "-u", str(HELPERS / "proxy.py"), *upstreams], self.tmp / "logs" / "proxy.log")
         self.helpers.append(self.capped_proxy)
         self.latency_proxy = self.capped_proxy
+        why = "is not installed (apt-get install nginx libnginx-mod-http-echo)"
         if nginx_shaper_available():
             # nginx serves the artifact bytes itself (the fake's blobs, by the presigned URL's path)
             static = [f"storage=dir:{self.fake.ready['blob_root']}" if u.startswith("storage=") else u for u in upstreams]
-            self.latency_proxy = Helper("nginx", [PY, "-u", str(HELPERS / "nginx.py"), *static], self.tmp / "logs" / "nginx.log")
-            self.helpers.append(self.latency_proxy)
-        else:
-            log("note: nginx with its echo module is not installed (apt-get install nginx libnginx-mod-http-echo): "
-                "grep and ls go through scripts/bench/proxy.py, whose CPU competes with the filesystem's on 2 cores")
+            try:
+                self.latency_proxy = Helper("nginx", [PY, "-u", str(HELPERS / "nginx.py"), *static],
+                                            self.tmp / "logs" / "nginx.log")
+                self.helpers.append(self.latency_proxy)
+            except RuntimeError as e:
+                why = f"did not start ({e})"
+        if self.latency_proxy is self.capped_proxy:
+            log(f"note: nginx with its echo module {why}: grep and ls go through scripts/bench/proxy.py, "
+                "whose CPU competes with the filesystem's on 2 cores")
         self.proxy = self.capped_proxy  # the one in use (set_profile)
 
     def set_profile(self, name: str) -> None:

@@ -31,10 +31,15 @@ class TimedOut(Failed):
         self.recorded = False  # set once the timeout is in the results as a sample
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces): field 3 onwards."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
 def proc_cpu(pid: int) -> float:
     """utime+stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -45,9 +50,7 @@ def proc_tree_cpu(pid: int) -> float:
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            total += sum(int(x) for x in _stat_fields(p)[11:15])  # utime stime cutime cstime
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     todo += [int(c) for c in f.read().split()]

@@ -65,9 +65,14 @@ class Nginx:
         self._conns: set[tuple[str, str]] = set()
         self._by_port = {str(port): name for name, port in self.ports.items()}
         self._write_conf()
-        self.proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=open(workdir / "stderr.log", "wb"))
-        self._wait_generation()
+        with open(workdir / "stderr.log", "wb") as err:
+            self.proc = subprocess.Popen(["nginx", "-p", str(workdir), "-c", str(self.conf)],
+                                         stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            self._wait_generation()
+        except BaseException:
+            self.stop()  # started here: never left running
+            raise
 
     def _write_conf(self) -> None:
         self.generation += 1
