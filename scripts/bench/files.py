@@ -70,7 +70,7 @@ class Tree:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128
+    request_queue_size = 1024  # as the fake CI server: a full accept queue costs a 1 s SYN retry
 
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
