@@ -42,6 +42,12 @@ READAHEAD_BYTES = 16 << 20
 # Write-behind to disk is skipped (the block stays in memory only) when this many bytes are
 # queued: a slow disk must not make us hold unbounded memory.
 MAX_PENDING_DISK_BYTES = 64 << 20
+# Disk writes wait for a burst of fetches to settle (no block queued for this long), unless
+# this many bytes are queued: during a listing's 1000 size probes, writing each probe's block
+# at once competed for the CPU (and the GIL) with the requests the user was waiting for
+# (`ls -l` of 1000 on 2 cores, median of 9: 1.13 s writing at once, 0.91 s settled).
+WRITE_SETTLE_SECONDS = 0.25
+WRITE_BATCH_BYTES = 8 << 20
 SIZE_MEMO_ENTRIES = 1_000_000
 # Archives whose index is at their end: readers (unzip -l, jar, pip) look there first, so
 # opening one fetches its tail at once; a zip's central directory of a few thousand members
@@ -95,8 +101,10 @@ class Reader:
         self._sizes: cachetools.LRUCache[str, int] = cachetools.LRUCache(SIZE_MEMO_ENTRIES)
         self._flight: SingleFlight[bytes] = SingleFlight()
         self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONCURRENCY)
-        self._write_queue: list[tuple[str, bytes]] = []
+        self._write_queue: dict[str, bytes] = {}  # verified blocks waiting for the disk, by key
+        self._writing: dict[str, bytes] = {}  # the batch a thread is writing now
         self._queued_bytes = 0
+        self._last_queued = 0.0
         self._writer_running = False
         self._sizing: SingleFlight[int] = SingleFlight()
         self._decoded: set[str] = set()  # artifacts stored encoded, served from decoded blocks
@@ -199,7 +207,10 @@ class Reader:
             return 0
         bs = self.block_size
         keys = [(i, self._block_key(art, i, size)) for i in range((size - 1) // bs + 1)]
-        present = await trio.to_thread.run_sync(lambda: [i for i, k in keys if self.disk.contains(k)])  # type: ignore[union-attr]
+        # blocks still waiting for their disk write count: they are written at the latest at unmount
+        present = [i for i, k in keys if k in self._write_queue or k in self._writing]
+        unknown = [(i, k) for i, k in keys if k not in self._write_queue and k not in self._writing]
+        present += await trio.to_thread.run_sync(lambda: [i for i, k in unknown if self.disk.contains(k)])  # type: ignore[union-attr]
         return sum(min(bs, size - i * bs) for i in present)
 
     # -- bytes ------------------------------------------------------------------------------
@@ -366,11 +377,14 @@ class Reader:
         thread hop per batch: a hop per block cost more CPU than the HTTP request that got it."""
         if self.disk is None or self._background is None:
             return
+        if key in self._write_queue:
+            return
         if self._queued_bytes + len(data) > MAX_PENDING_DISK_BYTES:
             log.debug("disk cache: write queue full, %s stays in memory only", key)
             return
-        self._write_queue.append((key, data))
+        self._write_queue[key] = data
         self._queued_bytes += len(data)
+        self._last_queued = trio.current_time()
         if not self._writer_running:
             self._writer_running = True
             self._background.start_soon(self._drain_writes)
@@ -378,31 +392,39 @@ class Reader:
     async def flush_writes(self) -> None:
         """At unmount: write what is still queued (at most MAX_PENDING_DISK_BYTES)."""
         if self.disk is not None and self._write_queue:
-            batch, self._write_queue, self._queued_bytes = self._write_queue, [], 0
+            batch, self._write_queue, self._queued_bytes = self._write_queue, {}, 0
             disk = self.disk
-            await trio.to_thread.run_sync(lambda: [disk.put(k, d) for k, d in batch])
+            await trio.to_thread.run_sync(lambda: [disk.put(k, d) for k, d in batch.items()])
 
     async def _drain_writes(self) -> None:
         disk = self.disk
         assert disk is not None
         try:
             while self._write_queue:
-                batch, self._write_queue = self._write_queue, []
+                while self._queued_bytes < WRITE_BATCH_BYTES:
+                    quiet_at = self._last_queued + WRITE_SETTLE_SECONDS
+                    if trio.current_time() >= quiet_at:
+                        break
+                    await trio.sleep_until(quiet_at)
+                batch, self._write_queue = self._write_queue, {}
                 self._queued_bytes = 0  # (the batch's bytes are held until written: at most 2x the bound)
+                self._writing = batch
 
-                def write_all(batch: list[tuple[str, bytes]] = batch) -> None:
-                    for key, data in batch:
+                def write_all(batch: dict[str, bytes] = batch) -> None:
+                    for key, data in batch.items():
                         disk.put(key, data)
 
                 try:
                     await trio.to_thread.run_sync(write_all)
                 except trio.Cancelled:
                     # Cancelled before the thread ran (unmount): the batch goes back for flush_writes.
-                    self._write_queue = batch + self._write_queue
-                    self._queued_bytes = sum(len(d) for _, d in self._write_queue)
+                    self._write_queue = {**batch, **self._write_queue}
+                    self._queued_bytes = sum(len(d) for d in self._write_queue.values())
                     raise
                 except Exception:  # the disk cache is an optimisation: never let it kill the mount
                     log.exception("disk cache: write failed")
+                finally:
+                    self._writing = {}
         finally:
             self._writer_running = False
 

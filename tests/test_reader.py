@@ -1,0 +1,64 @@
+"""Tier 1: the reader's write-behind to the disk cache (real DiskStore, real threads)."""
+
+from __future__ import annotations
+
+import trio
+
+from ciartfs import reader as reader_module
+from ciartfs.cache import DiskStore, MemoryCache
+from ciartfs.http import HttpClient
+from ciartfs.reader import Reader
+
+
+def _on_disk(store: DiskStore, keys: list[str]) -> list[str]:
+    return [k for k in keys if store.contains(k)]
+
+
+def _reader(tmp_path) -> tuple[Reader, DiskStore]:
+    store = DiskStore(tmp_path / "blocks", 1 << 20)
+    return Reader(HttpClient(timeout=5), MemoryCache(1 << 20), store, 4096), store
+
+
+async def test_disk_writes_wait_until_a_burst_of_fetches_settles(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader_module, "WRITE_SETTLE_SECONDS", 0.3)
+    reader, store = _reader(tmp_path)
+    keys = [f"k{i}" for i in range(8)]
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        for key in keys:  # a listing's probes: a block every 0.1 s, each sooner than the settle time
+            reader._write_behind(key, key.encode() * 100)
+            await trio.sleep(0.1)
+            assert _on_disk(store, keys) == [], "written while fetches were still arriving"
+        with trio.fail_after(5):
+            while _on_disk(store, keys) != keys:
+                await trio.sleep(0.02)
+        assert [store.get(k) for k in keys] == [k.encode() * 100 for k in keys]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_large_write_queue_is_written_without_waiting_for_quiet(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader_module, "WRITE_SETTLE_SECONDS", 60.0)
+    monkeypatch.setattr(reader_module, "WRITE_BATCH_BYTES", 10_000)
+    reader, store = _reader(tmp_path)
+    keys = [f"k{i}" for i in range(4)]
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        for key in keys:  # 4 x 4000 bytes: past the batch size, so a sequential read is not held back
+            reader._write_behind(key, b"x" * 4000)
+        with trio.fail_after(5):
+            while _on_disk(store, keys) != keys:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+
+
+async def test_writes_still_waiting_at_unmount_are_flushed(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader_module, "WRITE_SETTLE_SECONDS", 60.0)
+    reader, store = _reader(tmp_path)
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        reader._write_behind("k", b"data")
+        await trio.sleep(0.1)
+        assert not store.contains("k")
+        nursery.cancel_scope.cancel()  # unmount: background work stops, then the queue is flushed
+    await reader.flush_writes()
+    assert store.get("k") == b"data"
