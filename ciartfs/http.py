@@ -158,7 +158,7 @@ class HttpClient:
         *,
         timeout: float,
         credentials: tuple[Credential, ...] = (),
-        max_connections: int = 64,
+        max_connections: int = 96,
         transport: httpx.AsyncBaseTransport | None = None,
         offline: bool = False,
     ) -> None:
@@ -168,7 +168,10 @@ class HttpClient:
         # Requests go straight to the transport: httpx.AsyncClient's layers (URL merging,
         # cookies, auth and redirect hooks, none of which we use) cost a fifth of the CPU of a
         # small ranged GET. We follow redirects ourselves and never send cookies.
-        self._transport = transport or PoolPerOrigin(max_per_origin=max_connections)
+        # Idle connections kept: a listing keeps two origins busy at once (the API's artifact
+        # URLs and the storage they redirect to), each up to max_connections; fewer idle
+        # slots than that closed ~800 connections in a grep -r over 2000 files.
+        self._transport = transport or PoolPerOrigin(max_per_origin=max_connections, max_idle=2 * max_connections + 64)
         # artifact URL -> its resolved redirect target, until that fails or gets too old
         self._targets: cachetools.TTLCache[str, str] = cachetools.TTLCache(
             REDIRECT_TARGETS_KEPT, REDIRECT_TARGET_MAX_AGE, timer=time.monotonic)

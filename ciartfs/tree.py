@@ -34,7 +34,7 @@ ROOT_INODE = 1
 NAME_MAX = 255
 # How many file sizes are learned at once when a directory is listed: enough to hide the
 # per-request latency of S3-like storage, few enough not to look like a flood.
-SIZE_PROBE_CONCURRENCY = 64
+SIZE_PROBE_CONCURRENCY = 96
 
 T = TypeVar("T")
 
