@@ -208,8 +208,13 @@ class Reader:
         bs = self.block_size
         keys = [(i, self._block_key(art, i, size)) for i in range((size - 1) // bs + 1)]
         # blocks still waiting for their disk write count: they are written at the latest at unmount
-        present = [i for i, k in keys if k in self._write_queue or k in self._writing]
-        unknown = [(i, k) for i, k in keys if k not in self._write_queue and k not in self._writing]
+        present: list[int] = []
+        unknown: list[tuple[int, str]] = []
+        for i, k in keys:
+            if k in self._write_queue or k in self._writing:
+                present.append(i)
+            else:
+                unknown.append((i, k))
         present += await trio.to_thread.run_sync(lambda: [i for i, k in unknown if self.disk.contains(k)])  # type: ignore[union-attr]
         return sum(min(bs, size - i * bs) for i in present)
 
