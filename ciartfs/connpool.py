@@ -1,16 +1,22 @@
-"""HTTP/1.1 keep-alive connections on trio streams, pooled per origin, as an httpx transport.
+"""HTTP/1.1 keep-alive connections on trio streams, pooled per origin.
 
-`HttpClient` speaks httpx (`httpx.Request` in, `httpx.Response` out); this is the transport
-underneath, in place of httpcore's. Why our own: a directory listing costs two small GETs per
-artifact (the artifact URL's redirect, then a ranged GET for the size) and that path is
-CPU-bound. Measured per small ranged GET on loopback (client CPU): 0.42 ms through
-httpcore's connection, 0.17 ms with h11 on a trio stream. And for large bodies h11 copies
-every byte four times on the way through its receive buffer.
+This is the transport under `HttpClient`, in place of httpcore's. Why our own: a directory
+listing costs two small GETs per artifact (the artifact URL's redirect, then a ranged GET for
+the size) and that path is CPU-bound. Measured per small ranged GET on loopback (client CPU):
+0.42 ms through httpcore's connection, 0.17 ms with h11 on a trio stream. And for large
+bodies h11 copies every byte four times on the way through its receive buffer.
 
-So: h11 (the parser httpcore itself uses) parses each request and response head; a body
-framed by Content-Length - every ranged GET - is then read straight off the socket in large
-reads, no more than Content-Length; anything else (chunked, close-delimited, no body) goes
-through h11. A fresh h11.Connection per exchange keeps that switch simple.
+For the same reason a request is a parsed `wire.Target` plus a header list, and an answer a
+`Reply` (status, a dict of headers, a body stream), not `httpx.Request`/`httpx.Response`:
+building those was a tenth of the CPU of an `ls -l` of 1000 artifacts. `ViaHttpx` sends
+through any httpx transport instead (the tests script one).
+
+Each exchange writes its request head itself (`wire.request_head`) and reads the answer's
+head itself when it is plain (`wire.plain_head`: a status line, header lines, a
+Content-Length); any other answer (chunked, close-delimited, 1xx, unusual or broken syntax)
+is handed whole to a fresh h11.Connection, the parser httpcore itself uses. A body framed by
+Content-Length - every ranged GET - is read straight off the socket in large reads, no more
+than Content-Length.
 
 Pooling: a request takes the most recently used idle connection of its origin (checking
 only that one: not expired, not readable - a readable idle socket means the server closed
@@ -21,13 +27,14 @@ caller's deadline covers the wait), at most `max_idle` idle connections in all.
 
 from __future__ import annotations
 
-import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import h11
 import httpx
 import trio
+
+from ciartfs.wire import HEAD_END, Target, content_length, header_dict, plain_head, request_head
 
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).
@@ -40,15 +47,38 @@ CLOSE_TIMEOUT = 1.0
 MAX_HEAD_BYTES = 100 << 10
 
 
-def _limit(request: httpx.Request, key: str) -> float | None:
-    return request.extensions.get("timeout", {}).get(key)
+class Reply:
+    """An answer: status, headers (see `header_dict`) and a body read once with `aiter_raw`
+    (bytes as sent: no content decoding). `aclose` must follow: it hands the connection
+    back, or closes it when the body was not read to its end."""
+
+    __slots__ = ("status_code", "headers", "stream")
+
+    def __init__(self, status_code: int, headers: dict[str, str], stream: httpx.AsyncByteStream) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.stream = stream
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        return self.stream.__aiter__()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
-def _deadline(timeout: float | None) -> contextlib.AbstractContextManager[object]:
-    """A timeout for one socket operation, when the request names one. HttpClient names none
-    (one deadline bounds each whole call), and a cancel scope per operation is a measurable
-    share of a small GET's CPU."""
-    return contextlib.nullcontext() if timeout is None else trio.fail_after(timeout)
+class ViaHttpx:
+    """Sends through an httpx transport (e.g. a scripted one in tests), with the pool's interface."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self.transport = transport
+
+    async def send(self, method: str, target: Target, headers: Sequence[tuple[str, str]]) -> Reply:
+        response = await self.transport.handle_async_request(httpx.Request(method, target.url, headers=list(headers)))
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return Reply(response.status_code, header_dict(response.headers.raw), response.stream)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
 
 class _Connection:
@@ -59,21 +89,15 @@ class _Connection:
         self.socket = socket
         self.idle_since = 0.0
 
-    async def send_all(self, data: bytes, timeout: float | None) -> None:
+    async def send_all(self, data: bytes) -> None:
         try:
-            with _deadline(timeout):
-                await self.stream.send_all(data)
-        except trio.TooSlowError:
-            raise httpx.WriteTimeout("timed out sending the request") from None
+            await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             raise httpx.WriteError(f"sending the request: {e}") from None
 
-    async def receive(self, max_bytes: int, timeout: float | None) -> bytes:
+    async def receive(self, max_bytes: int) -> bytes:
         try:
-            with _deadline(timeout):
-                return await self.stream.receive_some(max_bytes)
-        except trio.TooSlowError:
-            raise httpx.ReadTimeout("timed out waiting for the server") from None
+            return await self.stream.receive_some(max_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             raise httpx.ReadError(f"reading the answer: {e}") from None
 
@@ -89,18 +113,69 @@ class _Connection:
 
 
 class _Exchange:
-    """One request/response on a connection: h11 for the heads, the socket for sized bodies."""
+    """One request/response on a connection. The common answer, a plain head with a
+    Content-Length, is parsed here and its body read straight off the socket; any other (chunked,
+    close-delimited, 1xx, unusual syntax, protocol errors) is handed whole to h11, a full HTTP/1.1
+    implementation. h11 for every head was a third of the CPU of a small ranged GET."""
 
-    def __init__(self, conn: _Connection, read_timeout: float | None) -> None:
+    def __init__(self, conn: _Connection, method: str, target: Target, headers: Sequence[tuple[str, str]]) -> None:
         self.conn = conn
-        self.read_timeout = read_timeout
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.method, self.target, self.request_headers = method, target, headers  # for h11, if it takes over
+        self.h11: h11.Connection | None = None  # only once h11 reads the answer
         self.remaining: int | None = None  # body bytes still to read directly; None: through h11
-        self.prefix = b""  # body bytes h11 had already buffered with the head
+        self.prefix = b""  # body bytes that came with the head
         self.done = False
         self.reusable = False
+        self.status = 0
+        self.headers: dict[str, str] = {}
 
-    async def next_event(self) -> h11.Event:
+    async def response_head(self) -> None:
+        received = b""
+        closed = False
+        while (end := HEAD_END.search(received)) is None and len(received) <= MAX_HEAD_BYTES:
+            data = await self.conn.receive(HEAD_READ_SIZE)
+            if not data:
+                closed = True
+                break
+            received += data
+        head = plain_head(received[:end.end()]) if end is not None and end.end() <= MAX_HEAD_BYTES else None
+        length = content_length(head[2], head[0]) if head is not None else None
+        if head is None or length is None:
+            await self._h11_head(received, closed)
+            return
+        self.status, http11, self.headers = head
+        self.prefix = received[end.end():]
+        self.reusable = http11 and "close" not in self.headers.get("connection", "").lower()
+        if len(self.prefix) > length:  # bytes beyond the body: ours are the first `length`,
+            self.prefix = self.prefix[:length]  # and the connection is out of step
+            self.reusable = False
+        self.remaining = length - len(self.prefix)
+        self.done = length == 0  # nothing to read: the connection is free at once
+
+    async def _h11_head(self, received: bytes, closed: bool) -> None:
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        try:  # h11 must have sent the request to expect its answer (the bytes went already)
+            self.h11.send(h11.Request(method=self.method, target=self.target.path,
+                                      headers=[("Host", self.target.authority), *self.request_headers]))
+            self.h11.send(h11.EndOfMessage())
+            self.h11.receive_data(received)
+            if closed:
+                self.h11.receive_data(b"")
+        except h11.ProtocolError as e:
+            raise httpx.RemoteProtocolError(str(e)) from None
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 100 Continue and the like
+            if isinstance(event, h11.ConnectionClosed):
+                raise httpx.RemoteProtocolError("server closed the connection without an answer")
+            assert isinstance(event, h11.Response)
+            break
+        self.status = event.status_code
+        self.headers = header_dict(event.headers)
+
+    async def _next_event(self) -> h11.Event:
+        assert self.h11 is not None
         while True:
             try:
                 event = self.h11.next_event()
@@ -108,41 +183,17 @@ class _Exchange:
                 raise httpx.RemoteProtocolError(str(e)) from None
             if event is not h11.NEED_DATA:
                 return event
-            data = await self.conn.receive(HEAD_READ_SIZE, self.read_timeout)
+            data = await self.conn.receive(HEAD_READ_SIZE)
             try:
                 self.h11.receive_data(data)  # b"": the server closed its side
             except h11.RemoteProtocolError as e:
                 raise httpx.RemoteProtocolError(str(e)) from None
 
-    async def response_head(self) -> h11.Response:
-        while True:
-            event = await self.next_event()
-            if isinstance(event, h11.InformationalResponse):
-                continue  # 100 Continue and the like
-            if isinstance(event, h11.ConnectionClosed):
-                raise httpx.RemoteProtocolError("server closed the connection without an answer")
-            assert isinstance(event, h11.Response)
-            break
-        names = [name for name, _ in event.headers]
-        # 204 and 304 never have a body, whatever Content-Length says: h11 knows that rule
-        if b"content-length" in names and b"transfer-encoding" not in names and event.status_code not in (204, 304):
-            # h11 has checked the value (digits, repeated values agree)
-            declared = next(v for n, v in event.headers if n == b"content-length")
-            length = int(declared.split(b",")[0])
-            self.prefix, _ = self.h11.trailing_data
-            self.reusable = event.http_version == b"1.1" and not any(
-                n == b"connection" and b"close" in v.lower() for n, v in event.headers)
-            if len(self.prefix) > length:  # bytes beyond the body: ours are the first `length`,
-                self.prefix = self.prefix[:length]  # and the connection is out of step
-                self.reusable = False
-            self.remaining = length - len(self.prefix)
-            self.done = length == 0  # nothing to read: the connection is free at once
-        return event
-
     async def body(self) -> AsyncIterator[bytes]:
         if self.remaining is None:
+            assert self.h11 is not None
             while True:
-                event = await self.next_event()
+                event = await self._next_event()
                 if isinstance(event, h11.Data):
                     yield bytes(event.data)
                 elif isinstance(event, h11.EndOfMessage):
@@ -157,7 +208,7 @@ class _Exchange:
             prefix, self.prefix = self.prefix, b""
             yield prefix
         while self.remaining > 0:
-            data = await self.conn.receive(min(self.remaining, READ_SIZE), self.read_timeout)
+            data = await self.conn.receive(min(self.remaining, READ_SIZE))
             if not data:
                 raise httpx.RemoteProtocolError(f"server closed the connection {self.remaining} bytes short of the body")
             self.remaining -= len(data)
@@ -166,7 +217,7 @@ class _Exchange:
 
 
 class _Origin:
-    def __init__(self, key: tuple[bytes, bytes, int | None], max_connections: int) -> None:
+    def __init__(self, key: tuple[str, str, int], max_connections: int) -> None:
         self.key = key
         self.slots = trio.Semaphore(max_connections)
         self.idle: list[_Connection] = []
@@ -196,13 +247,13 @@ class _Body(httpx.AsyncByteStream):
             self._pool._release(self._origin)
 
 
-class PoolPerOrigin(httpx.AsyncBaseTransport):
+class PoolPerOrigin:
     def __init__(self, *, max_per_origin: int, max_idle: int = 128, keepalive_expiry: float = 5.0,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.max_per_origin = max_per_origin
         self.max_idle = max_idle
         self.keepalive_expiry = keepalive_expiry
-        self._origins: dict[tuple[bytes, bytes, int | None], _Origin] = {}
+        self._origins: dict[tuple[str, str, int], _Origin] = {}
         self._idle_count = 0
         self._ssl = ssl_context
         self._closed = False
@@ -266,53 +317,41 @@ class PoolPerOrigin(httpx.AsyncBaseTransport):
             # not pooled: closed at once, without awaiting (we may be in a cancelled scope)
             conn.socket.close()
 
-    async def _connect(self, url: httpx.URL, timeout: float | None) -> _Connection:
-        host = url.host
-        port = url.port or (443 if url.scheme == "https" else 80)
+    async def _connect(self, target: Target) -> _Connection:
+        host, port = target.host, target.port
         try:
-            with _deadline(timeout):
-                tcp = await trio.open_tcp_stream(host, port)
-                stream: trio.abc.Stream = tcp
-                if url.scheme == "https":
-                    stream = trio.SSLStream(tcp, self._ssl_context(), server_hostname=host, https_compatible=True)
-                    await stream.do_handshake()
-        except trio.TooSlowError:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+            tcp = await trio.open_tcp_stream(host, port)
+            stream: trio.abc.Stream = tcp
+            if target.scheme == "https":
+                stream = trio.SSLStream(tcp, self._ssl_context(), server_hostname=host, https_compatible=True)
+                await stream.do_handshake()
         except (OSError, trio.BrokenResourceError) as e:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {e}") from None
         return _Connection(stream, tcp.socket)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        if url.scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
-        key = (url.raw_scheme, url.raw_host, url.port)
-        origin = self._origins.get(key)
+    async def send(self, method: str, target: Target, headers: Sequence[tuple[str, str]]) -> Reply:
+        """Send a request without a body (we only GET) and return once the answer's head is in.
+        No timeouts here: the caller's one deadline covers the slot, connecting and reading (a
+        cancel scope per socket operation was a measurable share of a small GET's CPU)."""
+        request = request_head(method, target, headers)
+        origin = self._origins.get(target.origin)
         if origin is None:
-            origin = self._origins[key] = _Origin(key, self.max_per_origin)
+            origin = self._origins[target.origin] = _Origin(target.origin, self.max_per_origin)
         await origin.slots.acquire()
         conn: _Connection | None = None
         try:
             conn = await self._take_idle(origin)
             if conn is None:
-                conn = await self._connect(url, _limit(request, "connect"))
-            exchange = _Exchange(conn, _limit(request, "read"))
-            try:
-                head = exchange.h11.send(h11.Request(method=request.method, target=url.raw_path,
-                                                     headers=request.headers.raw))
-                body = [exchange.h11.send(h11.Data(data=chunk)) async for chunk in request.stream if chunk]
-                end = exchange.h11.send(h11.EndOfMessage())
-            except h11.LocalProtocolError as e:
-                raise httpx.LocalProtocolError(str(e)) from None
-            await conn.send_all(b"".join([head, *body, end]), _limit(request, "write"))
-            response = await exchange.response_head()
+                conn = await self._connect(target)
+            exchange = _Exchange(conn, method, target, headers)
+            await conn.send_all(request)
+            await exchange.response_head()
         except BaseException:
             if conn is not None:
                 await conn.aclose()
             self._release(origin)
             raise
-        return httpx.Response(status_code=response.status_code, headers=response.headers.raw_items(),
-                              stream=_Body(self, origin, exchange))
+        return Reply(exchange.status, exchange.headers, _Body(self, origin, exchange))
 
     async def aclose(self) -> None:
         self._closed = True

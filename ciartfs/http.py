@@ -25,14 +25,13 @@ import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import cachetools
 import httpx
 import trio
 
-from ciartfs.connpool import PoolPerOrigin
+from ciartfs.connpool import PoolPerOrigin, Reply, ViaHttpx
 from ciartfs.errors import (
     ArtifactExpired,
     BadListing,
@@ -43,6 +42,7 @@ from ciartfs.errors import (
     UpstreamTimeout,
     redact_url,
 )
+from ciartfs.wire import Target, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,20 @@ _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", r
 
 
 def origin_of(url: str) -> tuple[str, str, int]:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return scheme, (parts.hostname or "").lower(), port
+    """(scheme, host, port) exactly as a request to `url` would connect; ("", "", 0) for a URL
+    that no request can be sent to."""
+    try:
+        return parse_url(url).origin
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+        return "", "", 0
+
+
+class Sender(Protocol):
+    """What HttpClient sends through: `PoolPerOrigin`, or `ViaHttpx` around an httpx transport."""
+
+    async def send(self, method: str, target: Target, headers: list[tuple[str, str]]) -> Reply: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,9 +102,12 @@ class Credential:
     https_host_suffixes: tuple[str, ...] = ()
 
     def applies_to(self, url: str) -> bool:
-        scheme, host, port = origin_of(url)
-        if (scheme, host, port) in self.origins:
+        return self.applies_to_origin(origin_of(url))
+
+    def applies_to_origin(self, origin: tuple[str, str, int]) -> bool:
+        if origin in self.origins:
             return True
+        scheme, host, _ = origin
         return scheme == "https" and any(host.endswith(s) for s in self.https_host_suffixes)
 
     def headers_for(self, method: str, url: str) -> Mapping[str, str]:
@@ -159,7 +172,7 @@ class HttpClient:
         timeout: float,
         credentials: tuple[Credential, ...] = (),
         max_connections: int = 96,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Sender | httpx.AsyncBaseTransport | None = None,
         offline: bool = False,
     ) -> None:
         self.timeout = timeout
@@ -167,11 +180,14 @@ class HttpClient:
         self._credentials = credentials
         # Requests go straight to the transport: httpx.AsyncClient's layers (URL merging,
         # cookies, auth and redirect hooks, none of which we use) cost a fifth of the CPU of a
-        # small ranged GET. We follow redirects ourselves and never send cookies.
+        # small ranged GET. We follow redirects ourselves and never send cookies. (See
+        # connpool's docstring for why requests are not httpx.Request objects either.)
         # Idle connections kept: a listing keeps two origins busy at once (the API's artifact
         # URLs and the storage they redirect to), each up to max_connections; fewer idle
         # slots than that closed ~800 connections in a grep -r over 2000 files.
-        self._transport = transport or PoolPerOrigin(max_per_origin=max_connections, max_idle=2 * max_connections + 64)
+        if isinstance(transport, httpx.AsyncBaseTransport):
+            transport = ViaHttpx(transport)
+        self._transport: Sender = transport or PoolPerOrigin(max_per_origin=max_connections, max_idle=2 * max_connections + 64)
         # artifact URL -> its resolved redirect target, until that fails or gets too old
         self._targets: cachetools.TTLCache[str, str] = cachetools.TTLCache(
             REDIRECT_TARGETS_KEPT, REDIRECT_TARGET_MAX_AGE, timer=time.monotonic)
@@ -255,58 +271,60 @@ class HttpClient:
                 f"{redact_url(url)}: no complete answer within {timeout:g}s (last: {last})"
             ) from None
 
-    @asynccontextmanager
-    async def _open(self, url: str, *, accept: str, byte_range: str | None = None,
-                    first_hop_credentials: bool = True) -> AsyncIterator[tuple[httpx.Response, str, bool]]:
-        """Send a GET following redirects; yields (streaming response, final url, redirected)."""
-        headers_base = {"Accept": accept, "User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"}
-        if accept != "application/json":
-            # identity: Range and Content-Length must count the bytes we serve, not gzip's.
-            # (Storage that keeps an object gzip-encoded still says so: see RangeReply.encoding.)
-            headers_base["Accept-Encoding"] = "identity"
+    def _open(self, url: str, *, accept: str, byte_range: str | None = None,
+              first_hop_credentials: bool = True) -> _Answer:
+        """`async with` it: (streaming reply, final url, redirected) for a GET following redirects."""
+        return _Answer(self._follow(url, accept, byte_range, first_hop_credentials))
+
+    async def _follow(self, url: str, accept: str, byte_range: str | None,
+                      first_hop_credentials: bool) -> tuple[Reply, str, bool]:
+        headers_base = [("Accept", accept), ("User-Agent", USER_AGENT)]
+        # identity for bytes: Range and Content-Length must count the bytes we serve, not gzip's.
+        # (Storage that keeps an object gzip-encoded still says so: see RangeReply.encoding.)
+        headers_base.append(("Accept-Encoding", "gzip, deflate" if accept == "application/json" else "identity"))
         if byte_range is not None:
-            headers_base["Range"] = "bytes=" + byte_range  # "first-last", or "-n": the last n
+            headers_base.append(("Range", "bytes=" + byte_range))  # "first-last", or "-n": the last n
         current, redirected = url, False
-        cred_origin = origin_of(url) if first_hop_credentials else None
-        for _hop in range(MAX_REDIRECTS + 1):
-            headers = dict(headers_base)
-            if cred_origin is not None and origin_of(current) == cred_origin:
-                for cred in self._credentials:
-                    if cred.applies_to(current):
-                        headers.update(cred.headers_for("GET", current))
+        cred_origin: tuple[str, str, int] | None = None
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                target = parse_url(current)
+            except httpx.UnsupportedProtocol:
+                raise UpstreamError(f"{redact_url(url)}: redirect to a non-HTTP URL" if hop
+                                    else f"invalid URL {redact_url(current)}") from None
+            except httpx.InvalidURL:
+                raise UpstreamError(f"invalid URL {redact_url(current)}") from None
+            headers = headers_base
+            if first_hop_credentials:
+                # the origin checked is the one connected to: both come from the same parse
+                cred_origin = cred_origin or target.origin
+                if target.origin == cred_origin:
+                    headers = list(headers_base)
+                    for cred in self._credentials:
+                        if cred.applies_to_origin(target.origin):
+                            headers += cred.headers_for("GET", current).items()
             try:
                 # no per-operation timeouts: `_bounded`'s deadline covers the whole call
-                req = httpx.Request("GET", current, headers=headers)
                 self.requests_made += 1
-                resp = await self._transport.handle_async_request(req)
+                resp = await self._transport.send("GET", target, headers)
             except httpx.TimeoutException as e:
                 raise _Retry(f"timeout ({type(e).__name__})") from None
             except httpx.TransportError as e:
                 raise _Retry(f"connection failed ({type(e).__name__})") from None
-            except httpx.InvalidURL:
-                raise UpstreamError(f"invalid URL {redact_url(current)}") from None
             if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
                 await self._drain(resp)
-                nxt = urllib.parse.urljoin(current, resp.headers["location"])
-                if urllib.parse.urlsplit(nxt).scheme not in ("http", "https"):
-                    raise UpstreamError(f"{redact_url(current)}: redirect to a non-HTTP URL")
-                current, redirected = nxt, True
+                location = resp.headers["location"]
+                # most Locations are absolute (presigned URLs): urljoin only for the others
+                current = location if location.startswith(("http://", "https://")) else urllib.parse.urljoin(current, location)
+                redirected = True
                 continue
-            try:
-                yield resp, current, redirected
-            except httpx.TimeoutException as e:
-                raise _Retry(f"timeout reading body ({type(e).__name__})") from None
-            except httpx.TransportError as e:
-                raise _Retry(f"connection broke reading body ({type(e).__name__})") from None
-            finally:
-                await resp.aclose()
-            return
+            return resp, current, redirected
         raise UpstreamError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects")
 
     @staticmethod
-    async def _drain(resp: httpx.Response) -> None:
+    async def _drain(resp: Reply) -> None:
         """Finish a small answer we do not need (a redirect's body) so that its connection goes
-        back to the pool: closing it unread makes httpx drop the connection, and every
+        back to the pool: closing it unread drops the connection, and every
         artifact's redirect would then pay a new TCP connection."""
         declared = resp.headers.get("content-length", "")
         try:
@@ -317,7 +335,7 @@ class HttpClient:
             await resp.aclose()
 
     @staticmethod
-    def _retry_or_raise(resp: httpx.Response, url: str) -> None:
+    def _retry_or_raise(resp: Reply, url: str) -> None:
         """Raise _Retry for retryable statuses, UpstreamError for other unexpected ones."""
         status = resp.status_code
         if status in RETRY_STATUSES:
@@ -336,7 +354,9 @@ class HttpClient:
             if status != 200 and status not in also_ok:
                 self._retry_or_raise(resp, url)
             body = bytearray()
-            async for chunk in resp.aiter_bytes():
+            # httpx decodes Content-Encoding (gzip, br, ...): a listing per directory, not a hot path
+            decoded = httpx.Response(status, headers=list(resp.headers.items()), stream=resp.stream)
+            async for chunk in decoded.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_JSON_BYTES:
                     raise BadListing(f"{redact_url(url)}: answer larger than {MAX_JSON_BYTES} bytes")
@@ -389,7 +409,7 @@ class HttpClient:
             self._retry_or_raise(resp, url)
         raise AssertionError("unreachable")
 
-    async def _read_partial(self, resp: httpx.Response, url: str, start: int, length: int) -> RangeReply:
+    async def _read_partial(self, resp: Reply, url: str, start: int, length: int) -> RangeReply:
         m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
         if not m or m.group(1) is None or m.group(3) == "*":
             raise _Retry(f"206 without a usable Content-Range ({resp.headers.get('content-range')!r})")
@@ -409,13 +429,13 @@ class HttpClient:
         return RangeReply(start, chunks[0] if len(chunks) == 1 else b"".join(chunks), total)  # one copy at most
 
     @staticmethod
-    def _total_of(resp: httpx.Response) -> int:
+    def _total_of(resp: Reply) -> int:
         m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
         if not m or m.group(1) is None or m.group(3) == "*":
             raise _Retry(f"206 without a usable Content-Range ({resp.headers.get('content-range')!r})")
         return int(m.group(3))
 
-    async def _read_whole_tail(self, resp: httpx.Response, length: int) -> RangeReply:
+    async def _read_whole_tail(self, resp: Reply, length: int) -> RangeReply:
         """The server ignored a suffix Range: stream the body, keeping its last `length`
         bytes (memory: `length` plus a chunk)."""
         declared = resp.headers.get("content-length")
@@ -430,7 +450,7 @@ class HttpClient:
             raise _Retry(f"short body: {total} of {declared} bytes")
         return RangeReply(total - len(kept), bytes(kept), total)
 
-    async def _read_whole(self, resp: httpx.Response, url: str, start: int, length: int) -> RangeReply:
+    async def _read_whole(self, resp: Reply, url: str, start: int, length: int) -> RangeReply:
         """The server ignored Range: stream, keep only [start, start+length), learn the total."""
         declared = resp.headers.get("content-length")
         total = int(declared) if declared and declared.isdigit() else None
@@ -474,7 +494,7 @@ class HttpClient:
             return await consume(resp.aiter_raw(), None if encoding == "identity" else encoding)
 
     @staticmethod
-    def _unsatisfiable(resp: httpx.Response, url: str, start: int) -> RangeReply:
+    def _unsatisfiable(resp: Reply, url: str, start: int) -> RangeReply:
         m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
         if not m or m.group(3) == "*":
             raise UpstreamError(f"{redact_url(url)}: HTTP 416 without the resource size")
@@ -482,6 +502,34 @@ class HttpClient:
         if start < total:
             raise _Retry(f"HTTP 416 for an offset inside the resource ({start} < {total})")
         return RangeReply(start, b"", total)
+
+
+class _Answer:
+    """The context manager `HttpClient._open` returns: a connection failing while the body is
+    read becomes a retry, and the body is closed on the way out. (A class, not contextlib's
+    generator-based one: that was a measurable share of a small GET's CPU.)"""
+
+    __slots__ = ("_opening", "_reply")
+
+    def __init__(self, opening: Awaitable[tuple[Reply, str, bool]]) -> None:
+        self._opening = opening
+        self._reply: Reply | None = None
+
+    async def __aenter__(self) -> tuple[Reply, str, bool]:
+        answer = await self._opening
+        self._reply = answer[0]
+        return answer
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
+        assert self._reply is not None
+        try:
+            if isinstance(error, httpx.TimeoutException):
+                raise _Retry(f"timeout reading body ({type(error).__name__})") from None
+            if isinstance(error, httpx.TransportError):
+                raise _Retry(f"connection broke reading body ({type(error).__name__})") from None
+        finally:
+            await self._reply.aclose()
+        return False
 
 
 __all__ = ["Credential", "HeaderCredential", "HttpClient", "RangeReply"]
