@@ -61,6 +61,7 @@ class DiskStore:
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
+        self._root = str(root)
         self.max_bytes = max_bytes
         self.enabled = True
         self._lock = threading.Lock()
@@ -69,9 +70,10 @@ class DiskStore:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str) -> str:
+        # a str, not a Path: several lookups per listed file, and pathlib's joins cost more than the hash
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        return self.root / digest[:2] / digest
+        return f"{self._root}/{digest[:2]}/{digest}"
 
     def get(self, key: str) -> bytes | None:
         if not self.enabled:
@@ -98,7 +100,7 @@ class DiskStore:
         return data
 
     def contains(self, key: str) -> bool:
-        return self.enabled and self._path(key).exists()
+        return self.enabled and os.path.exists(self._path(key))
 
     def load_index(self) -> None:
         """Scan the directory once (in a thread) so that might_have() answers from memory."""
@@ -113,21 +115,21 @@ class DiskStore:
         if not self.enabled:
             return False
         sizes = self._sizes
-        return sizes is None or str(self._path(key)) in sizes
+        return sizes is None or self._path(key) in sizes
 
     def put(self, key: str, data: bytes) -> None:
         if not self.enabled:
             return
         path = self._path(key)
-        tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}.{threading.get_ident()}")
+        tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
         try:
-            path.parent.mkdir(mode=0o700, exist_ok=True)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(_MAGIC + hashlib.sha256(data).digest() + data)
             os.replace(tmp, path)
         except OSError as e:
             try:
-                tmp.unlink()
+                os.unlink(tmp)
             except OSError:
                 pass
             if e.errno in (28, 122):  # ENOSPC, EDQUOT: keep serving from memory only
@@ -136,7 +138,7 @@ class DiskStore:
             else:
                 log.warning("disk cache: cannot write %s: %s", path, e.strerror)
             return
-        self._account(str(path), len(_MAGIC) + _DIGEST_LEN + len(data))
+        self._account(path, len(_MAGIC) + _DIGEST_LEN + len(data))
 
     def _account(self, path: str, size: int) -> None:
         with self._lock:
@@ -183,14 +185,14 @@ class DiskStore:
                 except OSError:
                     pass
 
-    def _remove(self, path: Path) -> None:
+    def _remove(self, path: str) -> None:
         try:
             os.unlink(path)
         except OSError:
             pass
         with self._lock:
-            if self._sizes is not None and str(path) in self._sizes:
-                self._used -= self._sizes.pop(str(path))
+            if self._sizes is not None and path in self._sizes:
+                self._used -= self._sizes.pop(path)
 
     @property
     def bytes_used(self) -> int:
