@@ -500,6 +500,13 @@ def test_extended_attributes_say_where_a_file_comes_from(fake, mount):
     assert set(names) == {"user.ciartfs.url", "user.ciartfs.source", "user.ciartfs.cached"}
     for name in names:
         assert TOKEN not in os.getxattr(f, name).decode()
+    # absent in our namespace; other namespaces (labels, ACLs) unsupported, which `ls -l`
+    # remembers for the whole device instead of asking twice per file
+    for name, expected in [("user.ciartfs.nope", errno.ENODATA), ("user.other", errno.ENODATA),
+                           ("security.selinux", errno.EOPNOTSUPP), ("system.posix_acl_access", errno.EOPNOTSUPP)]:
+        with pytest.raises(OSError) as raised:
+            os.getxattr(f, name)
+        assert raised.value.errno == expected, name
 
 
 def test_second_mount_and_offline_use_kept_listings(fake, mount, tmp_path):
