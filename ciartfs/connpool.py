@@ -34,7 +34,7 @@ import h11
 import httpx
 import trio
 
-from ciartfs.wire import HEAD_END, Target, content_length, header_dict, plain_head, request_head
+from ciartfs.wire import HEAD_END, OWS, Target, content_length, header_dict, plain_head, request_head
 
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).
@@ -156,7 +156,8 @@ class _Exchange:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         try:  # h11 must have sent the request to expect its answer (the bytes went already)
             self.h11.send(h11.Request(method=self.method, target=self.target.path,
-                                      headers=[("Host", self.target.authority), *self.request_headers]))
+                                      headers=[("Host", self.target.authority),
+                                               *((n, v.strip(OWS)) for n, v in self.request_headers)]))
             self.h11.send(h11.EndOfMessage())
             self.h11.receive_data(received)
             if closed:

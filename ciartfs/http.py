@@ -24,7 +24,7 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import cachetools
@@ -84,7 +84,7 @@ def origin_of(url: str) -> tuple[str, str, int]:
 class Sender(Protocol):
     """What HttpClient sends through: `PoolPerOrigin`, or `ViaHttpx` around an httpx transport."""
 
-    async def send(self, method: str, target: Target, headers: list[tuple[str, str]]) -> Reply: ...
+    async def send(self, method: str, target: Target, headers: Sequence[tuple[str, str]]) -> Reply: ...
 
     async def aclose(self) -> None: ...
 
@@ -302,7 +302,8 @@ class HttpClient:
                     headers = list(headers_base)
                     for cred in self._credentials:
                         if cred.applies_to_origin(target.origin):
-                            headers += cred.headers_for("GET", current).items()
+                            # signed (Hawk) over the URL as sent, after any normalising
+                            headers += cred.headers_for("GET", target.url).items()
             try:
                 # no per-operation timeouts: `_bounded`'s deadline covers the whole call
                 self.requests_made += 1
