@@ -21,8 +21,9 @@ than Content-Length.
 Pooling: a request takes the most recently used idle connection of its origin (checking
 only that one: not expired, not readable - a readable idle socket means the server closed
 it), and its body's `aclose` gives the connection back when the exchange ended cleanly.
-Bounds: at most `max_per_origin` connections per origin (a request waits for a slot; the
-caller's deadline covers the wait), at most `max_idle` idle connections in all.
+Bounds: at most `max_per_origin` connections per origin, fewer while the origin answers 429
+(see `_Origin`; a request waits for a slot, the caller's deadline covers the wait), at most
+`max_idle` idle connections in all.
 """
 
 from __future__ import annotations
@@ -218,17 +219,42 @@ class _Exchange:
 
 
 class _Origin:
+    """One origin's idle connections, and how many requests may be out at once: the pool's
+    `max_per_origin`, until the server answers 429 Too Many Requests. Then half as many, and
+    one more for each round of answers without a 429 (additive increase, multiplicative
+    decrease, as TCP does). A 429 cuts the limit only if its request was sent under the current
+    limit: one burst of 429s, answers to requests sent before the cut, cuts once."""
+
     def __init__(self, key: tuple[str, str, int], max_connections: int) -> None:
         self.key = key
-        self.slots = trio.Semaphore(max_connections)
+        self.max_connections = max_connections
+        self.slots = trio.CapacityLimiter(max_connections)
         self.idle: list[_Connection] = []
+        self.generation = 0  # bumped by each cut
+        self.answers = 0  # answers without a 429 since the limit last changed
+
+    def unused(self) -> bool:
+        return not self.idle and self.slots.borrowed_tokens == 0 and self.slots.statistics().tasks_waiting == 0
+
+    def answered(self, status: int, generation: int) -> None:
+        limit = self.slots.total_tokens
+        if status == 429:
+            if generation == self.generation and limit > 1:
+                self.slots.total_tokens = max(1, int(limit) // 2)
+                self.generation += 1
+                self.answers = 0
+        elif limit < self.max_connections:
+            self.answers += 1
+            if self.answers >= limit:
+                self.slots.total_tokens = limit + 1
+                self.answers = 0
 
 
 class _Body(httpx.AsyncByteStream):
     """A response body; closing it hands the connection back (or closes a spent one)."""
 
-    def __init__(self, pool: PoolPerOrigin, origin: _Origin, exchange: _Exchange) -> None:
-        self._pool, self._origin, self._exchange = pool, origin, exchange
+    def __init__(self, pool: PoolPerOrigin, origin: _Origin, exchange: _Exchange, slot: object) -> None:
+        self._pool, self._origin, self._exchange, self._slot = pool, origin, exchange, slot
         self._closed = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -245,7 +271,7 @@ class _Body(httpx.AsyncByteStream):
             else:  # unread or broken: the rest of the body would arrive on the next request
                 await exchange.conn.aclose()
         finally:
-            self._pool._release(self._origin)
+            self._pool._release(self._origin, self._slot)
 
 
 class PoolPerOrigin:
@@ -264,12 +290,12 @@ class PoolPerOrigin:
             self._ssl = httpx.create_ssl_context()  # certificates verified, as httpx does by default
         return self._ssl
 
-    def _release(self, origin: _Origin) -> None:
-        origin.slots.release()
+    def _release(self, origin: _Origin, slot: object) -> None:
+        origin.slots.release_on_behalf_of(slot)
         self._forget_if_unused(origin)
 
     def _forget_if_unused(self, origin: _Origin) -> None:
-        if origin.slots.value == self.max_per_origin and not origin.idle and self._origins.get(origin.key) is origin:
+        if origin.unused() and self._origins.get(origin.key) is origin:
             # nobody holds or awaits a slot and nothing is pooled: forget the origin, so that
             # a long-lived mount reading from many hosts does not keep one entry per host
             self._origins.pop(origin.key, None)
@@ -338,21 +364,22 @@ class PoolPerOrigin:
         origin = self._origins.get(target.origin)
         if origin is None:
             origin = self._origins[target.origin] = _Origin(target.origin, self.max_per_origin)
-        await origin.slots.acquire()
+        slot = object()  # borrows the slot: not the task, as another task may close the body
+        await origin.slots.acquire_on_behalf_of(slot)
+        generation = origin.generation
         conn: _Connection | None = None
         try:
-            conn = await self._take_idle(origin)
-            if conn is None:
-                conn = await self._connect(target)
+            conn = await self._take_idle(origin) or await self._connect(target)
             exchange = _Exchange(conn, method, target, headers)
             await conn.send_all(request)
             await exchange.response_head()
         except BaseException:
             if conn is not None:
                 await conn.aclose()
-            self._release(origin)
+            self._release(origin, slot)
             raise
-        return Reply(exchange.status, exchange.headers, _Body(self, origin, exchange))
+        origin.answered(exchange.status, generation)
+        return Reply(exchange.status, exchange.headers, _Body(self, origin, exchange, slot))
 
     async def aclose(self) -> None:
         self._closed = True

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trustme
 
-from ciartfs.connpool import PoolPerOrigin
+from ciartfs.connpool import PoolPerOrigin, _Origin
 from ciartfs.wire import parse_url
 from ciartfs.errors import UpstreamError, UpstreamTimeout
 from ciartfs.http import HttpClient
@@ -44,7 +44,8 @@ SCRIPTS: dict[bytes, tuple[bytes, str]] = {
 
 class CountingServer:
     """Answers GET /hang never, the paths in SCRIPTS as scripted, any other GET with a 206 of
-    BODY's first 4 bytes; keep-alive. With `tls`, over TLS with that context."""
+    BODY's first 4 bytes (/limited/* after 20 ms, or 429 while `limit` others are being
+    served); keep-alive. With `tls`, over TLS with that context."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
@@ -54,6 +55,11 @@ class CountingServer:
         self.open_now = 0
         self.peak_open = 0
         self.lock = threading.Lock()
+        # /limited/*: a rate-limited host, answering 429 while `limit` requests are being served
+        self.limit = 4
+        self.serving = 0
+        self.served = 0
+        self.refused = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -84,6 +90,18 @@ class CountingServer:
                 if path == b"/hang":
                     conn.recv(1)  # until the client gives up and closes
                     return
+                if path.startswith(b"/limited/"):
+                    with self.lock:
+                        busy = self.serving >= self.limit
+                        self.refused += busy
+                        self.serving += not busy
+                    if busy:
+                        conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n")
+                        continue
+                    time.sleep(0.02)
+                    with self.lock:
+                        self.serving -= 1
+                        self.served += 1
                 if path in SCRIPTS:
                     answer, then = SCRIPTS[path]
                     conn.sendall(answer)
@@ -320,3 +338,37 @@ async def test_idle_connections_are_closed_when_expired_or_closed_by_the_server(
         assert pool._idle_count == 0
     finally:
         await client.aclose()
+
+
+def test_429_halves_an_origins_concurrency_once_per_burst_and_answers_grow_it_back():
+    origin = _Origin(("http", "h", 80), 32)
+    sent_before = origin.generation
+    origin.answered(429, sent_before)
+    assert origin.slots.total_tokens == 16
+    for _ in range(10):  # the rest of the burst: sent before the cut, no news
+        origin.answered(429, sent_before)
+    assert origin.slots.total_tokens == 16
+    origin.answered(429, origin.generation)  # sent under the new limit, refused again
+    assert origin.slots.total_tokens == 8
+    for _ in range(8):  # a round of answers without 429: one more at once
+        origin.answered(206, origin.generation)
+    assert origin.slots.total_tokens == 9
+    for _ in range(10_000):
+        origin.answered(200, origin.generation)
+    assert origin.slots.total_tokens == 32  # never above the pool's bound
+    for _ in range(10):
+        origin.answered(429, origin.generation)
+    assert origin.slots.total_tokens == 1  # never below one
+
+
+async def test_a_host_that_answers_429_gets_fewer_requests_at_once(server):
+    client = HttpClient(timeout=20, max_connections=32)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(160):
+                nursery.start_soon(client.get_range, f"{server.url}/limited/{i}", 0, 4)
+    finally:
+        await client.aclose()
+    assert server.served == 160
+    # 32 at once against a limit of 4 would be refused ~28 times per round of retries
+    assert server.refused < 100, server.refused
