@@ -138,14 +138,15 @@ def plain_head(head: bytes) -> tuple[int, bool, dict[str, str]] | None:
 
 def content_length(headers: dict[str, str], status: int) -> int | None:
     """The body's length when Content-Length frames it (204 and 304 have none, whatever it
-    says); None when h11 should frame the body or judge the head."""
-    if status in (204, 304):
-        return 0
-    declared = headers.get("content-length")
-    if declared is None or "transfer-encoding" in headers:
+    says); None when h11 should frame the body or judge the head: Transfer-Encoding, no
+    Content-Length, or one that is not a number or repeated with different values."""
+    if "transfer-encoding" in headers:
         return None
+    declared = headers.get("content-length")
+    if declared is None:
+        return 0 if status in (204, 304) else None
     values = {v.strip() for v in declared.split(",")}  # repeated headers must agree
     value = values.pop()
     if values or not value.isdigit() or not value.isascii():
         return None
-    return int(value)
+    return 0 if status in (204, 304) else int(value)
