@@ -434,7 +434,7 @@ class Reader:
             self._writer_running = False
 
     def _plan_readahead(self, art: Artifact, stream: ReadStream, offset: int, end: int, last: int, total: int) -> None:
-        if offset == stream.next_offset and offset > 0:
+        if offset > 0 and (offset == stream.next_offset or self._skipped_only_cached(art, stream.next_offset, offset, total)):
             stream.window = min(max(1, stream.window * 2), self.readahead_blocks)
         elif offset != stream.next_offset:
             stream.window = 0
@@ -452,6 +452,19 @@ class Reader:
             return
         stream.ahead_end = stop
         self._start_readahead(art, start, stop, total)
+
+    def _skipped_only_cached(self, art: Artifact, lo: int, hi: int, total: int) -> bool:
+        """A jump forward over bytes we hold or are fetching is still sequential reading: the
+        kernel serves from its page cache what another reader of the file (16 `sha256sum`s of
+        one cold file) or an earlier read brought in, so those reads never reach us."""
+        bs = self.block_size
+        if not lo < hi or hi - lo > self.readahead_blocks * bs:
+            return False
+        for index in range(lo // bs, (hi - 1) // bs + 1):
+            key = self._block_key(art, index, total)
+            if key not in self.memory and not self._flight.in_flight(key):
+                return False
+        return True
 
     def _start_readahead(self, art: Artifact, start: int, stop: int, total: int) -> None:
         """Fetch blocks [start, stop) in the background: the missing ones in runs of up to

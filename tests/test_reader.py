@@ -7,7 +7,8 @@ import trio
 from ciartfs import reader as reader_module
 from ciartfs.cache import DiskStore, MemoryCache
 from ciartfs.http import HttpClient
-from ciartfs.reader import Reader
+from ciartfs.reader import Reader, ReadStream
+from ciartfs.tree import Artifact
 
 
 def _on_disk(store: DiskStore, keys: list[str]) -> list[str]:
@@ -62,3 +63,21 @@ async def test_writes_still_waiting_at_unmount_are_flushed(tmp_path, monkeypatch
         nursery.cancel_scope.cancel()  # unmount: background work stops, then the queue is flushed
     await reader.flush_writes()
     assert store.get("k") == b"data"
+
+
+def test_a_jump_over_blocks_already_held_keeps_the_read_ahead_window(tmp_path):
+    """The kernel answers from its page cache what another reader of the file brought in, so a
+    sequential reader's requests can skip ahead; only a jump over bytes we lack is a seek."""
+    reader, _ = _reader(tmp_path)
+    art = Artifact(key="a", url="http://storage.invalid/a", immutable=True)
+    bs, total = reader.block_size, 40 * reader.block_size
+    for index in range(6):
+        reader.memory.put(reader._block_key(art, index, total), b"x" * bs)
+    stream = ReadStream()
+    reader._plan_readahead(art, stream, 0, bs, 0, total)
+    reader._plan_readahead(art, stream, bs, 2 * bs, 1, total)  # sequential
+    assert stream.window == 1
+    reader._plan_readahead(art, stream, 5 * bs, 6 * bs, 5, total)  # blocks 2-4 held: still sequential
+    assert stream.window == 2
+    reader._plan_readahead(art, stream, 9 * bs, 10 * bs, 9, total)  # blocks 6-8 missing: a seek
+    assert stream.window == 0
