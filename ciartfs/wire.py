@@ -103,6 +103,9 @@ _FIELD_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([\t\x20-\x7e\x80-\xff
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _REQUEST_TARGET = re.compile(r"[\x21-\x7e]+")
+# Set from the target (Host) or fixed by a request without a body: from a caller, a second Host
+# would be refused by servers, and a length or chunked framing would leave one waiting for a body.
+_SET_HERE = frozenset({"host", "content-length", "transfer-encoding"})
 OWS = " \t"  # optional whitespace around a field value (RFC 9110 5.6.3)
 
 
@@ -115,6 +118,8 @@ def request_head(method: str, target: Target, headers: Sequence[tuple[str, str]]
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             raise httpx.LocalProtocolError(f"illegal header {name!r}")
+        if name.lower() in _SET_HERE:
+            raise httpx.LocalProtocolError(f"{name} is not the caller's to set")
         lines.append(name + ": " + value.strip(OWS))  # surrounding whitespace is not part of a value
     lines += ("", "")
     return "\r\n".join(lines).encode("ascii")
