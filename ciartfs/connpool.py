@@ -35,7 +35,7 @@ import h11
 import httpx
 import trio
 
-from ciartfs.wire import HEAD_END, OWS, Target, content_length, header_dict, plain_head, request_head
+from ciartfs.wire import HEAD_END, Target, content_length, header_dict, plain_head, request_fields, request_head
 
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).
@@ -119,9 +119,9 @@ class _Exchange:
     close-delimited, 1xx, unusual syntax, protocol errors) is handed whole to h11, a full HTTP/1.1
     implementation. h11 for every head was a third of the CPU of a small ranged GET."""
 
-    def __init__(self, conn: _Connection, method: str, target: Target, headers: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, conn: _Connection, method: str, path: str, fields: list[tuple[str, str]]) -> None:
         self.conn = conn
-        self.method, self.target, self.request_headers = method, target, headers  # for h11, if it takes over
+        self.method, self.path, self.fields = method, path, fields  # the request, for h11 if it takes over
         self.h11: h11.Connection | None = None  # only once h11 reads the answer
         self.remaining: int | None = None  # body bytes still to read directly; None: through h11
         self.prefix = b""  # body bytes that came with the head
@@ -156,9 +156,7 @@ class _Exchange:
     async def _h11_head(self, received: bytes, closed: bool) -> None:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         try:  # h11 must have sent the request to expect its answer (the bytes went already)
-            self.h11.send(h11.Request(method=self.method, target=self.target.path,
-                                      headers=[("Host", self.target.authority),
-                                               *((n, v.strip(OWS)) for n, v in self.request_headers)]))
+            self.h11.send(h11.Request(method=self.method, target=self.path, headers=self.fields))
             self.h11.send(h11.EndOfMessage())
             self.h11.receive_data(received)
             if closed:
@@ -360,7 +358,8 @@ class PoolPerOrigin:
         """Send a request without a body (we only GET) and return once the answer's head is in.
         No timeouts here: the caller's one deadline covers the slot, connecting and reading (a
         cancel scope per socket operation was a measurable share of a small GET's CPU)."""
-        request = request_head(method, target, headers)
+        fields = request_fields(target, headers)
+        request = request_head(method, target.path, fields)
         origin = self._origins.get(target.origin)
         if origin is None:
             origin = self._origins[target.origin] = _Origin(target.origin, self.max_per_origin)
@@ -370,7 +369,7 @@ class PoolPerOrigin:
         conn: _Connection | None = None
         try:
             conn = await self._take_idle(origin) or await self._connect(target)
-            exchange = _Exchange(conn, method, target, headers)
+            exchange = _Exchange(conn, method, target.path, fields)
             await conn.send_all(request)
             await exchange.response_head()
         except BaseException:

@@ -109,19 +109,27 @@ _SET_HERE = frozenset({"host", "content-length", "transfer-encoding"})
 OWS = " \t"  # optional whitespace around a field value (RFC 9110 5.6.3)
 
 
-def request_head(method: str, target: Target, headers: Sequence[tuple[str, str]]) -> bytes:
-    """A request head, every part checked: a header value from a credential or a target from a
-    Location header must not be able to add a line (request splitting)."""
-    if not _TOKEN.fullmatch(method) or not _REQUEST_TARGET.fullmatch(target.path):
-        raise httpx.LocalProtocolError(f"illegal method or request target in {method} {target.path!r}")
-    lines = [f"{method} {target.path} HTTP/1.1", f"Host: {target.authority}"]
+def request_fields(target: Target, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A request's header fields as sent, Host first, every part checked: a header value from a
+    credential or a target from a Location header must not be able to add a line (request
+    splitting). The same list goes on the wire and, should h11 read the answer, to h11."""
+    if not _REQUEST_TARGET.fullmatch(target.path):
+        raise httpx.LocalProtocolError(f"illegal request target {target.path!r}")
+    fields = [("Host", target.authority)]
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             raise httpx.LocalProtocolError(f"illegal header {name!r}")
         if name.lower() in _SET_HERE:
             raise httpx.LocalProtocolError(f"{name} is not the caller's to set")
-        lines.append(name + ": " + value.strip(OWS))  # surrounding whitespace is not part of a value
-    lines += ("", "")
+        fields.append((name, value.strip(OWS)))  # surrounding whitespace is not part of a value
+    return fields
+
+
+def request_head(method: str, path: str, fields: Sequence[tuple[str, str]]) -> bytes:
+    """The head of a request whose target and fields `request_fields` has checked."""
+    if not _TOKEN.fullmatch(method):
+        raise httpx.LocalProtocolError(f"illegal method {method!r}")
+    lines = [f"{method} {path} HTTP/1.1", *(name + ": " + value for name, value in fields), "", ""]
     return "\r\n".join(lines).encode("ascii")
 
 
