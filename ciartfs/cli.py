@@ -1,7 +1,7 @@
 """Command line: `ciartfs mount`, `ciartfs unmount`, `ciartfs demo`.
 
-Background mode re-executes this program in the foreground as a new session with a pipe
-(`--ready-fd`) on which the child reports "ok" once the kernel has the mount, or one error
+Background mode forks (no exec: nothing is imported from the caller's directory) a child that
+serves in a new session and reports on a pipe "ok" once the kernel has the mount, or one error
 line. The parent then checks that the mount answers before it exits 0.
 """
 
@@ -16,13 +16,15 @@ import os
 import re
 import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ciartfs import __version__, status
 from ciartfs.config import OPTIONS, OPTIONS_BY_KEY, ConfigError, Settings, load_settings, parse_bool
@@ -202,15 +204,22 @@ def _run_foreground(args: argparse.Namespace, settings: Settings, *, demo: bool)
     return 0
 
 
-def _run_background(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
+def _run_background(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
+    """Fork (without exec) a daemon that serves the mount, and return once the mount answers.
+
+    No exec, on purpose: a re-executed `python -m ciartfs` would put the caller's current
+    directory first on sys.path, so a `ciartfs/` folder there would run with the user's uid and
+    tokens (or break the mount with an ImportError when run beside a checkout). The child is
+    this process, with the modules it already imported."""
     log_file = settings.log_file or (settings.cache_dir / "ciartfs.log")
     log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "ciartfs", *argv, "--foreground", "--ready-fd", str(write_fd),
-           "--log-file", str(log_file)]
-    with open(log_file, "ab") as err:
-        proc = subprocess.Popen(cmd, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # nothing buffered is written twice
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _daemon(args, dataclasses.replace(settings, log_file=log_file), write_fd, log_file, demo=demo)
     os.close(write_fd)
     message = b""
     deadline = time.monotonic() + READY_TIMEOUT
@@ -218,7 +227,7 @@ def _run_background(args: argparse.Namespace, settings: Settings, argv: list[str
         while not message.endswith(b"\n"):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
-                proc.terminate()
+                os.kill(pid, signal.SIGTERM)
                 raise UsageError(f"the mount did not come up within {READY_TIMEOUT:.0f}s; see {log_file}")
             chunk = os.read(pipe.fileno(), 4096)
             if not chunk:
@@ -226,24 +235,51 @@ def _run_background(args: argparse.Namespace, settings: Settings, argv: list[str
             message += chunk
     text = message.decode(errors="replace").strip()
     if text != "ok":
-        proc.wait(timeout=10)
-        raise UsageError(text.removeprefix("error: ") or f"the mount process exited with {proc.returncode}; see {log_file}")
+        _, status_code = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status_code)
+        raise UsageError(text.removeprefix("error: ") or f"the mount process exited with {code}; see {log_file}")
     try:
         os.stat(args.mountpoint)  # answered by the new mount: it is serving
     except OSError as e:
         raise UsageError(f"mounted {args.mountpoint} but it does not answer: {e.strerror}") from None
-    print(f"ciartfs: mounted {args.mountpoint} (pid {proc.pid}, log {log_file})")
+    print(f"ciartfs: mounted {args.mountpoint} (pid {pid}, log {log_file})")
     return 0
 
 
-def cmd_mount(args: argparse.Namespace, argv: list[str], *, demo: bool = False) -> int:
+def _daemon(args: argparse.Namespace, settings: Settings, ready_fd: int, log_file: Path, *, demo: bool) -> NoReturn:
+    """The forked child: a new session, no terminal, stderr to the log; never returns."""
+    code = 1
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        err = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.dup2(err, 2)
+        os.close(devnull)
+        os.close(err)
+        args.ready_fd = ready_fd
+        code = _run_foreground(args, settings, demo=demo)
+    except BaseException as e:  # noqa: BLE001 - the child must end here, never in the parent's code
+        _report_ready(ready_fd, f"error: the mount process failed: {type(e).__name__}: {e}")
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def cmd_mount(args: argparse.Namespace, *, demo: bool = False) -> int:
     settings = _settings(args)
     if demo:
         os.makedirs(args.mountpoint, exist_ok=True)
     check_mountpoint(args.mountpoint)
     if args.foreground:
         return _run_foreground(args, settings, demo=demo)
-    code = _run_background(args, settings, argv)
+    code = _run_background(args, settings, demo=demo)
     if demo and code == 0:
         mp = args.mountpoint
         from ciartfs.fakeserver.dataset import DEMO_TASK_GROUP
@@ -348,7 +384,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=opt.key, metavar=opt.key.split("_")[-1].upper(), default=None, help=opt.help + env)
     p.add_argument("-o", dest="options", action="append", metavar="KEY=VALUE,...",
                    help="settings as mount options, as /etc/fstab passes them (e.g. -o cache_dir=/x,allow_other)")
-    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(ready_fd=None)  # the pipe a forked daemon reports on (set in _daemon)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,9 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     args: Any = build_parser().parse_args(argv)
     try:
         if args.command == "mount":
-            return cmd_mount(args, argv)
+            return cmd_mount(args)
         if args.command == "demo":
-            return cmd_mount(args, argv, demo=True)
+            return cmd_mount(args, demo=True)
         if args.command == "status":
             return cmd_status(args)
         if args.command == "prefetch":

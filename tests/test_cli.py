@@ -21,6 +21,9 @@ from ciartfs.cli import is_mounted
 from conftest import clean_env, require_fuse, wait_for
 
 
+INSTALLED_COMMAND = os.path.join(os.path.dirname(sys.executable), "ciartfs")
+
+
 class Runner:
     """Runs `ciartfs ...` and cleans up whatever it mounted or started, by pid."""
 
@@ -40,8 +43,11 @@ class Runner:
         return ["--circleci-host", self.api_url, "--cache-dir", str(self.tmp_path / "cache"),
                 "--log-file", str(self.tmp_path / "ciartfs.log"), "--timeout", "3"]
 
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "ciartfs", *args], capture_output=True, text=True,
+    def run(self, *args: str, timeout: float = 60, cwd: Path | None = None,
+            installed: bool = False) -> subprocess.CompletedProcess[str]:
+        """`installed`: through the `ciartfs` command as installed, as a user runs it (from `cwd`)."""
+        command = [INSTALLED_COMMAND] if installed else [sys.executable, "-m", "ciartfs"]
+        result = subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd,
                                 timeout=timeout, env=clean_env(self.tmp_path), stdin=subprocess.DEVNULL)
         m = re.search(r"\(pid (\d+)", result.stdout)
         if m:
@@ -95,6 +101,29 @@ def test_background_mount_returns_once_it_answers_then_unmount(cli):
     assert result.returncode == 0, result.stderr
     assert not is_mounted(str(mp))
     assert wait_for(lambda: not pid_alive(pid)), "the mount process exits after unmount"
+
+
+@pytest.mark.parametrize("planted", ["code", "checkout"])
+def test_the_mount_daemon_never_imports_from_the_callers_directory(cli, tmp_path, planted):
+    """A `ciartfs/` folder where the user runs the command is never executed by the daemon
+    (it would run with the user's uid and tokens), and a checkout there does not break it."""
+    require_fuse()
+    here = tmp_path / "home"
+    marker = tmp_path / "planted-code-ran"
+    if planted == "code":
+        (here / "ciartfs").mkdir(parents=True)
+        for name in ("__init__.py", "__main__.py"):
+            (here / "ciartfs" / name).write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    else:  # ~/ciartfs is a checkout (a folder without __init__.py), `ciartfs mount` run from ~
+        shutil.copytree(Path(__file__).parents[1] / "ciartfs", here / "ciartfs" / "ciartfs")
+        (here / "ciartfs" / "README.md").write_text("# ciartfs\n")
+    mp = cli.mountpoint()
+    result = cli.run("mount", str(mp), *cli.settings(), cwd=here, installed=True)
+    assert result.returncode == 0, result.stderr
+    assert "coverage" in os.listdir(mp / "github/acme/api/latest/0")
+    assert not marker.exists(), "code from the caller's directory ran"
+    assert cli.run("unmount", str(mp)).returncode == 0
+    assert not marker.exists()
 
 
 def test_mount_failures_exit_nonzero_with_one_clear_line(cli, tmp_path):
