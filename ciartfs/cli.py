@@ -306,7 +306,10 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    mounts = status.active_mounts()
+    try:
+        mounts = status.active_mounts()
+    except status.UnsafeRuntimeDir as e:
+        raise UsageError(f"refusing the status directory: {e}") from None
     if args.mountpoint:
         target = os.path.realpath(args.mountpoint)
         mounts = [m for m in mounts if m["mountpoint"] == target]

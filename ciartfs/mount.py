@@ -135,6 +135,9 @@ async def _publish_status(mount: Mount) -> None:
         try:
             disk_bytes = await trio.to_thread.run_sync(lambda: mount.disk.bytes_used)  # may scan the dir
             await trio.to_thread.run_sync(status.publish, os.getpid(), mount.status(disk_bytes))
+        except status.UnsafeRuntimeDir as e:
+            log.warning("not publishing status for 'ciartfs status': %s", e)
+            return
         except OSError as e:
             log.debug("cannot publish status: %s", e)
         await trio.sleep(status.PUBLISH_INTERVAL)

@@ -43,12 +43,14 @@ class Runner:
         return ["--circleci-host", self.api_url, "--cache-dir", str(self.tmp_path / "cache"),
                 "--log-file", str(self.tmp_path / "ciartfs.log"), "--timeout", "3"]
 
-    def run(self, *args: str, timeout: float = 60, cwd: Path | None = None,
-            installed: bool = False) -> subprocess.CompletedProcess[str]:
-        """`installed`: through the `ciartfs` command as installed, as a user runs it (from `cwd`)."""
+    def run(self, *args: str, timeout: float = 60, cwd: Path | None = None, installed: bool = False,
+            without: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        """`installed`: through the `ciartfs` command as installed, as a user runs it (from `cwd`);
+        `without`: environment variables to leave out."""
         command = [INSTALLED_COMMAND] if installed else [sys.executable, "-m", "ciartfs"]
+        env = {k: v for k, v in clean_env(self.tmp_path).items() if k not in without}
         result = subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd,
-                                timeout=timeout, env=clean_env(self.tmp_path), stdin=subprocess.DEVNULL)
+                                timeout=timeout, env=env, stdin=subprocess.DEVNULL)
         m = re.search(r"\(pid (\d+)", result.stdout)
         if m:
             self.pids.append(int(m.group(1)))
@@ -294,6 +296,25 @@ def test_status_agrees_with_the_server_and_cache_commands(cli, demo_fake, tmp_pa
     cleared = cli.run("cache", "clear", "--cache-dir", str(tmp_path / "cache"))
     assert cleared.returncode == 0 and not cleared.stdout.startswith("removed 0 ")
     assert " 0 files" in cli.run("cache", "info", "--cache-dir", str(tmp_path / "cache")).stdout
+
+
+def test_without_xdg_runtime_dir_status_is_kept_in_the_users_own_directory(cli, tmp_path, monkeypatch):
+    """Not in a shared, predictable /tmp/ciartfs-<uid> that another user could create first."""
+    require_fuse()
+    import json
+
+    shared_tmp = tmp_path / "shared-tmp"
+    shared_tmp.mkdir(mode=0o1777)
+    mp = cli.mountpoint()
+    monkeypatch.setenv("TMPDIR", str(shared_tmp))  # clean_env passes it on
+    cli_env = dict(without=("XDG_RUNTIME_DIR",))
+    assert cli.run("mount", str(mp), *cli.settings(), **cli_env).returncode == 0
+    assert wait_for(lambda: [m["mountpoint"] for m in json.loads(cli.run("status", "--json", **cli_env).stdout)]
+                    == [os.path.realpath(mp)])
+    own = tmp_path / "xdg-cache/ciartfs/run"  # the default cache dir's run/
+    assert [p.name for p in own.iterdir()] == [f"{cli.pids[-1]}.json"]
+    assert own.stat().st_mode & 0o777 == 0o700 and os.listdir(shared_tmp) == []
+    assert cli.run("unmount", str(mp)).returncode == 0
 
 
 def test_prefetch_fills_the_cache_and_resumes(cli, demo_fake, tmp_path):
