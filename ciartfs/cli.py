@@ -120,13 +120,39 @@ def check_mountpoint(path: str) -> None:
         if is_stale(path):
             raise UsageError(f"{path} is a stale mount (its ciartfs process is gone); run 'ciartfs unmount {path}' first")
         raise UsageError(f"mountpoint {path} is busy: something is already mounted there")
+    problem = fuse_access_problem()
+    if problem:
+        raise UsageError(problem)
+
+
+def fuse_access_problem(device: str = "/dev/fuse") -> str | None:
+    """Why this user cannot mount, or None. libfuse opens /dev/fuse as the user (then mounts
+    through the setuid fusermount3 when not root), so the device itself must be open to them."""
     try:
-        fd = os.open("/dev/fuse", os.O_RDWR)
+        st = os.stat(device)
     except OSError as e:
-        raise UsageError(f"/dev/fuse is not usable ({e.strerror}); is the fuse3 package installed and FUSE allowed here?") from None
-    os.close(fd)
-    if shutil.which("fusermount3") is None and os.geteuid() != 0:
-        raise UsageError("fusermount3 is missing; install the fuse3 package")
+        return (f"{device} is missing ({e.strerror}): FUSE is not available here "
+                f"(load the fuse kernel module, or give the container /dev/fuse)")
+    try:
+        os.close(os.open(device, os.O_RDWR))
+    except OSError as e:
+        if os.geteuid() == 0:
+            return f"{device} is not usable ({e.strerror}); is FUSE allowed here?"
+        return (f"{device} is not accessible to {_user_name()} ({e.strerror}; mode {stat.S_IMODE(st.st_mode):04o}, "
+                f"owner uid {st.st_uid}): ask an administrator to run 'chmod 0666 {device}' (the fuse3 "
+                f"package's default), or mount as root")
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        return "fusermount3 is missing, and users other than root mount through it: install the fuse3 package"
+    return None
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 # -- commands ------------------------------------------------------------------------------------
