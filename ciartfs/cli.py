@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ciartfs import __version__, status
+from ciartfs.private_dir import ensure_private_dir
 from ciartfs.config import OPTIONS, OPTIONS_BY_KEY, ConfigError, Settings, load_settings, parse_bool
 
 log = logging.getLogger("ciartfs")
@@ -303,6 +304,10 @@ def cmd_mount(args: argparse.Namespace, *, demo: bool = False) -> int:
     if demo:
         os.makedirs(args.mountpoint, exist_ok=True)
     check_mountpoint(args.mountpoint)
+    try:  # (the demo caches blocks in a temporary directory, but logs here)
+        ensure_private_dir(settings.cache_dir)
+    except OSError as e:
+        raise UsageError(f"refusing the cache dir: {e}; use --cache-dir with a directory of your own") from None
     if args.foreground:
         return _run_foreground(args, settings, demo=demo)
     code = _run_background(args, settings, demo=demo)

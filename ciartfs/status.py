@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ciartfs.config import default_cache_dir
+from ciartfs.private_dir import NotPrivate, why_not_private
 
 # How often a mount rewrites its status file (seconds): fresh enough for a human.
 PUBLISH_INTERVAL = 2.0
@@ -33,7 +34,7 @@ _PID_FILE = re.compile(r"[0-9]{1,10}\.json")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-class UnsafeRuntimeDir(OSError):
+class UnsafeRuntimeDir(NotPrivate):
     """The status directory is not this user's private directory."""
 
 
@@ -61,10 +62,9 @@ def _open_dir(create: bool) -> Iterator[int]:
         raise
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid():
-            raise UnsafeRuntimeDir(f"{path} is owned by uid {st.st_uid}, not by this user")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise UnsafeRuntimeDir(f"{path} is writable by other users")
+        problem = why_not_private(path, st)
+        if problem:
+            raise UnsafeRuntimeDir(problem)
         if st.st_mode & 0o077:
             os.fchmod(fd, 0o700)  # ours: make it private rather than refuse
         yield fd

@@ -256,6 +256,28 @@ def test_cache_dir_is_private(cli, tmp_path):
     assert cli.run("unmount", str(mp)).returncode == 0
 
 
+def test_a_cache_dir_another_user_owns_or_may_write_is_refused(cli, tmp_path):
+    """Cached blocks are trusted when read back: a directory another local user controls could
+    hold planted blocks (with a matching checksum) or symlinks."""
+    require_fuse()
+    mp = cli.mountpoint()
+    theirs = tmp_path / "cache"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)  # nobody's
+    result = cli.run("mount", str(mp), *cli.settings())
+    assert result.returncode != 0 and not is_mounted(str(mp))
+    assert re.fullmatch(r"ciartfs: refusing the cache dir: .*cache is owned by uid 65534, not by this user.*\n",
+                        result.stderr), result.stderr
+    os.chown(theirs, 0, 0)
+    theirs.chmod(0o777)
+    result = cli.run("mount", str(mp), *cli.settings())
+    assert result.returncode != 0 and "writable by other users" in result.stderr
+    theirs.chmod(0o755)  # ours, only readable by others: narrowed, and used
+    assert cli.run("mount", str(mp), *cli.settings()).returncode == 0
+    assert theirs.stat().st_mode & 0o777 == 0o700
+    assert cli.run("unmount", str(mp)).returncode == 0
+
+
 def test_status_agrees_with_the_server_and_cache_commands(cli, demo_fake, tmp_path):
     require_fuse()
     import json
