@@ -117,6 +117,9 @@ OPTIONS: tuple[Option, ...] = (
            "no network at all: serve what the cache holds, EIO for the rest"),
     Option("allow_other", "CIARTFS_ALLOW_OTHER", parse_bool, False,
            "let other users see the mount (needs user_allow_other in /etc/fuse.conf for non-root)"),
+    Option("allow_private_addresses", "CIARTFS_ALLOW_PRIVATE_ADDRESSES", parse_bool, False,
+           "fetch artifact URLs that lead to loopback or private addresses even when no configured API "
+           "host is at one (link-local addresses are never fetched)"),
     Option("verbose", "CIARTFS_VERBOSE", parse_bool, False, "log debug detail"),
     Option("log_file", "CIARTFS_LOG_FILE", _path, None, "append logs to this file"),
 )
@@ -143,6 +146,7 @@ class Settings:
     timeout: float = 30.0
     offline: bool = False
     allow_other: bool = False
+    allow_private_addresses: bool = False
     verbose: bool = False
     log_file: Path | None = None
 

@@ -24,6 +24,10 @@ it), and its body's `aclose` gives the connection back when the exchange ended c
 Bounds: at most `max_per_origin` connections per origin, fewer while the origin answers 429
 (see `_Origin`; a request waits for a slot, the caller's deadline covers the wait), at most
 `max_idle` idle connections in all.
+
+Addresses: with an `AddressRule`, each new connection's peer address is checked once, right
+after connecting and before TLS or any request byte (`AddressRefused` otherwise); a pooled
+connection was checked when it was made, so reuse costs nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import h11
 import httpx
 import trio
 
+from ciartfs.addresses import AddressRule
 from ciartfs.wire import HEAD_END, Target, content_length, header_dict, plain_head, request_fields, request_head
 
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
@@ -272,9 +277,18 @@ class _Body(httpx.AsyncByteStream):
             self._pool._release(self._origin, self._slot)
 
 
+def _peer_address(sock: trio.socket.SocketType) -> str:
+    """The IP address a connected socket reached."""
+    try:
+        return str(sock.getpeername()[0])
+    except OSError as e:  # reset between connect and here
+        raise httpx.ConnectError(f"connection lost at once: {e}") from None
+
+
 class PoolPerOrigin:
     def __init__(self, *, max_per_origin: int, max_idle: int = 128, keepalive_expiry: float = 5.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, address_rule: AddressRule | None = None) -> None:
+        self._address_rule = address_rule  # None: any peer (tests of the transport alone)
         self.max_per_origin = max_per_origin
         self.max_idle = max_idle
         self.keepalive_expiry = keepalive_expiry
@@ -346,11 +360,22 @@ class PoolPerOrigin:
         host, port = target.host, target.port
         try:
             tcp = await trio.open_tcp_stream(host, port)
+        except OSError as e:
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {e}") from None
+        if self._address_rule is not None:
+            # the address connected to, not the host's spelling: see `addresses`
+            try:
+                await self._address_rule.check(host, _peer_address(tcp.socket))
+            except BaseException:
+                tcp.socket.close()
+                raise
+        try:
             stream: trio.abc.Stream = tcp
             if target.scheme == "https":
                 stream = trio.SSLStream(tcp, self._ssl_context(), server_hostname=host, https_compatible=True)
                 await stream.do_handshake()
         except (OSError, trio.BrokenResourceError) as e:
+            tcp.socket.close()
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {e}") from None
         return _Connection(stream, tcp.socket)
 

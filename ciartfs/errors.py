@@ -54,6 +54,14 @@ class Forbidden(CiartfsError):
     errno = errno.EACCES
 
 
+class AddressRefused(CiartfsError):
+    """A URL chosen by others (a listing's, a reference artifact's, a redirect's) leads to an
+    address the address rule refuses (see `addresses`): loopback, private or link-local.
+    Not a network failure: never retried, and only that file fails."""
+
+    errno = errno.EACCES
+
+
 class UpstreamError(CiartfsError):
     """The remote side failed (5xx, bad answer, connection trouble) after retries."""
 

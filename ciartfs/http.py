@@ -3,11 +3,14 @@
 Invariants:
 - Every public call finishes within `timeout` seconds (retries included) or raises
   `UpstreamTimeout`; nothing above this module builds a request or sees httpx.
-- Credentials go only to the origins their `Credential` names, on the first hop. A redirect
-  to another origin (the storage host behind an artifact URL) never carries them, and a
-  cached redirect target is always fetched without them. Redirects are followed here, not
-  by httpx, because httpx only strips `Authorization` and would forward a custom header
-  such as `Circle-Token`.
+- Credentials go only on the first hop of a request whose caller says its URL was built by a
+  provider (API documents; artifact URLs a provider built or recognised by their documented
+  pattern: `credentials=True`), and then only to the origins their `Credential` names. No
+  redirect ever carries them, not even one back to the API origin, and a cached redirect
+  target is always fetched without them. Redirects are followed here, not by httpx, because
+  httpx only strips `Authorization` and would forward a custom header such as `Circle-Token`.
+- With an `AddressRule`, every new connection is checked against it (see `addresses`): a
+  refused peer is `AddressRefused` (EACCES) at once, never retried.
 - A ranged reply is verified (offset, length, total) before it is returned; a mismatch is
   retried, never passed on.
 - Memory per call is bounded by the requested length (plus one network chunk), even when a
@@ -32,7 +35,9 @@ import httpx
 import trio
 
 from ciartfs.connpool import PoolPerOrigin, Reply, ViaHttpx
+from ciartfs.addresses import AddressRule
 from ciartfs.errors import (
+    AddressRefused,
     ArtifactExpired,
     BadListing,
     Forbidden,
@@ -174,6 +179,7 @@ class HttpClient:
         max_connections: int = 96,
         transport: Sender | httpx.AsyncBaseTransport | None = None,
         offline: bool = False,
+        address_rule: AddressRule | None = None,
     ) -> None:
         self.timeout = timeout
         self.offline = offline  # --offline: no request ever leaves the machine
@@ -187,7 +193,8 @@ class HttpClient:
         # slots than that closed ~800 connections in a grep -r over 2000 files.
         if isinstance(transport, httpx.AsyncBaseTransport):
             transport = ViaHttpx(transport)
-        self._transport: Sender = transport or PoolPerOrigin(max_per_origin=max_connections, max_idle=2 * max_connections + 64)
+        self._transport: Sender = transport or PoolPerOrigin(
+            max_per_origin=max_connections, max_idle=2 * max_connections + 64, address_rule=address_rule)
         # artifact URL -> its resolved redirect target, until that fails or gets too old
         self._targets: cachetools.TTLCache[str, str] = cachetools.TTLCache(
             REDIRECT_TARGETS_KEPT, REDIRECT_TARGET_MAX_AGE, timer=time.monotonic)
@@ -204,20 +211,24 @@ class HttpClient:
     # -- public API -------------------------------------------------------------------------
 
     async def get_json(self, url: str, params: Mapping[str, str | int] | None = None, *,
-                       also_ok: frozenset[int] = frozenset()) -> Any:
+                       also_ok: frozenset[int] = frozenset(), credentials: bool = True) -> Any:
         """GET an API document. 404 -> NotFound, 401/403 -> Forbidden, bad JSON -> BadListing.
-        Statuses in `also_ok` (e.g. Taskcluster's 424 for error artifacts) return their body."""
+        Statuses in `also_ok` (e.g. Taskcluster's 424 for error artifacts) return their body.
+        API documents are asked for at URLs a provider built: credentials by default."""
         if params:
             url = url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
-        return await self._bounded(url, self._json_once, url, also_ok)
+        return await self._bounded(url, self._json_once, url, also_ok, credentials)
+
+    # The byte reads below take `credentials=True` only for a URL the provider built or
+    # recognised by its documented pattern (`Artifact.credentialed`); a URL from elsewhere gets none.
 
     async def fetch_whole(self, url: str, consume: Callable[[AsyncIterator[bytes], str | None], Awaitable[T]], *,
-                          timeout: float | None = None) -> T:
+                          timeout: float | None = None, credentials: bool = False) -> T:
         """Stream the whole raw body of `url` into `consume(chunks, content_encoding)`, called
         afresh on every attempt. For bodies that cannot be read by range (gzip-encoded)."""
-        return await self._bounded(url, self._whole_once, url, consume, timeout=timeout)
+        return await self._bounded(url, self._whole_once, url, consume, credentials, timeout=timeout)
 
-    async def get_range(self, url: str, start: int, length: int) -> RangeReply:
+    async def get_range(self, url: str, start: int, length: int, *, credentials: bool = False) -> RangeReply:
         """Bytes [start, start+length) of the resource at `url` (fewer at its end).
 
         Follows redirects (reusing a resolved target while it works). 404 at the original
@@ -225,15 +236,15 @@ class HttpClient:
         """
         if start < 0 or length <= 0:
             raise ValueError("bad range")
-        return await self._bounded(url, self._range_once, url, start, length)
+        return await self._bounded(url, self._range_once, url, start, length, credentials)
 
-    async def get_tail(self, url: str, length: int) -> RangeReply:
+    async def get_tail(self, url: str, length: int, *, credentials: bool = False) -> RangeReply:
         """The last `length` bytes of the resource (all of it when smaller), with its total:
         one request for a file read from its end (a zip's central directory). `start` of the
         reply says where they begin."""
         if length <= 0:
             raise ValueError("bad range")
-        return await self._bounded(url, self._range_once, url, -1, length)
+        return await self._bounded(url, self._range_once, url, -1, length, credentials)
 
     # -- retry / deadline machinery -----------------------------------------------------------
 
@@ -272,12 +283,13 @@ class HttpClient:
             ) from None
 
     def _open(self, url: str, *, accept: str, byte_range: str | None = None,
-              first_hop_credentials: bool = True) -> _Answer:
-        """`async with` it: (streaming reply, final url, redirected) for a GET following redirects."""
-        return _Answer(self._follow(url, accept, byte_range, first_hop_credentials))
+              credentials: bool) -> _Answer:
+        """`async with` it: (streaming reply, final url, redirected) for a GET following redirects.
+        `credentials`: the first hop may carry them (see the module docstring)."""
+        return _Answer(self._follow(url, accept, byte_range, credentials))
 
     async def _follow(self, url: str, accept: str, byte_range: str | None,
-                      first_hop_credentials: bool) -> tuple[Reply, str, bool]:
+                      credentials: bool) -> tuple[Reply, str, bool]:
         headers_base = [("Accept", accept), ("User-Agent", USER_AGENT)]
         # identity for bytes: Range and Content-Length must count the bytes we serve, not gzip's.
         # (Storage that keeps an object gzip-encoded still says so: see RangeReply.encoding.)
@@ -285,7 +297,6 @@ class HttpClient:
         if byte_range is not None:
             headers_base.append(("Range", "bytes=" + byte_range))  # "first-last", or "-n": the last n
         current, redirected = url, False
-        cred_origin: tuple[str, str, int] | None = None
         for hop in range(MAX_REDIRECTS + 1):
             try:
                 target = parse_url(current)
@@ -295,15 +306,12 @@ class HttpClient:
             except httpx.InvalidURL:
                 raise UpstreamError(f"invalid URL {redact_url(current)}") from None
             headers = headers_base
-            if first_hop_credentials:
+            if credentials and hop == 0:  # never on a redirect, whatever host it names
                 # the origin checked is the one connected to: both come from the same parse
-                cred_origin = cred_origin or target.origin
-                if target.origin == cred_origin:
-                    headers = list(headers_base)
-                    for cred in self._credentials:
-                        if cred.applies_to_origin(target.origin):
-                            # signed (Hawk) over the URL as sent, after any normalising
-                            headers += cred.headers_for("GET", target.url).items()
+                for cred in self._credentials:
+                    if cred.applies_to_origin(target.origin):
+                        # signed (Hawk) over the URL as sent, after any normalising
+                        headers = [*headers, *cred.headers_for("GET", target.url).items()]
             try:
                 # no per-operation timeouts: `_bounded`'s deadline covers the whole call
                 self.requests_made += 1
@@ -312,6 +320,9 @@ class HttpClient:
                 raise _Retry(f"timeout ({type(e).__name__})") from None
             except httpx.TransportError as e:
                 raise _Retry(f"connection failed ({type(e).__name__})") from None
+            except AddressRefused as e:
+                via = f" (redirected to {redact_url(current)})" if hop else ""
+                raise AddressRefused(f"refused to fetch {redact_url(url)}{via}: {e}") from None
             if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
                 await self._drain(resp)
                 location = resp.headers["location"]
@@ -345,8 +356,8 @@ class HttpClient:
 
     # -- one attempt each ---------------------------------------------------------------------
 
-    async def _json_once(self, url: str, also_ok: frozenset[int]) -> Any:
-        async with self._open(url, accept="application/json") as (resp, final, _):
+    async def _json_once(self, url: str, also_ok: frozenset[int], credentials: bool) -> Any:
+        async with self._open(url, accept="application/json", credentials=credentials) as (resp, final, _):
             status = resp.status_code
             if status == 404 and status not in also_ok:
                 raise NotFound(f"{redact_url(url)}: HTTP 404")
@@ -366,14 +377,14 @@ class HttpClient:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BadListing(f"{redact_url(url)}: malformed JSON ({e})") from None
 
-    async def _range_once(self, url: str, start: int, length: int) -> RangeReply:
+    async def _range_once(self, url: str, start: int, length: int, credentials: bool) -> RangeReply:
         """One attempt at bytes [start, start+length), or at the last `length` bytes when
         start is -1 (a suffix range)."""
         target = self._targets.get(url)
         use_target = target is not None
         fetch_url = target or url
         async with self._open(fetch_url, accept="*/*", byte_range=f"{start}-{start + length - 1}" if start >= 0 else f"-{length}",
-                              first_hop_credentials=not use_target) as (resp, final, redirected):
+                              credentials=credentials and not use_target) as (resp, final, redirected):
             status = resp.status_code
             reached_storage = use_target or redirected
             if status in (401, 403, 404, 410) and reached_storage:
@@ -475,12 +486,13 @@ class HttpClient:
             raise _Retry("whole-body answer did not cover the requested range")
         return RangeReply(start, bytes(kept), total)
 
-    async def _whole_once(self, url: str, consume: Callable[[AsyncIterator[bytes], str | None], Awaitable[T]]) -> T:
+    async def _whole_once(self, url: str, consume: Callable[[AsyncIterator[bytes], str | None], Awaitable[T]],
+                          credentials: bool) -> T:
         target = self._targets.get(url)
         use_target = target is not None
         fetch_url = target or url
         async with self._open(fetch_url, accept="*/*", byte_range=None,
-                              first_hop_credentials=not use_target) as (resp, final, redirected):
+                              credentials=credentials and not use_target) as (resp, final, redirected):
             status = resp.status_code
             if status in (401, 403, 404, 410) and use_target:
                 self._targets.pop(url, None)

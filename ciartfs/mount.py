@@ -22,7 +22,8 @@ from ciartfs.cache import DiskStore, MemoryCache
 from ciartfs.config import Settings
 from ciartfs.docs import ApiDocs
 from ciartfs.fs import ArtifactFS
-from ciartfs.http import Credential, HttpClient
+from ciartfs.addresses import AddressRule
+from ciartfs.http import Credential, HttpClient, origin_of
 from ciartfs.providers import circleci, circleci_v2, taskcluster
 from ciartfs.reader import Reader
 from ciartfs.tree import StaticDir, Tree
@@ -40,6 +41,12 @@ def fuse_options(settings: Settings) -> set[str]:
     return options
 
 
+def api_hosts(settings: Settings) -> list[str]:
+    """The configured API hosts: what the address rule compares other hosts' addresses with."""
+    urls = [settings.circleci_host, settings.taskcluster_root_url]
+    return [host for host in (origin_of(u)[1] for u in urls if u) if host]
+
+
 class Mount:
     """Everything one mount owns, built from settings."""
 
@@ -52,7 +59,9 @@ class Mount:
             creds.append(taskcluster.credential(settings.taskcluster_root_url, settings.taskcluster_client_id,
                                                 settings.taskcluster_access_token))
         credentials: tuple[Credential, ...] = tuple(c for c in creds if c is not None)
-        self.http = HttpClient(timeout=settings.timeout, credentials=credentials, offline=settings.offline)
+        self.address_rule = AddressRule(api_hosts(settings), allow_private=settings.allow_private_addresses)
+        self.http = HttpClient(timeout=settings.timeout, credentials=credentials, offline=settings.offline,
+                               address_rule=self.address_rule)
         self.memory = MemoryCache(settings.memory_cache)
         settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.cache_dir, 0o700)  # cached artifacts may come from private projects
@@ -88,7 +97,9 @@ class Mount:
                 "cache_dir": str(s.cache_dir), "cache_size": s.cache_size, "memory_cache": s.memory_cache,
                 "block_size": s.block_size, "recent_builds": s.recent_builds, "latest_ttl": s.latest_ttl,
                 "timeout": s.timeout, "allow_other": s.allow_other, "offline": s.offline,
+                "allow_private_addresses": s.allow_private_addresses,
             },
+            "addresses_allowed": sorted(c.value for c in self.address_rule.allowed),
             "stats": {**dataclasses.asdict(self.reader.stats), "http_requests": self.http.requests_made,
                       "api_calls_saved": self.docs.api_calls_saved},
             "memory_bytes": self.memory.bytes_used,

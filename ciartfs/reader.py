@@ -151,7 +151,7 @@ class Reader:
     async def _probe_tail(self, art: Artifact) -> int:
         """Learn an archive's size from a ranged GET of its last TAIL_BYTES, keeping the whole
         blocks in it: the reader's first reads (the index at the end) are then already here."""
-        reply = await self.http.get_tail(art.url, max(TAIL_BYTES, self.block_size))
+        reply = await self.http.get_tail(art.url, max(TAIL_BYTES, self.block_size), credentials=art.credentialed)
         self.stats.requests += 1
         if reply.encoding is not None:
             return await self._load_decoded(art)
@@ -170,7 +170,7 @@ class Reader:
         return reply.total
 
     async def _probe_mutable(self, art: Artifact) -> int:
-        reply = await self.http.get_range(art.url, 0, self.block_size)
+        reply = await self.http.get_range(art.url, 0, self.block_size, credentials=art.credentialed)
         self.stats.requests += 1
         if reply.encoding is not None:
             return await self._load_decoded(art)
@@ -193,7 +193,7 @@ class Reader:
         """Why an error artifact failed, as the CI system says (fetched once)."""
         reason = self._errors.get(art.key)
         if reason is None:
-            doc = await self.http.get_json(art.url, also_ok=frozenset({424}))
+            doc = await self.http.get_json(art.url, also_ok=frozenset({424}), credentials=art.credentialed)
             reason = "the CI system marks this artifact as failed"
             if isinstance(doc, dict):
                 parts = [str(doc[k]) for k in ("reason", "message") if isinstance(doc.get(k), str) and doc[k]]
@@ -302,7 +302,8 @@ class Reader:
                 return data
         self.stats.misses += 1
         self.stats.requests += 1
-        reply = await self.http.get_range(art.url, index * self.block_size, self.block_size)
+        reply = await self.http.get_range(art.url, index * self.block_size, self.block_size,
+                                           credentials=art.credentialed)
         if reply.encoding is not None:
             await self._load_decoded(art)
             data = self.memory.get(key)
@@ -367,7 +368,8 @@ class Reader:
 
         self._decoded.add(art.key)
         try:
-            total = await self.http.fetch_whole(art.url, consume, timeout=self.http.timeout * WHOLE_FETCH_TIMEOUT_FACTOR)
+            total = await self.http.fetch_whole(art.url, consume, timeout=self.http.timeout * WHOLE_FETCH_TIMEOUT_FACTOR,
+                                                credentials=art.credentialed)
         except (_TruncatedBody, zlib.error) as e:
             raise UpstreamError(f"{redact_url(art.url)}: the gzip body is corrupt or truncated ({e!r})") from None
         log.info("decoded %s: %d bytes", redact_url(art.url), total)
@@ -514,7 +516,7 @@ class Reader:
             async with self._prefetch_limiter:
                 self.stats.misses += len(run)
                 self.stats.requests += 1
-                reply = await self.http.get_range(art.url, first * bs, len(run) * bs)
+                reply = await self.http.get_range(art.url, first * bs, len(run) * bs, credentials=art.credentialed)
             if reply.encoding is not None:
                 return  # abandoned: a reader's own fetch of the block handles encoded storage
             self._remember_size(art, reply.total)

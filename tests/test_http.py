@@ -89,7 +89,7 @@ def headers_to(server, prefix):
 
 async def test_token_goes_to_api_not_to_storage(server_and_client):
     server, client = server_and_client
-    reply = await client.get_range(API + "/art/1", 100, 50)
+    reply = await client.get_range(API + "/art/1", 100, 50, credentials=True)
     assert reply.data == DATA[100:150] and reply.total == len(DATA)
     assert [h.get("circle-token") for h in headers_to(server, API)] == [TOKEN]
     storage = headers_to(server, STORAGE)
@@ -99,11 +99,11 @@ async def test_token_goes_to_api_not_to_storage(server_and_client):
 
 async def test_redirect_target_is_reused_then_re_resolved_when_expired(server_and_client):
     server, client = server_and_client
-    await client.get_range(API + "/art/1", 0, 10)
-    await client.get_range(API + "/art/1", 10, 10)
+    await client.get_range(API + "/art/1", 0, 10, credentials=True)
+    await client.get_range(API + "/art/1", 10, 10, credentials=True)
     assert len(headers_to(server, API)) == 1  # second read went straight to storage
     server.valid_sig = "sig2"  # the presigned URL expired: storage now says 403 to sig1
-    reply = await client.get_range(API + "/art/1", 20, 10)
+    reply = await client.get_range(API + "/art/1", 20, 10, credentials=True)
     assert reply.data == DATA[20:30]
     assert len(headers_to(server, API)) == 2
     assert all("circle-token" not in h for h in headers_to(server, STORAGE))
@@ -131,7 +131,7 @@ async def test_redirect_to_artifact_host_does_not_carry_token():
         return ranged(request, DATA)
 
     client = HttpClient(timeout=3, credentials=(credential(API, TOKEN),), transport=Transport(handler))
-    await client.get_range(API + "/a", 0, 10)
+    await client.get_range(API + "/a", 0, 10, credentials=True)
     await client.aclose()
     assert "circle-token" in seen[0].headers and "circle-token" not in seen[1].headers
 

@@ -18,12 +18,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import trio
 
 from ciartfs.providers import parse_time
 from ciartfs.errors import BadListing, CiartfsError, NotFound, redact_url
 from ciartfs.docs import ApiDocs, Keep
 from ciartfs.http import HeaderCredential, origin_of
+from ciartfs.wire import parse_url
 from ciartfs.tree import Artifact, CompleteDir, Entry, Kind, StaticDir, place_artifacts, tree_entries
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,13 @@ VCS_TYPES = ("github", "bitbucket")
 PAGE_LIMIT = 100  # the v1.1 API refuses limit > 100
 # CircleCI serves artifact URLs from per-build subdomains of this host; they take the token.
 ARTIFACT_HOST_SUFFIX = ".circle-artifacts.com"
+_ARTIFACT_HOST_RE = re.compile(r"^[a-z0-9-]+(?:\.[a-z0-9-]+)*\.circle-artifacts\.com$")
 _BUILD_NUM_RE = re.compile(r"^[1-9][0-9]{0,17}$")
 
 
 def credential(host: str, token: str | None) -> HeaderCredential | None:
-    """The token goes to the CircleCI host and its artifact hosts, nowhere else."""
+    """The token goes to the CircleCI host and its artifact hosts, nowhere else (and there only
+    on requests built here or recognised by `artifact_url_takes_token`)."""
     if not token:
         return None
     return HeaderCredential(
@@ -136,6 +140,35 @@ def parse_artifacts(doc: Any, where: str) -> list[ArtifactRecord]:
             continue
         records.append(ArtifactRecord(path, node, url))
     return records
+
+
+def artifact_url_takes_token(url: str, host: str, where: str, node: int) -> bool:
+    """Whether an artifact URL from a listing (of build `where`, "vcs/user/project/build", on
+    CircleCI `host`) may carry the token. A listing's URL is taken as given, so only two shapes:
+
+    - CircleCI's documented one, https on port 443 of a `*.circle-artifacts.com` host
+      ("https://24-88881093-gh.circle-artifacts.com/0/path");
+    - on the configured host itself, its artifact route for this very build and node,
+      "/artifacts/<vcs>/<user>/<project>/<build>/<node>/<path>" (each part percent-encoded): the
+      fake server's (and the demo's) stand-in for circle-artifacts.com.
+
+    Anything else, above all the host's own API ("/api/v1.1/me") or another project's files,
+    is fetched without it. The path checked is the one that would be sent (after httpx's
+    normalising of dot segments), and no segment may decode to "." or "..".
+    """
+    try:
+        target = parse_url(url)
+        api = parse_url(host)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+        return False
+    segments = target.path.split("?", 1)[0].split("/")
+    if any(urllib.parse.unquote(part) in (".", "..") for part in segments):
+        return False
+    if target.origin[0] == "https" and target.port == 443 and _ARTIFACT_HOST_RE.match(target.host):
+        return True
+    expected = ["", "artifacts", *where.split("/"), str(node)]
+    decoded = [urllib.parse.unquote(part) for part in segments[:len(expected)]]
+    return target.origin == api.origin and decoded == expected and len(segments) > len(expected)
 
 
 class CircleCIApi:
@@ -417,12 +450,12 @@ class _BuildDir(CompleteDir):
         records, self._fetched = self._fetched, None
         if records is None:
             records = await p.api.artifacts(p.vcs, p.user, p.name, b.num, completed=b.completed)
-        return node_entries(records, host_id=p.api.host_id, where=f"{p.where}/{b.num}", mtime=b.mtime,
+        return node_entries(records, host=p.api.host, host_id=p.api.host_id, where=f"{p.where}/{b.num}", mtime=b.mtime,
                             immutable=b.completed, ttl=self.ttl, source=lambda node: _source(p, b.num, node))
 
 
-def node_entries(records: list[ArtifactRecord], *, host_id: str, where: str, mtime: float, immutable: bool,
-                 ttl: float | None, source: Callable[[int], str]) -> list[Entry]:
+def node_entries(records: list[ArtifactRecord], *, host: str, host_id: str, where: str, mtime: float,
+                 immutable: bool, ttl: float | None, source: Callable[[int], str]) -> list[Entry]:
     """One directory per node_index with safe artifacts; below, the artifact paths. Shared by
     v1.1 builds and v2 jobs (same cache keys: a job's blocks are cached once)."""
     by_node: dict[int, list[ArtifactRecord]] = defaultdict(list)
@@ -438,7 +471,8 @@ def node_entries(records: list[ArtifactRecord], *, host_id: str, where: str, mti
 
         def make_file(name: str, path: str, rec: ArtifactRecord, node_where: str = node_where,
                       info: dict[str, str] = info) -> Entry:
-            art = Artifact(key=f"circleci|{host_id}|{node_where}/{path}", url=rec.url, immutable=immutable)
+            art = Artifact(key=f"circleci|{host_id}|{node_where}/{path}", url=rec.url, immutable=immutable,
+                           credentialed=artifact_url_takes_token(rec.url, host, where, rec.node_index))
             return Entry(name, Kind.FILE, mtime=mtime, immutable=immutable, artifact=art, info=info)
 
         children = tree_entries(tree, make_file, mtime=mtime, immutable=immutable, ttl=ttl)

@@ -103,6 +103,7 @@ def _finished(doc: Any) -> bool:
 class CircleCIV2Api:
     def __init__(self, docs: ApiDocs, host: str) -> None:
         self.docs = docs
+        self.host = host
         self.base = host + "/api/v2"
         self.host_id = urllib.parse.urlsplit(host).netloc
 
@@ -173,8 +174,8 @@ class _JobDir(CompleteDir):
         records = await p.api.job_artifacts(p.slug, job.number, done=job.done)
         source = lambda node: json.dumps({"provider": "circleci-v2", "slug": p.slug, "job": job.number,  # noqa: E731
                                           "node": node})
-        return node_entries(records, host_id=p.api.host_id, where=f"{p.where}/{job.number}", mtime=job.mtime,
-                            immutable=job.done, ttl=self.ttl, source=source)
+        return node_entries(records, host=p.api.host, host_id=p.api.host_id, where=f"{p.where}/{job.number}",
+                            mtime=job.mtime, immutable=job.done, ttl=self.ttl, source=source)
 
 
 def v2_root_entry(api: CircleCIV2Api, *, ttl: float, mtime: float) -> Entry:

@@ -4,8 +4,10 @@
     taskcluster/group/<taskGroupId>/{<taskId>/ (as above), <task name> -> <taskId>}
 
 Tasks cannot be enumerated: `taskcluster/` lists only `group/`, but any well-formed taskId
-looks up. Artifacts under `public/` need no credentials; for the rest, requests to the root
-URL's host are Hawk-signed (mohawk, the library Taskcluster's own Python client used).
+looks up. Artifacts under `public/` need no credentials; for the rest, the queue endpoints
+built here (under the root URL) are Hawk-signed (mohawk, the library Taskcluster's own Python
+client used). Nothing the queue redirects to is: not storage, and not the URL a `reference`
+artifact names, even when it points back at the root URL's own API.
 Nothing here knows about FUSE or caching.
 """
 
@@ -301,7 +303,10 @@ class _RunDir(CompleteDir):
         immutable = run.is_resolved and rec.storage_type != "reference"
         art = Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}",
                        url=self.api.artifact_url(self.task_id, run.run_id, rec.name),
-                       immutable=immutable, error=rec.storage_type == "error")
+                       immutable=immutable, error=rec.storage_type == "error",
+                       # built here: the queue's endpoint may be Hawk-signed. Where a `reference`
+                       # artifact points is a redirect from it, and redirects never are.
+                       credentialed=True)
         info = {"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,
                                       "task": self.task_id, "run": run.run_id, "name": rec.name,
                                       "storage_type": rec.storage_type})}
