@@ -95,8 +95,9 @@ class AddressRule:
     async def check(self, host: str, peer: str) -> None:
         """Raise AddressRefused unless a connection to `host` that reached `peer` may be used."""
         cls = classify(peer)
+        where = peer if host == peer else f"{host} is at {peer}"
         if cls is AddressClass.LINK_LOCAL:
-            raise AddressRefused(f"{host} is at {peer}, a link-local address (never fetched)")
+            raise AddressRefused(f"{where}, a link-local address (never fetched)")
         if self.allow_private or cls in self._allowed:
             return
         if host.lower() in self._api_hosts:
@@ -107,7 +108,7 @@ class AddressRule:
             await self._resolve_api_hosts()
             if cls in self._allowed:
                 return
-        raise AddressRefused(f"{host} is at {peer}, a {cls.value} address, and no configured API host is "
+        raise AddressRefused(f"{where}, a {cls.value} address, and no configured API host is at one "
                              f"(--allow-private-addresses allows loopback and private addresses)")
 
     async def _resolve_api_hosts(self) -> None:

@@ -7,7 +7,7 @@ import trio
 
 from ciartfs.errors import ArtifactExpired, BadListing, Forbidden, NotFound, UpstreamError, UpstreamTimeout
 from ciartfs.http import HeaderCredential, HttpClient, origin_of
-from ciartfs.providers.circleci import credential
+from ciartfs.providers.circleci import artifact_url_takes_token, credential
 
 API = "https://circleci.example"
 STORAGE = "https://storage.example"
@@ -248,3 +248,69 @@ async def test_tail_request_gives_the_last_bytes_and_the_total(server_and_client
     server.storage_script = [(416, b"", {"Content-Range": "bytes */0"})]
     reply = await client.get_tail(API + "/art/1", 300)
     assert (reply.data, reply.total) == (b"", 0)
+
+
+async def test_no_redirect_carries_credentials_not_even_back_to_the_api_origin():
+    """A storage hop that redirects back to the API host (another task's private artifact, the
+    token's own /me) must not get the credentials a second time."""
+    seen = []
+
+    async def handler(request):
+        seen.append(request)
+        if request.url.path == "/art":
+            return httpx.Response(302, headers={"Location": STORAGE + "/blob"})
+        if request.url.host == "storage.example":
+            return httpx.Response(302, headers={"Location": API + "/api/v1.1/me"})
+        return httpx.Response(401 if "circle-token" not in request.headers else 200, content=b"me")
+
+    client = HttpClient(timeout=3, credentials=(credential(API, TOKEN),), transport=Transport(handler))
+    with pytest.raises(Forbidden):
+        await client.get_range(API + "/art", 0, 10, credentials=True)
+    await client.aclose()
+    assert [str(r.url) for r in seen] == [API + "/art", STORAGE + "/blob", API + "/api/v1.1/me"]
+    assert [("circle-token" in r.headers) for r in seen] == [True, False, False]
+
+
+async def test_a_url_not_built_by_a_provider_gets_no_credentials():
+    seen = []
+
+    async def handler(request):
+        seen.append(request)
+        return ranged(request, DATA) if "range" in request.headers else httpx.Response(200, content=DATA)
+
+    client = HttpClient(timeout=3, credentials=(credential(API, TOKEN),), transport=Transport(handler))
+    await client.get_range(API + "/api/v1.1/me", 0, 10)
+    await client.get_tail(API + "/api/v1.1/me", 10)
+    await client.fetch_whole(API + "/api/v1.1/me", lambda chunks, enc: _drain(chunks))
+    await client.get_range(API + "/artifacts/x", 0, 10, credentials=True)
+    await client.aclose()
+    assert [("circle-token" in r.headers) for r in seen] == [False, False, False, True]
+
+
+async def _drain(chunks):
+    async for _ in chunks:
+        pass
+
+
+HOST = "https://circleci.example"
+WHERE = "github/acme/api/7"
+
+
+@pytest.mark.parametrize("url,takes_token", [
+    ("https://24-88881093-gh.circle-artifacts.com/0/a.txt", True),  # the documented shape
+    ("https://output.circle-artifacts.com/output/job/3f2a/artifacts/0/a.txt", True),
+    ("https://24-88881093-gh.circle-artifacts.com:8443/0/a.txt", False),  # another port
+    ("http://24-88881093-gh.circle-artifacts.com/0/a.txt", False),  # never over plain http
+    ("https://circle-artifacts.com.evil.example/0/a", False),
+    (HOST + "/artifacts/github/acme/api/7/0/a.txt", True),  # the configured host's route, this build and node
+    (HOST + "/artifacts/github/acme/api/7/0/dir/%2E%2E/a.txt", False),  # a dot segment, however spelt
+    (HOST + "/artifacts/github/acme/api/7/0/../../../../../../api/v1.1/me", False),  # normalised to /api/...
+    (HOST + "/artifacts/github/acme/api/7/1/a.txt", False),  # another node
+    (HOST + "/artifacts/github/acme/secret/1/0/a.txt", False),  # another project's files
+    (HOST + "/artifacts/github/acme/api/7/0/", False),  # no file
+    (HOST + "/api/v1.1/me", False),  # the API itself
+    (HOST + "/api/v1.1/project/github/acme/api/7/artifacts", False),
+    ("https://evil.example/artifacts/github/acme/api/7/0/a.txt", False),  # the route on another host
+])
+def test_which_listing_urls_take_the_token(url, takes_token):
+    assert artifact_url_takes_token(url, HOST, WHERE, 0) is takes_token

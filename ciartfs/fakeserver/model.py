@@ -17,6 +17,9 @@ class FakeArtifact:
     node_index: int = 0
     expired: bool = False  # listed, but its URL answers 404 (CircleCI deletes after 30 days)
     url: str | None = None  # override the URL the listing reports (hostile listings)
+    # The storage host answers this artifact's presigned URL with a 302 here (a hostile or
+    # misconfigured storage hop, e.g. one pointing back at the API host).
+    storage_redirect: str | None = None
     blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
 
 

@@ -1,6 +1,7 @@
 """A fake CircleCI (API v1.1) and its S3-like storage host: real HTTP on 127.0.0.1.
 
-The API host answers the documented endpoints; artifact URLs point at the API host and
+The API host answers the documented endpoints (and `/api/v1.1/me`, which a token must never
+be sent to from a listing's URL); artifact URLs point at the API host and
 redirect (302) to the storage host with a presigned, expiring URL. Storage serves Range
 requests like S3 (206, 416, HEAD refused). `FakeCI.faults` switches on misbehaviour and
 `FakeCI.requests` records what arrived, so tests can assert on both.
@@ -277,6 +278,8 @@ class FakeCI:
             raise Reply(200, b'[{"path": "truncated', )
         if segments[:3] == ["", "api", "v2"]:
             self.v2.handle(segments[3:], query, token)
+        if segments == ["", "api", "v1.1", "me"]:
+            self._me(token)
         if "application/json" not in handler.headers.get("Accept", ""):
             raise Reply(200, b'({:build_num 1 :status "success"})', content_type="application/edn")
         if segments[:4] != ["", "api", "v1.1", "project"] or len(segments) < 7:
@@ -314,6 +317,14 @@ class FakeCI:
                 return "<malformed basic auth>"
             return user
         return query.get("circle-token")
+
+    @staticmethod
+    def _me(token: str | None) -> None:
+        """GET /api/v1.1/me: the token's own user, secrets included; 401 without a token."""
+        if token is None:
+            raise Reply(401, {"message": "You must log in first."})
+        raise Reply(200, {"login": "token-owner", "name": "Token Owner",
+                          "all_emails": ["owner@example.com"], "SecretAccessKey": "fake-me-secret"})
 
     def _project(self, vcs: str, user: str, name: str, token: str | None) -> FakeProject:
         project = self.projects.get((vcs, user, name))
@@ -418,6 +429,8 @@ class FakeCI:
         artifact = self._blob(blob_id)
         if artifact is None or getattr(artifact, "expired", False):
             raise _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        if artifact.storage_redirect:
+            raise Reply(302, b"", content_type="text/plain", headers={"Location": artifact.storage_redirect})
         data = artifact.stored if isinstance(artifact, FakeTcArtifact) else artifact.data
         encoding = artifact.content_encoding if isinstance(artifact, FakeTcArtifact) else None
         total = len(data)

@@ -2,7 +2,8 @@
 
     GET /api/queue/v1/task/<taskId>/status
     GET /api/queue/v1/task/<taskId>/runs/<runId>/artifacts[?continuationToken=&limit=]
-    GET /api/queue/v1/task/<taskId>/runs/<runId>/artifacts/<name>   303 to storage, 424 for errors
+    GET /api/queue/v1/task/<taskId>/runs/<runId>/artifacts/<name>   303 to storage (or to a
+        `reference` artifact's own URL), 424 for errors
     GET /api/queue/v1/task-group/<taskGroupId>/list[?continuationToken=&limit=]
 
 Artifacts outside `public/` need a valid Hawk header (checked with mohawk). Listings page
@@ -38,6 +39,10 @@ class FakeTcArtifact:
     gzip: bool = False  # stored with Content-Encoding: gzip (Range counts compressed bytes)
     reason: str = "file-missing-on-worker"  # error artifacts
     message: str = "The file was not found on the worker"
+    # `reference` artifacts: the URL the queue's 303 names, chosen by whoever wrote the task
+    # (None: the fake's own storage, as for s3).
+    url: str | None = None
+    storage_redirect: str | None = None  # as FakeArtifact.storage_redirect
     blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
 
     @property
@@ -163,7 +168,8 @@ class FakeQueue:
             self._check_hawk(handler)
         if artifact.storage_type == "error":
             raise Reply(424, {"reason": artifact.reason, "message": artifact.message})
-        location = self.fake.presigned_url(artifact.blob_id)
+        location = artifact.url if artifact.storage_type == "reference" and artifact.url else \
+            self.fake.presigned_url(artifact.blob_id)
         raise Reply(303, b"", content_type="text/plain", headers={
             "Location": location, "x-taskcluster-artifact-storage-type": artifact.storage_type})
 

@@ -168,7 +168,7 @@ def artifact_url_takes_token(url: str, host: str, where: str, node: int) -> bool
         return True
     expected = ["", "artifacts", *where.split("/"), str(node)]
     decoded = [urllib.parse.unquote(part) for part in segments[:len(expected)]]
-    return target.origin == api.origin and decoded == expected and len(segments) > len(expected)
+    return target.origin == api.origin and decoded == expected and any(segments[len(expected):])
 
 
 class CircleCIApi:
