@@ -33,6 +33,9 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
 # "This network": connecting to 0.0.0.0 (or ::) reaches the machine itself.
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+# A configured API host name that did not resolve is tried again after this many seconds, not
+# on every refusal: without DNS each try could take the resolver's whole timeout.
+RESOLVE_RETRY_AFTER = 30.0
 
 
 class AddressClass(enum.Enum):
@@ -86,6 +89,7 @@ class AddressRule:
             elif cls is not AddressClass.LINK_LOCAL:
                 self._allowed.add(cls)
         self._resolving = trio.Lock()
+        self._next_resolve = -float("inf")  # trio time of the next try to resolve `_unresolved`
 
     @property
     def allowed(self) -> frozenset[AddressClass]:
@@ -104,7 +108,7 @@ class AddressRule:
             # the configured API host is itself here: addresses of its class are this CI's own
             self._allowed.add(cls)
             return
-        if self._unresolved:
+        if self._unresolved and trio.current_time() >= self._next_resolve:
             await self._resolve_api_hosts()
             if cls in self._allowed:
                 return
@@ -113,11 +117,14 @@ class AddressRule:
 
     async def _resolve_api_hosts(self) -> None:
         async with self._resolving:
+            if trio.current_time() < self._next_resolve:
+                return  # another task just tried
+            self._next_resolve = trio.current_time() + RESOLVE_RETRY_AFTER
             for host in sorted(self._unresolved):
                 try:
                     infos = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
                 except OSError:
-                    continue  # asked again next time: a DNS hiccup must not fix the answer
+                    continue  # asked again later: a DNS hiccup must not fix the answer
                 self._unresolved.discard(host)
                 for *_, sockaddr in infos:
                     cls = classify(str(sockaddr[0]))

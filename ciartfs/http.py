@@ -100,6 +100,8 @@ class Credential:
 
     `origins` are exact (scheme, host, port) matches; `https_host_suffixes` admit a family
     of hosts over https only (CircleCI serves artifacts from `*.circle-artifacts.com`).
+    This is the second gate: a request gets the headers only if its caller also says the URL
+    is one a provider built (`credentials=True`), and only on its first hop.
     Subclasses say which headers a request gets (static, or signed per request).
     """
 

@@ -10,7 +10,7 @@ import socket
 import pytest
 import trio
 
-from ciartfs.addresses import AddressClass, AddressRule, classify
+from ciartfs.addresses import RESOLVE_RETRY_AFTER, AddressClass, AddressRule, classify
 from ciartfs.connpool import PoolPerOrigin
 from ciartfs.errors import AddressRefused
 from ciartfs.fakeserver import InternalService
@@ -85,7 +85,7 @@ class Resolver(trio.abc.HostnameResolver):
         raise NotImplementedError
 
 
-async def test_configured_api_host_name_is_resolved_when_needed():
+async def test_configured_api_host_name_is_resolved_when_needed(autojump_clock):
     resolver = Resolver({})
     trio.socket.set_custom_hostname_resolver(resolver)
     rule = AddressRule(["ci.internal"])
@@ -93,8 +93,13 @@ async def test_configured_api_host_name_is_resolved_when_needed():
     assert resolver.asked == []
     with pytest.raises(AddressRefused):  # cannot resolve the API host (yet): nothing but public
         await rule.check("storage.internal", "10.0.0.7")
-    resolver.names["ci.internal"] = "10.0.0.5"  # the lookup failed before: it is tried again
+    resolver.names["ci.internal"] = "10.0.0.5"
+    with pytest.raises(AddressRefused):  # a failed lookup is not retried at once...
+        await rule.check("storage.internal", "10.0.0.7")
+    assert resolver.asked == ["ci.internal"]
+    await trio.sleep(RESOLVE_RETRY_AFTER)  # ...but after a while (the fake clock jumps)
     await rule.check("storage.internal", "10.0.0.7")
+    assert resolver.asked == ["ci.internal", "ci.internal"]
     with pytest.raises(AddressRefused):
         await rule.check("localhost", "127.0.0.1")
     # the API host itself, reached at its address: that class is its own

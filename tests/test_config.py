@@ -97,3 +97,26 @@ def test_readme_config_example_has_every_key_and_loads(tmp_path):
     settings = load_settings({}, env={}, config_path=path)
     assert {o.key for o in OPTIONS} <= set(re.findall(r"^(\w+) =", block, re.M))
     assert settings.memory_cache == 512 << 20 and settings.circleci_token == "t0ken"
+
+
+def test_allow_private_addresses_from_flag_env_or_file(tmp_path):
+    assert load_settings({}, env={}).allow_private_addresses is False  # off unless asked for
+    on = write(tmp_path / "on.toml", "allow_private_addresses = true\n")
+    assert load_settings({}, env={}, config_path=on).allow_private_addresses is True
+    assert load_settings({}, env={"CIARTFS_ALLOW_PRIVATE_ADDRESSES": "1"}).allow_private_addresses is True
+    assert load_settings({}, env={"CIARTFS_ALLOW_PRIVATE_ADDRESSES": "no"}, config_path=on).allow_private_addresses is False
+    assert load_settings({"allow_private_addresses": True}, env={}).allow_private_addresses is True
+    with pytest.raises(ConfigError, match="CIARTFS_ALLOW_PRIVATE_ADDRESSES"):
+        load_settings({}, env={"CIARTFS_ALLOW_PRIVATE_ADDRESSES": "maybe"})
+
+
+def test_the_address_rule_knows_the_configured_api_hosts(tmp_path):
+    from ciartfs.addresses import AddressClass
+    from ciartfs.mount import Mount, api_hosts
+
+    s = load_settings({"circleci_host": "http://127.0.0.1:8080", "taskcluster_root_url": "https://tc.example",
+                       "cache_dir": str(tmp_path / "c")}, env={})
+    assert api_hosts(s) == ["127.0.0.1", "tc.example"]
+    assert Mount(s).address_rule.allowed == {AddressClass.PUBLIC, AddressClass.LOOPBACK}
+    override = load_settings({"allow_private_addresses": True, "cache_dir": str(tmp_path / "c")}, env={})
+    assert Mount(override).address_rule.allowed == {AddressClass.PUBLIC, AddressClass.LOOPBACK, AddressClass.PRIVATE}
