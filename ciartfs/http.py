@@ -34,8 +34,8 @@ import cachetools
 import httpx
 import trio
 
-from ciartfs.connpool import PoolPerOrigin, Reply, ViaHttpx
 from ciartfs.addresses import AddressRule
+from ciartfs.connpool import PoolPerOrigin, Reply, ViaHttpx
 from ciartfs.errors import (
     AddressRefused,
     ArtifactExpired,

@@ -18,11 +18,11 @@ import pyfuse3
 import trio
 
 from ciartfs import status
+from ciartfs.addresses import AddressRule
 from ciartfs.cache import DiskStore, MemoryCache
 from ciartfs.config import Settings
 from ciartfs.docs import ApiDocs
 from ciartfs.fs import ArtifactFS
-from ciartfs.addresses import AddressRule
 from ciartfs.http import Credential, HttpClient, origin_of
 from ciartfs.providers import circleci, circleci_v2, taskcluster
 from ciartfs.reader import Reader
