@@ -17,6 +17,11 @@ class FakeArtifact:
     node_index: int = 0
     expired: bool = False  # listed, but its URL answers 404 (CircleCI deletes after 30 days)
     url: str | None = None  # override the URL the listing reports (hostile listings)
+    # Per-artifact storage misbehaviour (one bad file among good ones):
+    storage_status: int | None = None  # storage answers every GET of it with this status (410, 403)
+    claimed_total: int | None = None  # its 206 answers name this total in Content-Range
+    delay: float = 0.0  # storage waits this long before answering (a slow file)
+    stall: bool = False  # storage never answers it (until the server stops)
     blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
 
 
