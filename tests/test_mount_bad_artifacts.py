@@ -131,7 +131,7 @@ def test_a_stalled_artifact_does_not_stall_its_directory_and_a_slow_one_gets_its
     slow_data = b"slow but fine\n" * 10
     rel, bad = bad_directory(fake, **{
         "stalled.txt": {"stall": True},
-        "slow.txt": {"delay": 4.0},
+        "slow.txt": {"delay": 6.0},  # well past the listing's bound
     })
     bad["slow.txt"].data = slow_data
     m = mount("--timeout", str(TIMEOUT))
