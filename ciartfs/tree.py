@@ -5,12 +5,13 @@ this module turns them into `Node`s with stable inode numbers, refreshes mutable
 after their TTL, tracks the kernel's lookup counts, and learns file sizes (through an
 injected `sizer`) before an entry is shown, because readdirplus and lookup need exact sizes.
 
-One bad artifact never takes its directory down: sizes are learned concurrently, and a
-listing, lookup or stat waits for one artifact's size at most `size_wait` seconds (from when
-its request went out). An artifact whose size is not known by then (slow), or cannot be had
-(expired, refused, a bad answer: `Node.error`), is still shown, with its size unknown; a slow
-one's request goes on in the background, so a later stat gets its true size. Only `size_of`
-(open, which needs the size) waits for the answer, and raises the artifact's own error.
+One bad artifact never takes its directory down: sizes are learned concurrently; a lookup
+or stat waits for one artifact's size at most `size_wait` seconds from when its request went
+out, a listing until every size is in or `size_wait` passes with none of its requests starting
+or ending. An artifact whose size is not known by then (slow), or cannot be had (expired,
+refused, a bad answer: `Node.error`), is still shown, with its size unknown; a slow one's
+request goes on in the background, so a later stat gets its true size. Only `size_of` (open,
+which needs the size) waits for the answer, and raises the artifact's own error.
 
 Memory follows the kernel's: once the kernel has forgotten every inode in a directory's
 subtree (its own included), the directory drops its children and listing, to be listed again
