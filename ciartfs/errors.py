@@ -86,3 +86,9 @@ class ReadOnly(CiartfsError):
 
 class ConfigError(Exception):
     """A setting is invalid; the message is one line meant for the user."""
+
+
+def again(error: CiartfsError) -> CiartfsError:
+    """A fresh exception like `error`, for raising a remembered failure once more: raising the
+    one object from many tasks would grow its traceback with each."""
+    return type(error)(*error.args)

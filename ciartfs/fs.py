@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # decide when the API is asked again, this only bounds how stale the kernel's view is.
 IMMUTABLE_TIMEOUT = 86400.0
 MUTABLE_TIMEOUT = 1.0
+# A file whose size is not known yet (slow) or could not be learned is shown as 0 bytes with
+# attributes that expire at once: each stat asks again, and gets the true size when it comes.
+UNKNOWN_SIZE_TIMEOUT = 0.0
 # st_blksize is what `cp`, `cat` and stdio use as their buffer size; the kernel's largest
 # buffered read is 128 KiB, so a bigger hint gains nothing.
 PREFERRED_IO_SIZE = 128 << 10
@@ -137,6 +140,8 @@ class ArtifactFS(pyfuse3.Operations):
         attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = ns
         timeout = IMMUTABLE_TIMEOUT if node.immutable else MUTABLE_TIMEOUT
         attr.entry_timeout = attr.attr_timeout = timeout
+        if node.kind is Kind.FILE and node.size is None:
+            attr.attr_timeout = UNKNOWN_SIZE_TIMEOUT  # the name stays; the size is asked for again
         return attr
 
     # -- names --------------------------------------------------------------------------------
@@ -150,9 +155,7 @@ class ArtifactFS(pyfuse3.Operations):
     @_edge
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.tree.get(inode)
-        if node.kind is Kind.FILE and node.size is None:
-            assert node.artifact is not None
-            node.size = await self.reader.size(node.artifact)
+        await self.tree.learn_size(node)  # a slow or failed size: shown as unknown, not an error
         return self.attributes(node)
 
     @_edge
@@ -201,11 +204,10 @@ class ArtifactFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.EINVAL)
         if node.artifact.error:
             raise UpstreamError(f"{node.path}: error artifact: {await self.reader.error_reason(node.artifact)}")
-        if node.size is None:
-            node.size = await self.reader.size(node.artifact)
+        size = await self.tree.size_of(node)  # waits for a slow size; raises the artifact's own error
         fh = next(self._handles)
         self._files[fh] = _OpenFile(node)
-        self.reader.opened(node.artifact, node.size)
+        self.reader.opened(node.artifact, size)
         # The page cache may keep what an immutable file's reads brought in across opens.
         return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable)
 
@@ -249,7 +251,7 @@ class ArtifactFS(pyfuse3.Operations):
         names = [XATTR_PREFIX + key.encode() for key in node.info]
         if node.artifact is not None:
             names += [XATTR_PREFIX + b"url", XATTR_PREFIX + b"cached"]
-            if node.artifact.error:
+            if node.artifact.error or node.error is not None:
                 names.append(ERROR_XATTR)
         return names
 
@@ -263,8 +265,12 @@ class ArtifactFS(pyfuse3.Operations):
                 return redact_url(art.url)
             if key == "cached":
                 return str(await self.reader.cached_bytes(art, node.size or 0))
-            if key == "error" and art.error:
-                return await self.reader.error_reason(art)
+            if key == "error":
+                if art.error:
+                    return await self.reader.error_reason(art)
+                await self.tree.learn_size(node)  # a remembered failure comes back at once
+                if node.error is not None:
+                    return f"{errno.errorcode.get(node.error.errno, node.error.errno)}: {node.error}"
         return node.info.get(key)
 
     # -- everything that would write: EROFS (the mount is also 'ro', this is defence in depth)

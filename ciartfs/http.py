@@ -12,7 +12,7 @@ Invariants:
 - With an `AddressRule`, every new connection is checked against it (see `addresses`): a
   refused peer is `AddressRefused` (EACCES) at once, never retried.
 - A ranged reply is verified (offset, length, total) before it is returned; a mismatch is
-  retried, never passed on.
+  retried, never passed on; a total that cannot be a file's size (>= 2**63) is a bad answer.
 - Memory per call is bounded by the requested length (plus one network chunk), even when a
   server ignores Range and sends the whole body.
 """
@@ -74,7 +74,21 @@ DRAIN_LIMIT = 64 << 10
 # A retry is only worth starting with at least this much of the operation's time left.
 MIN_ATTEMPT_TIME = 0.25
 
-_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+# Offsets of more than 19 digits cannot be ours (see MAX_RESOURCE_BYTES): such a header does
+# not match, and int() never sees thousands of digits.
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d{1,19})-(\d{1,19})|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+# A resource size must fit st_size, a signed 64-bit off_t: a larger total (10^30) is a bad
+# answer, reported as such, never a number passed on to overflow in the FUSE layer.
+MAX_RESOURCE_BYTES = (1 << 63) - 1
+
+
+def _resource_size(digits: str, url: str, what: str) -> int:
+    """A total from a header's digits; UpstreamError (not retried: the server said it) when it
+    cannot be a file's size."""
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19 or int(digits) > MAX_RESOURCE_BYTES:
+        raise UpstreamError(f"{redact_url(url)}: bad answer: {what} says {digits[:40]}"
+                            f"{'...' if len(digits) > 40 else ''} bytes, more than a file can hold")
+    return int(digits)
 
 
 def origin_of(url: str) -> tuple[str, str, int]:
@@ -409,12 +423,12 @@ class HttpClient:
                 encoding = None
             if status == 206:
                 if start < 0:  # the tail: where it starts follows from the total
-                    start = max(0, self._total_of(resp) - length)
+                    start = max(0, self._total_of(resp, url) - length)
                 reply = await self._read_partial(resp, url, start, length)
                 return dataclasses.replace(reply, encoding=encoding)
             if status == 200:
                 if start < 0:
-                    reply = await self._read_whole_tail(resp, length)
+                    reply = await self._read_whole_tail(resp, url, length)
                 else:
                     reply = await self._read_whole(resp, url, start, length)
                 return dataclasses.replace(reply, encoding=encoding)
@@ -427,7 +441,7 @@ class HttpClient:
         m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
         if not m or m.group(1) is None or m.group(3) == "*":
             raise _Retry(f"206 without a usable Content-Range ({resp.headers.get('content-range')!r})")
-        first, last, total = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        first, last, total = int(m.group(1)), int(m.group(2)), _resource_size(m.group(3), url, "Content-Range")
         expected_last = min(start + length, total) - 1
         if first != start or last != expected_last or last < first:
             raise _Retry(f"Content-Range {first}-{last}/{total} does not match the request {start}-{start + length - 1}")
@@ -443,16 +457,17 @@ class HttpClient:
         return RangeReply(start, chunks[0] if len(chunks) == 1 else b"".join(chunks), total)  # one copy at most
 
     @staticmethod
-    def _total_of(resp: Reply) -> int:
+    def _total_of(resp: Reply, url: str) -> int:
         m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
         if not m or m.group(1) is None or m.group(3) == "*":
             raise _Retry(f"206 without a usable Content-Range ({resp.headers.get('content-range')!r})")
-        return int(m.group(3))
+        return _resource_size(m.group(3), url, "Content-Range")
 
-    async def _read_whole_tail(self, resp: Reply, length: int) -> RangeReply:
+    async def _read_whole_tail(self, resp: Reply, url: str, length: int) -> RangeReply:
         """The server ignored a suffix Range: stream the body, keeping its last `length`
         bytes (memory: `length` plus a chunk)."""
         declared = resp.headers.get("content-length")
+        expected = _resource_size(declared, url, "Content-Length") if declared and declared.isdigit() else None
         kept = bytearray()
         total = 0
         async for chunk in resp.aiter_raw():
@@ -460,14 +475,14 @@ class HttpClient:
             kept += chunk
             if len(kept) > length:
                 del kept[:len(kept) - length]
-        if declared and declared.isdigit() and int(declared) != total:
+        if expected is not None and expected != total:
             raise _Retry(f"short body: {total} of {declared} bytes")
         return RangeReply(total - len(kept), bytes(kept), total)
 
     async def _read_whole(self, resp: Reply, url: str, start: int, length: int) -> RangeReply:
         """The server ignored Range: stream, keep only [start, start+length), learn the total."""
         declared = resp.headers.get("content-length")
-        total = int(declared) if declared and declared.isdigit() else None
+        total = _resource_size(declared, url, "Content-Length") if declared and declared.isdigit() else None
         end = start + length
         pos = 0
         kept = bytearray()
@@ -513,7 +528,7 @@ class HttpClient:
         m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
         if not m or m.group(3) == "*":
             raise UpstreamError(f"{redact_url(url)}: HTTP 416 without the resource size")
-        total = int(m.group(3))
+        total = _resource_size(m.group(3), url, "Content-Range")
         if start < total:
             raise _Retry(f"HTTP 416 for an offset inside the resource ({start} < {total})")
         return RangeReply(start, b"", total)

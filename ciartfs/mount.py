@@ -127,6 +127,7 @@ async def _main(mount: Mount, on_ready: Callable[[], None] | None) -> None:
     try:
         async with trio.open_nursery() as nursery:
             mount.reader.start(nursery)
+            mount.tree.start(nursery)  # size probes that outlast a listing's wait
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(_publish_status, mount)
             nursery.start_soon(mount.http.close_idle_forever)

@@ -26,7 +26,7 @@ import cachetools
 import trio
 
 from ciartfs.cache import DiskStore, MemoryCache, SingleFlight
-from ciartfs.errors import CiartfsError, UpstreamError, redact_url
+from ciartfs.errors import CiartfsError, UpstreamError, again, redact_url
 from ciartfs.http import HttpClient
 from ciartfs.tree import Artifact
 
@@ -49,6 +49,11 @@ MAX_PENDING_DISK_BYTES = 64 << 20
 WRITE_SETTLE_SECONDS = 0.25
 WRITE_BATCH_BYTES = 8 << 20
 SIZE_MEMO_ENTRIES = 1_000_000
+# A size that could not be learned (expired, refused, no answer in time) is not asked for again
+# for this long: `grep -r` or `ls` over a directory with bad entries must not wait out each
+# one's failure again, while a transient failure is still retried soon.
+SIZE_FAILURE_TTL = 30.0
+SIZE_FAILURES_KEPT = 100_000
 # Archives whose index is at their end: readers (unzip -l, jar, pip) look there first, so
 # opening one fetches its tail at once; a zip's central directory of a few thousand members
 # fits in TAIL_BYTES.
@@ -109,6 +114,9 @@ class Reader:
         self._sizing: SingleFlight[int] = SingleFlight()
         self._decoded: set[str] = set()  # artifacts stored encoded, served from decoded blocks
         self._errors: dict[str, str] = {}
+        # artifact key -> why its size could not be learned (trio's clock: tests may mock it)
+        self._size_failures: cachetools.TTLCache[str, CiartfsError] = cachetools.TTLCache(
+            SIZE_FAILURES_KEPT, SIZE_FAILURE_TTL, timer=lambda: trio.current_time())
         self._background: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -120,10 +128,22 @@ class Reader:
     # -- sizes ------------------------------------------------------------------------------
 
     async def size(self, art: Artifact) -> int:
+        """The artifact's size in bytes, or the CiartfsError that says why it cannot be had (a
+        failure is remembered for SIZE_FAILURE_TTL and raised again at once meanwhile)."""
         if art.error:
             return 0
         if art.size is not None:
             return art.size
+        failed = self._size_failures.get(art.key)
+        if failed is not None:
+            raise again(failed)
+        try:
+            return await self._learn_size(art)
+        except CiartfsError as e:
+            self._size_failures[art.key] = again(e)  # without its traceback (and the frames it holds)
+            raise
+
+    async def _learn_size(self, art: Artifact) -> int:
         if not art.immutable:
             # A growing file (a running task's log): ask every time the tree asks.
             return await self._sizing.run(art.key, lambda: self._probe_mutable(art))

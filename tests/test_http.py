@@ -314,3 +314,30 @@ WHERE = "github/acme/api/7"
 ])
 def test_which_listing_urls_take_the_token(url, takes_token):
     assert artifact_url_takes_token(url, HOST, WHERE, 0) is takes_token
+
+
+@pytest.mark.parametrize(("status", "headers"), [
+    (206, {"Content-Range": "bytes 0-9/1000000000000000000000000000000"}),  # 10^30: an OverflowError in st_size
+    (206, {"Content-Range": f"bytes 0-9/{2**63}"}),  # one past the largest off_t
+    (206, {"Content-Range": "bytes 0-9/" + "9" * 5000}),  # more digits than int() accepts
+    (416, {"Content-Range": f"bytes */{2**64}"}),
+    (200, {"Content-Length": str(2**63)}),  # Range ignored, an impossible length declared
+])
+async def test_a_total_no_file_can_have_is_a_bad_answer_at_once(server_and_client, status, headers):
+    server, client = server_and_client
+    server.storage_script = [(status, DATA[:10], headers)] * 3
+    for get in (lambda: client.get_range(API + "/art/1", 0 if status != 416 else 20000, 4096),
+                lambda: client.get_tail(API + "/art/1", 4096)):
+        before = len(headers_to(server, STORAGE))
+        with pytest.raises(UpstreamError, match="bad answer") as info:
+            await get()
+        assert not isinstance(info.value, UpstreamTimeout)
+        assert len(headers_to(server, STORAGE)) == before + 1  # not retried: the server said it
+
+
+async def test_the_largest_possible_total_is_still_a_size(server_and_client):
+    server, client = server_and_client
+    largest = 2**63 - 1
+    server.storage_script = [(206, DATA[:10], {"Content-Range": f"bytes 0-9/{largest}"})]
+    reply = await client.get_range(API + "/art/1", 0, 10)
+    assert (reply.data, reply.total) == (DATA[:10], largest)

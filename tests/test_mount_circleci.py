@@ -239,16 +239,22 @@ def test_private_project_token_rules(fake, mount, tmp_path):
 
 
 def test_hung_storage_gives_eio_within_the_timeout(fake, mount):
-    sample(fake)
+    project = sample(fake)
     m = mount("--timeout", "2")
     m.expect_errors = True
     path = m.path / "github/acme/api/1/0/report.txt"
     fake.faults.storage_hang = True
     start = time.monotonic()
-    expect_errno(errno.EIO, os.stat, path)
+    assert os.stat(path).st_size == 0  # the file is there, its size unknown: a stat never fails on it
+    expect_errno(errno.EIO, open, path, "rb")
     assert time.monotonic() - start < 10, "bounded: the timeout is 2 s"
+    assert "no complete answer" in os.getxattr(path, "user.ciartfs.error").decode()
+    start = time.monotonic()
+    expect_errno(errno.EIO, open, path, "rb")
+    assert time.monotonic() - start < 2, "the failure is remembered, not waited for again"
     fake.faults.storage_hang = False
-    assert path.read_bytes() == b"build one\n", "the mount recovers"
+    other = m.path / "github/acme/api/2/0/test-results/junit.xml"
+    assert other.read_bytes() == project.builds[2].artifacts[0].data, "the mount recovers"
 
 
 def test_hostile_artifact_paths(fake, mount):

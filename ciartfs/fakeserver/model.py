@@ -20,6 +20,11 @@ class FakeArtifact:
     # The storage host answers this artifact's presigned URL with a 302 here (a hostile or
     # misconfigured storage hop, e.g. one pointing back at the API host).
     storage_redirect: str | None = None
+    # Per-artifact storage misbehaviour (one bad file among good ones):
+    storage_status: int | None = None  # storage answers every GET of it with this status (410, 403)
+    claimed_total: int | None = None  # its 206 answers name this total in Content-Range
+    delay: float = 0.0  # storage waits this long before answering (a slow file)
+    stall: bool = False  # storage never answers it (until the server stops)
     blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
 
 

@@ -431,6 +431,15 @@ class FakeCI:
             raise _s3_error(404, "NoSuchKey", "The specified key does not exist.")
         if artifact.storage_redirect:
             raise Reply(302, b"", content_type="text/plain", headers={"Location": artifact.storage_redirect})
+        if getattr(artifact, "stall", False):
+            self._stopping.wait()
+            raise Reply(503, {"message": "shutting down"})
+        if getattr(artifact, "delay", 0.0):
+            self._stopping.wait(artifact.delay)  # type: ignore[union-attr]
+        own_status = getattr(artifact, "storage_status", None)
+        if own_status is not None:
+            raise _s3_error(own_status, "Injected", f"injected {own_status} for this object")
+        claimed_total = getattr(artifact, "claimed_total", None)
         data = artifact.stored if isinstance(artifact, FakeTcArtifact) else artifact.data
         encoding = artifact.content_encoding if isinstance(artifact, FakeTcArtifact) else None
         total = len(data)
@@ -452,7 +461,7 @@ class FakeCI:
                                 {"Content-Range": f"bytes */{total}"})
         body = memoryview(data)[start:end + 1] if total else memoryview(b"")  # no copy of the blob
         fault = self._pop_status("storage_body_faults")
-        content_range = f"bytes {start}-{end}/{total}"
+        content_range = f"bytes {start}-{end}/{total if claimed_total is None else claimed_total}"
         if fault == "bad-range" and status == 206:
             content_range = f"bytes {start + 1}-{end + 1}/{total}"
         length = len(body)
