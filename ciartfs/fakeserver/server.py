@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -440,9 +441,10 @@ class FakeCI:
         if own_status is not None:
             raise _s3_error(own_status, "Injected", f"injected {own_status} for this object")
         claimed_total = getattr(artifact, "claimed_total", None)
-        data = artifact.stored if isinstance(artifact, FakeTcArtifact) else artifact.data
+        generated = artifact.generated if isinstance(artifact, FakeTcArtifact) else None
+        data = b"" if generated is not None else artifact.stored if isinstance(artifact, FakeTcArtifact) else artifact.data
         encoding = artifact.content_encoding if isinstance(artifact, FakeTcArtifact) else None
-        total = len(data)
+        total = generated.size if generated is not None else len(data)
         spec = handler.headers.get("Range")
         start, end, status = 0, total - 1, 200
         if spec and not self.faults.ignore_range:
@@ -459,16 +461,21 @@ class FakeCI:
             if status == 206 and (start >= total or start > end):
                 raise _s3_error(416, "InvalidRange", "The requested range is not satisfiable",
                                 {"Content-Range": f"bytes */{total}"})
-        body = memoryview(data)[start:end + 1] if total else memoryview(b"")  # no copy of the blob
+        length = max(0, end + 1 - start)
         fault = self._pop_status("storage_body_faults")
         content_range = f"bytes {start}-{end}/{total if claimed_total is None else claimed_total}"
         if fault == "bad-range" and status == 206:
             content_range = f"bytes {start + 1}-{end + 1}/{total}"
-        length = len(body)
+        sent = length
         if fault == "cut":
-            body = body[:len(body) // 2]
+            sent = length // 2
         elif fault == "short":
-            body = body[:-1]
+            sent = max(0, length - 1)
+        if generated is not None:
+            parts: Iterator[bytes | memoryview] = _coalesced(generated.read(start, start + sent))
+        else:
+            view = memoryview(data)[start:start + sent]  # no copy of the blob
+            parts = (view[i:i + CHUNK] for i in range(0, len(view), CHUNK))
         record.status = status  # before the body: the client may look at the log once it has it
         try:
             handler.send_response(status)
@@ -480,9 +487,9 @@ class FakeCI:
             if status == 206:
                 handler.send_header("Content-Range", content_range)
             handler.end_headers()
-            for i in range(0, len(body), CHUNK):
-                handler.wfile.write(body[i:i + CHUNK])
-            if len(body) != length:  # the promised bytes will never come: hang up
+            for part in parts:
+                handler.wfile.write(part)
+            if sent != length:  # the promised bytes will never come: hang up
                 handler.wfile.flush()
                 handler.connection.shutdown(socket.SHUT_RDWR)
                 handler.close_connection = True
@@ -490,6 +497,18 @@ class FakeCI:
             handler.close_connection = True
             raise Served(-1) from None
         raise Served(status)
+
+
+def _coalesced(parts: Iterator[bytes]) -> Iterator[bytes]:
+    """Small pieces joined into writes of about CHUNK bytes (a bomb's segments are ~1 KiB)."""
+    buffer = bytearray()
+    for part in parts:
+        buffer += part
+        if len(buffer) >= CHUNK:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
 
 
 def _iso(stamp: str | None) -> str | None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import mohawk
 import mohawk.exc
 
+from ciartfs.fakeserver.generated import GeneratedGzip
 from ciartfs.fakeserver.reply import Reply
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ class FakeTcArtifact:
     storage_type: str = "s3"  # s3 | object | reference | error
     content_type: str = "application/octet-stream"
     gzip: bool = False  # stored with Content-Encoding: gzip (Range counts compressed bytes)
+    # Made on the fly and served gzip-encoded instead of `data` (large logs, bombs): never held whole.
+    generated: GeneratedGzip | None = None
+    # Serve `data` as it is, declared with this Content-Encoding (hand-made streams: several
+    # gzip members, corrupt or truncated ones).
+    stored_as: str | None = None
     reason: str = "file-missing-on-worker"  # error artifacts
     message: str = "The file was not found on the worker"
     # `reference` artifacts: the URL the queue's 303 names, chosen by whoever wrote the task
@@ -47,11 +53,15 @@ class FakeTcArtifact:
 
     @property
     def stored(self) -> bytes:
-        return gzip.compress(self.data, mtime=0) if self.gzip else self.data
+        if self.generated is not None:
+            raise ValueError("a generated artifact is read with generated.read(), not held whole")
+        return gzip.compress(self.data, mtime=0) if self.gzip and not self.stored_as else self.data
 
     @property
     def content_encoding(self) -> str | None:
-        return "gzip" if self.gzip else None
+        if self.stored_as:
+            return self.stored_as
+        return "gzip" if self.gzip or self.generated is not None else None
 
 
 @dataclasses.dataclass(eq=False)
