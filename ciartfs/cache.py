@@ -48,6 +48,13 @@ class MemoryCache:
         if len(data) <= self._lru.maxsize:
             self._lru[key] = data
 
+    def discard(self, key: str) -> None:
+        self._lru.pop(key, None)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self._lru.maxsize)
+
     def __contains__(self, key: str) -> bool:
         return key in self._lru
 
@@ -117,9 +124,10 @@ class DiskStore:
         sizes = self._sizes
         return sizes is None or self._path(key) in sizes
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes) -> bool:
+        """Store `data` under `key`; False when it could not be (disk full, I/O error)."""
         if not self.enabled:
-            return
+            return False
         path = self._path(key)
         tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
         try:
@@ -137,8 +145,12 @@ class DiskStore:
                 self.enabled = False
             else:
                 log.warning("disk cache: cannot write %s: %s", path, e.strerror)
-            return
+            return False
         self._account(path, len(_MAGIC) + _DIGEST_LEN + len(data))
+        return True
+
+    def discard(self, key: str) -> None:
+        self._remove(self._path(key))
 
     def _account(self, path: str, size: int) -> None:
         with self._lock:

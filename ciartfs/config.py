@@ -66,6 +66,13 @@ def _positive_int(text: str | int) -> int:
     return value
 
 
+def _positive_size(text: str | int) -> int:
+    value = parse_size(text)
+    if value <= 0:
+        raise ValueError(f"must be > 0: {text!r}")
+    return value
+
+
 def _path(text: str) -> Path:
     return Path(os.path.expanduser(str(text)))
 
@@ -107,6 +114,9 @@ OPTIONS: tuple[Option, ...] = (
            "in-memory block cache bound"),
     Option("block_size", "CIARTFS_BLOCK_SIZE", parse_size, 128 << 10,
            "cache block size: what a random read fetches (sequential reads fetch runs of blocks)"),
+    Option("max_decoded_size", "CIARTFS_MAX_DECODED_SIZE", _positive_size, 16 << 30,
+           "largest decoded size of a gzip-encoded artifact (Taskcluster logs): beyond it, or at a "
+           "bomb's compression ratio, reads fail with EIO (also bounded by half the disk cache)"),
     Option("recent_builds", "CIARTFS_RECENT_BUILDS", _positive_int, 30,
            "how many recent builds a project directory lists"),
     Option("latest_ttl", "CIARTFS_LATEST_TTL", _positive_float, 60.0,
@@ -141,6 +151,7 @@ class Settings:
     cache_size: int = 10 << 30
     memory_cache: int = 256 << 20
     block_size: int = 128 << 10
+    max_decoded_size: int = 16 << 30
     recent_builds: int = 30
     latest_ttl: float = 60.0
     timeout: float = 30.0

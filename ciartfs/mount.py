@@ -66,7 +66,8 @@ class Mount:
         settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.cache_dir, 0o700)  # cached artifacts may come from private projects
         self.disk = DiskStore(settings.cache_dir / "blocks", settings.cache_size)
-        self.reader = Reader(self.http, self.memory, self.disk, settings.block_size)
+        self.reader = Reader(self.http, self.memory, self.disk, settings.block_size,
+                             max_decoded_size=settings.max_decoded_size)
         self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
         now = time.time()
         api = circleci.CircleCIApi(self.docs, settings.circleci_host)
@@ -95,7 +96,8 @@ class Mount:
                 "taskcluster_root_url": s.taskcluster_root_url,
                 "taskcluster_credentials": bool(s.taskcluster_access_token),
                 "cache_dir": str(s.cache_dir), "cache_size": s.cache_size, "memory_cache": s.memory_cache,
-                "block_size": s.block_size, "recent_builds": s.recent_builds, "latest_ttl": s.latest_ttl,
+                "block_size": s.block_size, "max_decoded_size": s.max_decoded_size,
+                "recent_builds": s.recent_builds, "latest_ttl": s.latest_ttl,
                 "timeout": s.timeout, "allow_other": s.allow_other, "offline": s.offline,
                 "allow_private_addresses": s.allow_private_addresses,
             },

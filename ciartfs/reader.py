@@ -12,6 +12,17 @@ the previous one ended doubles a window of blocks fetched ahead in the backgroun
 topped up once half the window has been consumed, as runs of up to `RUN_BYTES` fetched with
 one ranged GET each, at most `PREFETCH_CONCURRENCY` at once: few requests, several
 connections, bounded memory (the window per file, the memory LRU in total).
+
+Storage that keeps an artifact gzip-encoded (Taskcluster logs) counts Range and sizes in
+compressed bytes, so such an artifact is fetched whole and decoded once, before its size is
+answered (a size shown must be the decoded one):
+- decoding runs in worker threads in block-sized steps, so memory stays at a few blocks and the
+  trio thread keeps answering other requests whatever the stream;
+- each decoded block goes straight to the disk cache, never to the memory LRU, which could evict
+  it mid-decode; the decoded size is recorded after the last block. Without a disk cache only a
+  file that fits a share of the memory cache is decoded; larger ones fail with EIO;
+- decoded output is capped (--max-decoded-size, half the disk cache, and a compression-ratio
+  cap for bombs); a failed decode is remembered for a while instead of repeated on every access.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import cachetools
@@ -61,10 +72,117 @@ TAIL_FIRST_SUFFIXES = (".zip", ".jar", ".war", ".ear", ".aar", ".apk", ".whl", "
 TAIL_BYTES = 256 << 10
 # A gzip-encoded artifact must be fetched whole: it gets this many operation timeouts.
 WHOLE_FETCH_TIMEOUT_FACTOR = 10
+# Default of --max-decoded-size.
+MAX_DECODED_SIZE = 16 << 30
+# Past DECODE_RATIO_AFTER decoded bytes, more than this many per compressed byte read is a bomb:
+# deflate cannot do better than ~1032:1, which only degenerate data (one byte repeated) comes near.
+MAX_DECODE_RATIO = 1000
+DECODE_RATIO_AFTER = 16 << 20
+# How long a failed decode is remembered: a bad or hostile stream long (every access would
+# download and decode it again to the same end), a transport failure only briefly.
+DECODE_FAILURE_TTL = 600.0
+DECODE_TRANSPORT_FAILURE_TTL = 30.0
+DECODE_FAILURES_KEPT = 10_000
+# Without a disk cache, decoded blocks can only live in the memory LRU: at most this share of it.
+MEMORY_ONLY_DECODE_SHARE = 4
+_ENCODINGS = (None, "gzip", "x-gzip", "deflate")
 
 
-class _TruncatedBody(Exception):
-    pass
+class _BadStream(Exception):
+    """The encoded body is not a whole, valid stream of a supported encoding."""
+
+
+class _DecodeCapped(Exception):
+    """Decoding stopped at a cap (size or ratio); the message says which."""
+
+
+class _NoRoom(Exception):
+    """The decoded blocks could not be stored (disk cache full, or too large without one)."""
+
+
+class _BlockDecoder:
+    """One attempt at decoding a whole body into blocks of `block_size`.
+
+    `feed` (once per network chunk) and `finish` run in a worker thread, one call at a time.
+    Inflating at most one block per step keeps memory at about two blocks plus the chunk,
+    however well the data compresses; each full block goes to `disk` as soon as it is complete
+    (or, without a disk, into `held`). `decoded` is checked against the caps at every step, so a
+    bomb stops within a block of a cap.
+    """
+
+    def __init__(self, encoding: str | None, block_size: int, block_key: Callable[[int], str],
+                 disk: DiskStore | None, limit: int, limit_reason: str) -> None:
+        self.inflater = zlib.decompressobj(wbits=47) if encoding else None  # 47: gzip or zlib header
+        self.block_size = block_size
+        self.block_key = block_key
+        self.disk = disk
+        self.limit = limit
+        self.limit_reason = limit_reason
+        self.pending = bytearray()
+        self.blocks = 0  # blocks stored so far
+        self.decoded = 0
+        self.compressed = 0
+        self.held: list[bytes] | None = None if disk is not None else []
+
+    def feed(self, chunk: bytes) -> None:
+        self.compressed += len(chunk)
+        if self.inflater is None:
+            self._take(chunk, self.compressed)
+            return
+        data = chunk
+        while data:
+            if self.inflater.eof:
+                # A gzip member ended. Zero padding may follow (gzip(1) allows it), or another
+                # member, whose bytes belong to the same file (`cat a.gz b.gz`).
+                data = data.lstrip(b"\0")
+                if not data:
+                    break
+                self.inflater = zlib.decompressobj(wbits=47)
+            out = self.inflater.decompress(data, self.block_size)
+            data = self.inflater.unused_data if self.inflater.eof else self.inflater.unconsumed_tail
+            self._take(out, self.compressed - len(data))
+
+    def finish(self, size_key: str | None) -> int:
+        """The decoded size, once the last block (and the size record `size_key`) is stored."""
+        if self.inflater is not None:
+            # all input is consumed, so what zlib still holds is at most the rest of one match
+            self._take(self.inflater.flush(), self.compressed)
+            if not self.inflater.eof:
+                raise _BadStream()
+        total = self.decoded
+        if self.pending or total == 0:
+            self._store(bytes(self.pending))
+            self.pending.clear()
+        if self.disk is not None and size_key is not None and not self.disk.put(size_key, str(total).encode()):
+            raise _NoRoom("the disk cache cannot store the decoded size")
+        return total
+
+    def discard(self) -> None:
+        """Remove the blocks stored so far (a failed decode leaves nothing behind)."""
+        if self.disk is not None:
+            for index in range(self.blocks):
+                self.disk.discard(self.block_key(index))
+        self.held = [] if self.held is not None else None
+
+    def _take(self, out: bytes, consumed: int) -> None:
+        self.decoded += len(out)
+        if self.decoded > self.limit:
+            raise _DecodeCapped(f"decoded size exceeds {self.limit} bytes ({self.limit_reason})")
+        if self.decoded > DECODE_RATIO_AFTER and self.decoded > MAX_DECODE_RATIO * max(consumed, 1):
+            raise _DecodeCapped(f"{self.decoded} bytes decoded from {consumed}: more than {MAX_DECODE_RATIO}:1, "
+                                f"a decompression bomb")
+        self.pending += out
+        bs = self.block_size
+        while len(self.pending) >= bs:
+            self._store(bytes(self.pending[:bs]))
+            del self.pending[:bs]
+
+    def _store(self, block: bytes) -> None:
+        if self.held is not None:
+            self.held.append(block)
+        elif self.disk is None or not self.disk.put(self.block_key(self.blocks), block):
+            raise _NoRoom("the disk cache cannot store the decoded blocks (full or failing)")
+        self.blocks += 1
 
 
 @dataclasses.dataclass
@@ -84,6 +202,8 @@ class Stats:
     memory_hits: int = 0
     disk_hits: int = 0
     misses: int = 0
+    decodes: int = 0  # whole fetches of gzip-encoded artifacts started
+    decode_failures: int = 0
 
 
 class Reader:
@@ -95,11 +215,13 @@ class Reader:
         block_size: int,
         *,
         readahead_bytes: int = READAHEAD_BYTES,
+        max_decoded_size: int = MAX_DECODED_SIZE,
     ) -> None:
         self.http = http
         self.memory = memory
         self.disk = disk
         self.block_size = block_size
+        self.max_decoded_size = max_decoded_size
         self.readahead_blocks = max(1, readahead_bytes // block_size)
         self.run_blocks = max(1, RUN_BYTES // block_size)
         self.stats = Stats()
@@ -113,6 +235,8 @@ class Reader:
         self._writer_running = False
         self._sizing: SingleFlight[int] = SingleFlight()
         self._decoded: set[str] = set()  # artifacts stored encoded, served from decoded blocks
+        # artifact key -> (trio time until which it is not decoded again, the error to raise meanwhile)
+        self._decode_failures: cachetools.LRUCache[str, tuple[float, CiartfsError]] = cachetools.LRUCache(DECODE_FAILURES_KEPT)
         self._errors: dict[str, str] = {}
         # artifact key -> why its size could not be learned (trio's clock: tests may mock it)
         self._size_failures: cachetools.TTLCache[str, CiartfsError] = cachetools.TTLCache(
@@ -155,6 +279,8 @@ class Reader:
             if raw is not None and raw.isdigit():
                 self._sizes[art.key] = int(raw)
                 return int(raw)
+        if art.key in self._decoded:  # known to be stored encoded: a range probe would tell nothing
+            return await self._load_decoded(art)
         block0_on_disk = self.disk is not None and self.disk.might_have(self._block_key(art, 0, None))
         if self._tail_first(art) and not block0_on_disk:
             await self._sizing.run(("tail", art.key), lambda: self._probe_tail(art))
@@ -190,6 +316,8 @@ class Reader:
         return reply.total
 
     async def _probe_mutable(self, art: Artifact) -> int:
+        if art.key in self._decoded:
+            return await self._load_decoded(art)
         reply = await self.http.get_range(art.url, 0, self.block_size, credentials=art.credentialed)
         self.stats.requests += 1
         if reply.encoding is not None:
@@ -312,6 +440,8 @@ class Reader:
         return await self._flight.run(key, lambda: self._load(art, index, key))
 
     async def _load(self, art: Artifact, index: int, key: str) -> bytes:
+        if art.key in self._decoded:
+            return await self._decoded_block(art, index, key)
         if self.disk is not None and art.immutable and self.disk.might_have(key):
             data = await trio.to_thread.run_sync(self.disk.get, key)
             if data is not None:
@@ -325,11 +455,8 @@ class Reader:
         reply = await self.http.get_range(art.url, index * self.block_size, self.block_size,
                                            credentials=art.credentialed)
         if reply.encoding is not None:
-            await self._load_decoded(art)
-            data = self.memory.get(key)
-            if data is None:
-                raise UpstreamError(f"{redact_url(art.url)}: block {index} is past the decoded end")
-            return data
+            self._decoded.add(art.key)
+            return await self._decoded_block(art, index, key)
         self._remember_size(art, reply.total)
         self.stats.bytes_fetched += len(reply.data)
         self.memory.put(key, reply.data)
@@ -337,64 +464,107 @@ class Reader:
             self._write_behind(key, reply.data)
         return reply.data
 
+    # -- gzip-encoded storage -----------------------------------------------------------------
+
+    async def _decoded_block(self, art: Artifact, index: int, key: str) -> bytes:
+        """A block of a decoded artifact: from the disk cache (or, without one, the memory
+        LRU); when it is not there (never decoded, or evicted since), decode the whole again."""
+        for attempt in range(2):
+            if self.disk is not None and self.disk.might_have(key):
+                data = await trio.to_thread.run_sync(self.disk.get, key)
+                if data is not None:
+                    self.stats.disk_hits += 1
+                    self.memory.put(key, data)
+                    return data
+            data = self.memory.get(key)
+            if data is not None:
+                self.stats.memory_hits += 1
+                return data
+            if attempt == 1:
+                break
+            total = await self._load_decoded(art)
+            if index > 0 and index * self.block_size >= total:
+                raise UpstreamError(f"{redact_url(art.url)}: block {index} is past the decoded end ({total} bytes)")
+        raise UpstreamError(f"{redact_url(art.url)}: block {index} of the decoded file was evicted as soon as it "
+                            f"was stored (the cache is too small for it)")
+
     async def _load_decoded(self, art: Artifact) -> int:
-        """Fetch a Content-Encoding: gzip artifact whole and cache its decoded blocks; Range
-        and sizes on such storage count compressed bytes, so they cannot serve reads.
-        Memory: one block plus one network chunk, however well the data compresses."""
+        """Fetch a Content-Encoding: gzip artifact whole and store its decoded blocks; Range
+        and sizes on such storage count compressed bytes, so they cannot serve reads."""
         return await self._sizing.run(("decode", art.key), lambda: self._decode_into_cache(art))
 
     async def _decode_into_cache(self, art: Artifact) -> int:
-        bs = self.block_size
+        self._decoded.add(art.key)
+        failed = self._decode_failures.get(art.key)
+        if failed is not None:
+            until, error = failed
+            left = until - trio.current_time()
+            if left > 0:  # same class (errno), one line: the cap was logged when it was hit
+                raise type(error)(f"{error} (failed recently; not tried again for {left:.0f}s)")
+            del self._decode_failures[art.key]
+        disk = self.disk if self.disk is not None and self.disk.enabled else None
+        if disk is not None:
+            # Half the disk cache at most: the eviction its own writes cause must never reach it.
+            limit, limit_reason = min((self.max_decoded_size, "--max-decoded-size"),
+                                      (disk.max_bytes // 2, "half of --cache-size"))
+        else:
+            limit, limit_reason = min((self.max_decoded_size, "--max-decoded-size"),
+                                      (self.memory.max_bytes // MEMORY_ONLY_DECODE_SHARE,
+                                       "no disk cache: a quarter of --memory-cache"))
+        attempts: list[_BlockDecoder] = []
+
+        def block_key(index: int) -> str:
+            return self._block_key(art, index, None)
 
         async def consume(chunks: AsyncIterator[bytes], encoding: str | None) -> int:
-            if encoding not in (None, "gzip", "x-gzip", "deflate"):
-                raise UpstreamError(f"{redact_url(art.url)}: unsupported Content-Encoding {encoding!r}")
-            decoder = zlib.decompressobj(wbits=47) if encoding else None  # 47: gzip or zlib header
-            pending = bytearray()
-            index = 0
-
-            def emit(block: bytes) -> None:
-                nonlocal index
-                key = self._block_key(art, index, None)
-                self.memory.put(key, block)
-                if art.immutable:
-                    self._write_behind(key, block)
-                index += 1
-
-            def emit_full_blocks() -> None:
-                while len(pending) >= bs:
-                    emit(bytes(pending[:bs]))
-                    del pending[:bs]
-
+            if encoding not in _ENCODINGS:
+                raise _BadStream(f"unsupported Content-Encoding {encoding!r}")
+            decoder = _BlockDecoder(encoding, self.block_size, block_key, disk, limit, limit_reason)
+            attempts.append(decoder)
             async for chunk in chunks:
                 self.stats.bytes_fetched += len(chunk)
-                if decoder is None:
-                    pending += chunk
-                    emit_full_blocks()
-                    continue
-                data = chunk
-                while data:  # at most one block of output per step: a zip bomb stays bounded
-                    pending += decoder.decompress(data, bs)
-                    data = decoder.unconsumed_tail
-                    emit_full_blocks()
-            if decoder is not None:
-                pending += decoder.flush()
-                if not decoder.eof:
-                    raise _TruncatedBody()
-            total = index * bs + len(pending)
-            if pending or total == 0:
-                emit(bytes(pending))
-            return total
+                await trio.to_thread.run_sync(decoder.feed, chunk)
+            size_key = "size|" + art.key if art.immutable else None
+            return await trio.to_thread.run_sync(decoder.finish, size_key)
 
-        self._decoded.add(art.key)
+        self.stats.decodes += 1
+        url = redact_url(art.url)
         try:
             total = await self.http.fetch_whole(art.url, consume, timeout=self.http.timeout * WHOLE_FETCH_TIMEOUT_FACTOR,
                                                 credentials=art.credentialed)
-        except (_TruncatedBody, zlib.error) as e:
-            raise UpstreamError(f"{redact_url(art.url)}: the gzip body is corrupt or truncated ({e!r})") from None
-        log.info("decoded %s: %d bytes", redact_url(art.url), total)
-        self._sizes.pop(art.key, None)
-        self._remember_size(art, total)
+        except trio.Cancelled:
+            raise  # (blocks stored so far are correct; a later decode rewrites them)
+        except BaseException as e:
+            error: CiartfsError
+            ttl = DECODE_FAILURE_TTL
+            if isinstance(e, _DecodeCapped):
+                error = UpstreamError(f"{url}: gzip decoding stopped: {e}")
+                log.warning("%s", error)  # the one line at the cap
+            elif isinstance(e, (_BadStream, zlib.error)):
+                error = UpstreamError(f"{url}: the gzip body is corrupt or truncated ({str(e) or 'no end of stream'})")
+            elif isinstance(e, _NoRoom):
+                error, ttl = UpstreamError(f"{url}: cannot keep the decoded file: {e}"), DECODE_TRANSPORT_FAILURE_TTL
+            elif isinstance(e, CiartfsError):  # the fetch failed (timeout, 5xx, expired): soon tried again
+                error, ttl = e, DECODE_TRANSPORT_FAILURE_TTL
+            else:
+                raise
+            self.stats.decode_failures += 1
+            self._decode_failures[art.key] = (trio.current_time() + ttl, error)
+            with trio.CancelScope(shield=True):
+                for decoder in attempts:
+                    await trio.to_thread.run_sync(decoder.discard)
+            if error is e:
+                raise
+            raise error from None
+        decoder = attempts[-1]
+        if decoder.held is not None:  # no disk cache: the blocks go to the memory LRU
+            for index, block in enumerate(decoder.held):
+                self.memory.put(block_key(index), block)
+        elif not art.immutable:  # a growing file decoded again: drop stale copies of its blocks
+            for index in range(decoder.blocks):
+                self.memory.discard(block_key(index))
+        log.info("decoded %s: %d bytes from %d", url, total, decoder.compressed)
+        self._sizes[art.key] = total
         return total
 
     # -- background work ----------------------------------------------------------------------
@@ -538,7 +708,8 @@ class Reader:
                 self.stats.requests += 1
                 reply = await self.http.get_range(art.url, first * bs, len(run) * bs, credentials=art.credentialed)
             if reply.encoding is not None:
-                return  # abandoned: a reader's own fetch of the block handles encoded storage
+                self._decoded.add(art.key)
+                return  # abandoned: a reader's own fetch of the block decodes the whole
             self._remember_size(art, reply.total)
             self.stats.bytes_fetched += len(reply.data)
             view = memoryview(reply.data)
