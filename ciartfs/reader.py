@@ -93,7 +93,11 @@ class _BadStream(Exception):
 
 
 class _DecodeCapped(Exception):
-    """Decoding stopped at a cap (size or ratio); the message says which."""
+    """Decoding stopped at a cap: `cap` names it, the message gives the numbers."""
+
+    def __init__(self, message: str, cap: str) -> None:
+        super().__init__(message)
+        self.cap = cap
 
 
 class _NoRoom(Exception):
@@ -167,10 +171,10 @@ class _BlockDecoder:
     def _take(self, out: bytes, consumed: int) -> None:
         self.decoded += len(out)
         if self.decoded > self.limit:
-            raise _DecodeCapped(f"decoded size exceeds {self.limit} bytes ({self.limit_reason})")
+            raise _DecodeCapped(f"decoded size exceeds {self.limit} bytes ({self.limit_reason})", self.limit_reason)
         if self.decoded > DECODE_RATIO_AFTER and self.decoded > MAX_DECODE_RATIO * max(consumed, 1):
             raise _DecodeCapped(f"{self.decoded} bytes decoded from {consumed}: more than {MAX_DECODE_RATIO}:1, "
-                                f"a decompression bomb")
+                                f"a decompression bomb", "compression ratio")
         self.pending += out
         bs = self.block_size
         while len(self.pending) >= bs:
@@ -441,7 +445,7 @@ class Reader:
 
     async def _load(self, art: Artifact, index: int, key: str) -> bytes:
         if art.key in self._decoded:
-            return await self._decoded_block(art, index, key)
+            return await self._decoded_block(art, index)
         if self.disk is not None and art.immutable and self.disk.might_have(key):
             data = await trio.to_thread.run_sync(self.disk.get, key)
             if data is not None:
@@ -456,7 +460,7 @@ class Reader:
                                            credentials=art.credentialed)
         if reply.encoding is not None:
             self._decoded.add(art.key)
-            return await self._decoded_block(art, index, key)
+            return await self._decoded_block(art, index)
         self._remember_size(art, reply.total)
         self.stats.bytes_fetched += len(reply.data)
         self.memory.put(key, reply.data)
@@ -466,9 +470,10 @@ class Reader:
 
     # -- gzip-encoded storage -----------------------------------------------------------------
 
-    async def _decoded_block(self, art: Artifact, index: int, key: str) -> bytes:
+    async def _decoded_block(self, art: Artifact, index: int) -> bytes:
         """A block of a decoded artifact: from the disk cache (or, without one, the memory
         LRU); when it is not there (never decoded, or evicted since), decode the whole again."""
+        key = self._block_key(art, index, None)  # (a growing file's decoded blocks carry no size)
         for attempt in range(2):
             if self.disk is not None and self.disk.might_have(key):
                 data = await trio.to_thread.run_sync(self.disk.get, key)
@@ -538,8 +543,10 @@ class Reader:
             error: CiartfsError
             ttl = DECODE_FAILURE_TTL
             if isinstance(e, _DecodeCapped):
-                error = UpstreamError(f"{url}: gzip decoding stopped: {e}")
-                log.warning("%s", error)  # the one line at the cap
+                # The one line with the details: every failing request logs the error it raised,
+                # and that says no more than this.
+                log.warning("%s: gzip decoding stopped: %s; reads fail with EIO for %.0fs", url, e, ttl)
+                error = UpstreamError(f"{url}: over a gzip decoding cap ({e.cap}; see the log)")
             elif isinstance(e, (_BadStream, zlib.error)):
                 error = UpstreamError(f"{url}: the gzip body is corrupt or truncated ({str(e) or 'no end of stream'})")
             elif isinstance(e, _NoRoom):

@@ -6,6 +6,7 @@ bigger than the memory cache, and a bomb of zeros that would be 4 GiB decoded.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import logging
@@ -110,11 +111,12 @@ async def test_a_bomb_stops_at_the_ratio_cap_leaves_nothing_behind_and_is_rememb
     art = _artifact(fake, "public/bomb.log")
     reader = _reader(tmp_path)
     caplog.set_level(logging.WARNING, logger="ciartfs.reader")
-    with pytest.raises(UpstreamError, match=r"more than 1000:1"):
+    with pytest.raises(UpstreamError, match="over a gzip decoding cap"):
         await reader.size(art)
     assert reader.stats.bytes_fetched < bomb.size // 10  # stopped early, not after 4 GiB
     assert _block_files(tmp_path) == 0, "the bomb's decoded blocks stayed in the disk cache"
-    assert [r.getMessage() for r in caplog.records if "decoding stopped" in r.getMessage()] != []
+    (line,) = [r.getMessage() for r in caplog.records if "decoding stopped" in r.getMessage()]
+    assert "more than 1000:1" in line and "/public/bomb.log" in line
     # Every further access fails at once from memory: no request, no decoding, no new log line.
     fake.clear_requests()
     for _ in range(3):
@@ -126,7 +128,7 @@ async def test_a_bomb_stops_at_the_ratio_cap_leaves_nothing_behind_and_is_rememb
     assert len([r for r in caplog.records if "decoding stopped" in r.getMessage()]) == 1
     # ... until the failure is old: then it is tried (and fails) again.
     mock_clock.jump(reader_module.DECODE_FAILURE_TTL + 1)
-    with pytest.raises(UpstreamError, match=r"more than 1000:1"):
+    with pytest.raises(UpstreamError, match="over a gzip decoding cap"):
         await reader.size(art)
     assert len(_storage_gets(fake, blob.blob_id)) == 1 and reader.stats.decodes == 2
 
@@ -136,9 +138,10 @@ async def test_the_absolute_cap_is_max_decoded_size(fake, tmp_path, caplog):
     _task(fake, "public/small.log", generated=GeneratedGzip.text(1 << 20, seed=9))
     reader = _reader(tmp_path, max_decoded_size=4 << 20)
     caplog.set_level(logging.WARNING, logger="ciartfs.reader")
-    with pytest.raises(UpstreamError, match=r"exceeds 4194304 bytes \(--max-decoded-size\)"):
+    with pytest.raises(UpstreamError, match="over a gzip decoding cap"):
         await reader.size(_artifact(fake, "public/big.log"))
-    assert len([r for r in caplog.records if "max-decoded-size" in r.getMessage()]) == 1
+    (line,) = [r.getMessage() for r in caplog.records if "decoding stopped" in r.getMessage()]
+    assert "exceeds 4194304 bytes (--max-decoded-size)" in line
     assert _block_files(tmp_path) == 0
     assert await reader.size(_artifact(fake, "public/small.log")) == (1 << 20)
 
@@ -188,3 +191,17 @@ async def test_multi_member_and_corrupt_streams(fake, tmp_path):
         with pytest.raises(UpstreamError, match="corrupt or truncated"):
             await reader.size(_artifact(fake, name))
     assert reader.stats.decode_failures == 2
+
+
+async def test_a_growing_gzip_log_is_decoded_again_at_its_new_size(fake, tmp_path):
+    first, grown = GeneratedGzip.text(300 << 10, seed=12), GeneratedGzip.text(700 << 10, seed=12)
+    blob = _task(fake, "public/live.log", generated=first)
+    art = dataclasses.replace(_artifact(fake, "public/live.log"), immutable=False)  # a running task's log
+    reader = _reader(tmp_path)
+    size = await reader.size(art)
+    assert await reader.read(art, 0, size, total=size) == b"".join(first.pieces())
+    blob.generated = grown
+    new_size = await reader.size(art)
+    assert new_size == grown.decoded_size > size
+    assert await reader.read(art, 0, new_size, total=new_size) == b"".join(grown.pieces())
+    assert await reader.read(art, 0, size, total=size) == b"".join(grown.pieces())[:size]  # an older view
