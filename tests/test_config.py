@@ -120,3 +120,23 @@ def test_the_address_rule_knows_the_configured_api_hosts(tmp_path):
     assert Mount(s).address_rule.allowed == {AddressClass.PUBLIC, AddressClass.LOOPBACK}
     override = load_settings({"allow_private_addresses": True, "cache_dir": str(tmp_path / "c")}, env={})
     assert Mount(override).address_rule.allowed == {AddressClass.PUBLIC, AddressClass.LOOPBACK, AddressClass.PRIVATE}
+
+
+def test_max_decoded_size_from_flag_env_file_and_mount_option(tmp_path, monkeypatch):
+    from ciartfs.cli import _settings, build_parser
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))  # (the CLI reads the real environment)
+    monkeypatch.delenv("CIARTFS_MAX_DECODED_SIZE", raising=False)
+    monkeypatch.delenv("CIARTFS_CONFIG", raising=False)
+
+    assert load_settings({}, env={}).max_decoded_size == 16 << 30
+    cfg = write(tmp_path / "c.toml", 'max_decoded_size = "2G"\n')
+    assert load_settings({}, env={}, config_path=cfg).max_decoded_size == 2 << 30
+    assert load_settings({}, env={"CIARTFS_MAX_DECODED_SIZE": "3G"}, config_path=cfg).max_decoded_size == 3 << 30
+    assert load_settings({"max_decoded_size": "512M"}, env={"CIARTFS_MAX_DECODED_SIZE": "3G"}).max_decoded_size == 512 << 20
+    with pytest.raises(ConfigError, match="--max-decoded-size"):
+        load_settings({"max_decoded_size": "0"}, env={})
+    args = build_parser().parse_args(["mount", str(tmp_path), "--max-decoded-size", "1G"])
+    assert _settings(args).max_decoded_size == 1 << 30
+    args = build_parser().parse_args(["mount", str(tmp_path), "-o", "max_decoded_size=64M"])
+    assert _settings(args).max_decoded_size == 64 << 20
