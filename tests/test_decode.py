@@ -17,7 +17,7 @@ import trio
 
 from ciartfs import reader as reader_module
 from ciartfs.cache import DiskStore, MemoryCache
-from ciartfs.errors import UpstreamError
+from ciartfs.errors import Forbidden, UpstreamError
 from ciartfs.fakeserver.generated import GeneratedGzip
 from ciartfs.http import HttpClient
 from ciartfs.reader import Reader, ReadStream
@@ -205,3 +205,18 @@ async def test_a_growing_gzip_log_is_decoded_again_at_its_new_size(fake, tmp_pat
     assert new_size == grown.decoded_size > size
     assert await reader.read(art, 0, new_size, total=new_size) == b"".join(grown.pieces())
     assert await reader.read(art, 0, size, total=size) == b"".join(grown.pieces())[:size]  # an older view
+
+
+async def test_a_failed_fetch_keeps_its_errno_and_is_remembered_briefly(fake, tmp_path, mock_clock):
+    blob = _task(fake, "public/denied.log", generated=GeneratedGzip.text(256 << 10, seed=13))
+    art = _artifact(fake, "public/denied.log")
+    reader = _reader(tmp_path)
+    reader._decoded.add(art.key)  # known to be stored gzip-encoded (e.g. from an earlier read)
+    fake.faults.storage_statuses = [403]
+    with pytest.raises(Forbidden):
+        await reader.size(art)
+    with pytest.raises(Forbidden, match="failed recently"):  # EACCES still, and no request
+        await reader.size(art)
+    assert len(_storage_gets(fake, blob.blob_id)) == 1
+    mock_clock.jump(reader_module.DECODE_TRANSPORT_FAILURE_TTL + 1)
+    assert await reader.size(art) == 256 << 10  # a transport failure is tried again soon
