@@ -142,7 +142,8 @@ class _BlockDecoder:
                 if not data:
                     break
                 self.inflater = zlib.decompressobj(wbits=47)
-            out = self.inflater.decompress(data, self.block_size)
+            # up to the next block boundary: a whole block then needs no copy
+            out = self.inflater.decompress(data, self.block_size - len(self.pending))
             data = self.inflater.unused_data if self.inflater.eof else self.inflater.unconsumed_tail
             self._take(out, self.compressed - len(data))
 
@@ -175,8 +176,11 @@ class _BlockDecoder:
         if self.decoded > DECODE_RATIO_AFTER and self.decoded > MAX_DECODE_RATIO * max(consumed, 1):
             raise _DecodeCapped(f"{self.decoded} bytes decoded from {consumed}: more than {MAX_DECODE_RATIO}:1, "
                                 f"a decompression bomb", "compression ratio")
-        self.pending += out
         bs = self.block_size
+        if not self.pending and len(out) == bs:
+            self._store(out)
+            return
+        self.pending += out
         while len(self.pending) >= bs:
             self._store(bytes(self.pending[:bs]))
             del self.pending[:bs]
