@@ -243,10 +243,10 @@ class Reader:
         self._writer_running = False
         self._sizing: SingleFlight[int] = SingleFlight()
         self._decoded: set[str] = set()  # artifacts stored encoded, served from decoded blocks
-        # artifact key -> (trio time until which it is not decoded again, the error's class and
-        # message to raise meanwhile; not the exception, whose traceback holds the decoder)
-        self._decode_failures: cachetools.LRUCache[str, tuple[float, type[CiartfsError], str]] = \
-            cachetools.LRUCache(DECODE_FAILURES_KEPT)
+        # artifact key -> (trio time until which it is not decoded again, why), kept without its
+        # traceback, which would hold the decoder
+        self._decode_failures: cachetools.LRUCache[str, tuple[float, CiartfsError]] = cachetools.LRUCache(
+            DECODE_FAILURES_KEPT)
         self._errors: dict[str, str] = {}
         # artifact key -> why its size could not be learned (trio's clock: tests may mock it)
         self._size_failures: cachetools.TTLCache[str, CiartfsError] = cachetools.TTLCache(
@@ -508,10 +508,10 @@ class Reader:
         self._decoded.add(art.key)
         failed = self._decode_failures.get(art.key)
         if failed is not None:
-            until, kind, message = failed
+            until, error = failed
             left = until - trio.current_time()
             if left > 0:  # same class (errno); a short line: a cap was logged when it was hit
-                raise kind(f"{message} (failed recently; not tried again for {left:.0f}s)")
+                raise type(error)(f"{error} (failed recently; not tried again for {left:.0f}s)")
             del self._decode_failures[art.key]
         disk = self.disk if self.disk is not None and self.disk.enabled else None
         if disk is not None:
@@ -562,7 +562,7 @@ class Reader:
             else:
                 raise
             self.stats.decode_failures += 1
-            self._decode_failures[art.key] = (trio.current_time() + ttl, type(error), str(error))
+            self._decode_failures[art.key] = (trio.current_time() + ttl, again(error))
             with trio.CancelScope(shield=True):
                 for decoder in attempts:
                     await trio.to_thread.run_sync(decoder.discard)
