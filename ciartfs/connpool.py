@@ -28,10 +28,18 @@ Bounds: at most `max_per_origin` connections per origin, fewer while the origin 
 Addresses: with an `AddressRule`, each new connection's peer address is checked once, right
 after connecting and before TLS or any request byte (`AddressRefused` otherwise); a pooled
 connection was checked when it was made, so reuse costs nothing.
+
+Broken answers: an answer the server sent whole that breaks HTTP/1.1 (see `BrokenAnswer`) is
+told apart from one a closed connection cut short, so that the caller can fail at once on the
+first and retry the second. The rule: h11 refusing bytes while the connection is still open
+is a broken answer; after the server closed it, the answer was cut short. Answers that do not
+start with "HTTP/" (HTTP/0.9, SPDY) are refused at their first bytes, and 1xx heads before the
+final one are bounded in number and bytes, so a server streaming them costs little CPU.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import AsyncIterator, Sequence
 
@@ -40,7 +48,7 @@ import httpx
 import trio
 
 from ciartfs.addresses import AddressRule
-from ciartfs.wire import HEAD_END, Target, content_length, header_dict, plain_head, request_fields, request_head
+from ciartfs.wire import HEAD_END, BrokenAnswer, Target, content_length, header_dict, plain_head, request_fields, request_head
 
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).
@@ -51,6 +59,17 @@ HEAD_READ_SIZE = 64 << 10
 CLOSE_TIMEOUT = 1.0
 # Response heads larger than this are refused (S3 presigned redirects are a few KiB).
 MAX_HEAD_BYTES = 100 << 10
+# Informational (1xx) heads accepted before the final one: we never send Expect, so at most a
+# few 103 Early Hints or 102 Processing are legitimate. Their bytes count against MAX_HEAD_BYTES.
+MAX_INFORMATIONAL = 16
+# Where h11's description of an error starts quoting the server's bytes.
+_QUOTED = re.compile(r":| b'| b\"| bytearray\(")
+
+
+def _described(error: h11.ProtocolError) -> str:
+    """h11's description of an error, without the bytes it quotes (a Location header's
+    presigned signature must not reach a log)."""
+    return _QUOTED.split(str(error), maxsplit=1)[0]
 
 
 class Reply:
@@ -134,6 +153,8 @@ class _Exchange:
         self.reusable = False
         self.status = 0
         self.headers: dict[str, str] = {}
+        self.closed = False  # the server closed its side before the exchange ended
+        self.head_bytes = 0  # bytes received while waiting for the final head
 
     async def response_head(self) -> None:
         received = b""
@@ -144,6 +165,8 @@ class _Exchange:
                 closed = True
                 break
             received += data
+            if not b"HTTP/".startswith(received[:5]):  # HTTP/0.9 (a bare body), SPDY, TLS, junk
+                raise BrokenAnswer("the answer does not start with HTTP/")
         head = plain_head(received[:end.end()]) if end is not None and end.end() <= MAX_HEAD_BYTES else None
         length = content_length(head[2], head[0]) if head is not None else None
         if head is None or length is None:
@@ -160,6 +183,7 @@ class _Exchange:
 
     async def _h11_head(self, received: bytes, closed: bool) -> None:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.closed, self.head_bytes = closed, len(received)
         try:  # h11 must have sent the request to expect its answer (the bytes went already)
             self.h11.send(h11.Request(method=self.method, target=self.path, headers=self.fields))
             self.h11.send(h11.EndOfMessage())
@@ -168,31 +192,48 @@ class _Exchange:
                 self.h11.receive_data(b"")
         except h11.ProtocolError as e:
             raise httpx.RemoteProtocolError(str(e)) from None
+        informational = 0
         while True:
-            event = await self._next_event()
+            event = await self._next_event(head=True)
             if isinstance(event, h11.InformationalResponse):
-                continue  # 100 Continue and the like
+                informational += 1  # 103 Early Hints and the like; never endless
+                if informational > MAX_INFORMATIONAL:
+                    raise BrokenAnswer(f"more than {MAX_INFORMATIONAL} informational (1xx) heads")
+                continue
             if isinstance(event, h11.ConnectionClosed):
                 raise httpx.RemoteProtocolError("server closed the connection without an answer")
             assert isinstance(event, h11.Response)
             break
         self.status = event.status_code
         self.headers = header_dict(event.headers)
+        content_length(self.headers, self.status)  # h11 checked its syntax; the bound is ours
 
-    async def _next_event(self) -> h11.Event:
+    def _refused(self, error: h11.RemoteProtocolError) -> httpx.RemoteProtocolError:
+        """What h11 refusing the answer means: cut short once the server closed the connection
+        (worth a retry), broken before that (asking again gets the same answer)."""
+        if self.closed:
+            return httpx.RemoteProtocolError(f"the answer was cut short ({_described(error)})")
+        return BrokenAnswer(_described(error))
+
+    async def _next_event(self, *, head: bool = False) -> h11.Event:
         assert self.h11 is not None
         while True:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
-                raise httpx.RemoteProtocolError(str(e)) from None
+                raise self._refused(e) from None
             if event is not h11.NEED_DATA:
                 return event
+            if head and self.head_bytes > MAX_HEAD_BYTES:  # all of it heads: 1xx ones and a partial one
+                raise BrokenAnswer(f"answer heads larger than {MAX_HEAD_BYTES} bytes")
             data = await self.conn.receive(HEAD_READ_SIZE)
+            self.closed = self.closed or not data
+            if head:
+                self.head_bytes += len(data)
             try:
                 self.h11.receive_data(data)  # b"": the server closed its side
             except h11.RemoteProtocolError as e:
-                raise httpx.RemoteProtocolError(str(e)) from None
+                raise self._refused(e) from None
 
     async def body(self) -> AsyncIterator[bytes]:
         if self.remaining is None:

@@ -15,6 +15,9 @@ Invariants:
   retried, never passed on; a total that cannot be a file's size (>= 2**63) is a bad answer.
 - Memory per call is bounded by the requested length (plus one network chunk), even when a
   server ignores Range and sends the whole body.
+- Only what may go differently next time is retried (a dropped connection, 5xx, 429, a short
+  body): an answer that breaks HTTP (`BrokenAnswer`), an https URL redirecting to http, and
+  JSON that cannot be parsed fail at once.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from ciartfs.errors import (
     UpstreamTimeout,
     redact_url,
 )
-from ciartfs.wire import Target, parse_url
+from ciartfs.wire import BrokenAnswer, Target, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ DRAIN_LIMIT = 64 << 10
 # A retry is only worth starting with at least this much of the operation's time left.
 MIN_ATTEMPT_TIME = 0.25
 
+# A byte of a header value outside ASCII: header values are read as Latin-1, one character a byte
+_NON_ASCII = re.compile("[\x80-\xff]")
 # Offsets of more than 19 digits cannot be ours (see MAX_RESOURCE_BYTES): such a header does
 # not match, and int() never sees thousands of digits.
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d{1,19})-(\d{1,19})|\*)/(\d+|\*)\s*$", re.IGNORECASE)
@@ -98,6 +103,20 @@ def origin_of(url: str) -> tuple[str, str, int]:
         return parse_url(url).origin
     except (httpx.InvalidURL, httpx.UnsupportedProtocol):
         return "", "", 0
+
+
+def location_url(value: str) -> str:
+    """A Location header's URL (its bytes read as Latin-1) as the server meant it: raw UTF-8 as
+    sent (a storage key "café" is "caf%C3%A9", an IDN host its punycode), not each byte taken
+    for a Latin-1 character and encoded again ("caf%C3%83%C2%A9"). Bytes that are not UTF-8
+    are percent-encoded one by one, as sent."""
+    if value.isascii():
+        return value
+    raw = value.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _NON_ASCII.sub(lambda m: f"%{ord(m[0]):02X}", value)
 
 
 class Sender(Protocol):
@@ -302,7 +321,7 @@ class HttpClient:
               credentials: bool) -> _Answer:
         """`async with` it: (streaming reply, final url, redirected) for a GET following redirects.
         `credentials`: the first hop may carry them (see the module docstring)."""
-        return _Answer(self._follow(url, accept, byte_range, credentials))
+        return _Answer(self._follow(url, accept, byte_range, credentials), url)
 
     async def _follow(self, url: str, accept: str, byte_range: str | None,
                       credentials: bool) -> tuple[Reply, str, bool]:
@@ -313,6 +332,7 @@ class HttpClient:
         if byte_range is not None:
             headers_base.append(("Range", "bytes=" + byte_range))  # "first-last", or "-n": the last n
         current, redirected = url, False
+        secure = False  # a hop so far went over https: no later one may go without it
         for hop in range(MAX_REDIRECTS + 1):
             try:
                 target = parse_url(current)
@@ -321,6 +341,9 @@ class HttpClient:
                                     else f"invalid URL {redact_url(current)}") from None
             except httpx.InvalidURL:
                 raise UpstreamError(f"invalid URL {redact_url(current)}") from None
+            if secure and target.scheme != "https":
+                raise UpstreamError(f"{redact_url(url)}: redirect from https to plain http refused")
+            secure = target.scheme == "https"
             headers = headers_base
             if credentials and hop == 0:  # never on a redirect, whatever host it names
                 # the origin checked is the one connected to: both come from the same parse
@@ -334,6 +357,8 @@ class HttpClient:
                 resp = await self._transport.send("GET", target, headers)
             except httpx.TimeoutException as e:
                 raise _Retry(f"timeout ({type(e).__name__})") from None
+            except BrokenAnswer as e:
+                raise UpstreamError(f"{redact_url(url)}: broken HTTP answer ({e}), not retried") from None
             except httpx.TransportError as e:
                 raise _Retry(f"connection failed ({type(e).__name__})") from None
             except AddressRefused as e:
@@ -341,7 +366,7 @@ class HttpClient:
                 raise AddressRefused(f"refused to fetch {redact_url(url)}{via}: {e}") from None
             if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
                 await self._drain(resp)
-                location = resp.headers["location"]
+                location = location_url(resp.headers["location"])
                 # most Locations are absolute (presigned URLs): urljoin only for the others
                 current = location if location.startswith(("http://", "https://")) else urllib.parse.urljoin(current, location)
                 redirected = True
@@ -359,6 +384,8 @@ class HttpClient:
             if declared.isdigit() and int(declared) <= DRAIN_LIMIT:
                 async for _ in resp.aiter_raw():
                     pass
+        except httpx.TransportError:
+            pass  # the redirect is read (its Location); its connection is closed, not reused
         finally:
             await resp.aclose()
 
@@ -539,11 +566,12 @@ class _Answer:
     read becomes a retry, and the body is closed on the way out. (A class, not contextlib's
     generator-based one: that was a measurable share of a small GET's CPU.)"""
 
-    __slots__ = ("_opening", "_reply")
+    __slots__ = ("_opening", "_reply", "_url")
 
-    def __init__(self, opening: Awaitable[tuple[Reply, str, bool]]) -> None:
+    def __init__(self, opening: Awaitable[tuple[Reply, str, bool]], url: str) -> None:
         self._opening = opening
         self._reply: Reply | None = None
+        self._url = url
 
     async def __aenter__(self) -> tuple[Reply, str, bool]:
         answer = await self._opening
@@ -555,6 +583,8 @@ class _Answer:
         try:
             if isinstance(error, httpx.TimeoutException):
                 raise _Retry(f"timeout reading body ({type(error).__name__})") from None
+            if isinstance(error, BrokenAnswer):
+                raise UpstreamError(f"{redact_url(self._url)}: broken HTTP body ({error}), not retried") from None
             if isinstance(error, httpx.TransportError):
                 raise _Retry(f"connection broke reading body ({type(error).__name__})") from None
         finally:

@@ -98,7 +98,8 @@ def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 # What `plain_head` reads: a status line and header lines as RFC 9112 writes them (CRLF
 # endings, tokens for names, no obsolete line folding, no control characters in values).
 HEAD_END = re.compile(rb"\n\r?\n")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
+# (A status is 100-599, RFC 9110 15: "099" is not 99; anything else goes to h11 to judge.)
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?")
 _FIELD_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([\t\x20-\x7e\x80-\xff]*)")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
@@ -107,6 +108,19 @@ _REQUEST_TARGET = re.compile(r"[\x21-\x7e]+")
 # would be refused by servers, and a length or chunked framing would leave one waiting for a body.
 _SET_HERE = frozenset({"host", "content-length", "transfer-encoding"})
 OWS = " \t"  # optional whitespace around a field value (RFC 9110 5.6.3)
+# The largest body a Content-Length may declare: a size the kernel can show (off_t). A larger
+# one (10^23) is a broken answer, not a body to wait for; its digits are counted before int()
+# reads them (Python refuses more than 4300 digits with a ValueError).
+MAX_CONTENT_LENGTH = 2**63 - 1
+_MAX_LENGTH_DIGITS = len(str(MAX_CONTENT_LENGTH))
+
+
+class BrokenAnswer(httpx.RemoteProtocolError):
+    """An answer the server sent whole that breaks HTTP/1.1 (not "HTTP/", a status outside
+    100-599, a bad or conflicting Content-Length, control characters in a header, endless 1xx
+    heads): asking again gets the same answer, so callers fail at once rather than retry.
+    An answer cut short by a closed connection is a plain RemoteProtocolError: worth a retry.
+    Messages never quote the server's bytes (a header may carry a presigned signature)."""
 
 
 def request_fields(target: Target, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -152,7 +166,8 @@ def plain_head(head: bytes) -> tuple[int, bool, dict[str, str]] | None:
 def content_length(headers: dict[str, str], status: int) -> int | None:
     """The body's length when Content-Length frames it (204 and 304 have none, whatever it
     says); None when h11 should frame the body or judge the head: Transfer-Encoding, no
-    Content-Length, or one that is not a number or repeated with different values."""
+    Content-Length, or one that is not a number or repeated with different values.
+    BrokenAnswer for a number above MAX_CONTENT_LENGTH (h11 would take up to 20 digits)."""
     if "transfer-encoding" in headers:
         return None
     declared = headers.get("content-length")
@@ -162,4 +177,6 @@ def content_length(headers: dict[str, str], status: int) -> int | None:
     value = values.pop()
     if values or not value.isdigit() or not value.isascii():
         return None
+    if len(value) > _MAX_LENGTH_DIGITS or int(value) > MAX_CONTENT_LENGTH:
+        raise BrokenAnswer("Content-Length larger than any file (2^63 - 1 bytes)")
     return 0 if status in (204, 304) else int(value)

@@ -1,7 +1,8 @@
 """Tier 1: the HTTP/1.1 transport and its pool against a real server on loopback that counts
 the TCP connections it accepts: keep-alive reuse, the per-origin bound, no slot or socket lost
 to a request that timed out, the body framings servers use (Content-Length, chunked, ended by
-closing), connections a server closes or leaves out of step, and TLS with certificates checked."""
+closing), connections a server closes or leaves out of step, broken answers refused at once (an
+answer cut short is retried), and TLS with certificates checked."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import ssl
 import threading
 import time
 
+import h11
 import pytest
 import trio
 import trustme
 
-from ciartfs.connpool import PoolPerOrigin, _Origin
+from ciartfs.connpool import MAX_INFORMATIONAL, PoolPerOrigin, _Origin
 from ciartfs.wire import parse_url
 from ciartfs.errors import UpstreamError, UpstreamTimeout
 from ciartfs.http import HttpClient
@@ -23,6 +25,8 @@ BODY = b"0123456789"
 JSON_CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                 b"6\r\n{\"a\": \r\n3\r\n[1]\r\n1\r\n}\r\n0\r\n\r\n")
 PARTIAL = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/10\r\nContent-Length: 4\r\n"
+RANGE_ONLY = b"Content-Range: bytes 0-3/10\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # path -> (raw answer, what the server does next): "keep" the connection, "close" it
 SCRIPTS: dict[bytes, tuple[bytes, str]] = {
     b"/chunked": (JSON_CHUNKED, "keep"),
@@ -39,7 +43,37 @@ SCRIPTS: dict[bytes, tuple[bytes, str]] = {
     b"/continue": (b"HTTP/1.1 100 Continue\r\n\r\n" + PARTIAL + b"\r\n" + BODY[:4], "keep"),
     b"/two-lengths": (PARTIAL + b"Content-Length: 3\r\n\r\n" + BODY[:4], "close"),
     b"/space-before-colon": (PARTIAL.replace(b"Content-Length:", b"Content-Length :") + b"\r\n" + BODY[:4], "close"),
+    b"/early-hints": (b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n" * 3 + CONTINUE
+                      + PARTIAL + b"\r\n" + BODY[:4], "keep"),
+    # answers that break HTTP/1.1 whatever is asked: each fails at once (see BROKEN)
+    b"/http09": (BODY, "keep"),  # HTTP/0.9: a bare body, and the connection left open
+    b"/http09-close": (b"0123\r\n\r\n", "close"),
+    b"/spdy": (b"SPDY/3 200 OK\r\n" + RANGE_ONLY + b"Content-Length: 4\r\n\r\n" + BODY[:4], "keep"),
+    b"/status-2000": (b"HTTP/1.1 2000 OK\r\n" + RANGE_ONLY + b"Content-Length: 4\r\n\r\n" + BODY[:4], "keep"),
+    b"/status-099": (b"HTTP/1.1 099 OK\r\n" + RANGE_ONLY + b"Content-Length: 4\r\n\r\n" + BODY[:4], "keep"),
+    b"/negative-length": (b"HTTP/1.1 206 Partial Content\r\n" + RANGE_ONLY + b"Content-Length: -4\r\n\r\n" + BODY[:4], "keep"),
+    b"/huge-length": (b"HTTP/1.1 206 Partial Content\r\n" + RANGE_ONLY + b"Content-Length: 1" + b"0" * 23 + b"\r\n\r\n"
+                      + BODY[:4], "keep"),
+    b"/5000-digit-length": (b"HTTP/1.1 206 Partial Content\r\n" + RANGE_ONLY + b"Content-Length: " + b"4" * 5000
+                            + b"\r\n\r\n" + BODY[:4], "keep"),
+    b"/huge-length-via-h11": (CONTINUE + b"HTTP/1.1 206 Partial Content\r\n" + RANGE_ONLY
+                              + b"Content-Length: 10000000000000000000\r\n\r\n" + BODY[:4], "keep"),
+    b"/cr-in-location": (b"HTTP/1.1 302 Found\r\nLocation: /a\rb\r\nContent-Length: 0\r\n\r\n", "keep"),
+    b"/nul-in-location": (b"HTTP/1.1 302 Found\r\nLocation: /a\x00b\r\nContent-Length: 0\r\n\r\n", "keep"),
+    b"/continue-storm": (CONTINUE * 5000 + PARTIAL + b"\r\n" + BODY[:4], "keep"),
+    b"/bad-chunk": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"zz\r\n{}\r\n0\r\n\r\n", "keep"),
+    # cut short by the server closing: worth a retry
+    b"/head-cut": (b"HTTP/1.1 206 Partial Content\r\nContent-", "close"),
+    # a redirect whose own body breaks off: its Location is all that matters
+    b"/redirect-cut": (b"HTTP/1.1 302 Found\r\nLocation: /a\r\nContent-Length: 10\r\n\r\n01234", "close"),
+    # a storage key "café" sent as raw UTF-8, in the path and the query
+    b"/utf8-redirect": (b"HTTP/1.1 302 Found\r\nLocation: /caf\xc3\xa9?k=\xc3\xa9\r\nContent-Length: 0\r\n\r\n", "keep"),
+    b"/latin1-redirect": (b"HTTP/1.1 302 Found\r\nLocation: /caf\xe9\r\nContent-Length: 0\r\n\r\n", "keep"),
 }
+BROKEN = ["/huge-head", "/two-lengths", "/space-before-colon", "/http09", "/http09-close", "/spdy", "/status-2000",
+          "/status-099", "/negative-length", "/huge-length", "/5000-digit-length", "/huge-length-via-h11",
+          "/cr-in-location", "/nul-in-location", "/continue-storm"]
 
 
 class CountingServer:
@@ -52,6 +86,7 @@ class CountingServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.sock.getsockname()[1]}"
         self.accepted = 0
+        self.paths: list[bytes] = []  # request targets, as received
         self.open_now = 0
         self.peak_open = 0
         self.lock = threading.Lock()
@@ -87,6 +122,11 @@ class CountingServer:
                     buf += chunk
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 path = head.split(b" ")[1]
+                with self.lock:
+                    self.paths.append(path)
+                if path == b"/continue-forever":  # 1xx heads until the client gives up
+                    while True:
+                        conn.sendall(CONTINUE * 1000)
                 if path == b"/hang":
                     conn.recv(1)  # until the client gives up and closes
                     return
@@ -219,8 +259,8 @@ async def test_unusual_heads_are_read_by_h11(server):
     assert server.accepted == 1  # and each left the connection in step
 
 
-@pytest.mark.parametrize("path", ["/short", "/huge-head", "/two-lengths", "/space-before-colon"])
-async def test_broken_answers_are_errors_not_data(server, path):
+@pytest.mark.parametrize("path", ["/short", "/head-cut"])
+async def test_answers_cut_short_are_retried_not_returned(server, path):
     client = HttpClient(timeout=1.5)
     try:
         with pytest.raises((UpstreamError, UpstreamTimeout)):
@@ -229,6 +269,76 @@ async def test_broken_answers_are_errors_not_data(server, path):
         assert server.accepted == client.requests_made
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("path", BROKEN)
+async def test_broken_answers_are_errors_at_once_not_data(server, path):
+    # a timeout far beyond the test's: had it been retried, there would be more than one request
+    client = HttpClient(timeout=60)
+    try:
+        with pytest.raises(UpstreamError, match="broken HTTP answer") as raised:
+            await client.get_range(server.url + path, 0, 4)
+        assert not isinstance(raised.value, UpstreamTimeout)
+        assert client.requests_made == 1 and server.accepted == 1  # asked once, not again
+        with trio.fail_after(5):  # the connection went (it is out of step), the client works on
+            assert (await client.get_range(server.url + "/a", 0, 4)).data == BODY[:4]
+        assert server.accepted == 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_broken_chunked_body_is_an_error_at_once(server):
+    client = HttpClient(timeout=60)
+    try:
+        with pytest.raises(UpstreamError, match="broken HTTP body"):
+            await client.get_json(server.url + "/bad-chunk")
+        assert client.requests_made == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_stream_of_1xx_heads_is_refused_after_a_bounded_number(server, monkeypatch):
+    """Little CPU whatever the server sends: a few 1xx heads are read (103 Early Hints), an
+    endless stream of them is refused after MAX_INFORMATIONAL, counted in h11 events parsed."""
+    events = 0
+    next_event = h11.Connection.next_event
+
+    def counting(self):
+        nonlocal events
+        events += 1
+        return next_event(self)
+
+    monkeypatch.setattr(h11.Connection, "next_event", counting)
+    client = HttpClient(timeout=60)
+    try:
+        assert (await client.get_range(server.url + "/early-hints", 0, 4)).data == BODY[:4]
+        events = 0
+        with pytest.raises(UpstreamError, match="informational"):
+            await client.get_range(server.url + "/continue-forever", 0, 4)
+        assert client.requests_made == 2  # not retried
+        assert events <= MAX_INFORMATIONAL + 2, events  # the heads allowed, the one too many, a NEED_DATA
+    finally:
+        await client.aclose()
+
+
+async def test_a_redirect_whose_body_breaks_off_is_still_followed(server):
+    client = HttpClient(timeout=5)
+    try:
+        assert (await client.get_range(server.url + "/redirect-cut", 0, 4)).data == BODY[:4]
+        assert client.requests_made == 2 and server.paths == [b"/redirect-cut", b"/a"]
+    finally:
+        await client.aclose()
+
+
+async def test_raw_utf8_in_location_is_followed_as_sent(server):
+    client = HttpClient(timeout=5)
+    try:
+        for path in ("/utf8-redirect", "/latin1-redirect"):
+            assert (await client.get_range(server.url + path, 0, 4)).data == BODY[:4]
+    finally:
+        await client.aclose()
+    # the bytes as sent, percent-encoded; not each taken for a Latin-1 character ("%C3%83%C2%A9")
+    assert server.paths == [b"/utf8-redirect", b"/caf%C3%A9?k=%C3%A9", b"/latin1-redirect", b"/caf%E9"]
 
 
 @pytest.fixture

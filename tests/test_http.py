@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from ciartfs.errors import ArtifactExpired, BadListing, Forbidden, NotFound, UpstreamError, UpstreamTimeout
-from ciartfs.http import HeaderCredential, HttpClient, origin_of
+from ciartfs.http import HeaderCredential, HttpClient, location_url, origin_of
 from ciartfs.providers.circleci import artifact_url_takes_token, credential
 
 API = "https://circleci.example"
@@ -197,6 +197,56 @@ async def test_json_errors_map():
     with pytest.raises(UpstreamError, match="418"):
         await client.get_json(API + "/teapot")
     await client.aclose()
+
+
+@pytest.mark.parametrize("downgrade", ["http://storage.example/blob", "HTTP://storage.example:443/blob",
+                                       "//storage.example/blob"])
+async def test_an_https_url_redirecting_to_http_is_refused_at_once(downgrade):
+    seen = []
+
+    async def handler(request):
+        seen.append(str(request.url))
+        if request.url.host == "circleci.example":
+            return httpx.Response(302, headers={"Location": downgrade})
+        return ranged(request, DATA)
+
+    client = HttpClient(timeout=30, credentials=(credential(API, TOKEN),), transport=Transport(handler))
+    if downgrade.startswith("//"):  # scheme-relative: stays on https, followed
+        assert (await client.get_range(API + "/a", 0, 10)).data == DATA[:10]
+        assert seen[1].startswith("https://storage.example/")
+    else:
+        with pytest.raises(UpstreamError, match="https to plain http refused"):
+            await client.get_range(API + "/a", 0, 10)
+        assert seen == [API + "/a"]  # nothing went over plain http, and nothing was retried
+    await client.aclose()
+
+
+async def test_http_may_redirect_to_https_but_not_back():
+    seen = []
+
+    async def handler(request):
+        seen.append(str(request.url))
+        if request.url.path == "/start":
+            return httpx.Response(302, headers={"Location": "https://storage.example/hop"})
+        if request.url.path == "/hop":
+            return httpx.Response(302, headers={"Location": "http://storage.example/blob"})
+        return ranged(request, DATA)
+
+    client = HttpClient(timeout=30, transport=Transport(handler))
+    with pytest.raises(UpstreamError, match="https to plain http refused"):
+        await client.get_range("http://api.example/start", 0, 10)
+    assert seen == ["http://api.example/start", "https://storage.example/hop"]
+    await client.aclose()
+
+
+@pytest.mark.parametrize("sent, meant", [
+    (b"https://s.example/caf\xc3\xa9?k=\xc3\xa9", "https://s.example/caf\u00e9?k=\u00e9"),  # UTF-8, as RFC 3987 would
+    (b"https://b\xc3\xbccher.example/x", "https://b\u00fccher.example/x"),
+    (b"/caf\xe9", "/caf%E9"),  # not UTF-8: the byte as sent, percent-encoded
+    (b"/plain?a=%C3%A9", "/plain?a=%C3%A9"),
+])
+def test_location_bytes_are_read_as_sent(sent, meant):
+    assert location_url(sent.decode("latin-1")) == meant  # header values arrive as Latin-1 text
 
 
 async def test_retry_after_is_honoured_and_time_is_bounded():

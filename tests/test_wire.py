@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ciartfs.wire import HEAD_END, content_length, header_dict, parse_url, plain_head, request_fields, request_head
+from ciartfs.wire import MAX_CONTENT_LENGTH, HEAD_END, BrokenAnswer, content_length, header_dict, parse_url, plain_head, request_fields, request_head
 
 TOKEN_CHARS = "!#$%&'*+.^_`|~-" + "0123456789" + "abcdefghijklmnopqrstuvwxyz" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 head_bytes = st.sampled_from([b"\r\n", b"\n", b" ", b"\t", b":", b"\x00", b"\xe9", b"a", b"Content-Length", b"1"])
@@ -33,14 +33,14 @@ field_values = st.lists(st.one_of(head_bytes, st.sampled_from([b"4", b"0", b",",
 
 
 @settings(max_examples=1000, deadline=None)
-@given(version=st.sampled_from([b"1.1", b"1.0", b"2.0"]), status=st.integers(100, 599),
+@given(version=st.sampled_from([b"1.1", b"1.0", b"2.0"]), status=st.integers(0, 999),
        reason=st.lists(head_bytes, max_size=3).map(b"".join),
        fields=st.lists(st.tuples(field_names, field_values), max_size=6),
        eol=st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
 def test_every_head_the_transport_reads_itself_h11_reads_alike(version, status, reason, fields, eol):
     """The transport's decision, as `_Exchange.response_head` makes it: a plain head whose body
     Content-Length frames is read here, anything else by h11."""
-    head = b"HTTP/" + version + b" %d " % status + reason + eol + b"".join(n + b":" + v + eol for n, v in fields) + eol
+    head = b"HTTP/" + version + b" %03d " % status + reason + eol + b"".join(n + b":" + v + eol for n, v in fields) + eol
     end = HEAD_END.search(head)
     ours = plain_head(head[:end.end()]) if end else None
     length = content_length(ours[2], ours[0]) if ours is not None else None
@@ -67,6 +67,23 @@ def test_every_head_the_transport_reads_itself_h11_reads_alike(version, status, 
 def test_common_answers_are_read_without_h11(head):
     ours = plain_head(head)
     assert ours is not None and content_length(ours[2], ours[0]) is not None
+
+
+@pytest.mark.parametrize("status", [b"099", b"000", b"600", b"999", b"2000", b"20"])
+def test_statuses_outside_100_to_599_are_left_to_h11(status):
+    assert plain_head(b"HTTP/1.1 " + status + b" X\r\nContent-Length: 0\r\n\r\n") is None
+
+
+@pytest.mark.parametrize("value", [str(MAX_CONTENT_LENGTH + 1), "1" + "0" * 23, "4" * 5000, "0" * 20 + "4"])
+def test_a_content_length_no_file_can_have_is_a_broken_answer(value):
+    # (5000 digits: more than int() reads; 0...04: h11 too refuses more than 20 digits)
+    for status in (200, 204):
+        with pytest.raises(BrokenAnswer):
+            content_length({"content-length": value}, status)
+
+
+def test_the_largest_content_length_is_read():
+    assert content_length({"content-length": str(MAX_CONTENT_LENGTH)}, 200) == 2**63 - 1
 
 
 @settings(max_examples=300, deadline=None)
