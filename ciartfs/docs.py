@@ -63,7 +63,7 @@ class ApiDocs:
             return None
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # as from the network: malformed or nested too deep
             return None
 
     async def _store(self, key: str, doc: Any) -> None:

@@ -22,7 +22,7 @@ import trio
 
 from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, redact_url
 from ciartfs.reader import Reader, ReadStream
-from ciartfs.tree import Kind, Node, Tree
+from ciartfs.tree import NAME_MAX, Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,13 @@ class ArtifactFS(pyfuse3.Operations):
 
     @_edge
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = await self.tree.lookup(self.tree.get(parent_inode), os.fsdecode(name))
+        if len(name) > NAME_MAX:  # the kernel leaves this check to each filesystem
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        try:  # names come from JSON text: bytes that are not UTF-8 name nothing here
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        node = await self.tree.lookup(self.tree.get(parent_inode), text)
         self.tree.remember(node)
         return self.attributes(node)
 

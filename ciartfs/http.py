@@ -419,6 +419,8 @@ class HttpClient:
             return json.loads(bytes(body))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BadListing(f"{redact_url(url)}: malformed JSON ({e})") from None
+        except RecursionError:  # "[[[[..." nested deeper than Python's stack
+            raise BadListing(f"{redact_url(url)}: JSON nested too deep") from None
 
     async def _range_once(self, url: str, start: int, length: int, credentials: bool) -> RangeReply:
         """One attempt at bytes [start, start+length), or at the last `length` bytes when

@@ -199,6 +199,20 @@ async def test_json_errors_map():
     await client.aclose()
 
 
+async def test_json_nested_deeper_than_the_stack_is_a_bad_listing_at_once():
+    calls = []
+
+    async def handler(request):
+        calls.append(request)
+        return httpx.Response(200, content=b"[" * 200_000 + b"]" * 200_000)
+
+    client = HttpClient(timeout=30, transport=Transport(handler))
+    with pytest.raises(BadListing, match="nested too deep"):
+        await client.get_json(API + "/deep")
+    assert len(calls) == 1  # the same answer again would not parse either
+    await client.aclose()
+
+
 @pytest.mark.parametrize("downgrade", ["http://storage.example/blob", "HTTP://storage.example:443/blob",
                                        "//storage.example/blob"])
 async def test_an_https_url_redirecting_to_http_is_refused_at_once(downgrade):
