@@ -9,6 +9,8 @@ Invariants:
 - Disk writes are atomic (temp file + rename), so a crash or a second mount sharing the
   directory never exposes a half-written block.
 - `DiskStore` is synchronous and thread-safe; callers run it off the trio thread.
+- Temp files a killed writer left behind are removed by the first scan (at start), once old
+  enough that no live writer can still own them (see STALE_TMP_AGE).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -33,6 +36,13 @@ _DIGEST_LEN = 32
 # After an eviction pass the store is brought down to this fraction of its budget, so that
 # eviction (a directory scan) runs rarely rather than on every write near the limit.
 _EVICT_TO = 0.9
+# A temp file (`<block>.tmp.<pid>.<thread>`) lives for one `put`: written, then renamed within
+# moments. One untouched for this long was left by a writer that died (a killed daemon) and
+# is removed. Why age and not "is that pid alive": mounts sharing the directory may run in
+# other pid namespaces (containers) or on other hosts (a network home), and pids are reused.
+# Why removing by age is safe even if wrong: a writer stalled this long then fails its rename,
+# logs a warning, and the block is simply not on disk; nothing half-written is ever read.
+STALE_TMP_AGE = 600.0
 
 
 class MemoryCache:
@@ -165,16 +175,18 @@ class DiskStore:
 
     def _scan(self) -> dict[str, int]:
         sizes: dict[str, int] = {}
+        stale_before = time.time() - STALE_TMP_AGE
         for sub in self.root.iterdir():
             if not sub.is_dir():
                 continue
             for entry in os.scandir(sub):
-                if ".tmp." in entry.name:
-                    continue
                 try:
-                    sizes[entry.path] = entry.stat().st_size
+                    if ".tmp." not in entry.name:
+                        sizes[entry.path] = entry.stat().st_size
+                    elif entry.stat().st_mtime < stale_before:
+                        os.unlink(entry.path)
                 except OSError:
-                    pass
+                    pass  # gone meanwhile (another mount evicted or renamed it)
         return sizes
 
     def _evict(self) -> None:

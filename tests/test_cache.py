@@ -1,12 +1,15 @@
-"""Tier 1: memory LRU bound, crash-safe checksummed disk store, single-flight."""
+"""Tier 1: memory LRU bound, crash-safe checksummed disk store, single-flight. And through a real
+mount: a killed daemon's temp files are cleared at start."""
 
 import os
+import time
 
 import pytest
 import trio
 import trio.testing
 
-from ciartfs.cache import DiskStore, MemoryCache, SingleFlight
+from ciartfs.cache import STALE_TMP_AGE, DiskStore, MemoryCache, SingleFlight
+from conftest import wait_for
 
 
 def test_memory_cache_is_bounded_in_bytes():
@@ -66,6 +69,44 @@ def test_disk_full_degrades_to_memory_only(tmp_path, caplog, monkeypatch):
     monkeypatch.undo()
     assert not store.enabled and "full" in caplog.text
     assert store.get("k") is None
+
+
+def leave_temp_file(path: str, age: float) -> None:
+    """A temp file as a writer leaves it, last written `age` seconds ago."""
+    with open(path, "wb") as f:
+        f.write(b"CIAFSB1\n" + b"half written")
+    then = time.time() - age
+    os.utime(path, (then, then))
+
+
+def test_stale_temp_files_are_removed_by_the_first_scan_and_fresh_ones_kept(tmp_path):
+    store = DiskStore(tmp_path, 1 << 20)
+    store.put("key", b"x" * 100)
+    (block,) = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
+    os.makedirs(tmp_path / "ff")
+    stale = [block + ".tmp.4242.1", str(tmp_path / "ff" / ("f" * 64 + ".tmp.4242.2"))]  # a killed daemon's
+    fresh = block + ".tmp.4343.1"  # another mount's, being written now
+    for path in stale:
+        leave_temp_file(path, STALE_TMP_AGE + 60)
+    leave_temp_file(fresh, 1)
+    restarted = DiskStore(tmp_path, 1 << 20)  # the next process
+    restarted.load_index()
+    assert not any(os.path.exists(p) for p in stale)
+    assert os.path.exists(fresh)
+    assert restarted.get("key") == b"x" * 100
+    assert restarted.bytes_used == os.path.getsize(block)  # temp files never count as blocks
+
+
+def test_a_killed_daemons_temp_files_are_removed_at_mount(fake, mount, tmp_path):
+    blocks = tmp_path / "cache" / "blocks"
+    os.makedirs(blocks / "ab", mode=0o700)
+    stale, fresh = str(blocks / "ab" / ("ab" * 32 + ".tmp.999999.1")), str(blocks / "ab" / ("ab" * 32 + ".tmp.999998.1"))
+    leave_temp_file(stale, STALE_TMP_AGE + 60)
+    leave_temp_file(fresh, 0)
+    m = mount(cache_dir=tmp_path / "cache")
+    assert wait_for(lambda: not os.path.exists(stale)), "the stale temp file is still there"
+    assert os.path.exists(fresh)
+    assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github"]
 
 
 async def test_single_flight_shares_one_call():
