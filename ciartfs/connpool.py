@@ -159,7 +159,9 @@ class _Exchange:
     async def response_head(self) -> None:
         received = b""
         closed = False
-        while (end := HEAD_END.search(received)) is None and len(received) <= MAX_HEAD_BYTES:
+        searched = 0  # no head end before this: a head trickling in is searched once, not once per read
+        while (end := HEAD_END.search(received, searched)) is None and len(received) <= MAX_HEAD_BYTES:
+            searched = max(0, len(received) - 2)  # an end ("\n\r\n") may span the next read
             data = await self.conn.receive(HEAD_READ_SIZE)
             if not data:
                 closed = True

@@ -16,8 +16,9 @@ import pytest
 import trio
 import trustme
 
+from ciartfs import connpool
 from ciartfs.connpool import MAX_INFORMATIONAL, PoolPerOrigin, _Origin
-from ciartfs.wire import parse_url
+from ciartfs.wire import HEAD_END, parse_url
 from ciartfs.errors import UpstreamError, UpstreamTimeout
 from ciartfs.http import HttpClient
 
@@ -71,6 +72,7 @@ SCRIPTS: dict[bytes, tuple[bytes, str]] = {
     b"/utf8-redirect": (b"HTTP/1.1 302 Found\r\nLocation: /caf\xc3\xa9?k=\xc3\xa9\r\nContent-Length: 0\r\n\r\n", "keep"),
     b"/latin1-redirect": (b"HTTP/1.1 302 Found\r\nLocation: /caf\xe9\r\nContent-Length: 0\r\n\r\n", "keep"),
 }
+TRICKLED = PARTIAL + b"X-Amz-Request-Id: " + b"r" * 200 + b"\r\n\r\n" + BODY[:4]
 BROKEN = ["/huge-head", "/two-lengths", "/space-before-colon", "/http09", "/http09-close", "/spdy", "/status-2000",
           "/status-099", "/negative-length", "/huge-length", "/5000-digit-length", "/huge-length-via-h11",
           "/cr-in-location", "/nul-in-location", "/continue-storm"]
@@ -124,6 +126,12 @@ class CountingServer:
                 path = head.split(b" ")[1]
                 with self.lock:
                     self.paths.append(path)
+                if path == b"/trickle":  # a head a byte at a time
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    for i in range(len(TRICKLED)):
+                        conn.sendall(TRICKLED[i:i + 1])
+                        time.sleep(0.002)
+                    continue
                 if path == b"/continue-forever":  # 1xx heads until the client gives up
                     while True:
                         conn.sendall(CONTINUE * 1000)
@@ -319,6 +327,27 @@ async def test_a_stream_of_1xx_heads_is_refused_after_a_bounded_number(server, m
         assert events <= MAX_INFORMATIONAL + 2, events  # the heads allowed, the one too many, a NEED_DATA
     finally:
         await client.aclose()
+
+
+async def test_a_head_trickling_in_is_searched_once_not_once_per_read(server, monkeypatch):
+    scanned, searches = 0, 0
+
+    class CountingSearch:  # connpool's search for a head's end, counting the bytes it looks at
+        def search(self, data, pos=0):
+            nonlocal scanned, searches
+            scanned, searches = scanned + len(data) - pos, searches + 1
+            return HEAD_END.search(data, pos)
+
+    monkeypatch.setattr(connpool, "HEAD_END", CountingSearch())
+    client = HttpClient(timeout=30)
+    try:
+        assert (await client.get_range(server.url + "/trickle", 0, 4)).data == BODY[:4]
+    finally:
+        await client.aclose()
+    assert searches > 20, "the head came in a few reads: nothing trickled"
+    # each byte once, plus the two before each read's bytes (searching it all again each read
+    # was quadratic: 2.3 s of CPU for a 100 KiB head arriving a byte at a time)
+    assert scanned <= len(TRICKLED) + 2 * searches, (scanned, searches)
 
 
 async def test_a_redirect_whose_body_breaks_off_is_still_followed(server):
