@@ -411,10 +411,13 @@ class HttpClient:
             body = bytearray()
             # httpx decodes Content-Encoding (gzip, br, ...): a listing per directory, not a hot path
             decoded = httpx.Response(status, headers=list(resp.headers.items()), stream=resp.stream)
-            async for chunk in decoded.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_JSON_BYTES:
-                    raise BadListing(f"{redact_url(url)}: answer larger than {MAX_JSON_BYTES} bytes")
+            try:
+                async for chunk in decoded.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_JSON_BYTES:
+                        raise BadListing(f"{redact_url(url)}: answer larger than {MAX_JSON_BYTES} bytes")
+            except httpx.DecodingError:  # a gzip body that is not gzip: as malformed as bad JSON
+                raise BadListing(f"{redact_url(url)}: body does not decode as its Content-Encoding says") from None
         try:
             return json.loads(bytes(body))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:

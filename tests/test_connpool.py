@@ -19,7 +19,7 @@ import trustme
 from ciartfs import connpool
 from ciartfs.connpool import MAX_INFORMATIONAL, PoolPerOrigin, _Origin
 from ciartfs.wire import HEAD_END, parse_url
-from ciartfs.errors import UpstreamError, UpstreamTimeout
+from ciartfs.errors import BadListing, UpstreamError, UpstreamTimeout
 from ciartfs.http import HttpClient
 
 BODY = b"0123456789"
@@ -64,6 +64,8 @@ SCRIPTS: dict[bytes, tuple[bytes, str]] = {
     b"/continue-storm": (CONTINUE * 5000 + PARTIAL + b"\r\n" + BODY[:4], "keep"),
     b"/bad-chunk": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                     b"zz\r\n{}\r\n0\r\n\r\n", "keep"),
+    b"/not-gzip-json": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                        b"Content-Length: 6\r\n\r\n[1, 2]", "keep"),
     # cut short by the server closing: worth a retry
     b"/head-cut": (b"HTTP/1.1 206 Partial Content\r\nContent-", "close"),
     # a redirect whose own body breaks off: its Location is all that matters
@@ -300,6 +302,16 @@ async def test_a_broken_chunked_body_is_an_error_at_once(server):
     try:
         with pytest.raises(UpstreamError, match="broken HTTP body"):
             await client.get_json(server.url + "/bad-chunk")
+        assert client.requests_made == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_listing_that_does_not_decode_as_its_content_encoding_is_a_bad_listing(server):
+    client = HttpClient(timeout=60)
+    try:
+        with pytest.raises(BadListing, match="does not decode"):
+            await client.get_json(server.url + "/not-gzip-json")
         assert client.requests_made == 1
     finally:
         await client.aclose()
