@@ -368,7 +368,10 @@ class HttpClient:
                 await self._drain(resp)
                 location = location_url(resp.headers["location"])
                 # most Locations are absolute (presigned URLs): urljoin only for the others
-                current = location if location.startswith(("http://", "https://")) else urllib.parse.urljoin(current, location)
+                try:
+                    current = location if location.startswith(("http://", "https://")) else urllib.parse.urljoin(current, location)
+                except ValueError:  # "//[bad": urljoin refuses it
+                    raise UpstreamError(f"{redact_url(url)}: redirect to an invalid URL") from None
                 redirected = True
                 continue
             return resp, current, redirected

@@ -213,6 +213,21 @@ async def test_json_nested_deeper_than_the_stack_is_a_bad_listing_at_once():
     await client.aclose()
 
 
+@pytest.mark.parametrize("location", ["//[bad/x", "https://h:99999/x", "ftp://h/x"])
+async def test_a_redirect_to_an_invalid_url_is_an_error_at_once(location):
+    seen = []
+
+    async def handler(request):
+        seen.append(request)
+        return httpx.Response(302, headers={"Location": location})
+
+    client = HttpClient(timeout=30, transport=Transport(handler))
+    with pytest.raises(UpstreamError, match="invalid URL|non-HTTP URL"):
+        await client.get_range(API + "/a", 0, 10)
+    assert len(seen) == 1
+    await client.aclose()
+
+
 @pytest.mark.parametrize("downgrade", ["http://storage.example/blob", "HTTP://storage.example:443/blob",
                                        "//storage.example/blob"])
 async def test_an_https_url_redirecting_to_http_is_refused_at_once(downgrade):
