@@ -342,6 +342,10 @@ class Tree:
         for entry in entries:
             if entry.name in seen:
                 continue
+            problem = name_problem(entry.name) or (entry.target is not None and _target_problem(entry.target))
+            if problem:  # one unusable name (a lone surrogate from JSON) never fails its directory
+                log.warning("%s: skipping an entry whose name %s: %s", node.path, problem, _short(entry.name))
+                continue
             seen.add(entry.name)
             self._upsert(node, entry)
             names.append(entry.name)
@@ -512,6 +516,14 @@ def tree_entries(tree: FileTree[T], make_file: Callable[[str, str, T], Entry], *
     return entries
 
 
+def _target_problem(target: str) -> str | None:
+    try:
+        target.encode("utf-8")
+    except UnicodeEncodeError:
+        return "links to a target that is not valid UTF-8"
+    return None
+
+
 def split_artifact_path(path: Any) -> tuple[str, ...] | str:
     """The safe components of an artifact path, or a reason (str) why it is refused."""
     if not isinstance(path, str):
@@ -522,15 +534,26 @@ def split_artifact_path(path: Any) -> tuple[str, ...] | str:
     if not parts:
         return "empty path"
     for part in parts:
-        if part in (".", ".."):
-            return f"contains a '{part}' component"
-        try:
-            encoded = part.encode("utf-8")
-        except UnicodeEncodeError:
-            return "not valid UTF-8"
-        if len(encoded) > NAME_MAX:
-            return f"a component is longer than {NAME_MAX} bytes"
+        problem = name_problem(part)
+        if problem:
+            return f"a component {problem}"
     return parts
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` (from the network) cannot be a file name, or None: the one rule for every
+    name the tree shows. JSON strings can hold lone surrogates, which no file name can carry."""
+    if name in ("", ".", ".."):
+        return f"is {name!r}" if name else "is empty"
+    if "/" in name or "\x00" in name:
+        return "contains '/' or a NUL byte"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if len(encoded) > NAME_MAX:
+        return f"is longer than {NAME_MAX} bytes"
+    return None
 
 
 def place_artifacts(items: Iterable[tuple[Any, T]], *, where: str, tiebreak: Callable[[T], str] = str) -> FileTree[T]:

@@ -46,3 +46,15 @@ def test_json_nested_deeper_than_the_stack_is_eio_and_the_mount_works_on(fake, m
     assert sorted(os.listdir(m.path / PROJECT / "2")) == ["0", "1"]  # the rest of the mount works on
     assert (m.path / PROJECT / "1/0/report.txt").read_bytes() == b"build one\n"
     expect_errno(errno.EIO, os.listdir, m.path / PROJECT / "3")  # and the bad one stays bad, cleanly
+
+
+def test_names_no_file_name_can_carry_are_skipped_not_fatal(fake, mount):
+    """JSON strings may hold lone surrogates (`"\\ud800"`), which no file name can encode: such a
+    branch or artifact is skipped with a warning, and its siblings list as before."""
+    project = sample(fake)
+    project.add_build(build_num=5, branch="bad\ud800name", status="success", lifecycle="finished",
+                      stop_time="2026-11-03T10:00:00Z")
+    m = mount()
+    assert sorted(os.listdir(m.path / PROJECT / "branch")) == ["feature%2Fx", "main"]
+    assert "5" in os.listdir(m.path / PROJECT) and os.listdir(m.path / PROJECT / "5") == []  # the build itself is fine
+    assert "skipping an entry whose name is not valid UTF-8" in m.log_text()

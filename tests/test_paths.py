@@ -100,3 +100,22 @@ def test_random_listings_keep_the_invariants(items, rnd):
         candidates = [v for p, v in items if not isinstance(split_artifact_path(p), str)
                       and "/".join(split_artifact_path(p)) == path]
         assert value == min(candidates, key=str)
+
+
+def test_the_name_rule_refuses_what_no_file_name_can_be():
+    from ciartfs.tree import name_problem
+
+    for bad in ("", ".", "..", "a/b", "a\x00b", "bad\ud800name", "x" * 256, "é" * 128):
+        assert name_problem(bad), bad
+    for good in ("a", "...", "x" * 255, "é" * 127, "report (1).xml", "%2F"):
+        assert name_problem(good) is None, good
+    assert split_artifact_path("logs/odd\udc00.log") == "a component is not valid UTF-8"
+
+
+def test_v2_names_with_lone_surrogates_become_usable_names():
+    from ciartfs.providers.circleci_v2 import unique_names
+    from ciartfs.tree import name_problem
+
+    named = unique_names(["build\ud800", "build?", "ok"], name_of=lambda x: x, order_of=lambda x: 0)
+    assert [name for name, _ in named] == ["build?", "build?~2", "ok"]
+    assert all(name_problem(name) is None for name, _ in named)

@@ -36,6 +36,7 @@ def unique_names(items: list[T], name_of: Callable[[T], Any], order_of: Callable
     """Deterministic, valid, unique file names for API-named things (rule in the module doc)."""
     def safe(name: Any) -> str:
         text = encode_branch(name if isinstance(name, str) else str(name)).replace("\x00", "%00")
+        text = text.encode("utf-8", "replace").decode()  # a lone surrogate from JSON becomes '?'
         if text in ("", ".", ".."):
             text = "_" + text
         if len(text.encode()) > NAME_MAX:
