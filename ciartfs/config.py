@@ -112,6 +112,9 @@ OPTIONS: tuple[Option, ...] = (
            "disk cache bound; least recently used blocks are evicted"),
     Option("memory_cache", "CIARTFS_MEMORY_CACHE", parse_size, 256 << 20,
            "in-memory block cache bound"),
+    Option("max_inflight_memory", "CIARTFS_MAX_INFLIGHT_MEMORY", parse_size, 256 << 20,
+           "bound on memory held by answers in flight (listings as received, decoded and parsed; "
+           "read bodies; blocks waiting for the disk); a listing that does not fit fails with EIO"),
     Option("block_size", "CIARTFS_BLOCK_SIZE", parse_size, 128 << 10,
            "cache block size: what a random read fetches (sequential reads fetch runs of blocks)"),
     Option("max_decoded_size", "CIARTFS_MAX_DECODED_SIZE", _positive_size, 16 << 30,
@@ -138,6 +141,8 @@ OPTIONS_BY_KEY = {o.key: o for o in OPTIONS}
 
 MIN_BLOCK_SIZE = 4 << 10
 MAX_BLOCK_SIZE = 64 << 20
+# Room for a few ordinary listings, and for a ranged read of the largest block plus its network chunk.
+MIN_INFLIGHT_MEMORY = 16 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +155,7 @@ class Settings:
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
     cache_size: int = 10 << 30
     memory_cache: int = 256 << 20
+    max_inflight_memory: int = 256 << 20
     block_size: int = 128 << 10
     max_decoded_size: int = 16 << 30
     recent_builds: int = 30
@@ -240,6 +246,8 @@ def load_settings(
         raise ConfigError(f"block size must be a multiple of 4K between 4K and 64M, not {bs}")
     if values["memory_cache"] < 2 * bs:
         raise ConfigError("memory cache must hold at least two blocks")
+    if values["max_inflight_memory"] < MIN_INFLIGHT_MEMORY:
+        raise ConfigError(f"max inflight memory must be at least {MIN_INFLIGHT_MEMORY >> 20}M")
     # Taskcluster credentials: the variable names every Taskcluster client reads.
     tc_id = env.get("TASKCLUSTER_CLIENT_ID") or None
     tc_token = env.get("TASKCLUSTER_ACCESS_TOKEN") or None

@@ -48,12 +48,14 @@ class ApiDocs:
                 log.info("offline: %s as last seen", redact_url(full))
                 return doc
             raise Offline(f"offline: {redact_url(full)} was never fetched, so it is not in the cache")
-        doc = await self.http.get_json(url, params, also_ok=also_ok)
-        immutable = keep(doc) if callable(keep) else bool(keep)
-        if inspect.isawaitable(immutable):  # decided by another answer still on its way
-            immutable = await immutable
-        await self._store(("doc|" if immutable else "last|") + full, doc)
-        return doc
+        # the document's memory stays counted against the listing memory bound while it is
+        # held here, across awaits (the caller then parses it into records without one)
+        async with self.http.json_answer(url, params, also_ok=also_ok) as doc:
+            immutable = keep(doc) if callable(keep) else bool(keep)
+            if inspect.isawaitable(immutable):  # decided by another answer still on its way
+                immutable = await immutable
+            await self._store(("doc|" if immutable else "last|") + full, doc)
+            return doc
 
     async def _load(self, key: str) -> Any:
         if self.disk is None or not self.disk.might_have(key):

@@ -18,10 +18,14 @@ Invariants:
 - Only what may go differently next time is retried (a dropped connection, 5xx, 429, a short
   body): an answer that breaks HTTP (`BrokenAnswer`), an https URL redirecting to http, and
   JSON that cannot be parsed fail at once.
+- An API answer's bytes, decoded and parsed, are held against the shared `MemoryBudget`
+  (see bodies.py) until its caller is done with the document: the budget running out fails
+  the attempt as retryable, an answer that could never fit fails it as a bad listing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import json
@@ -30,6 +34,7 @@ import random
 import re
 import time
 import urllib.parse
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -37,8 +42,10 @@ import cachetools
 import httpx
 import trio
 
+from ciartfs import bodies
 from ciartfs.addresses import AddressRule
-from ciartfs.connpool import PoolPerOrigin, Reply, ViaHttpx
+from ciartfs.bodies import Hold, MemoryBudget
+from ciartfs.connpool import READ_SIZE, PoolPerOrigin, Reply, ViaHttpx
 from ciartfs.errors import (
     AddressRefused,
     ArtifactExpired,
@@ -61,6 +68,10 @@ USER_AGENT = "ciartfs/0.1"
 # Hostile or broken servers must not make us buffer without bound: listings larger than
 # this are refused (CircleCI's largest real listings are a few MB).
 MAX_JSON_BYTES = 64 << 20
+# Default bound on the bytes of API answers in flight, decoded and parsed (--max-listing-memory).
+DEFAULT_LISTING_MEMORY = 256 << 20
+# Larger answers are measured and parsed on a worker thread, not on the FUSE loop.
+PARSE_IN_THREAD_BYTES = 256 << 10
 # Backoff between retries: full jitter on an exponential base, capped so that a few retries
 # still fit in the default 30 s operation budget.
 BACKOFF_BASE = 0.2
@@ -215,8 +226,10 @@ class HttpClient:
         transport: Sender | httpx.AsyncBaseTransport | None = None,
         offline: bool = False,
         address_rule: AddressRule | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.timeout = timeout
+        self.budget = budget or MemoryBudget(DEFAULT_LISTING_MEMORY)
         self.offline = offline  # --offline: no request ever leaves the machine
         self._credentials = credentials
         # Requests go straight to the transport: httpx.AsyncClient's layers (URL merging,
@@ -250,9 +263,18 @@ class HttpClient:
         """GET an API document. 404 -> NotFound, 401/403 -> Forbidden, bad JSON -> BadListing.
         Statuses in `also_ok` (e.g. Taskcluster's 424 for error artifacts) return their body.
         API documents are asked for at URLs a provider built: credentials by default."""
+        async with self.json_answer(url, params, also_ok=also_ok, credentials=credentials) as doc:
+            return doc
+
+    @contextlib.asynccontextmanager
+    async def json_answer(self, url: str, params: Mapping[str, str | int] | None = None, *,
+                          also_ok: frozenset[int] = frozenset(), credentials: bool = True) -> AsyncIterator[Any]:
+        """`async with` it for `get_json`'s document, its memory counted against the budget
+        until the block ends: for callers that hold the document across awaits."""
         if params:
             url = url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
-        return await self._bounded(url, self._json_once, url, also_ok, credentials)
+        with self.budget.hold() as hold:
+            yield await self._bounded(url, self._json_once, url, also_ok, credentials, hold)
 
     # The byte reads below take `credentials=True` only for a URL the provider built or
     # recognised by its documented pattern (`Artifact.credentialed`); a URL from elsewhere gets none.
@@ -402,7 +424,8 @@ class HttpClient:
 
     # -- one attempt each ---------------------------------------------------------------------
 
-    async def _json_once(self, url: str, also_ok: frozenset[int], credentials: bool) -> Any:
+    async def _json_once(self, url: str, also_ok: frozenset[int], credentials: bool, hold: Hold) -> Any:
+        hold.release()  # whatever a failed attempt held
         async with self._open(url, accept="application/json", credentials=credentials) as (resp, final, _):
             status = resp.status_code
             if status == 404 and status not in also_ok:
@@ -411,26 +434,29 @@ class HttpClient:
                 raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)")
             if status != 200 and status not in also_ok:
                 self._retry_or_raise(resp, url)
-            body = bytearray()
-            # httpx decodes Content-Encoding (gzip, br, ...): a listing per directory, not a hot path
-            decoded = httpx.Response(status, headers=list(resp.headers.items()), stream=resp.stream)
-            try:
-                async for chunk in decoded.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_JSON_BYTES:
-                        raise BadListing(f"{redact_url(url)}: answer larger than {MAX_JSON_BYTES} bytes")
-            except httpx.DecodingError:  # a gzip body that is not gzip: as malformed as bad JSON
-                raise BadListing(f"{redact_url(url)}: body does not decode as its Content-Encoding says") from None
+            body = await _receive_json(resp, hold, url)
         try:
-            return json.loads(bytes(body))
+            if len(body) < PARSE_IN_THREAD_BYTES:
+                return json.loads(body)
+            return await trio.to_thread.run_sync(json.loads, body)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BadListing(f"{redact_url(url)}: malformed JSON ({e})") from None
         except RecursionError:  # "[[[[..." nested deeper than Python's stack
             raise BadListing(f"{redact_url(url)}: JSON nested too deep") from None
+        finally:
+            body.clear()  # (see bodies.receive)
 
     async def _range_once(self, url: str, start: int, length: int, credentials: bool) -> RangeReply:
         """One attempt at bytes [start, start+length), or at the last `length` bytes when
-        start is -1 (a suffix range)."""
+        start is -1 (a suffix range). Its memory is held against the budget while it is read:
+        the bytes kept, their copy into the reply, and a network chunk."""
+        held = await self.budget.take(2 * length + READ_SIZE)  # before a connection slot: waits holding nothing
+        try:
+            return await self._range_attempt(url, start, length, credentials)
+        finally:
+            self.budget.give(held)
+
+    async def _range_attempt(self, url: str, start: int, length: int, credentials: bool) -> RangeReply:
         target = self._targets.get(url)
         use_target = target is not None
         fetch_url = target or url
@@ -567,6 +593,29 @@ class HttpClient:
         if start < total:
             raise _Retry(f"HTTP 416 for an offset inside the resource ({start} < {total})")
         return RangeReply(start, b"", total)
+
+
+async def _receive_json(resp: Reply, hold: Hold, url: str) -> bytearray:
+    """The decoded body of an API answer, with the memory parsing it will take already held."""
+    try:
+        body = await bodies.receive(resp.aiter_raw(), resp.headers.get("content-encoding"), hold, MAX_JSON_BYTES)
+        try:
+            if len(body) < PARSE_IN_THREAD_BYTES:
+                hold.grow(bodies.parsed_size_bound(body))
+            else:
+                hold.grow(await trio.to_thread.run_sync(bodies.parsed_size_bound, body))
+        except BaseException:
+            body.clear()  # (see bodies.receive)
+            raise
+    except bodies.BudgetExhausted as e:
+        raise _Retry(f"listing memory bound reached ({e})") from None
+    except bodies.TooLarge as e:
+        raise BadListing(f"{redact_url(url)}: answer too large: {e} (see --max-inflight-memory)") from None
+    except bodies.UnsupportedEncoding as e:
+        raise BadListing(f"{redact_url(url)}: {e}") from None
+    except zlib.error as e:  # a gzip body that is not gzip: as malformed as bad JSON
+        raise BadListing(f"{redact_url(url)}: body does not decode as its Content-Encoding says ({e})") from None
+    return body
 
 
 class _Answer:

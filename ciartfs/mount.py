@@ -19,13 +19,14 @@ import trio
 
 from ciartfs import status
 from ciartfs.addresses import AddressRule
+from ciartfs.bodies import MemoryBudget
 from ciartfs.cache import DiskStore, MemoryCache
 from ciartfs.config import Settings
 from ciartfs.docs import ApiDocs
 from ciartfs.fs import ArtifactFS
 from ciartfs.http import Credential, HttpClient, origin_of
 from ciartfs.providers import circleci, circleci_v2, taskcluster
-from ciartfs.reader import Reader
+from ciartfs.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader
 from ciartfs.tree import StaticDir, Tree
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,18 @@ class Mount:
         credentials: tuple[Credential, ...] = tuple(c for c in creds if c is not None)
         self.address_rule = AddressRule(api_hosts(settings), allow_private=settings.allow_private_addresses)
         self.http = HttpClient(timeout=settings.timeout, credentials=credentials, offline=settings.offline,
-                               address_rule=self.address_rule)
+                               address_rule=self.address_rule, budget=MemoryBudget(settings.max_inflight_memory))
         self.memory = MemoryCache(settings.memory_cache)
         settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.cache_dir, 0o700)  # cached artifacts may come from private projects
         self.disk = DiskStore(settings.cache_dir / "blocks", settings.cache_size)
+        # Read-ahead and the disk write queue fit the memory cache: blocks fetched ahead into a
+        # smaller cache would be evicted before they are read, and queued blocks the cache let go
+        # of would be held by the queue alone.
         self.reader = Reader(self.http, self.memory, self.disk, settings.block_size,
-                             max_decoded_size=settings.max_decoded_size)
+                             max_decoded_size=settings.max_decoded_size,
+                             readahead_bytes=min(READAHEAD_BYTES, settings.memory_cache // 2),
+                             max_pending_disk_bytes=min(MAX_PENDING_DISK_BYTES, settings.memory_cache))
         self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
         now = time.time()
         api = circleci.CircleCIApi(self.docs, settings.circleci_host)
@@ -96,6 +102,7 @@ class Mount:
                 "taskcluster_root_url": s.taskcluster_root_url,
                 "taskcluster_credentials": bool(s.taskcluster_access_token),
                 "cache_dir": str(s.cache_dir), "cache_size": s.cache_size, "memory_cache": s.memory_cache,
+                "max_inflight_memory": s.max_inflight_memory,
                 "block_size": s.block_size, "max_decoded_size": s.max_decoded_size,
                 "recent_builds": s.recent_builds, "latest_ttl": s.latest_ttl,
                 "timeout": s.timeout, "allow_other": s.allow_other, "offline": s.offline,
@@ -105,6 +112,7 @@ class Mount:
             "stats": {**dataclasses.asdict(self.reader.stats), "http_requests": self.http.requests_made,
                       "api_calls_saved": self.docs.api_calls_saved},
             "memory_bytes": self.memory.bytes_used,
+            "inflight_bytes": self.http.budget.used, "inflight_peak_bytes": self.http.budget.peak,
             "inodes": len(self.tree.nodes),  # follows what the kernel holds (see tree.py)
             "disk_bytes": disk_bytes,
             "errors": dict(self.ops.errors),

@@ -51,7 +51,9 @@ RUN_BYTES = 1 << 20
 # How far ahead of a sequential reader blocks are fetched, at most.
 READAHEAD_BYTES = 16 << 20
 # Write-behind to disk is skipped (the block stays in memory only) when this many bytes are
-# queued: a slow disk must not make us hold unbounded memory.
+# queued or being written, or the in-flight memory budget has no room for them: a slow disk
+# must not make us hold unbounded memory. (A mount with a smaller memory cache queues at most
+# that much: blocks it no longer holds would be kept alive by the queue alone.)
 MAX_PENDING_DISK_BYTES = 64 << 20
 # Disk writes wait for a burst of fetches to settle (no block queued for this long), unless
 # this many bytes are queued: during a listing's 1000 size probes, writing each probe's block
@@ -224,6 +226,7 @@ class Reader:
         *,
         readahead_bytes: int = READAHEAD_BYTES,
         max_decoded_size: int = MAX_DECODED_SIZE,
+        max_pending_disk_bytes: int = MAX_PENDING_DISK_BYTES,
     ) -> None:
         self.http = http
         self.memory = memory
@@ -239,6 +242,8 @@ class Reader:
         self._write_queue: dict[str, bytes] = {}  # verified blocks waiting for the disk, by key
         self._writing: dict[str, bytes] = {}  # the batch a thread is writing now
         self._queued_bytes = 0
+        self._writing_bytes = 0
+        self._max_pending = max_pending_disk_bytes
         self._last_queued = 0.0
         self._writer_running = False
         self._sizing: SingleFlight[int] = SingleFlight()
@@ -589,7 +594,7 @@ class Reader:
             return
         if key in self._write_queue:
             return
-        if self._queued_bytes + len(data) > MAX_PENDING_DISK_BYTES:
+        if self._queued_bytes + self._writing_bytes + len(data) > self._max_pending or not self.http.budget.try_take(len(data)):
             log.debug("disk cache: write queue full, %s stays in memory only", key)
             return
         self._write_queue[key] = data
@@ -602,22 +607,25 @@ class Reader:
     async def flush_writes(self) -> None:
         """At unmount: write what is still queued (at most MAX_PENDING_DISK_BYTES)."""
         if self.disk is not None and self._write_queue:
-            batch, self._write_queue, self._queued_bytes = self._write_queue, {}, 0
+            batch, self._write_queue, queued, self._queued_bytes = self._write_queue, {}, self._queued_bytes, 0
             disk = self.disk
-            await trio.to_thread.run_sync(lambda: [disk.put(k, d) for k, d in batch.items()])
+            try:
+                await trio.to_thread.run_sync(lambda: [disk.put(k, d) for k, d in batch.items()])
+            finally:
+                self.http.budget.give(queued)
 
     async def _drain_writes(self) -> None:
         disk = self.disk
         assert disk is not None
         try:
             while self._write_queue:
-                while self._queued_bytes < WRITE_BATCH_BYTES:
+                while self._queued_bytes < min(WRITE_BATCH_BYTES, self._max_pending // 2):
                     quiet_at = self._last_queued + WRITE_SETTLE_SECONDS
                     if trio.current_time() >= quiet_at:
                         break
                     await trio.sleep_until(quiet_at)
                 batch, self._write_queue = self._write_queue, {}
-                self._queued_bytes = 0  # (the batch's bytes are held until written: at most 2x the bound)
+                self._writing_bytes, self._queued_bytes = self._queued_bytes, 0  # held until written
                 self._writing = batch
 
                 def write_all(batch: dict[str, bytes] = batch) -> None:
@@ -629,12 +637,15 @@ class Reader:
                 except trio.Cancelled:
                     # Cancelled before the thread ran (unmount): the batch goes back for flush_writes.
                     self._write_queue = {**batch, **self._write_queue}
-                    self._queued_bytes = sum(len(d) for d in self._write_queue.values())
+                    self._queued_bytes += self._writing_bytes
+                    self._writing_bytes = 0
                     raise
                 except Exception:  # the disk cache is an optimisation: never let it kill the mount
                     log.exception("disk cache: write failed")
                 finally:
                     self._writing = {}
+                    self.http.budget.give(self._writing_bytes)
+                    self._writing_bytes = 0
         finally:
             self._writer_running = False
 

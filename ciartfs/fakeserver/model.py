@@ -119,6 +119,11 @@ class Faults:
     storage_body_faults: list[str] = dataclasses.field(default_factory=list)
     api_statuses: list[int] = dataclasses.field(default_factory=list)
     malformed_json: set[str] = dataclasses.field(default_factory=set)
+    # API paths answered with a hostile JSON body, generated as it is sent:
+    #   "endless"   - a chunked array of artifact records that never ends
+    #   "gzip-bomb" - Content-Encoding: gzip; a few KiB on the wire per GiB of spaces decoded, endless
+    #   "expansion" - valid JSON, HOSTILE_EXPANSION_BYTES of `[{},{},...]`: ~25x its size once parsed
+    hostile_json: dict[str, str] = dataclasses.field(default_factory=dict)
     presign_ttl: float = 3600.0
 
     def reset(self) -> None:

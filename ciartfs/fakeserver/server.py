@@ -13,6 +13,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import itertools
 import random
 import re
 import secrets
@@ -20,6 +21,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -30,6 +32,10 @@ from ciartfs.fakeserver.taskcluster import FakeQueue, FakeTcArtifact
 from ciartfs.fakeserver.v2 import FakeV2
 
 CHUNK = 64 * 1024
+HOSTILE_EXPANSION_BYTES = 12 << 20
+# One deflate block of 8 MiB of spaces, ended by a sync flush: it references nothing before
+# it, so repeating it is a valid (endless) deflate stream. Made on first use.
+_BOMB_UNIT: list[bytes] = []
 MAX_LIMIT = 100
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _NUM_RE = re.compile(r"[0-9]+")
@@ -277,6 +283,8 @@ class FakeCI:
             self._artifact_redirect(raw_path, token)
         if raw_path in self.faults.malformed_json:
             raise Reply(200, b'[{"path": "truncated', )
+        if raw_path in self.faults.hostile_json:
+            self._hostile_json(handler, self.faults.hostile_json[raw_path])
         if segments[:3] == ["", "api", "v2"]:
             self.v2.handle(segments[3:], query, token)
         if segments == ["", "api", "v1.1", "me"]:
@@ -305,6 +313,50 @@ class FakeCI:
             if rest[1:] == ["artifacts"]:
                 raise Reply(200, self._artifacts(project, build))
         raise Reply(404, {"message": "Not found"})
+
+    def _hostile_json(self, handler: _Handler, kind: str) -> None:
+        """Stream a hostile answer (see Faults.hostile_json) until it ends or the client hangs up."""
+        headers = {"Content-Type": "application/json"}
+        if kind == "expansion":
+            record = b"{},"
+            count = HOSTILE_EXPANSION_BYTES // len(record)
+            headers["Content-Length"] = str(1 + count * len(record) + 3)
+            pieces: Any = itertools.chain([b"["], itertools.repeat(record * (CHUNK // len(record)), count // (CHUNK // len(record))),
+                                          [record * (count % (CHUNK // len(record))), b"{}]"])
+        elif kind == "endless":
+            headers["Transfer-Encoding"] = "chunked"
+            record = b'{"path":"a/b.txt","pretty_path":"a/b.txt","node_index":0,"url":"http://127.0.0.1:1/a"},'
+            pieces = itertools.chain([b"["], itertools.repeat(record * (CHUNK // len(record))))
+        elif kind == "gzip-bomb":
+            headers["Transfer-Encoding"] = "chunked"
+            headers["Content-Encoding"] = "gzip"
+            if not _BOMB_UNIT:
+                packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+                _BOMB_UNIT.append(packer.compress(b" " * (8 << 20)) + packer.flush(zlib.Z_SYNC_FLUSH))
+            gzip_header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+            opening = zlib.compressobj(9, zlib.DEFLATED, -15)
+            pieces = itertools.chain([gzip_header + opening.compress(b"[") + opening.flush(zlib.Z_SYNC_FLUSH)],
+                                     itertools.repeat(_BOMB_UNIT[0]))
+        else:
+            raise Reply(500, {"message": f"unknown hostile JSON kind {kind!r}"})
+        chunked = headers.get("Transfer-Encoding") == "chunked"
+        try:
+            handler.send_response(200)
+            for name, value in headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            for piece in pieces:
+                if self._stopping.is_set():
+                    break
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            else:
+                if chunked:
+                    handler.wfile.write(b"0\r\n\r\n")
+                raise Served(200)
+        except OSError:
+            pass
+        handler.close_connection = True
+        raise Served(-1)
 
     @staticmethod
     def _token(handler: _Handler, query: dict[str, str]) -> str | None:
