@@ -155,13 +155,14 @@ async def receive(chunks: AsyncIterator[bytes], encoding: str | None, hold: Hold
     `hold` as it grows (BudgetExhausted when the budget runs out first)."""
     decoder = Decoder(encoding)
     body = bytearray()
+    reserved = hold.size  # what the holder took before (a network chunk): kept on top
     try:
         async for chunk in chunks:
             for piece in decoder.feed(chunk):
                 size = len(body) + len(piece)
                 if size > max_bytes:
                     raise TooLarge(f"larger than {max_bytes} bytes")
-                covered = size + (size >> 3)  # a growing bytearray allocates up to 1/8 more
+                covered = size + (size >> 3) + reserved  # a growing bytearray allocates up to 1/8 more
                 if covered > hold.size:
                     hold.grow(covered - hold.size)
                 body += piece

@@ -426,6 +426,10 @@ class HttpClient:
 
     async def _json_once(self, url: str, also_ok: frozenset[int], credentials: bool, hold: Hold) -> Any:
         hold.release()  # whatever a failed attempt held
+        try:
+            hold.grow(READ_SIZE)  # the network chunk being read; nothing is sent when memory is spent
+        except bodies.BudgetExhausted as e:
+            raise _Retry(f"listing memory bound reached ({e})") from None
         async with self._open(url, accept="application/json", credentials=credentials) as (resp, final, _):
             status = resp.status_code
             if status == 404 and status not in also_ok:

@@ -69,11 +69,13 @@ class Mount:
         self.disk = DiskStore(settings.cache_dir / "blocks", settings.cache_size)
         # Read-ahead and the disk write queue fit the memory cache: blocks fetched ahead into a
         # smaller cache would be evicted before they are read, and queued blocks the cache let go
-        # of would be held by the queue alone.
+        # of would be held by the queue alone. The queue takes at most half the in-flight
+        # budget, so that reads waiting for room never wait on the disk alone.
         self.reader = Reader(self.http, self.memory, self.disk, settings.block_size,
                              max_decoded_size=settings.max_decoded_size,
                              readahead_bytes=min(READAHEAD_BYTES, settings.memory_cache // 2),
-                             max_pending_disk_bytes=min(MAX_PENDING_DISK_BYTES, settings.memory_cache))
+                             max_pending_disk_bytes=min(MAX_PENDING_DISK_BYTES, settings.memory_cache,
+                                                        settings.max_inflight_memory // 2))
         self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
         now = time.time()
         api = circleci.CircleCIApi(self.docs, settings.circleci_host)

@@ -20,7 +20,9 @@ import pytest
 import trio
 
 from ciartfs.bodies import BudgetExhausted, Decoder, MemoryBudget, TooLarge, UnsupportedEncoding, parsed_size_bound
-from ciartfs.errors import BadListing, UpstreamError
+from ciartfs.config import load_settings
+from ciartfs.errors import BadListing, ConfigError, UpstreamError
+from ciartfs.fakeserver.server import HOSTILE_EXPANSION_BYTES
 from ciartfs.http import MAX_JSON_BYTES, HttpClient
 from conftest import TOKEN
 
@@ -174,22 +176,57 @@ async def test_api_answers_are_decoded_within_the_bound_and_give_it_back():
 
 
 async def test_a_spent_budget_is_retried_until_it_frees_or_the_time_is_up():
-    routes = {"/x": ({}, json.dumps(list(range(50_000))).encode())}
-    budget = MemoryBudget(16 * MIB)
+    doc = list(range(300_000))  # 2.3 MB of text
+    routes = {"/x": ({}, json.dumps(doc).encode())}
+    budget = MemoryBudget(64 * MIB)  # room for the answer (~30 MiB parsed), when others let go
     transport = Transport(routes)
-    client = HttpClient(timeout=2, transport=transport, budget=budget)
-    assert budget.try_take(budget.limit - 1000)  # another answer holds nearly everything
+    client = HttpClient(timeout=1.5, transport=transport, budget=budget)
+    others = budget.limit - 2 * MIB
+    assert budget.try_take(others)  # other answers hold all but 2 MiB: each attempt runs out midway
     with pytest.raises(UpstreamError, match="listing memory bound reached"):
         await client.get_json(API + "/x")
-    assert len(transport.seen) > 1 and budget.used == budget.limit - 1000  # retried, then gave up
+    assert len(transport.seen) > 1 and budget.used == others  # retried, then gave up; nothing left held
+    budget.give(others)
+    assert budget.try_take(budget.limit - MIB // 2)  # not even a network chunk free: nothing is sent
+    transport.seen.clear()
     async with trio.open_nursery() as nursery:
         async def free_later() -> None:
             await trio.sleep(0.3)
-            budget.give(budget.limit - 1000)
+            budget.give(budget.limit - MIB // 2)
         nursery.start_soon(free_later)
-        assert await client.get_json(API + "/x") == list(range(50_000))
-    assert budget.used == 0
+        assert await client.get_json(API + "/x") == doc  # retried once the other answers let go
+    assert len(transport.seen) == 1 and budget.used == 0
     await client.aclose()
+
+
+def test_max_inflight_memory_from_flag_env_and_file(tmp_path):
+    assert load_settings({}, env={}).max_inflight_memory == 256 * MIB
+    (tmp_path / "c.toml").write_text('max_inflight_memory = "1G"\n')
+    assert load_settings({}, env={}, config_path=tmp_path / "c.toml").max_inflight_memory == 1 << 30
+    assert load_settings({}, env={"CIARTFS_MAX_INFLIGHT_MEMORY": "64M"},
+                         config_path=tmp_path / "c.toml").max_inflight_memory == 64 * MIB
+    assert load_settings({"max_inflight_memory": "32M"}, env={"CIARTFS_MAX_INFLIGHT_MEMORY": "64M"}).max_inflight_memory == 32 * MIB
+    with pytest.raises(ConfigError, match="at least 16M"):
+        load_settings({"max_inflight_memory": "1M"}, env={})
+
+
+def test_the_fake_servers_hostile_listings_are_what_they_claim(fake):
+    """What the mount test below relies on: each hostile answer really is hostile."""
+    fake.faults.hostile_json = {"/e": "expansion", "/g": "gzip-bomb", "/n": "endless"}
+    with httpx.Client(timeout=10) as client:
+        text = client.get(fake.api_url + "/e").content
+        assert len(text) == HOSTILE_EXPANSION_BYTES + 4 and parsed_size_bound(text) > 20 * len(text)
+        assert json.loads(text[:3000].rsplit(b",", 1)[0] + b"]")[:2] == [{}, {}]
+        for path, encoding in (("/g", "gzip"), ("/n", None)):
+            with client.stream("GET", fake.api_url + path) as answer:
+                assert answer.headers.get("content-encoding") == encoding
+                decoder, raw, decoded = Decoder(encoding), 0, 0
+                for chunk in answer.iter_raw():
+                    raw += len(chunk)
+                    decoded += sum(len(piece) for piece in decoder.feed(chunk))
+                    if decoded > 100 * MIB:
+                        break  # no end in sight
+            assert decoded > 100 * MIB and (encoding is None or raw < decoded // 500), (raw, decoded)
 
 
 # -- real mounts ----------------------------------------------------------------------------------------
