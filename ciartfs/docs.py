@@ -48,7 +48,7 @@ class ApiDocs:
                 log.info("offline: %s as last seen", redact_url(full))
                 return doc
             raise Offline(f"offline: {redact_url(full)} was never fetched, so it is not in the cache")
-        # the document's memory stays counted against the listing memory bound while it is
+        # the document's memory stays counted against the in-flight memory bound while it is
         # held here, across awaits (the caller then parses it into records without one)
         async with self.http.json_answer(url, params, also_ok=also_ok) as doc:
             immutable = keep(doc) if callable(keep) else bool(keep)

@@ -68,8 +68,8 @@ USER_AGENT = "ciartfs/0.1"
 # Hostile or broken servers must not make us buffer without bound: listings larger than
 # this are refused (CircleCI's largest real listings are a few MB).
 MAX_JSON_BYTES = 64 << 20
-# Default bound on the bytes of API answers in flight, decoded and parsed (--max-listing-memory).
-DEFAULT_LISTING_MEMORY = 256 << 20
+# Default bound on the bytes of answers in flight, decoded and parsed (--max-inflight-memory).
+DEFAULT_INFLIGHT_MEMORY = 256 << 20
 # Larger answers are measured and parsed on a worker thread, not on the FUSE loop.
 PARSE_IN_THREAD_BYTES = 256 << 10
 # Backoff between retries: full jitter on an exponential base, capped so that a few retries
@@ -229,7 +229,7 @@ class HttpClient:
         budget: MemoryBudget | None = None,
     ) -> None:
         self.timeout = timeout
-        self.budget = budget or MemoryBudget(DEFAULT_LISTING_MEMORY)
+        self.budget = budget or MemoryBudget(DEFAULT_INFLIGHT_MEMORY)
         self.offline = offline  # --offline: no request ever leaves the machine
         self._credentials = credentials
         # Requests go straight to the transport: httpx.AsyncClient's layers (URL merging,
@@ -429,7 +429,7 @@ class HttpClient:
         try:
             hold.grow(READ_SIZE)  # the network chunk being read; nothing is sent when memory is spent
         except bodies.BudgetExhausted as e:
-            raise _Retry(f"listing memory bound reached ({e})") from None
+            raise _Retry(f"in-flight memory bound reached (see --max-inflight-memory: {e})") from None
         async with self._open(url, accept="application/json", credentials=credentials) as (resp, final, _):
             status = resp.status_code
             if status == 404 and status not in also_ok:
@@ -612,7 +612,7 @@ async def _receive_json(resp: Reply, hold: Hold, url: str) -> bytearray:
             body.clear()  # (see bodies.receive)
             raise
     except bodies.BudgetExhausted as e:
-        raise _Retry(f"listing memory bound reached ({e})") from None
+        raise _Retry(f"in-flight memory bound reached (see --max-inflight-memory: {e})") from None
     except bodies.TooLarge as e:
         raise BadListing(f"{redact_url(url)}: answer too large: {e} (see --max-inflight-memory)") from None
     except bodies.UnsupportedEncoding as e:

@@ -183,7 +183,7 @@ async def test_a_spent_budget_is_retried_until_it_frees_or_the_time_is_up():
     client = HttpClient(timeout=1.5, transport=transport, budget=budget)
     others = budget.limit - 2 * MIB
     assert budget.try_take(others)  # other answers hold all but 2 MiB: each attempt runs out midway
-    with pytest.raises(UpstreamError, match="listing memory bound reached"):
+    with pytest.raises(UpstreamError, match="in-flight memory bound reached"):
         await client.get_json(API + "/x")
     assert len(transport.seen) > 1 and budget.used == others  # retried, then gave up; nothing left held
     budget.give(others)
@@ -270,7 +270,7 @@ def test_hostile_listings_fail_with_eio_and_memory_stays_under_the_ceiling(fake,
     assert os.listdir(root / "ok") == ["data.bin"]
     assert hashlib.sha256((root / "ok/data.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
     log = m.log_text()
-    assert "too large" in log and "listing memory bound reached" in log
+    assert "too large" in log and "in-flight memory bound reached" in log
 
 
 def test_a_read_from_storage_ignoring_range_holds_little_more_than_the_memory_cache(fake, mount):
