@@ -49,9 +49,14 @@ class ArtifactExpired(NotFound):
 
 
 class Forbidden(CiartfsError):
-    """401/403 from an API: missing or bad credentials."""
+    """401/403 from an API: missing or bad credentials. `status` is the HTTP status when known
+    (providers turn it into advice: a token is needed, or the token was refused)."""
 
     errno = errno.EACCES
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AddressRefused(CiartfsError):

@@ -435,7 +435,7 @@ class HttpClient:
             if status == 404 and status not in also_ok:
                 raise NotFound(f"{redact_url(url)}: HTTP 404")
             if status in (401, 403) and status not in also_ok:
-                raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)")
+                raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)", status)
             if status != 200 and status not in also_ok:
                 self._retry_or_raise(resp, url)
             body = await _receive_json(resp, hold, url)

@@ -78,8 +78,9 @@ class Mount:
                                                         settings.max_inflight_memory // 2))
         self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
         now = time.time()
-        api = circleci.CircleCIApi(self.docs, settings.circleci_host)
-        v2 = circleci_v2.CircleCIV2Api(self.docs, settings.circleci_host)
+        token_set = bool(settings.circleci_token)
+        api = circleci.CircleCIApi(self.docs, settings.circleci_host, token_set=token_set)
+        v2 = circleci_v2.CircleCIV2Api(self.docs, settings.circleci_host, token_set=token_set)
         ttl = settings.latest_ttl
         entries = circleci.root_entries(
             api, recent_builds=settings.recent_builds, ttl=ttl, mtime=now,

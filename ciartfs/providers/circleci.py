@@ -22,7 +22,7 @@ import httpx
 import trio
 
 from ciartfs.providers import parse_time
-from ciartfs.errors import BadListing, CiartfsError, NotFound, redact_url
+from ciartfs.errors import BadListing, CiartfsError, Forbidden, NotFound, redact_url
 from ciartfs.docs import ApiDocs, Keep
 from ciartfs.http import HeaderCredential, origin_of
 from ciartfs.wire import parse_url
@@ -48,6 +48,38 @@ def credential(host: str, token: str | None) -> HeaderCredential | None:
         origins=frozenset({origin_of(host)}),
         https_host_suffixes=(ARTIFACT_HOST_SUFFIX,),
     )
+
+
+def not_visible(where: str, token_set: bool) -> str:
+    """The log line for a 404 at a project, build or job: CircleCI answers 404 "Project not
+    found" (text/plain), not 401, for a private project asked for without a token, or with one
+    that cannot see it; a typo in the name looks the same."""
+    who = "with this token" if token_set else "without a token (set CIRCLE_TOKEN or --circleci-token-file)"
+    return f"{where}: not found, or not visible {who}: CircleCI answers 404 for private projects it does not show"
+
+
+def refused(url: str, status: int | None, token_set: bool) -> str:
+    """The log line for a 401/403 from CircleCI: without a token, say that one is needed
+    (v2 artifact and workflow endpoints answer 401 without one even for public projects)."""
+    code = f"HTTP {status}" if status else "refused"
+    if not token_set:
+        return (f"{redact_url(url)}: {code}: CircleCI needs an API token for this "
+                "(none is set: set CIRCLE_TOKEN or --circleci-token-file)")
+    return f"{redact_url(url)}: {code}: CircleCI refused the API token (expired, revoked, or without access)"
+
+
+class TokenAwareDocs:
+    """`ApiDocs.get_json` whose 401/403 errors say what to do about the token."""
+
+    def __init__(self, docs: ApiDocs, token_set: bool) -> None:
+        self.docs = docs
+        self.token_set = token_set
+
+    async def get_json(self, url: str, params: Any = None, *, keep: Keep = None) -> Any:
+        try:
+            return await self.docs.get_json(url, params, keep=keep)
+        except Forbidden as e:
+            raise Forbidden(refused(url, e.status, self.token_set), e.status) from None
 
 
 def encode_branch(branch: str) -> str:
@@ -174,8 +206,9 @@ def artifact_url_takes_token(url: str, host: str, where: str, node: int) -> bool
 class CircleCIApi:
     """The v1.1 endpoints we use, returning records."""
 
-    def __init__(self, docs: ApiDocs, host: str) -> None:
-        self.docs = docs
+    def __init__(self, docs: ApiDocs, host: str, *, token_set: bool = False) -> None:
+        self.docs = TokenAwareDocs(docs, token_set)
+        self.token_set = token_set
         self.host = host
         self.api = host + "/api/v1.1"
         self.host_id = urllib.parse.urlsplit(host).netloc  # for cache keys: host, never secrets
@@ -331,6 +364,7 @@ class _UserDir:
         try:  # a project that exists goes on existing: this answer is kept
             await self.api.recent_builds(self.vcs, self.user, name, 1, keep=True)
         except NotFound:
+            log.warning("%s", not_visible(f"{self.vcs}/{self.user}/{name}", self.api.token_set))
             return None
         info = {"source": json.dumps({"provider": "circleci", "host": self.api.host, "vcs": self.vcs,
                                       "user": self.user, "project": name})}

@@ -8,6 +8,13 @@ Names from the API (workflow and job names) become file names by one documented 
 over 255 bytes, it is cut and given a short hash; duplicates (a re-run workflow has the same
 name) keep the name for the oldest and add '~2', '~3' ... in creation order.
 Every listing follows `next_page_token`. Nothing here knows about FUSE or caching.
+
+A workflow lists every job, also those without artifacts: a job that has not started (no
+`job_number`: blocked, queued, waiting on an approval) and an approval job (type `approval`;
+the job-details API answers 404 for it) are empty directories whose `user.ciartfs.job` says
+why. Terminal statuses (TERMINAL_JOB, TERMINAL_WORKFLOW, checked against the spec's enums by
+tests/test_v2_spec.py) make a job or workflow immutable; every other status, including one
+the spec does not know, is asked about again after the TTL.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -22,14 +30,21 @@ from typing import Any, TypeVar
 from ciartfs.docs import ApiDocs, Keep
 from ciartfs.errors import BadListing, NotFound
 from ciartfs.providers import pages, parse_time
-from ciartfs.providers.circleci import ArtifactRecord, encode_branch, node_entries, parse_artifacts
-from ciartfs.tree import NAME_MAX, CompleteDir, Entry, Kind
+from ciartfs.providers.circleci import (ArtifactRecord, TokenAwareDocs, encode_branch, node_entries, not_visible,
+                                        parse_artifacts)
+from ciartfs.tree import NAME_MAX, CompleteDir, Entry, Kind, StaticDir
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 V2_SLUG = {"github": "gh", "bitbucket": "bb", "circleci": "circleci"}
+# The spec's job `status` enum, split: these never change again (a `retried` job stays
+# retried: its rerun is another job)...
 TERMINAL_JOB = frozenset({"success", "failed", "canceled", "infrastructure_fail", "timedout", "not_run",
-                          "unauthorized", "terminated-unknown"})
+                          "unauthorized", "terminated-unknown", "retried"})
+# ... and these may (a blocked job starts, an on_hold approval is approved).
+PENDING_JOB = frozenset({"running", "queued", "not_running", "on_hold", "blocked"})
 TERMINAL_WORKFLOW = frozenset({"success", "failed", "error", "canceled", "unauthorized", "not_run"})
+PENDING_WORKFLOW = frozenset({"running", "failing", "on_hold"})
 
 
 def unique_names(items: list[T], name_of: Callable[[T], Any], order_of: Callable[[T], Any]) -> list[tuple[str, T]]:
@@ -59,15 +74,26 @@ def unique_names(items: list[T], name_of: Callable[[T], Any], order_of: Callable
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    number: int
+    number: int | None  # None: the job has not started (the spec does not require job_number)
     name: str
     status: str
     stopped_at: float | None
     started_at: float | None
+    type: str = "build"  # or "approval"
+    id: str = ""
 
     @property
     def done(self) -> bool:
         return self.status in TERMINAL_JOB
+
+    @property
+    def why_empty(self) -> str | None:
+        """Why the job has no artifacts to list, or None if it may have some."""
+        if self.type == "approval":
+            return "an approval job: it has no artifacts"
+        if self.number is None:
+            return f"the job has not started (status {self.status or 'unknown'}): it has no number yet"
+        return None
 
     @property
     def mtime(self) -> float:
@@ -90,11 +116,12 @@ def parse_job(doc: Any, where: str) -> Job:
     if not isinstance(doc, dict):
         raise BadListing(f"{where}: a job is not an object")
     number = doc.get("job_number", doc.get("number"))
-    if not isinstance(number, int) or isinstance(number, bool):
-        raise BadListing(f"{where}: a job without an integer number")
-    status = doc.get("status")
-    return Job(number, str(doc.get("name") or number), status if isinstance(status, str) else "",
-               parse_time(doc.get("stopped_at")), parse_time(doc.get("started_at")))
+    if number is not None and (not isinstance(number, int) or isinstance(number, bool) or number <= 0):
+        raise BadListing(f"{where}: a job number that is not a positive integer")
+    status, kind, job_id = doc.get("status"), doc.get("type"), doc.get("id")
+    return Job(number, str(doc.get("name") or number or job_id or ""), status if isinstance(status, str) else "",
+               parse_time(doc.get("stopped_at")), parse_time(doc.get("started_at")),
+               kind if isinstance(kind, str) else "build", job_id if isinstance(job_id, str) else "")
 
 
 def _finished(doc: Any) -> bool:
@@ -102,8 +129,9 @@ def _finished(doc: Any) -> bool:
 
 
 class CircleCIV2Api:
-    def __init__(self, docs: ApiDocs, host: str) -> None:
-        self.docs = docs
+    def __init__(self, docs: ApiDocs, host: str, *, token_set: bool = False) -> None:
+        self.docs = TokenAwareDocs(docs, token_set)
+        self.token_set = token_set
         self.host = host
         self.base = host + "/api/v2"
         self.host_id = urllib.parse.urlsplit(host).netloc
@@ -162,20 +190,25 @@ class _Slug:
 
 def _job_entry(p: _Slug, name: str, job: Job) -> Entry:
     info = {"job": json.dumps(dataclasses.asdict(job))}
-    return Entry(name, Kind.DIR, mtime=job.mtime, immutable=job.done, source=_JobDir(p, job), info=info)
+    why_empty = job.why_empty
+    if why_empty is not None or job.number is None:  # listed, so the workflow shows all its jobs; nothing to ask the API
+        info["empty"] = why_empty or "no job number"
+        return Entry(name, Kind.DIR, mtime=job.mtime, immutable=job.done,
+                     source=StaticDir([], ttl=None if job.done else p.ttl), info=info)
+    return Entry(name, Kind.DIR, mtime=job.mtime, immutable=job.done, source=_JobDir(p, job, job.number), info=info)
 
 
 class _JobDir(CompleteDir):
-    def __init__(self, p: _Slug, job: Job) -> None:
-        self.p, self.job = p, job
+    def __init__(self, p: _Slug, job: Job, number: int) -> None:
+        self.p, self.job, self.number = p, job, number
         self.ttl = None if job.done else p.ttl
 
     async def list(self) -> list[Entry]:
-        p, job = self.p, self.job
-        records = await p.api.job_artifacts(p.slug, job.number, done=job.done)
-        source = lambda node: json.dumps({"provider": "circleci-v2", "slug": p.slug, "job": job.number,  # noqa: E731
+        p, job, number = self.p, self.job, self.number
+        records = await p.api.job_artifacts(p.slug, number, done=job.done)
+        source = lambda node: json.dumps({"provider": "circleci-v2", "slug": p.slug, "job": number,  # noqa: E731
                                           "node": node})
-        return node_entries(records, host=p.api.host, host_id=p.api.host_id, where=f"{p.where}/{job.number}",
+        return node_entries(records, host=p.api.host, host_id=p.api.host_id, where=f"{p.where}/{number}",
                             mtime=job.mtime, immutable=job.done, ttl=self.ttl, source=source)
 
 
@@ -224,7 +257,8 @@ class _Jobs:
             return None
         try:
             job = await self.p.api.job(self.p.slug, int(name))
-        except NotFound:
+        except NotFound:  # also an approval job's number: job details answer 404 for those
+            log.warning("%s", not_visible(f"{self.p.where}/{name}", self.p.api.token_set))
             return None
         return _job_entry(self.p, name, job)
 
@@ -236,6 +270,7 @@ class _Pipelines(_Jobs):
         try:
             pipeline_id = await self.p.api.pipeline_id(self.p.slug, int(name))
         except NotFound:
+            log.warning("%s", not_visible(f"{self.p.where}/pipeline/{name}", self.p.api.token_set))
             return None
         return Entry(name, Kind.DIR, source=_PipelineDir(self.p, pipeline_id))
 
@@ -263,4 +298,10 @@ class _WorkflowDir(CompleteDir):
     async def list(self) -> list[Entry]:
         jobs = await self.p.api.workflow_jobs(self.workflow)
         return [_job_entry(self.p, name, job)
-                for name, job in unique_names(jobs, lambda j: j.name, lambda j: j.number)]
+                for name, job in unique_names(jobs, lambda j: j.name, _job_order)]
+
+
+def _job_order(job: Job) -> tuple[bool, int, str, str]:
+    """Started jobs by number, then the rest by name and id: a name taken twice keeps it for
+    the started job."""
+    return (job.number is None, job.number or 0, job.name, job.id)
