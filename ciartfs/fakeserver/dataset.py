@@ -6,6 +6,7 @@ import random
 
 from ciartfs.fakeserver.model import FakeBuild
 from ciartfs.fakeserver.server import FakeCI
+from ciartfs.fakeserver.v2 import FakeJob
 
 # An ELF64 little-endian header of type ET_CORE for x86-64: `file` calls the dump a core file.
 _CORE_HEADER = (b"\x7fELF\x02\x01\x01\x00" + bytes(8) + (4).to_bytes(2, "little") + (62).to_bytes(2, "little")
@@ -58,7 +59,8 @@ def _fill(build: FakeBuild, rng: random.Random, nodes: int) -> None:
 
 
 def demo_dataset(fake: FakeCI) -> None:
-    """github/acme/api (12 builds, two branches, one failed, the newest running),
+    """github/acme/api (12 builds, two branches, one failed, the newest running; build 1 has an
+    expired artifact; pipeline 11 ran a workflow twice, pipeline 12 waits on an approval),
     github/acme/secret (private), bitbucket/acme/web, and a Taskcluster task group."""
     rng = random.Random(20261101)
     api = fake.add_project("github", "acme", "api")
@@ -77,6 +79,14 @@ def demo_dataset(fake: FakeCI) -> None:
     pipeline = fake.v2.add_pipeline(api, 11, branch="main")
     pipeline.add_workflow("ci", [10, 11], status="failed", created_at="2026-11-10T09:40:00.000Z")
     pipeline.add_workflow("ci", [11], created_at="2026-11-11T09:40:00.000Z")
+    # pipeline 12, still running: build 12 runs, a test job waits in the queue (no number yet),
+    # an approval job is on hold and the deploy behind it is blocked
+    running = fake.v2.add_pipeline(api, 12, branch="main", created_at="2026-11-12T09:49:00.000Z")
+    running.add_workflow("release", [12, FakeJob("integration-test", "queued"), FakeJob("hold", "on_hold", type="approval"),
+                                     FakeJob("deploy", "blocked")],
+                         status="on_hold", created_at="2026-11-12T09:50:00.000Z", stopped_at=None)
+    # past CircleCI's 30-day retention: listed, but its URL answers 404
+    api.builds[1].add_artifact("logs/trace.log", b"expired long ago\n", expired=True)
     secret = fake.add_project("github", "acme", "secret", private=True)
     build = secret.add_build(1, stop_time="2026-11-05T12:00:00Z")
     build.add_artifact("credentials-report.txt", b"only visible with a token\n")
