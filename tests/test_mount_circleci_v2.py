@@ -11,7 +11,8 @@ import time
 import pytest
 
 from ciartfs.fakeserver.v2 import FakeJob
-from ciartfs.providers.circleci_v2 import unique_names
+from ciartfs.errors import BadListing
+from ciartfs.providers.circleci_v2 import parse_job, unique_names
 from conftest import TOKEN, blob, wait_for
 
 
@@ -70,6 +71,20 @@ def test_workflow_view_with_renames(v2, mount):
     v2.clear_requests()
     assert (m.path / "github/acme/api/11/0/coverage/index.html").read_bytes() == b"<html>cov</html>\n"
     assert not [r for r in v2.requests if r.server == "storage"]
+
+
+def test_parse_job_shapes():
+    """The spec requires no job_number: its absence is a job that has not started; a number
+    of another type is a malformed listing."""
+    job = parse_job({"name": "deploy", "status": "blocked", "type": "build", "id": "j1", "started_at": None}, "w")
+    assert job.number is None and not job.done and "has not started (status blocked)" in job.why_empty
+    approval = parse_job({"job_number": 7, "name": "hold", "status": "success", "type": "approval"}, "w")
+    assert approval.number == 7 and approval.done and approval.why_empty == "an approval job: it has no artifacts"
+    ran = parse_job({"job_number": 8, "name": "t", "status": "retried", "type": "build"}, "w")
+    assert ran.done and ran.why_empty is None
+    for bad in ("8", True, 0, -1, 1.5):
+        with pytest.raises(BadListing):
+            parse_job({"job_number": bad, "name": "t", "status": "success"}, "w")
 
 
 def test_unique_names_rule():

@@ -364,7 +364,9 @@ class _UserDir:
         try:  # a project that exists goes on existing: this answer is kept
             await self.api.recent_builds(self.vcs, self.user, name, 1, keep=True)
         except NotFound:
-            log.warning("%s", not_visible(f"{self.vcs}/{self.user}/{name}", self.api.token_set))
+            # (a dot name is a tool probing, .git for a shell prompt: not worth a warning)
+            log.log(logging.DEBUG if name.startswith(".") else logging.WARNING, "%s",
+                    not_visible(f"{self.vcs}/{self.user}/{name}", self.api.token_set))
             return None
         info = {"source": json.dumps({"provider": "circleci", "host": self.api.host, "vcs": self.vcs,
                                       "user": self.user, "project": name})}
