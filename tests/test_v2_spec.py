@@ -1,5 +1,5 @@
 """The fake CircleCI v2 server against the real API's OpenAPI definition
-(../shared/specs/circleci/v2-openapi.json): every answer of every v2 endpoint ciartfs uses
+(tests/specs/circleci/v2-openapi.json): every answer of every v2 endpoint ciartfs uses
 validates against the spec's response schema, so a fake that drifts from the spec fails CI.
 
 OpenAPI 3.0 schemas are JSON Schema (draft 4/5) plus a few keywords; `spec_validator` turns
@@ -28,10 +28,10 @@ from ciartfs.fakeserver.v2 import FakeJob
 from ciartfs.providers import circleci_v2
 from conftest import TOKEN
 
-# The specs live next to the checkout (../shared/specs/, see ARCHITECTURE.md); CIARTFS_SPECS
-# names another place. Not found is a failure, not a skip: CI must check the fake.
-_SPEC_DIRS = [os.environ.get("CIARTFS_SPECS", ""), str(pathlib.Path(__file__).resolve().parents[1] / "../shared/specs"),
-              "/work/shared/specs"]
+# The specs, copied unchanged from the services' repositories into tests/specs/ (their README
+# names sources and licences), so that a clean checkout checks the fake; CIARTFS_SPECS names
+# another copy (e.g. a newer ../shared/specs/).
+_SPEC_DIRS = [os.environ.get("CIARTFS_SPECS", ""), str(pathlib.Path(__file__).resolve().parent / "specs")]
 SPEC_PATH = next((pathlib.Path(d) / "circleci/v2-openapi.json" for d in _SPEC_DIRS
                   if d and (pathlib.Path(d) / "circleci/v2-openapi.json").is_file()), None)
 SPEC_URI = "urn:circleci-v2-openapi"
