@@ -37,7 +37,7 @@ import cachetools
 import trio
 
 from ciartfs.cache import DiskStore, MemoryCache, SingleFlight
-from ciartfs.errors import CiartfsError, UpstreamError, again, redact_url
+from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, again, redact_url
 from ciartfs.http import HttpClient
 from ciartfs.tree import Artifact
 
@@ -271,6 +271,8 @@ class Reader:
         failure is remembered for SIZE_FAILURE_TTL and raised again at once meanwhile)."""
         if art.error:
             return 0
+        if art.gone is not None:
+            raise ArtifactExpired(f"{redact_url(art.url)}: {art.gone}")
         if art.size is not None:
             return art.size
         failed = self._size_failures.get(art.key)
@@ -398,6 +400,8 @@ class Reader:
         `total` is the size the caller showed the kernel (a growing file is read up to it)."""
         if art.error:
             raise UpstreamError(f"{redact_url(art.url)}: error artifact: {await self.error_reason(art)}")
+        if art.gone is not None:
+            raise ArtifactExpired(f"{redact_url(art.url)}: {art.gone}")
         if total is None:
             total = await self.size(art)
         if offset >= total or length <= 0:

@@ -73,6 +73,9 @@ class Artifact:
     # An artifact the CI system marks as failed (Taskcluster's `error` storage type): it is
     # listed, and opening it fails with EIO; the reason is fetched on demand.
     error: bool = False
+    # Why the CI system no longer has it, known from its listing alone (Taskcluster's
+    # `expires` passed): listed, and opening it fails with ENOENT without a request.
+    gone: str | None = None
     # The provider built `url`, or recognised it by its documented pattern: its first request
     # may carry the provider's credentials. A URL taken as given (from a listing) gets none.
     credentialed: bool = False

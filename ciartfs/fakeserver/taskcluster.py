@@ -6,14 +6,20 @@
         `reference` artifact's own URL), 424 for errors
     GET /api/queue/v1/task-group/<taskGroupId>/list[?continuationToken=&limit=]
 
-Artifacts outside `public/` need a valid Hawk header (checked with mohawk). Listings page
-with a small page size so clients must follow continuationToken.
+Answers follow the queue's schemas (../shared/specs/taskcluster-queue/, checked by
+tests/test_taskcluster_schemas.py), including the inconvenient parts: listArtifacts names
+artifacts past their `expires` (getArtifact: 410) and uploads that never finished (404); a
+resolved task can be re-run (`FakeTask.rerun`), adding a run to a completed task.
+Artifacts outside `public/` need a valid Hawk header (checked with mohawk); temporary
+credentials (a client with a certificate) also need the certificate in the Hawk `ext`.
+Listings page with a small page size so clients must follow continuationToken.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import gzip
 import itertools
 import urllib.parse
@@ -29,6 +35,12 @@ if TYPE_CHECKING:
     from ciartfs.fakeserver.server import FakeCI
 
 _blob_ids = itertools.count(1_000_000)
+FAR_FUTURE = "2099-11-01T00:00:00.000Z"
+PAST = "2026-01-01T00:00:00.000Z"
+
+
+def _parse_iso(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclasses.dataclass(eq=False)
@@ -50,6 +62,13 @@ class FakeTcArtifact:
     url: str | None = None
     storage_redirect: str | None = None  # as FakeArtifact.storage_redirect
     blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
+    # the listing's `expires`; once past, getArtifact answers 410 and storage 404 (as the queue)
+    expires: str = FAR_FUTURE
+    present: bool = True  # False: an upload that never finished (listed; getArtifact 404)
+
+    @property
+    def expired(self) -> bool:
+        return _parse_iso(self.expires) <= datetime.datetime.now(datetime.timezone.utc)
 
     @property
     def stored(self) -> bytes:
@@ -71,6 +90,22 @@ class FakeRun:
     started: str | None = "2026-11-01T10:00:00.000Z"
     resolved: str | None = "2026-11-01T10:05:00.000Z"
     artifacts: list[FakeTcArtifact] = dataclasses.field(default_factory=list)
+    reason_created: str = "scheduled"  # scheduled | retry | task-retry | rerun | exception
+
+    def status(self) -> dict[str, Any]:
+        """The run as the queue shows it: times only once they happened (never null)."""
+        out: dict[str, Any] = {"runId": self.run_id, "state": self.state, "reasonCreated": self.reason_created,
+                               "scheduled": self.started or "2026-11-01T09:59:00.000Z"}
+        if self.state != "pending":
+            out.update(workerGroup="fake-group", workerId="fake-worker")
+            if self.started:
+                out["started"] = self.started
+        if self.state == "running":
+            out["takenUntil"] = FAR_FUTURE
+        if self.resolved:
+            out["resolved"] = self.resolved
+            out["reasonResolved"] = {"completed": "completed", "failed": "failed"}.get(self.state, "worker-shutdown")
+        return out
 
     def add_artifact(self, name: str, data: bytes = b"", **kw: Any) -> FakeTcArtifact:
         artifact = FakeTcArtifact(name, data, **kw)
@@ -92,6 +127,10 @@ class FakeTask:
         self.runs.append(run)
         return run
 
+    def rerun(self, state: str = "running", **kw: Any) -> FakeRun:
+        """The queue's rerunTask: a new run on a task that may already be resolved."""
+        return self.add_run(state, reason_created="rerun", **kw)
+
     @property
     def state(self) -> str:
         return self.runs[-1].state if self.runs else "unscheduled"
@@ -99,9 +138,23 @@ class FakeTask:
     def status(self) -> dict[str, Any]:
         return {
             "taskId": self.task_id, "taskGroupId": self.task_group_id, "state": self.state,
-            "provisionerId": "fake", "workerType": "fake", "schedulerId": "-",
-            "runs": [{"runId": r.run_id, "state": r.state, "reasonCreated": "scheduled",
-                      "scheduled": r.started, "started": r.started, "resolved": r.resolved} for r in self.runs],
+            "provisionerId": "fake-prov", "workerType": "fake-worker", "taskQueueId": "fake-prov/fake-worker",
+            "schedulerId": "-", "projectId": "none", "priority": "lowest",
+            "deadline": "2026-11-02T10:00:00.000Z", "expires": FAR_FUTURE, "retriesLeft": 5,
+            "runs": [r.status() for r in self.runs],
+        }
+
+    def definition(self) -> dict[str, Any]:
+        """The task definition listTaskGroup returns next to the status."""
+        return {
+            "provisionerId": "fake-prov", "workerType": "fake-worker", "taskQueueId": "fake-prov/fake-worker",
+            "schedulerId": "-", "projectId": "none", "taskGroupId": self.task_group_id, "dependencies": [],
+            "requires": "all-completed", "routes": [], "priority": "lowest", "retries": 5,
+            "created": "2026-11-01T09:58:00.000Z", "deadline": "2026-11-02T10:00:00.000Z", "expires": FAR_FUTURE,
+            "scopes": [], "payload": {},
+            "metadata": {"name": self.name, "description": "a fake task", "owner": "nobody@example.com",
+                         "source": "https://example.com/ci"},
+            "tags": {}, "extra": {},
         }
 
 
@@ -150,7 +203,7 @@ class FakeQueue:
                 if len(parts) == 5:
                     page, token = _page(run.artifacts, query, self.page_size)
                     body: dict[str, Any] = {"artifacts": [
-                        {"storageType": a.storage_type, "name": a.name, "expires": "2027-11-01T00:00:00.000Z",
+                        {"storageType": a.storage_type, "name": a.name, "expires": a.expires,
                          "contentType": a.content_type} for a in page]}
                     if token:
                         body["continuationToken"] = token
@@ -162,9 +215,8 @@ class FakeQueue:
             if not tasks:
                 raise Reply(404, {"code": "ResourceNotFound", "message": f"Task group {parts[1]} not found"})
             page, token = _page(tasks, query, self.page_size)
-            body = {"taskGroupId": parts[1], "tasks": [
-                {"status": t.status(), "task": {"metadata": {"name": t.name, "owner": "nobody@example.com"}}}
-                for t in page]}
+            body = {"taskGroupId": parts[1], "schedulerId": "-", "expires": FAR_FUTURE,
+                    "tasks": [{"status": t.status(), "task": t.definition()} for t in page]}
             if token:
                 body["continuationToken"] = token
             raise Reply(200, body)
@@ -176,11 +228,16 @@ class FakeQueue:
             raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} not found"})
         if not name.startswith("public/"):
             self._check_hawk(handler)
+        if artifact.expired:
+            raise Reply(410, {"code": "ResourceExpired", "message": f"Artifact {name} has expired"})
+        if not artifact.present:
+            raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} was never uploaded"})
         if artifact.storage_type == "error":
             raise Reply(424, {"reason": artifact.reason, "message": artifact.message})
         location = artifact.url if artifact.storage_type == "reference" and artifact.url else \
             self.fake.presigned_url(artifact.blob_id)
-        raise Reply(303, b"", content_type="text/plain", headers={
+        # the body is the getArtifact response ({storageType, url}), as the queue sends it with its 303
+        raise Reply(303, {"storageType": artifact.storage_type, "url": location}, headers={
             "Location": location, "x-taskcluster-artifact-storage-type": artifact.storage_type})
 
     def _check_hawk(self, handler: Any) -> None:

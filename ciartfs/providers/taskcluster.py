@@ -4,7 +4,14 @@
     taskcluster/group/<taskGroupId>/{<taskId>/ (as above), <task name> -> <taskId>}
 
 Tasks cannot be enumerated: `taskcluster/` lists only `group/`, but any well-formed taskId
-looks up. Artifacts under `public/` need no credentials; for the rest, the queue endpoints
+looks up.
+
+What can change and what cannot: a resolved run's artifact list never changes (kept on disk),
+but a task's list of runs can, even once every run is resolved (`rerunTask` adds one), so
+the task status is never kept as final: runs and `latest` are asked again after the TTL, also
+after a remount. The queue lists artifacts past their `expires` (and uploads that never
+finished); one known expired from its listing is shown with an error and opening it is
+ENOENT without a request (`Artifact.gone`); the others fail alone when the queue says 404/410. Artifacts under `public/` need no credentials; for the rest, the queue endpoints
 built here (under the root URL) are Hawk-signed (mohawk, the library Taskcluster's own Python
 client used). Nothing the queue redirects to is: not storage, and not the URL a `reference`
 artifact names, even when it points back at the root URL's own API.
@@ -17,9 +24,10 @@ import dataclasses
 import json
 import logging
 import re
+import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import mohawk
@@ -91,6 +99,7 @@ class TaskStatus:
 class ArtifactRecord:
     name: str
     storage_type: str
+    expires: float | None = None  # Unix time; None when the listing gives no usable one
 
 
 def parse_status(doc: Any, where: str) -> TaskStatus:
@@ -117,28 +126,22 @@ def parse_artifacts(doc: Any, where: str) -> list[ArtifactRecord]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
                 or not isinstance(item.get("storageType"), str):
             raise BadListing(f"{where}: an artifact without a string 'name' and 'storageType'")
-        records.append(ArtifactRecord(item["name"], item["storageType"]))
+        records.append(ArtifactRecord(item["name"], item["storageType"], parse_time(item.get("expires"))))
     return records
 
 
-def _resolved_status(doc: Any) -> bool:
-    """A task whose every run is resolved (and which is itself) will not change."""
-    status = doc.get("status") if isinstance(doc, dict) else None
-    runs = status.get("runs") if isinstance(status, dict) else None
-    return (isinstance(runs, list) and bool(runs) and status.get("state") in RESOLVED_STATES  # type: ignore[union-attr]
-            and all(isinstance(r, dict) and r.get("state") in RESOLVED_STATES for r in runs))
-
-
 class QueueApi:
-    def __init__(self, docs: ApiDocs, root_url: str) -> None:
+    def __init__(self, docs: ApiDocs, root_url: str, *, now: Callable[[], float] = time.time) -> None:
         self.docs = docs
+        self.now = now  # wall clock, for artifacts' `expires`
         self.root_url = root_url
         self.base = root_url + "/api/queue/v1"
         self.host_id = urllib.parse.urlsplit(root_url).netloc  # for cache keys: host, never secrets
 
     async def status(self, task_id: str) -> TaskStatus:
+        # never kept as final: a resolved task can be re-run (remembered only as last seen, for --offline)
         url = f"{self.base}/task/{task_id}/status"
-        return parse_status(await self.docs.get_json(url, keep=_resolved_status), url)
+        return parse_status(await self.docs.get_json(url), url)
 
     def _pages(self, url: str, keep: Keep = None) -> AsyncIterator[Any]:
         return pages(self.docs, url, token_param="continuationToken", token_field="continuationToken",
@@ -184,12 +187,10 @@ async def _task_entry(api: QueueApi, ttl: float, task_id: str) -> Entry | None:
 
 
 def _entry_for(api: QueueApi, ttl: float, status: TaskStatus) -> Entry:
-    resolved = bool(status.runs) and all(r.is_resolved for r in status.runs) and status.state in RESOLVED_STATES
     mtime = max((r.mtime for r in status.runs), default=0.0)
     info = {"source": json.dumps({"provider": "taskcluster", "root_url": api.root_url, "task": status.task_id,
                                   "state": status.state})}
-    return Entry(status.task_id, Kind.DIR, mtime=mtime, immutable=resolved,
-                 source=_TaskDir(api, ttl, status, resolved), info=info)
+    return Entry(status.task_id, Kind.DIR, mtime=mtime, immutable=False, source=_TaskDir(api, ttl, status), info=info)
 
 
 class _Root:
@@ -260,11 +261,12 @@ class _Group(CompleteDir):
 
 
 class _TaskDir(CompleteDir):
-    """One directory per run, and `latest` -> the highest runId."""
+    """One directory per run, and `latest` -> the highest runId: asked again after the TTL
+    even when every run is resolved (a rerun adds one)."""
 
-    def __init__(self, api: QueueApi, ttl: float, status: TaskStatus, resolved: bool) -> None:
+    def __init__(self, api: QueueApi, ttl: float, status: TaskStatus) -> None:
         self.api, self.ttl_mutable, self.status = api, ttl, status
-        self.ttl = None if resolved else ttl
+        self.ttl = ttl
         self._fresh = True  # the status we were built from is still current
 
     async def list(self) -> list[Entry]:
@@ -301,9 +303,13 @@ class _RunDir(CompleteDir):
         run = self.run
         # A reference artifact points anywhere and may change: never cached as permanent.
         immutable = run.is_resolved and rec.storage_type != "reference"
+        gone = None
+        if rec.expires is not None and rec.expires <= self.api.now():
+            gone = (f"expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(rec.expires))} "
+                    "(the queue's `expires`): no longer stored")
         art = Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}",
                        url=self.api.artifact_url(self.task_id, run.run_id, rec.name),
-                       immutable=immutable, error=rec.storage_type == "error",
+                       immutable=immutable, error=rec.storage_type == "error" and gone is None, gone=gone,
                        # built here: the queue's endpoint may be Hawk-signed. Where a `reference`
                        # artifact points is a redirect from it, and redirects never are.
                        credentialed=True)
