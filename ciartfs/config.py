@@ -8,6 +8,7 @@ from `CIRCLE_TOKEN` or from a file named by `--circleci-token-file`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -105,7 +106,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("circleci_token_file", "CIARTFS_CIRCLECI_TOKEN_FILE", _path, None,
            "file holding the CircleCI API token (else $CIRCLE_TOKEN)"),
     Option("taskcluster_root_url", "TASKCLUSTER_ROOT_URL", _parse_url, None,
-           "Taskcluster deployment; adds taskcluster/ (credentials: $TASKCLUSTER_CLIENT_ID, $TASKCLUSTER_ACCESS_TOKEN)"),
+           "Taskcluster deployment; adds taskcluster/ (credentials: $TASKCLUSTER_CLIENT_ID, $TASKCLUSTER_ACCESS_TOKEN, "
+           "and $TASKCLUSTER_CERTIFICATE for temporary credentials)"),
     Option("cache_dir", "CIARTFS_CACHE_DIR", _path, None,
            "persistent block cache directory (default: $XDG_CACHE_HOME/ciartfs)"),
     Option("cache_size", "CIARTFS_CACHE_SIZE", parse_size, 10 << 30,
@@ -152,6 +154,8 @@ class Settings:
     taskcluster_root_url: str | None = None
     taskcluster_client_id: str | None = None
     taskcluster_access_token: str | None = dataclasses.field(default=None, repr=False)
+    # temporary credentials' certificate (JSON text, signed by the issuer: kept out of logs too)
+    taskcluster_certificate: str | None = dataclasses.field(default=None, repr=False)
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
     cache_size: int = 10 << 30
     memory_cache: int = 256 << 20
@@ -173,7 +177,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every credential in force, for log redaction."""
-        return [s for s in (self.circleci_token, self.taskcluster_access_token) if s]
+        return [s for s in (self.circleci_token, self.taskcluster_access_token, self.taskcluster_certificate) if s]
 
 
 def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
@@ -253,4 +257,15 @@ def load_settings(
     tc_token = env.get("TASKCLUSTER_ACCESS_TOKEN") or None
     if bool(tc_id) != bool(tc_token):
         raise ConfigError("set both TASKCLUSTER_CLIENT_ID and TASKCLUSTER_ACCESS_TOKEN, or neither")
-    return Settings(circleci_token=token, taskcluster_client_id=tc_id, taskcluster_access_token=tc_token, **values)
+    tc_cert = (env.get("TASKCLUSTER_CERTIFICATE") or "").strip() or None
+    if tc_cert is not None:
+        if not tc_id:
+            raise ConfigError("TASKCLUSTER_CERTIFICATE is set without TASKCLUSTER_CLIENT_ID and TASKCLUSTER_ACCESS_TOKEN")
+        try:
+            parsed = json.loads(tc_cert)
+        except (ValueError, RecursionError):
+            parsed = None
+        if not isinstance(parsed, dict):  # never quoted: it is a credential
+            raise ConfigError("TASKCLUSTER_CERTIFICATE is not a JSON object (the certificate of temporary credentials)")
+    return Settings(circleci_token=token, taskcluster_client_id=tc_id, taskcluster_access_token=tc_token,
+                    taskcluster_certificate=tc_cert, **values)

@@ -58,7 +58,7 @@ class Mount:
         creds = [circleci.credential(settings.circleci_host, settings.circleci_token)]
         if settings.taskcluster_root_url:
             creds.append(taskcluster.credential(settings.taskcluster_root_url, settings.taskcluster_client_id,
-                                                settings.taskcluster_access_token))
+                                                settings.taskcluster_access_token, settings.taskcluster_certificate))
         credentials: tuple[Credential, ...] = tuple(c for c in creds if c is not None)
         self.address_rule = AddressRule(api_hosts(settings), allow_private=settings.allow_private_addresses)
         self.http = HttpClient(timeout=settings.timeout, credentials=credentials, offline=settings.offline,

@@ -3,13 +3,19 @@ temporary credentials. Real mounts against the fake queue, which follows the que
 
 from __future__ import annotations
 
+import base64
 import errno
+import json
 import os
+import re
 import time
 
 import pytest
 
+from ciartfs.config import load_settings
+from ciartfs.errors import ConfigError
 from ciartfs.fakeserver.taskcluster import PAST
+from ciartfs.providers import taskcluster
 from conftest import wait_for
 from test_mount_taskcluster import slug, tc_mount
 
@@ -89,3 +95,48 @@ def test_rerun_shows_up_after_a_remount_with_the_same_cache(fake, mount, tmp_pat
     fake.clear_requests()
     assert (root / "0/public/logs/live.log").read_bytes() == b"run 0\n"
     assert not [r for r in fake.requests if "/runs/0/" in r.path], "run 0 (resolved) came from the disk cache"
+
+
+# -- temporary credentials: the certificate goes in the Hawk `ext` ------------------------------
+
+CERT = {"version": 1, "scopes": ["queue:get-artifact:private/*"], "start": 1796000000000, "expiry": 1796090000000,
+        "seed": "fake-seed-0123456789abcdef0123456789abcdef0123", "signature": "fake-signature="}
+
+
+def test_certificate_ext_is_base64_json_of_the_parsed_certificate():
+    cred = taskcluster.credential("https://tc.example", "temp/me", "tok", json.dumps(CERT))
+    header = cred.headers_for("GET", "https://tc.example/api/queue/v1/task/x/status")["Authorization"]
+    ext = re.search(r'ext="([^"]*)"', header).group(1)
+    assert json.loads(base64.b64decode(ext, validate=True)) == {"certificate": CERT}  # an object, not a string
+    plain = taskcluster.credential("https://tc.example", "me", "tok")
+    assert "ext=" not in plain.headers_for("GET", "https://tc.example/api/queue/v1/task/x/status")["Authorization"]
+    assert "signature" not in repr(cred) and "tok" not in repr(cred)
+
+
+def test_certificate_comes_from_the_environment_and_is_checked():
+    env = {"TASKCLUSTER_ROOT_URL": "https://tc.example/", "TASKCLUSTER_CLIENT_ID": "temp/me",
+           "TASKCLUSTER_ACCESS_TOKEN": "tok", "TASKCLUSTER_CERTIFICATE": json.dumps(CERT)}
+    settings = load_settings({}, env=env)
+    assert json.loads(settings.taskcluster_certificate) == CERT
+    assert settings.taskcluster_certificate in settings.secrets() and "fake-signature" not in repr(settings)
+    with pytest.raises(ConfigError, match="not a JSON object") as info:
+        load_settings({}, env={**env, "TASKCLUSTER_CERTIFICATE": "{not json fake-signature"})
+    assert "fake-signature" not in str(info.value)
+    with pytest.raises(ConfigError, match="without TASKCLUSTER_CLIENT_ID"):
+        load_settings({}, env={"TASKCLUSTER_CERTIFICATE": json.dumps(CERT)})
+
+
+def test_temporary_credentials_need_their_certificate(fake, mount):
+    fake.queue.clients["temp/me"] = "temp-token"
+    fake.queue.certificates["temp/me"] = CERT
+    task = fake.queue.add_task(slug(15), name="private")
+    task.add_run("completed").add_artifact("private/secret.txt", b"secret bytes\n")
+    creds = {"TASKCLUSTER_CLIENT_ID": "temp/me", "TASKCLUSTER_ACCESS_TOKEN": "temp-token"}
+    without = mount("--taskcluster-root-url", fake.api_url, env=creds)
+    without.expect_errors = True
+    with pytest.raises(PermissionError):
+        (without.path / "taskcluster" / slug(15) / "0/private/secret.txt").read_bytes()
+    assert [r.status for r in fake.requests if r.path.endswith("private/secret.txt")] == [401]
+    with_cert = mount("--taskcluster-root-url", fake.api_url, env={**creds, "TASKCLUSTER_CERTIFICATE": json.dumps(CERT)})
+    assert (with_cert.path / "taskcluster" / slug(15) / "0/private/secret.txt").read_bytes() == b"secret bytes\n"
+    assert "fake-signature" not in with_cert.log_text() + without.log_text()

@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import gzip
 import itertools
+import json
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +178,9 @@ class FakeQueue:
         self.fake = fake
         self.tasks: dict[str, FakeTask] = {}
         self.clients: dict[str, str] = {}  # clientId -> accessToken
+        # clientId -> certificate (JSON object) of temporary credentials: their requests must carry
+        # it in the Hawk `ext` (base64 of JSON {"certificate": ...}), else 401
+        self.certificates: dict[str, dict[str, Any]] = {}
         self.page_size = 2
 
     def add_task(self, task_id: str, task_group_id: str | None = None, name: str = "a task") -> FakeTask:
@@ -252,6 +256,23 @@ class FakeQueue:
 
         url = f"http://{handler.headers.get('Host')}{handler.path}"
         try:
-            mohawk.Receiver(lookup, header, url, "GET", content="", content_type="", accept_untrusted_content=True)
+            receiver = mohawk.Receiver(lookup, header, url, "GET", content="", content_type="",
+                                       accept_untrusted_content=True)
         except (mohawk.exc.HawkFail, LookupError) as e:
             raise Reply(401, {"code": "AuthenticationFailed", "message": f"Hawk: {type(e).__name__}"}) from None
+        client_id = receiver.parsed_header.get("id")
+        expected = self.certificates.get(client_id)
+        if expected is not None and _ext_certificate(receiver.parsed_header.get("ext")) != expected:
+            raise Reply(401, {"code": "AuthenticationFailed",
+                              "message": "ext.certificate is missing or does not match: temporary credentials need it"})
+
+
+def _ext_certificate(ext: str | None) -> Any:
+    """The certificate in a Hawk `ext` (base64 of JSON {"certificate": {...}}), else None."""
+    if not ext:
+        return None
+    try:
+        doc = json.loads(base64.b64decode(ext, validate=True))
+    except ValueError:
+        return None
+    return doc.get("certificate") if isinstance(doc, dict) else None

@@ -13,13 +13,16 @@ after a remount. The queue lists artifacts past their `expires` (and uploads tha
 finished); one known expired from its listing is shown with an error and opening it is
 ENOENT without a request (`Artifact.gone`); the others fail alone when the queue says 404/410. Artifacts under `public/` need no credentials; for the rest, the queue endpoints
 built here (under the root URL) are Hawk-signed (mohawk, the library Taskcluster's own Python
-client used). Nothing the queue redirects to is: not storage, and not the URL a `reference`
+client used); temporary credentials also send their certificate in the Hawk `ext`, as base64
+of JSON {"certificate": <the certificate object>}, the format the official clients use.
+Nothing the queue redirects to is: not storage, and not the URL a `reference`
 artifact names, even when it points back at the root URL's own API.
 Nothing here knows about FUSE or caching.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -56,20 +59,31 @@ class HawkCredential(Credential):
 
     client_id: str
     access_token: str = dataclasses.field(repr=False)
+    # temporary credentials: the Hawk `ext` that carries the certificate, made once
+    ext: str | None = dataclasses.field(default=None, repr=False)
 
     def headers_for(self, method: str, url: str) -> Mapping[str, str]:
         sender = mohawk.Sender(
             {"id": self.client_id, "key": self.access_token, "algorithm": "sha256"},
-            url, method, content="", content_type="", always_hash_content=False,
+            url, method, content="", content_type="", always_hash_content=False, ext=self.ext,
         )
         return {"Authorization": sender.request_header}
 
 
-def credential(root_url: str, client_id: str | None, access_token: str | None) -> HawkCredential | None:
+def certificate_ext(certificate: str) -> str:
+    """The Hawk `ext` for temporary credentials: base64 of JSON {"certificate": <object>}.
+    `certificate` is the JSON text of $TASKCLUSTER_CERTIFICATE (checked by config)."""
+    doc = {"certificate": json.loads(certificate)}
+    return base64.b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode("ascii")
+
+
+def credential(root_url: str, client_id: str | None, access_token: str | None,
+               certificate: str | None = None) -> HawkCredential | None:
     """Credentials go to the root URL's host only, never to a storage host a redirect names."""
     if not client_id or not access_token:
         return None
-    return HawkCredential(client_id=client_id, access_token=access_token, origins=frozenset({origin_of(root_url)}))
+    return HawkCredential(client_id=client_id, access_token=access_token, origins=frozenset({origin_of(root_url)}),
+                          ext=certificate_ext(certificate) if certificate else None)
 
 
 @dataclasses.dataclass(frozen=True)
