@@ -6,6 +6,7 @@ import random
 
 from ciartfs.fakeserver.model import FakeBuild
 from ciartfs.fakeserver.server import FakeCI
+from ciartfs.fakeserver.taskcluster import PAST
 from ciartfs.fakeserver.v2 import FakeJob
 
 # An ELF64 little-endian header of type ET_CORE for x86-64: `file` calls the dump a core file.
@@ -102,7 +103,8 @@ DEMO_TASKS = ("dEmOtAsKQaC0000000001A", "dEmOtAsKQaC0000000002A")
 
 
 def _taskcluster(fake: FakeCI, rng: random.Random) -> None:
-    """A push: a build task retried once (run 0 failed), and a test task."""
+    """A push: a build task retried once (run 0 failed), and a test task that failed, then
+    was re-run (rerunTask) and passed; its first run keeps an artifact past its `expires`."""
     build = fake.queue.add_task(DEMO_TASKS[0], DEMO_TASK_GROUP, name="build-linux64")
     failed = build.add_run("exception", started="2026-11-10T10:00:00.000Z", resolved="2026-11-10T10:02:00.000Z")
     failed.add_artifact("public/logs/live.log", _log(rng, 1, 300, True), content_type="text/plain")
@@ -118,3 +120,10 @@ def _taskcluster(fake: FakeCI, rng: random.Random) -> None:
     run.add_artifact("public/logs/live.log", _log(rng, 3, 500, True), content_type="text/plain", gzip=True)
     run.add_artifact("public/test_info/report.html", b"<html><body>1 FAILED, 41 passed</body></html>\n",
                      content_type="text/html")
+    # the queue still lists an artifact past its `expires`; getArtifact answers 410
+    run.add_artifact("public/test_info/profile.json", b'{"samples": []}\n', content_type="application/json",
+                     expires=PAST)
+    rerun = test.rerun("completed", started="2026-11-10T11:00:00.000Z", resolved="2026-11-10T11:08:00.000Z")
+    rerun.add_artifact("public/logs/live.log", _log(rng, 4, 500, False), content_type="text/plain", gzip=True)
+    rerun.add_artifact("public/test_info/report.html", b"<html><body>42 passed</body></html>\n",
+                       content_type="text/html")

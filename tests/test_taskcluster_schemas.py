@@ -1,0 +1,242 @@
+"""The fake Taskcluster queue against the queue's own JSON schemas
+(../shared/specs/taskcluster-queue/*.yml): task status, listArtifacts (every page),
+listTaskGroup (every page) and getArtifact (each storage type) validate, so a fake that drifts
+from the real queue fails CI.
+
+The schemas are copied unchanged and so still hold the queue's build-time directives:
+`{$const: name}` (a value from the queue's constants file) and `$ref`s to schemas the copy does
+not include. `CONSTANTS` and `STAND_INS` below fill those in; they are ours, written from the
+queue's documentation, and looser than the originals only where noted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import referencing
+import referencing.jsonschema
+import yaml
+
+from ciartfs.fakeserver import FakeCI, demo_dataset
+from ciartfs.fakeserver.dataset import DEMO_TASK_GROUP, DEMO_TASKS
+from ciartfs.fakeserver.taskcluster import PAST
+
+# The specs live next to the checkout (../shared/specs/); CIARTFS_SPECS names another place.
+# Not found is a failure, not a skip: CI must check the fake.
+_SPEC_DIRS = [os.environ.get("CIARTFS_SPECS", ""), str(pathlib.Path(__file__).resolve().parents[1] / "../shared/specs"),
+              "/work/shared/specs"]
+SPEC_DIR = next((pathlib.Path(d) / "taskcluster-queue" for d in _SPEC_DIRS
+                 if d and (pathlib.Path(d) / "taskcluster-queue/task-status.yml").is_file()), None)
+
+_SLUGID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8}[Q-T][A-Za-z0-9_-][CGKOSWaeimquy26-][A-Za-z0-9_-]{10}[AQgw]$"}
+_TIME = {"type": "string", "format": "date-time"}
+_IDENTIFIER = {"type": "string", "minLength": 1, "maxLength": 38, "pattern": "^([a-zA-Z0-9-_]*)$"}
+CONSTANTS: dict[str, Any] = {
+    "taskId": _SLUGID, "deadline": _TIME, "expires": _TIME, "created": _TIME,
+    "min-run-id": 0, "max-run-id": 1000,
+    "identifier-min-length": 1, "identifier-max-length": 38, "identifier-pattern": "^([a-zA-Z0-9-_]*)$",
+}
+STAND_INS: dict[str, Any] = {
+    # one entry of listArtifacts, as the queue documents it
+    "artifact-response.json": {
+        "type": "object", "additionalProperties": False,
+        "required": ["storageType", "name", "expires", "contentType"],
+        "properties": {"storageType": {"enum": ["s3", "object", "reference", "link", "error"]},
+                       "name": {"type": "string", "maxLength": 1024}, "expires": _TIME,
+                       "contentType": {"type": "string", "maxLength": 255}}},
+    # a task definition: the fields the queue requires (payload, extra, tags are free-form)
+    "task.json": {
+        "type": "object", "additionalProperties": False,
+        "required": ["provisionerId", "workerType", "schedulerId", "taskGroupId", "dependencies", "requires",
+                     "routes", "priority", "retries", "created", "deadline", "scopes", "payload", "metadata",
+                     "tags", "extra"],
+        "properties": {
+            "provisionerId": _IDENTIFIER, "workerType": _IDENTIFIER, "schedulerId": _IDENTIFIER,
+            "taskQueueId": {"type": "string", "pattern": "^[a-zA-Z0-9-_]{1,38}/[a-z]([-a-z0-9]{0,36}[a-z0-9])?$"},
+            "projectId": _IDENTIFIER, "taskGroupId": _SLUGID,
+            "dependencies": {"type": "array", "items": _SLUGID, "uniqueItems": True},
+            "requires": {"enum": ["all-completed", "all-resolved"]},
+            "routes": {"type": "array", "items": {"type": "string"}},
+            "priority": {"enum": ["highest", "very-high", "high", "medium", "low", "very-low", "lowest", "normal"]},
+            "retries": {"type": "integer", "minimum": 0, "maximum": 49},
+            "created": _TIME, "deadline": _TIME, "expires": _TIME,
+            "scopes": {"type": "array", "items": {"type": "string"}}, "payload": {"type": "object"},
+            "metadata": {"type": "object", "additionalProperties": False,
+                         "required": ["name", "description", "owner", "source"],
+                         "properties": {"name": {"type": "string", "maxLength": 255},
+                                        "description": {"type": "string"},
+                                        "owner": {"type": "string", "format": "email"},
+                                        "source": {"type": "string", "format": "uri"}}},
+            "tags": {"type": "object", "additionalProperties": {"type": "string"}}, "extra": {"type": "object"}}},
+    "task-group-response.json": {"type": "object", "properties": {
+        "taskGroupId": _SLUGID, "schedulerId": _IDENTIFIER, "expires": _TIME, "sealed": _TIME}},
+    # temporary credentials for the object service (only in artifact-content answers)
+    "object-credentials.json": {"type": "object", "required": ["clientId", "accessToken"],
+                                "properties": {"clientId": {"type": "string"}, "accessToken": {"type": "string"},
+                                               "certificate": {"type": "string"}}},
+}
+
+
+def _resolve_consts(node: Any) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {"$const"}:
+            return CONSTANTS[node["$const"]]
+        return {k: _resolve_consts(v) for k, v in node.items() if k != "$schema"}
+    if isinstance(node, list):
+        return [_resolve_consts(v) for v in node]
+    return node
+
+
+_FORMATS = jsonschema.FormatChecker()
+
+
+@_FORMATS.checks("date-time", raises=ValueError)
+def _is_date_time(value: object) -> bool:
+    """RFC 3339 as the queue writes it ('2026-11-01T10:00:00.000Z'): a zone is required."""
+    if not isinstance(value, str) or "T" not in value:
+        return False
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is not None
+
+
+@_FORMATS.checks("uri")
+def _is_uri(value: object) -> bool:
+    parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    return parts is not None and bool(parts.scheme) and bool(parts.netloc)
+
+
+@pytest.fixture(scope="module")
+def validator_for() -> Any:
+    if SPEC_DIR is None:
+        pytest.fail("the Taskcluster queue schemas are not found: set CIARTFS_SPECS to the specs directory")
+    resources = {}
+    for path in SPEC_DIR.glob("*.yml"):
+        schema = _resolve_consts(yaml.safe_load(path.read_text()))
+        resources[path.stem + ".json"] = referencing.Resource.from_contents(
+            schema, default_specification=referencing.jsonschema.DRAFT7)
+    for name, schema in STAND_INS.items():
+        assert name not in resources, f"{name} is in the specs now: drop its stand-in"
+        resources[name] = referencing.Resource.from_contents(schema, default_specification=referencing.jsonschema.DRAFT7)
+    registry = referencing.Registry().with_resources(resources.items())
+
+    def make(name: str) -> jsonschema.Draft7Validator:
+        return jsonschema.Draft7Validator({"$ref": name}, registry=registry, format_checker=_FORMATS)
+    return make
+
+
+@pytest.fixture(scope="module")
+def queue() -> Iterator[FakeCI]:
+    """The demo's task group (an expired artifact, a rerun task), and a task with an artifact of
+    every storage type, an expired one and an unfinished upload."""
+    server = FakeCI(tokens=set())
+    demo_dataset(server)
+    task = server.queue.add_task("sChEmAtAQaC0000000001A", DEMO_TASK_GROUP, name="every-kind")
+    run = task.add_run("completed")
+    run.add_artifact("public/s3.txt", b"s3\n")
+    run.add_artifact("public/object.bin", b"object\n", storage_type="object")
+    run.add_artifact("public/ref.txt", b"ref\n", storage_type="reference")
+    run.add_artifact("public/error.txt", storage_type="error")
+    run.add_artifact("public/expired.txt", b"old\n", expires=PAST)
+    run.add_artifact("public/unfinished.txt", b"half\n", present=False)
+    task.rerun("running")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _get(server: FakeCI, path: str, **params: Any) -> httpx.Response:
+    return httpx.get(f"{server.api_url}/api/queue/v1/{path}", params=params, timeout=5, follow_redirects=False)
+
+
+def _all_pages(server: FakeCI, path: str) -> list[dict[str, Any]]:
+    pages, token = [], None
+    while True:
+        reply = _get(server, path, **({"continuationToken": token} if token else {}))
+        assert reply.status_code == 200, reply.text
+        pages.append(reply.json())
+        token = pages[-1].get("continuationToken")
+        if token is None:
+            return pages
+
+
+def _task_ids(server: FakeCI) -> list[str]:
+    return list(server.queue.tasks)
+
+
+def test_task_status_answers_follow_the_schema(queue, validator_for):
+    validator = validator_for("task-status-response.json")
+    for task_id in _task_ids(queue):
+        reply = _get(queue, f"task/{task_id}/status")
+        assert reply.status_code == 200
+        validator.validate(reply.json())
+    reasons = [r["reasonCreated"] for r in _get(queue, "task/sChEmAtAQaC0000000001A/status").json()["status"]["runs"]]
+    assert reasons == ["scheduled", "rerun"]
+
+
+def test_list_artifacts_pages_follow_the_schema(queue, validator_for):
+    validator = validator_for("list-artifacts-response.json")
+    seen_pages = 0
+    for task_id, task in queue.queue.tasks.items():
+        for run in task.runs:
+            pages = _all_pages(queue, f"task/{task_id}/runs/{run.run_id}/artifacts")
+            for page in pages:
+                validator.validate(page)
+            seen_pages += len(pages)
+            assert [a["name"] for p in pages for a in p["artifacts"]] == [a.name for a in run.artifacts]
+    assert seen_pages > len(queue.queue.tasks), "some listings took more than one page"
+
+
+def test_list_task_group_pages_follow_the_schema(queue, validator_for):
+    validator = validator_for("list-task-group-response.json")
+    pages = _all_pages(queue, f"task-group/{DEMO_TASK_GROUP}/list")
+    assert len(pages) > 1
+    for page in pages:
+        validator.validate(page)
+    listed = {t["status"]["taskId"] for p in pages for t in p["tasks"]}
+    assert listed == {t for t, task in queue.queue.tasks.items() if task.task_group_id == DEMO_TASK_GROUP}
+    assert {*DEMO_TASKS, "sChEmAtAQaC0000000001A"} <= listed
+
+
+def test_the_demo_has_the_awkward_cases(queue):
+    """The demo (and so every test on it) meets a rerun task and an expired artifact."""
+    runs = _get(queue, f"task/{DEMO_TASKS[1]}/status").json()["status"]["runs"]
+    assert [r["reasonCreated"] for r in runs] == ["scheduled", "rerun"] and runs[0]["state"] == "failed"
+    names = [a["name"] for p in _all_pages(queue, f"task/{DEMO_TASKS[1]}/runs/0/artifacts") for a in p["artifacts"]]
+    expired = [n for n in names if _get(queue, f"task/{DEMO_TASKS[1]}/runs/0/artifacts/{n}").status_code == 410]
+    assert expired == ["public/test_info/profile.json"]
+
+
+@pytest.mark.parametrize("name,status", [("public/s3.txt", 303), ("public/object.bin", 303), ("public/ref.txt", 303),
+                                         ("public/error.txt", 424), ("public/expired.txt", 410),
+                                         ("public/unfinished.txt", 404)])
+def test_get_artifact_answers_follow_the_schema(queue, validator_for, name, status):
+    reply = _get(queue, f"task/sChEmAtAQaC0000000001A/runs/0/artifacts/{name}")
+    assert reply.status_code == status, reply.text
+    if status == 303:
+        body = reply.json()
+        validator_for("get-artifact-response.json").validate(body)
+        assert body["url"] == reply.headers["location"]
+        assert body["storageType"] == reply.headers["x-taskcluster-artifact-storage-type"]
+
+
+def test_the_validator_catches_a_drifting_fake(queue, validator_for):
+    """The check can fail: an answer missing a required field, or with a null time, is refused."""
+    status = _get(queue, f"task/{DEMO_TASKS[0]}/status").json()
+    validator = validator_for("task-status-response.json")
+    del status["status"]["taskQueueId"]
+    assert not validator.is_valid(status)
+    status = _get(queue, f"task/{DEMO_TASKS[0]}/status").json()
+    status["status"]["runs"][0]["resolved"] = None
+    assert not validator.is_valid(status)
+    listing = _get(queue, f"task/{DEMO_TASKS[0]}/runs/0/artifacts").json()
+    listing["artifacts"][0]["expires"] = "yesterday"
+    assert not validator_for("list-artifacts-response.json").is_valid(listing)
