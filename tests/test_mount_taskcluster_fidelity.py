@@ -140,3 +140,41 @@ def test_temporary_credentials_need_their_certificate(fake, mount):
     with_cert = mount("--taskcluster-root-url", fake.api_url, env={**creds, "TASKCLUSTER_CERTIFICATE": json.dumps(CERT)})
     assert (with_cert.path / "taskcluster" / slug(15) / "0/private/secret.txt").read_bytes() == b"secret bytes\n"
     assert "fake-signature" not in with_cert.log_text() + without.log_text()
+
+
+def test_offline_remount_still_shows_a_task_whose_status_is_no_longer_kept_as_final(fake, mount, tmp_path):
+    """The task status is remembered as last seen (not as final): --offline still lists it."""
+    task = fake.queue.add_task(slug(16), name="offline")
+    task.add_run("completed").add_artifact("public/logs/live.log", b"run 0\n")
+    cache = tmp_path / "offline-cache"
+    online = tc_mount(mount, fake, cache_dir=cache)
+    root = online.path / "taskcluster" / slug(16)
+    assert (root / "latest/public/logs/live.log").read_bytes() == b"run 0\n"
+    online.stop()
+    fake.clear_requests()
+    offline = tc_mount(mount, fake, "--offline", cache_dir=cache)
+    root = offline.path / "taskcluster" / slug(16)
+    assert sorted(os.listdir(root)) == ["0", "latest"] and os.readlink(root / "latest") == "0"
+    assert (root / "latest/public/logs/live.log").read_bytes() == b"run 0\n"
+    assert fake.requests == [], "offline: nothing reached the network"
+
+
+def test_expiry_is_judged_by_the_clock_when_listed():
+    """In-process, with a fake clock: the listing's `expires` decides; no time means not expired."""
+    clock = [1_000.0]
+    api = taskcluster.QueueApi(None, "https://tc.example", now=lambda: clock[0])  # type: ignore[arg-type]
+    run = taskcluster.Run(0, "completed", 10.0, 20.0)
+    source = taskcluster._RunDir(api, 60.0, slug(17), run)
+    records = taskcluster.parse_artifacts({"artifacts": [
+        {"name": "public/a.txt", "storageType": "s3", "expires": "1970-01-01T00:16:40.000Z", "contentType": "text/plain"},
+        {"name": "public/b.txt", "storageType": "error", "expires": "1970-01-01T00:20:00.000Z", "contentType": "x"},
+        {"name": "public/c.txt", "storageType": "s3", "contentType": "text/plain"}]}, "test")
+    assert [r.expires for r in records] == [1000.0, 1200.0, None]
+    clock[0] = 999.0
+    assert [source._file(r.name, r.name, r).artifact.gone for r in records] == [None, None, None]
+    clock[0] = 1000.0  # `expires` is the moment it is deleted
+    files = [source._file(r.name, r.name, r).artifact for r in records]
+    assert files[0].gone and "1970-01-01T00:16:40Z" in files[0].gone and files[1].gone is None and files[1].error
+    clock[0] = 5000.0
+    files = [source._file(r.name, r.name, r).artifact for r in records]
+    assert files[1].gone and not files[1].error and files[2].gone is None
