@@ -72,6 +72,11 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+SPECS_DIR = Path(os.environ.get("CIARTFS_SPECS") or Path(__file__).resolve().parent / "specs")
+"""The services' specs, copied unchanged into tests/specs/ (its README names sources and
+licences) so that a clean checkout checks the fakes; CIARTFS_SPECS names another copy."""
+
+
 def blob(seed: int, size: int) -> bytes:
     """Reproducible artifact bytes."""
     return random.Random(seed).randbytes(size)

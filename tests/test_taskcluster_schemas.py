@@ -1,5 +1,5 @@
 """The fake Taskcluster queue against the queue's own JSON schemas
-(../shared/specs/taskcluster-queue/*.yml): task status, listArtifacts (every page),
+(tests/specs/taskcluster-queue/*.yml): task status, listArtifacts (every page),
 listTaskGroup (every page) and getArtifact (each storage type) validate, so a fake that drifts
 from the real queue fails CI.
 
@@ -12,8 +12,6 @@ queue's documentation, and looser than the originals only where noted.
 from __future__ import annotations
 
 import datetime
-import os
-import pathlib
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -28,13 +26,9 @@ import yaml
 from ciartfs.fakeserver import FakeCI, demo_dataset
 from ciartfs.fakeserver.dataset import DEMO_TASK_GROUP, DEMO_TASKS
 from ciartfs.fakeserver.taskcluster import PAST
+from conftest import SPECS_DIR
 
-# The specs live next to the checkout (../shared/specs/); CIARTFS_SPECS names another place.
-# Not found is a failure, not a skip: CI must check the fake.
-_SPEC_DIRS = [os.environ.get("CIARTFS_SPECS", ""), str(pathlib.Path(__file__).resolve().parents[1] / "../shared/specs"),
-              "/work/shared/specs"]
-SPEC_DIR = next((pathlib.Path(d) / "taskcluster-queue" for d in _SPEC_DIRS
-                 if d and (pathlib.Path(d) / "taskcluster-queue/task-status.yml").is_file()), None)
+SPEC_DIR = SPECS_DIR / "taskcluster-queue" if (SPECS_DIR / "taskcluster-queue/task-status.yml").is_file() else None
 
 _SLUGID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8}[Q-T][A-Za-z0-9_-][CGKOSWaeimquy26-][A-Za-z0-9_-]{10}[AQgw]$"}
 _TIME = {"type": "string", "format": "date-time"}

@@ -12,8 +12,6 @@ accepts no others, so a field the fake invents (or misspells) fails too.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,14 +24,9 @@ import referencing.jsonschema
 from ciartfs.fakeserver import FakeCI, demo_dataset
 from ciartfs.fakeserver.v2 import FakeJob
 from ciartfs.providers import circleci_v2
-from conftest import TOKEN
+from conftest import SPECS_DIR, TOKEN
 
-# The specs, copied unchanged from the services' repositories into tests/specs/ (their README
-# names sources and licences), so that a clean checkout checks the fake; CIARTFS_SPECS names
-# another copy (e.g. a newer ../shared/specs/).
-_SPEC_DIRS = [os.environ.get("CIARTFS_SPECS", ""), str(pathlib.Path(__file__).resolve().parent / "specs")]
-SPEC_PATH = next((pathlib.Path(d) / "circleci/v2-openapi.json" for d in _SPEC_DIRS
-                  if d and (pathlib.Path(d) / "circleci/v2-openapi.json").is_file()), None)
+SPEC_PATH = SPECS_DIR / "circleci/v2-openapi.json" if (SPECS_DIR / "circleci/v2-openapi.json").is_file() else None
 SPEC_URI = "urn:circleci-v2-openapi"
 # Where the real service is known to answer outside its own spec, and the fake does as it
 # does (each one a JSON pointer into the spec, and why):
@@ -80,7 +73,7 @@ def spec_validator(path: str, document: dict[str, Any]) -> jsonschema.Draft4Vali
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
     if SPEC_PATH is None:
-        pytest.fail(f"the CircleCI v2 OpenAPI spec is not in any of {_SPEC_DIRS} (set CIARTFS_SPECS)")
+        pytest.fail(f"the CircleCI v2 OpenAPI spec is not in {SPECS_DIR} (set CIARTFS_SPECS)")
     return json.loads(SPEC_PATH.read_text())
 
 
