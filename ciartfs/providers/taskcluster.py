@@ -301,12 +301,17 @@ class _RunDir(CompleteDir):
         run = self.run
         # A reference artifact points anywhere and may change: never cached as permanent.
         immutable = run.is_resolved and rec.storage_type != "reference"
-        art = Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}",
+        # A running run's reference (its live.log) points at the worker's livelog server,
+        # which streams until the task ends: served as a growing file (see livelog.py), under
+        # its own key, so nothing of it mixes with what the name holds once the run resolved.
+        live = rec.storage_type == "reference" and not run.is_resolved
+        art = Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}"
+                           + ("|live" if live else ""),
                        url=self.api.artifact_url(self.task_id, run.run_id, rec.name),
                        immutable=immutable, error=rec.storage_type == "error",
                        # built here: the queue's endpoint may be Hawk-signed. Where a `reference`
                        # artifact points is a redirect from it, and redirects never are.
-                       credentialed=True)
+                       credentialed=True, live=live)
         info = {"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,
                                       "task": self.task_id, "run": run.run_id, "name": rec.name,
                                       "storage_type": rec.storage_type})}
