@@ -1,5 +1,8 @@
 """Serving file bytes: block-aligned ranged fetches through the block cache.
 
+(Growing files, a running task's live log, are not read here: see livelog.py, which this
+reader owns as `live`; their size is the bytes seen so far, never probed.)
+
 A file's size is learned by fetching its first block (a ranged GET whose `Content-Range`
 names the total); that block is kept, so listing a directory of small files caches them
 whole. Never HEAD: presigned storage URLs answer HEAD with 403.

@@ -67,10 +67,14 @@ def test_listing_and_head_do_not_wait_on_the_stream(fake, mount, running):
 
 def test_cat_returns_what_has_arrived_and_ends_and_the_size_grows(fake, mount, running):
     _, _, live = running
-    m = tc_mount(mount, fake)
+    m = tc_mount(mount, fake, creds=True)
     path = m.path / "taskcluster" / slug(7) / "0/public/logs/live.log"
     result, took = timed(["cat", str(path)])
     assert result.returncode == 0 and result.stdout == lines(0, 20) and took < PROMPT
+    (stream,) = livelog_requests(fake)
+    asked = [r for r in fake.requests if r.server == "api" and r.path.endswith("/public/logs/live.log")]
+    assert asked and all("authorization" in r.headers for r in asked)  # the queue's URL: signed
+    assert "authorization" not in stream.headers  # where it points, the livelog server: never
     with open(path, "rb") as f:
         assert f.read() == lines(0, 20)
         assert os.fstat(f.fileno()).st_size == len(lines(0, 20))

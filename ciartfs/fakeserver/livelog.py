@@ -33,10 +33,12 @@ class FakeLiveLog:
     data: bytearray = dataclasses.field(default_factory=bytearray)
     finished: bool = False
     token: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
-    # The demo's running task writes a line this often (from FakeCI.start until stop or finish).
+    # The demo's running task writes a line this often, from the first time its log is asked
+    # for until it is finished or the fake stops.
     tick_every: float | None = None
     tick_line: Callable[[int], bytes] = lambda n: f"[tick {n:05d}] still running ...\n".encode()
     _cond: threading.Condition = dataclasses.field(default_factory=threading.Condition, repr=False)
+    _ticking: bool = False
 
     def write(self, data: bytes) -> None:
         with self._cond:
@@ -61,7 +63,14 @@ class FakeLiveLog:
                 self._cond.wait(timeout)
             return bytes(self.data[offset:]), self.finished
 
-    def tick(self, stopping: threading.Event) -> None:
+    def start_ticking(self, stopping: threading.Event) -> None:
+        with self._cond:
+            if self.tick_every is None or self._ticking:
+                return
+            self._ticking = True
+        threading.Thread(target=self._tick, args=(stopping,), name="fake-livelog-tick", daemon=True).start()
+
+    def _tick(self, stopping: threading.Event) -> None:
         """Write `tick_line(n)` every `tick_every` seconds until finished or `stopping`."""
         assert self.tick_every is not None
         n = 0
@@ -80,6 +89,7 @@ def serve(fake: FakeCI, handler: Any, method: str, raw_path: str, stopping: thre
     live = fake.queue.live_log(parts[2]) if len(parts) == 3 and parts[1] == "log" else None
     if live is None or live.finished:
         raise Reply(404, b"not found\n", content_type="text/plain")
+    live.start_ticking(stopping)
     # Range is ignored (as the real server does); the answer streams until the log ends
     try:
         handler.send_response(200)
@@ -105,16 +115,6 @@ def serve(fake: FakeCI, handler: Any, method: str, raw_path: str, stopping: thre
         handler.close_connection = True
         raise Served(-1) from None
     raise Served(200)
-
-
-def start_tickers(fake: FakeCI, stopping: threading.Event) -> list[threading.Thread]:
-    threads = []
-    for live in fake.queue.live_logs():
-        if live.tick_every is not None and not live.finished:
-            thread = threading.Thread(target=live.tick, args=(stopping,), name="fake-livelog-tick", daemon=True)
-            thread.start()
-            threads.append(thread)
-    return threads
 
 
 def now_iso() -> str:

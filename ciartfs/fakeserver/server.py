@@ -150,7 +150,6 @@ class FakeCI:
                                       name=f"fakeci-{role}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        livelog.start_tickers(self, self._stopping)
         return self
 
     def stop(self) -> None:

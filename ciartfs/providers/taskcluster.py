@@ -8,6 +8,8 @@ looks up. Artifacts under `public/` need no credentials; for the rest, the queue
 built here (under the root URL) are Hawk-signed (mohawk, the library Taskcluster's own Python
 client used). Nothing the queue redirects to is: not storage, and not the URL a `reference`
 artifact names, even when it points back at the root URL's own API.
+A running run's `reference` artifacts (its live.log, pointing at the worker's livelog server)
+are growing files, streamed rather than read by range (see livelog.py).
 Nothing here knows about FUSE or caching.
 """
 
