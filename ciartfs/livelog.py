@@ -74,6 +74,7 @@ class LiveStream:
         self.users = 0
         self.scope = trio.CancelScope()
         self._writing = False
+        self._closing = False
 
     @property
     def seen(self) -> int:
@@ -99,7 +100,7 @@ class LiveStream:
 
     async def write_pending(self) -> None:
         """Move what is pending to the file (one writer at a time)."""
-        if self._writing or not self.pending or self.file.closed:
+        if self._writing or not self.pending or self._closing:
             return
         self._writing = True
         try:
@@ -117,12 +118,14 @@ class LiveStream:
             self.written += len(batch)
         finally:
             self._writing = False
+            if self._closing:  # closed meanwhile: only now, so the descriptor cannot be reused under the write
+                self.file.close()
             self.drained.set()
             self.drained = trio.Event()
 
     async def make_room(self) -> None:
         """Wait until fewer than PENDING_LIMIT bytes are pending (or spooling failed)."""
-        while len(self.pending) >= PENDING_LIMIT and self.error is None and not self.file.closed:
+        while len(self.pending) >= PENDING_LIMIT and self.error is None and not self._closing:
             if self._writing:
                 await self.drained.wait()
             else:
@@ -164,6 +167,8 @@ class LiveStream:
         parts: list[bytes] = []
         pos = offset
         while pos < end:
+            if self._closing:
+                raise UpstreamError(f"{redact_url(self.url)}: live log closed")
             if pos < self.written:
                 want = min(end, self.written) - pos
                 try:
@@ -180,9 +185,12 @@ class LiveStream:
         return b"".join(parts)
 
     def close(self) -> None:
+        """Stop the stream and drop its bytes (the last reader is gone)."""
         self.scope.cancel()
         self.finish()
-        self.file.close()
+        self._closing = True
+        if not self._writing:
+            self.file.close()
 
 
 class LiveLogs:
@@ -210,10 +218,15 @@ class LiveLogs:
         """The artifact's shared stream (started if none is open), its first answer waited for
         briefly so that the backlog is in when the opener looks at the size."""
         stream = self.streams.get(key)
-        if stream is None or (stream.ended and stream.users == 0):
+        # a stream that broke is not shared with a new reader: it gets a fresh one (its own
+        # readers keep theirs until they close)
+        if stream is None or (stream.ended and stream.error is not None):
             if self._nursery is None:
                 raise UpstreamError("internal: live logs are not started")
-            stream = LiveStream(key, url, self.spool_dir, self.max_size)
+            try:
+                stream = LiveStream(key, url, self.spool_dir, self.max_size)
+            except OSError as e:
+                raise UpstreamError(f"cannot make a spool file for a live log in {self.spool_dir}: {e.strerror}") from None
             self.streams[key] = stream
             self.opened += 1
             self._nursery.start_soon(self._run, stream, credentials)
@@ -232,8 +245,8 @@ class LiveLogs:
     def release(self, stream: LiveStream) -> None:
         stream.users -= 1
         if stream.users <= 0:
-            self._sizes[stream.key] = stream.seen
             if self.streams.get(stream.key) is stream:
+                self._sizes[stream.key] = stream.seen
                 del self.streams[stream.key]
             stream.close()
 

@@ -72,7 +72,10 @@ async def test_one_shared_stream_grows_and_ends_cleanly_when_the_task_resolves(f
         logs.release(first)
         assert key in logs.streams  # still held by the second reader
         logs.release(second)
-        assert key not in logs.streams and first.file.closed
+        assert key not in logs.streams
+        with trio.fail_after(5):  # (after a write still under way, if any)
+            while not first.file.closed:
+                await trio.sleep(0.01)
         assert logs.size(key) == len(expected)  # remembered for `ls -l`
         nursery.cancel_scope.cancel()
     await http.aclose()
@@ -215,5 +218,27 @@ async def test_the_demo_has_a_running_task_whose_live_log_grows(demo_fake, tmp_p
         got = await stream.read(first, 1000)
         assert got.startswith(b"[tick 00000]")
         logs.release(stream)
+        nursery.cancel_scope.cancel()
+    await http.aclose()
+
+
+async def test_a_broken_stream_is_not_shared_with_a_new_reader(fake, running, tmp_path):
+    task, _, live = running
+    logs, http = _logs(tmp_path, max_size=20)
+    async with trio.open_nursery() as nursery:
+        logs.start(nursery)
+        broken = await logs.acquire("k", _queue_url(fake, task.task_id), False)
+        await trio.to_thread.run_sync(live.write, b"y" * 30)  # over the cap: the stream fails
+        with trio.fail_after(5):
+            while not broken.ended:
+                await trio.sleep(0.01)
+        assert broken.error is not None
+        logs.max_size = 1 << 20
+        fresh = await logs.acquire("k", _queue_url(fake, task.task_id), False)
+        assert fresh is not broken and fresh.error is None
+        assert await fresh.read(0, 100) == b"first line\n" + b"y" * 30
+        logs.release(broken)  # the old reader leaves: the new stream stays
+        assert logs.streams["k"] is fresh and logs.size("k") == 41
+        logs.release(fresh)
         nursery.cancel_scope.cancel()
     await http.aclose()

@@ -4,6 +4,7 @@ return what has arrived, `tail -f` follows it, and the resolved run serves live_
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import subprocess
@@ -175,3 +176,23 @@ def test_readers_of_one_log_share_one_stream(fake, mount, running):
     # all released: the stream is closed; a new open makes a new one
     assert path.read_bytes() == lines(0, 21)
     assert len(livelog_requests(fake)) == 2
+
+
+def test_a_stream_cut_short_fails_at_its_end_with_eio_and_a_new_open_streams_again(fake, mount, running):
+    _, _, live = running
+    m = tc_mount(mount, fake)
+    path = m.path / "taskcluster" / slug(7) / "0/public/logs/live.log"
+    with open(path, "rb", buffering=0) as f:
+        assert f.read(1 << 16) == lines(0, 20)
+        fake.cut_connections("livelog")  # no last chunk: the log is incomplete, not ended
+        deadline = time.monotonic() + PROMPT
+        while True:
+            try:
+                assert f.read(1 << 16) == b""
+            except OSError as e:
+                assert e.errno == errno.EIO
+                break
+            assert time.monotonic() < deadline, "a cut stream read as a clean end"
+            time.sleep(0.1)
+    live.write(lines(20, 21))
+    assert path.read_bytes() == lines(0, 21)

@@ -167,6 +167,10 @@ class FakeCI:
         for server in servers:
             server.close_connections()
 
+    def cut_connections(self, role: str) -> None:
+        """Cut the open connections of one host (`livelog`: a worker's network going away)."""
+        self._servers[role].close_connections()
+
     def __enter__(self) -> FakeCI:
         return self.start()
 
