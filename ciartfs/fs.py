@@ -21,8 +21,9 @@ import pyfuse3
 import trio
 
 from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, redact_url
+from ciartfs.livelog import LiveStream
 from ciartfs.reader import Reader, ReadStream
-from ciartfs.tree import NAME_MAX, Kind, Node, Tree
+from ciartfs.tree import NAME_MAX, Artifact, Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,13 @@ def _read_only(name: str) -> Callable[..., Awaitable[Any]]:
 
 
 class _OpenFile:
-    __slots__ = ("node", "stream")
+    __slots__ = ("artifact", "live", "node", "stream")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, artifact: Artifact, live: LiveStream | None = None) -> None:
         self.node = node
+        # as opened: a listing refreshed meanwhile (a live log become a link) changes the node's
+        self.artifact = artifact
+        self.live = live
         self.stream = ReadStream()
 
 
@@ -142,6 +146,11 @@ class ArtifactFS(pyfuse3.Operations):
         attr.entry_timeout = attr.attr_timeout = timeout
         if node.kind is Kind.FILE and node.size is None:
             attr.attr_timeout = UNKNOWN_SIZE_TIMEOUT  # the name stays; the size is asked for again
+        if node.artifact is not None and node.artifact.live:
+            # a growing file: the bytes seen so far, asked for at every stat (`tail -f` polls it)
+            attr.st_size = self.reader.live.size(node.artifact.key)
+            attr.st_blocks = (attr.st_size + 511) // 512
+            attr.attr_timeout = UNKNOWN_SIZE_TIMEOUT
         return attr
 
     # -- names --------------------------------------------------------------------------------
@@ -210,9 +219,17 @@ class ArtifactFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.EINVAL)
         if node.artifact.error:
             raise UpstreamError(f"{node.path}: error artifact: {await self.reader.error_reason(node.artifact)}")
+        art = node.artifact
+        if art.live:
+            # One shared stream; reads bypass the page cache (direct_io), which would otherwise
+            # cut them at the size the kernel last saw and keep pages of a file that grows.
+            live = await self.reader.live.acquire(art.key, art.url, art.credentialed)
+            fh = next(self._handles)
+            self._files[fh] = _OpenFile(node, art, live)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         size = await self.tree.size_of(node)  # waits for a slow size; raises the artifact's own error
         fh = next(self._handles)
-        self._files[fh] = _OpenFile(node)
+        self._files[fh] = _OpenFile(node, art)
         self.reader.opened(node.artifact, size)
         # The page cache may keep what an immutable file's reads brought in across opens.
         return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable)
@@ -222,13 +239,25 @@ class ArtifactFS(pyfuse3.Operations):
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if handle.live is not None:
+            return await self._read_live(handle.live, off, size)
         node = handle.node
-        assert node.artifact is not None
         # A growing file is served up to the size the kernel was shown (it pads short replies).
-        return await self.reader.read(node.artifact, off, size, handle.stream, total=node.size)
+        return await self.reader.read(handle.artifact, off, size, handle.stream, total=node.size)
+
+    async def _read_live(self, live: LiveStream, off: int, size: int) -> bytes:
+        """What has arrived from `off` (direct_io: a short reply is not padded; b"" is the end
+        for now, and `tail -f` asks again). A stream that broke fails at its end, with EIO."""
+        await live.wait_for(off, self.reader.live.timeout)
+        data = await live.read(off, size)
+        if not data and live.error is not None and off >= live.seen:
+            raise UpstreamError(f"live log cut short after {live.seen} bytes: {live.error}")
+        return data
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        handle = self._files.pop(fh, None)
+        if handle is not None and handle.live is not None:
+            self.reader.live.release(handle.live)
 
     async def flush(self, fh: int) -> None:
         return None

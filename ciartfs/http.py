@@ -285,6 +285,18 @@ class HttpClient:
         afresh on every attempt. For bodies that cannot be read by range (gzip-encoded)."""
         return await self._bounded(url, self._whole_once, url, consume, credentials, timeout=timeout)
 
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, credentials: bool = False) -> AsyncIterator[tuple[AsyncIterator[bytes], str | None]]:
+        """`async with` it for (body chunks, Content-Encoding) of a body that may not end for
+        hours (a running task's live log). Its answer, redirects and retries included, comes
+        within the timeout; its body is read for as long as the caller reads, no longer."""
+        resp = await self._bounded(url, self._stream_once, url, credentials)
+        try:
+            encoding = resp.headers.get("content-encoding", "").strip().lower() or None
+            yield _stream_chunks(resp, url), encoding
+        finally:
+            await resp.aclose()
+
     async def get_range(self, url: str, start: int, length: int, *, credentials: bool = False) -> RangeReply:
         """Bytes [start, start+length) of the resource at `url` (fewer at its end).
 
@@ -588,6 +600,19 @@ class HttpClient:
             encoding = resp.headers.get("content-encoding", "").strip().lower() or None
             return await consume(resp.aiter_raw(), None if encoding == "identity" else encoding)
 
+    async def _stream_once(self, url: str, credentials: bool) -> Reply:
+        resp, _, _ = await self._follow(url, "*/*", None, credentials)
+        status = resp.status_code
+        if status == 200:
+            return resp
+        await resp.aclose()
+        if status in (404, 410):
+            raise ArtifactExpired(f"{redact_url(url)}: HTTP {status}; the artifact has expired or was deleted")
+        if status in (401, 403):
+            raise Forbidden(f"{redact_url(url)}: HTTP {status}")
+        self._retry_or_raise(resp, url)
+        raise AssertionError("unreachable")
+
     @staticmethod
     def _unsatisfiable(resp: Reply, url: str, start: int) -> RangeReply:
         m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
@@ -597,6 +622,18 @@ class HttpClient:
         if start < total:
             raise _Retry(f"HTTP 416 for an offset inside the resource ({start} < {total})")
         return RangeReply(start, b"", total)
+
+
+async def _stream_chunks(resp: Reply, url: str) -> AsyncIterator[bytes]:
+    """A streamed body's chunks; the connection failing is an UpstreamError (not retried: the
+    bytes before it were served already)."""
+    try:
+        async for chunk in resp.aiter_raw():
+            yield chunk
+    except BrokenAnswer as e:
+        raise UpstreamError(f"{redact_url(url)}: broken HTTP body ({e})") from None
+    except httpx.TransportError as e:
+        raise UpstreamError(f"{redact_url(url)}: connection broke reading the stream ({type(e).__name__})") from None
 
 
 async def _receive_json(resp: Reply, hold: Hold, url: str) -> bytearray:

@@ -75,7 +75,8 @@ class Mount:
                              max_decoded_size=settings.max_decoded_size,
                              readahead_bytes=min(READAHEAD_BYTES, settings.memory_cache // 2),
                              max_pending_disk_bytes=min(MAX_PENDING_DISK_BYTES, settings.memory_cache,
-                                                        settings.max_inflight_memory // 2))
+                                                        settings.max_inflight_memory // 2),
+                             live_spool_dir=settings.cache_dir)
         self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
         now = time.time()
         token_set = bool(settings.circleci_token)

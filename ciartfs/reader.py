@@ -1,5 +1,8 @@
 """Serving file bytes: block-aligned ranged fetches through the block cache.
 
+(Growing files, a running task's live log, are not read here: see livelog.py, which this
+reader owns as `live`; their size is the bytes seen so far, never probed.)
+
 A file's size is learned by fetching its first block (a ranged GET whose `Content-Range`
 names the total); that block is kept, so listing a directory of small files caches them
 whole. Never HEAD: presigned storage URLs answer HEAD with 403.
@@ -31,6 +34,7 @@ import dataclasses
 import logging
 import zlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import cachetools
@@ -39,6 +43,7 @@ import trio
 from ciartfs.cache import DiskStore, MemoryCache, SingleFlight
 from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, again, redact_url
 from ciartfs.http import HttpClient
+from ciartfs.livelog import LiveLogs
 from ciartfs.tree import Artifact
 
 log = logging.getLogger(__name__)
@@ -227,6 +232,7 @@ class Reader:
         readahead_bytes: int = READAHEAD_BYTES,
         max_decoded_size: int = MAX_DECODED_SIZE,
         max_pending_disk_bytes: int = MAX_PENDING_DISK_BYTES,
+        live_spool_dir: Path | None = None,
     ) -> None:
         self.http = http
         self.memory = memory
@@ -257,10 +263,13 @@ class Reader:
         self._size_failures: cachetools.TTLCache[str, CiartfsError] = cachetools.TTLCache(
             SIZE_FAILURES_KEPT, SIZE_FAILURE_TTL, timer=lambda: trio.current_time())
         self._background: trio.Nursery | None = None
+        # growing files (live logs): streamed, never read by range (see livelog.py)
+        self.live = LiveLogs(http.stream, timeout=http.timeout, max_size=max_decoded_size, spool_dir=live_spool_dir)
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Background work (disk writes, prefetch) runs in `nursery`; until then, none."""
+        """Background work (disk writes, prefetch, live streams) runs in `nursery`; until then, none."""
         self._background = nursery
+        self.live.start(nursery)
         if self.disk is not None:
             nursery.start_soon(trio.to_thread.run_sync, self.disk.load_index)
 
@@ -273,6 +282,8 @@ class Reader:
             return 0
         if art.gone is not None:
             raise ArtifactExpired(f"{redact_url(art.url)}: {art.gone}")
+        if art.live:
+            return self.live.size(art.key)  # never probed: a live log's server would stream
         if art.size is not None:
             return art.size
         failed = self._size_failures.get(art.key)

@@ -79,6 +79,9 @@ class Artifact:
     # The provider built `url`, or recognised it by its documented pattern: its first request
     # may carry the provider's credentials. A URL taken as given (from a listing) gets none.
     credentialed: bool = False
+    # A growing file served from one shared stream (a running task's live log, see livelog.py):
+    # never probed for a size; its size is the bytes seen so far.
+    live: bool = False
 
 
 class DirSource(Protocol):

@@ -99,12 +99,13 @@ def demo_dataset(fake: FakeCI) -> None:
 
 
 DEMO_TASK_GROUP = "dEmOgRoUQaC0000000001A"
-DEMO_TASKS = ("dEmOtAsKQaC0000000001A", "dEmOtAsKQaC0000000002A")
+DEMO_TASKS = ("dEmOtAsKQaC0000000001A", "dEmOtAsKQaC0000000002A", "dEmOtAsKQaC0000000003A")
 
 
 def _taskcluster(fake: FakeCI, rng: random.Random) -> None:
-    """A push: a build task retried once (run 0 failed), and a test task that failed, then
-    was re-run (rerunTask) and passed; its first run keeps an artifact past its `expires`."""
+    """A push: a build task retried once (run 0 failed), a test task that failed, then was
+    re-run (rerunTask) and passed (its first run keeps an artifact past its `expires`), and a
+    lint task still running, whose live log grows by a line every 2 s while the fake runs."""
     build = fake.queue.add_task(DEMO_TASKS[0], DEMO_TASK_GROUP, name="build-linux64")
     failed = build.add_run("exception", started="2026-11-10T10:00:00.000Z", resolved="2026-11-10T10:02:00.000Z")
     failed.add_artifact("public/logs/live.log", _log(rng, 1, 300, True), content_type="text/plain")
@@ -127,3 +128,6 @@ def _taskcluster(fake: FakeCI, rng: random.Random) -> None:
     rerun.add_artifact("public/logs/live.log", _log(rng, 4, 500, False), content_type="text/plain", gzip=True)
     rerun.add_artifact("public/test_info/report.html", b"<html><body>42 passed</body></html>\n",
                        content_type="text/html")
+    lint = fake.queue.add_task(DEMO_TASKS[2], DEMO_TASK_GROUP, name="lint")
+    running = lint.add_run("running", started="2026-11-10T10:21:00.000Z")
+    running.add_live_log(_log(rng, 4, 40, False), tick_every=2.0)

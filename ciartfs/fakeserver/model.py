@@ -134,7 +134,7 @@ class Faults:
 
 @dataclasses.dataclass
 class Recorded:
-    server: str  # "api" | "storage"
+    server: str  # "api" | "storage" | "livelog"
     method: str
     path: str
     query: dict[str, str]

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ciartfs.fakeserver import livelog
 from ciartfs.fakeserver.model import FakeArtifact, FakeBuild, FakeProject, Faults, Recorded
 from ciartfs.fakeserver.reply import Reply, Served
 from ciartfs.fakeserver.taskcluster import FakeQueue, FakeTcArtifact
@@ -120,7 +121,8 @@ class FakeCI:
                  api_port: int = 0, storage_port: int = 0) -> None:
         self.tokens = set(tokens or ())
         self.host = host
-        self._ports = {"api": api_port, "storage": storage_port}
+        # livelog: the workers' livelog server a running task's live.log points at
+        self._ports = {"api": api_port, "storage": storage_port, "livelog": 0}
         self.faults = Faults()
         self.projects: dict[tuple[str, str, str], FakeProject] = {}
         self.queue = FakeQueue(self)
@@ -137,7 +139,7 @@ class FakeCI:
 
     def start(self) -> FakeCI:
         self._stopping.clear()
-        for role in ("api", "storage"):
+        for role in ("api", "storage", "livelog"):
             try:
                 server = _Server(self, role, self._ports[role])
             except OSError:
@@ -165,6 +167,10 @@ class FakeCI:
         for server in servers:
             server.close_connections()
 
+    def cut_connections(self, role: str) -> None:
+        """Cut the open connections of one host (`livelog`: a worker's network going away)."""
+        self._servers[role].close_connections()
+
     def __enter__(self) -> FakeCI:
         return self.start()
 
@@ -182,6 +188,10 @@ class FakeCI:
     @property
     def storage_url(self) -> str:
         return self._url("storage")
+
+    @property
+    def livelog_url(self) -> str:
+        return self._url("livelog")
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -222,6 +232,8 @@ class FakeCI:
                 handler.rfile.read(length)
             if role == "api":
                 self._api(handler, method, raw_path, query)
+            elif role == "livelog":
+                livelog.serve(self, handler, method, raw_path, self._stopping)
             else:
                 self._storage(handler, method, raw_path, query, record)
             raise Reply(500, {"message": "no answer"})

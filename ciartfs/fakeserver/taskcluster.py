@@ -30,6 +30,7 @@ import mohawk
 import mohawk.exc
 
 from ciartfs.fakeserver.generated import GeneratedGzip
+from ciartfs.fakeserver.livelog import FakeLiveLog, now_iso
 from ciartfs.fakeserver.reply import Reply
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def _parse_iso(text: str) -> datetime.datetime:
 class FakeTcArtifact:
     name: str
     data: bytes = b""
-    storage_type: str = "s3"  # s3 | object | reference | error
+    storage_type: str = "s3"  # s3 | object | reference | link | error
     content_type: str = "application/octet-stream"
     gzip: bool = False  # stored with Content-Encoding: gzip (Range counts compressed bytes)
     # Made on the fly and served gzip-encoded instead of `data` (large logs, bombs): never held whole.
@@ -62,6 +63,9 @@ class FakeTcArtifact:
     # (None: the fake's own storage, as for s3).
     url: str | None = None
     storage_redirect: str | None = None  # as FakeArtifact.storage_redirect
+    # A running task's live log: a `reference` to the fake livelog server, streaming this log.
+    live: FakeLiveLog | None = None
+    link: str | None = None  # `link` artifacts: the name of the artifact they stand for
     blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
     # the listing's `expires`; once past, getArtifact answers 410 and storage 404 (as the queue)
     expires: str = FAR_FUTURE
@@ -112,6 +116,26 @@ class FakeRun:
         artifact = FakeTcArtifact(name, data, **kw)
         self.artifacts.append(artifact)
         return artifact
+
+    def add_live_log(self, initial: bytes = b"", name: str = "public/logs/live.log", **kw: Any) -> FakeLiveLog:
+        """A running run's live log, as a worker makes it: a `reference` to its livelog server."""
+        live = FakeLiveLog(**kw)
+        live.data += initial
+        self.add_artifact(name, storage_type="reference", content_type="text/plain; charset=utf-8", live=live)
+        return live
+
+    def resolve(self, state: str = "completed") -> None:
+        """The run ends as the worker ends it: each live log is finished, uploaded as
+        `live_backing.log` (gzip-encoded, as Taskcluster stores logs), and `live.log` becomes a
+        `link` to it."""
+        for artifact in list(self.artifacts):
+            if artifact.live is None:
+                continue
+            artifact.live.finish()
+            backing = artifact.name.rsplit("/", 1)[0] + "/live_backing.log"
+            self.add_artifact(backing, artifact.live.snapshot(), content_type="text/plain; charset=utf-8", gzip=True)
+            artifact.storage_type, artifact.link = "link", backing
+        self.state, self.resolved = state, now_iso()
 
 
 @dataclasses.dataclass(eq=False)
@@ -188,6 +212,12 @@ class FakeQueue:
         self.tasks[task_id] = task
         return task
 
+    def live_logs(self) -> list[FakeLiveLog]:
+        return [a.live for a in self.blobs() if a.live is not None]
+
+    def live_log(self, token: str) -> FakeLiveLog | None:
+        return next((live for live in self.live_logs() if live.token == token), None)
+
     def blobs(self) -> list[FakeTcArtifact]:
         return [a for t in list(self.tasks.values()) for r in list(t.runs) for a in list(r.artifacts)]
 
@@ -236,10 +266,20 @@ class FakeQueue:
             raise Reply(410, {"code": "ResourceExpired", "message": f"Artifact {name} has expired"})
         if not artifact.present:
             raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} was never uploaded"})
+        for _ in range(5):  # a link is answered as the artifact it names (the queue follows a few)
+            if artifact.storage_type != "link" or artifact.link is None:
+                break
+            artifact = next((a for a in run.artifacts if a.name == artifact.link), None)
+            if artifact is None:
+                raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name}: link target not found"})
         if artifact.storage_type == "error":
             raise Reply(424, {"reason": artifact.reason, "message": artifact.message})
-        location = artifact.url if artifact.storage_type == "reference" and artifact.url else \
-            self.fake.presigned_url(artifact.blob_id)
+        if artifact.storage_type == "reference" and artifact.live is not None:
+            location = f"{self.fake.livelog_url}/log/{artifact.live.token}"
+        elif artifact.storage_type == "reference" and artifact.url:
+            location = artifact.url
+        else:
+            location = self.fake.presigned_url(artifact.blob_id)
         # the body is the getArtifact response ({storageType, url}), as the queue sends it with its 303
         raise Reply(303, {"storageType": artifact.storage_type, "url": location}, headers={
             "Location": location, "x-taskcluster-artifact-storage-type": artifact.storage_type})

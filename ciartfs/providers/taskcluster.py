@@ -17,6 +17,8 @@ client used); temporary credentials also send their certificate in the Hawk `ext
 of JSON {"certificate": <the certificate object>}, the format the official clients use.
 Nothing the queue redirects to is: not storage, and not the URL a `reference`
 artifact names, even when it points back at the root URL's own API.
+A running run's `reference` artifacts (its live.log, pointing at the worker's livelog server)
+are growing files, streamed rather than read by range (see livelog.py).
 Nothing here knows about FUSE or caching.
 """
 
@@ -321,12 +323,17 @@ class _RunDir(CompleteDir):
         if rec.expires is not None and rec.expires <= self.api.now():
             gone = (f"expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(rec.expires))} "
                     "(the queue's `expires`): no longer stored")
-        art = Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}",
+        # A running run's reference (its live.log) points at the worker's livelog server,
+        # which streams until the task ends: served as a growing file (see livelog.py), under
+        # its own key, so nothing of it mixes with what the name holds once the run resolved.
+        live = rec.storage_type == "reference" and not run.is_resolved and gone is None
+        art = Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}"
+                           + ("|live" if live else ""),
                        url=self.api.artifact_url(self.task_id, run.run_id, rec.name),
                        immutable=immutable, error=rec.storage_type == "error" and gone is None, gone=gone,
                        # built here: the queue's endpoint may be Hawk-signed. Where a `reference`
                        # artifact points is a redirect from it, and redirects never are.
-                       credentialed=True)
+                       credentialed=True, live=live)
         info = {"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,
                                       "task": self.task_id, "run": run.run_id, "name": rec.name,
                                       "storage_type": rec.storage_type})}
