@@ -317,6 +317,7 @@ def cmd_mount(args: argparse.Namespace, *, demo: bool = False) -> int:
         print(f"Try:\n  ls -l {mp}/github/acme/api/\n  ls -R {mp}/github/acme/api/latest/\n"
               f"  grep -rl FAILED {mp}/github/acme/api/\n  sha256sum {mp}/github/acme/api/latest/0/dist/app.tar.gz\n"
               f"  ls -l {mp}/taskcluster/group/{DEMO_TASK_GROUP}/ {mp}/taskcluster/group/{DEMO_TASK_GROUP}/build-linux64/\n"
+              f"  tail -f {mp}/taskcluster/group/{DEMO_TASK_GROUP}/lint/latest/public/logs/live.log   # a running task\n"
               f"Stop it with: ciartfs unmount {mp}")
     return code
 
