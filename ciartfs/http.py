@@ -14,7 +14,8 @@ Invariants:
 - A ranged reply is verified (offset, length, total) before it is returned; a mismatch is
   retried, never passed on; a total that cannot be a file's size (>= 2**63) is a bad answer.
 - Memory per call is bounded by the requested length (plus one network chunk), even when a
-  server ignores Range and sends the whole body.
+  server ignores Range and sends the whole body. A caller that asks for it (`take_whole`) gets
+  such a body instead, as a `WholeBody` it streams and closes itself (its memory its own).
 - Only what may go differently next time is retried (a dropped connection, 5xx, 429, a short
   body): an answer that breaks HTTP (`BrokenAnswer`), an https URL redirecting to http, and
   JSON that cannot be parsed fail at once.
@@ -187,6 +188,32 @@ class RangeReply:
     data: bytes
     total: int
     encoding: str | None = None
+    # The server ignored Range and the caller asked for the body (`take_whole`): `data` is
+    # empty, `total` is the Content-Length, and the caller must stream and close `whole`.
+    whole: WholeBody | None = None
+
+
+class WholeBody:
+    """A 200 answer's body, from its first byte, handed over unread: a cut or broken body ends
+    `chunks()` with a retryable `BodyCut`; the owner must `aclose()` it."""
+
+    def __init__(self, reply: Reply, url: str) -> None:
+        self._reply = reply
+        self._url = url
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._reply.aiter_raw():
+                yield chunk
+        except (httpx.TransportError, BrokenAnswer) as e:
+            raise BodyCut(f"{redact_url(self._url)}: the body was cut ({type(e).__name__}: {e})") from None
+
+    async def aclose(self) -> None:
+        await self._reply.aclose()
+
+
+class BodyCut(UpstreamError):
+    """A whole body handed over (`WholeBody`) ended before its end: fetching it again may work."""
 
 
 class _Retry(Exception):
@@ -297,15 +324,18 @@ class HttpClient:
         finally:
             await resp.aclose()
 
-    async def get_range(self, url: str, start: int, length: int, *, credentials: bool = False) -> RangeReply:
+    async def get_range(self, url: str, start: int, length: int, *, credentials: bool = False,
+                        take_whole: bool = False) -> RangeReply:
         """Bytes [start, start+length) of the resource at `url` (fewer at its end).
 
         Follows redirects (reusing a resolved target while it works). 404 at the original
-        URL -> ArtifactExpired; 401/403 there -> Forbidden.
+        URL -> ArtifactExpired; 401/403 there -> Forbidden. With `take_whole`, a server that
+        ignores Range and names the length (200, Content-Length, no Content-Encoding) gets its
+        body handed over unread (`RangeReply.whole`) instead of read for the range.
         """
         if start < 0 or length <= 0:
             raise ValueError("bad range")
-        return await self._bounded(url, self._range_once, url, start, length, credentials)
+        return await self._bounded(url, self._range_once, url, start, length, credentials, take_whole)
 
     async def get_tail(self, url: str, length: int, *, credentials: bool = False) -> RangeReply:
         """The last `length` bytes of the resource (all of it when smaller), with its total:
@@ -313,7 +343,7 @@ class HttpClient:
         reply says where they begin."""
         if length <= 0:
             raise ValueError("bad range")
-        return await self._bounded(url, self._range_once, url, -1, length, credentials)
+        return await self._bounded(url, self._range_once, url, -1, length, credentials, False)
 
     # -- retry / deadline machinery -----------------------------------------------------------
 
@@ -462,22 +492,23 @@ class HttpClient:
         finally:
             body.clear()  # (see bodies.receive)
 
-    async def _range_once(self, url: str, start: int, length: int, credentials: bool) -> RangeReply:
+    async def _range_once(self, url: str, start: int, length: int, credentials: bool, take_whole: bool) -> RangeReply:
         """One attempt at bytes [start, start+length), or at the last `length` bytes when
         start is -1 (a suffix range). Its memory is held against the budget while it is read:
         the bytes kept, their copy into the reply, and a network chunk."""
         held = await self.budget.take(2 * length + READ_SIZE)  # before a connection slot: waits holding nothing
         try:
-            return await self._range_attempt(url, start, length, credentials)
+            return await self._range_attempt(url, start, length, credentials, take_whole)
         finally:
             self.budget.give(held)
 
-    async def _range_attempt(self, url: str, start: int, length: int, credentials: bool) -> RangeReply:
+    async def _range_attempt(self, url: str, start: int, length: int, credentials: bool, take_whole: bool) -> RangeReply:
         target = self._targets.get(url)
         use_target = target is not None
         fetch_url = target or url
-        async with self._open(fetch_url, accept="*/*", byte_range=f"{start}-{start + length - 1}" if start >= 0 else f"-{length}",
-                              credentials=credentials and not use_target) as (resp, final, redirected):
+        answer = self._open(fetch_url, accept="*/*", byte_range=f"{start}-{start + length - 1}" if start >= 0 else f"-{length}",
+                            credentials=credentials and not use_target)
+        async with answer as (resp, final, redirected):
             status = resp.status_code
             reached_storage = use_target or redirected
             if status in (401, 403, 404, 410) and reached_storage:
@@ -504,6 +535,11 @@ class HttpClient:
                 reply = await self._read_partial(resp, url, start, length)
                 return dataclasses.replace(reply, encoding=encoding)
             if status == 200:
+                declared = resp.headers.get("content-length", "")
+                if take_whole and start >= 0 and encoding is None and declared.isdigit():
+                    total = _resource_size(declared, url, "Content-Length")
+                    answer.detach()
+                    return RangeReply(0, b"", total, whole=WholeBody(resp, url))
                 if start < 0:
                     reply = await self._read_whole_tail(resp, url, length)
                 else:
@@ -664,12 +700,17 @@ class _Answer:
     read becomes a retry, and the body is closed on the way out. (A class, not contextlib's
     generator-based one: that was a measurable share of a small GET's CPU.)"""
 
-    __slots__ = ("_opening", "_reply", "_url")
+    __slots__ = ("_detached", "_opening", "_reply", "_url")
 
     def __init__(self, opening: Awaitable[tuple[Reply, str, bool]], url: str) -> None:
         self._opening = opening
         self._reply: Reply | None = None
         self._url = url
+        self._detached = False
+
+    def detach(self) -> None:
+        """The body is handed on unread (`WholeBody`): leaving the block does not close it."""
+        self._detached = True
 
     async def __aenter__(self) -> tuple[Reply, str, bool]:
         answer = await self._opening
@@ -678,6 +719,8 @@ class _Answer:
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
         assert self._reply is not None
+        if self._detached and error is None:
+            return False
         try:
             if isinstance(error, httpx.TimeoutException):
                 raise _Retry(f"timeout reading body ({type(error).__name__})") from None
@@ -690,4 +733,4 @@ class _Answer:
         return False
 
 
-__all__ = ["Credential", "HeaderCredential", "HttpClient", "RangeReply"]
+__all__ = ["BodyCut", "Credential", "HeaderCredential", "HttpClient", "RangeReply", "WholeBody"]

@@ -26,6 +26,21 @@ answered (a size shown must be the decoded one):
   file that fits a share of the memory cache is decoded; larger ones fail with EIO;
 - decoded output is capped (--max-decoded-size, half the disk cache, and a compression-ratio
   cap for bombs); a failed decode is remembered for a while instead of repeated on every access.
+
+Storage that ignores Range (CircleCI's HTML on circle-artifacts.com may) answers every block's
+GET with the whole body. Such a body is kept, not read for one block and dropped: it streams on
+in the background into the cache (a `_Fill`), and the artifact is remembered as one whose
+Range is ignored, so a read of any block waits for that one body to reach it instead of
+starting another (single flight per artifact; no read-ahead for it). Invariants:
+- a block is stored only when all of its bytes arrived, from a body whose Content-Length is the
+  artifact's known size: a body of another length is an error, a cut body is fetched again
+  (blocks stored before the cut are kept), a partial block is never stored or served;
+- memory stays at a batch of blocks plus a network chunk, held against the in-flight budget:
+  blocks go to the disk cache in batches as they arrive (without one, to the memory LRU, and
+  only for files that fit a share of it);
+- a size probe (the first block, for `ls -l`) keeps its body streaming only while fewer than
+  PROBE_FILLS do so; the others stop after the first block, and the file's first read fetches
+  it whole, once.
 """
 
 from __future__ import annotations
@@ -41,8 +56,9 @@ import cachetools
 import trio
 
 from ciartfs.cache import DiskStore, MemoryCache, SingleFlight
-from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, again, redact_url
-from ciartfs.http import HttpClient
+from ciartfs.connpool import READ_SIZE
+from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, UpstreamTimeout, again, redact_url
+from ciartfs.http import BodyCut, HttpClient, RangeReply, WholeBody
 from ciartfs.livelog import LiveLogs
 from ciartfs.tree import Artifact
 
@@ -93,6 +109,42 @@ DECODE_FAILURES_KEPT = 10_000
 # Without a disk cache, decoded blocks can only live in the memory LRU: at most this share of it.
 MEMORY_ONLY_DECODE_SHARE = 4
 _ENCODINGS = (None, "gzip", "x-gzip", "deflate")
+# Size probes whose Range-ignoring body streams on into the cache at once (see module docstring):
+# `ls -l` of many such files stays bounded; a later `cat` of one of them fetches it once.
+PROBE_FILLS = 4
+# A whole body goes to the disk cache in batches of about this many bytes, one thread hop each.
+FILL_BATCH_BYTES = 1 << 20
+# A whole body cut this many times in a row fails the reads waiting for it (EIO).
+FILL_CUTS_TRIED = 3
+RANGE_IGNORED_KEPT = 100_000
+
+
+class _Fill:
+    """An artifact's whole body streaming into the cache: blocks [0, stored) are stored."""
+
+    def __init__(self, total: int, blocks: int) -> None:
+        self.total = total
+        self.blocks = blocks  # it stores blocks [0, blocks): all, or up to a probe's block
+        self.stored = 0
+        self.done = False
+        self.error: CiartfsError | None = None
+        self.wanted = -1  # the highest block a reader waits for: stored as soon as it is complete
+        self._changed = trio.Event()
+
+    def advance(self, stored: int) -> None:
+        self.stored = stored
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def finish(self, error: CiartfsError | None = None) -> None:
+        if not self.done:
+            self.done, self.error = True, error
+            self._changed.set()
+
+    async def wait_for(self, index: int) -> None:
+        self.wanted = max(self.wanted, index)
+        while self.stored <= index and not self.done:
+            await self._changed.wait()
 
 
 class _BadStream(Exception):
@@ -218,6 +270,7 @@ class Stats:
     disk_hits: int = 0
     misses: int = 0
     decodes: int = 0  # whole fetches of gzip-encoded artifacts started
+    fills: int = 0  # whole bodies (storage ignoring Range) streamed into the cache
     decode_failures: int = 0
 
 
@@ -265,6 +318,10 @@ class Reader:
         self._background: trio.Nursery | None = None
         # growing files (live logs): streamed, never read by range (see livelog.py)
         self.live = LiveLogs(http.stream, timeout=http.timeout, max_size=max_decoded_size, spool_dir=live_spool_dir)
+        # artifacts whose storage answered a ranged GET with the whole body
+        self._range_ignored: cachetools.LRUCache[str, bool] = cachetools.LRUCache(RANGE_IGNORED_KEPT)
+        self._fills: dict[str, _Fill] = {}  # by artifact key, while streaming
+        self._probe_fills = 0
 
     def start(self, nursery: trio.Nursery) -> None:
         """Background work (disk writes, prefetch, live streams) runs in `nursery`; until then, none."""
@@ -320,7 +377,8 @@ class Reader:
         return known
 
     def _tail_first(self, art: Artifact) -> bool:
-        return art.immutable and art.key not in self._decoded and art.key.lower().endswith(TAIL_FIRST_SUFFIXES)
+        return (art.immutable and art.key not in self._decoded and art.key not in self._range_ignored
+                and art.key.lower().endswith(TAIL_FIRST_SUFFIXES))
 
     async def _probe_tail(self, art: Artifact) -> int:
         """Learn an archive's size from a ranged GET of its last TAIL_BYTES, keeping the whole
@@ -467,9 +525,9 @@ class Reader:
         if hit is not None:
             self.stats.memory_hits += 1
             return hit
-        return await self._flight.run(key, lambda: self._load(art, index, key))
+        return await self._flight.run(key, lambda: self._load(art, index, key, probe=total is None))
 
-    async def _load(self, art: Artifact, index: int, key: str) -> bytes:
+    async def _load(self, art: Artifact, index: int, key: str, *, probe: bool = False) -> bytes:
         if art.key in self._decoded:
             return await self._decoded_block(art, index)
         if self.disk is not None and art.immutable and self.disk.might_have(key):
@@ -481,9 +539,21 @@ class Reader:
                     self._sizes.setdefault(art.key, len(data))  # the whole file (see _remember_size)
                 return data
         self.stats.misses += 1
+        if art.key in self._range_ignored and self._can_fill(art, self._sizes.get(art.key)):
+            data = await self._from_fill(art, index)
+            if data is not None:
+                return data
         self.stats.requests += 1
         reply = await self.http.get_range(art.url, index * self.block_size, self.block_size,
-                                           credentials=art.credentialed)
+                                           credentials=art.credentialed, take_whole=self._can_fill(art, None))
+        if reply.whole is not None:
+            self._range_ignored[art.key] = True
+            data = await self._from_fill(art, index, reply, probe=probe)
+            if data is not None:
+                return data
+            self.stats.requests += 1  # (stored, then evicted at once: the cache is too small)
+            reply = await self.http.get_range(art.url, index * self.block_size, self.block_size,
+                                               credentials=art.credentialed)
         if reply.encoding is not None:
             self._decoded.add(art.key)
             return await self._decoded_block(art, index)
@@ -701,6 +771,8 @@ class Reader:
         """Fetch blocks [start, stop) in the background: the missing ones in runs of up to
         `run_blocks`, one ranged GET each; blocks the disk may have are read from it."""
         assert self._background is not None
+        if art.key in self._range_ignored:
+            return  # every block comes with the one whole body (see _Fill)
         coalesce = art.immutable and art.key not in self._decoded
         run: list[tuple[int, str, Any]] = []
         for index in range(start, stop):
@@ -769,3 +841,166 @@ class Reader:
         finally:
             for _, key, call in run:  # whatever is left (cancelled, encoded) is abandoned
                 self._flight.settle(key, call)
+
+    # -- storage that ignores Range -------------------------------------------------------------
+
+    def _can_fill(self, art: Artifact, total: int | None) -> bool:
+        """Whether a whole body of this artifact (of `total` bytes, if known) may stream into the cache."""
+        if not art.immutable or art.key in self._decoded or self._background is None:
+            return False
+        return total is None or self._fill_fits(total)
+
+    def _fill_fits(self, total: int) -> bool:
+        if self.disk is not None and self.disk.enabled:
+            return True
+        return total <= self.memory.max_bytes // MEMORY_ONLY_DECODE_SHARE
+
+    async def _from_fill(self, art: Artifact, index: int, reply: RangeReply | None = None, *,
+                         probe: bool = False) -> bytes | None:
+        """Block `index` from the artifact's whole body: the one streaming now, or one started
+        from `reply.whole` (which this takes over) or fetched anew. None when it could not be
+        had that way (the fill ended before it without an error): the caller asks by range."""
+        whole = reply.whole if reply is not None else None
+        try:
+            fill = self._fills.get(art.key)
+            if fill is not None and index >= fill.blocks:  # a probe's short fill: wait it out
+                await fill.wait_for(fill.blocks)
+                fill = self._fills.get(art.key)
+            if fill is None:
+                total = reply.total if reply is not None else self._sizes.get(art.key)
+                if total is None:
+                    return None
+                if reply is not None:
+                    self._remember_size(art, total)  # (a changed size fails here: nothing stored)
+                blocks = max(1, -(-total // self.block_size))
+                upto = blocks
+                if whole is not None and (not self._fill_fits(total) or (probe and self._probe_fills >= PROBE_FILLS)):
+                    upto = min(blocks, index + 1)  # up to this block, then stop
+                fill = _Fill(total, upto)
+                self._fills[art.key] = fill
+                probe_fill = probe and upto == blocks
+                self._probe_fills += probe_fill  # counted at once: the next probe may come before it starts
+                assert self._background is not None
+                self._background.start_soon(self._run_fill, art, fill, whole, probe_fill)
+                whole = None  # the fill owns it now
+            await fill.wait_for(index)
+        finally:
+            if whole is not None:  # another fill already streams this artifact
+                with trio.CancelScope(shield=True):
+                    await whole.aclose()
+        if fill.stored > index:
+            key = self._block_key(art, index, fill.total)
+            data = self.memory.get(key)
+            if data is None and self.disk is not None and self.disk.might_have(key):
+                data = await trio.to_thread.run_sync(self.disk.get, key)
+                if data is not None:
+                    self.memory.put(key, data)
+            if data is not None:
+                return data
+        if fill.error is not None:
+            raise again(fill.error)
+        return None
+
+    async def _run_fill(self, art: Artifact, fill: _Fill, whole: WholeBody | None, probe: bool) -> None:
+        """Stream the artifact's whole body into the cache (see _Fill), starting from `whole`
+        when given; a cut body is fetched again, from a GET whose Content-Length is checked."""
+        url = redact_url(art.url)
+        self.stats.fills += 1
+        held = 0
+        try:
+            held = await self.http.budget.take(FILL_BATCH_BYTES + 2 * self.block_size + READ_SIZE)
+            cuts = 0
+            with trio.fail_after(self.http.timeout * WHOLE_FETCH_TIMEOUT_FACTOR):
+                while True:
+                    if whole is None:
+                        self.stats.requests += 1
+                        reply = await self.http.get_range(art.url, 0, self.block_size, credentials=art.credentialed,
+                                                          take_whole=True)
+                        if reply.whole is None:  # storage honours Range now: blocks are fetched by range
+                            self._range_ignored.pop(art.key, None)
+                            return
+                        whole = reply.whole
+                        if reply.total != fill.total:
+                            raise UpstreamError(f"{url}: size changed from {fill.total} to {reply.total} bytes")
+                    try:
+                        await self._stream_into(art, fill, whole.chunks())
+                        return
+                    except BodyCut as e:
+                        cuts += 1
+                        if cuts >= FILL_CUTS_TRIED:
+                            raise
+                        log.info("%s; fetching it again", e)
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await whole.aclose()
+                        whole = None
+        except trio.TooSlowError:
+            fill.finish(UpstreamTimeout(f"{url}: the whole body did not arrive within "
+                                        f"{self.http.timeout * WHOLE_FETCH_TIMEOUT_FACTOR:g}s"))
+        except CiartfsError as e:
+            log.info("%s: whole body not cached: %s", url, e)
+            fill.finish(again(e))
+        except Exception:
+            log.exception("%s: whole body not cached", url)
+            fill.finish(UpstreamError(f"{url}: internal error caching the whole body"))
+        finally:
+            if whole is not None:
+                with trio.CancelScope(shield=True):
+                    await whole.aclose()
+            if held:
+                self.http.budget.give(held)
+            self._probe_fills -= probe
+            if self._fills.get(art.key) is fill:
+                del self._fills[art.key]
+            fill.finish()  # waiters wake (a cancelled fill leaves them to ask by range)
+
+    async def _stream_into(self, art: Artifact, fill: _Fill, chunks: AsyncIterator[bytes]) -> None:
+        """Cut the body into blocks and store blocks [fill.stored, fill.blocks)."""
+        bs, total = self.block_size, fill.total
+        pending = bytearray()
+        batch: list[tuple[str, bytes]] = []
+        batch_bytes = 0
+        index = 0  # the next block to complete
+        pos = 0
+        try:
+            async for chunk in chunks:
+                pos += len(chunk)
+                self.stats.bytes_fetched += len(chunk)
+                if pos > total:  # (a Content-Length frames the body: a defence only)
+                    raise UpstreamError(f"{redact_url(art.url)}: body longer than its {total} bytes")
+                pending += chunk
+                while index < fill.blocks and len(pending) >= min(bs, total - index * bs):
+                    need = min(bs, total - index * bs)
+                    if index >= fill.stored:
+                        batch.append((self._block_key(art, index, total), bytes(pending[:need])))
+                        batch_bytes += need
+                    del pending[:need]
+                    index += 1
+                # a batch at a time; at once when it holds a block a reader waits for
+                if batch and (batch_bytes >= FILL_BATCH_BYTES or index >= fill.blocks or index > fill.wanted >= fill.stored):
+                    await self._store_fill(fill, batch, index)
+                    batch, batch_bytes = [], 0
+                if index >= fill.blocks:
+                    return  # (a probe's short fill drops the rest of the body)
+        except BodyCut:
+            if batch:  # its blocks arrived whole before the cut
+                await self._store_fill(fill, batch, index)
+            raise
+        if total == 0 and fill.stored == 0:
+            await self._store_fill(fill, [(self._block_key(art, 0, 0), b"")], 1)
+            return
+        raise BodyCut(f"{redact_url(art.url)}: short body: {pos} of {total} bytes")
+
+    async def _store_fill(self, fill: _Fill, batch: list[tuple[str, bytes]], stored: int) -> None:
+        disk = self.disk if self.disk is not None and self.disk.enabled else None
+        refused = batch
+        if disk is not None:
+            def put_all() -> list[tuple[str, bytes]]:
+                return [(key, data) for key, data in batch if not disk.put(key, data)]
+            try:
+                refused = await trio.to_thread.run_sync(put_all)
+            except Exception:  # the disk cache is an optimisation
+                log.exception("disk cache: write failed")
+        for key, data in refused:  # no disk cache, or it is full: the memory LRU
+            self.memory.put(key, data)
+        fill.advance(stored)

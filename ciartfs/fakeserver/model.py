@@ -25,6 +25,9 @@ class FakeArtifact:
     claimed_total: int | None = None  # its 206 answers name this total in Content-Range
     delay: float = 0.0  # storage waits this long before answering (a slow file)
     stall: bool = False  # storage never answers it (until the server stops)
+    # Served straight from the circle-artifacts host, no 302 to storage. None: as CircleCI
+    # does, for HTML (.html, .htm) paths.
+    direct: bool | None = None
     blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
 
 
@@ -109,6 +112,9 @@ class Faults:
     api_latency: float = 0.0  # seconds before each API answer (a far-away API host)
     storage_latency: float = 0.0  # seconds before each storage answer (a slow link)
     ignore_range: bool = False
+    # The circle-artifacts host (HTML served directly) answers Range with 200 and the whole body:
+    # CircleCI does not document Range support there.
+    direct_ignore_range: bool = False
     storage_statuses: list[int] = dataclasses.field(default_factory=list)
     # Each storage GET fails with 503 with this probability (seeded: runs are repeatable).
     storage_failure_rate: float = 0.0
@@ -134,7 +140,7 @@ class Faults:
 
 @dataclasses.dataclass
 class Recorded:
-    server: str  # "api" | "storage" | "livelog"
+    server: str  # "api" | "storage" | "livelog" | "html" (the circle-artifacts host)
     method: str
     path: str
     query: dict[str, str]

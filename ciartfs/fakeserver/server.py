@@ -3,7 +3,11 @@
 The API host answers the documented endpoints (and `/api/v1.1/me`, which a token must never
 be sent to from a listing's URL); artifact URLs point at the API host and
 redirect (302) to the storage host with a presigned, expiring URL. Storage serves Range
-requests like S3 (206, 416, HEAD refused). `FakeCI.faults` switches on misbehaviour and
+requests like S3 (206, 416, HEAD refused). HTML artifacts are served directly, without the
+302, as CircleCI serves them from `*.circle-artifacts.com`: a public project's from a third
+host (the "html" role, a stand-in for circle-artifacts.com, which gets no token), a private
+project's at its API-host artifact route (which does); `Faults.direct_ignore_range` makes
+both answer Range with the whole body. `FakeCI.faults` switches on misbehaviour and
 `FakeCI.requests` records what arrived, so tests can assert on both.
 """
 
@@ -118,11 +122,12 @@ class FakeCI:
     given), `stop()` closes them; state, faults and the request log are plain attributes."""
 
     def __init__(self, tokens: set[str] | None = None, host: str = "127.0.0.1",
-                 api_port: int = 0, storage_port: int = 0) -> None:
+                 api_port: int = 0, storage_port: int = 0, html_port: int = 0) -> None:
         self.tokens = set(tokens or ())
         self.host = host
-        # livelog: the workers' livelog server a running task's live.log points at
-        self._ports = {"api": api_port, "storage": storage_port, "livelog": 0}
+        # livelog: the workers' livelog server a running task's live.log points at;
+        # html: the circle-artifacts stand-in serving HTML directly
+        self._ports = {"api": api_port, "storage": storage_port, "livelog": 0, "html": html_port}
         self.faults = Faults()
         self.projects: dict[tuple[str, str, str], FakeProject] = {}
         self.queue = FakeQueue(self)
@@ -139,7 +144,7 @@ class FakeCI:
 
     def start(self) -> FakeCI:
         self._stopping.clear()
-        for role in ("api", "storage", "livelog"):
+        for role in ("api", "storage", "livelog", "html"):
             try:
                 server = _Server(self, role, self._ports[role])
             except OSError:
@@ -193,6 +198,11 @@ class FakeCI:
     def livelog_url(self) -> str:
         return self._url("livelog")
 
+    @property
+    def html_url(self) -> str:
+        """The circle-artifacts host's stand-in: HTML of public projects, served directly."""
+        return self._url("html")
+
     # -- state ---------------------------------------------------------------------------------
 
     def add_project(self, vcs: str, user: str, name: str, private: bool = False) -> FakeProject:
@@ -211,12 +221,16 @@ class FakeCI:
 
     def artifact_url(self, project: FakeProject, build: FakeBuild, artifact: FakeArtifact) -> str:
         """The URL the listing reports: on the API host, each path segment percent-encoded
-        (a leading "/" stays, giving "0//tmp/..." as in the docs)."""
+        (a leading "/" stays, giving "0//tmp/..." as in the docs); a public project's HTML on
+        the circle-artifacts stand-in, same path after the host."""
         if artifact.url is not None:
             return artifact.url
         encoded = "/".join(urllib.parse.quote(part, safe="") for part in artifact.path.split("/"))
         parts = (project.vcs_type, project.username, project.reponame, str(build.build_num), str(artifact.node_index))
-        return f"{self.api_url}/artifacts/" + "/".join(urllib.parse.quote(p, safe="") for p in parts) + "/" + encoded
+        route = "/".join(urllib.parse.quote(p, safe="") for p in parts) + "/" + encoded
+        if is_direct(artifact) and not project.private:
+            return f"{self.html_url}/{route}"
+        return f"{self.api_url}/artifacts/{route}"
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -231,9 +245,11 @@ class FakeCI:
             if length > 0:
                 handler.rfile.read(length)
             if role == "api":
-                self._api(handler, method, raw_path, query)
+                self._api(handler, method, raw_path, query, record)
             elif role == "livelog":
                 livelog.serve(self, handler, method, raw_path, self._stopping)
+            elif role == "html":
+                self._html(handler, method, raw_path, query, record)
             else:
                 self._storage(handler, method, raw_path, query, record)
             raise Reply(500, {"message": "no answer"})
@@ -276,7 +292,7 @@ class FakeCI:
 
     # -- API host ------------------------------------------------------------------------------
 
-    def _api(self, handler: _Handler, method: str, raw_path: str, query: dict[str, str]) -> None:
+    def _api(self, handler: _Handler, method: str, raw_path: str, query: dict[str, str], record: Recorded) -> None:
         self._hang("api_hang")
         if self.faults.api_latency:
             self._stopping.wait(self.faults.api_latency)
@@ -292,7 +308,7 @@ class FakeCI:
             raise Reply(401, {"message": "Invalid token provided."})
         segments = [urllib.parse.unquote(s) for s in raw_path.split("/")]
         if raw_path.startswith("/artifacts/"):
-            self._artifact_redirect(raw_path, token)
+            self._artifact_redirect(handler, raw_path, token, record)
         if raw_path in self.faults.malformed_json:
             raise Reply(200, b'[{"path": "truncated', )
         if raw_path in self.faults.hostile_json:
@@ -435,8 +451,16 @@ class FakeCI:
         return [{"path": a.path, "pretty_path": a.path, "node_index": a.node_index,
                  "url": self.artifact_url(project, build, a)} for a in build.artifacts]
 
-    def _artifact_redirect(self, raw_path: str, token: str | None) -> None:
-        parts = raw_path[len("/artifacts/"):].split("/", 5)
+    def _artifact_redirect(self, handler: _Handler, raw_path: str, token: str | None, record: Recorded) -> None:
+        artifact = self._routed_artifact(raw_path[len("/artifacts/"):], token)
+        if is_direct(artifact):
+            self._serve_bytes(handler, artifact, record, honour_range=not self.faults.direct_ignore_range)
+        raise Reply(302, b"", content_type="text/plain", headers={"Location": self.presigned_url(artifact.blob_id)})
+
+    def _routed_artifact(self, route: str, token: str | None) -> FakeArtifact:
+        """The artifact at "<vcs>/<user>/<project>/<build>/<node>/<path>" (percent-encoded), or a
+        404 Reply (also for a private project without a token)."""
+        parts = route.split("/", 5)
         if len(parts) < 6 or not _NUM_RE.fullmatch(parts[3]) or not _NUM_RE.fullmatch(parts[4]):
             raise Reply(404, {"message": "Not found"})
         vcs, user, name = (urllib.parse.unquote(p) for p in parts[:3])
@@ -446,7 +470,21 @@ class FakeCI:
         artifact = next((a for a in (build.artifacts if build else []) if a.node_index == int(parts[4]) and a.path == path), None)
         if artifact is None or artifact.expired:
             raise Reply(404, {"message": "Artifact not found"})
-        raise Reply(302, b"", content_type="text/plain", headers={"Location": self.presigned_url(artifact.blob_id)})
+        return artifact
+
+    # -- circle-artifacts host ------------------------------------------------------------------
+
+    def _html(self, handler: _Handler, method: str, raw_path: str, query: dict[str, str], record: Recorded) -> None:
+        """The circle-artifacts stand-in: an HTML artifact's bytes at once, no redirect."""
+        if method != "GET":
+            raise Reply(405, b"method not allowed", content_type="text/plain")
+        token = self._token(handler, query)
+        if token is not None and token not in self.tokens:
+            raise Reply(401, {"message": "Invalid token provided."})
+        artifact = self._routed_artifact(raw_path.lstrip("/"), token)
+        if not is_direct(artifact):
+            raise Reply(404, {"message": "Artifact not found"})
+        self._serve_bytes(handler, artifact, record, honour_range=not self.faults.direct_ignore_range)
 
     def presigned_url(self, blob_id: int) -> str:
         expires = int(time.time() + self.faults.presign_ttl)
@@ -504,6 +542,12 @@ class FakeCI:
         own_status = getattr(artifact, "storage_status", None)
         if own_status is not None:
             raise _s3_error(own_status, "Injected", f"injected {own_status} for this object")
+        self._serve_bytes(handler, artifact, record, honour_range=not self.faults.ignore_range)
+
+    def _serve_bytes(self, handler: _Handler, artifact: FakeArtifact | FakeTcArtifact, record: Recorded, *,
+                     honour_range: bool) -> None:
+        """Answer with the artifact's bytes: 206 for a Range when `honour_range`, else 200 and the
+        whole body (storage_body_faults apply)."""
         claimed_total = getattr(artifact, "claimed_total", None)
         generated = artifact.generated if isinstance(artifact, FakeTcArtifact) else None
         data = b"" if generated is not None else artifact.stored if isinstance(artifact, FakeTcArtifact) else artifact.data
@@ -511,7 +555,7 @@ class FakeCI:
         total = generated.size if generated is not None else len(data)
         spec = handler.headers.get("Range")
         start, end, status = 0, total - 1, 200
-        if spec and not self.faults.ignore_range:
+        if spec and honour_range:
             rm = _RANGE_RE.match(spec.strip())
             first, last = (rm.group(1), rm.group(2)) if rm else ("", "")
             if first and (not last or int(last) >= int(first)):  # bytes=a-b, bytes=a-
@@ -561,6 +605,13 @@ class FakeCI:
             handler.close_connection = True
             raise Served(-1) from None
         raise Served(status)
+
+
+def is_direct(artifact: FakeArtifact) -> bool:
+    """Whether CircleCI serves this artifact straight from circle-artifacts.com (no 302)."""
+    if artifact.direct is not None:
+        return artifact.direct
+    return artifact.path.lower().endswith((".html", ".htm"))
 
 
 def _coalesced(parts: Iterator[bytes]) -> Iterator[bytes]:
