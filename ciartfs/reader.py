@@ -545,7 +545,8 @@ class Reader:
                 return data
         self.stats.requests += 1
         reply = await self.http.get_range(art.url, index * self.block_size, self.block_size,
-                                           credentials=art.credentialed, take_whole=self._can_fill(art, None))
+                                           credentials=art.credentialed,
+                                           take_whole=self._can_fill(art, self._sizes.get(art.key)))
         if reply.whole is not None:
             self._range_ignored[art.key] = True
             data = await self._from_fill(art, index, reply, probe=probe)
@@ -771,7 +772,7 @@ class Reader:
         """Fetch blocks [start, stop) in the background: the missing ones in runs of up to
         `run_blocks`, one ranged GET each; blocks the disk may have are read from it."""
         assert self._background is not None
-        if art.key in self._range_ignored:
+        if art.key in self._range_ignored and self._can_fill(art, total):
             return  # every block comes with the one whole body (see _Fill)
         coalesce = art.immutable and art.key not in self._decoded
         run: list[tuple[int, str, Any]] = []

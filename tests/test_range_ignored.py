@@ -249,3 +249,17 @@ async def test_a_probe_body_streams_into_the_disk_cache_within_bounded_memory(tm
         assert all(reader.disk.get(k) == data[i * BS:(i + 1) * BS] for i, k in enumerate(keys))
         assert reader.http.budget.used <= 64, "the fill gave its reservation back"
         nursery.cancel_scope.cancel()
+
+
+async def test_without_a_disk_cache_a_file_too_large_for_memory_is_read_by_block_correctly(tmp_path):
+    """No disk and a memory cache far smaller than the file: no fill can hold it, so each
+    block is read out of a whole body again (slow, but right, and memory stays bounded)."""
+    transport = WholeOnly(DATA[:40 * BS + 5])
+    reader = make_reader(tmp_path, transport, disk=False, memory=64 * BS)
+    a = art()
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        with trio.fail_after(30):
+            assert await read_all(reader, a) == DATA[:40 * BS + 5]
+        assert reader.memory.max_bytes // reader_module.MEMORY_ONLY_DECODE_SHARE < 40 * BS
+        nursery.cancel_scope.cancel()
