@@ -909,7 +909,7 @@ class Reader:
         self.stats.fills += 1
         held = 0
         try:
-            held = await self.http.budget.take(FILL_BATCH_BYTES + 2 * self.block_size + READ_SIZE)
+            held = await self.http.budget.take(self._fill_batch_bytes() + 2 * self.block_size + READ_SIZE)
             cuts = 0
             with trio.fail_after(self.http.timeout * WHOLE_FETCH_TIMEOUT_FACTOR):
                 while True:
@@ -958,6 +958,7 @@ class Reader:
     async def _stream_into(self, art: Artifact, fill: _Fill, chunks: AsyncIterator[bytes]) -> None:
         """Cut the body into blocks and store blocks [fill.stored, fill.blocks)."""
         bs, total = self.block_size, fill.total
+        batch_limit = self._fill_batch_bytes()
         pending = bytearray()
         batch: list[tuple[str, bytes]] = []
         batch_bytes = 0
@@ -978,7 +979,7 @@ class Reader:
                     del pending[:need]
                     index += 1
                 # a batch at a time; at once when it holds a block a reader waits for
-                if batch and (batch_bytes >= FILL_BATCH_BYTES or index >= fill.blocks or index > fill.wanted >= fill.stored):
+                if batch and (batch_bytes >= batch_limit or index >= fill.blocks or index > fill.wanted >= fill.stored):
                     await self._store_fill(fill, batch, index)
                     batch, batch_bytes = [], 0
                 if index >= fill.blocks:
@@ -991,6 +992,10 @@ class Reader:
             await self._store_fill(fill, [(self._block_key(art, 0, 0), b"")], 1)
             return
         raise BodyCut(f"{redact_url(art.url)}: short body: {pos} of {total} bytes")
+
+    def _fill_batch_bytes(self) -> int:
+        """A fill's batch: FILL_BATCH_BYTES, less under a small --max-inflight-memory."""
+        return max(self.block_size, min(FILL_BATCH_BYTES, self.http.budget.limit // 4))
 
     async def _store_fill(self, fill: _Fill, batch: list[tuple[str, bytes]], stored: int) -> None:
         disk = self.disk if self.disk is not None and self.disk.enabled else None
