@@ -194,19 +194,28 @@ class RangeReply:
 
 
 class WholeBody:
-    """A 200 answer's body, from its first byte, handed over unread: a cut or broken body ends
-    `chunks()` with a retryable `BodyCut`; the owner must `aclose()` it."""
+    """A 200 answer's body, from its first byte, handed over unread: a cut or broken body, or
+    one that sends nothing for `idle_timeout` seconds, ends `chunks()` with `BodyCut` (worth
+    fetching again); the owner must `aclose()` it."""
 
-    def __init__(self, reply: Reply, url: str) -> None:
+    def __init__(self, reply: Reply, url: str, idle_timeout: float) -> None:
         self._reply = reply
         self._url = url
+        self._idle_timeout = idle_timeout
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._reply.aiter_raw():
-                yield chunk
-        except (httpx.TransportError, BrokenAnswer) as e:
-            raise BodyCut(f"{redact_url(self._url)}: the body was cut ({type(e).__name__}: {e})") from None
+        received = self._reply.aiter_raw()
+        while True:
+            try:
+                with trio.fail_after(self._idle_timeout):
+                    chunk = await received.__anext__()
+            except StopAsyncIteration:
+                return
+            except trio.TooSlowError:
+                raise BodyCut(f"{redact_url(self._url)}: the body stalled (nothing for {self._idle_timeout:g}s)") from None
+            except (httpx.TransportError, BrokenAnswer) as e:
+                raise BodyCut(f"{redact_url(self._url)}: the body was cut ({type(e).__name__}: {e})") from None
+            yield chunk
 
     async def aclose(self) -> None:
         await self._reply.aclose()
@@ -539,7 +548,7 @@ class HttpClient:
                 if take_whole and start >= 0 and encoding is None and declared.isdigit():
                     total = _resource_size(declared, url, "Content-Length")
                     answer.detach()
-                    return RangeReply(0, b"", total, whole=WholeBody(resp, url))
+                    return RangeReply(0, b"", total, whole=WholeBody(resp, url, self.timeout))
                 if start < 0:
                     reply = await self._read_whole_tail(resp, url, length)
                 else:

@@ -27,7 +27,8 @@ DATA = random.Random(7).randbytes(200 * BS + 123)  # 201 blocks, the last one sh
 class WholeOnly(httpx.AsyncBaseTransport):
     """Answers every GET with 200 and the whole body, whatever its Range. `faults` is a queue,
     one per answer: "cut" (the connection breaks halfway), "short" (Content-Length says more
-    than is sent), or an int (a Content-Length naming that many bytes, the body as it is)."""
+    than is sent), "stall" (nothing more after half the body, until the test ends), or an int
+    (a Content-Length naming that many bytes, the body as it is)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -49,7 +50,7 @@ class _Stream(httpx.AsyncByteStream):
 
     async def __aiter__(self):
         data = self.transport.data
-        end = len(data) // 2 if self.fault in ("cut", "short") else len(data)
+        end = len(data) // 2 if self.fault in ("cut", "short", "stall") else len(data)
         for i in range(0, end, 8192):
             piece = data[i:min(end, i + 8192)]
             self.transport.bytes_sent += len(piece)
@@ -57,11 +58,14 @@ class _Stream(httpx.AsyncByteStream):
             await trio.sleep(0)
         if self.fault == "cut":
             raise httpx.ReadError("connection reset")
+        if self.fault == "stall":
+            await trio.sleep_forever()
 
 
-def make_reader(tmp_path, transport: WholeOnly, *, disk: bool = True, memory: int = 64 << 20) -> Reader:
+def make_reader(tmp_path, transport: WholeOnly, *, disk: bool = True, memory: int = 64 << 20,
+                timeout: float = 5) -> Reader:
     store = DiskStore(tmp_path / "blocks", 256 << 20) if disk else None
-    return Reader(HttpClient(timeout=5, transport=transport), MemoryCache(memory), store, BS)
+    return Reader(HttpClient(timeout=timeout, transport=transport), MemoryCache(memory), store, BS)
 
 
 async def read_all(reader: Reader, art: Artifact, chunk: int = 3 * BS) -> bytes:
@@ -153,6 +157,19 @@ async def test_a_cut_body_is_fetched_again_and_never_served_partially(tmp_path, 
     async with trio.open_nursery() as nursery:
         reader.start(nursery)
         with trio.fail_after(20):
+            assert await read_all(reader, a) == DATA
+        assert transport.gets == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_body_that_stalls_is_fetched_again_within_the_operation_timeout(tmp_path):
+    transport = WholeOnly(DATA)
+    transport.faults = ["stall"]
+    reader = make_reader(tmp_path, transport, timeout=1)
+    a = art()
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        with trio.fail_after(5):  # the fill's own bound is ten operation timeouts: well before that
             assert await read_all(reader, a) == DATA
         assert transport.gets == 2
         nursery.cancel_scope.cancel()
