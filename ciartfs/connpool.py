@@ -53,6 +53,9 @@ from ciartfs.wire import HEAD_END, BrokenAnswer, Target, content_length, header_
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).
 READ_SIZE = 1 << 20
+# Request bodies are small JSON documents a provider built (Taskcluster's startDownload):
+# nothing larger is ever sent.
+MAX_REQUEST_BODY = 64 << 10
 # Reads while waiting for a head: most answers (redirects, small artifacts) fit whole.
 HEAD_READ_SIZE = 64 << 10
 # Longest wait to close a connection politely (TLS close_notify) before just closing it.
@@ -97,8 +100,12 @@ class ViaHttpx:
     def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
         self.transport = transport
 
-    async def send(self, method: str, target: Target, headers: Sequence[tuple[str, str]]) -> Reply:
-        response = await self.transport.handle_async_request(httpx.Request(method, target.url, headers=list(headers)))
+    async def send(self, method: str, target: Target, headers: Sequence[tuple[str, str]], body: bytes = b"") -> Reply:
+        fields = list(headers)
+        if body:
+            fields.append(("Content-Length", str(len(body))))
+        response = await self.transport.handle_async_request(
+            httpx.Request(method, target.url, headers=fields, content=body or None))
         assert isinstance(response.stream, httpx.AsyncByteStream)
         return Reply(response.status_code, header_dict(response.headers.raw), response.stream)
 
@@ -143,9 +150,11 @@ class _Exchange:
     close-delimited, 1xx, unusual syntax, protocol errors) is handed whole to h11, a full HTTP/1.1
     implementation. h11 for every head was a third of the CPU of a small ranged GET."""
 
-    def __init__(self, conn: _Connection, method: str, path: str, fields: list[tuple[str, str]]) -> None:
+    def __init__(self, conn: _Connection, method: str, path: str, fields: list[tuple[str, str]],
+                 body: bytes = b"") -> None:
         self.conn = conn
-        self.method, self.path, self.fields = method, path, fields  # the request, for h11 if it takes over
+        # the request, for h11 if it takes over
+        self.method, self.path, self.fields, self.request_body = method, path, fields, body
         self.h11: h11.Connection | None = None  # only once h11 reads the answer
         self.remaining: int | None = None  # body bytes still to read directly; None: through h11
         self.prefix = b""  # body bytes that came with the head
@@ -188,6 +197,8 @@ class _Exchange:
         self.closed, self.head_bytes = closed, len(received)
         try:  # h11 must have sent the request to expect its answer (the bytes went already)
             self.h11.send(h11.Request(method=self.method, target=self.path, headers=self.fields))
+            if self.request_body:
+                self.h11.send(h11.Data(data=self.request_body))
             self.h11.send(h11.EndOfMessage())
             self.h11.receive_data(received)
             if closed:
@@ -422,12 +433,18 @@ class PoolPerOrigin:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {e}") from None
         return _Connection(stream, tcp.socket)
 
-    async def send(self, method: str, target: Target, headers: Sequence[tuple[str, str]]) -> Reply:
-        """Send a request without a body (we only GET) and return once the answer's head is in.
-        No timeouts here: the caller's one deadline covers the slot, connecting and reading (a
-        cancel scope per socket operation was a measurable share of a small GET's CPU)."""
+    async def send(self, method: str, target: Target, headers: Sequence[tuple[str, str]], body: bytes = b"") -> Reply:
+        """Send a request (GET without a body, or a small JSON PUT/POST whose `body` the
+        provider built) and return once the answer's head is in. The body's Content-Length is
+        set here and only here (`request_fields` refuses a caller's). No timeouts here: the
+        caller's one deadline covers the slot, connecting and reading (a cancel scope per
+        socket operation was a measurable share of a small GET's CPU)."""
         fields = request_fields(target, headers)
-        request = request_head(method, target.path, fields)
+        if body:
+            if len(body) > MAX_REQUEST_BODY:
+                raise httpx.LocalProtocolError(f"request body of {len(body)} bytes, more than {MAX_REQUEST_BODY}")
+            fields.append(("Content-Length", str(len(body))))
+        request = request_head(method, target.path, fields) + body
         origin = self._origins.get(target.origin)
         if origin is None:
             origin = self._origins[target.origin] = _Origin(target.origin, self.max_per_origin)
@@ -437,7 +454,7 @@ class PoolPerOrigin:
         conn: _Connection | None = None
         try:
             conn = await self._take_idle(origin) or await self._connect(target)
-            exchange = _Exchange(conn, method, target.path, fields)
+            exchange = _Exchange(conn, method, target.path, fields, body)
             await conn.send_all(request)
             await exchange.response_head()
         except BaseException:

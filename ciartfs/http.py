@@ -19,6 +19,10 @@ Invariants:
 - Only what may go differently next time is retried (a dropped connection, 5xx, 429, a short
   body): an answer that breaks HTTP (`BrokenAnswer`), an https URL redirecting to http, and
   JSON that cannot be parsed fail at once.
+- A request with a body (`send_json`: a JSON document the provider built, PUT or POST) goes
+  to exactly the URL given, never redirected (a 3xx is an error: a 303 would turn it into a
+  GET elsewhere), with only the one credential its caller names, on the same origin rule; it
+  is retried only when its caller says it is idempotent.
 - An API answer's bytes, decoded and parsed, are held against the shared `MemoryBudget`
   (see bodies.py) until its caller is done with the document: the budget running out fails
   the attempt as retryable, an answer that could never fit fails it as a bad listing.
@@ -134,7 +138,8 @@ def location_url(value: str) -> str:
 class Sender(Protocol):
     """What HttpClient sends through: `PoolPerOrigin`, or `ViaHttpx` around an httpx transport."""
 
-    async def send(self, method: str, target: Target, headers: Sequence[tuple[str, str]]) -> Reply: ...
+    async def send(self, method: str, target: Target, headers: Sequence[tuple[str, str]],
+                   body: bytes = b"") -> Reply: ...
 
     async def aclose(self) -> None: ...
 
@@ -312,6 +317,20 @@ class HttpClient:
         with self.budget.hold() as hold:
             yield await self._bounded(url, self._json_once, url, also_ok, credentials, hold)
 
+    async def send_json(self, method: str, url: str, document: Any, *, credential: Credential | None,
+                        idempotent: bool, timeout: float | None = None) -> Any:
+        """Send `document` as a JSON body (PUT/POST) to `url`, a URL the provider built, and
+        return the JSON answer (statuses as `get_json`). `credential` is the only one that may
+        sign it (e.g. temporary credentials the API handed out), and only if it applies to
+        the URL's origin; the client's own are not used. No redirect is followed. Retried as
+        `get_json` when `idempotent` (sending it twice does no harm), else tried once."""
+        if method not in ("PUT", "POST"):
+            raise ValueError(f"send_json: {method} does not carry a body")
+        body = json.dumps(document, separators=(",", ":")).encode()
+        with self.budget.hold() as hold:
+            return await self._bounded(url, self._send_json_once, method, url, body, credential, hold,
+                                       timeout=timeout, retry=idempotent)
+
     # The byte reads below take `credentials=True` only for a URL the provider built or
     # recognised by its documented pattern (`Artifact.credentialed`); a URL from elsewhere gets none.
 
@@ -356,7 +375,7 @@ class HttpClient:
 
     # -- retry / deadline machinery -----------------------------------------------------------
 
-    async def _bounded(self, url: str, once: Any, *args: Any, timeout: float | None = None) -> Any:
+    async def _bounded(self, url: str, once: Any, *args: Any, timeout: float | None = None, retry: bool = True) -> Any:
         if self.offline:
             raise Offline(f"offline: {redact_url(url)} is not in the cache")
         timeout = timeout or self.timeout
@@ -373,6 +392,8 @@ class HttpClient:
                     except _Retry as e:
                         last = str(e)
                         attempt += 1
+                        if not retry:  # a request that must not be sent twice
+                            raise UpstreamError(f"{redact_url(url)}: {last} (not retried: not idempotent)") from None
                         delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
                         remaining = deadline - trio.current_time() - MIN_ATTEMPT_TIME
                         if e.retry_after is not None:
@@ -500,6 +521,52 @@ class HttpClient:
             raise BadListing(f"{redact_url(url)}: JSON nested too deep") from None
         finally:
             body.clear()  # (see bodies.receive)
+
+    async def _send_json_once(self, method: str, url: str, body: bytes, credential: Credential | None,
+                              hold: Hold) -> Any:
+        hold.release()
+        try:
+            hold.grow(READ_SIZE + len(body))
+        except bodies.BudgetExhausted as e:
+            raise _Retry(f"in-flight memory bound reached (see --max-inflight-memory: {e})") from None
+        try:
+            target = parse_url(url)
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL):
+            raise UpstreamError(f"invalid URL {redact_url(url)}") from None
+        headers = [("Accept", "application/json"), ("User-Agent", USER_AGENT), ("Accept-Encoding", "gzip, deflate"),
+                   ("Content-Type", "application/json")]
+        if credential is not None and credential.applies_to_origin(target.origin):
+            headers += credential.headers_for(method, target.url).items()
+        try:
+            self.requests_made += 1
+            resp = await self._transport.send(method, target, headers, body)
+        except httpx.TimeoutException as e:
+            raise _Retry(f"timeout ({type(e).__name__})") from None
+        except BrokenAnswer as e:
+            raise UpstreamError(f"{redact_url(url)}: broken HTTP answer ({e}), not retried") from None
+        except httpx.TransportError as e:
+            raise _Retry(f"connection failed ({type(e).__name__})") from None
+        except AddressRefused as e:
+            raise AddressRefused(f"refused to send to {redact_url(url)}: {e}") from None
+        async with _Answer(_ready(resp, url), url):
+            status = resp.status_code
+            if 300 <= status < 400:
+                raise UpstreamError(f"{redact_url(url)}: HTTP {status}: a {method} is never redirected")
+            if status == 404:
+                raise NotFound(f"{redact_url(url)}: HTTP 404")
+            if status in (401, 403):
+                raise Forbidden(f"{redact_url(url)}: HTTP {status} (credentials refused)", status)
+            if status != 200:
+                self._retry_or_raise(resp, url)
+            answer = await _receive_json(resp, hold, url)
+        try:
+            return json.loads(answer)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BadListing(f"{redact_url(url)}: malformed JSON ({e})") from None
+        except RecursionError:
+            raise BadListing(f"{redact_url(url)}: JSON nested too deep") from None
+        finally:
+            answer.clear()
 
     async def _range_once(self, url: str, start: int, length: int, credentials: bool, take_whole: bool) -> RangeReply:
         """One attempt at bytes [start, start+length), or at the last `length` bytes when
@@ -679,6 +746,11 @@ async def _stream_chunks(resp: Reply, url: str) -> AsyncIterator[bytes]:
         raise UpstreamError(f"{redact_url(url)}: broken HTTP body ({e})") from None
     except httpx.TransportError as e:
         raise UpstreamError(f"{redact_url(url)}: connection broke reading the stream ({type(e).__name__})") from None
+
+
+async def _ready(resp: Reply, url: str) -> tuple[Reply, str, bool]:
+    """An answer already in, shaped as `_Answer` expects (not redirected)."""
+    return resp, url, False
 
 
 async def _receive_json(resp: Reply, hold: Hold, url: str) -> bytearray:
