@@ -11,13 +11,17 @@ queue's documentation, and looser than the originals only where noted.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
+import json
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import jsonschema
+import mohawk
 import pytest
 import referencing
 import referencing.jsonschema
@@ -234,3 +238,47 @@ def test_the_validator_catches_a_drifting_fake(queue, validator_for):
     listing = _get(queue, f"task/{DEMO_TASKS[0]}/runs/0/artifacts").json()
     listing["artifacts"][0]["expires"] = "yesterday"
     assert not validator_for("list-artifacts-response.json").is_valid(listing)
+
+
+@pytest.mark.parametrize("name,storage_type", [("public/object.bin", "object"), ("public/s3.txt", "s3"),
+                                               ("public/error.txt", "error")])
+def test_artifact_content_answers_follow_the_schema(queue, validator_for, name, storage_type):
+    reply = _get(queue, f"task/sChEmAtAQaC0000000001A/runs/0/artifact-content/{name}")
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    validator_for("artifact-content-response.json").validate(body)
+    assert body["storageType"] == storage_type
+
+
+# The object service's startDownload answer for the `getUrl` method, written from its
+# documentation (services/object/schemas/v1/download-method-geturl.yml and hashes.yml): the
+# repo has no copy of the object service's schemas.
+GET_URL_ANSWER = {
+    "type": "object", "additionalProperties": False, "required": ["method", "url", "expires", "hashes"],
+    "properties": {
+        "method": {"const": "getUrl"}, "url": {"type": "string", "format": "uri"}, "expires": _TIME,
+        "hashes": {"type": "object", "additionalProperties": True, "properties": {
+            "sha256": {"type": "string", "pattern": "^[a-z0-9]{64}$"},
+            "sha512": {"type": "string", "pattern": "^[a-z0-9]{128}$"}}}}}
+
+
+def test_start_download_answers_the_getUrl_method_with_hashes(queue):
+    content = _get(queue, "task/sChEmAtAQaC0000000001A/runs/0/artifact-content/public/object.bin").json()
+    creds = content["credentials"]
+    url = f"{queue.api_url}/api/object/v1/start-download/{urllib.parse.quote(content['name'], safe='')}"
+    body = b'{"acceptDownloadMethods":{"getUrl":true}}'
+
+    def put(ext: str | None) -> httpx.Response:
+        sender = mohawk.Sender({"id": creds["clientId"], "key": creds["accessToken"], "algorithm": "sha256"},
+                               url, "PUT", content="", content_type="", always_hash_content=False, ext=ext)
+        return httpx.put(url, content=body, headers={"Authorization": sender.request_header,
+                                                     "Content-Type": "application/json"}, timeout=5)
+
+    ext = base64.b64encode(json.dumps({"certificate": json.loads(creds["certificate"])}).encode()).decode()
+    assert put(None).status_code == 401  # temporary credentials need their certificate
+    reply = put(ext)
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    jsonschema.Draft7Validator(GET_URL_ANSWER, format_checker=_FORMATS).validate(answer)
+    assert answer["hashes"]["sha256"] == hashlib.sha256(b"object\n").hexdigest()
+    assert not jsonschema.Draft7Validator(GET_URL_ANSWER).is_valid({**answer, "hashes": {"sha256": "xyz"}})

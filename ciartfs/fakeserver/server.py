@@ -242,8 +242,9 @@ class FakeCI:
             self._requests.append(record)
         try:
             length = int(handler.headers.get("Content-Length") or 0)
+            handler.request_body = b""  # (the object service's startDownload reads it)
             if length > 0:
-                handler.rfile.read(length)
+                handler.request_body = handler.rfile.read(length)
             if role == "api":
                 self._api(handler, method, raw_path, query, record)
             elif role == "livelog":
@@ -299,6 +300,8 @@ class FakeCI:
         status = self._pop_status("api_statuses")
         if status is not None:
             raise Reply(status, {"message": f"injected {status}"}, headers={"Retry-After": "1"} if status == 429 else {})
+        if method == "PUT" and raw_path.startswith("/api/object/v1/"):
+            self.queue.handle_object(handler, raw_path)
         if method != "GET":
             raise Reply(405, {"message": "method not allowed"})
         if raw_path.startswith("/api/queue/v1/"):

@@ -5,6 +5,11 @@
     GET /api/queue/v1/task/<taskId>/runs/<runId>/artifacts/<name>   303 to storage (or to a
         `reference` artifact's own URL), 424 for errors
     GET /api/queue/v1/task-group/<taskGroupId>/list[?continuationToken=&limit=]
+    GET /api/queue/v1/task/<taskId>/runs/<runId>/artifact-content/<name>   an `object`
+        artifact's object name and temporary credentials (with a certificate) for:
+    PUT /api/object/v1/start-download/<name>   the object service: {"acceptDownloadMethods":
+        {"getUrl": true}} -> {method: getUrl, url, expires, hashes}; `simple` -> {method, url}.
+        The hashes are those of the artifact's data unless `FakeTcArtifact.hashes` lies.
 
 Answers follow the queue's schemas (../shared/specs/taskcluster-queue/, checked by
 tests/test_taskcluster_schemas.py), including the inconvenient parts: listArtifacts names
@@ -21,8 +26,10 @@ import base64
 import dataclasses
 import datetime
 import gzip
+import hashlib
 import itertools
 import json
+import secrets
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +77,15 @@ class FakeTcArtifact:
     # the listing's `expires`; once past, getArtifact answers 410 and storage 404 (as the queue)
     expires: str = FAR_FUTURE
     present: bool = True  # False: an upload that never finished (listed; getArtifact 404)
+    # `object` artifacts: the hashes the object service's startDownload gives, when they are
+    # not those of `data` (a lying service, or data that went bad in storage)
+    hashes: dict[str, str] | None = None
+
+    def object_hashes(self) -> dict[str, str]:
+        """What the object service says the object's content hashes are."""
+        if self.hashes is not None:
+            return dict(self.hashes)
+        return {"sha256": hashlib.sha256(self.data).hexdigest(), "sha512": hashlib.sha512(self.data).hexdigest()}
 
     @property
     def expired(self) -> bool:
@@ -206,6 +222,11 @@ class FakeQueue:
         # it in the Hawk `ext` (base64 of JSON {"certificate": ...}), else 401
         self.certificates: dict[str, dict[str, Any]] = {}
         self.page_size = 2
+        # the object service: objects by name (as artifact-content named them), and which
+        # object each temporary clientId may download
+        self.objects: dict[str, FakeTcArtifact] = {}
+        self.object_scopes: dict[str, str] = {}
+        self.start_downloads = 0
 
     def add_task(self, task_id: str, task_group_id: str | None = None, name: str = "a task") -> FakeTask:
         task = FakeTask(task_id, task_group_id or task_id, name)
@@ -244,6 +265,11 @@ class FakeQueue:
                     raise Reply(200, body)
                 name = urllib.parse.unquote("/".join(parts[5:]))
                 self._get_artifact(handler, run, name)
+            if len(parts) >= 6 and parts[2] == "runs" and parts[3].isdigit() and parts[4] == "artifact-content":
+                run_id = int(parts[3])
+                if run_id >= len(task.runs):
+                    raise Reply(404, {"code": "ResourceNotFound", "message": f"Run {run_id} not found"})
+                self._artifact_content(handler, task, run_id, urllib.parse.unquote("/".join(parts[5:])))
         if len(parts) == 3 and parts[0] == "task-group" and parts[2] == "list":
             tasks = [t for t in self.tasks.values() if t.task_group_id == parts[1]]
             if not tasks:
@@ -284,7 +310,63 @@ class FakeQueue:
         raise Reply(303, {"storageType": artifact.storage_type, "url": location}, headers={
             "Location": location, "x-taskcluster-artifact-storage-type": artifact.storage_type})
 
-    def _check_hawk(self, handler: Any) -> None:
+    def _artifact_content(self, handler: Any, task: FakeTask, run_id: int, name: str) -> None:
+        """The queue's `artifact` method (artifact-content): for an `object` artifact, the
+        object's name and temporary credentials (with a certificate) to download it from the
+        object service; for the others, where their bytes are."""
+        run = task.runs[run_id]
+        artifact = next((a for a in run.artifacts if a.name == name), None)
+        if artifact is None:
+            raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} not found"})
+        if not name.startswith("public/"):
+            self._check_hawk(handler)
+        if artifact.expired:
+            raise Reply(410, {"code": "ResourceExpired", "message": f"Artifact {name} has expired"})
+        if artifact.storage_type == "error":
+            raise Reply(200, {"storageType": "error", "reason": artifact.reason, "message": artifact.message})
+        if artifact.storage_type != "object":
+            raise Reply(200, {"storageType": artifact.storage_type if artifact.storage_type != "link" else "s3",
+                              "url": self.fake.presigned_url(artifact.blob_id)})
+        object_name = f"t/{task.task_id}/{run_id}/{name}"
+        self.objects[object_name] = artifact
+        client_id = f"object-download/{artifact.blob_id}/{secrets.token_hex(4)}"
+        certificate = {"version": 1, "scopes": [f"object:download:{object_name}"], "start": 0, "expiry": 0,
+                       "seed": secrets.token_hex(22), "signature": "fake", "issuer": "queue"}
+        access_token = secrets.token_urlsafe(33)
+        self.clients[client_id] = access_token
+        self.certificates[client_id] = certificate
+        self.object_scopes[client_id] = object_name
+        raise Reply(200, {"storageType": "object", "name": object_name, "credentials": {
+            "clientId": client_id, "accessToken": access_token, "certificate": json.dumps(certificate)}})
+
+    def handle_object(self, handler: Any, raw_path: str) -> None:
+        """The object service's startDownload (PUT /api/object/v1/start-download/<name>): only
+        with the temporary credentials artifact-content handed out for that object."""
+        prefix = "/api/object/v1/start-download/"
+        if not raw_path.startswith(prefix):
+            raise Reply(404, {"code": "ResourceNotFound", "message": "no such endpoint"})
+        self.start_downloads += 1
+        name = urllib.parse.unquote(raw_path[len(prefix):])
+        client_id = self._check_hawk(handler, "PUT")
+        if self.object_scopes.get(client_id) != name:
+            raise Reply(403, {"code": "InsufficientScopes", "message": f"object:download:{name} is required"})
+        artifact = self.objects.get(name)
+        if artifact is None:
+            raise Reply(404, {"code": "ResourceNotFound", "message": f"Object {name} not found"})
+        try:
+            request = json.loads(handler.request_body)
+            methods = request["acceptDownloadMethods"]
+            assert isinstance(methods, dict) and set(request) == {"acceptDownloadMethods"}
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise Reply(400, {"code": "InputValidationError", "message": "expected {acceptDownloadMethods: {...}}"}) from None
+        url = self.fake.presigned_url(artifact.blob_id)
+        if methods.get("getUrl") is True:
+            raise Reply(200, {"method": "getUrl", "url": url, "expires": FAR_FUTURE, "hashes": artifact.object_hashes()})
+        if methods.get("simple") is True:
+            raise Reply(200, {"method": "simple", "url": url})
+        raise Reply(406, {"code": "NoMatchingMethod", "message": "no acceptable download method"})
+
+    def _check_hawk(self, handler: Any, method: str = "GET") -> str:
         header = handler.headers.get("Authorization")
         if not header:
             raise Reply(403, {"code": "InsufficientScopes", "message": "This request requires Taskcluster credentials"})
@@ -296,7 +378,7 @@ class FakeQueue:
 
         url = f"http://{handler.headers.get('Host')}{handler.path}"
         try:
-            receiver = mohawk.Receiver(lookup, header, url, "GET", content="", content_type="",
+            receiver = mohawk.Receiver(lookup, header, url, method, content="", content_type="",
                                        accept_untrusted_content=True)
         except (mohawk.exc.HawkFail, LookupError) as e:
             raise Reply(401, {"code": "AuthenticationFailed", "message": f"Hawk: {type(e).__name__}"}) from None
@@ -305,6 +387,7 @@ class FakeQueue:
         if expected is not None and _ext_certificate(receiver.parsed_header.get("ext")) != expected:
             raise Reply(401, {"code": "AuthenticationFailed",
                               "message": "ext.certificate is missing or does not match: temporary credentials need it"})
+        return str(client_id)
 
 
 def _ext_certificate(ext: str | None) -> Any:
