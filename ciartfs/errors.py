@@ -73,6 +73,15 @@ class UpstreamError(CiartfsError):
     errno = errno.EIO
 
 
+class ContentMismatch(UpstreamError):
+    """The bytes read do not have the content hashes the storage promised (Taskcluster's
+    object service). `reported`: raised again for a failure already logged once."""
+
+    def __init__(self, message: str, reported: bool = False) -> None:
+        super().__init__(message)
+        self.reported = reported
+
+
 class UpstreamTimeout(UpstreamError):
     """No complete answer within the time bound."""
 

@@ -61,7 +61,8 @@ def _edge(handler: F) -> F:
         except CiartfsError as e:
             # A missing name is routine (shells probe for files); an expired artifact is not.
             routine = e.errno == errno.ENOENT and not isinstance(e, ArtifactExpired)
-            level = logging.DEBUG if routine else logging.WARNING
+            # a failure already logged once (a content hash mismatch, raised on each later read)
+            level = logging.DEBUG if routine or getattr(e, "reported", False) else logging.WARNING
             if not routine:
                 args[0].errors[errno.errorcode.get(e.errno, str(e.errno))] += 1
             log.log(level, "%s: %s (%s)", handler.__name__, e, errno.errorcode.get(e.errno, e.errno))

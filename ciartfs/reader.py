@@ -41,11 +41,20 @@ starting another (single flight per artifact; no read-ahead for it). Invariants:
 - a size probe (the first block, for `ls -l`) keeps its body streaming only while fewer than
   PROBE_FILLS do so; the others stop after the first block, and the file's first read fetches
   it whole, once.
+
+Content hashes (an artifact whose storage promises them: Taskcluster `object` artifacts): the
+blocks reads get are hashed in order from the artifact's start (on the trio thread, a block
+at a time and a bounded number per read); the read that completes the file compares with
+the promised hashes, asked for only then. A file of one block is checked before any of it is
+served; a larger one read whole (`cat`, `sha256sum`) has its last read fail. A mismatch is EIO
+for every read of it from then on, its blocks dropped from both caches. Not checked: bytes of a
+large object read out of order (random ranged reads) before the whole was read from its start.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -57,7 +66,16 @@ import trio
 
 from ciartfs.cache import DiskStore, MemoryCache, SingleFlight
 from ciartfs.connpool import READ_SIZE
-from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, UpstreamTimeout, again, redact_url
+from ciartfs.errors import (
+    ArtifactExpired,
+    CiartfsError,
+    ContentMismatch,
+    Offline,
+    UpstreamError,
+    UpstreamTimeout,
+    again,
+    redact_url,
+)
 from ciartfs.http import BodyCut, HttpClient, RangeReply, WholeBody
 from ciartfs.livelog import LiveLogs
 from ciartfs.tree import Artifact
@@ -93,6 +111,15 @@ SIZE_FAILURES_KEPT = 100_000
 # fits in TAIL_BYTES.
 TAIL_FIRST_SUFFIXES = (".zip", ".jar", ".war", ".ear", ".aar", ".apk", ".whl", ".nupkg", ".ipa", ".xpi", ".vsix")
 TAIL_BYTES = 256 << 10
+# Content hashes checked when the storage gives them (Taskcluster object artifacts).
+HASH_ALGORITHMS = ("sha256", "sha512")
+# Artifacts whose hashing from their start is under way, at most (least recently read dropped).
+HASHING_KEPT = 4096
+# Blocks a read may hash beyond its own, from memory (read-ahead fetched them): bounds the
+# CPU one read spends on the trio thread.
+HASH_AHEAD_BLOCKS = 8
+# Longest wait for a disk write under way to end, to drop blocks found wrong that it writes.
+DROP_WAIT_SECONDS = 5.0
 # A gzip-encoded artifact must be fetched whole: it gets this many operation timeouts.
 WHOLE_FETCH_TIMEOUT_FACTOR = 10
 # Default of --max-decoded-size.
@@ -274,6 +301,16 @@ class Stats:
     decode_failures: int = 0
 
 
+@dataclasses.dataclass
+class _Hashing:
+    """Content hashes of an artifact being read from its start: blocks before `next_block`
+    are in the hashers; `digests` once all are."""
+
+    hashers: dict[str, Any]
+    next_block: int = 0
+    digests: dict[str, str] | None = None
+
+
 class Reader:
     def __init__(
         self,
@@ -315,6 +352,16 @@ class Reader:
         # artifact key -> why its size could not be learned (trio's clock: tests may mock it)
         self._size_failures: cachetools.TTLCache[str, CiartfsError] = cachetools.TTLCache(
             SIZE_FAILURES_KEPT, SIZE_FAILURE_TTL, timer=lambda: trio.current_time())
+        # content hashes (see _check_hashes): artifacts being hashed from their start, the
+        # hashes their storage promised, those found right this mount, and those found wrong
+        self._hashing: cachetools.LRUCache[str, _Hashing] = cachetools.LRUCache(HASHING_KEPT)
+        self._expected: cachetools.LRUCache[str, dict[str, str]] = cachetools.LRUCache(HASHING_KEPT)
+        self._expecting: SingleFlight[dict[str, str]] = SingleFlight()
+        self._verified: cachetools.LRUCache[str, bool] = cachetools.LRUCache(SIZE_FAILURES_KEPT)
+        # (kept for the mount's life, not for a while: the kernel may still hold the pages read
+        # before the mismatch showed, so a later whole read would reach us for its end only)
+        self._mismatched: cachetools.LRUCache[str, ContentMismatch] = cachetools.LRUCache(SIZE_FAILURES_KEPT)
+        self.hash_checks = 0  # artifacts whose hashes were checked (right or wrong)
         self._background: trio.Nursery | None = None
         # growing files (live logs): streamed, never read by range (see livelog.py)
         self.live = LiveLogs(http.stream, timeout=http.timeout, max_size=max_decoded_size, spool_dir=live_spool_dir)
@@ -473,6 +520,9 @@ class Reader:
             raise ArtifactExpired(f"{redact_url(art.url)}: {art.gone}")
         if total is None:
             total = await self.size(art)
+        checked = art.expected_hashes is not None and art.immutable
+        if checked and art.key in self._mismatched:  # (logged when found: raised quietly since)
+            raise ContentMismatch(str(self._mismatched[art.key]), reported=True)
         if offset >= total or length <= 0:
             return b""
         end = min(offset + length, total)
@@ -483,6 +533,8 @@ class Reader:
         if first == last:
             block = await self._checked_block(art, first, total)
             data = block[offset - first * bs:end - first * bs]
+            if checked:
+                await self._check_hashes(art, first, [block], total)
         else:
             blocks: list[bytes] = [b""] * (last - first + 1)
             failures: list[CiartfsError] = []
@@ -498,11 +550,106 @@ class Reader:
                     nursery.start_soon(fetch, i)
             if failures:
                 raise failures[0]
+            if checked:
+                await self._check_hashes(art, first, blocks, total)
             data = b"".join(blocks)[offset - first * bs:end - first * bs]
         if len(data) != end - offset:  # defence in depth: a short reply would be zero-padded
             raise UpstreamError(f"internal: assembled {len(data)} of {end - offset} bytes")
         self.stats.bytes_served += len(data)
         return data
+
+    # -- content hashes -------------------------------------------------------------------------
+
+    async def _check_hashes(self, art: Artifact, first: int, blocks: list[bytes], total: int) -> None:
+        """Feed the blocks a read got (and those after them still in memory) to the artifact's
+        hashers when they continue from its start; once all its blocks went in, compare with
+        the hashes the storage promised. A mismatch fails this read, and every later read of
+        the artifact while the mount lives (objects are immutable: it will not come right),
+        with ContentMismatch (EIO), logged once; its blocks are dropped from both caches.
+        The feeding never awaits, so concurrent reads feed in block order.
+        Not checked: an artifact read out of order before all of it was read from its start
+        (random ranged reads of a large object), and one whose blocks were evicted from memory
+        between the reads that fetched them and the one that continues the hashing."""
+        key = art.key
+        if key in self._verified or total <= 0:
+            return
+        state = self._hashing.get(key)
+        if state is None:
+            if first != 0:
+                return  # not read from its start (yet)
+            state = self._hashing[key] = _Hashing({name: hashlib.new(name) for name in HASH_ALGORITHMS})
+        bs = self.block_size
+        count = (total - 1) // bs + 1
+        extra = HASH_AHEAD_BLOCKS  # bounded work per read: at most this many blocks from memory
+        while state.digests is None and state.next_block < count:
+            index = state.next_block
+            if first <= index < first + len(blocks):
+                block = blocks[index - first]
+            else:
+                cached = self.memory.get(self._block_key(art, index, total)) if extra > 0 else None
+                if cached is None:
+                    break
+                block, extra = cached, extra - 1
+            for hasher in state.hashers.values():
+                hasher.update(block)
+            state.next_block += 1
+        if state.next_block == count and state.digests is None:
+            state.digests = {name: hasher.hexdigest() for name, hasher in state.hashers.items()}
+        if state.digests is None:
+            return
+        digests = state.digests
+        try:
+            expected = await self._expected_hashes(art)
+        except Offline as e:
+            log.info("%s: content hashes not checked: %s", redact_url(art.url), e)
+            return
+        self._hashing.pop(key, None)
+        self.hash_checks += 1
+        wrong = sorted(name for name, value in expected.items() if name in digests and digests[name] != value)
+        if not wrong:
+            if not any(name in digests for name in expected):
+                log.info("%s: no content hash we know in %s: not checked", redact_url(art.url), sorted(expected))
+            self._verified[key] = True
+            return
+        if key in self._mismatched:  # a concurrent read found it first
+            raise ContentMismatch(str(self._mismatched[key]), reported=True)
+        self._mismatched[key] = ContentMismatch(
+            f"{redact_url(art.url)}: content hash mismatch ({', '.join(wrong)}) over all {total} bytes read: "
+            f"not served; its cached blocks dropped", reported=True)
+        await self._drop_blocks(art, count, total)
+        raise ContentMismatch(str(self._mismatched[key]))
+
+    async def _drop_blocks(self, art: Artifact, count: int, total: int) -> None:
+        """Forget an artifact's blocks in memory, in the disk write queue and on disk (also
+        those a batch is writing now: dropped again once it is done)."""
+        keys = [self._block_key(art, index, total) for index in range(count)]
+        for block_key in keys:
+            self.memory.discard(block_key)
+            data = self._write_queue.pop(block_key, None)
+            if data is not None:
+                self._queued_bytes -= len(data)
+                self.http.budget.give(len(data))
+        if self.disk is None:
+            return
+        disk = self.disk
+        await trio.to_thread.run_sync(lambda: [disk.discard(k) for k in keys])
+        with trio.move_on_after(DROP_WAIT_SECONDS):
+            while any(k in self._writing for k in keys):
+                await trio.sleep(0.05)
+            await trio.to_thread.run_sync(lambda: [disk.discard(k) for k in keys])
+
+    async def _expected_hashes(self, art: Artifact) -> dict[str, str]:
+        known = self._expected.get(art.key)
+        if known is not None:
+            return known
+        assert art.expected_hashes is not None
+
+        async def fetch() -> dict[str, str]:
+            assert art.expected_hashes is not None
+            hashes = dict(await art.expected_hashes())
+            self._expected[art.key] = hashes
+            return hashes
+        return await self._expecting.run(art.key, fetch)
 
     async def _checked_block(self, art: Artifact, index: int, total: int) -> bytes:
         block = await self._block(art, index, total)

@@ -82,6 +82,9 @@ class Artifact:
     # A growing file served from one shared stream (a running task's live log, see livelog.py):
     # never probed for a size; its size is the bytes seen so far.
     live: bool = False
+    # The content hashes the storage promises ({"sha256": hex, ...}, Taskcluster's object
+    # service), asked for only when the reader has read the whole artifact and checks it.
+    expected_hashes: Callable[[], Awaitable[Mapping[str, str]]] | None = dataclasses.field(default=None, compare=False)
 
 
 class DirSource(Protocol):

@@ -17,6 +17,9 @@ client used); temporary credentials also send their certificate in the Hawk `ext
 of JSON {"certificate": <the certificate object>}, the format the official clients use.
 Nothing the queue redirects to is: not storage, and not the URL a `reference`
 artifact names, even when it points back at the root URL's own API.
+`object` artifacts carry content hashes: the reader asks for them (artifact-content, then the
+object service's startDownload with the temporary credentials it hands out, a PUT) once it
+has read a whole artifact, and checks them (see reader.py).
 A running run's `reference` artifacts (its live.log, pointing at the worker's livelog server)
 are growing files, streamed rather than read by range (see livelog.py).
 Nothing here knows about FUSE or caching.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -49,6 +53,9 @@ log = logging.getLogger(__name__)
 _SLUGID_RE = re.compile(r"^[A-Za-z0-9_-]{8}[Q-T][A-Za-z0-9_-][CGKOSWaeimquy26-][A-Za-z0-9_-]{10}[AQgw]$")
 RESOLVED_STATES = frozenset({"completed", "failed", "exception"})
 PAGE_LIMIT = 1000
+# The object service's hash algorithms we check, by the length of their hex digest.
+HASH_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+_HEX_RE = re.compile(r"[0-9a-f]+")
 
 
 def is_slugid(name: str) -> bool:
@@ -170,6 +177,38 @@ class QueueApi:
 
     def artifact_url(self, task_id: str, run_id: int, name: str) -> str:
         return f"{self.base}/task/{task_id}/runs/{run_id}/artifacts/{urllib.parse.quote(name, safe='/')}"
+
+    async def object_hashes(self, task_id: str, run_id: int, name: str) -> dict[str, str]:
+        """The content hashes of an `object` artifact, as the object service gives them: the
+        queue's artifact-content names the object and hands out temporary credentials (with a
+        certificate) for it; the object service's startDownload, asked for the `getUrl` method
+        (the `simple` one carries no hashes), answers with them. Only recognised algorithms
+        with well-formed values are returned; {} when there are none (nothing to check)."""
+        url = f"{self.base}/task/{task_id}/runs/{run_id}/artifact-content/{urllib.parse.quote(name, safe='/')}"
+        doc = await self.docs.http.get_json(url)  # built here: may be Hawk-signed, as getArtifact
+        if not isinstance(doc, dict) or doc.get("storageType") != "object":
+            raise BadListing(f"{url}: not an object artifact's answer")
+        object_name, creds = doc.get("name"), doc.get("credentials")
+        if not isinstance(object_name, str) or not object_name or not isinstance(creds, dict):
+            raise BadListing(f"{url}: no object 'name' and 'credentials'")
+        client_id, token, cert = creds.get("clientId"), creds.get("accessToken"), creds.get("certificate")
+        if not isinstance(client_id, str) or not isinstance(token, str) or not (cert is None or isinstance(cert, str)):
+            raise BadListing(f"{url}: malformed object credentials")
+        try:
+            temporary = credential(self.root_url, client_id, token, cert or None)
+        except ValueError:  # a certificate that is not JSON
+            raise BadListing(f"{url}: malformed object credentials") from None
+        download = f"{self.root_url}/api/object/v1/start-download/{urllib.parse.quote(object_name, safe='')}"
+        # PUT, but only asks for a download URL: the object service changes nothing, so
+        # sending it twice (a retry after a dropped connection) is harmless.
+        answer = await self.docs.http.send_json("PUT", download, {"acceptDownloadMethods": {"getUrl": True}},
+                                                credential=temporary, idempotent=True)
+        hashes = answer.get("hashes") if isinstance(answer, dict) and answer.get("method") == "getUrl" else None
+        if not isinstance(hashes, dict):
+            raise BadListing(f"{download}: no getUrl answer with 'hashes'")
+        return {algo: value for algo, value in hashes.items()
+                if algo in HASH_HEX_LENGTHS and isinstance(value, str) and len(value) == HASH_HEX_LENGTHS[algo]
+                and _HEX_RE.fullmatch(value)}
 
     async def group_tasks(self, group_id: str) -> list[tuple[TaskStatus, str | None]]:
         """(status, metadata.name) of every task in the group."""
@@ -333,7 +372,9 @@ class _RunDir(CompleteDir):
                        immutable=immutable, error=rec.storage_type == "error" and gone is None, gone=gone,
                        # built here: the queue's endpoint may be Hawk-signed. Where a `reference`
                        # artifact points is a redirect from it, and redirects never are.
-                       credentialed=True, live=live)
+                       credentialed=True, live=live,
+                       expected_hashes=(functools.partial(self.api.object_hashes, self.task_id, run.run_id, rec.name)
+                                        if rec.storage_type == "object" and gone is None else None))
         info = {"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,
                                       "task": self.task_id, "run": run.run_id, "name": rec.name,
                                       "storage_type": rec.storage_type})}
