@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from test_mount_taskcluster import slug, tc_mount
+from test_mount_taskcluster import TC_ID, TC_TOKEN, slug, tc_mount
 
 SMALL = b"small object\n" * 10  # one block
 LARGE = bytes(range(256)) * 4096 * 3  # 3 MiB: many 128 KiB blocks, read-ahead and all
@@ -94,3 +94,23 @@ def test_blocks_of_a_mismatched_object_are_not_kept_in_the_disk_cache(fake, moun
     m.stop()
     cached = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size == 128 << 10]
     assert not cached, f"{len(cached)} blocks of an artifact found wrong are still on disk"
+
+
+def test_a_private_object_uses_our_credentials_for_the_queue_and_only_the_temporary_ones_for_the_object_service(
+        fake, mount):
+    task = fake.queue.add_task(slug(44), name="private")
+    task.add_run("completed").add_artifact("private/secret.bin", LARGE[:5000], storage_type="object")
+    fake.queue.clients[TC_ID] = TC_TOKEN
+    m = tc_mount(mount, fake, creds=True)
+    fake.clear_requests()
+    assert (m.path / "taskcluster" / slug(44) / "0/private/secret.bin").read_bytes() == LARGE[:5000]
+    content = [r for r in fake.requests if "/artifact-content/" in r.path]
+    starts = [r for r in fake.requests if r.path.startswith("/api/object/v1/start-download/")]
+    assert [r.status for r in content] == [200] and [r.status for r in starts] == [200]
+    assert f'id="{TC_ID}"' in content[0].headers["authorization"]
+    assert TC_ID not in starts[0].headers["authorization"]  # the object service sees only the temporary client
+    assert "object-download/" in starts[0].headers["authorization"]
+    # nothing else got a credential: not the storage the queue redirects to
+    assert [r for r in fake.requests if r.server == "storage"]
+    assert not [r for r in fake.requests if r.server == "storage" and "authorization" in r.headers]
+    assert TC_TOKEN not in m.log_text()
