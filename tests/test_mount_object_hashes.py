@@ -28,10 +28,13 @@ def test_object_artifacts_read_byte_exact_and_their_hashes_are_checked(fake, mou
     run = task.add_run("completed")
     run.add_artifact("public/small.txt", SMALL, storage_type="object")
     run.add_artifact("public/large.bin", LARGE, storage_type="object")
+    # stored gzip-encoded: the hashes are those of the content, checked on the decoded bytes
+    run.add_artifact("public/log.txt", SMALL * 3000, storage_type="object", gzip=True)
     m = tc_mount(mount, fake)
     base = m.path / "taskcluster" / slug(41) / "0/public"
     fake.clear_requests()
     assert (base / "small.txt").read_bytes() == SMALL
+    assert (base / "log.txt").read_bytes() == SMALL * 3000
     out = subprocess.run(["sha256sum", str(base / "large.bin")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == hashlib.sha256(LARGE).hexdigest()
@@ -39,8 +42,8 @@ def test_object_artifacts_read_byte_exact_and_their_hashes_are_checked(fake, mou
     # then the object service's startDownload (PUT, with the temporary credentials)
     content = [r for r in fake.requests if "/artifact-content/" in r.path]
     starts = [r for r in fake.requests if r.path.startswith("/api/object/v1/start-download/")]
-    assert sorted(r.path.rsplit("/", 1)[-1] for r in content) == ["large.bin", "small.txt"]
-    assert len(starts) == 2 and all(r.method == "PUT" and r.status == 200 for r in starts)
+    assert sorted(r.path.rsplit("/", 1)[-1] for r in content) == ["large.bin", "log.txt", "small.txt"]
+    assert len(starts) == 3 and all(r.method == "PUT" and r.status == 200 for r in starts)
     assert all(r.headers["authorization"].startswith("Hawk ") for r in starts)
     assert not _mismatch_lines(m)
 
