@@ -445,19 +445,8 @@ class HttpClient:
                     if cred.applies_to_origin(target.origin):
                         # signed (Hawk) over the URL as sent, after any normalising
                         headers = [*headers, *cred.headers_for("GET", target.url).items()]
-            try:
-                # no per-operation timeouts: `_bounded`'s deadline covers the whole call
-                self.requests_made += 1
-                resp = await self._transport.send("GET", target, headers)
-            except httpx.TimeoutException as e:
-                raise _Retry(f"timeout ({type(e).__name__})") from None
-            except BrokenAnswer as e:
-                raise UpstreamError(f"{redact_url(url)}: broken HTTP answer ({e}), not retried") from None
-            except httpx.TransportError as e:
-                raise _Retry(f"connection failed ({type(e).__name__})") from None
-            except AddressRefused as e:
-                via = f" (redirected to {redact_url(current)})" if hop else ""
-                raise AddressRefused(f"refused to fetch {redact_url(url)}{via}: {e}") from None
+            via = f" (redirected to {redact_url(current)})" if hop else ""
+            resp = await self._send(url, f"refused to fetch {redact_url(url)}{via}", "GET", target, headers)
             if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
                 await self._drain(resp)
                 location = location_url(resp.headers["location"])
@@ -470,6 +459,23 @@ class HttpClient:
                 continue
             return resp, current, redirected
         raise UpstreamError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects")
+
+    async def _send(self, url: str, refused: str, method: str, target: Target,
+                    headers: Sequence[tuple[str, str]], body: bytes = b"") -> Reply:
+        """One request on the transport, its failures mapped for `_bounded`: timeouts and
+        dropped connections are retried, a broken answer is not, and an address refusal names
+        the request (`refused`). No per-operation timeout: `_bounded`'s deadline covers it."""
+        try:
+            self.requests_made += 1
+            return await self._transport.send(method, target, headers, body)
+        except httpx.TimeoutException as e:
+            raise _Retry(f"timeout ({type(e).__name__})") from None
+        except BrokenAnswer as e:
+            raise UpstreamError(f"{redact_url(url)}: broken HTTP answer ({e}), not retried") from None
+        except httpx.TransportError as e:
+            raise _Retry(f"connection failed ({type(e).__name__})") from None
+        except AddressRefused as e:
+            raise AddressRefused(f"{refused}: {e}") from None
 
     @staticmethod
     async def _drain(resp: Reply) -> None:
@@ -537,17 +543,7 @@ class HttpClient:
                    ("Content-Type", "application/json")]
         if credential is not None and credential.applies_to_origin(target.origin):
             headers += credential.headers_for(method, target.url).items()
-        try:
-            self.requests_made += 1
-            resp = await self._transport.send(method, target, headers, body)
-        except httpx.TimeoutException as e:
-            raise _Retry(f"timeout ({type(e).__name__})") from None
-        except BrokenAnswer as e:
-            raise UpstreamError(f"{redact_url(url)}: broken HTTP answer ({e}), not retried") from None
-        except httpx.TransportError as e:
-            raise _Retry(f"connection failed ({type(e).__name__})") from None
-        except AddressRefused as e:
-            raise AddressRefused(f"refused to send to {redact_url(url)}: {e}") from None
+        resp = await self._send(url, f"refused to send to {redact_url(url)}", method, target, headers, body)
         async with _Answer(_ready(resp, url), url):
             status = resp.status_code
             if 300 <= status < 400:
