@@ -282,7 +282,9 @@ class FakeQueue:
             raise Reply(200, body)
         raise Reply(404, {"code": "ResourceNotFound", "message": "no such endpoint"})
 
-    def _get_artifact(self, handler: Any, run: FakeRun, name: str) -> None:
+    def _artifact_of(self, handler: Any, run: FakeRun, name: str) -> FakeTcArtifact:
+        """The artifact `name` of `run` as both artifact endpoints find it: 404 if unknown, Hawk
+        checked for a non-public name, 410 once past its `expires`."""
         artifact = next((a for a in run.artifacts if a.name == name), None)
         if artifact is None:
             raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} not found"})
@@ -290,6 +292,10 @@ class FakeQueue:
             self._check_hawk(handler)
         if artifact.expired:
             raise Reply(410, {"code": "ResourceExpired", "message": f"Artifact {name} has expired"})
+        return artifact
+
+    def _get_artifact(self, handler: Any, run: FakeRun, name: str) -> None:
+        artifact = self._artifact_of(handler, run, name)
         if not artifact.present:
             raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} was never uploaded"})
         for _ in range(5):  # a link is answered as the artifact it names (the queue follows a few)
@@ -314,14 +320,7 @@ class FakeQueue:
         """The queue's `artifact` method (artifact-content): for an `object` artifact, the
         object's name and temporary credentials (with a certificate) to download it from the
         object service; for the others, where their bytes are."""
-        run = task.runs[run_id]
-        artifact = next((a for a in run.artifacts if a.name == name), None)
-        if artifact is None:
-            raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} not found"})
-        if not name.startswith("public/"):
-            self._check_hawk(handler)
-        if artifact.expired:
-            raise Reply(410, {"code": "ResourceExpired", "message": f"Artifact {name} has expired"})
+        artifact = self._artifact_of(handler, task.runs[run_id], name)
         if artifact.storage_type == "error":
             raise Reply(200, {"storageType": "error", "reason": artifact.reason, "message": artifact.message})
         if artifact.storage_type != "object":
