@@ -1,3 +1,3 @@
-from ciartfs.cli import main
+from ciartfs.cli.command import main
 
 raise SystemExit(main())

@@ -21,9 +21,11 @@ import pyfuse3
 import trio
 
 from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, redact_url
-from ciartfs.livelog import LiveStream
-from ciartfs.reader import Reader, ReadStream
-from ciartfs.tree import NAME_MAX, Artifact, Kind, Node, Tree
+from ciartfs.data.livelog import LiveStream
+from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.namespace.model import Artifact, Kind
+from ciartfs.namespace.names import NAME_MAX
+from ciartfs.namespace.tree import Node, Tree
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,18 @@ import pyfuse3
 import trio
 
 from ciartfs import status
-from ciartfs.addresses import AddressRule
-from ciartfs.bodies import MemoryBudget
-from ciartfs.cache import DiskStore, MemoryCache
+from ciartfs.net.addresses import AddressRule
+from ciartfs.net.bodies import MemoryBudget
+from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.config import Settings
-from ciartfs.docs import ApiDocs
+from ciartfs.providers.apidocs import ApiDocs
 from ciartfs.fs import ArtifactFS
-from ciartfs.http import Credential, HttpClient, origin_of
-from ciartfs.providers import circleci, circleci_v2, taskcluster
-from ciartfs.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader
-from ciartfs.tree import StaticDir, Tree
+from ciartfs.net.client import Credential, HttpClient, origin_of
+from ciartfs.providers.circleci import v1 as circleci, v2 as circleci_v2
+from ciartfs.providers.taskcluster import provider as taskcluster
+from ciartfs.data.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader
+from ciartfs.namespace.model import StaticDir
+from ciartfs.namespace.tree import Tree
 
 log = logging.getLogger(__name__)
 

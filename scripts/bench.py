@@ -4,14 +4,14 @@
     .venv/bin/python scripts/bench.py [--quick] [--runs N] [--size-mib N] [--no-peers] [--json PATH]
 
 Self-contained and local: it generates seeded data in a temp dir, serves it with the bundled
-fake CircleCI (in its own process, scripts/bench/fakeci.py) and, for the FUSE peers, as plain
-files with an HTML autoindex (scripts/bench/files.py), both behind a link-shaping proxy that
+fake CircleCI (in its own process, scripts/benchlib/fakeci.py) and, for the FUSE peers, as plain
+files with an HTML autoindex (scripts/benchlib/files.py), both behind a link-shaping proxy that
 adds a delay before each response's first byte, caps each connection's bandwidth and counts the
-bytes it delivers. The capped scenarios use our own relay (scripts/bench/proxy.py: a token
+bytes it delivers. The capped scenarios use our own relay (scripts/benchlib/proxy.py: a token
 bucket per connection): nginx's `limit_rate` grants each request its first second at full speed
 (rate x (elapsed + 1)), so ranged requests under 25 MiB would not be capped at all. The
 latency-only scenarios (grep, ls: thousands of small requests) use nginx, when it is installed,
-as the issue did (scripts/bench/nginx.py: the echo module's `echo_sleep` for the delay): it
+as the issue did (scripts/benchlib/nginx.py: the echo module's `echo_sleep` for the delay): it
 relays the API and serves the artifact bytes itself, by the presigned URL's path, as the
 "artifact server" the fake API redirects to. On 2 shared cores, proxy.py and the fake's storage
 host cost ~0.4 CPU-s of the ~1 s an `ls -l` of 1000 artifacts takes. It runs each scenario several times against
@@ -60,22 +60,22 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-HELPERS = HERE / "bench"
+HELPERS = HERE / "benchlib"
 VENV_PY = REPO / ".venv" / "bin" / "python"
 
 try:
-    from ciartfs.cli import is_mounted
+    from ciartfs.cli.command import is_mounted
 except ImportError:
     if VENV_PY.exists() and Path(sys.executable).resolve() != VENV_PY.resolve() and not os.environ.get("CIARTFS_BENCH_REEXEC"):
         os.environ["CIARTFS_BENCH_REEXEC"] = "1"
         os.execv(str(VENV_PY), [str(VENV_PY), __file__, *sys.argv[1:]])
     sys.exit("bench: ciartfs is not importable; run ./scripts/setup.sh, then .venv/bin/python scripts/bench.py")
 
-# scripts/bench/ (a package: found before this file for `import bench`)
-from bench.common import MiB, Failed, TimedOut, log, nginx_shaper_available, proc_tree_cpu  # noqa: E402
-from bench.data import BIG_BUILD, BIG_PATH, GREP_BUILD, LS_BUILD, NEEDLE, PROJECT, ZIP_BUILD, ZIP_PATH, generate  # noqa: E402
-from bench.mounts import PEERS, CiartfsMount, FuseMount, PeerMount  # noqa: E402
-from bench.report import (ARIA, CIARTFS, COLD_CAPPED, COLD_UNCAPPED, CURL, GREP, LOCAL, LS, LS_BASE, RECIPE,  # noqa: E402
+# scripts/benchlib/: the helper package (scripts/ is on sys.path when this file runs)
+from benchlib.common import MiB, Failed, TimedOut, log, nginx_shaper_available, proc_tree_cpu  # noqa: E402
+from benchlib.data import BIG_BUILD, BIG_PATH, GREP_BUILD, LS_BUILD, NEEDLE, PROJECT, ZIP_BUILD, ZIP_PATH, generate  # noqa: E402
+from benchlib.mounts import PEERS, CiartfsMount, FuseMount, PeerMount  # noqa: E402
+from benchlib.report import (ARIA, CIARTFS, COLD_CAPPED, COLD_UNCAPPED, CURL, GREP, LOCAL, LS, LS_BASE, RECIPE,  # noqa: E402
                           UNZIP, UNZIP_BASE, WARM, Results, Sample, machine_info, report)
 
 PY = sys.executable
@@ -246,7 +246,7 @@ class Bench:
             except RuntimeError as e:
                 why = f"did not start ({e})"
         if self.latency_proxy is self.capped_proxy:
-            log(f"note: nginx with its echo module {why}: grep and ls go through scripts/bench/proxy.py, "
+            log(f"note: nginx with its echo module {why}: grep and ls go through scripts/benchlib/proxy.py, "
                 "whose CPU competes with the filesystem's on 2 cores")
         self.proxy = self.capped_proxy  # the one in use (set_profile)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ciartfs.cli import is_mounted
+from ciartfs.cli.command import is_mounted
 from ciartfs.fakeserver import FakeCI, demo_dataset
 
 TOKEN = "secret-token"

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from ciartfs.addresses import AddressClass, classify
+from ciartfs.net.addresses import AddressClass, classify
 
 
 def private_ipv4() -> str:

@@ -10,12 +10,12 @@ import socket
 import pytest
 import trio
 
-from ciartfs.addresses import RESOLVE_RETRY_AFTER, AddressClass, AddressRule, classify
-from ciartfs.connpool import PoolPerOrigin
+from ciartfs.net.addresses import RESOLVE_RETRY_AFTER, AddressClass, AddressRule, classify
+from ciartfs.net.pool import PoolPerOrigin
 from ciartfs.errors import AddressRefused
 from ciartfs.fakeserver import InternalService
 from ciartfs.fakeserver.internal import SECRET
-from ciartfs.http import HttpClient
+from ciartfs.net.client import HttpClient
 from local_addresses import link_local_ipv6, private_ipv4
 
 PUBLIC_API = "140.82.112.3"  # a public address: a mount whose API host is on the internet

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from ciartfs.cache import STALE_TMP_AGE, DiskStore, MemoryCache, SingleFlight
+from ciartfs.data.cache import STALE_TMP_AGE, DiskStore, MemoryCache, SingleFlight
 from conftest import wait_for
 
 

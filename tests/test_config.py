@@ -111,7 +111,7 @@ def test_allow_private_addresses_from_flag_env_or_file(tmp_path):
 
 
 def test_the_address_rule_knows_the_configured_api_hosts(tmp_path):
-    from ciartfs.addresses import AddressClass
+    from ciartfs.net.addresses import AddressClass
     from ciartfs.mount import Mount, api_hosts
 
     s = load_settings({"circleci_host": "http://127.0.0.1:8080", "taskcluster_root_url": "https://tc.example",
@@ -123,7 +123,7 @@ def test_the_address_rule_knows_the_configured_api_hosts(tmp_path):
 
 
 def test_max_decoded_size_from_flag_env_file_and_mount_option(tmp_path, monkeypatch):
-    from ciartfs.cli import _settings, build_parser
+    from ciartfs.cli.command import _settings, build_parser
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))  # (the CLI reads the real environment)
     monkeypatch.delenv("CIARTFS_MAX_DECODED_SIZE", raising=False)

@@ -16,11 +16,11 @@ import pytest
 import trio
 import trustme
 
-from ciartfs import connpool
-from ciartfs.connpool import MAX_INFORMATIONAL, PoolPerOrigin, _Origin
-from ciartfs.wire import HEAD_END, parse_url
+from ciartfs.net import pool as connpool
+from ciartfs.net.pool import MAX_INFORMATIONAL, PoolPerOrigin, _Origin
+from ciartfs.net.wire import HEAD_END, parse_url
 from ciartfs.errors import BadListing, UpstreamError, UpstreamTimeout
-from ciartfs.http import HttpClient
+from ciartfs.net.client import HttpClient
 
 BODY = b"0123456789"
 JSON_CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"

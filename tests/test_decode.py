@@ -15,13 +15,13 @@ import tracemalloc
 import pytest
 import trio
 
-from ciartfs import reader as reader_module
-from ciartfs.cache import DiskStore, MemoryCache
+from ciartfs.data import reader as reader_module
+from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.errors import Forbidden, UpstreamError
 from ciartfs.fakeserver.generated import GeneratedGzip
-from ciartfs.http import HttpClient
-from ciartfs.reader import Reader, ReadStream
-from ciartfs.tree import Artifact
+from ciartfs.net.client import HttpClient
+from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.namespace.model import Artifact
 
 BLOCK = 64 << 10
 
@@ -110,7 +110,7 @@ async def test_a_bomb_stops_at_the_ratio_cap_leaves_nothing_behind_and_is_rememb
     blob = _task(fake, "public/bomb.log", generated=bomb)
     art = _artifact(fake, "public/bomb.log")
     reader = _reader(tmp_path)
-    caplog.set_level(logging.WARNING, logger="ciartfs.reader")
+    caplog.set_level(logging.WARNING, logger="ciartfs.data.reader")
     with pytest.raises(UpstreamError, match="over a gzip decoding cap"):
         await reader.size(art)
     assert reader.stats.bytes_fetched < bomb.size // 10  # stopped early, not after 4 GiB
@@ -139,7 +139,7 @@ async def test_the_absolute_cap_is_max_decoded_size(fake, tmp_path, caplog):
     _task(fake, "public/big.log", generated=GeneratedGzip.text(6 << 20, seed=9))
     _task(fake, "public/small.log", generated=GeneratedGzip.text(1 << 20, seed=9))
     reader = _reader(tmp_path, max_decoded_size=4 << 20)
-    caplog.set_level(logging.WARNING, logger="ciartfs.reader")
+    caplog.set_level(logging.WARNING, logger="ciartfs.data.reader")
     with pytest.raises(UpstreamError, match="over a gzip decoding cap"):
         await reader.size(_artifact(fake, "public/big.log"))
     (line,) = [r.getMessage() for r in caplog.records if "decoding stopped" in r.getMessage()]

@@ -6,8 +6,8 @@ import pytest
 import trio
 
 from ciartfs.errors import ArtifactExpired, BadListing, Forbidden, NotFound, UpstreamError, UpstreamTimeout
-from ciartfs.http import HeaderCredential, HttpClient, location_url, origin_of
-from ciartfs.providers.circleci import artifact_url_takes_token, credential
+from ciartfs.net.client import HeaderCredential, HttpClient, location_url, origin_of
+from ciartfs.providers.circleci.v1 import artifact_url_takes_token, credential
 
 API = "https://circleci.example"
 STORAGE = "https://storage.example"

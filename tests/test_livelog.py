@@ -10,10 +10,10 @@ import random
 import pytest
 import trio
 
-from ciartfs import livelog
+from ciartfs.data import livelog
 from ciartfs.errors import ArtifactExpired, CiartfsError
-from ciartfs.http import HttpClient
-from ciartfs.livelog import LiveLogs
+from ciartfs.net.client import HttpClient
+from ciartfs.data.livelog import LiveLogs
 
 from test_mount_taskcluster import slug
 

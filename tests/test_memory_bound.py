@@ -19,11 +19,11 @@ import httpx
 import pytest
 import trio
 
-from ciartfs.bodies import BudgetExhausted, Decoder, MemoryBudget, TooLarge, UnsupportedEncoding, parsed_size_bound
+from ciartfs.net.bodies import BudgetExhausted, Decoder, MemoryBudget, TooLarge, UnsupportedEncoding, parsed_size_bound
 from ciartfs.config import load_settings
 from ciartfs.errors import BadListing, ConfigError, UpstreamError
 from ciartfs.fakeserver.server import HOSTILE_EXPANSION_BYTES
-from ciartfs.http import MAX_JSON_BYTES, HttpClient
+from ciartfs.net.client import MAX_JSON_BYTES, HttpClient
 from conftest import TOKEN
 
 API = "https://circleci.example"

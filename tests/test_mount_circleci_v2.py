@@ -12,7 +12,7 @@ import pytest
 
 from ciartfs.fakeserver.v2 import FakeJob
 from ciartfs.errors import BadListing
-from ciartfs.providers.circleci_v2 import parse_job, unique_names
+from ciartfs.providers.circleci.v2 import parse_job, unique_names
 from conftest import TOKEN, blob, wait_for
 
 

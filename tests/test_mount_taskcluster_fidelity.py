@@ -15,7 +15,7 @@ import pytest
 from ciartfs.config import load_settings
 from ciartfs.errors import ConfigError
 from ciartfs.fakeserver.taskcluster import PAST
-from ciartfs.providers import taskcluster
+from ciartfs.providers.taskcluster import provider as taskcluster
 from conftest import wait_for
 from test_mount_taskcluster import slug, tc_mount
 

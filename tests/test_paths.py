@@ -4,8 +4,7 @@ import logging
 
 import pytest
 
-from ciartfs.tree import FileTree, place_artifacts, split_artifact_path
-
+from ciartfs.namespace.names import FileTree, place_artifacts, split_artifact_path
 
 def flatten(tree: FileTree, prefix: str = "") -> dict[str, object]:
     out = {prefix + name: value for name, value in tree.files.items()}
@@ -103,7 +102,7 @@ def test_random_listings_keep_the_invariants(items, rnd):
 
 
 def test_the_name_rule_refuses_what_no_file_name_can_be():
-    from ciartfs.tree import name_problem
+    from ciartfs.namespace.names import name_problem
 
     for bad in ("", ".", "..", "a/b", "a\x00b", "bad\ud800name", "x" * 256, "é" * 128):
         assert name_problem(bad), bad
@@ -113,8 +112,8 @@ def test_the_name_rule_refuses_what_no_file_name_can_be():
 
 
 def test_v2_names_with_lone_surrogates_become_usable_names():
-    from ciartfs.providers.circleci_v2 import unique_names
-    from ciartfs.tree import name_problem
+    from ciartfs.providers.circleci.v2 import unique_names
+    from ciartfs.namespace.names import name_problem
 
     named = unique_names(["build\ud800", "build?", "ok"], name_of=lambda x: x, order_of=lambda x: 0)
     assert [name for name, _ in named] == ["build?", "build?~2", "ok"]

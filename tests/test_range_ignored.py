@@ -12,12 +12,12 @@ import httpx
 import pytest
 import trio
 
-from ciartfs import reader as reader_module
-from ciartfs.cache import DiskStore, MemoryCache
+from ciartfs.data import reader as reader_module
+from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.errors import UpstreamError
-from ciartfs.http import HttpClient
-from ciartfs.reader import Reader, ReadStream
-from ciartfs.tree import Artifact
+from ciartfs.net.client import HttpClient
+from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.namespace.model import Artifact
 
 URL = "https://1-2-gh.circle-artifacts.example/0/report.html"
 BS = 4096

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import trio
 
-from ciartfs import reader as reader_module
-from ciartfs.cache import DiskStore, MemoryCache
-from ciartfs.http import HttpClient
-from ciartfs.reader import Reader, ReadStream
-from ciartfs.tree import Artifact
-
+from ciartfs.data import reader as reader_module
+from ciartfs.data.cache import DiskStore, MemoryCache
+from ciartfs.net.client import HttpClient
+from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.namespace.model import Artifact
 
 def _on_disk(store: DiskStore, keys: list[str]) -> list[str]:
     return [k for k in keys if store.contains(k)]

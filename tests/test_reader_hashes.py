@@ -11,11 +11,11 @@ import httpx
 import pytest
 import trio
 
-from ciartfs.cache import DiskStore, MemoryCache
+from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.errors import ContentMismatch, Offline, UpstreamError
-from ciartfs.http import HttpClient
-from ciartfs.reader import Reader
-from ciartfs.tree import Artifact
+from ciartfs.net.client import HttpClient
+from ciartfs.data.reader import Reader
+from ciartfs.namespace.model import Artifact
 
 BS = 4096
 DATA = bytes(range(256)) * 80  # 20480 bytes: 5 blocks

@@ -11,10 +11,10 @@ import threading
 import httpx
 import pytest
 
-from ciartfs.connpool import PoolPerOrigin
+from ciartfs.net.pool import PoolPerOrigin
 from ciartfs.errors import UpstreamError
-from ciartfs.http import HeaderCredential, HttpClient, origin_of
-from ciartfs.wire import parse_url
+from ciartfs.net.client import HeaderCredential, HttpClient, origin_of
+from ciartfs.net.wire import parse_url
 
 DOC = {"acceptDownloadMethods": {"getUrl": True}}
 SENT = json.dumps(DOC, separators=(",", ":")).encode()

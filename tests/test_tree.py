@@ -4,8 +4,9 @@ nothing the kernel still holds (or holds something below) is ever dropped."""
 
 from __future__ import annotations
 
-from ciartfs.tree import Artifact, Entry, Kind, StaticDir, Tree
+from ciartfs.namespace.model import Artifact, Entry, Kind, StaticDir
 
+from ciartfs.namespace.tree import Tree
 
 class CountingDir(StaticDir):
     """A static directory that counts how often it is listed."""

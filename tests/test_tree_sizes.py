@@ -13,12 +13,13 @@ import httpx
 import pytest
 import trio
 
-from ciartfs import reader as reader_module
-from ciartfs.cache import MemoryCache
+from ciartfs.data import reader as reader_module
+from ciartfs.data.cache import MemoryCache
 from ciartfs.errors import ArtifactExpired, CiartfsError, Forbidden, UpstreamError
-from ciartfs.http import HttpClient
-from ciartfs.reader import Reader
-from ciartfs.tree import SIZE_PROBE_CONCURRENCY, Artifact, Entry, Kind, Node, StaticDir, Tree
+from ciartfs.net.client import HttpClient
+from ciartfs.data.reader import Reader
+from ciartfs.namespace.model import Artifact, Entry, Kind, StaticDir
+from ciartfs.namespace.tree import SIZE_PROBE_CONCURRENCY, Node, Tree
 
 WAIT = 2.0
 

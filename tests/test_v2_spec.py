@@ -23,7 +23,7 @@ import referencing.jsonschema
 
 from ciartfs.fakeserver import FakeCI, demo_dataset
 from ciartfs.fakeserver.v2 import FakeJob
-from ciartfs.providers import circleci_v2
+from ciartfs.providers.circleci import v2 as circleci_v2
 from conftest import SPECS_DIR, TOKEN
 
 SPEC_PATH = SPECS_DIR / "circleci/v2-openapi.json" if (SPECS_DIR / "circleci/v2-openapi.json").is_file() else None

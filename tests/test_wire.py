@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ciartfs.wire import MAX_CONTENT_LENGTH, HEAD_END, BrokenAnswer, content_length, header_dict, parse_url, plain_head, request_fields, request_head
+from ciartfs.net.wire import MAX_CONTENT_LENGTH, HEAD_END, BrokenAnswer, content_length, header_dict, parse_url, plain_head, request_fields, request_head
 
 TOKEN_CHARS = "!#$%&'*+.^_`|~-" + "0123456789" + "abcdefghijklmnopqrstuvwxyz" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 head_bytes = st.sampled_from([b"\r\n", b"\n", b" ", b"\t", b":", b"\x00", b"\xe9", b"a", b"Content-Length", b"1"])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ciartfs.errors import BadListing
 
 if TYPE_CHECKING:
-    from ciartfs.docs import ApiDocs, Keep
+    from ciartfs.providers.apidocs import ApiDocs, Keep
 
 
 def parse_time(value: Any) -> float | None:

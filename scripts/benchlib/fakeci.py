@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ciartfs.fakeserver import FakeCI
-from common import serve_commands  # run as a script: scripts/bench/ is on sys.path
+from common import serve_commands  # run as a script: scripts/benchlib/ is on sys.path
 
 
 class BenchCI(FakeCI):

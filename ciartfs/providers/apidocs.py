@@ -18,9 +18,9 @@ from typing import Any
 
 import trio
 
-from ciartfs.cache import DiskStore
+from ciartfs.data.cache import DiskStore
 from ciartfs.errors import Offline, redact_url
-from ciartfs.http import HttpClient
+from ciartfs.net.client import HttpClient
 
 log = logging.getLogger(__name__)
 

@@ -18,29 +18,28 @@ subtree (its own included), the directory drops its children and listing, to be 
 (from the API documents the disk cache keeps) if it is visited again. So a long-lived mount
 holds what the kernel holds, not every build it ever showed.
 
-Artifact paths come from the network: `place_artifacts` is the one place that decides how
-they become file names (rules in its docstring, also in the README).
+The model (Entry, Artifact, DirSource) is in model.py; the name rules, which every name the
+tree shows passes, are in names.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import trio
 
-from ciartfs.cache import SingleFlight
+from ciartfs.data.cache import SingleFlight
 from ciartfs.errors import CiartfsError, NotFound, UpstreamError, again
+from ciartfs.namespace.model import Artifact, DirSource, Entry, Kind
+from ciartfs.namespace.names import NAME_MAX, name_problem, short, target_problem
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-NAME_MAX = 255
 # How many file sizes are learned at once when a directory is listed: enough to hide the
 # per-request latency of S3-like storage, few enough not to look like a flood.
 SIZE_PROBE_CONCURRENCY = 96
@@ -49,99 +48,6 @@ SIZE_PROBE_CONCURRENCY = 96
 # shown with its size unknown rather than holding up `ls` until the operation timeout (30 s).
 SIZE_WAIT_SECONDS = 2.0
 
-T = TypeVar("T")
-
-
-class Kind(enum.Enum):
-    DIR = "dir"
-    FILE = "file"
-    LINK = "link"
-
-
-@dataclasses.dataclass(frozen=True)
-class Artifact:
-    """What the reader needs to serve a file: a cache identity and where the bytes are.
-
-    `key` names the artifact (provider, host, project, build, node, path) and never holds a
-    URL or a secret; it is the cache key. `url` may redirect to a storage host.
-    """
-
-    key: str
-    url: str
-    immutable: bool
-    size: int | None = None  # when the listing already says it
-    # An artifact the CI system marks as failed (Taskcluster's `error` storage type): it is
-    # listed, and opening it fails with EIO; the reason is fetched on demand.
-    error: bool = False
-    # Why the CI system no longer has it, known from its listing alone (Taskcluster's
-    # `expires` passed): listed, and opening it fails with ENOENT without a request.
-    gone: str | None = None
-    # The provider built `url`, or recognised it by its documented pattern: its first request
-    # may carry the provider's credentials. A URL taken as given (from a listing) gets none.
-    credentialed: bool = False
-    # A growing file served from one shared stream (a running task's live log, see livelog.py):
-    # never probed for a size; its size is the bytes seen so far.
-    live: bool = False
-    # The content hashes the storage promises ({"sha256": hex, ...}, Taskcluster's object
-    # service), asked for only when the reader has read the whole artifact and checks it.
-    expected_hashes: Callable[[], Awaitable[Mapping[str, str]]] | None = dataclasses.field(default=None, compare=False)
-
-
-class DirSource(Protocol):
-    """A provider's view of one directory. `list()` returns None for directories that
-    cannot be enumerated (any name may still be looked up)."""
-
-    # Seconds a listing stays valid; None means it never changes (completed build).
-    ttl: float | None
-    # True when list() names every child, so a name not in it is ENOENT without asking.
-    complete: bool
-
-    async def list(self) -> list[Entry] | None: ...
-
-    async def lookup(self, name: str) -> Entry | None: ...
-
-
-@dataclasses.dataclass
-class Entry:
-    name: str
-    kind: Kind
-    mtime: float = 0.0
-    immutable: bool = False
-    source: DirSource | None = None  # DIR
-    artifact: Artifact | None = None  # FILE
-    target: str | None = None  # LINK
-    # Shown as extended attributes `user.ciartfs.<key>` (provider metadata, never secrets).
-    info: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-class CompleteDir:
-    """Base for a directory whose list() names every child: lookup is a search of it (the
-    tree only calls lookup on such a directory when it has no fresh listing)."""
-
-    complete = True
-    ttl: float | None = None
-
-    async def list(self) -> list[Entry]:
-        raise NotImplementedError
-
-    async def lookup(self, name: str) -> Entry | None:
-        return next((e for e in await self.list() if e.name == name), None)
-
-
-class StaticDir:
-    """A directory whose children are known up front (artifact subtrees, fixed roots)."""
-
-    complete = True
-
-    def __init__(self, entries: Iterable[Entry], ttl: float | None = None) -> None:
-        self._entries = {e.name: e for e in entries}
-        self.ttl = ttl
-
-    async def list(self) -> list[Entry]:
-        return list(self._entries.values())
-
-    async def lookup(self, name: str) -> Entry | None:
-        return self._entries.get(name)
 
 
 @dataclasses.dataclass(eq=False)
@@ -351,9 +257,9 @@ class Tree:
         for entry in entries:
             if entry.name in seen:
                 continue
-            problem = name_problem(entry.name) or (entry.target is not None and _target_problem(entry.target))
+            problem = name_problem(entry.name) or (entry.target is not None and target_problem(entry.target))
             if problem:  # one unusable name (a lone surrogate from JSON) never fails its directory
-                log.warning("%s: skipping an entry whose name %s: %s", node.path, problem, _short(entry.name))
+                log.warning("%s: skipping an entry whose name %s: %s", node.path, problem, short(entry.name))
                 continue
             seen.add(entry.name)
             self._upsert(node, entry)
@@ -498,111 +404,3 @@ class Tree:
                 del self._probes[node.inode]
             probe.done.set()
             probe.note(finished=True)
-
-
-# -- artifact path safety ----------------------------------------------------------------------
-
-@dataclasses.dataclass
-class FileTree(Generic[T]):
-    """A nested mapping of safe names: `dirs` and `files` never share a name."""
-
-    dirs: dict[str, FileTree[T]] = dataclasses.field(default_factory=dict)
-    files: dict[str, T] = dataclasses.field(default_factory=dict)
-
-    def count(self) -> int:
-        return len(self.files) + sum(d.count() for d in self.dirs.values())
-
-
-def tree_entries(tree: FileTree[T], make_file: Callable[[str, str, T], Entry], *, mtime: float,
-                 immutable: bool, ttl: float | None, prefix: str = "") -> list[Entry]:
-    """The entries of a FileTree's top level: subdirectories as StaticDirs (recursively),
-    files made by `make_file(name, path_below_the_top, value)`."""
-    entries = []
-    for name, sub in tree.dirs.items():
-        children = tree_entries(sub, make_file, mtime=mtime, immutable=immutable, ttl=ttl, prefix=f"{prefix}{name}/")
-        entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable, source=StaticDir(children, ttl=ttl)))
-    entries.extend(make_file(name, prefix + name, value) for name, value in tree.files.items())
-    return entries
-
-
-def _target_problem(target: str) -> str | None:
-    try:
-        target.encode("utf-8")
-    except UnicodeEncodeError:
-        return "links to a target that is not valid UTF-8"
-    return None
-
-
-def split_artifact_path(path: Any) -> tuple[str, ...] | str:
-    """The safe components of an artifact path, or a reason (str) why it is refused."""
-    if not isinstance(path, str):
-        return "not a string"
-    if "\x00" in path:
-        return "contains a NUL byte"
-    parts = tuple(p for p in path.split("/") if p != "")  # drops the leading '/' and '//'
-    if not parts:
-        return "empty path"
-    for part in parts:
-        problem = name_problem(part)
-        if problem:
-            return f"a component {problem}"
-    return parts
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` (from the network) cannot be a file name, or None: the one rule for every
-    name the tree shows. JSON strings can hold lone surrogates, which no file name can carry."""
-    if name in ("", ".", ".."):
-        return f"is {name!r}" if name else "is empty"
-    if "/" in name or "\x00" in name:
-        return "contains '/' or a NUL byte"
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
-    if len(encoded) > NAME_MAX:
-        return f"is longer than {NAME_MAX} bytes"
-    return None
-
-
-def place_artifacts(items: Iterable[tuple[Any, T]], *, where: str, tiebreak: Callable[[T], str] = str) -> FileTree[T]:
-    """Arrange (path, value) pairs into a FileTree. The rules, deterministic whatever the
-    order of `items`:
-
-    - a leading '/' is dropped and empty components ('a//b', trailing '/') are collapsed;
-    - a path with a '.' or '..' component, a NUL byte, invalid UTF-8, or a component over
-      255 bytes is skipped (warning logged);
-    - the same path twice: the one whose `tiebreak` sorts first is kept, the rest skipped;
-    - a path that is a file and also a directory of other paths ('a' and 'a/b'): the
-      directory wins and the file is skipped.
-    """
-    accepted: list[tuple[tuple[str, ...], str, T]] = []
-    for path, value in items:
-        parts = split_artifact_path(path)
-        if isinstance(parts, str):
-            log.warning("%s: skipped artifact path %r: %s", where, _short(path), parts)
-            continue
-        accepted.append((parts, tiebreak(value), value))
-    accepted.sort(key=lambda t: (t[0], t[1]))
-    dir_paths = {parts[:i] for parts, _, _ in accepted for i in range(1, len(parts))}
-    tree: FileTree[T] = FileTree()
-    previous: tuple[str, ...] | None = None
-    for parts, _, value in accepted:
-        shown = "/".join(parts)
-        if parts in dir_paths:
-            log.warning("%s: skipped artifact %r: it is also a directory of other artifacts", where, _short(shown))
-            continue
-        if parts == previous:
-            log.warning("%s: skipped duplicate artifact path %r", where, _short(shown))
-            continue
-        previous = parts
-        node = tree
-        for part in parts[:-1]:
-            node = node.dirs.setdefault(part, FileTree())
-        node.files[parts[-1]] = value
-    return tree
-
-
-def _short(text: Any, limit: int = 120) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -64,8 +64,8 @@ from typing import Any
 import cachetools
 import trio
 
-from ciartfs.cache import DiskStore, MemoryCache, SingleFlight
-from ciartfs.connpool import READ_SIZE
+from ciartfs.data.cache import DiskStore, MemoryCache, SingleFlight
+from ciartfs.net.pool import READ_SIZE
 from ciartfs.errors import (
     ArtifactExpired,
     CiartfsError,
@@ -76,9 +76,9 @@ from ciartfs.errors import (
     again,
     redact_url,
 )
-from ciartfs.http import BodyCut, HttpClient, RangeReply, WholeBody
-from ciartfs.livelog import LiveLogs
-from ciartfs.tree import Artifact
+from ciartfs.net.client import BodyCut, HttpClient, RangeReply, WholeBody
+from ciartfs.data.livelog import LiveLogs
+from ciartfs.namespace.model import Artifact
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ web server's directory listing rather than a CI API.
 
     python files.py MANIFEST.json
 
-Serves every build of the manifest (the format scripts/bench/fakeci.py reads) as
+Serves every build of the manifest (the format scripts/benchlib/fakeci.py reads) as
 `/<build>/<artifact path>`, directories as an HTML index of `<a href="name">` links (with a
 trailing slash for subdirectories, as nginx's and Apache's autoindex write them). Speaks what
 the peers need: HTTP/1.1 keep-alive, HEAD, GET with one Range (`bytes=a-b`, `bytes=a-`,
@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from common import serve_commands  # run as a script: scripts/bench/ is on sys.path
+from common import serve_commands  # run as a script: scripts/benchlib/ is on sys.path
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 

@@ -5,7 +5,7 @@ a fresh cache dir; it counts once the mountpoint is mounted and answers a stat. 
 by pid (SIGTERM, which unmounts cleanly, then SIGKILL) and `fusermount3 -u -z` if the mount
 is still there, in `stop()`, which the benchmark also calls from its `finally`.
 
-The peers mount the static files host (scripts/bench/files.py), one build per mount:
+The peers mount the static files host (scripts/benchlib/files.py), one build per mount:
   rclone     apt-get install rclone     `rclone mount :http:` with --vfs-cache-mode full
   httpdirfs  apt-get install httpdirfs  `httpdirfs --cache`
 """
@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import Failed, log, proc_cpu, proc_hwm_kib
-from bench.data import PROJECT
-from ciartfs.cli import is_mounted
+from benchlib.common import Failed, log, proc_cpu, proc_hwm_kib
+from benchlib.data import PROJECT
+from ciartfs.cli.command import is_mounted
 
 MOUNT_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0

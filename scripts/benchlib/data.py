@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import MiB
+from benchlib.common import MiB
 
 PROJECT = ("github", "bench", "data")
 BIG_BUILD, GREP_BUILD, LS_BUILD, ZIP_BUILD = 1, 2, 3, 4
@@ -47,7 +47,7 @@ def make_zip(path: Path, rng: random.Random, members: int, total_mib: int) -> di
 
 
 def generate(data: Path, size_mib: int, grep_files: int, ls_files: int, zip_members: int, zip_mib: int) -> dict[str, Any]:
-    """Seeded data files and the manifest both servers load (see scripts/bench/fakeci.py)."""
+    """Seeded data files and the manifest both servers load (see scripts/benchlib/fakeci.py)."""
     rng = random.Random(SEED)
     big = data / "big.bin"
     with open(big, "wb") as f:

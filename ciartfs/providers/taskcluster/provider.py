@@ -43,9 +43,10 @@ import mohawk
 
 from ciartfs.providers import pages, parse_time
 from ciartfs.errors import BadListing, NotFound
-from ciartfs.docs import ApiDocs, Keep
-from ciartfs.http import Credential, origin_of
-from ciartfs.tree import Artifact, CompleteDir, Entry, Kind, place_artifacts, split_artifact_path, tree_entries
+from ciartfs.providers.apidocs import ApiDocs, Keep
+from ciartfs.net.client import Credential, origin_of
+from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind
+from ciartfs.namespace.names import place_artifacts, split_artifact_path, tree_entries
 
 log = logging.getLogger(__name__)
 

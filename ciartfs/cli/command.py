@@ -357,7 +357,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
-    from ciartfs.prefetch import prefetch
+    from ciartfs.cli.warm import prefetch
 
     try:
         failed = prefetch(args.paths, jobs=args.jobs)

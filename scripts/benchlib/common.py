@@ -63,7 +63,7 @@ NGINX_ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
 
 
 def nginx_shaper_available() -> bool:
-    """nginx with the echo module (Debian: nginx libnginx-mod-http-echo), for bench/nginx.py."""
+    """nginx with the echo module (Debian: nginx libnginx-mod-http-echo), for benchlib/nginx.py."""
     return shutil.which("nginx") is not None and os.path.exists(NGINX_ECHO_MODULE)
 
 

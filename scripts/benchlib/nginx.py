@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common import NGINX_ECHO_MODULE, serve_commands  # run as a script: scripts/bench/ is on sys.path
+from common import NGINX_ECHO_MODULE, serve_commands  # run as a script: scripts/benchlib/ is on sys.path
 
 STATUS_PATH = "/_bench_generation"  # answers the config generation in force; not counted
 

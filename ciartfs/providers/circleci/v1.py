@@ -23,10 +23,11 @@ import trio
 
 from ciartfs.providers import parse_time
 from ciartfs.errors import BadListing, CiartfsError, Forbidden, NotFound, redact_url
-from ciartfs.docs import ApiDocs, Keep
-from ciartfs.http import HeaderCredential, origin_of
-from ciartfs.wire import parse_url
-from ciartfs.tree import Artifact, CompleteDir, Entry, Kind, StaticDir, place_artifacts, tree_entries
+from ciartfs.providers.apidocs import ApiDocs, Keep
+from ciartfs.net.client import HeaderCredential, origin_of
+from ciartfs.net.wire import parse_url
+from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind, StaticDir
+from ciartfs.namespace.names import place_artifacts, tree_entries
 
 log = logging.getLogger(__name__)
 

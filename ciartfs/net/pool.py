@@ -47,8 +47,8 @@ import h11
 import httpx
 import trio
 
-from ciartfs.addresses import AddressRule
-from ciartfs.wire import HEAD_END, BrokenAnswer, Target, content_length, header_dict, plain_head, request_fields, request_head
+from ciartfs.net.addresses import AddressRule
+from ciartfs.net.wire import HEAD_END, BrokenAnswer, Target, content_length, header_dict, plain_head, request_fields, request_head
 
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import MiB
-from bench.mounts import PEERS
+from benchlib.common import MiB
+from benchlib.mounts import PEERS
 from ciartfs.config import Settings, parse_size
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ WARM = "warm re-read"
 GREP = "grep -rl, 2000 small files"
 LS = "ls -l, 1000 artifacts"
 UNZIP = "unzip -l, 2000-member zip"
-# tools other than the FUSE mounts (whose labels are in bench/mounts.py)
+# tools other than the FUSE mounts (whose labels are in benchlib/mounts.py)
 CIARTFS = "ciartfs"
 CURL = "curl (1 stream)"
 ARIA = "aria2c -x8 -s8"

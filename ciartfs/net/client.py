@@ -47,10 +47,10 @@ import cachetools
 import httpx
 import trio
 
-from ciartfs import bodies
-from ciartfs.addresses import AddressRule
-from ciartfs.bodies import Hold, MemoryBudget
-from ciartfs.connpool import READ_SIZE, PoolPerOrigin, Reply, ViaHttpx
+from ciartfs.net import bodies
+from ciartfs.net.addresses import AddressRule
+from ciartfs.net.bodies import Hold, MemoryBudget
+from ciartfs.net.pool import READ_SIZE, PoolPerOrigin, Reply, ViaHttpx
 from ciartfs.errors import (
     AddressRefused,
     ArtifactExpired,
@@ -62,7 +62,7 @@ from ciartfs.errors import (
     UpstreamTimeout,
     redact_url,
 )
-from ciartfs.wire import BrokenAnswer, Target, parse_url
+from ciartfs.net.wire import BrokenAnswer, Target, parse_url
 
 log = logging.getLogger(__name__)
 

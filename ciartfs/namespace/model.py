@@ -1,0 +1,104 @@
+"""The namespace's model: what providers describe and the tree turns into inodes.
+
+A provider describes each directory through a `DirSource` that returns `Entry` records; a
+file's `Entry` carries an `Artifact`, which tells the reader how to get its bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol
+
+
+class Kind(enum.Enum):
+    DIR = "dir"
+    FILE = "file"
+    LINK = "link"
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """What the reader needs to serve a file: a cache identity and where the bytes are.
+
+    `key` names the artifact (provider, host, project, build, node, path) and never holds a
+    URL or a secret; it is the cache key. `url` may redirect to a storage host.
+    """
+
+    key: str
+    url: str
+    immutable: bool
+    size: int | None = None  # when the listing already says it
+    # An artifact the CI system marks as failed (Taskcluster's `error` storage type): it is
+    # listed, and opening it fails with EIO; the reason is fetched on demand.
+    error: bool = False
+    # Why the CI system no longer has it, known from its listing alone (Taskcluster's
+    # `expires` passed): listed, and opening it fails with ENOENT without a request.
+    gone: str | None = None
+    # The provider built `url`, or recognised it by its documented pattern: its first request
+    # may carry the provider's credentials. A URL taken as given (from a listing) gets none.
+    credentialed: bool = False
+    # A growing file served from one shared stream (a running task's live log, see livelog.py):
+    # never probed for a size; its size is the bytes seen so far.
+    live: bool = False
+    # The content hashes the storage promises ({"sha256": hex, ...}, Taskcluster's object
+    # service), asked for only when the reader has read the whole artifact and checks it.
+    expected_hashes: Callable[[], Awaitable[Mapping[str, str]]] | None = dataclasses.field(default=None, compare=False)
+
+
+class DirSource(Protocol):
+    """A provider's view of one directory. `list()` returns None for directories that
+    cannot be enumerated (any name may still be looked up)."""
+
+    # Seconds a listing stays valid; None means it never changes (completed build).
+    ttl: float | None
+    # True when list() names every child, so a name not in it is ENOENT without asking.
+    complete: bool
+
+    async def list(self) -> list[Entry] | None: ...
+
+    async def lookup(self, name: str) -> Entry | None: ...
+
+
+@dataclasses.dataclass
+class Entry:
+    name: str
+    kind: Kind
+    mtime: float = 0.0
+    immutable: bool = False
+    source: DirSource | None = None  # DIR
+    artifact: Artifact | None = None  # FILE
+    target: str | None = None  # LINK
+    # Shown as extended attributes `user.ciartfs.<key>` (provider metadata, never secrets).
+    info: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class CompleteDir:
+    """Base for a directory whose list() names every child: lookup is a search of it (the
+    tree only calls lookup on such a directory when it has no fresh listing)."""
+
+    complete = True
+    ttl: float | None = None
+
+    async def list(self) -> list[Entry]:
+        raise NotImplementedError
+
+    async def lookup(self, name: str) -> Entry | None:
+        return next((e for e in await self.list() if e.name == name), None)
+
+
+class StaticDir:
+    """A directory whose children are known up front (artifact subtrees, fixed roots)."""
+
+    complete = True
+
+    def __init__(self, entries: Iterable[Entry], ttl: float | None = None) -> None:
+        self._entries = {e.name: e for e in entries}
+        self.ttl = ttl
+
+    async def list(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    async def lookup(self, name: str) -> Entry | None:
+        return self._entries.get(name)

@@ -1,0 +1,127 @@
+"""The name rules: how names and paths from the network become file names.
+
+`name_problem` is the one rule every name the tree shows passes; `place_artifacts` is the one
+place that decides how artifact paths become a directory tree (rules in its docstring, also in
+the README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+from ciartfs.namespace.model import Entry, Kind, StaticDir
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class FileTree(Generic[T]):
+    """A nested mapping of safe names: `dirs` and `files` never share a name."""
+
+    dirs: dict[str, FileTree[T]] = dataclasses.field(default_factory=dict)
+    files: dict[str, T] = dataclasses.field(default_factory=dict)
+
+    def count(self) -> int:
+        return len(self.files) + sum(d.count() for d in self.dirs.values())
+
+
+def tree_entries(tree: FileTree[T], make_file: Callable[[str, str, T], Entry], *, mtime: float,
+                 immutable: bool, ttl: float | None, prefix: str = "") -> list[Entry]:
+    """The entries of a FileTree's top level: subdirectories as StaticDirs (recursively),
+    files made by `make_file(name, path_below_the_top, value)`."""
+    entries = []
+    for name, sub in tree.dirs.items():
+        children = tree_entries(sub, make_file, mtime=mtime, immutable=immutable, ttl=ttl, prefix=f"{prefix}{name}/")
+        entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable, source=StaticDir(children, ttl=ttl)))
+    entries.extend(make_file(name, prefix + name, value) for name, value in tree.files.items())
+    return entries
+
+
+def target_problem(target: str) -> str | None:
+    try:
+        target.encode("utf-8")
+    except UnicodeEncodeError:
+        return "links to a target that is not valid UTF-8"
+    return None
+
+
+def split_artifact_path(path: Any) -> tuple[str, ...] | str:
+    """The safe components of an artifact path, or a reason (str) why it is refused."""
+    if not isinstance(path, str):
+        return "not a string"
+    if "\x00" in path:
+        return "contains a NUL byte"
+    parts = tuple(p for p in path.split("/") if p != "")  # drops the leading '/' and '//'
+    if not parts:
+        return "empty path"
+    for part in parts:
+        problem = name_problem(part)
+        if problem:
+            return f"a component {problem}"
+    return parts
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` (from the network) cannot be a file name, or None: the one rule for every
+    name the tree shows. JSON strings can hold lone surrogates, which no file name can carry."""
+    if name in ("", ".", ".."):
+        return f"is {name!r}" if name else "is empty"
+    if "/" in name or "\x00" in name:
+        return "contains '/' or a NUL byte"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if len(encoded) > NAME_MAX:
+        return f"is longer than {NAME_MAX} bytes"
+    return None
+
+
+def place_artifacts(items: Iterable[tuple[Any, T]], *, where: str, tiebreak: Callable[[T], str] = str) -> FileTree[T]:
+    """Arrange (path, value) pairs into a FileTree. The rules, deterministic whatever the
+    order of `items`:
+
+    - a leading '/' is dropped and empty components ('a//b', trailing '/') are collapsed;
+    - a path with a '.' or '..' component, a NUL byte, invalid UTF-8, or a component over
+      255 bytes is skipped (warning logged);
+    - the same path twice: the one whose `tiebreak` sorts first is kept, the rest skipped;
+    - a path that is a file and also a directory of other paths ('a' and 'a/b'): the
+      directory wins and the file is skipped.
+    """
+    accepted: list[tuple[tuple[str, ...], str, T]] = []
+    for path, value in items:
+        parts = split_artifact_path(path)
+        if isinstance(parts, str):
+            log.warning("%s: skipped artifact path %r: %s", where, short(path), parts)
+            continue
+        accepted.append((parts, tiebreak(value), value))
+    accepted.sort(key=lambda t: (t[0], t[1]))
+    dir_paths = {parts[:i] for parts, _, _ in accepted for i in range(1, len(parts))}
+    tree: FileTree[T] = FileTree()
+    previous: tuple[str, ...] | None = None
+    for parts, _, value in accepted:
+        shown = "/".join(parts)
+        if parts in dir_paths:
+            log.warning("%s: skipped artifact %r: it is also a directory of other artifacts", where, short(shown))
+            continue
+        if parts == previous:
+            log.warning("%s: skipped duplicate artifact path %r", where, short(shown))
+            continue
+        previous = parts
+        node = tree
+        for part in parts[:-1]:
+            node = node.dirs.setdefault(part, FileTree())
+        node.files[parts[-1]] = value
+    return tree
+
+
+def short(text: Any, limit: int = 120) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."
