@@ -22,7 +22,7 @@ import trio
 from ciartfs.net.bodies import BudgetExhausted, Decoder, MemoryBudget, TooLarge, UnsupportedEncoding, parsed_size_bound
 from ciartfs.config import load_settings
 from ciartfs.errors import BadListing, ConfigError, UpstreamError
-from ciartfs.fakeserver.server import HOSTILE_EXPANSION_BYTES
+from ciartfs.fakeserver.circleci_v1 import HOSTILE_EXPANSION_BYTES
 from ciartfs.net.client import MAX_JSON_BYTES, HttpClient
 from conftest import TOKEN
 

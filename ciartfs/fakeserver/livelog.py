@@ -4,8 +4,9 @@
                        what was written so far, then each write as it happens, until the
                        task resolves (the last chunk), or 404 once it has (the worker is gone)
 
-The FakeCI's third host (role "livelog") dispatches here; a test writes with `FakeLiveLog.write`
-and resolves the task with `FakeTask.resolve`, which finishes the log.
+`routes(fake)` mounts it on the FakeCI's "livelog" host; the log is found by its token in the
+fake's storage (storage.BlobStore.live_log). A test writes with `FakeLiveLog.write` and
+resolves the task with `FakeTask.resolve`, which finishes the log.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ciartfs.fakeserver.reply import Reply, Served
+from ciartfs.fakeserver.routing import Reply, Request, Route, Served
 
 if TYPE_CHECKING:
     from ciartfs.fakeserver.server import FakeCI
@@ -82,11 +83,16 @@ class FakeLiveLog:
             n += 1
 
 
-def serve(fake: FakeCI, handler: Any, method: str, raw_path: str, stopping: threading.Event) -> None:
-    if method != "GET":
+def routes(fake: FakeCI) -> list[Route]:
+    return [Route("livelog", "", lambda request: serve(fake, request))]
+
+
+def serve(fake: FakeCI, request: Request) -> None:
+    if request.method != "GET":
         raise Reply(405, b"method not allowed\n", content_type="text/plain")
-    parts = raw_path.split("/")
-    live = fake.queue.live_log(parts[2]) if len(parts) == 3 and parts[1] == "log" else None
+    handler, stopping = request.handler, fake.stopping
+    parts = request.raw_path.split("/")
+    live = fake.blobs.live_log(parts[2]) if len(parts) == 3 and parts[1] == "log" else None
     if live is None or live.finished:
         raise Reply(404, b"not found\n", content_type="text/plain")
     live.start_ticking(stopping)

@@ -1,13 +1,23 @@
-"""The fake CI's state: projects, builds, artifacts, fault switches and the request log."""
+"""The fake CI's state: projects, builds, artifacts, fault switches and the request log.
+
+Artifacts are added through `add_artifact` (and builds through `add_build`, projects through
+`FakeCI.add_project`): that is how the fake's storage learns their blob ids (an O(1) lookup
+for every storage GET) and a build its (node, path) index. A build or project replaced by
+another of the same number or name takes its blobs out of storage with it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import itertools
-from typing import Any
+import random
+import threading
+from typing import TYPE_CHECKING, Any, ClassVar
 
-_blob_ids = itertools.count(1)
+from ciartfs.fakeserver.storage import next_blob_id
+
+if TYPE_CHECKING:
+    from ciartfs.fakeserver.storage import BlobStore
 
 
 @dataclasses.dataclass(eq=False)
@@ -28,7 +38,14 @@ class FakeArtifact:
     # Served straight from the circle-artifacts host, no 302 to storage. None: as CircleCI
     # does, for HTML (.html, .htm) paths.
     direct: bool | None = None
-    blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
+    blob_id: int = dataclasses.field(default_factory=next_blob_id)
+    # the rest of storage.Blob: CircleCI stores bytes as they are, none generated
+    generated: ClassVar[None] = None
+    content_encoding: ClassVar[None] = None
+
+    @property
+    def stored(self) -> bytes:
+        return self.data
 
 
 @dataclasses.dataclass(eq=False)
@@ -45,11 +62,28 @@ class FakeBuild:
     artifacts: list[FakeArtifact] = dataclasses.field(default_factory=list)
     # When set, the artifacts endpoint answers exactly this value (malformed-record tests).
     raw_artifacts: Any = None
+    # where its artifacts' bytes are served from (set by FakeProject.add_build); None: nowhere
+    blobs: BlobStore | None = dataclasses.field(default=None, repr=False)
+    _by_place: dict[tuple[int, str], FakeArtifact] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for artifact in self.artifacts:  # given at construction
+            self._place(artifact)
 
     def add_artifact(self, path: str, data: bytes, node_index: int = 0, **kw: Any) -> FakeArtifact:
         artifact = FakeArtifact(path, data, node_index, **kw)
         self.artifacts.append(artifact)
+        self._place(artifact)
         return artifact
+
+    def _place(self, artifact: FakeArtifact) -> None:
+        self._by_place.setdefault((artifact.node_index, artifact.path), artifact)  # the first at a place wins
+        if self.blobs is not None:
+            self.blobs.add(artifact)
+
+    def artifact_at(self, node_index: int, path: str) -> FakeArtifact | None:
+        """The artifact at this node and path (the first added, if several), without a scan."""
+        return self._by_place.get((node_index, path))
 
     @property
     def outcome(self) -> str | None:
@@ -66,6 +100,8 @@ class FakeProject:
     reponame: str
     private: bool = False
     builds: dict[int, FakeBuild] = dataclasses.field(default_factory=dict)
+    # where its builds' artifacts are served from (set by FakeCI.add_project); None: nowhere
+    blobs: BlobStore | None = dataclasses.field(default=None, repr=False)
 
     def add_build(self, build_num: int, branch: str | None = "main", status: str | None = None,
                   lifecycle: str = "finished", stop_time: str | None = "2026-11-01T10:00:00Z",
@@ -88,8 +124,11 @@ class FakeProject:
             build_num=build_num, branch=branch, status=status, lifecycle=lifecycle,
             start_time=start_time, stop_time=stop_time, queued_at=queued_at,
             vcs_revision=vcs_revision or f"{build_num:040x}", subject=kw.pop("subject", f"Commit for build {build_num}"),
-            **kw,
+            blobs=self.blobs, **kw,
         )
+        replaced = self.builds.get(build_num)
+        if replaced is not None and self.blobs is not None:
+            self.blobs.discard(*replaced.artifacts)
         self.builds[build_num] = build
         return build
 
@@ -103,9 +142,13 @@ def _shift(stamp: str, seconds: float) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+FAILURE_SEED = 1234  # storage_failure_rate's draws: the same for every fresh (or reset) Faults
+
+
 @dataclasses.dataclass
 class Faults:
-    """Switches the tests flip; all off by default."""
+    """Switches the tests flip; all off by default. The fake's routes read them here (no
+    fault state lives elsewhere) and take queued ones with `pop`."""
 
     storage_hang: bool = False
     api_hang: bool = False
@@ -131,11 +174,31 @@ class Faults:
     #   "expansion" - valid JSON, HOSTILE_EXPANSION_BYTES of `[{},{},...]`: ~25x its size once parsed
     hostile_json: dict[str, str] = dataclasses.field(default_factory=dict)
     presign_ttl: float = 3600.0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _rng: random.Random = dataclasses.field(default_factory=lambda: random.Random(FAILURE_SEED), init=False,
+                                            repr=False, compare=False)
 
     def reset(self) -> None:
         for field in dataclasses.fields(self):
-            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default  # type: ignore[misc]
-            setattr(self, field.name, default)
+            if field.init:
+                default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default  # type: ignore[misc]
+                setattr(self, field.name, default)
+        with self._lock:
+            self._rng.seed(FAILURE_SEED)
+
+    def pop(self, queue: str) -> Any:
+        """The next injected fault of a queue ("storage_statuses", "api_statuses",
+        "storage_body_faults"), or None: each is used once, by one request (thread-safe)."""
+        with self._lock:
+            pending = getattr(self, queue)
+            return pending.pop(0) if pending else None
+
+    def storage_fails(self) -> bool:
+        """Whether this storage GET is one of the `storage_failure_rate` that fail."""
+        if not self.storage_failure_rate:
+            return False
+        with self._lock:
+            return self._rng.random() < self.storage_failure_rate
 
 
 @dataclasses.dataclass

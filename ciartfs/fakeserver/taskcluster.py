@@ -18,6 +18,10 @@ resolved task can be re-run (`FakeTask.rerun`), adding a run to a completed task
 Artifacts outside `public/` need a valid Hawk header (checked with mohawk); temporary
 credentials (a client with a certificate) also need the certificate in the Hawk `ext`.
 Listings page with a small page size so clients must follow continuationToken.
+
+`routes(fake)` mounts the queue at /api/queue/v1/ and the object service at /api/object/v1/
+on the API host; storage.BlobStore finds a run's artifacts by blob id (add them with
+`FakeRun.add_artifact`), a run finds them by name through its own index.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import dataclasses
 import datetime
 import gzip
 import hashlib
-import itertools
 import json
 import secrets
 import urllib.parse
@@ -38,12 +41,13 @@ import mohawk.exc
 
 from ciartfs.fakeserver.generated import GeneratedGzip
 from ciartfs.fakeserver.livelog import FakeLiveLog, now_iso
-from ciartfs.fakeserver.reply import Reply
+from ciartfs.fakeserver.routing import Reply, Request, Route
+from ciartfs.fakeserver.storage import next_blob_id
 
 if TYPE_CHECKING:
     from ciartfs.fakeserver.server import FakeCI
+    from ciartfs.fakeserver.storage import BlobStore
 
-_blob_ids = itertools.count(1_000_000)
 FAR_FUTURE = "2099-11-01T00:00:00.000Z"
 PAST = "2026-01-01T00:00:00.000Z"
 
@@ -73,7 +77,7 @@ class FakeTcArtifact:
     # A running task's live log: a `reference` to the fake livelog server, streaming this log.
     live: FakeLiveLog | None = None
     link: str | None = None  # `link` artifacts: the name of the artifact they stand for
-    blob_id: int = dataclasses.field(default_factory=lambda: next(_blob_ids))
+    blob_id: int = dataclasses.field(default_factory=next_blob_id)
     # the listing's `expires`; once past, getArtifact answers 410 and storage 404 (as the queue)
     expires: str = FAR_FUTURE
     present: bool = True  # False: an upload that never finished (listed; getArtifact 404)
@@ -112,6 +116,13 @@ class FakeRun:
     resolved: str | None = "2026-11-01T10:05:00.000Z"
     artifacts: list[FakeTcArtifact] = dataclasses.field(default_factory=list)
     reason_created: str = "scheduled"  # scheduled | retry | task-retry | rerun | exception
+    # where its artifacts' bytes are served from (set by FakeTask.add_run); None: nowhere
+    blobs: BlobStore | None = dataclasses.field(default=None, repr=False)
+    _by_name: dict[str, FakeTcArtifact] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for artifact in self.artifacts:  # given at construction
+            self._place(artifact)
 
     def status(self) -> dict[str, Any]:
         """The run as the queue shows it: times only once they happened (never null)."""
@@ -131,7 +142,17 @@ class FakeRun:
     def add_artifact(self, name: str, data: bytes = b"", **kw: Any) -> FakeTcArtifact:
         artifact = FakeTcArtifact(name, data, **kw)
         self.artifacts.append(artifact)
+        self._place(artifact)
         return artifact
+
+    def _place(self, artifact: FakeTcArtifact) -> None:
+        self._by_name.setdefault(artifact.name, artifact)  # the first of a name wins
+        if self.blobs is not None:
+            self.blobs.add(artifact)
+
+    def artifact(self, name: str) -> FakeTcArtifact | None:
+        """The artifact of this name (the first added, if several), without a scan."""
+        return self._by_name.get(name)
 
     def add_live_log(self, initial: bytes = b"", name: str = "public/logs/live.log", **kw: Any) -> FakeLiveLog:
         """A running run's live log, as a worker makes it: a `reference` to its livelog server."""
@@ -160,11 +181,13 @@ class FakeTask:
     task_group_id: str
     name: str = "a task"
     runs: list[FakeRun] = dataclasses.field(default_factory=list)
+    # where its runs' artifacts are served from (set by FakeQueue.add_task); None: nowhere
+    blobs: BlobStore | None = dataclasses.field(default=None, repr=False)
 
     def add_run(self, state: str = "completed", **kw: Any) -> FakeRun:
         if state in ("pending", "running"):
             kw.setdefault("resolved", None)
-        run = FakeRun(len(self.runs), state, **kw)
+        run = FakeRun(len(self.runs), state, blobs=self.blobs, **kw)
         self.runs.append(run)
         return run
 
@@ -211,6 +234,14 @@ def _page(items: list[Any], query: dict[str, str], page_size: int) -> tuple[list
     return items[start:end], more
 
 
+QUEUE_PREFIX = "/api/queue/v1/"
+OBJECT_PREFIX = "/api/object/v1/"
+
+
+def routes(fake: FakeCI) -> list[Route]:
+    return fake.queue.routes()
+
+
 class FakeQueue:
     """The queue's state and routes; FakeCI dispatches /api/queue/v1/ here."""
 
@@ -229,21 +260,24 @@ class FakeQueue:
         self.start_downloads = 0
 
     def add_task(self, task_id: str, task_group_id: str | None = None, name: str = "a task") -> FakeTask:
-        task = FakeTask(task_id, task_group_id or task_id, name)
+        task = FakeTask(task_id, task_group_id or task_id, name, blobs=self.fake.blobs)
+        replaced = self.tasks.get(task_id)
+        if replaced is not None:
+            self.fake.blobs.discard(*(a for r in replaced.runs for a in r.artifacts))
         self.tasks[task_id] = task
         return task
 
-    def live_logs(self) -> list[FakeLiveLog]:
-        return [a.live for a in self.blobs() if a.live is not None]
-
     def live_log(self, token: str) -> FakeLiveLog | None:
-        return next((live for live in self.live_logs() if live.token == token), None)
+        return self.fake.blobs.live_log(token)
 
-    def blobs(self) -> list[FakeTcArtifact]:
-        return [a for t in list(self.tasks.values()) for r in list(t.runs) for a in list(r.artifacts)]
+    def routes(self) -> list[Route]:
+        return [Route("api", QUEUE_PREFIX, self.handle), Route("api", OBJECT_PREFIX, self.handle_object)]
 
-    def handle(self, handler: Any, raw_path: str, query: dict[str, str]) -> None:
-        parts = raw_path[len("/api/queue/v1/"):].split("/")
+    def handle(self, request: Request) -> None:
+        if request.method != "GET":
+            raise Reply(405, {"message": "method not allowed"})
+        query = request.query
+        parts = request.raw_path[len(QUEUE_PREFIX):].split("/")
         if len(parts) >= 3 and parts[0] == "task":
             task = self.tasks.get(parts[1])
             if task is None:
@@ -264,12 +298,12 @@ class FakeQueue:
                         body["continuationToken"] = token
                     raise Reply(200, body)
                 name = urllib.parse.unquote("/".join(parts[5:]))
-                self._get_artifact(handler, run, name)
+                self._get_artifact(request, run, name)
             if len(parts) >= 6 and parts[2] == "runs" and parts[3].isdigit() and parts[4] == "artifact-content":
                 run_id = int(parts[3])
                 if run_id >= len(task.runs):
                     raise Reply(404, {"code": "ResourceNotFound", "message": f"Run {run_id} not found"})
-                self._artifact_content(handler, task, run_id, urllib.parse.unquote("/".join(parts[5:])))
+                self._artifact_content(request, task, run_id, urllib.parse.unquote("/".join(parts[5:])))
         if len(parts) == 3 and parts[0] == "task-group" and parts[2] == "list":
             tasks = [t for t in self.tasks.values() if t.task_group_id == parts[1]]
             if not tasks:
@@ -282,26 +316,26 @@ class FakeQueue:
             raise Reply(200, body)
         raise Reply(404, {"code": "ResourceNotFound", "message": "no such endpoint"})
 
-    def _artifact_of(self, handler: Any, run: FakeRun, name: str) -> FakeTcArtifact:
+    def _artifact_of(self, request: Request, run: FakeRun, name: str) -> FakeTcArtifact:
         """The artifact `name` of `run` as both artifact endpoints find it: 404 if unknown, Hawk
         checked for a non-public name, 410 once past its `expires`."""
-        artifact = next((a for a in run.artifacts if a.name == name), None)
+        artifact = run.artifact(name)
         if artifact is None:
             raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} not found"})
         if not name.startswith("public/"):
-            self._check_hawk(handler)
+            self._check_hawk(request)
         if artifact.expired:
             raise Reply(410, {"code": "ResourceExpired", "message": f"Artifact {name} has expired"})
         return artifact
 
-    def _get_artifact(self, handler: Any, run: FakeRun, name: str) -> None:
-        artifact = self._artifact_of(handler, run, name)
+    def _get_artifact(self, request: Request, run: FakeRun, name: str) -> None:
+        artifact = self._artifact_of(request, run, name)
         if not artifact.present:
             raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} was never uploaded"})
         for _ in range(5):  # a link is answered as the artifact it names (the queue follows a few)
             if artifact.storage_type != "link" or artifact.link is None:
                 break
-            artifact = next((a for a in run.artifacts if a.name == artifact.link), None)
+            artifact = run.artifact(artifact.link)
             if artifact is None:
                 raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name}: link target not found"})
         if artifact.storage_type == "error":
@@ -316,11 +350,11 @@ class FakeQueue:
         raise Reply(303, {"storageType": artifact.storage_type, "url": location}, headers={
             "Location": location, "x-taskcluster-artifact-storage-type": artifact.storage_type})
 
-    def _artifact_content(self, handler: Any, task: FakeTask, run_id: int, name: str) -> None:
+    def _artifact_content(self, request: Request, task: FakeTask, run_id: int, name: str) -> None:
         """The queue's `artifact` method (artifact-content): for an `object` artifact, the
         object's name and temporary credentials (with a certificate) to download it from the
         object service; for the others, where their bytes are."""
-        artifact = self._artifact_of(handler, task.runs[run_id], name)
+        artifact = self._artifact_of(request, task.runs[run_id], name)
         if artifact.storage_type == "error":
             raise Reply(200, {"storageType": "error", "reason": artifact.reason, "message": artifact.message})
         if artifact.storage_type != "object":
@@ -338,24 +372,28 @@ class FakeQueue:
         raise Reply(200, {"storageType": "object", "name": object_name, "credentials": {
             "clientId": client_id, "accessToken": access_token, "certificate": json.dumps(certificate)}})
 
-    def handle_object(self, handler: Any, raw_path: str) -> None:
+    def handle_object(self, request: Request) -> None:
         """The object service's startDownload (PUT /api/object/v1/start-download/<name>): only
-        with the temporary credentials artifact-content handed out for that object."""
-        prefix = "/api/object/v1/start-download/"
+        with the temporary credentials artifact-content handed out for that object. Other
+        methods are not the object service's: passed on (to the API host's fallback)."""
+        if request.method != "PUT":
+            return
+        raw_path = request.raw_path
+        prefix = OBJECT_PREFIX + "start-download/"
         if not raw_path.startswith(prefix):
             raise Reply(404, {"code": "ResourceNotFound", "message": "no such endpoint"})
         self.start_downloads += 1
         name = urllib.parse.unquote(raw_path[len(prefix):])
-        client_id = self._check_hawk(handler, "PUT")
+        client_id = self._check_hawk(request, "PUT")
         if self.object_scopes.get(client_id) != name:
             raise Reply(403, {"code": "InsufficientScopes", "message": f"object:download:{name} is required"})
         artifact = self.objects.get(name)
         if artifact is None:
             raise Reply(404, {"code": "ResourceNotFound", "message": f"Object {name} not found"})
         try:
-            request = json.loads(handler.request_body)
-            methods = request["acceptDownloadMethods"]
-            assert isinstance(methods, dict) and set(request) == {"acceptDownloadMethods"}
+            asked = json.loads(request.body)
+            methods = asked["acceptDownloadMethods"]
+            assert isinstance(methods, dict) and set(asked) == {"acceptDownloadMethods"}
         except (ValueError, KeyError, TypeError, AssertionError):
             raise Reply(400, {"code": "InputValidationError", "message": "expected {acceptDownloadMethods: {...}}"}) from None
         url = self.fake.presigned_url(artifact.blob_id)
@@ -365,8 +403,8 @@ class FakeQueue:
             raise Reply(200, {"method": "simple", "url": url})
         raise Reply(406, {"code": "NoMatchingMethod", "message": "no acceptable download method"})
 
-    def _check_hawk(self, handler: Any, method: str = "GET") -> str:
-        header = handler.headers.get("Authorization")
+    def _check_hawk(self, request: Request, method: str = "GET") -> str:
+        header = request.headers.get("Authorization")
         if not header:
             raise Reply(403, {"code": "InsufficientScopes", "message": "This request requires Taskcluster credentials"})
 
@@ -375,7 +413,7 @@ class FakeQueue:
                 raise LookupError(client_id)
             return {"id": client_id, "key": self.clients[client_id], "algorithm": "sha256"}
 
-        url = f"http://{handler.headers.get('Host')}{handler.path}"
+        url = f"http://{request.headers.get('Host')}{request.path}"
         try:
             receiver = mohawk.Receiver(lookup, header, url, method, content="", content_type="",
                                        accept_untrusted_content=True)

@@ -19,6 +19,9 @@ Answers follow the OpenAPI spec (tests/test_v2_spec.py validates them), and the 
 habits the spec does not state: the artifact and workflow endpoints answer 401 without a
 token even for public projects; a private project without a token is 404 "Project not
 found" in text/plain; an unstarted job's `started_at` is null.
+
+`routes(fake)` mounts it at /api/v2 on the API host; tokens, Faults.malformed_json and
+Faults.hostile_json work as for v1.1 (circleci_v1.checked_token, circleci_v1.path_faults).
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import itertools
+import urllib.parse
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ciartfs.fakeserver.reply import Reply
+from ciartfs.fakeserver.circleci_v1 import artifact_url, checked_token, path_faults, project_of
+from ciartfs.fakeserver.routing import Reply, Request, Route
 
 if TYPE_CHECKING:
     from ciartfs.fakeserver.model import FakeBuild, FakeProject
@@ -37,7 +42,7 @@ if TYPE_CHECKING:
 
 SLUG_PREFIX = {"gh": "github", "bb": "bitbucket", "github": "github", "bitbucket": "bitbucket", "circleci": "circleci"}
 _ids = itertools.count(1)
-PAGE_SIZE = 2
+PAGE_SIZE = 2  # FakeV2.page_size's default: small, so that clients must follow next_page_token
 
 
 def _uuid() -> str:
@@ -89,21 +94,28 @@ _SLUG_OF_VCS = {"github": "gh", "bitbucket": "bb", "circleci": "circleci"}
 _USER_ID = "00000000-0000-4000-8000-0000000000aa"  # who started every workflow
 
 
-def _page(items: list[Any], query: dict[str, str]) -> dict[str, Any]:
+def _page(items: list[Any], query: dict[str, str], page_size: int, shown: Any = None) -> dict[str, Any]:
+    """One page of `items`, each made into its JSON by `shown` (only those on the page)."""
     token = query.get("page-token")
     try:
         start = int(base64.urlsafe_b64decode(token.encode())) if token else 0
     except ValueError:
         raise Reply(400, {"message": "bad page-token"}) from None
-    end = start + PAGE_SIZE
+    end = start + page_size
     more = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
-    return {"items": items[start:end], "next_page_token": more}
+    page = items[start:end]
+    return {"items": page if shown is None else [shown(item) for item in page], "next_page_token": more}
+
+
+def routes(fake: FakeCI) -> list[Route]:
+    return [Route("api", "/api/v2", fake.v2.handle_request)]
 
 
 class FakeV2:
     def __init__(self, fake: FakeCI) -> None:
         self.fake = fake
         self.pipelines: dict[tuple[str, str, str], list[FakePipeline]] = {}
+        self.page_size = PAGE_SIZE
 
     def add_pipeline(self, project: FakeProject, number: int, **kw: Any) -> FakePipeline:
         pipeline = FakePipeline(number, **kw)
@@ -112,6 +124,16 @@ class FakeV2:
 
     def _all_pipelines(self) -> list[tuple[tuple[str, str, str], FakePipeline]]:
         return [(k, p) for k, ps in self.pipelines.items() for p in ps]
+
+    def handle_request(self, request: Request) -> None:
+        if request.method != "GET":
+            raise Reply(405, {"message": "method not allowed"})
+        token = checked_token(self.fake, request)
+        path_faults(self.fake, request)
+        segments = [urllib.parse.unquote(s) for s in request.raw_path.split("/")]
+        if segments[:3] != ["", "api", "v2"]:
+            return  # "/api/v2x...": not v2's
+        self.handle(segments[3:], request.query, token)
 
     def handle(self, parts: list[str], query: dict[str, str], token: str | None) -> None:
         """parts: the path split after /api/v2/ (already unquoted)."""
@@ -124,9 +146,8 @@ class FakeV2:
                 _need_token(token)
                 project = self._project(vcs, parts[2], parts[3], token)
                 build = self._build(project, int(rest[0]))
-                items = [{"path": a.path, "node_index": a.node_index, "url": self.fake.artifact_url(project, build, a)}
-                         for a in build.artifacts]
-                raise Reply(200, _page(items, query))
+                raise Reply(200, _page(build.artifacts, query, self.page_size, lambda a: {
+                    "path": a.path, "node_index": a.node_index, "url": artifact_url(self.fake, project, build, a)}))
             project = self._project(vcs, parts[2], parts[3], token)
             if not rest:
                 raise Reply(200, self._project_doc(project))
@@ -142,7 +163,7 @@ class FakeV2:
             for key, p in self._all_pipelines():
                 if p.id == parts[1]:
                     project = self._project(*key, token)
-                    raise Reply(200, _page([self._workflow(project, p, w) for w in p.workflows], query))
+                    raise Reply(200, _page([self._workflow(project, p, w) for w in p.workflows], query, self.page_size))
             raise Reply(404, {"message": "Pipeline not found"})
         if len(parts) == 3 and parts[0] == "workflow" and parts[2] == "job":
             _need_token(token)
@@ -150,14 +171,14 @@ class FakeV2:
                 for w in p.workflows:
                     if w.id == parts[1]:
                         project = self._project(*key, token)
-                        raise Reply(200, _page(self._workflow_jobs(project, w), query))
+                        raise Reply(200, _page(self._workflow_jobs(project, w), query, self.page_size))
             raise Reply(404, {"message": "Workflow not found"})
         raise Reply(404, {"message": "Not found"})
 
     def _project(self, vcs: str, user: str, name: str, token: str | None) -> FakeProject:
         """As v1.1's, but the 404 is text/plain, as circleci.com's v2 answers it."""
         try:
-            return self.fake._project(vcs, user, name, token)
+            return project_of(self.fake, vcs, user, name, token)
         except Reply as reply:
             if reply.status == 404:
                 raise Reply(404, b"Project not found", content_type="text/plain") from None
