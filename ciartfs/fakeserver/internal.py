@@ -27,7 +27,7 @@ class _Server(ThreadingHTTPServer):
         self.service = service
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # getaddrinfo gives the full socket address: a link-local one needs its zone's scope id
-        address = socket.getaddrinfo(host, 0, self.address_family, socket.SOCK_STREAM)[0][4]
+        address: Any = socket.getaddrinfo(host, 0, self.address_family, socket.SOCK_STREAM)[0][4]
         super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:  # quiet

@@ -172,7 +172,7 @@ class FakeCI:
 
     def _url(self, role: str) -> str:
         host, port = self._servers[role].server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def api_url(self) -> str:

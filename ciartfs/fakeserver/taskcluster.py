@@ -36,8 +36,8 @@ import secrets
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-import mohawk
-import mohawk.exc
+import mohawk  # type: ignore[import-untyped]
+import mohawk.exc  # type: ignore[import-untyped]
 
 from ciartfs.fakeserver.generated import GeneratedGzip
 from ciartfs.fakeserver.livelog import FakeLiveLog, now_iso
@@ -335,9 +335,10 @@ class FakeQueue:
         for _ in range(5):  # a link is answered as the artifact it names (the queue follows a few)
             if artifact.storage_type != "link" or artifact.link is None:
                 break
-            artifact = run.artifact(artifact.link)
-            if artifact is None:
+            target = run.artifact(artifact.link)
+            if target is None:
                 raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name}: link target not found"})
+            artifact = target
         if artifact.storage_type == "error":
             raise Reply(424, {"reason": artifact.reason, "message": artifact.message})
         if artifact.storage_type == "reference" and artifact.live is not None:

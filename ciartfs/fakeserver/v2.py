@@ -79,7 +79,7 @@ class FakePipeline:
     id: str = dataclasses.field(default_factory=_uuid)
     created_at: str = "2026-11-01T09:49:00.000Z"
 
-    def add_workflow(self, name: str, jobs: list[int], **kw: Any) -> FakeWorkflow:
+    def add_workflow(self, name: str, jobs: list[int | FakeJob], **kw: Any) -> FakeWorkflow:
         workflow = FakeWorkflow(name, jobs, **kw)
         self.workflows.append(workflow)
         return workflow
@@ -196,13 +196,13 @@ class FakeV2:
         for job in w.jobs:
             number = job if isinstance(job, int) else job.number
             build = project.builds.get(number) if number is not None else None
-            if isinstance(job, int) and build is None:
+            if isinstance(job, FakeJob):
+                doc: dict[str, Any] = {"id": job.id, "name": job.name, "type": job.type, "status": job.status}
+            elif build is None:
                 continue
-            doc: dict[str, Any] = {
-                "id": job.id if isinstance(job, FakeJob) else _job_id(build),
-                "name": job.name if isinstance(job, FakeJob) else _job_name(build),
-                "type": job.type if isinstance(job, FakeJob) else "build",
-                "status": job.status if isinstance(job, FakeJob) else _status(build),
+            else:
+                doc = {"id": _job_id(build), "name": _job_name(build), "type": "build", "status": _status(build)}
+            doc |= {
                 "started_at": build.start_time if build else None,
                 "stopped_at": build.stop_time if build else None,
                 "dependencies": [], "project_slug": _slug(project)}
