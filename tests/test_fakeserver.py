@@ -481,9 +481,7 @@ def test_model_defaults():
 
 
 def test_demo_dataset(fake):
-    started = time.perf_counter()
     demo_dataset(fake)
-    assert time.perf_counter() - started < 0.5
     assert {"github/acme/api", "github/acme/secret", "bitbucket/acme/web"} <= {"/".join(k) for k in fake.projects}
     assert fake.projects["github", "acme", "secret"].private
     builds = get(base(fake), params={"limit": 100}).json()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import itertools
 import re
 import secrets
@@ -98,7 +99,7 @@ class BlobStore:
         return hmac.new(self._secret, f"{blob_id}:{expires}".encode(), hashlib.sha256).hexdigest()
 
     def presigned_url(self, storage_url: str, blob_id: int, ttl: float) -> str:
-        expires = int(time.time() + ttl)
+        expires = math.ceil(time.time() + ttl)  # rounded up: a URL lives at least its ttl
         return f"{storage_url}/blob/{blob_id}?expires={expires}&signature={self.sign(blob_id, expires)}"
 
 
