@@ -15,6 +15,7 @@ import tracemalloc
 import pytest
 import trio
 
+from ciartfs.data import decode as decode_module
 from ciartfs.data import reader as reader_module
 from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.errors import Forbidden, UpstreamError
@@ -129,7 +130,7 @@ async def test_a_bomb_stops_at_the_ratio_cap_leaves_nothing_behind_and_is_rememb
     assert _storage_gets(fake, blob.blob_id) == [] and reader.stats.decodes == 1
     assert len([r for r in caplog.records if "decoding stopped" in r.getMessage()]) == 1
     # ... until the failure is old: then it is tried (and fails) again.
-    mock_clock.jump(reader_module.DECODE_FAILURE_TTL + 1)
+    mock_clock.jump(decode_module.DECODE_FAILURE_TTL + 1)
     with pytest.raises(UpstreamError, match="over a gzip decoding cap"):
         await reader.size(art)
     assert len(_storage_gets(fake, blob.blob_id)) == 1 and reader.stats.decodes == 2
@@ -213,12 +214,12 @@ async def test_a_failed_fetch_keeps_its_errno_and_is_remembered_briefly(fake, tm
     blob = _task(fake, "public/denied.log", generated=GeneratedGzip.text(256 << 10, seed=13))
     art = _artifact(fake, "public/denied.log")
     reader = _reader(tmp_path)
-    reader._decoded.add(art.key)  # known to be stored gzip-encoded (e.g. from an earlier read)
+    reader.blocks.decoded.add(art.key)  # known to be stored gzip-encoded (e.g. from an earlier read)
     fake.faults.storage_statuses = [403]
     with pytest.raises(Forbidden):
         await reader.size(art)
     with pytest.raises(Forbidden, match="failed recently"):  # EACCES still, and no request
         await reader.read(art, 0, 10, total=256 << 10)
     assert len(_storage_gets(fake, blob.blob_id)) == 1
-    mock_clock.jump(reader_module.DECODE_TRANSPORT_FAILURE_TTL + 1)
+    mock_clock.jump(decode_module.DECODE_TRANSPORT_FAILURE_TTL + 1)
     assert await reader.size(art) == 256 << 10  # a transport failure is tried again soon

@@ -12,7 +12,8 @@ import httpx
 import pytest
 import trio
 
-from ciartfs.data import reader as reader_module
+from ciartfs.data import decode as decode_module
+from ciartfs.data import fill as fill_module
 from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.errors import UpstreamError
 from ciartfs.net.client import HttpClient
@@ -95,7 +96,7 @@ async def test_a_file_read_block_by_block_is_fetched_once(tmp_path):
         # every block is in the disk cache, each exactly its range's bytes
         for index in range(-(-len(DATA) // BS)):
             assert reader.disk.get(reader._block_key(a, index, len(DATA))) == DATA[index * BS:(index + 1) * BS]
-        reader.memory = MemoryCache(64 << 20)  # memory forgotten: the disk serves a second read
+        reader.blocks.memory = MemoryCache(64 << 20)  # memory forgotten: the disk serves a second read
         assert await read_all(reader, a) == DATA
         assert transport.gets == 1
         nursery.cancel_scope.cancel()
@@ -124,7 +125,7 @@ async def test_concurrent_readers_of_different_blocks_share_one_body(tmp_path):
 
 
 async def test_listing_stops_probe_bodies_past_the_limit_and_a_later_read_fetches_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(reader_module, "PROBE_FILLS", 1)
+    monkeypatch.setattr(fill_module, "PROBE_FILLS", 1)
     transport = WholeOnly(DATA)
     reader = make_reader(tmp_path, transport)
     arts = [art(f"r{i}.html") for i in range(4)]
@@ -200,7 +201,7 @@ async def test_a_content_length_other_than_the_known_size_is_an_error(tmp_path):
     transport.faults = [len(DATA) + BS]
     reader = make_reader(tmp_path, transport)
     a = art()
-    reader._sizes[a.key] = len(DATA)
+    reader.blocks.sizes[a.key] = len(DATA)
     async with trio.open_nursery() as nursery:
         reader.start(nursery)
         with trio.fail_after(20), pytest.raises(UpstreamError, match="size changed"):
@@ -244,7 +245,7 @@ async def test_without_a_disk_cache_a_file_that_fits_memory_is_still_fetched_onc
 async def test_a_probe_body_streams_into_the_disk_cache_within_bounded_memory(tmp_path, monkeypatch):
     """An 8 MiB body kept going after the size probe: memory stays at a batch and a few
     chunks (traced), every block lands on disk, the budget is all given back."""
-    monkeypatch.setattr(reader_module, "FILL_BATCH_BYTES", 64 << 10)
+    monkeypatch.setattr(fill_module, "FILL_BATCH_BYTES", 64 << 10)
     data = random.Random(3).randbytes(8 << 20)
     transport = WholeOnly(data)
     reader = make_reader(tmp_path, transport)
@@ -256,7 +257,7 @@ async def test_a_probe_body_streams_into_the_disk_cache_within_bounded_memory(tm
         try:
             with trio.fail_after(60):
                 assert await reader.size(a) == len(data)
-                while a.key in reader._fills:
+                while a.key in reader.fills.streaming:
                     await trio.sleep(0.01)
             _, peak = tracemalloc.get_traced_memory()
         finally:
@@ -278,5 +279,5 @@ async def test_without_a_disk_cache_a_file_too_large_for_memory_is_read_by_block
         reader.start(nursery)
         with trio.fail_after(30):
             assert await read_all(reader, a) == DATA[:40 * BS + 5]
-        assert reader.memory.max_bytes // reader_module.MEMORY_ONLY_DECODE_SHARE < 40 * BS
+        assert reader.memory.max_bytes // decode_module.MEMORY_ONLY_DECODE_SHARE < 40 * BS
         nursery.cancel_scope.cancel()

@@ -1,13 +1,16 @@
-"""Tier 1: the reader's write-behind to the disk cache (real DiskStore, real threads)."""
+"""Tier 1: the disk write-behind (real DiskStore, real threads, trio's autojump clock), and the
+reader's read-ahead window over blocks it holds."""
 
 from __future__ import annotations
 
 import trio
 
-from ciartfs.data import reader as reader_module
+from ciartfs.data import writebehind as writebehind_module
 from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.net.client import HttpClient
 from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.data.writebehind import WriteBehind
+from ciartfs.net.bodies import MemoryBudget
 from ciartfs.namespace.model import Artifact
 
 def _on_disk(store: DiskStore, keys: list[str]) -> list[str]:
@@ -19,49 +22,120 @@ def _reader(tmp_path) -> tuple[Reader, DiskStore]:
     return Reader(HttpClient(timeout=5), MemoryCache(1 << 20), store, 4096), store
 
 
-async def test_disk_writes_wait_until_a_burst_of_fetches_settles(tmp_path, monkeypatch):
-    monkeypatch.setattr(reader_module, "WRITE_SETTLE_SECONDS", 0.3)
+async def wait_on_disk(store: DiskStore, keys: list[str]) -> None:
+    # (virtual time: the writer's thread runs in real time while the clock jumps, so the bound
+    # is generous; it only turns a hang into a failure)
+    with trio.fail_after(600):
+        while _on_disk(store, keys) != keys:
+            await trio.sleep(0.02)
+
+
+async def test_disk_writes_wait_until_a_burst_of_fetches_settles(tmp_path, monkeypatch, autojump_clock):
+    monkeypatch.setattr(writebehind_module, "WRITE_SETTLE_SECONDS", 0.3)
     reader, store = _reader(tmp_path)
     keys = [f"k{i}" for i in range(8)]
     async with trio.open_nursery() as nursery:
         reader.start(nursery)
+        start = trio.current_time()
         for key in keys:  # a listing's probes: a block every 0.1 s, each sooner than the settle time
-            reader._write_behind(key, key.encode() * 100)
+            reader.writes.queue(key, key.encode() * 100)
             await trio.sleep(0.1)
             assert _on_disk(store, keys) == [], "written while fetches were still arriving"
-        with trio.fail_after(5):
-            while _on_disk(store, keys) != keys:
-                await trio.sleep(0.02)
+        await wait_on_disk(store, keys)
+        # written once nothing came for the settle time after the last block (at 0.7 s)
+        assert trio.current_time() - start >= 0.7 + 0.3
         assert [store.get(k) for k in keys] == [k.encode() * 100 for k in keys]
+        with trio.fail_after(600):  # the queue's hold on the in-flight budget is given back
+            while reader.http.budget.used:
+                await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
 
 
-async def test_a_large_write_queue_is_written_without_waiting_for_quiet(tmp_path, monkeypatch):
-    monkeypatch.setattr(reader_module, "WRITE_SETTLE_SECONDS", 60.0)
-    monkeypatch.setattr(reader_module, "WRITE_BATCH_BYTES", 10_000)
+async def test_a_large_write_queue_is_written_without_waiting_for_quiet(tmp_path, monkeypatch, autojump_clock):
+    monkeypatch.setattr(writebehind_module, "WRITE_SETTLE_SECONDS", 60.0)
+    monkeypatch.setattr(writebehind_module, "WRITE_BATCH_BYTES", 10_000)
     reader, store = _reader(tmp_path)
     keys = [f"k{i}" for i in range(4)]
     async with trio.open_nursery() as nursery:
         reader.start(nursery)
+        start = trio.current_time()
         for key in keys:  # 4 x 4000 bytes: past the batch size, so a sequential read is not held back
-            reader._write_behind(key, b"x" * 4000)
-        with trio.fail_after(5):
-            while _on_disk(store, keys) != keys:
-                await trio.sleep(0.02)
+            reader.writes.queue(key, b"x" * 4000)
+        await wait_on_disk(store, keys)
+        assert trio.current_time() - start < 60.0
         nursery.cancel_scope.cancel()
 
 
-async def test_writes_still_waiting_at_unmount_are_flushed(tmp_path, monkeypatch):
-    monkeypatch.setattr(reader_module, "WRITE_SETTLE_SECONDS", 60.0)
+async def test_writes_still_waiting_at_unmount_are_flushed(tmp_path, monkeypatch, autojump_clock):
+    monkeypatch.setattr(writebehind_module, "WRITE_SETTLE_SECONDS", 60.0)
     reader, store = _reader(tmp_path)
     async with trio.open_nursery() as nursery:
         reader.start(nursery)
-        reader._write_behind("k", b"data")
-        await trio.sleep(0.1)
-        assert not store.contains("k")
+        reader.writes.queue("k", b"data")
+        await trio.sleep(30)
+        assert not store.contains("k") and reader.writes.holds("k")
         nursery.cancel_scope.cancel()  # unmount: background work stops, then the queue is flushed
     await reader.flush_writes()
     assert store.get("k") == b"data"
+    assert reader.http.budget.used == 0
+
+
+async def test_the_write_queue_is_bounded_by_its_limit_and_the_memory_budget(tmp_path, monkeypatch, autojump_clock):
+    monkeypatch.setattr(writebehind_module, "WRITE_SETTLE_SECONDS", 60.0)
+    store = DiskStore(tmp_path / "blocks", 1 << 20)
+    budget = MemoryBudget(1 << 20)
+    writes = WriteBehind(store, budget, max_pending=10_000)
+    writes.queue("early", b"x")
+    assert not writes.holds("early")  # not started (no mount yet): nothing is queued
+    async with trio.open_nursery() as nursery:
+        writes.start(nursery)
+        for key in ("a", "b", "c"):
+            writes.queue(key, b"x" * 4000)
+        assert [writes.holds(k) for k in ("a", "b", "c")] == [True, True, False]  # c: past max_pending
+        assert writes.pending_bytes == budget.used == 8000
+        # the budget full (other bodies in flight): a block stays in memory only
+        budget.used = budget.limit - 100
+        writes.queue("d", b"x" * 200)
+        assert not writes.holds("d")
+        budget.used = 8000
+        # a block found wrong is unqueued, and its bytes given back
+        writes.drop(["b"])
+        assert not writes.holds("b") and writes.pending_bytes == budget.used == 4000
+        nursery.cancel_scope.cancel()
+    await writes.flush()
+    assert _on_disk(store, ["a", "b", "c", "d", "early"]) == ["a"]
+    assert budget.used == 0
+
+
+class FailingDisk:
+    """A disk cache whose every write fails (a full or broken file system)."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def put(self, key: str, data: bytes) -> bool:
+        self.tries += 1
+        raise OSError("no space left on device")
+
+
+async def test_a_failing_disk_loses_the_blocks_but_never_the_mount(autojump_clock):
+    disk = FailingDisk()
+    budget = MemoryBudget(1 << 20)
+    writes = WriteBehind(disk, budget)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        writes.start(nursery)
+        writes.queue("a", b"x" * 100)
+        writes.queue("b", b"y" * 100)
+        with trio.fail_after(600):
+            while disk.tries == 0 or writes.holds("a"):
+                await trio.sleep(0.05)
+        assert budget.used == 0 and writes.pending_bytes == 0
+        writes.queue("c", b"z")  # and the writer starts again for the next block
+        with trio.fail_after(600):
+            while writes.holds("c"):
+                await trio.sleep(0.05)
+        assert disk.tries == 2  # (the first batch stops at its first failure)
+        nursery.cancel_scope.cancel()
 
 
 def test_a_jump_over_blocks_already_held_keeps_the_read_ahead_window(tmp_path):
@@ -73,10 +147,10 @@ def test_a_jump_over_blocks_already_held_keeps_the_read_ahead_window(tmp_path):
     for index in range(6):
         reader.memory.put(reader._block_key(art, index, total), b"x" * bs)
     stream = ReadStream()
-    reader._plan_readahead(art, stream, 0, bs, 0, total)
-    reader._plan_readahead(art, stream, bs, 2 * bs, 1, total)  # sequential
+    reader._plan_readahead(art, stream, 0, bs, total)
+    reader._plan_readahead(art, stream, bs, 2 * bs, total)  # sequential
     assert stream.window == 1
-    reader._plan_readahead(art, stream, 5 * bs, 6 * bs, 5, total)  # blocks 2-4 held: still sequential
+    reader._plan_readahead(art, stream, 5 * bs, 6 * bs, total)  # blocks 2-4 held: still sequential
     assert stream.window == 2
-    reader._plan_readahead(art, stream, 9 * bs, 10 * bs, 9, total)  # blocks 6-8 missing: a seek
+    reader._plan_readahead(art, stream, 9 * bs, 10 * bs, total)  # blocks 6-8 missing: a seek
     assert stream.window == 0

@@ -11,6 +11,8 @@ import enum
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Protocol
 
+from ciartfs.data.sources import LIVE, RANGED, ByteSource
+
 
 class Kind(enum.Enum):
     DIR = "dir"
@@ -20,10 +22,14 @@ class Kind(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Artifact:
-    """What the reader needs to serve a file: a cache identity and where the bytes are.
+    """What the reader needs to serve a file: a cache identity, where the bytes are and how
+    they are obtained.
 
     `key` names the artifact (provider, host, project, build, node, path) and never holds a
-    URL or a secret; it is the cache key. `url` may redirect to a storage host.
+    URL or a secret; it is the cache key. `url` may redirect to a storage host. `source` says
+    how the bytes are obtained (data/sources.py): by Range from `url` (RANGED, or TAIL_FIRST for
+    an archive indexed at its end: `source_for_name(path)`), or streamed as a growing file (LIVE).
+    The URL sources are shared singletons, so an Artifact stays as small as its fields.
     """
 
     key: str
@@ -39,12 +45,16 @@ class Artifact:
     # The provider built `url`, or recognised it by its documented pattern: its first request
     # may carry the provider's credentials. A URL taken as given (from a listing) gets none.
     credentialed: bool = False
-    # A growing file served from one shared stream (a running task's live log, see livelog.py):
-    # never probed for a size; its size is the bytes seen so far.
-    live: bool = False
     # The content hashes the storage promises ({"sha256": hex, ...}, Taskcluster's object
     # service), asked for only when the reader has read the whole artifact and checks it.
     expected_hashes: Callable[[], Awaitable[Mapping[str, str]]] | None = dataclasses.field(default=None, compare=False)
+    source: ByteSource = RANGED
+
+    @property
+    def live(self) -> bool:
+        """A growing file served from one shared stream (a running task's live log, see
+        livelog.py): never probed for a size; its size is the bytes seen so far."""
+        return self.source is LIVE
 
 
 class DirSource(Protocol):

@@ -26,6 +26,7 @@ from ciartfs.errors import BadListing, CiartfsError, Forbidden, NotFound, redact
 from ciartfs.providers.apidocs import ApiDocs, Keep
 from ciartfs.net.client import HeaderCredential, origin_of
 from ciartfs.net.wire import parse_url
+from ciartfs.data.sources import source_for_name
 from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind, StaticDir
 from ciartfs.namespace.names import place_artifacts, tree_entries
 
@@ -509,7 +510,8 @@ def node_entries(records: list[ArtifactRecord], *, host: str, host_id: str, wher
         def make_file(name: str, path: str, rec: ArtifactRecord, node_where: str = node_where,
                       info: dict[str, str] = info) -> Entry:
             art = Artifact(key=f"circleci|{host_id}|{node_where}/{path}", url=rec.url, immutable=immutable,
-                           credentialed=artifact_url_takes_token(rec.url, host, where, rec.node_index))
+                           credentialed=artifact_url_takes_token(rec.url, host, where, rec.node_index),
+                           source=source_for_name(path))
             return Entry(name, Kind.FILE, mtime=mtime, immutable=immutable, artifact=art, info=info)
 
         children = tree_entries(tree, make_file, mtime=mtime, immutable=immutable, ttl=ttl)

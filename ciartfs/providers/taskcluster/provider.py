@@ -45,6 +45,7 @@ from ciartfs.providers import pages, parse_time
 from ciartfs.errors import BadListing, NotFound
 from ciartfs.providers.apidocs import ApiDocs, Keep
 from ciartfs.net.client import Credential, origin_of
+from ciartfs.data.sources import LIVE, source_for_name
 from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind
 from ciartfs.namespace.names import place_artifacts, split_artifact_path, tree_entries
 
@@ -373,7 +374,7 @@ class _RunDir(CompleteDir):
                        immutable=immutable, error=rec.storage_type == "error" and gone is None, gone=gone,
                        # built here: the queue's endpoint may be Hawk-signed. Where a `reference`
                        # artifact points is a redirect from it, and redirects never are.
-                       credentialed=True, live=live,
+                       credentialed=True, source=LIVE if live else source_for_name(path),
                        expected_hashes=(functools.partial(self.api.object_hashes, self.task_id, run.run_id, rec.name)
                                         if rec.storage_type == "object" and gone is None else None))
         info = {"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,

@@ -1,0 +1,108 @@
+"""Read-ahead policy: which blocks to fetch ahead of a sequential reader, and in which requests.
+
+Blocks are small (the kernel's largest buffered read) so that a random read costs little more
+than it reads; sequential reading is where bytes come in bulk. Per open file, a read that
+continues where the previous one ended doubles a window of blocks fetched ahead in the
+background, up to READAHEAD_BYTES; a seek resets it (mountpoint-s3's prefetcher is the model).
+
+Invariants (pure functions: no I/O, no clock; the reader executes the plans):
+- The window only grows on sequential reads (a read starting where the last one ended, or past
+  bytes we hold or are fetching, which the kernel's page cache served), and is at most
+  `max_window` blocks; any other jump resets it to nothing.
+- Read-ahead is topped up only once half the window has been consumed, so requests go out in
+  runs rather than one block per read, and never past the file's last block.
+- Missing blocks are fetched in runs of at most RUN_BYTES, one ranged GET each, at most
+  PREFETCH_CONCURRENCY at once: few requests, several connections, bounded memory (the window
+  per file, the memory LRU in total). A block held or being fetched splits a run; a block the
+  disk may have is read alone (from disk, not upstream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
+# Enough parallel ranged requests to fill a link made of per-connection-capped streams.
+PREFETCH_CONCURRENCY = 16
+# Bytes one read-ahead request asks for: large enough that per-request costs (first-byte
+# latency, CPU) are amortised, small enough that 16 of them fill the link early.
+RUN_BYTES = 1 << 20
+# How far ahead of a sequential reader blocks are fetched, at most.
+READAHEAD_BYTES = 16 << 20
+
+
+@dataclasses.dataclass
+class ReadStream:
+    """Per-open-file state for sequential detection."""
+
+    next_offset: int = 0
+    window: int = 0  # blocks
+    ahead_end: int = 0  # read-ahead has been started for blocks below this index
+
+
+def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: int, max_window: int,
+         held: Callable[[int], bool], active: bool = True) -> range | None:
+    """A read of [offset, end) happened: update `stream`, and return the blocks to fetch ahead
+    now (None: none). `held(index)`: the block is in memory or being fetched. `active`: read-ahead
+    can run at all (the window is still tracked when it cannot)."""
+    bs = block_size
+    last = (end - 1) // bs
+    if offset > 0 and (offset == stream.next_offset
+                       or _skipped_only_held(stream.next_offset, offset, bs, max_window, held)):
+        stream.window = min(max(1, stream.window * 2), max_window)
+    elif offset != stream.next_offset:
+        stream.window = 0
+        stream.ahead_end = 0
+    stream.next_offset = end
+    if not active or stream.window == 0:
+        return None
+    start = max(stream.ahead_end, last + 1)
+    if stream.ahead_end - (last + 1) >= stream.window // 2 and stream.ahead_end > last + 1:
+        return None  # more than half the window is still ahead
+    stop = min(last + 1 + stream.window, (total - 1) // bs + 1)
+    if start >= stop:
+        return None
+    stream.ahead_end = stop
+    return range(start, stop)
+
+
+def _skipped_only_held(lo: int, hi: int, bs: int, max_window: int, held: Callable[[int], bool]) -> bool:
+    """A jump forward over bytes we hold or are fetching is still sequential reading: the
+    kernel serves from its page cache what another reader of the file (16 `sha256sum`s of one
+    cold file) or an earlier read brought in, so those reads never reach us."""
+    if not lo < hi or hi - lo > max_window * bs:
+        return False
+    return all(held(index) for index in range(lo // bs, (hi - 1) // bs + 1))
+
+
+Step = tuple[Literal["single"], int] | tuple[Literal["run"], list[int]]
+
+
+def requests(blocks: range, state: Callable[[int], Literal["held", "disk", "missing"]], *, run_blocks: int,
+             runs: bool) -> list[Step]:
+    """How to fetch `blocks`, in order: ("run", indices) is one ranged GET for consecutive
+    missing blocks (at most `run_blocks`), ("single", index) one block fetched alone (it may be
+    on disk, or the source fetches no runs); held blocks are skipped and end a run."""
+    steps: list[Step] = []
+    run: list[int] = []
+
+    def end_run() -> None:
+        nonlocal run
+        if run:
+            steps.append(("run", run))
+            run = []
+
+    for index in blocks:
+        where = state(index)
+        if where == "held":
+            end_run()
+        elif not runs or where == "disk":
+            end_run()
+            steps.append(("single", index))
+        else:
+            run.append(index)
+            if len(run) == run_blocks:
+                end_run()
+    end_run()
+    return steps

@@ -1,0 +1,131 @@
+"""Byte sources: how an artifact's bytes are obtained, said by the artifact itself.
+
+An `Artifact` carries a `source` (a `ByteSource`), set by the provider where it builds the
+artifact. The reader (reader.py) serves every source the same way: the memory and disk block
+tiers, single flight per block, read-ahead and hash checks are its own; only what happens on a
+miss, and how a size is learned, belongs to the source's `SourceReader`.
+
+The sources:
+- `RANGED` (`RangedUrl()`): one URL serving the file's bytes, read by block-aligned ranged GETs
+  (ranged.py). Two things are found out at run time from the storage's answers, not declared:
+  storage that keeps the file gzip/deflate-encoded (Range counts encoded bytes), so the file is
+  fetched whole and decoded once (decoded-whole: decode.py); and storage that ignores Range, so
+  the one whole body is streamed into the cache (fill.py).
+- `TAIL_FIRST` (`RangedUrl(tail_first=True)`): the same, for an archive whose index is at its
+  end (zip, jar, wheel...): its size is learned from a ranged GET of its tail, which is kept, and
+  opening it fetches the tail at once. Providers choose it with `source_for_name(path)`.
+- `LIVE` (`LiveLog()`): a growing file served from one shared stream (a running task's log):
+  no SourceReader; never probed, never read by range (livelog.py, served by fs.py).
+
+Descriptors are immutable and, for the URL sources, shared singletons: an `Artifact` holds a
+reference, never a per-artifact object (issue 17 counts bytes per artifact).
+
+Zip members (issue 18) fit as one more source without touching the coordinator:
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class ZipMember(ByteSource):
+        archive: Artifact       # the zip itself: a RANGED artifact, its blocks cached as usual
+        offset: int             # of the member's *local* header in the archive
+        compressed_size: int    # from the central directory
+        method: int             # 0 stored, 8 deflated, 12 bzip2, 14 lzma
+        crc32: int
+
+  and a `ZipMemberReader` registered in `source_readers` below. The member's own Artifact has
+  its own `key` (archive key + member path) and its `size` from the central directory, so the
+  reader never asks the source for a size. Its `fetch(art, index, key)`:
+  - stored: the member's block `index` is the archive's bytes [data + index*bs, ...), read
+    with `reader.read(archive, ...)`: the archive's blocks come through the same cache and
+    read-ahead (the local header is read once to find `data`);
+  - deflated: decode from the nearest checkpoint (bit offset + 32 KiB window) at or before
+    the block, reading compressed bytes from the archive the same way, and store the
+    decoded blocks under the member's keys (`Blocks.key`), as decode.py does for gzip;
+  - other methods, or encrypted members: EIO with a log line naming the method.
+  `readahead_runs` is False (the archive's own read-ahead fetches compressed bytes in runs);
+  `fetch_run` is never called then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ciartfs.data.reader import Reader
+    from ciartfs.namespace.model import Artifact
+
+# Archives whose index is at their end: readers (unzip -l, jar, pip) look there first, so
+# opening one fetches its tail at once; a zip's central directory of a few thousand members
+# fits in TAIL_BYTES (ranged.py).
+TAIL_FIRST_SUFFIXES = (".zip", ".jar", ".war", ".ear", ".aar", ".apk", ".whl", ".nupkg", ".ipa", ".xpi", ".vsix")
+
+
+class ByteSource:
+    """How an artifact's bytes are obtained (see the module docstring). Subclasses are frozen
+    dataclasses; the reader finds the `SourceReader` for one by its type."""
+
+    __slots__ = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RangedUrl(ByteSource):
+    """The artifact's URL serves its bytes by Range; `tail_first`: an archive indexed at its end."""
+
+    tail_first: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LiveLog(ByteSource):
+    """A growing file served from one shared stream (livelog.py): never probed, never ranged."""
+
+
+RANGED = RangedUrl()
+TAIL_FIRST = RangedUrl(tail_first=True)
+LIVE = LiveLog()
+
+
+def source_for_name(name: str) -> RangedUrl:
+    """The source of a file served by its URL, from its name: archives indexed at their end
+    are read tail first."""
+    return TAIL_FIRST if name.lower().endswith(TAIL_FIRST_SUFFIXES) else RANGED
+
+
+class SourceReader(Protocol):
+    """What the reader asks of one kind of source; one instance per Reader.
+
+    The coordinator has already looked in the memory tier and holds the block's single flight
+    when it calls `fetch`; the disk tier is the source's to consult (`Blocks.from_disk`), since
+    some sources keep blocks under keys of their own making (decoded files)."""
+
+    async def learn_size(self, art: Artifact) -> int:
+        """The size, when neither the artifact (`art.size`) nor a failure memo answers."""
+        ...
+
+    async def fetch(self, art: Artifact, index: int, key: str, *, probe: bool) -> bytes:
+        """Block `index` (cache key `key`), from the disk tier or upstream, stored in the tiers.
+        `probe`: asked for to learn the size (the total is not known yet)."""
+        ...
+
+    def readahead_runs(self, art: Artifact) -> bool:
+        """Whether read-ahead may fetch this artifact's missing blocks in runs (`fetch_run`);
+        otherwise one `fetch` per block."""
+        ...
+
+    def readahead_wanted(self, art: Artifact, total: int) -> bool:
+        """Whether read-ahead is of use at all (not when one body brings every block)."""
+        ...
+
+    async def fetch_run(self, art: Artifact, first: int, count: int) -> tuple[bytes, int] | None:
+        """Blocks [first, first+count) in one request: (their bytes, the file's total size);
+        None when the run is abandoned (a reader's own `fetch` will get the blocks)."""
+        ...
+
+    def opening_blocks(self, art: Artifact, total: int) -> range:
+        """Blocks to fetch in the background when the file is opened (may be empty)."""
+        ...
+
+
+def source_readers(reader: Reader) -> dict[type[ByteSource], SourceReader]:
+    """The SourceReader for each kind of source: a new source is one more line here."""
+    from ciartfs.data.ranged import RangedUrlReader
+
+    return {RangedUrl: RangedUrlReader(reader)}
