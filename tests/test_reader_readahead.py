@@ -1,0 +1,93 @@
+"""Tier 1: the read-ahead policy (data/readahead.py), pure functions, no I/O: how the window
+grows and resets, when it is topped up, and how the blocks it wants become requests."""
+
+from __future__ import annotations
+
+from ciartfs.data.readahead import ReadStream, plan, requests
+
+MAX = 8  # blocks
+TOTAL = 100  # bytes: with a block size of 1, block i is byte i
+
+
+def read(stream: ReadStream, offset: int, length: int = 1, *, held=lambda i: False, active: bool = True,
+         total: int = TOTAL) -> range | None:
+    return plan(stream, offset, offset + length, total, block_size=1, max_window=MAX, held=held, active=active)
+
+
+def test_sequential_reads_double_the_window_and_top_it_up_at_half():
+    stream = ReadStream()
+    plans = [read(stream, offset) for offset in range(15)]
+    # the first read is no evidence of sequence; then the window doubles: 1, 2, 4, 8 (the cap)
+    assert plans[:5] == [None, range(2, 3), range(3, 5), range(5, 8), range(8, 13)]
+    assert stream.window == MAX
+    # nothing more while over half the window is still ahead of the reader...
+    assert plans[5:9] == [None] * 4
+    # ...then one run tops it up, starting where the last one ended
+    assert plans[9] == range(13, 18)
+    assert plans[10:15] == [None] * 4 + [range(18, 23)]
+
+
+def test_every_block_is_planned_once_and_never_past_the_end():
+    stream = ReadStream()
+    total = 37
+    planned: list[int] = []
+    for offset in range(0, total, 3):
+        ahead = read(stream, offset, 3, total=total)
+        if ahead is not None:
+            assert ahead.start >= offset + 3  # ahead of the read, not what it reads itself
+            assert len(ahead) <= MAX
+            planned += list(ahead)
+    # no block twice, none past the end, and read-ahead reaches the end (blocks the reader
+    # read itself while the window was still smaller than its reads are not planned)
+    assert planned == sorted(set(planned)) and planned[-1] == total - 1
+    assert planned[-MAX:] == list(range(total - MAX, total))  # once the window is grown: contiguous
+
+
+def test_a_seek_resets_the_window():
+    stream = ReadStream()
+    for offset in range(5):
+        read(stream, offset)
+    assert stream.window == 8 and stream.ahead_end == 13
+    assert read(stream, 50) is None  # a jump over bytes nobody fetched
+    assert (stream.window, stream.ahead_end, stream.next_offset) == (0, 0, 51)
+    assert read(stream, 51) == range(52, 53)  # sequential again from there: the window starts over
+    assert read(stream, 20) is None and stream.window == 0  # backwards is a seek too
+
+
+def test_a_jump_over_held_blocks_is_sequential_only_within_the_window():
+    held_blocks = set(range(1, 40))
+    stream = ReadStream()
+    read(stream, 0)
+    assert read(stream, 1) == range(2, 3)  # window 1
+    # the kernel served blocks 2-5 from its page cache: we see a jump over blocks we hold
+    assert read(stream, 6, held=held_blocks.__contains__) is not None
+    assert stream.window == 2
+    # a jump over more than the largest window is a seek, held or not
+    assert read(stream, 7 + MAX + 1, held=held_blocks.__contains__) is None
+    assert stream.window == 0
+    # and so is a jump over one block we lack
+    stream = ReadStream()
+    read(stream, 0)
+    read(stream, 1)
+    assert read(stream, 4, held={2}.__contains__) is None and stream.window == 0
+
+
+def test_without_background_work_the_window_is_tracked_but_nothing_is_planned():
+    stream = ReadStream()
+    assert [read(stream, offset, active=False) for offset in range(4)] == [None] * 4
+    assert stream.window == 4 and stream.ahead_end == 0
+    # once it can, it plans from the reader's position with the window grown meanwhile
+    assert read(stream, 4) == range(5, 13)
+
+
+def test_missing_blocks_become_runs_split_by_held_blocks_and_disk_reads():
+    where = {3: "held", 6: "disk"}
+    steps = requests(range(10), lambda i: where.get(i, "missing"), run_blocks=2, runs=True)
+    assert steps == [("run", [0, 1]), ("run", [2]), ("run", [4, 5]), ("single", 6), ("run", [7, 8]), ("run", [9])]
+
+
+def test_a_source_without_runs_gets_one_request_per_missing_block():
+    where = {1: "held", 2: "disk"}
+    steps = requests(range(5), lambda i: where.get(i, "missing"), run_blocks=16, runs=False)
+    assert steps == [("single", 0), ("single", 2), ("single", 3), ("single", 4)]
+    assert requests(range(3), lambda i: "held", run_blocks=16, runs=True) == []

@@ -1,0 +1,198 @@
+"""Tier 1: byte sources (data/sources.py). Which source providers give an artifact, that the
+reader follows the artifact's source (not its name), and that a new kind of source plugs in
+with one line in `source_readers` and is served through the reader's cache, single flight and
+read-ahead, as a zip member will be."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from ciartfs.data import sources
+from ciartfs.data.cache import MemoryCache
+from ciartfs.data.ranged import TAIL_BYTES
+from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.data.sources import LIVE, RANGED, TAIL_FIRST, ByteSource, source_for_name
+from ciartfs.errors import UpstreamError
+from ciartfs.namespace.model import Artifact
+from ciartfs.net.client import HttpClient
+from ciartfs.providers.circleci.v1 import ArtifactRecord, node_entries
+
+BS = 4096
+
+
+def test_archives_indexed_at_their_end_are_read_tail_first():
+    assert source_for_name("dist/app-1.0.ZIP") is TAIL_FIRST
+    assert source_for_name("pkg/lib.whl") is TAIL_FIRST and source_for_name("a.jar") is TAIL_FIRST
+    assert source_for_name("zip") is RANGED and source_for_name("notes.zip.txt") is RANGED
+    assert source_for_name("report.html") is RANGED
+    # shared descriptors: an artifact holds a reference, not an object of its own
+    assert RANGED == sources.RangedUrl() and TAIL_FIRST == sources.RangedUrl(tail_first=True)
+    assert not hasattr(RANGED, "__dict__")
+
+
+def test_an_artifact_is_live_exactly_when_its_source_is_the_live_stream():
+    assert Artifact("k", "http://x/k", False, source=LIVE).live
+    assert not Artifact("k", "http://x/k", True).live and Artifact("k", "http://x/k", True).source is RANGED
+
+
+def test_circleci_artifacts_get_their_source_where_they_are_built():
+    records = [ArtifactRecord("out/app.jar", 0, "https://h.example/0/out/app.jar"),
+               ArtifactRecord("out/log.txt", 0, "https://h.example/0/out/log.txt")]
+    (node,) = node_entries(records, host="circleci.com", host_id="h", where="gh/o/r/1", mtime=0.0, immutable=True,
+                           ttl=None, source=lambda node: "{}")
+    (out,) = trio.run(node.source.list)
+    files = {e.name: e.artifact for e in trio.run(out.source.list)}
+    assert files["app.jar"].source is TAIL_FIRST and files["log.txt"].source is RANGED
+
+
+class RangedStorage:
+    """Serves `data` by Range (suffix ranges too), recording each request's Range header."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.ranges: list[str] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        spec = request.headers["Range"].removeprefix("bytes=")
+        self.ranges.append(spec)
+        first, last = spec.split("-")
+        size = len(self.data)
+        start, end = (max(0, size - int(last)), size - 1) if first == "" else (int(first), min(int(last), size - 1))
+        return httpx.Response(206, content=self.data[start:end + 1], headers={"Content-Range": f"bytes {start}-{end}/{size}"})
+
+
+def _reader(storage: RangedStorage) -> Reader:
+    return Reader(HttpClient(timeout=5, transport=httpx.MockTransport(storage)), MemoryCache(16 << 20), None, BS)
+
+
+async def test_the_reader_follows_the_source_not_the_name(nursery):
+    data = bytes(range(256)) * (100 * BS // 256)  # 100 blocks: more than the tail probe
+    storage = RangedStorage(data)
+    reader = _reader(storage)
+    reader.start(nursery)
+    # an archive by its source, whatever its name: its size comes from a probe of its tail...
+    archive = Artifact("k/bundle.bin", "http://storage.example/bundle", True, source=TAIL_FIRST)
+    assert await reader.size(archive) == len(data)
+    assert storage.ranges == [f"-{TAIL_BYTES}"]
+    # ...which is kept: the index at its end is read without another request
+    assert await reader.read(archive, len(data) - 100, 100) == data[-100:]
+    assert storage.ranges == [f"-{TAIL_BYTES}"]
+    # a file named like an archive, but whose source says plain ranged reads: block 0 probes it
+    plain = Artifact("k/named.zip", "http://storage.example/named", True)
+    assert await reader.size(plain) == len(data)
+    assert storage.ranges[1:] == [f"0-{BS - 1}"]
+    reader.opened(plain, len(data))  # and opening it fetches nothing ahead
+    await trio.testing.wait_all_tasks_blocked()
+    assert storage.ranges[1:] == [f"0-{BS - 1}"]
+    # opening an archive whose size the listing gave fetches its tail at once
+    listed = Artifact("k/listed.bin", "http://storage.example/listed", True, size=len(data), source=TAIL_FIRST)
+    reader.opened(listed, len(data))
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(storage.ranges) > 2
+    asked = len(storage.ranges)
+    assert await reader.read(listed, len(data) - TAIL_BYTES, TAIL_BYTES) == data[-TAIL_BYTES:]
+    assert len(storage.ranges) == asked
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Generated(ByteSource):
+    """A source of bytes made in-process: byte i of the file is (seed + i) % 251."""
+
+    seed: int
+    size: int
+
+    def span(self, start: int, end: int) -> bytes:
+        return bytes((self.seed + i) % 251 for i in range(start, min(end, self.size)))
+
+
+class GeneratedReader:
+    """Its SourceReader: one `fetch` per block, counted."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self.fetched: list[int] = []
+
+    async def learn_size(self, art: Artifact) -> int:
+        assert isinstance(art.source, Generated)
+        return art.source.size
+
+    async def fetch(self, art: Artifact, index: int, key: str, *, probe: bool) -> bytes:
+        assert isinstance(art.source, Generated)
+        self.fetched.append(index)
+        await trio.sleep(0.01)  # (takes a while: concurrent readers of the block meet in its flight)
+        bs = self.reader.block_size
+        data = art.source.span(index * bs, (index + 1) * bs)
+        self.reader.blocks.keep(art, key, data)
+        return data
+
+    def readahead_runs(self, art: Artifact) -> bool:
+        return False
+
+    def readahead_wanted(self, art: Artifact, total: int) -> bool:
+        return True
+
+    async def fetch_run(self, art: Artifact, first: int, count: int) -> tuple[bytes, int] | None:
+        raise AssertionError("no runs for this source")
+
+    def opening_blocks(self, art: Artifact, total: int) -> range:
+        return range(0)
+
+
+async def test_a_new_source_is_one_line_and_gets_the_cache_single_flight_and_read_ahead(nursery, monkeypatch):
+    plugged: list[GeneratedReader] = []
+    builtin = sources.source_readers
+
+    def with_generated(reader: Reader) -> dict[type[ByteSource], sources.SourceReader]:
+        plugged.append(GeneratedReader(reader))
+        return {**builtin(reader), Generated: plugged[-1]}
+
+    monkeypatch.setattr(sources, "source_readers", with_generated)
+    reader = Reader(HttpClient(timeout=5), MemoryCache(16 << 20), None, BS)
+    reader.start(nursery)
+    (gen,) = plugged
+    source = Generated(seed=7, size=40 * BS + 99)
+    art = Artifact("gen|one", "gen://one", True, source=source)
+    assert await reader.size(art) == source.size and gen.fetched == []
+    # single flight: ten concurrent reads of one block fetch it once
+    results: list[bytes] = []
+
+    async def read_block_5() -> None:
+        results.append(await reader.read(art, 5 * BS + 10, 100))
+
+    async with trio.open_nursery() as readers:
+        for _ in range(10):
+            readers.start_soon(read_block_5)
+    assert results == [source.span(5 * BS + 10, 5 * BS + 110)] * 10 and gen.fetched == [5]
+    # the memory tier: read again, fetched again never
+    assert await reader.read(art, 5 * BS, BS) == source.span(5 * BS, 6 * BS) and gen.fetched == [5]
+    # read-ahead: a sequential reader's next blocks are fetched before it asks for them
+    stream = ReadStream()
+    whole = b""
+    for offset in range(0, 4 * BS, BS):
+        whole += await reader.read(art, offset, BS, stream, source.size)
+        await trio.testing.wait_all_tasks_blocked()
+    assert max(gen.fetched) > 4
+    while len(whole) < source.size:
+        whole += await reader.read(art, len(whole), 3 * BS, stream, source.size)
+    assert whole == source.span(0, source.size)
+    assert sorted(gen.fetched) == list(range(41))  # every block once
+
+
+async def test_an_artifact_whose_source_has_no_reader_fails_alone(nursery):
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Unknown(ByteSource):
+        pass
+
+    reader = Reader(HttpClient(timeout=5), MemoryCache(1 << 20), None, BS)
+    reader.start(nursery)
+    art = Artifact("k/x", "http://storage.example/x", True, source=Unknown())
+    with pytest.raises(UpstreamError, match="no reader for a Unknown source"):  # EIO for this file only
+        await reader.size(art)
+    reader.opened(art, 10)  # (nothing to do, and no error out of an open)
+    ok = Artifact("k/ok", "http://storage.example/ok", True, size=3, source=LIVE)
+    assert await reader.size(ok) == 0  # a live log: the bytes seen so far, never probed
