@@ -205,10 +205,10 @@ class WholeDecoder:
         b.decoded.add(art.key)
         failed = self._failures.get(art.key)
         if failed is not None:
-            until, error = failed
+            until, why = failed
             left = until - trio.current_time()
             if left > 0:  # same class (errno); a short line: a cap was logged when it was hit
-                raise type(error)(f"{error} (failed recently; not tried again for {left:.0f}s)")
+                raise type(why)(f"{why} (failed recently; not tried again for {left:.0f}s)")
             del self._failures[art.key]
         disk = b.disk if b.disk is not None and b.disk.enabled else None
         if disk is not None:

@@ -144,11 +144,16 @@ class HashChecks:
         if b.disk is None:
             return
         disk = b.disk
-        await trio.to_thread.run_sync(lambda: [disk.discard(k) for k in keys])
+
+        def discard_all() -> None:
+            for k in keys:
+                disk.discard(k)
+
+        await trio.to_thread.run_sync(discard_all)
         with trio.move_on_after(DROP_WAIT_SECONDS):
             while any(b.writes.writing(k) for k in keys):
                 await trio.sleep(0.05)
-            await trio.to_thread.run_sync(lambda: [disk.discard(k) for k in keys])
+            await trio.to_thread.run_sync(discard_all)
 
     async def _expected_hashes(self, art: Artifact) -> dict[str, str]:
         known = self._expected.get(art.key)

@@ -17,31 +17,32 @@ The sources:
 - `LIVE` (`LiveLog()`): a growing file served from one shared stream (a running task's log):
   no SourceReader; never probed, never read by range (livelog.py, served by fs.py).
 
-Descriptors are immutable and, for the URL sources, shared singletons: an `Artifact` holds a
-reference, never a per-artifact object (issue 17 counts bytes per artifact).
+Invariants:
+- Descriptors are immutable and, for the URL sources, shared singletons: an `Artifact` holds a
+  reference, never a per-artifact object (issue 17 counts bytes per artifact).
+- An artifact's source is fixed where it is built; what its storage turns out to do (encode,
+  ignore Range) is remembered by the reader for the mount's life, never written back.
+- A SourceReader stores only whole, verified blocks, under the keys `Blocks.key` makes, and
+  returns exactly the block asked for; the reader checks its length against the size shown.
+- An artifact whose source has no SourceReader fails alone, with EIO.
 
-Zip members (issue 18) fit as one more source without touching the coordinator:
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class ZipMember(ByteSource):
-        archive: Artifact       # the zip itself: a RANGED artifact, its blocks cached as usual
-        offset: int             # of the member's *local* header in the archive
-        compressed_size: int    # from the central directory
-        method: int             # 0 stored, 8 deflated, 12 bzip2, 14 lzma
-        crc32: int
-
-  and a `ZipMemberReader` registered in `source_readers` below. The member's own Artifact has
-  its own `key` (archive key + member path) and its `size` from the central directory, so the
-  reader never asks the source for a size. Its `fetch(art, index, key)`:
-  - stored: the member's block `index` is the archive's bytes [data + index*bs, ...), read
-    with `reader.read(archive, ...)`: the archive's blocks come through the same cache and
-    read-ahead (the local header is read once to find `data`);
-  - deflated: decode from the nearest checkpoint (bit offset + 32 KiB window) at or before
-    the block, reading compressed bytes from the archive the same way, and store the
-    decoded blocks under the member's keys (`Blocks.key`), as decode.py does for gzip;
-  - other methods, or encrypted members: EIO with a log line naming the method.
-  `readahead_runs` is False (the archive's own read-ahead fetches compressed bytes in runs);
-  `fetch_run` is never called then.
+Zip members (issue 18) fit as one more source without touching the coordinator. The type is
+`ZipMember` below (archive artifact, local header offset, compressed size, method, CRC-32); the
+work is a `ZipMemberReader` added to `source_readers`. Until then a ZipMember artifact has no
+SourceReader, and reading it is EIO. The member's own Artifact has its own `key` (the archive's
+key + the member path) and its `size` from the central directory, so the reader never asks the
+source for a size (`learn_size` only covers a listing without one). Its `fetch(art, index, key)`:
+- stored: the member's block `index` is the archive's bytes [data + index*bs, ...), read with
+  `reader.read(archive, ...)`: the archive's blocks come through the same cache and read-ahead
+  (the local header is read once that way to find `data`: its name and extra lengths may
+  differ from the central directory's);
+- deflated: decode from the nearest checkpoint (bit offset + 32 KiB window) at or before the
+  block, reading compressed bytes from the archive the same way, and keep the decoded blocks
+  under the member's keys (`Blocks.keep`), as decode.py does for gzip; a CRC-32 check on a
+  whole read as hashes.py does for promised hashes;
+- other methods, or encrypted members: EIO with a log line naming the method.
+`readahead_runs` is False (the archive's own read-ahead fetches compressed bytes in runs), so
+`fetch_run` is never called; `opening_blocks` is empty.
 """
 
 from __future__ import annotations
@@ -76,6 +77,18 @@ class RangedUrl(ByteSource):
 @dataclasses.dataclass(frozen=True, slots=True)
 class LiveLog(ByteSource):
     """A growing file served from one shared stream (livelog.py): never probed, never ranged."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ZipMember(ByteSource):
+    """A member of a zip artifact (issue 18; see the module docstring). One per member, unlike
+    the URL sources: a member's whereabouts are its own."""
+
+    archive: Artifact  # the zip itself, read by Range (its blocks cached as any artifact's)
+    header_offset: int  # of the member's local header in the archive
+    compressed_size: int  # from the central directory
+    method: int  # 0 stored, 8 deflated, 12 bzip2, 14 lzma
+    crc32: int
 
 
 RANGED = RangedUrl()
