@@ -2,7 +2,7 @@
 the sizes learned, and the counters.
 
 Invariants:
-- Every cache key is made here. A block is `<artifact key>|<block size>|<index>`; a growing
+- Every cache key is made here (`Blocks.key`, `size_key`). A block is `<artifact key>|<block size>|<index>`; a growing
   file's block read by range also carries `|<size>` (valid for that size only), while the
   blocks of a file decoded whole never do (decoded again whole when it grows). A size record
   on disk is `size|<artifact key>`. Artifact keys hold no URL and no secret.
@@ -28,14 +28,6 @@ from ciartfs.net.client import HttpClient
 
 SIZE_MEMO_ENTRIES = 1_000_000
 SIZE_PREFIX = "size|"
-
-
-def block_key(art: Artifact, block_size: int, index: int, total: int | None, *, decoded: bool = False) -> str:
-    """The cache key of block `index` (see the module docstring)."""
-    key = f"{art.key}|{block_size}|{index}"
-    if not art.immutable and not decoded:
-        key += f"|{total}"  # a growing file's blocks are only valid for one size
-    return key
 
 
 def size_key(art: Artifact) -> str:
@@ -72,7 +64,11 @@ class Blocks:
         self.background: trio.Nursery | None = None  # set by Reader.start
 
     def key(self, art: Artifact, index: int, total: int | None) -> str:
-        return block_key(art, self.block_size, index, total, decoded=art.key in self.decoded)
+        """The cache key of block `index` (see the module docstring; `total`: the size shown)."""
+        key = f"{art.key}|{self.block_size}|{index}"
+        if not art.immutable and art.key not in self.decoded:
+            key += f"|{total}"  # a growing file's blocks are only valid for one size
+        return key
 
     def count(self, total: int) -> int:
         """Blocks of a file of `total` bytes (a file of 0 bytes has none to read)."""

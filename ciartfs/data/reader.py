@@ -285,14 +285,16 @@ class Reader:
         if not source.readahead_wanted(art, total):
             return
         disk = self.disk
+        runs = source.readahead_runs(art)
 
         def state(index: int) -> Any:
             key = self._block_key(art, index, total)
             if key in self.memory or self._flight.in_flight(key):
                 return "held"
-            return "disk" if disk is not None and disk.might_have(key) else "missing"
+            # (without runs every block is fetched alone anyway: no need to ask the disk index)
+            return "disk" if runs and disk is not None and disk.might_have(key) else "missing"
 
-        for step in requests(blocks, state, run_blocks=self.run_blocks, runs=source.readahead_runs(art)):
+        for step in requests(blocks, state, run_blocks=self.run_blocks, runs=runs):
             if step[0] == "single":
                 background.start_soon(self._prefetch, art, step[1], total)
                 continue
