@@ -1,5 +1,5 @@
 """Tier 1: requests that carry a JSON body (Taskcluster's startDownload, a PUT): framed by the
-layer itself on the wire and through h11, signed only with the credential the caller names and
+layer itself on the wire, their answers read whatever their framing, signed only with the credential the caller names and
 only for its origin, never redirected, retried only when idempotent."""
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ async def test_a_body_is_framed_by_the_layer_and_the_connection_stays_in_step(se
     assert server.accepted == 1
 
 
-async def test_a_chunked_answer_to_a_put_is_read_through_h11(server):
-    """h11 takes over an answer that is not plain: it must be told the request had a body."""
+async def test_a_chunked_answer_to_a_put_is_read_to_its_end(server):
+    """The answer to a request with a body, chunked: read whole, the connection left in step."""
     server.script.append(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                          b"9\r\n{\"ok\": 1}\r\n0\r\n\r\n")
     client = _client(server)

@@ -3,20 +3,18 @@
 This is the transport under `HttpClient`, in place of httpcore's. Why our own: a directory
 listing costs two small GETs per artifact (the artifact URL's redirect, then a ranged GET for
 the size) and that path is CPU-bound. Measured per small ranged GET on loopback (client CPU):
-0.42 ms through httpcore's connection, 0.17 ms with h11 on a trio stream. And for large
-bodies h11 copies every byte four times on the way through its receive buffer.
+0.42 ms through httpcore's connection, 0.17 ms with h11 on a trio stream (less since). And
+for large bodies h11 copies every byte four times on the way through its receive buffer.
 
 For the same reason a request is a parsed `wire.Target` plus a header list, and an answer a
 `Reply` (status, a dict of headers, a body stream), not `httpx.Request`/`httpx.Response`:
 building those was a tenth of the CPU of an `ls -l` of 1000 artifacts. `ViaHttpx` sends
 through any httpx transport instead (the tests script one).
 
-Each exchange writes its request head itself (`wire.request_head`) and reads the answer's
-head itself when it is plain (`wire.plain_head`: a status line, header lines, a
-Content-Length); any other answer (chunked, close-delimited, 1xx, unusual or broken syntax)
-is handed whole to a fresh h11.Connection, the parser httpcore itself uses. A body framed by
-Content-Length - every ranged GET - is read straight off the socket in large reads, no more
-than Content-Length.
+Each exchange writes its request head itself (`wire.request_head`), finds where each answer
+head ends and has llhttp read it (`wire.ResponseParser`, through httptools). A body framed by
+Content-Length - every ranged GET - is then read straight off the socket in large reads, no
+more than Content-Length; any other (chunked, until the server closes) goes through llhttp.
 
 Pooling: a request takes the most recently used idle connection of its origin (checking
 only that one: not expired, not readable - a readable idle socket means the server closed
@@ -31,24 +29,23 @@ connection was checked when it was made, so reuse costs nothing.
 
 Broken answers: an answer the server sent whole that breaks HTTP/1.1 (see `BrokenAnswer`) is
 told apart from one a closed connection cut short, so that the caller can fail at once on the
-first and retry the second. The rule: h11 refusing bytes while the connection is still open
-is a broken answer; after the server closed it, the answer was cut short. Answers that do not
+first and retry the second. The rule: llhttp refusing bytes is a broken answer (it judges
+only bytes that came); the server closing the connection before a head or a body ended cut
+the answer short. Answers that do not
 start with "HTTP/" (HTTP/0.9, SPDY) are refused at their first bytes, and 1xx heads before the
 final one are bounded in number and bytes, so a server streaming them costs little CPU.
 """
 
 from __future__ import annotations
 
-import re
 import ssl
 from collections.abc import AsyncIterator, Sequence
 
-import h11
 import httpx
 import trio
 
 from ciartfs.net.addresses import AddressRule
-from ciartfs.net.wire import HEAD_END, BrokenAnswer, Target, content_length, header_dict, plain_head, request_fields, request_head
+from ciartfs.net.wire import HEAD_END, BrokenAnswer, ResponseParser, Target, header_dict, request_fields, request_head
 
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).
@@ -65,16 +62,6 @@ MAX_HEAD_BYTES = 100 << 10
 # Informational (1xx) heads accepted before the final one: we never send Expect, so at most a
 # few 103 Early Hints or 102 Processing are legitimate. Their bytes count against MAX_HEAD_BYTES.
 MAX_INFORMATIONAL = 16
-# Where h11's description of an error starts quoting the server's bytes.
-_QUOTED = re.compile(r":| b'| b\"| bytearray\(")
-
-
-def _described(error: h11.ProtocolError) -> str:
-    """h11's description of an error, without the bytes it quotes (a Location header's
-    presigned signature must not reach a log)."""
-    return _QUOTED.split(str(error), maxsplit=1)[0]
-
-
 class Reply:
     """An answer: status, headers (see `header_dict`) and a body read once with `aiter_raw`
     (bytes as sent: no content decoding). `aclose` must follow: it hands the connection
@@ -145,123 +132,81 @@ class _Connection:
 
 
 class _Exchange:
-    """One request/response on a connection. The common answer, a plain head with a
-    Content-Length, is parsed here and its body read straight off the socket; any other (chunked,
-    close-delimited, 1xx, unusual syntax, protocol errors) is handed whole to h11, a full HTTP/1.1
-    implementation. h11 for every head was a third of the CPU of a small ranged GET."""
+    """One request/response on a connection. Heads are found here (HEAD_END) and read by
+    `ResponseParser` (llhttp); a body framed by Content-Length - every ranged GET - is then read
+    straight off the socket in large reads, no more than Content-Length, and any other (chunked,
+    until the server closes) goes through the parser."""
 
-    def __init__(self, conn: _Connection, method: str, path: str, fields: list[tuple[str, str]],
-                 body: bytes = b"") -> None:
+    __slots__ = ("conn", "parser", "status", "headers", "remaining", "prefix", "reusable", "done")
+
+    def __init__(self, conn: _Connection, method: str) -> None:
         self.conn = conn
-        # the request, for h11 if it takes over
-        self.method, self.path, self.fields, self.request_body = method, path, fields, body
-        self.h11: h11.Connection | None = None  # only once h11 reads the answer
-        self.remaining: int | None = None  # body bytes still to read directly; None: through h11
-        self.prefix = b""  # body bytes that came with the head
-        self.done = False
-        self.reusable = False
+        self.parser = ResponseParser(method)
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.closed = False  # the server closed its side before the exchange ended
-        self.head_bytes = 0  # bytes received while waiting for the final head
+        self.remaining: int | None = None  # body bytes still to read directly; None: through the parser
+        self.prefix = b""  # body bytes that came with the head
+        self.reusable = False  # the connection can carry the next request once the body is read
+        self.done = False  # the body was read to its end
 
     async def response_head(self) -> None:
         received = b""
-        closed = False
+        head_bytes = 0  # of the heads before, 1xx ones: all count against MAX_HEAD_BYTES
+        informational = 0
         searched = 0  # no head end before this: a head trickling in is searched once, not once per read
-        while (end := HEAD_END.search(received, searched)) is None and len(received) <= MAX_HEAD_BYTES:
-            searched = max(0, len(received) - 2)  # an end ("\n\r\n") may span the next read
-            data = await self.conn.receive(HEAD_READ_SIZE)
-            if not data:
-                closed = True
+        while True:
+            end = HEAD_END.search(received, searched)
+            if end is None:
+                if head_bytes + len(received) > MAX_HEAD_BYTES:
+                    raise BrokenAnswer(f"answer heads larger than {MAX_HEAD_BYTES} bytes")
+                searched = max(0, len(received) - 2)  # an end ("\n\r\n") may span the next read
+                data = await self.conn.receive(HEAD_READ_SIZE)
+                if not data:
+                    raise httpx.RemoteProtocolError("the server closed the connection before the answer's head ended")
+                received += data
+                if not b"HTTP/".startswith(received[:5]):  # HTTP/0.9 (a bare body), SPDY, TLS, junk
+                    raise BrokenAnswer("the answer does not start with HTTP/")
+                continue
+            head_bytes += end.end()
+            if head_bytes > MAX_HEAD_BYTES:
+                raise BrokenAnswer(f"answer heads larger than {MAX_HEAD_BYTES} bytes")
+            head = self.parser.head(received[:end.end()])
+            received, searched = received[end.end():], 0
+            if head is not None:
                 break
-            received += data
-            if not b"HTTP/".startswith(received[:5]):  # HTTP/0.9 (a bare body), SPDY, TLS, junk
+            informational += 1  # 103 Early Hints and the like; never endless
+            if informational > MAX_INFORMATIONAL:
+                raise BrokenAnswer(f"more than {MAX_INFORMATIONAL} informational (1xx) heads")
+            if not b"HTTP/".startswith(received[:5]):
                 raise BrokenAnswer("the answer does not start with HTTP/")
-        head = plain_head(received[:end.end()]) if end is not None and end.end() <= MAX_HEAD_BYTES else None
-        length = content_length(head[2], head[0]) if head is not None else None
-        if head is None or length is None:
-            await self._h11_head(received, closed)
+        self.status, self.headers, self.reusable = head.status, head.headers, head.keep_alive
+        self.prefix = received
+        length = head.length
+        if length is None:  # chunked, or until the server closes: through the parser
             return
-        self.status, http11, self.headers = head
-        self.prefix = received[end.end():]
-        self.reusable = http11 and "close" not in self.headers.get("connection", "").lower()
-        if len(self.prefix) > length:  # bytes beyond the body: ours are the first `length`,
-            self.prefix = self.prefix[:length]  # and the connection is out of step
+        if len(received) > length:  # bytes beyond the body: ours are the first `length`,
+            self.prefix = received[:length]  # and the connection is out of step
             self.reusable = False
         self.remaining = length - len(self.prefix)
         self.done = length == 0  # nothing to read: the connection is free at once
 
-    async def _h11_head(self, received: bytes, closed: bool) -> None:
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self.closed, self.head_bytes = closed, len(received)
-        try:  # h11 must have sent the request to expect its answer (the bytes went already)
-            self.h11.send(h11.Request(method=self.method, target=self.path, headers=self.fields))
-            if self.request_body:
-                self.h11.send(h11.Data(data=self.request_body))
-            self.h11.send(h11.EndOfMessage())
-            self.h11.receive_data(received)
-            if closed:
-                self.h11.receive_data(b"")
-        except h11.ProtocolError as e:
-            raise httpx.RemoteProtocolError(str(e)) from None
-        informational = 0
-        while True:
-            event = await self._next_event(head=True)
-            if isinstance(event, h11.InformationalResponse):
-                informational += 1  # 103 Early Hints and the like; never endless
-                if informational > MAX_INFORMATIONAL:
-                    raise BrokenAnswer(f"more than {MAX_INFORMATIONAL} informational (1xx) heads")
-                continue
-            if isinstance(event, h11.ConnectionClosed):
-                raise httpx.RemoteProtocolError("server closed the connection without an answer")
-            assert isinstance(event, h11.Response)
-            break
-        self.status = event.status_code
-        self.headers = header_dict(event.headers)
-        content_length(self.headers, self.status)  # h11 checked its syntax; the bound is ours
-
-    def _refused(self, error: h11.RemoteProtocolError) -> httpx.RemoteProtocolError:
-        """What h11 refusing the answer means: cut short once the server closed the connection
-        (worth a retry), broken before that (asking again gets the same answer)."""
-        if self.closed:
-            return httpx.RemoteProtocolError(f"the answer was cut short ({_described(error)})")
-        return BrokenAnswer(_described(error))
-
-    async def _next_event(self, *, head: bool = False) -> h11.Event:
-        assert self.h11 is not None
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as e:
-                raise self._refused(e) from None
-            if event is not h11.NEED_DATA:
-                return event
-            if head and self.head_bytes > MAX_HEAD_BYTES:  # all of it heads: 1xx ones and a partial one
-                raise BrokenAnswer(f"answer heads larger than {MAX_HEAD_BYTES} bytes")
-            data = await self.conn.receive(HEAD_READ_SIZE)
-            self.closed = self.closed or not data
-            if head:
-                self.head_bytes += len(data)
-            try:
-                self.h11.receive_data(data)  # b"": the server closed its side
-            except h11.RemoteProtocolError as e:
-                raise self._refused(e) from None
-
     async def body(self) -> AsyncIterator[bytes]:
         if self.remaining is None:
-            assert self.h11 is not None
+            parser = self.parser
+            data, self.prefix = self.prefix, b""
             while True:
-                event = await self._next_event()
-                if isinstance(event, h11.Data):
-                    yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
+                if data:
+                    for chunk in parser.body(data):
+                        yield chunk
+                    if parser.ended:
+                        break
+                data = await self.conn.receive(READ_SIZE)
+                if not data:
+                    parser.closed()  # the end of a body framed so, or an error
+                    self.reusable = False
                     break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise httpx.RemoteProtocolError("connection closed inside the body")
             self.done = True
-            self.reusable = (self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
-                             and not self.h11.trailing_data[0])
+            self.reusable = self.reusable and not parser.trailing
             return
         if self.prefix:
             prefix, self.prefix = self.prefix, b""
@@ -454,7 +399,7 @@ class PoolPerOrigin:
         conn: _Connection | None = None
         try:
             conn = await self._take_idle(origin) or await self._connect(target)
-            exchange = _Exchange(conn, method, target.path, fields, body)
+            exchange = _Exchange(conn, method)
             await conn.send_all(request)
             await exchange.response_head()
         except BaseException:
