@@ -14,7 +14,8 @@ through any httpx transport instead (the tests script one).
 Each exchange writes its request head itself (`wire.request_head`), finds where each answer
 head ends and has llhttp read it (`wire.ResponseParser`, through httptools). A body framed by
 Content-Length - every ranged GET - is then read straight off the socket in large reads, no
-more than Content-Length; any other (chunked, until the server closes) goes through llhttp.
+more than Content-Length, as is a body that ends when the server closes; a chunked one goes
+through llhttp.
 
 Pooling: a request takes the most recently used idle connection of its origin (checking
 only that one: not expired, not readable - a readable idle socket means the server closed
@@ -53,7 +54,9 @@ READ_SIZE = 1 << 20
 # Request bodies are small JSON documents a provider built (Taskcluster's startDownload):
 # nothing larger is ever sent.
 MAX_REQUEST_BODY = 64 << 10
-# Reads while waiting for a head: most answers (redirects, small artifacts) fit whole.
+# Reads while waiting for a head: most answers (redirects, small artifacts) fit whole. Also
+# the reads of a chunked body (API answers): llhttp hands each read's bytes over as a copy, so
+# a smaller read keeps the two within what the memory budget counts per answer (READ_SIZE).
 HEAD_READ_SIZE = 64 << 10
 # Longest wait to close a connection politely (TLS close_notify) before just closing it.
 CLOSE_TIMEOUT = 1.0
@@ -134,17 +137,18 @@ class _Connection:
 class _Exchange:
     """One request/response on a connection. Heads are found here (HEAD_END) and read by
     `ResponseParser` (llhttp); a body framed by Content-Length - every ranged GET - is then read
-    straight off the socket in large reads, no more than Content-Length, and any other (chunked,
-    until the server closes) goes through the parser."""
+    straight off the socket in large reads, no more than Content-Length, as is one that ends
+    when the server closes; a chunked body goes through llhttp."""
 
-    __slots__ = ("conn", "parser", "status", "headers", "remaining", "prefix", "reusable", "done")
+    __slots__ = ("conn", "parser", "status", "headers", "remaining", "until_close", "prefix", "reusable", "done")
 
     def __init__(self, conn: _Connection, method: str) -> None:
         self.conn = conn
         self.parser = ResponseParser(method)
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.remaining: int | None = None  # body bytes still to read directly; None: through the parser
+        self.remaining: int | None = None  # body bytes still to read directly; None: chunked, or until close
+        self.until_close = False  # the body ends when the server closes the connection
         self.prefix = b""  # body bytes that came with the head
         self.reusable = False  # the connection can carry the next request once the body is read
         self.done = False  # the body was read to its end
@@ -182,7 +186,8 @@ class _Exchange:
         self.status, self.headers, self.reusable = head.status, head.headers, head.keep_alive
         self.prefix = received
         length = head.length
-        if length is None:  # chunked, or until the server closes: through the parser
+        if length is None:  # chunked (through llhttp), or until the server closes (off the socket)
+            self.until_close = head.until_close
             return
         if len(received) > length:  # bytes beyond the body: ours are the first `length`,
             self.prefix = received[:length]  # and the connection is out of step
@@ -191,7 +196,15 @@ class _Exchange:
         self.done = length == 0  # nothing to read: the connection is free at once
 
     async def body(self) -> AsyncIterator[bytes]:
-        if self.remaining is None:
+        if self.until_close:  # every byte until the server closes: no framing to check
+            if self.prefix:
+                prefix, self.prefix = self.prefix, b""
+                yield prefix
+            while data := await self.conn.receive(READ_SIZE):
+                yield data
+            self.done, self.reusable = True, False
+            return
+        if self.remaining is None:  # chunked: through llhttp
             parser = self.parser
             data, self.prefix = self.prefix, b""
             while True:
@@ -200,11 +213,9 @@ class _Exchange:
                         yield chunk
                     if parser.ended:
                         break
-                data = await self.conn.receive(READ_SIZE)
+                data = await self.conn.receive(HEAD_READ_SIZE)
                 if not data:
-                    parser.closed()  # the end of a body framed so, or an error
-                    self.reusable = False
-                    break
+                    raise httpx.RemoteProtocolError("server closed the connection inside a chunked body")
             self.done = True
             self.reusable = self.reusable and not parser.trailing
             return

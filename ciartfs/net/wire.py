@@ -168,16 +168,18 @@ def _header_map(names: list[bytes], values: list[bytes]) -> dict[str, str]:
 class Head:
     """A final answer's head, as `ResponseParser.head` read it."""
 
-    __slots__ = ("status", "headers", "keep_alive", "length")
+    __slots__ = ("status", "headers", "keep_alive", "length", "until_close")
 
-    def __init__(self, status: int, headers: dict[str, str], keep_alive: bool, length: int | None) -> None:
+    def __init__(self, status: int, headers: dict[str, str], keep_alive: bool, length: int | None,
+                 until_close: bool) -> None:
         self.status = status
         self.headers = headers  # by lowercase name, see `header_dict`
         self.keep_alive = keep_alive  # llhttp's judgement: HTTP/1.1 without "close" (or 1.0 with keep-alive), framed
         # Body bytes framed by Content-Length, for the caller to read off the socket (0: no body,
-        # as for 204, 304 or an answer to HEAD); None: chunked or until the server closes, read
-        # through `ResponseParser.body`.
+        # as for 204, 304 or an answer to HEAD); None: chunked, read through `ResponseParser.body`,
+        # or (`until_close`) every byte until the server closes the connection, read off the socket.
         self.length = length
+        self.until_close = until_close
 
 
 class ResponseParser:
@@ -191,8 +193,8 @@ class ResponseParser:
     user agent by RFC 9112: a bare LF ends a line (2.2), and an obsolete line folding is read as
     one space (5.2)."""
 
-    __slots__ = ("_parser", "_bodiless", "_names", "_values", "_head_ended", "_keep_alive", "_chunks", "_until_close",
-                 "ended", "trailing")
+    __slots__ = ("_parser", "_bodiless", "_names", "_values", "_head_ended", "_keep_alive", "_chunks", "ended",
+                 "trailing")
 
     def __init__(self, method: str) -> None:
         self._parser = self._llhttp()
@@ -202,7 +204,6 @@ class ResponseParser:
         self._head_ended = False
         self._keep_alive = False
         self._chunks: list[bytes] = []
-        self._until_close = False  # the body is framed by the connection's end
         self.ended = False  # llhttp read the whole message (head and body)
         self.trailing = False  # and bytes came after it: the connection is out of step
 
@@ -279,12 +280,11 @@ class ResponseParser:
             length = int(declared)  # llhttp refuses it beside Transfer-Encoding, or twice
         else:  # chunked, or without either header until the connection ends (RFC 9112 6.3)
             length = None
-            self._until_close = coding is None
-        return Head(status, headers, self._keep_alive, length)
+        return Head(status, headers, self._keep_alive, length, length is None and coding is None)
 
     def body(self, data: bytes) -> list[bytes]:
-        """The body bytes in `data`, the next bytes after the head (a head whose `length` is None):
-        chunks decoded, trailers dropped. `ended` once the body is whole; bytes after it are
+        """The body bytes in `data`, the next bytes after the head of a chunked body: chunks
+        decoded, trailers dropped. `ended` once the body is whole; bytes after it are
         not read (`trailing`). BrokenAnswer for a body that breaks HTTP/1.1 (a bad chunk)."""
         self._chunks = chunks = []
         try:
@@ -295,8 +295,3 @@ class ResponseParser:
             self.trailing = True  # the body is whole; what came after it is not an answer
         return chunks
 
-    def closed(self) -> None:
-        """The server closed the connection: the end of a body framed that way, else a body cut
-        short (httpx.RemoteProtocolError: worth asking again)."""
-        if not self.ended and not self._until_close:
-            raise httpx.RemoteProtocolError("connection closed inside the body")
