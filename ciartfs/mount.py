@@ -24,7 +24,8 @@ from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.config import Settings
 from ciartfs.providers.apidocs import ApiDocs
 from ciartfs.fs import ArtifactFS
-from ciartfs.net.client import Credential, HttpClient, origin_of
+from ciartfs.net.client import HttpClient
+from ciartfs.net.credentials import Credential, origin_of
 from ciartfs.providers.circleci import v1 as circleci, v2 as circleci_v2
 from ciartfs.providers.taskcluster import provider as taskcluster
 from ciartfs.data.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader

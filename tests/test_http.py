@@ -6,7 +6,8 @@ import pytest
 import trio
 
 from ciartfs.errors import ArtifactExpired, BadListing, Forbidden, NotFound, UpstreamError, UpstreamTimeout
-from ciartfs.net.client import HeaderCredential, HttpClient, location_url, origin_of
+from ciartfs.net.client import HttpClient, location_url
+from ciartfs.net.credentials import HeaderCredential, origin_of
 from ciartfs.providers.circleci.v1 import artifact_url_takes_token, credential
 
 API = "https://circleci.example"

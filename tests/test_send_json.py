@@ -13,7 +13,8 @@ import pytest
 
 from ciartfs.net.pool import PoolPerOrigin
 from ciartfs.errors import UpstreamError
-from ciartfs.net.client import HeaderCredential, HttpClient, origin_of
+from ciartfs.net.client import HttpClient
+from ciartfs.net.credentials import HeaderCredential, origin_of
 from ciartfs.net.wire import parse_url
 
 DOC = {"acceptDownloadMethods": {"getUrl": True}}

@@ -1,18 +1,23 @@
 """The one HTTP layer: timeouts, retries, redirects with credential scoping, ranged GETs.
+Beside it: credentials.py (what a credential is and where it may go), ranges.py (a ranged
+reply checked against its request), pool.py (connections, and the 429 limiter per origin),
+wire.py (HTTP/1.1 syntax).
 
 Invariants:
 - Every public call finishes within `timeout` seconds (retries included) or raises
   `UpstreamTimeout`; nothing above this module builds a request or sees httpx.
 - Credentials go only on the first hop of a request whose caller says its URL was built by a
   provider (API documents; artifact URLs a provider built or recognised by their documented
-  pattern: `credentials=True`), and then only to the origins their `Credential` names. No
+  pattern: `credentials=True`), and then only to the origins their `Credential` names
+  (credentials.py). No
   redirect ever carries them, not even one back to the API origin, and a cached redirect
   target is always fetched without them. Redirects are followed here, not by httpx, because
   httpx only strips `Authorization` and would forward a custom header such as `Circle-Token`.
 - With an `AddressRule`, every new connection is checked against it (see `addresses`): a
   refused peer is `AddressRefused` (EACCES) at once, never retried.
-- A ranged reply is verified (offset, length, total) before it is returned; a mismatch is
-  retried, never passed on; a total that cannot be a file's size (>= 2**63) is a bad answer.
+- A ranged reply is verified (offset, length, total) before it is returned (ranges.py); a
+  mismatch is retried, never passed on; a total that cannot be a file's size (>= 2**63) is a
+  bad answer.
 - Memory per call is bounded by the requested length (plus one network chunk), even when a
   server ignores Range and sends the whole body. A caller that asks for it (`take_whole`) gets
   such a body instead, as a `WholeBody` it streams and closes itself (its memory its own).
@@ -47,10 +52,12 @@ import cachetools
 import httpx
 import trio
 
-from ciartfs.net import bodies
+from ciartfs.net import bodies, ranges
 from ciartfs.net.addresses import AddressRule
 from ciartfs.net.bodies import Hold, MemoryBudget
+from ciartfs.net.credentials import Credential
 from ciartfs.net.pool import READ_SIZE, PoolPerOrigin, Reply, ViaHttpx
+from ciartfs.net.ranges import BodyCut, RangeReply, WholeBody
 from ciartfs.errors import (
     AddressRefused,
     ArtifactExpired,
@@ -95,30 +102,6 @@ MIN_ATTEMPT_TIME = 0.25
 
 # A byte of a header value outside ASCII: header values are read as Latin-1, one character a byte
 _NON_ASCII = re.compile("[\x80-\xff]")
-# Offsets of more than 19 digits cannot be ours (see MAX_RESOURCE_BYTES): such a header does
-# not match, and int() never sees thousands of digits.
-_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d{1,19})-(\d{1,19})|\*)/(\d+|\*)\s*$", re.IGNORECASE)
-# A resource size must fit st_size, a signed 64-bit off_t: a larger total (10^30) is a bad
-# answer, reported as such, never a number passed on to overflow in the FUSE layer.
-MAX_RESOURCE_BYTES = (1 << 63) - 1
-
-
-def _resource_size(digits: str, url: str, what: str) -> int:
-    """A total from a header's digits; UpstreamError (not retried: the server said it) when it
-    cannot be a file's size."""
-    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19 or int(digits) > MAX_RESOURCE_BYTES:
-        raise UpstreamError(f"{redact_url(url)}: bad answer: {what} says {digits[:40]}"
-                            f"{'...' if len(digits) > 40 else ''} bytes, more than a file can hold")
-    return int(digits)
-
-
-def origin_of(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) exactly as a request to `url` would connect; ("", "", 0) for a URL
-    that no request can be sent to."""
-    try:
-        return parse_url(url).origin
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol):
-        return "", "", 0
 
 
 def location_url(value: str) -> str:
@@ -142,92 +125,6 @@ class Sender(Protocol):
                    body: bytes = b"") -> Reply: ...
 
     async def aclose(self) -> None: ...
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Credential:
-    """What authenticates us, and the only places it may be sent.
-
-    `origins` are exact (scheme, host, port) matches; `https_host_suffixes` admit a family
-    of hosts over https only (CircleCI serves artifacts from `*.circle-artifacts.com`).
-    This is the second gate: a request gets the headers only if its caller also says the URL
-    is one a provider built (`credentials=True`), and only on its first hop.
-    Subclasses say which headers a request gets (static, or signed per request).
-    """
-
-    origins: frozenset[tuple[str, str, int]] = frozenset()
-    https_host_suffixes: tuple[str, ...] = ()
-
-    def applies_to(self, url: str) -> bool:
-        return self.applies_to_origin(origin_of(url))
-
-    def applies_to_origin(self, origin: tuple[str, str, int]) -> bool:
-        if origin in self.origins:
-            return True
-        scheme, host, _ = origin
-        return scheme == "https" and any(host.endswith(s) for s in self.https_host_suffixes)
-
-    def headers_for(self, method: str, url: str) -> Mapping[str, str]:
-        raise NotImplementedError
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class HeaderCredential(Credential):
-    """The same headers on every request (an API token)."""
-
-    headers: Mapping[str, str] = dataclasses.field(repr=False)
-
-    def headers_for(self, method: str, url: str) -> Mapping[str, str]:
-        return self.headers
-
-
-@dataclasses.dataclass(frozen=True)
-class RangeReply:
-    """`data` is exactly bytes [start, start+len(data)) of a resource of `total` bytes.
-
-    `encoding` is the Content-Encoding the storage applied (e.g. "gzip"), if any: then the
-    offsets and `total` count encoded bytes, and the caller must fetch and decode the whole.
-    """
-
-    start: int
-    data: bytes
-    total: int
-    encoding: str | None = None
-    # The server ignored Range and the caller asked for the body (`take_whole`): `data` is
-    # empty, `total` is the Content-Length, and the caller must stream and close `whole`.
-    whole: WholeBody | None = None
-
-
-class WholeBody:
-    """A 200 answer's body, from its first byte, handed over unread: a cut or broken body, or
-    one that sends nothing for `idle_timeout` seconds, ends `chunks()` with `BodyCut` (worth
-    fetching again); the owner must `aclose()` it."""
-
-    def __init__(self, reply: Reply, url: str, idle_timeout: float) -> None:
-        self._reply = reply
-        self._url = url
-        self._idle_timeout = idle_timeout
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        received = self._reply.aiter_raw()
-        while True:
-            try:
-                with trio.fail_after(self._idle_timeout):
-                    chunk = await received.__anext__()
-            except StopAsyncIteration:
-                return
-            except trio.TooSlowError:
-                raise BodyCut(f"{redact_url(self._url)}: the body stalled (nothing for {self._idle_timeout:g}s)") from None
-            except (httpx.TransportError, BrokenAnswer) as e:
-                raise BodyCut(f"{redact_url(self._url)}: the body was cut ({type(e).__name__}: {e})") from None
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._reply.aclose()
-
-
-class BodyCut(UpstreamError):
-    """A whole body handed over (`WholeBody`) ended before its end: fetching it again may work."""
 
 
 class _Retry(Exception):
@@ -571,6 +468,8 @@ class HttpClient:
         held = await self.budget.take(2 * length + READ_SIZE)  # before a connection slot: waits holding nothing
         try:
             return await self._range_attempt(url, start, length, credentials, take_whole)
+        except ranges.RangeMismatch as e:
+            raise _Retry(str(e)) from None
         finally:
             self.budget.give(held)
 
@@ -603,90 +502,24 @@ class HttpClient:
                 encoding = None
             if status == 206:
                 if start < 0:  # the tail: where it starts follows from the total
-                    start = max(0, self._total_of(resp, url) - length)
-                reply = await self._read_partial(resp, url, start, length)
+                    start = max(0, ranges.total_of(resp, url) - length)
+                reply = await ranges.read_partial(resp, url, start, length)
                 return dataclasses.replace(reply, encoding=encoding)
             if status == 200:
                 declared = resp.headers.get("content-length", "")
                 if take_whole and start >= 0 and encoding is None and declared.isdigit():
-                    total = _resource_size(declared, url, "Content-Length")
+                    total = ranges.resource_size(declared, url, "Content-Length")
                     answer.detach()
                     return RangeReply(0, b"", total, whole=WholeBody(resp, url, self.timeout))
                 if start < 0:
-                    reply = await self._read_whole_tail(resp, url, length)
+                    reply = await ranges.read_whole_tail(resp, url, length)
                 else:
-                    reply = await self._read_whole(resp, url, start, length)
+                    reply = await ranges.read_whole(resp, url, start, length)
                 return dataclasses.replace(reply, encoding=encoding)
             if status == 416:
-                return self._unsatisfiable(resp, url, max(0, start))
+                return ranges.unsatisfiable(resp, url, max(0, start))
             self._retry_or_raise(resp, url)
         raise AssertionError("unreachable")
-
-    async def _read_partial(self, resp: Reply, url: str, start: int, length: int) -> RangeReply:
-        m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
-        if not m or m.group(1) is None or m.group(3) == "*":
-            raise _Retry(f"206 without a usable Content-Range ({resp.headers.get('content-range')!r})")
-        first, last, total = int(m.group(1)), int(m.group(2)), _resource_size(m.group(3), url, "Content-Range")
-        expected_last = min(start + length, total) - 1
-        if first != start or last != expected_last or last < first:
-            raise _Retry(f"Content-Range {first}-{last}/{total} does not match the request {start}-{start + length - 1}")
-        want = last - first + 1
-        chunks, got = [], 0
-        async for chunk in resp.aiter_raw():
-            chunks.append(chunk)
-            got += len(chunk)
-            if got > want:
-                raise _Retry(f"body longer than its Content-Range ({got} > {want})")
-        if got != want:
-            raise _Retry(f"short body: {got} of {want} bytes")
-        return RangeReply(start, chunks[0] if len(chunks) == 1 else b"".join(chunks), total)  # one copy at most
-
-    @staticmethod
-    def _total_of(resp: Reply, url: str) -> int:
-        m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
-        if not m or m.group(1) is None or m.group(3) == "*":
-            raise _Retry(f"206 without a usable Content-Range ({resp.headers.get('content-range')!r})")
-        return _resource_size(m.group(3), url, "Content-Range")
-
-    async def _read_whole_tail(self, resp: Reply, url: str, length: int) -> RangeReply:
-        """The server ignored a suffix Range: stream the body, keeping its last `length`
-        bytes (memory: `length` plus a chunk)."""
-        declared = resp.headers.get("content-length")
-        expected = _resource_size(declared, url, "Content-Length") if declared and declared.isdigit() else None
-        kept = bytearray()
-        total = 0
-        async for chunk in resp.aiter_raw():
-            total += len(chunk)
-            kept += chunk
-            if len(kept) > length:
-                del kept[:len(kept) - length]
-        if expected is not None and expected != total:
-            raise _Retry(f"short body: {total} of {declared} bytes")
-        return RangeReply(total - len(kept), bytes(kept), total)
-
-    async def _read_whole(self, resp: Reply, url: str, start: int, length: int) -> RangeReply:
-        """The server ignored Range: stream, keep only [start, start+length), learn the total."""
-        declared = resp.headers.get("content-length")
-        total = _resource_size(declared, url, "Content-Length") if declared and declared.isdigit() else None
-        end = start + length
-        pos = 0
-        kept = bytearray()
-        async for chunk in resp.aiter_raw():
-            lo, hi = max(start, pos), min(end, pos + len(chunk))
-            if lo < hi:
-                kept += chunk[lo - pos:hi - pos]
-            pos += len(chunk)
-            if total is not None and pos >= end:
-                break  # we know the total and have our bytes: drop the rest of the body
-        if total is None:
-            total = pos
-        elif pos < min(end, total):
-            raise _Retry(f"short body: {pos} of {total} bytes")
-        if start >= total:
-            return RangeReply(start, b"", total)
-        if len(kept) != min(end, total) - start:
-            raise _Retry("whole-body answer did not cover the requested range")
-        return RangeReply(start, bytes(kept), total)
 
     async def _whole_once(self, url: str, consume: Callable[[AsyncIterator[bytes], str | None], Awaitable[T]],
                           credentials: bool) -> T:
@@ -720,17 +553,6 @@ class HttpClient:
             raise Forbidden(f"{redact_url(url)}: HTTP {status}")
         self._retry_or_raise(resp, url)
         raise AssertionError("unreachable")
-
-    @staticmethod
-    def _unsatisfiable(resp: Reply, url: str, start: int) -> RangeReply:
-        m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
-        if not m or m.group(3) == "*":
-            raise UpstreamError(f"{redact_url(url)}: HTTP 416 without the resource size")
-        total = _resource_size(m.group(3), url, "Content-Range")
-        if start < total:
-            raise _Retry(f"HTTP 416 for an offset inside the resource ({start} < {total})")
-        return RangeReply(start, b"", total)
-
 
 async def _stream_chunks(resp: Reply, url: str) -> AsyncIterator[bytes]:
     """A streamed body's chunks; the connection failing is an UpstreamError (not retried: the
@@ -810,4 +632,5 @@ class _Answer:
         return False
 
 
-__all__ = ["BodyCut", "Credential", "HeaderCredential", "HttpClient", "RangeReply", "WholeBody"]
+# What a caller of HttpClient gets back (see ranges.py); credentials are in credentials.py.
+__all__ = ["BodyCut", "HttpClient", "RangeReply", "WholeBody"]

@@ -24,7 +24,7 @@ import trio
 from ciartfs.providers import parse_time
 from ciartfs.errors import BadListing, CiartfsError, Forbidden, NotFound, redact_url
 from ciartfs.providers.apidocs import ApiDocs, Keep
-from ciartfs.net.client import HeaderCredential, origin_of
+from ciartfs.net.credentials import HeaderCredential, origin_of
 from ciartfs.net.wire import parse_url
 from ciartfs.data.sources import source_for_name
 from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind, StaticDir

@@ -44,7 +44,7 @@ import mohawk
 from ciartfs.providers import pages, parse_time
 from ciartfs.errors import BadListing, NotFound
 from ciartfs.providers.apidocs import ApiDocs, Keep
-from ciartfs.net.client import Credential, origin_of
+from ciartfs.net.credentials import Credential, origin_of
 from ciartfs.data.sources import LIVE, source_for_name
 from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind
 from ciartfs.namespace.names import place_artifacts, split_artifact_path, tree_entries
