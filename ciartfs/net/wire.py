@@ -212,7 +212,9 @@ class ResponseParser:
         parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         return parser
 
-    # llhttp's callbacks (httptools looks them up once, by name)
+    # llhttp's callbacks (httptools looks them up once, by name; None: not called, and cheaper
+    # to look up than a missing attribute)
+    on_status = on_chunk_header = on_chunk_complete = None
 
     def on_message_begin(self) -> None:
         self.trailing = self.ended
@@ -241,15 +243,25 @@ class ResponseParser:
             # llhttp's reasons name the rule broken, never quote the bytes
             raise BrokenAnswer(str(e) or type(e).__name__) from None
 
+    def _feed_head(self, data: bytes) -> None:
+        try:
+            self._feed(data)
+        except BrokenAnswer:
+            # llhttp refuses an obsolete line folding; unfolded, the head is read again (rare:
+            # looking for folds in every head cost more than the rest of reading it)
+            first = data.find(b"\n") + 1  # whitespace before the first field line is llhttp's to refuse
+            unfolded = data[:first] + _OBS_FOLD.sub(b" ", data[first:])
+            if unfolded == data:
+                raise
+            self._parser = self._llhttp()
+            self._feed(unfolded)
+
     def head(self, data: bytes) -> Head | None:
         """The final answer's head from `data`, exactly one head (HEAD_END found its blank line);
         None for an informational (1xx) one, which another head follows. BrokenAnswer for one
         that breaks HTTP/1.1 (see the class docstring)."""
-        if b"\n " in data or b"\n\t" in data:
-            first = data.find(b"\n") + 1  # whitespace before the first field line is llhttp's to refuse
-            data = data[:first] + _OBS_FOLD.sub(b" ", data[first:])
         self._head_ended = self.ended = False
-        self._feed(data)
+        self._feed_head(data)
         if not self._head_ended:  # (HEAD_END and llhttp agree on where a head ends)
             raise BrokenAnswer("the head did not end at its blank line")
         status = self._parser.get_status_code()
