@@ -15,6 +15,12 @@ spread. On a loaded machine the loopback figures are noisy; the in-memory ones m
 To compare two versions of the code, run it with each on PYTHONPATH, interleaved, e.g.
 `git archive 2be653b | tar -x -C /tmp/before` then
 `PYTHONPATH=/tmp/before .venv/bin/python scripts/measure_client_cpu.py`.
+
+Where the machine is too busy for CPU times, count instructions, which load does not change:
+`--in-memory-only partial` (or `redirect`) runs that case alone, once, without a server, so
+`valgrind --tool=callgrind python scripts/measure_client_cpu.py --in-memory-only partial
+--requests N` for two values of N gives the instructions per request as the difference of the
+two totals divided by the difference of the Ns (start-up and warm-up cancel out).
 """
 
 from __future__ import annotations
@@ -139,7 +145,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per run (default 3000; 10x in memory)")
     parser.add_argument("--runs", type=int, default=7, help="runs per answer, the median reported (default 7)")
+    parser.add_argument("--in-memory-only", choices=["partial", "redirect"],
+                        help="run this answer once, in memory, exactly --requests times, and print nothing (for valgrind)")
     args = parser.parse_args()
+    if args.in_memory_only:
+        trio.run(one_run, "http://in-memory.invalid", "/" + args.in_memory_only, args.requests, True)
+        return
     sock = socket.create_server(("127.0.0.1", 0))
     server = multiprocessing.Process(target=serve, args=(sock,), daemon=True)
     server.start()
