@@ -272,7 +272,8 @@ class HttpClient:
 
     # -- retry / deadline machinery -----------------------------------------------------------
 
-    async def _bounded(self, url: str, once: Any, *args: Any, timeout: float | None = None, retry: bool = True) -> Any:
+    async def _bounded(self, url: str, once: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None,
+                       retry: bool = True) -> T:
         if self.offline:
             raise Offline(f"offline: {redact_url(url)} is not in the cache")
         timeout = timeout or self.timeout
@@ -616,10 +617,10 @@ class _Answer:
         self._reply = answer[0]
         return answer
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
         assert self._reply is not None
         if self._detached and error is None:
-            return False
+            return
         try:
             if isinstance(error, httpx.TimeoutException):
                 raise _Retry(f"timeout reading body ({type(error).__name__})") from None
@@ -629,7 +630,7 @@ class _Answer:
                 raise _Retry(f"connection broke reading body ({type(error).__name__})") from None
         finally:
             await self._reply.aclose()
-        return False
+
 
 
 # What a caller of HttpClient gets back (see ranges.py); credentials are in credentials.py.

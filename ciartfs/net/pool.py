@@ -119,9 +119,10 @@ class _Connection:
 
     async def receive(self, max_bytes: int) -> bytes:
         try:
-            return await self.stream.receive_some(max_bytes)
+            data = await self.stream.receive_some(max_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             raise httpx.ReadError(f"reading the answer: {e}") from None
+        return data if type(data) is bytes else bytes(data)  # (trio's streams give bytes)
 
     async def aclose(self) -> None:
         # Shielded: a socket must not leak because its task was cancelled. Bounded: TLS sends

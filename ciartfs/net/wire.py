@@ -298,7 +298,8 @@ class ResponseParser:
         """The body bytes in `data`, the next bytes after the head of a chunked body: chunks
         decoded, trailers dropped. `ended` once the body is whole; bytes after it are
         not read (`trailing`). BrokenAnswer for a body that breaks HTTP/1.1 (a bad chunk)."""
-        self._chunks = chunks = []
+        chunks: list[bytes] = []
+        self._chunks = chunks
         try:
             self._feed(data)
         except BrokenAnswer:
