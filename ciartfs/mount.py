@@ -26,10 +26,10 @@ from ciartfs.providers.apidocs import ApiDocs
 from ciartfs.fs import ArtifactFS
 from ciartfs.net.client import HttpClient
 from ciartfs.net.credentials import Credential, origin_of
-from ciartfs.providers.circleci import v1 as circleci, v2 as circleci_v2
-from ciartfs.providers.taskcluster import provider as taskcluster
+from ciartfs.providers.base import MountContext
 from ciartfs.data.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader
-from ciartfs.namespace.model import StaticDir
+from ciartfs.errors import ConfigError
+from ciartfs.namespace.model import Entry, StaticDir
 from ciartfs.namespace.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def fuse_options(settings: Settings) -> set[str]:
 
 def api_hosts(settings: Settings) -> list[str]:
     """The configured API hosts: what the address rule compares other hosts' addresses with."""
-    urls = [settings.circleci_host, settings.taskcluster_root_url]
+    urls = [url for configured in settings.providers for url in configured.api_urls()]
     return [host for host in (origin_of(u)[1] for u in urls if u) if host]
 
 
@@ -58,11 +58,7 @@ class Mount:
         self.settings = settings
         self.mountpoint = os.path.realpath(mountpoint) if mountpoint else ""
         self.started = time.time()
-        creds = [circleci.credential(settings.circleci_host, settings.circleci_token)]
-        if settings.taskcluster_root_url:
-            creds.append(taskcluster.credential(settings.taskcluster_root_url, settings.taskcluster_client_id,
-                                                settings.taskcluster_access_token, settings.taskcluster_certificate))
-        credentials: tuple[Credential, ...] = tuple(c for c in creds if c is not None)
+        credentials: tuple[Credential, ...] = tuple(c for p in settings.providers for c in p.credentials())
         self.address_rule = AddressRule(api_hosts(settings), allow_private=settings.allow_private_addresses)
         self.http = HttpClient(timeout=settings.timeout, credentials=credentials, offline=settings.offline,
                                address_rule=self.address_rule, budget=MemoryBudget(settings.max_inflight_memory))
@@ -81,22 +77,17 @@ class Mount:
                                                         settings.max_inflight_memory // 2),
                              live_spool_dir=settings.cache_dir)
         self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
-        now = time.time()
-        token_set = bool(settings.circleci_token)
-        api = circleci.CircleCIApi(self.docs, settings.circleci_host, token_set=token_set)
-        v2 = circleci_v2.CircleCIV2Api(self.docs, settings.circleci_host, token_set=token_set)
-        ttl = settings.latest_ttl
-        entries = circleci.root_entries(
-            api, recent_builds=settings.recent_builds, ttl=ttl, mtime=now,
-            extras=lambda vcs, user, project: [circleci_v2.pipelines_entry(v2, vcs, user, project, ttl)])
-        entries.append(circleci_v2.v2_root_entry(v2, ttl=ttl, mtime=now))
-        if settings.taskcluster_root_url:
-            queue = taskcluster.QueueApi(self.docs, settings.taskcluster_root_url)
-            entries.append(taskcluster.root_entry(queue, ttl=settings.latest_ttl, mtime=now))
+        context = MountContext(self.docs, recent_builds=settings.recent_builds, ttl=settings.latest_ttl,
+                               mtime=time.time())
+        entries: list[Entry] = []
+        for configured in settings.providers:
+            for entry in configured.root_entries(context):
+                if any(e.name == entry.name for e in entries):  # two providers would hide one another
+                    raise ConfigError(f"provider {configured.name}: top-level name {entry.name!r} is taken")
+                entries.append(entry)
         root = StaticDir(entries)
         self.tree = Tree(root, self.reader.size)
         self.ops = ArtifactFS(self.tree, self.reader)
-
 
     def status(self, disk_bytes: int) -> dict[str, Any]:
         """What `ciartfs status` shows: settings without secrets, counters, cache use."""
@@ -105,9 +96,7 @@ class Mount:
             "pid": os.getpid(), "mountpoint": self.mountpoint, "started": self.started,
             "uptime": time.time() - self.started,
             "settings": {
-                "circleci_host": s.circleci_host, "circleci_token": bool(s.circleci_token),
-                "taskcluster_root_url": s.taskcluster_root_url,
-                "taskcluster_credentials": bool(s.taskcluster_access_token),
+                **{key: value for p in s.providers for key, value in p.status().items()},
                 "cache_dir": str(s.cache_dir), "cache_size": s.cache_size, "memory_cache": s.memory_cache,
                 "max_inflight_memory": s.max_inflight_memory,
                 "block_size": s.block_size, "max_decoded_size": s.max_decoded_size,
@@ -130,7 +119,9 @@ def serve(settings: Settings, mountpoint: str, on_ready: Callable[[], None] | No
     """Mount, call `on_ready`, serve until unmounted or signalled, then clean up."""
     mount = Mount(settings, mountpoint)
     pyfuse3.init(mount.ops, mountpoint, fuse_options(settings))
-    log.info("mounted %s (CircleCI %s, cache %s)", mountpoint, settings.circleci_host, settings.cache_dir)
+    shown = [(p.provider.title, p.provider.describe(p.status())) for p in settings.providers]
+    log.info("mounted %s (%s; cache %s)", mountpoint, "; ".join(f"{title} {text}" for title, text in shown if text),
+             settings.cache_dir)
     try:
         trio.run(_main, mount, on_ready)
     except BaseException:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ciartfs.config import default_cache_dir
+from ciartfs.providers import registry
 from ciartfs.private_dir import NotPrivate, why_not_private
 
 # How often a mount rewrites its status file (seconds): fresh enough for a human.
@@ -162,10 +163,11 @@ def format_status(doc: dict[str, Any]) -> str:
     hit_ratio = (st["memory_hits"] + st["disk_hits"]) / reads if reads else 0.0
     lines = [
         f"{doc['mountpoint']}  (pid {doc['pid']}, up {doc['uptime']:.0f}s)",
-        f"  CircleCI:       {s['circleci_host']}" + ("  (token set)" if s["circleci_token"] else ""),
     ]
-    if s.get("taskcluster_root_url"):
-        lines.append(f"  Taskcluster:    {s['taskcluster_root_url']}" + ("  (credentials set)" if s["taskcluster_credentials"] else ""))
+    for provider in registry.providers():  # each says what it published
+        described = provider.describe(s)
+        if described is not None:
+            lines.append(f"  {provider.title + ':':<16}{described}")
     lines += [
         f"  cache:          {s['cache_dir']}  disk {human(doc['disk_bytes'])} of {human(s['cache_size'])}, "
         f"memory {human(doc['memory_bytes'])} of {human(s['memory_cache'])}; {doc.get('inodes', 0)} inodes",

@@ -29,16 +29,16 @@ def test_precedence_flag_env_file_default(tmp_path):
     env = {"CIRCLECI_HOST": "https://env.example", "CIARTFS_BLOCK_SIZE": "128K"}
     s = load_settings({"block_size": "256K"}, env=env, config_path=cfg)
     assert s.block_size == 256 << 10          # flag
-    assert s.circleci_host == "https://env.example"  # env beats file
+    assert s.provider("circleci").host == "https://env.example"  # env beats file
     assert s.recent_builds == 7               # file
     assert s.latest_ttl == 5.0
     assert s.timeout == 30.0                  # default
-    assert s.circleci_api == "https://env.example/api/v1.1"
+    assert s.provider("circleci").api == "https://env.example/api/v1.1"
 
 
 def test_missing_default_config_file_is_fine(tmp_path):
     s = load_settings({}, env={"XDG_CONFIG_HOME": str(tmp_path)})
-    assert s.circleci_host == "https://circleci.com"
+    assert s.provider("circleci").host == "https://circleci.com"
 
 
 def test_unknown_key_and_bad_values_are_one_line_errors(tmp_path):
@@ -58,11 +58,11 @@ def test_unknown_key_and_bad_values_are_one_line_errors(tmp_path):
 
 def test_token_sources(tmp_path):
     tok = write(tmp_path / "tok", "file-token\n")
-    assert load_settings({}, env={"CIRCLE_TOKEN": "env-token"}).circleci_token == "env-token"
-    assert load_settings({"circleci_token_file": str(tok)}, env={"CIRCLE_TOKEN": "env-token"}).circleci_token == "file-token"
+    assert load_settings({}, env={"CIRCLE_TOKEN": "env-token"}).provider("circleci").token == "env-token"
+    assert load_settings({"circleci_token_file": str(tok)}, env={"CIRCLE_TOKEN": "env-token"}).provider("circleci").token == "file-token"
     cfg = write(tmp_path / "c.toml", f'circleci_token_file = "{tok}"\n')
-    assert load_settings({}, env={}, config_path=cfg).circleci_token == "file-token"
-    assert load_settings({}, env={"CIRCLE_TOKEN": "env-token"}, config_path=cfg).circleci_token == "env-token"
+    assert load_settings({}, env={}, config_path=cfg).provider("circleci").token == "file-token"
+    assert load_settings({}, env={"CIRCLE_TOKEN": "env-token"}, config_path=cfg).provider("circleci").token == "env-token"
     with pytest.raises(ConfigError, match="token file"):
         load_settings({"circleci_token_file": str(tmp_path / "nope")}, env={})
 
@@ -76,9 +76,9 @@ def test_token_never_in_repr(tmp_path):
 def test_taskcluster_settings(tmp_path):
     s = load_settings({}, env={"TASKCLUSTER_ROOT_URL": "https://tc.example/", "TASKCLUSTER_CLIENT_ID": "me",
                                "TASKCLUSTER_ACCESS_TOKEN": "tc-secret"})
-    assert s.taskcluster_root_url == "https://tc.example"
-    assert s.taskcluster_client_id == "me" and "tc-secret" in s.secrets() and "tc-secret" not in repr(s)
-    assert load_settings({}, env={}).taskcluster_root_url is None
+    assert s.provider("taskcluster").root_url == "https://tc.example"
+    assert s.provider("taskcluster").client_id == "me" and "tc-secret" in s.secrets() and "tc-secret" not in repr(s)
+    assert load_settings({}, env={}).provider("taskcluster") is None
     with pytest.raises(ConfigError, match="TASKCLUSTER_CLIENT_ID"):
         load_settings({}, env={"TASKCLUSTER_CLIENT_ID": "me"})
 
@@ -87,7 +87,7 @@ def test_readme_config_example_has_every_key_and_loads(tmp_path):
     import re
     from pathlib import Path
 
-    from ciartfs.config import OPTIONS
+    from ciartfs.config import all_options
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     block = re.search(r"A `config.toml` with every key:\n\n```toml\n(.*?)```", readme, re.S).group(1)
@@ -95,8 +95,8 @@ def test_readme_config_example_has_every_key_and_loads(tmp_path):
     path.write_text(block.replace("~/.config/ciartfs/circle-token", str(tmp_path / "tok")))
     (tmp_path / "tok").write_text("t0ken\n")
     settings = load_settings({}, env={}, config_path=path)
-    assert {o.key for o in OPTIONS} <= set(re.findall(r"^(\w+) =", block, re.M))
-    assert settings.memory_cache == 512 << 20 and settings.circleci_token == "t0ken"
+    assert {o.key for o in all_options()} <= set(re.findall(r"^(\w+) =", block, re.M))
+    assert settings.memory_cache == 512 << 20 and settings.provider("circleci").token == "t0ken"
 
 
 def test_allow_private_addresses_from_flag_env_or_file(tmp_path):

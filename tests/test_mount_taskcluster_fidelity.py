@@ -117,8 +117,8 @@ def test_certificate_comes_from_the_environment_and_is_checked():
     env = {"TASKCLUSTER_ROOT_URL": "https://tc.example/", "TASKCLUSTER_CLIENT_ID": "temp/me",
            "TASKCLUSTER_ACCESS_TOKEN": "tok", "TASKCLUSTER_CERTIFICATE": json.dumps(CERT)}
     settings = load_settings({}, env=env)
-    assert json.loads(settings.taskcluster_certificate) == CERT
-    assert settings.taskcluster_certificate in settings.secrets() and "fake-signature" not in repr(settings)
+    assert json.loads(settings.provider("taskcluster").certificate) == CERT
+    assert settings.provider("taskcluster").certificate in settings.secrets() and "fake-signature" not in repr(settings)
     with pytest.raises(ConfigError, match="not a JSON object") as info:
         load_settings({}, env={**env, "TASKCLUSTER_CERTIFICATE": "{not json fake-signature"})
     assert "fake-signature" not in str(info.value)

@@ -28,7 +28,9 @@ from typing import Any, NoReturn
 
 from ciartfs import __version__, status
 from ciartfs.private_dir import ensure_private_dir
-from ciartfs.config import OPTIONS, OPTIONS_BY_KEY, ConfigError, Settings, load_settings, parse_bool
+from ciartfs.config import ConfigError, Settings, all_options, load_settings, options_by_key, parse_bool
+from ciartfs.providers import registry
+from ciartfs.providers.base import Configured
 
 log = logging.getLogger("ciartfs")
 
@@ -174,16 +176,16 @@ def parse_mount_options(values: list[str] | None) -> dict[str, str | bool]:
             key = key.strip().replace("-", "_")
             if key in _GENERIC_MOUNT_OPTIONS or key.startswith("x-") or key.startswith("comment="):
                 continue
-            if key in OPTIONS_BY_KEY:
+            if key in options_by_key():
                 flags[key] = val if eq else True
             else:
-                raise ConfigError(f"unknown mount option {key!r} (settings: {', '.join(o.key for o in OPTIONS)})")
+                raise ConfigError(f"unknown mount option {key!r} (settings: {', '.join(o.key for o in all_options())})")
     return flags
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     flags = {**parse_mount_options(getattr(args, "options", None)),
-             **{o.key: getattr(args, o.key) for o in OPTIONS if getattr(args, o.key, None) is not None}}
+             **{o.key: getattr(args, o.key) for o in all_options() if getattr(args, o.key, None) is not None}}
     config = Path(args.config) if args.config else None
     return load_settings(flags, config_path=config)
 
@@ -212,9 +214,11 @@ def _run_foreground(args: argparse.Namespace, settings: Settings, *, demo: bool)
             demo_dataset(fake)
             fake.start()
             demo_cache = tempfile.mkdtemp(prefix="ciartfs-demo-cache-")
-            settings = dataclasses.replace(settings, circleci_host=fake.api_url, circleci_token=DEMO_TOKEN,
-                                           taskcluster_root_url=fake.api_url, cache_dir=Path(demo_cache))
-            log.info("demo: fake CircleCI at %s", fake.api_url)
+            # every provider the fake serves, at the fake, whatever the settings said
+            in_force = tuple(Configured(p, demo) for p in registry.providers()
+                             if (demo := p.demo(fake.api_url, DEMO_TOKEN)) is not None)
+            settings = dataclasses.replace(settings, providers=in_force, cache_dir=Path(demo_cache))
+            log.info("demo: fake CI server at %s", fake.api_url)
         ready = lambda: _report_ready(args.ready_fd, "ok")  # noqa: E731
         try:
             mount.serve(settings, args.mountpoint, on_ready=ready)
@@ -313,11 +317,8 @@ def cmd_mount(args: argparse.Namespace, *, demo: bool = False) -> int:
     code = _run_background(args, settings, demo=demo)
     if demo and code == 0:
         mp = args.mountpoint
-        from ciartfs.fakeserver.dataset import DEMO_TASK_GROUP
-        print(f"Try:\n  ls -l {mp}/github/acme/api/\n  ls -R {mp}/github/acme/api/latest/\n"
-              f"  grep -rl FAILED {mp}/github/acme/api/\n  sha256sum {mp}/github/acme/api/latest/0/dist/app.tar.gz\n"
-              f"  ls -l {mp}/taskcluster/group/{DEMO_TASK_GROUP}/ {mp}/taskcluster/group/{DEMO_TASK_GROUP}/build-linux64/\n"
-              f"  tail -f {mp}/taskcluster/group/{DEMO_TASK_GROUP}/lint/latest/public/logs/live.log   # a running task\n"
+        tries = [line for p in registry.providers() for line in p.demo_examples(mp)]
+        print("Try:\n" + "".join(f"  {line}\n" for line in tries) +
               f"Stop it with: ciartfs unmount {mp}")
     return code
 
@@ -409,7 +410,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground; SIGINT/SIGTERM unmount")
     p.add_argument("--config", metavar="PATH", help="config file (default ~/.config/ciartfs/config.toml)")
-    for opt in OPTIONS:
+    for opt in all_options():
         flag = "--" + opt.key.replace("_", "-")
         env = f" [${opt.env}]" if opt.env else ""
         if opt.parse is parse_bool:  # a switch: present means true (env/config can say either)
@@ -423,40 +424,44 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    providers = registry.providers()
+    systems = ", ".join(p.title for p in providers)
     parser = argparse.ArgumentParser(
         prog="ciartfs",
         allow_abbrev=False,
         description="Mount CI build artifacts as a read-only filesystem.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  ciartfs mount ~/ci && ls ~/ci/github/acme/api/latest/0/\n"
-               "  ciartfs demo /tmp/ci       # a local fake CircleCI, no account needed\n"
+        epilog=f"examples:\n  ciartfs mount ~/ci && ls ~/ci/{providers[0].example_path}\n"
+               "  ciartfs demo /tmp/ci       # a local fake CI server, no account needed\n"
                "  ciartfs unmount ~/ci",
     )
     parser.add_argument("--version", action="version", version=f"ciartfs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("mount", allow_abbrev=False, help="mount CircleCI artifacts at MOUNTPOINT",
+    p = sub.add_parser("mount", allow_abbrev=False, help=f"mount {systems} artifacts at MOUNTPOINT",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  CIRCLE_TOKEN=... ciartfs mount ~/ci\n"
-                              "  ciartfs mount -f -v ~/ci --taskcluster-root-url https://tc.example.com\n"
+                       epilog="examples:\n  ciartfs mount ~/ci\n"
+                              "  ciartfs mount -f -v ~/ci --latest-ttl 10\n"
                               "  ciartfs mount ~/ci -o cache_dir=/data/ciartfs,memory_cache=1G   # as /etc/fstab passes it",
-                       description="Mount at MOUNTPOINT; returns once the mount answers. "
-                                   "The token comes from $CIRCLE_TOKEN or --circleci-token-file.")
+                       description="Mount at MOUNTPOINT; returns once the mount answers. Credentials never come "
+                                   "from a flag's value: " + "; ".join(f"{p.title} from {p.credential_help}"
+                                                                       for p in providers if p.credential_help) + ".")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_settings(p)
     p = sub.add_parser("demo", allow_abbrev=False, help="start the bundled fake CI server and mount it",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  ciartfs demo /tmp/ci && ls /tmp/ci/github/acme/api/latest/0/\n"
+                       epilog=f"examples:\n  ciartfs demo /tmp/ci && ls /tmp/ci/{providers[0].example_path}\n"
                               "  ciartfs demo -f /tmp/ci      # in the foreground; Ctrl-C unmounts",
-                       description="Mount a built-in fake CircleCI with example builds at MOUNTPOINT (created if missing).")
+                       description=f"Mount a built-in fake CI server ({systems}) with example builds at MOUNTPOINT "
+                                   "(created if missing).")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_settings(p)
     p = sub.add_parser("prefetch", help="fetch files or trees of a mount into its disk cache, with progress",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  ciartfs prefetch ~/ci/github/acme/api/latest/\n"
-                              "  ciartfs prefetch -j 16 ~/ci/taskcluster/<taskId>/latest/public/build/",
+                       epilog="examples:\n" + "".join(f"  ciartfs prefetch{' -j 16' if i else ''} ~/ci/{p.example_path}\n"
+                                                       for i, p in enumerate(providers) if p.example_path),
                        description="Read PATHs (files or directories inside a ciartfs mount) in parallel so that "
                                    "their bytes are in the disk cache; already cached files are skipped, so an "
-                                   "interrupted run resumes. Example: ciartfs prefetch ~/ci/github/acme/api/latest/")
+                                   "interrupted run resumes.")
     p.add_argument("paths", metavar="PATH", nargs="+")
     p.add_argument("-j", "--jobs", type=int, default=8, help="files fetched at once (default 8)")
     p = sub.add_parser("status", help="show active mounts: settings, cache use, requests, hit ratio, errors",
@@ -490,7 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args: Any = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ConfigError as e:  # a provider that cannot be loaded ($CIARTFS_EXTRA_PROVIDERS)
+        print(f"ciartfs: {e}", file=sys.stderr)
+        return 1
+    args: Any = parser.parse_args(argv)
     try:
         if args.command == "mount":
             return cmd_mount(args)
