@@ -58,13 +58,17 @@ class Provider(abc.ABC, Generic[S]):
     Class attributes: `name` (the prefix of its option keys and status keys, e.g. "circleci"),
     `title` (for people: "CircleCI"), `options` (its settings; see options.Option), and for
     the CLI's help: `credential_help` (where its credentials come from) and `example_path` (a
-    directory of one build's artifacts inside a mount)."""
+    directory of one build's artifacts inside a mount). `fake_modules` name the modules that
+    serve its API on the bundled fake server (tests, `ciartfs demo`): each has
+    `routes(fake) -> list[Route]` (see fakeserver/routing.py); named, not imported, so that
+    a mount never loads the fake."""
 
     name: str
     title: str
     options: tuple[Option, ...] = ()
     credential_help: str = ""
     example_path: str = ""
+    fake_modules: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def load(self, given: OptionValues) -> S | None:
@@ -147,8 +151,10 @@ def check_providers(providers: Sequence[Provider[Any]], core_keys: set[str]) -> 
             raise ConfigError(f"provider name {p.name!r} is taken or not an identifier")
         names.add(p.name)
         for opt in p.options:
-            if not opt.key.startswith(p.name + "_") or opt.key in keys or (opt.env and opt.env in envs):
-                raise ConfigError(f"provider {p.name}: option {opt.key} clashes or lacks its '{p.name}_' prefix")
+            if not opt.key.startswith(p.name + "_"):
+                raise ConfigError(f"provider {p.name}: option {opt.key} does not begin with '{p.name}_'")
+            if opt.key in keys or (opt.env and opt.env in envs):
+                raise ConfigError(f"provider {p.name}: option {opt.key} (${opt.env}) is another setting's too")
             keys.add(opt.key)
             if opt.env:
                 envs.add(opt.env)

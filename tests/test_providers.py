@@ -1,0 +1,183 @@
+"""The Provider contract (providers/base.py): the built-in providers keep it, nothing outside
+providers/ names one, and a provider from outside (tests/toy_provider.py, one registry line
+through $CIARTFS_EXTRA_PROVIDERS) gets its settings, credentials, status line and mount."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import toy_provider
+from ciartfs import status
+from ciartfs.config import all_options, load_settings
+from ciartfs.errors import ConfigError
+from ciartfs.options import Option, OptionValues, parse_url
+from ciartfs.providers import registry
+from ciartfs.providers.base import Provider, check_providers
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY_ENV = {registry.EXTRA_PROVIDERS_ENV: "toy_provider:PROVIDER"}
+
+
+def with_toy() -> tuple[Provider[Any], ...]:
+    return registry.providers(TOY_ENV)
+
+
+# -- the built-in providers --------------------------------------------------------------------
+
+def test_every_registered_provider_keeps_the_naming_rules() -> None:
+    providers = registry.providers({})
+    assert [p.name for p in providers] == ["circleci", "taskcluster"]
+    check_providers(providers, {o.key for o in all_options(())})  # raises on a clash
+    for p in providers:
+        assert p.options and all(o.key.startswith(p.name + "_") for o in p.options)
+        assert p.title and p.credential_help and p.example_path
+
+
+def test_no_provider_is_named_outside_its_package() -> None:
+    """config, mount, the CLI and status reach providers only through the contract."""
+    files = [ROOT / "ciartfs/config.py", ROOT / "ciartfs/mount.py", ROOT / "ciartfs/status.py",
+             *sorted((ROOT / "ciartfs/cli").glob("*.py"))]
+    words = {w for p in registry.PROVIDERS for w in (p.name, p.title)} | {"circle", "CIRCLE_TOKEN", "TASKCLUSTER_"}
+    for path in files:
+        text = path.read_text()
+        found = sorted(w for w in words if w.lower() in text.lower())
+        assert not found, f"{path.relative_to(ROOT)} names {found}"
+
+
+def test_a_clash_between_providers_is_a_one_line_error() -> None:
+    class SameVariable(toy_provider.ToyCI):
+        name, options = "toy2", (Option("toy2_url", "TOY_URL", parse_url, None, "x"),)
+
+    with pytest.raises(ConfigError, match=r"provider toy2: option toy2_url \(\$TOY_URL\) is another setting's"):
+        load_settings({}, env={}, providers=(toy_provider.PROVIDER, SameVariable()))
+
+    class Unprefixed(toy_provider.ToyCI):
+        name = "other"
+    with pytest.raises(ConfigError, match="option toy_url does not begin with 'other_'"):
+        all_options((Unprefixed(),))
+    with pytest.raises(ConfigError, match="taken"):
+        all_options((toy_provider.PROVIDER, toy_provider.ToyCI()))
+
+
+@pytest.mark.parametrize("spec,why", [("no_such_module_xyz:PROVIDER", "cannot load"),
+                                      ("toy_provider:NOPE", "cannot load"),
+                                      ("toy_provider:FAKE_TOKEN", "is not a Provider")])
+def test_a_bad_extra_provider_is_a_one_line_error(spec: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        registry.providers({registry.EXTRA_PROVIDERS_ENV: spec})
+
+
+def test_a_bad_extra_provider_stops_the_cli_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, registry.EXTRA_PROVIDERS_ENV: "no_such_module_xyz"}
+    result = subprocess.run([sys.executable, "-m", "ciartfs", "status"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("ciartfs: $CIARTFS_EXTRA_PROVIDERS: cannot load 'no_such_module_xyz'")
+    assert "Traceback" not in result.stderr
+
+
+# -- the toy provider: settings and credentials ---------------------------------------------------
+
+def test_the_toy_providers_options_and_credential_are_settings(tmp_path: Path) -> None:
+    env = {"TOY_URL": "https://toy.example/", "TOY_TOKEN": "toy-tok-1"}
+    s = load_settings({}, env=env, providers=with_toy())
+    toy = s.provider("toy")
+    assert toy.url == "https://toy.example" and toy.token == "toy-tok-1"  # parsed as URLs are
+    assert "toy-tok-1" in s.secrets() and "toy-tok-1" not in repr(s)
+    assert s.provider("circleci") is not None  # the built-in ones stay in force beside it
+    # flag > env > config, and a token file given as a flag beats the variable
+    tok = tmp_path / "tok"
+    tok.write_text("from-file\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('toy_url = "https://file.example"\n')
+    s = load_settings({"toy_token_file": str(tok)}, env={"TOY_TOKEN": "env"}, config_path=cfg, providers=with_toy())
+    assert s.provider("toy") == toy_provider.ToySettings("https://file.example", "from-file")
+    assert load_settings({"toy_url": "http://flag.example"}, env=env, providers=with_toy()).provider("toy").url \
+        == "http://flag.example"
+    # not configured: not in force; without the registry line its key is unknown
+    assert load_settings({}, env={}, providers=with_toy()).provider("toy") is None
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_settings({}, env={}, config_path=cfg)
+    with pytest.raises(ConfigError, match=r"\$TOY_URL"):
+        load_settings({}, env={"TOY_URL": "ftp://x"}, providers=with_toy())
+
+
+def test_the_cli_takes_the_toy_providers_flags_and_mount_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ciartfs.cli.command import _settings, build_parser
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    monkeypatch.delenv("CIARTFS_CONFIG", raising=False)
+    monkeypatch.delenv("TOY_TOKEN", raising=False)
+    monkeypatch.setenv(registry.EXTRA_PROVIDERS_ENV, TOY_ENV[registry.EXTRA_PROVIDERS_ENV])
+    parser = build_parser()
+    assert "Toy CI" in parser.format_help()
+    args = parser.parse_args(["mount", str(tmp_path), "--toy-url", "https://toy.example"])
+    assert _settings(args).provider("toy") == toy_provider.ToySettings("https://toy.example")
+    args = parser.parse_args(["mount", str(tmp_path), "-o", "toy_url=https://o.example"])
+    assert _settings(args).provider("toy").url == "https://o.example"
+    with pytest.raises(SystemExit):  # never a flag value: there is no such flag
+        parser.parse_args(["mount", str(tmp_path), "--toy-token", "x"])
+
+
+def test_the_mount_gives_the_toy_its_credential_address_rule_and_status(tmp_path: Path) -> None:
+    from ciartfs.mount import Mount, api_hosts
+    from ciartfs.net.addresses import AddressClass
+
+    env = {"TOY_URL": "http://10.1.2.3:9", "TOY_TOKEN": "toy-tok-2", "CIARTFS_CACHE_DIR": str(tmp_path / "c")}
+    s = load_settings({}, env=env, providers=with_toy())
+    assert api_hosts(s) == ["circleci.com", "10.1.2.3"]
+    mount = Mount(s)
+    assert AddressClass.PRIVATE in mount.address_rule.allowed  # its API host is private
+    toy_creds = [c for p in s.providers for c in p.credentials() if c.applies_to("http://10.1.2.3:9/toy/v1/builds")]
+    assert len(toy_creds) == 1 and toy_creds[0].headers_for("GET", "http://10.1.2.3:9/x") == {"Toy-Token": "toy-tok-2"}
+    assert not toy_creds[0].applies_to("http://10.1.2.3:10/x")  # its origin only
+    doc = mount.status(0)
+    assert doc["settings"]["toy_url"] == "http://10.1.2.3:9" and doc["settings"]["toy_token"] is True
+    assert "toy-tok-2" not in repr(doc)
+    root = trio.run(mount.tree.root.source.list)
+    assert [e.name for e in root] == ["github", "bitbucket", "circleci", "toy"]  # registry order
+
+
+def test_two_providers_cannot_show_the_same_top_level_name(tmp_path: Path) -> None:
+    from ciartfs.mount import Mount
+
+    class Squatter(toy_provider.ToyCI):
+        name, options = "squatter", (Option("squatter_url", None, parse_url, "http://s.example", "x"),)
+
+        def load(self, given: OptionValues) -> toy_provider.ToySettings:
+            return toy_provider.ToySettings(given["squatter_url"])
+
+    s = load_settings({"cache_dir": str(tmp_path / "c")}, env={"TOY_URL": "http://t.example"},
+                      providers=(*with_toy(), Squatter()))
+    with pytest.raises(ConfigError, match="provider squatter: top-level name 'toy' is taken"):
+        Mount(s)
+
+
+def test_the_status_line_is_the_providers_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc: dict[str, Any] = {"pid": 7, "uptime": 1.0, "mountpoint": "/m",
+                           "settings": {"circleci_host": "https://c", "circleci_token": True,
+                                        "toy_url": "http://t", "toy_token": False, "cache_dir": "/c",
+                                        "cache_size": 1, "memory_cache": 1},
+                           "stats": {"memory_hits": 0, "disk_hits": 0, "misses": 0, "http_requests": 0,
+                                     "bytes_fetched": 0, "bytes_served": 0},
+                           "disk_bytes": 0, "memory_bytes": 0, "errors": {}}
+    assert "Toy CI" not in status.format_status(doc)
+    monkeypatch.setenv(registry.EXTRA_PROVIDERS_ENV, TOY_ENV[registry.EXTRA_PROVIDERS_ENV])
+    lines = status.format_status(doc).splitlines()
+    assert "  CircleCI:       https://c  (token set)" in lines and "  Toy CI:         http://t" in lines
+    assert not any("Taskcluster" in line for line in lines)  # it published nothing
+
+
+def test_the_demo_points_every_provider_at_the_fake() -> None:
+    for p in with_toy():
+        demo = p.demo("http://127.0.0.1:1", "demo-token")
+        assert demo is not None and p.api_urls(demo) == ["http://127.0.0.1:1"]
+        assert dataclasses.is_dataclass(demo)
