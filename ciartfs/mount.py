@@ -1,5 +1,10 @@
 """Assembling and running one mount: HTTP client, caches, reader, tree, FUSE loop.
 
+The composition root over the providers in force (`settings.providers`, in registry order):
+their credentials go to the HTTP client, their API hosts to the address rule, their
+top-level directories (names unique) to the root, their status keys to `ciartfs status`.
+No CI system is named here (see providers/base.py).
+
 `serve()` runs in the foreground until the filesystem is unmounted or SIGINT/SIGTERM
 arrives; either way it unmounts and returns normally.
 """

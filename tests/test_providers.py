@@ -5,9 +5,13 @@ through $CIARTFS_EXTRA_PROVIDERS) gets its settings, credentials, status line an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +19,12 @@ import pytest
 import trio
 
 import toy_provider
+from conftest import TOKEN, clean_env
 from ciartfs import status
 from ciartfs.config import all_options, load_settings
 from ciartfs.errors import ConfigError
+from ciartfs.fakeserver import FakeCI
+from ciartfs.fakeserver.server import API_MODULES, SHARED_MODULES, api_modules_for
 from ciartfs.options import Option, OptionValues, parse_url
 from ciartfs.providers import registry
 from ciartfs.providers.base import Provider, check_providers
@@ -39,6 +46,20 @@ def test_every_registered_provider_keeps_the_naming_rules() -> None:
     for p in providers:
         assert p.options and all(o.key.startswith(p.name + "_") for o in p.options)
         assert p.title and p.credential_help and p.example_path
+
+
+def test_every_api_of_the_fake_server_belongs_to_one_provider() -> None:
+    """The fake serves by default what the built-in providers name: no API module is orphaned
+    or claimed twice, and each one has routes."""
+    claimed = [m for p in registry.PROVIDERS for m in p.fake_modules]
+    assert len(claimed) == len(set(claimed)) and not set(claimed) & set(SHARED_MODULES)
+    assert set(API_MODULES) == set(claimed) | set(SHARED_MODULES)
+    fakeserver = ROOT / "ciartfs/fakeserver"
+    with_routes = {f"ciartfs.fakeserver.{path.stem}" for path in fakeserver.glob("*.py")
+                   if re.search(r"^def routes\(", path.read_text(), re.M)}
+    assert with_routes == set(API_MODULES)
+    for name in API_MODULES:
+        assert callable(importlib.import_module(name).routes)
 
 
 def test_no_provider_is_named_outside_its_package() -> None:
@@ -181,3 +202,62 @@ def test_the_demo_points_every_provider_at_the_fake() -> None:
         demo = p.demo("http://127.0.0.1:1", "demo-token")
         assert demo is not None and p.api_urls(demo) == ["http://127.0.0.1:1"]
         assert dataclasses.is_dataclass(demo)
+
+
+# -- the toy provider through a real mount ---------------------------------------------------------
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCI]:
+    """The fake server with the toy's API too: the routes its provider's `fake_modules` name."""
+    server = FakeCI(tokens={TOKEN}, api_modules=api_modules_for(with_toy()))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def toy_env(**extra: str) -> dict[str, str]:
+    """What a ciartfs process needs to load the toy provider: the registry line, the module's folder."""
+    return {**TOY_ENV, "PYTHONPATH": str(TESTS_DIR), **extra}
+
+
+def test_the_toy_provider_mounts_and_its_files_read_with_ordinary_tools(mount: Any, fake: FakeCI,
+                                                                        tmp_path: Path) -> None:
+    m = mount("--toy-url", fake.api_url, env=toy_env(TOY_TOKEN=toy_provider.FAKE_TOKEN))
+    toy = m.path / "toy"
+    assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github", "toy"]
+    assert sorted(os.listdir(toy)) == ["1", "2"]
+    found = subprocess.run(["find", str(toy), "-type", "f"], capture_output=True, text=True, timeout=60, check=True)
+    expected = {f"{n}/{path}": data for n, files in toy_provider.FAKE_BUILDS.items() for path, data in files.items()}
+    assert sorted(os.path.relpath(line, toy) for line in found.stdout.splitlines()) == sorted(expected)
+    sums = subprocess.run(["sha256sum", *expected], cwd=toy, capture_output=True, text=True, timeout=60, check=True)
+    assert sums.stdout == "".join(f"{hashlib.sha256(data).hexdigest()}  {path}\n" for path, data in expected.items())
+    assert {path: os.stat(toy / path).st_size for path in expected} == {p: len(d) for p, d in expected.items()}
+    cat = subprocess.run(["cat", str(toy / "1/hello.txt")], capture_output=True, timeout=60, check=True)
+    assert cat.stdout == b"hello from the toy CI\n"
+
+    # Its token went to its own API on the requests its provider built, never to storage.
+    asked = [r for r in fake.requests if r.server == "api" and r.path.startswith("/toy/v1/builds/1/files/")]
+    assert asked and all(r.headers.get("toy-token") == toy_provider.FAKE_TOKEN for r in asked)
+    stored = [r for r in fake.requests if r.server == "storage"]
+    assert stored and not any("toy-token" in r.headers for r in stored)
+    assert toy_provider.FAKE_TOKEN not in m.log_text()
+
+    # `ciartfs status`, in a process with the same registry line, shows its line, not its token.
+    shown = subprocess.run([sys.executable, "-m", "ciartfs", "status", str(m.path)], capture_output=True,
+                           text=True, timeout=60, env=clean_env(tmp_path, **toy_env()))
+    assert shown.returncode == 0, shown.stderr
+    assert f"  Toy CI:         {fake.api_url}  (token set)\n" in shown.stdout
+    assert toy_provider.FAKE_TOKEN not in shown.stdout
+
+
+def test_without_its_token_the_toys_files_are_eacces(mount: Any, fake: FakeCI) -> None:
+    m = mount("--toy-url", fake.api_url, env=toy_env())
+    m.expect_errors = True  # the refusal is logged
+    assert sorted(os.listdir(m.path / "toy/1")) == ["hello.txt", "logs"]  # listings need no token
+    with pytest.raises(PermissionError):
+        (m.path / "toy/1/hello.txt").read_bytes()

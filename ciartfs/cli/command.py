@@ -209,8 +209,9 @@ def _run_foreground(args: argparse.Namespace, settings: Settings, *, demo: bool)
     try:
         if demo:
             from ciartfs.fakeserver import FakeCI, demo_dataset
+            from ciartfs.fakeserver.server import api_modules_for
 
-            fake = FakeCI(tokens={DEMO_TOKEN})
+            fake = FakeCI(tokens={DEMO_TOKEN}, api_modules=api_modules_for(registry.providers()))
             demo_dataset(fake)
             fake.start()
             demo_cache = tempfile.mkdtemp(prefix="ciartfs-demo-cache-")

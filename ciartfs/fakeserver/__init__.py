@@ -26,7 +26,8 @@ a host's matching routes longest prefix first; a request none answers is 404. A 
 an artifact's bytes through `fake.blobs` (storage.BlobStore) and serves them with
 `storage.serve_bytes`, presigns with `fake.presigned_url`, reads faults from `fake.faults`
 and waits with `fake.hold`/`fake.wait` (both end when the fake stops). FakeCI serves the
-modules named in its `api_modules` (default server.API_MODULES).
+modules named in its `api_modules`: by default the built-in providers' (each provider names
+its modules in `fake_modules`, see providers/base.py) and storage, server.API_MODULES.
 """
 
 from ciartfs.fakeserver.dataset import demo_dataset

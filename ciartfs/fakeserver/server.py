@@ -28,10 +28,21 @@ from ciartfs.fakeserver.routing import HOSTS, Reply, Request, Route, Served
 from ciartfs.fakeserver.storage import BlobStore
 from ciartfs.fakeserver.taskcluster import FakeQueue
 from ciartfs.fakeserver.v2 import FakeV2
+from ciartfs.providers import registry
+from ciartfs.providers.base import Provider
 
-# The API modules a FakeCI serves by default: each has `routes(fake) -> list[Route]`.
-API_MODULES = ("ciartfs.fakeserver.circleci_v1", "ciartfs.fakeserver.v2", "ciartfs.fakeserver.taskcluster",
-               "ciartfs.fakeserver.livelog", "ciartfs.fakeserver.storage")
+# The fake's own host: the storage every API's presigned URLs name.
+SHARED_MODULES = ("ciartfs.fakeserver.storage",)
+
+
+def api_modules_for(providers: Iterable[Provider[Any]]) -> tuple[str, ...]:
+    """The modules serving these providers' APIs (each provider's `fake_modules`; each module
+    has `routes(fake) -> list[Route]`), then the shared ones."""
+    return tuple(m for p in providers for m in p.fake_modules) + SHARED_MODULES
+
+
+# What a FakeCI serves by default: the APIs of the built-in providers.
+API_MODULES = api_modules_for(registry.PROVIDERS)
 
 
 class _Server(ThreadingHTTPServer):

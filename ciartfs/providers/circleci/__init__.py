@@ -45,6 +45,7 @@ class CircleCI(Provider[CircleCISettings]):
     )
     credential_help = "$CIRCLE_TOKEN or --circleci-token-file"
     example_path = "github/acme/api/latest/0/"
+    fake_modules = ("ciartfs.fakeserver.circleci_v1", "ciartfs.fakeserver.v2")
 
     def load(self, given: OptionValues) -> CircleCISettings:
         # Always in force: public projects need no token.

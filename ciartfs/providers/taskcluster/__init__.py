@@ -40,6 +40,7 @@ class Taskcluster(Provider[TaskclusterSettings]):
     )
     credential_help = "$TASKCLUSTER_CLIENT_ID and $TASKCLUSTER_ACCESS_TOKEN (and $TASKCLUSTER_CERTIFICATE)"
     example_path = "taskcluster/<taskId>/latest/public/build/"
+    fake_modules = ("ciartfs.fakeserver.taskcluster", "ciartfs.fakeserver.livelog")  # the queue, a worker's livelog
 
     def load(self, given: OptionValues) -> TaskclusterSettings | None:
         env = given.env
