@@ -31,7 +31,7 @@ from ciartfs.providers.apidocs import ApiDocs
 from ciartfs.fs import ArtifactFS
 from ciartfs.net.client import HttpClient
 from ciartfs.net.credentials import Credential, origin_of
-from ciartfs.providers.base import MountContext
+from ciartfs.providers.base import MountContext, ProviderMount
 from ciartfs.data.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader
 from ciartfs.errors import ConfigError
 from ciartfs.namespace.model import Entry, StaticDir
@@ -85,11 +85,14 @@ class Mount:
         context = MountContext(self.docs, recent_builds=settings.recent_builds, ttl=settings.latest_ttl,
                                mtime=time.time())
         entries: list[Entry] = []
+        self.provider_mounts: list[ProviderMount] = []
         for configured in settings.providers:
-            for entry in configured.root_entries(context):
+            mounted = configured.mount(context)
+            for entry in mounted.root_entries:
                 if any(e.name == entry.name for e in entries):  # two providers would hide one another
                     raise ConfigError(f"provider {configured.name}: top-level name {entry.name!r} is taken")
                 entries.append(entry)
+            self.provider_mounts.append(mounted)
         root = StaticDir(entries)
         self.tree = Tree(root, self.reader.size)
         self.ops = ArtifactFS(self.tree, self.reader)
@@ -102,6 +105,7 @@ class Mount:
             "uptime": time.time() - self.started,
             "settings": {
                 **{key: value for p in s.providers for key, value in p.status().items()},
+                **{key: value for m in self.provider_mounts for key, value in m.live_status().items()},
                 "cache_dir": str(s.cache_dir), "cache_size": s.cache_size, "memory_cache": s.memory_cache,
                 "max_inflight_memory": s.max_inflight_memory,
                 "block_size": s.block_size, "max_decoded_size": s.max_decoded_size,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -19,10 +20,10 @@ import pytest
 import trio
 
 import toy_provider
-from conftest import TOKEN, clean_env
+from conftest import TOKEN, clean_env, wait_for
 from ciartfs import status
 from ciartfs.config import all_options, load_settings
-from ciartfs.errors import ConfigError
+from ciartfs.errors import CiartfsError, ConfigError
 from ciartfs.fakeserver import FakeCI
 from ciartfs.fakeserver.server import API_MODULES, SHARED_MODULES, api_modules_for
 from ciartfs.options import Option, OptionValues, parse_url
@@ -152,7 +153,8 @@ def test_the_mount_gives_the_toy_its_credential_address_rule_and_status(tmp_path
     from ciartfs.mount import Mount, api_hosts
     from ciartfs.net.addresses import AddressClass
 
-    env = {"TOY_URL": "http://10.1.2.3:9", "TOY_TOKEN": "toy-tok-2", "CIARTFS_CACHE_DIR": str(tmp_path / "c")}
+    env = {"TOY_URL": "http://10.1.2.3:9", "TOY_TOKEN": "toy-tok-2", "CIARTFS_CACHE_DIR": str(tmp_path / "c"),
+           "CIARTFS_OFFLINE": "1"}  # (nothing is asked of 10.1.2.3)
     s = load_settings({}, env=env, providers=with_toy())
     assert api_hosts(s) == ["circleci.com", "10.1.2.3"]
     mount = Mount(s)
@@ -163,8 +165,13 @@ def test_the_mount_gives_the_toy_its_credential_address_rule_and_status(tmp_path
     doc = mount.status(0)
     assert doc["settings"]["toy_url"] == "http://10.1.2.3:9" and doc["settings"]["toy_token"] is True
     assert "toy-tok-2" not in repr(doc)
+    assert doc["settings"]["toy_listings"] == 0  # its live status
     root = trio.run(mount.tree.root.source.list)
     assert [e.name for e in root] == ["github", "bitbucket", "circleci", "toy"]  # registry order
+    toy_dir = next(e for e in root if e.name == "toy").source
+    with pytest.raises(CiartfsError):  # offline, nothing cached: the listing fails, and is counted
+        trio.run(toy_dir.list)
+    assert mount.status(0)["settings"]["toy_listings"] == 1
 
 
 def test_two_providers_cannot_show_the_same_top_level_name(tmp_path: Path) -> None:
@@ -253,6 +260,17 @@ def test_the_toy_provider_mounts_and_its_files_read_with_ordinary_tools(mount: A
     assert shown.returncode == 0, shown.stderr
     assert f"  Toy CI:         {fake.api_url}  (token set)\n" in shown.stdout
     assert toy_provider.FAKE_TOKEN not in shown.stdout
+
+    def published() -> dict[str, Any]:  # (read without the registry line: plain JSON)
+        out = subprocess.run([sys.executable, "-m", "ciartfs", "status", "--json", str(m.path)],
+                             capture_output=True, text=True, timeout=60, env=clean_env(tmp_path), check=True).stdout
+        assert toy_provider.FAKE_TOKEN not in out
+        settings: dict[str, Any] = json.loads(out)[0]["settings"]
+        return settings
+
+    assert published()["toy_url"] == fake.api_url and published()["toy_token"] is True
+    # its live status, republished as the mount runs: the listings done above are counted
+    assert wait_for(lambda: published()["toy_listings"] >= 1, timeout=3 * status.PUBLISH_INTERVAL + 10)
 
 
 def test_without_its_token_the_toys_files_are_eacces(mount: Any, fake: FakeCI) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ciartfs.options import Option, OptionValues, parse_path, parse_url
-from ciartfs.providers.base import MountContext, Provider, load_token
+from ciartfs.providers.base import MountContext, Provider, ProviderMount, load_token
 
 if TYPE_CHECKING:
     from ciartfs.fakeserver import FakeCI
@@ -73,11 +73,12 @@ class ToyCI(Provider[ToySettings]):
     def secrets(self, settings: ToySettings) -> list[str]:
         return [settings.token] if settings.token else []
 
-    def root_entries(self, settings: ToySettings, mount: MountContext) -> list[Entry]:
+    def mount(self, settings: ToySettings, context: MountContext) -> ProviderMount:
         from ciartfs.namespace.model import Entry, Kind
 
-        return [Entry("toy", Kind.DIR, mtime=mount.mtime, immutable=True,
-                      source=_Builds(mount, settings.url))]
+        builds = _Builds(context, settings.url)
+        return ProviderMount([Entry("toy", Kind.DIR, mtime=context.mtime, immutable=True, source=builds)],
+                             live_status=lambda: {"toy_listings": builds.listings})
 
     def status(self, settings: ToySettings) -> dict[str, Any]:
         return {"toy_url": settings.url, "toy_token": bool(settings.token)}
@@ -99,11 +100,13 @@ class _Builds:
 
     def __init__(self, mount: MountContext, url: str) -> None:
         self.mount, self.url = mount, url
+        self.listings = 0  # build lists asked for (shown by `ciartfs status`)
 
     async def list(self) -> list[Entry]:
         from ciartfs.errors import BadListing
         from ciartfs.namespace.model import Entry, Kind
 
+        self.listings += 1
         doc = await self.mount.docs.get_json(f"{self.url}/toy/v1/builds")
         builds = doc.get("builds") if isinstance(doc, dict) else None
         if not isinstance(builds, list) or not all(type(n) is int and n > 0 for n in builds):

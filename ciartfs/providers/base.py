@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -50,6 +50,16 @@ class MountContext:
     recent_builds: int  # how many recent builds (runs, tasks) a listing shows
     ttl: float  # seconds before 'latest' links and listings that can change are asked again
     mtime: float  # the mount's start: the mtime of fixed directories
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderMount:
+    """What a provider adds to one mount."""
+
+    root_entries: list[Entry]  # its top-level directories (names unique across providers)
+    # What changes while mounted, for `ciartfs status` (e.g. a rate-limit budget): keys
+    # `<name>_...`, no secrets; called at every status publish, on the mount's thread.
+    live_status: Callable[[], dict[str, Any]] = dict
 
 
 class Provider(abc.ABC, Generic[S]):
@@ -99,12 +109,12 @@ class Provider(abc.ABC, Generic[S]):
         """Every secret the settings hold, as it could appear in a log line."""
 
     @abc.abstractmethod
-    def root_entries(self, settings: S, mount: MountContext) -> list[Entry]:
-        """Its top-level directories of the mount (names unique across providers)."""
+    def mount(self, settings: S, context: MountContext) -> ProviderMount:
+        """Its API clients over `context.docs`, and what they add to this mount."""
 
     @abc.abstractmethod
     def status(self, settings: S) -> dict[str, Any]:
-        """JSON values for `ciartfs status` (and its --json), keys `<name>_...`, no secrets."""
+        """Its settings for `ciartfs status` (and its --json), keys `<name>_...`, no secrets."""
 
     @abc.abstractmethod
     def describe(self, status: Mapping[str, Any]) -> str | None:
@@ -135,8 +145,8 @@ class Configured(Generic[S]):
     def secrets(self) -> list[str]:
         return self.provider.secrets(self.settings)
 
-    def root_entries(self, mount: MountContext) -> list[Entry]:
-        return self.provider.root_entries(self.settings, mount)
+    def mount(self, context: MountContext) -> ProviderMount:
+        return self.provider.mount(self.settings, context)
 
     def status(self) -> dict[str, Any]:
         return self.provider.status(self.settings)

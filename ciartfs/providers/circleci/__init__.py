@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ciartfs.options import Option, OptionValues, parse_path, parse_url
-from ciartfs.providers.base import MountContext, Provider, load_token
+from ciartfs.providers.base import MountContext, Provider, ProviderMount, load_token
 
 if TYPE_CHECKING:
-    from ciartfs.namespace.model import Entry
     from ciartfs.net.credentials import Credential
 
 TOKEN_ENV_VARS = ("CIRCLE_TOKEN",)
@@ -72,18 +71,18 @@ class CircleCI(Provider[CircleCISettings]):
     def secrets(self, settings: CircleCISettings) -> list[str]:
         return [settings.token] if settings.token else []
 
-    def root_entries(self, settings: CircleCISettings, mount: MountContext) -> list[Entry]:
+    def mount(self, settings: CircleCISettings, context: MountContext) -> ProviderMount:
         from ciartfs.providers.circleci import v1, v2
 
         token_set = bool(settings.token)
-        api = v1.CircleCIApi(mount.docs, settings.host, token_set=token_set)
-        v2_api = v2.CircleCIV2Api(mount.docs, settings.host, token_set=token_set)
-        ttl = mount.ttl
+        api = v1.CircleCIApi(context.docs, settings.host, token_set=token_set)
+        v2_api = v2.CircleCIV2Api(context.docs, settings.host, token_set=token_set)
+        ttl = context.ttl
         entries = v1.root_entries(
-            api, recent_builds=mount.recent_builds, ttl=ttl, mtime=mount.mtime,
+            api, recent_builds=context.recent_builds, ttl=ttl, mtime=context.mtime,
             extras=lambda vcs, user, project: [v2.pipelines_entry(v2_api, vcs, user, project, ttl)])
-        entries.append(v2.v2_root_entry(v2_api, ttl=ttl, mtime=mount.mtime))
-        return entries
+        entries.append(v2.v2_root_entry(v2_api, ttl=ttl, mtime=context.mtime))
+        return ProviderMount(entries)
 
     def status(self, settings: CircleCISettings) -> dict[str, Any]:
         return {"circleci_host": settings.host, "circleci_token": bool(settings.token)}

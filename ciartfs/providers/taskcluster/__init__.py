@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from ciartfs.errors import ConfigError
 from ciartfs.options import Option, OptionValues, parse_url
-from ciartfs.providers.base import MountContext, Provider
+from ciartfs.providers.base import MountContext, Provider, ProviderMount
 
 if TYPE_CHECKING:
-    from ciartfs.namespace.model import Entry
     from ciartfs.net.credentials import Credential
 
 
@@ -88,11 +87,11 @@ class Taskcluster(Provider[TaskclusterSettings]):
     def secrets(self, settings: TaskclusterSettings) -> list[str]:
         return [s for s in (settings.access_token, settings.certificate) if s]
 
-    def root_entries(self, settings: TaskclusterSettings, mount: MountContext) -> list[Entry]:
+    def mount(self, settings: TaskclusterSettings, context: MountContext) -> ProviderMount:
         from ciartfs.providers.taskcluster import provider
 
-        queue = provider.QueueApi(mount.docs, settings.root_url)
-        return [provider.root_entry(queue, ttl=mount.ttl, mtime=mount.mtime)]
+        queue = provider.QueueApi(context.docs, settings.root_url)
+        return ProviderMount([provider.root_entry(queue, ttl=context.ttl, mtime=context.mtime)])
 
     def status(self, settings: TaskclusterSettings) -> dict[str, Any]:
         return {"taskcluster_root_url": settings.root_url, "taskcluster_credentials": bool(settings.access_token)}
