@@ -71,7 +71,7 @@ CORE_OPTIONS: tuple[Option, ...] = (
 def all_options(providers: Sequence[Provider[Any]] | None = None) -> tuple[Option, ...]:
     """Every setting: the core ones, then each provider's (the registry's unless given)."""
     providers = registry.providers() if providers is None else providers
-    check_providers(providers, {o.key for o in CORE_OPTIONS})
+    check_providers(providers, CORE_OPTIONS)
     return CORE_OPTIONS + tuple(o for p in providers for o in p.options)
 
 

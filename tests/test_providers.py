@@ -43,7 +43,7 @@ def with_toy() -> tuple[Provider[Any], ...]:
 def test_every_registered_provider_keeps_the_naming_rules() -> None:
     providers = registry.providers({})
     assert [p.name for p in providers] == ["circleci", "taskcluster"]
-    check_providers(providers, {o.key for o in all_options(())})  # raises on a clash
+    check_providers(providers, all_options(()))  # raises on a clash
     for p in providers:
         assert p.options and all(o.key.startswith(p.name + "_") for o in p.options)
         assert p.title and p.credential_help and p.example_path
@@ -87,6 +87,11 @@ def test_a_clash_between_providers_is_a_one_line_error() -> None:
         all_options((Unprefixed(),))
     with pytest.raises(ConfigError, match="taken"):
         all_options((toy_provider.PROVIDER, toy_provider.ToyCI()))
+
+    class CoreVariable(toy_provider.ToyCI):
+        options = (Option("toy_url", "CIARTFS_CACHE_DIR", parse_url, None, "x"),)
+    with pytest.raises(ConfigError, match=r"\$CIARTFS_CACHE_DIR\) is another setting's"):
+        all_options((CoreVariable(),))
 
 
 @pytest.mark.parametrize("spec,why", [("no_such_module_xyz:PROVIDER", "cannot load"),

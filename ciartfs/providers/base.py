@@ -152,10 +152,10 @@ class Configured(Generic[S]):
         return self.provider.status(self.settings)
 
 
-def check_providers(providers: Sequence[Provider[Any]], core_keys: set[str]) -> None:
+def check_providers(providers: Sequence[Provider[Any]], core: Sequence[Option]) -> None:
     """Names, option keys and environment variables are each one provider's (see above)."""
     names: set[str] = set()
-    keys, envs = set(core_keys), set()
+    keys, envs = {o.key for o in core}, {o.env for o in core if o.env}
     for p in providers:
         if p.name in names or not p.name.isidentifier():
             raise ConfigError(f"provider name {p.name!r} is taken or not an identifier")
