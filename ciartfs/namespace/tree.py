@@ -18,6 +18,10 @@ subtree (its own included), the directory drops its children and listing, to be 
 (from the API documents the disk cache keeps) if it is visited again. So a long-lived mount
 holds what the kernel holds, not every build it ever showed.
 
+Time: TTLs and waits are measured on trio's clock (`trio.current_time()`), never
+`time.monotonic()`, so that tests run the tree under trio's MockClock and step over a TTL
+instead of sleeping through it. Modification times shown to the kernel are wall-clock (`now`).
+
 The model (Entry, Artifact, DirSource) is in model.py; the name rules, which every name the
 tree shows passes, are in names.py.
 """
@@ -69,8 +73,8 @@ class Node:
     attached: bool = True
     children: dict[str, Node] = dataclasses.field(default_factory=dict)
     listing: list[str] | None = None  # names from the last list(), in order
-    expires: float | None = None  # monotonic time the listing goes stale; None = never
-    checked: float = 0.0  # monotonic time the provider last confirmed this entry
+    expires: float | None = None  # trio time the listing goes stale; None = never
+    checked: float = 0.0  # trio time the provider last confirmed this entry
     # FILE: why its size could not be learned, when last asked (shown on open and as an xattr)
     error: CiartfsError | None = None
 
@@ -225,7 +229,7 @@ class Tree:
         """A mutable child (e.g. `latest`) is re-validated once its parent's TTL has passed,
         also when it was reached by lookup alone, without a listing."""
         ttl = parent.source.ttl if parent.source is not None else None
-        return not child.immutable and ttl is not None and time.monotonic() - child.checked >= ttl
+        return not child.immutable and ttl is not None and trio.current_time() - child.checked >= ttl
 
     async def list(self, node: Node) -> list[Node]:
         """Every listed child, sizes learned concurrently (those that come within the wait)."""
@@ -237,7 +241,7 @@ class Tree:
         return children
 
     async def _ensure_fresh(self, node: Node, *, listing_needed: bool) -> None:
-        stale = node.expires is not None and time.monotonic() >= node.expires
+        stale = node.expires is not None and trio.current_time() >= node.expires
         if node.listing is not None and not stale:
             return
         if node.listing is None and not listing_needed and not node.source.complete:  # type: ignore[union-attr]
@@ -248,7 +252,7 @@ class Tree:
         assert node.source is not None
         entries = await node.source.list()
         ttl = node.source.ttl
-        node.expires = None if ttl is None else time.monotonic() + ttl
+        node.expires = None if ttl is None else trio.current_time() + ttl
         if entries is None:
             node.listing = []
             return
@@ -274,7 +278,7 @@ class Tree:
         """Create the child, or update it in place so the kernel's inode stays valid."""
         child = parent.children.get(entry.name)
         if child is not None and child.kind is entry.kind:
-            child.checked = time.monotonic()
+            child.checked = trio.current_time()
             if child.kind is Kind.LINK:
                 child.target = entry.target
             elif child.kind is Kind.FILE and (entry.artifact != child.artifact or not entry.immutable):
@@ -293,7 +297,7 @@ class Tree:
             source=entry.source, artifact=entry.artifact, target=entry.target,
             size=entry.artifact.size if entry.artifact else None, info=entry.info,
         )
-        child.checked = time.monotonic()
+        child.checked = trio.current_time()
         self._next_inode += 1
         self.nodes[child.inode] = child
         parent.children[entry.name] = child
