@@ -7,6 +7,7 @@ Real-mount tests skip where /dev/fuse is unusable, unless CIARTFS_REQUIRE_FUSE=1
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import shutil
@@ -14,13 +15,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trio
+from trio.testing import MockClock
 
 from ciartfs.cli.command import is_mounted
 from ciartfs.fakeserver import FakeCI, demo_dataset
+from inproc import ErrorLines, InProcFactory, install_readdir_shim
 
 TOKEN = "secret-token"
 MOUNT_TIMEOUT = 20.0
@@ -80,6 +84,12 @@ licences) so that a clean checkout checks the fakes; CIARTFS_SPECS names another
 def blob(seed: int, size: int) -> bytes:
     """Reproducible artifact bytes."""
     return random.Random(seed).randbytes(size)
+
+
+def expect_errno(code: int, fn, *args) -> None:
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    assert info.value.errno == code, f"{fn.__name__}{args}: {info.value}"
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:
@@ -176,5 +186,42 @@ def mount(tmp_path: Path, fake: FakeCI) -> Iterator[MountFactory]:
         yield factory
     finally:
         problems = factory.close()
+    if problems:
+        pytest.fail("\n\n".join(problems))
+
+
+# -- the in-process tier (tests/inproc.py) -------------------------------------------------------
+
+@pytest.fixture
+def clock() -> MockClock:
+    """trio's clock for the test: real speed (timeouts still fire), and `jump`-able, so a
+    test steps over a TTL (`fs.advance`) instead of sleeping through it."""
+    return MockClock(rate=1.0)
+
+
+@pytest.fixture
+async def inproc(tmp_path: Path, fake: FakeCI, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[InProcFactory]:
+    """inproc(**settings) -> InProcFS: the real ArtifactFS over the fake, called without the
+    kernel. An internal error in a handler, or an ERROR log line the test did not expect
+    (`fs.expect_errors = True`), fails the test."""
+    install_readdir_shim(monkeypatch)
+    current = trio.lowlevel.current_clock()
+    errors = ErrorLines()
+    logger = logging.getLogger("ciartfs")
+    logger.addHandler(errors)
+    problems: list[str] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            factory = InProcFactory(tmp_path, fake.api_url, nursery,
+                                    current if isinstance(current, MockClock) else None)
+            try:
+                yield factory
+            finally:
+                problems = await factory.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        logger.removeHandler(errors)
+    if errors.lines and not any(fs.expect_errors for fs in factory.made):
+        problems.append("unexpected ERROR log lines:\n" + "\n".join(errors.lines))
     if problems:
         pytest.fail("\n\n".join(problems))

@@ -15,7 +15,7 @@ from ciartfs.errors import ArtifactExpired, CiartfsError
 from ciartfs.net.client import HttpClient
 from ciartfs.data.livelog import LiveLogs
 
-from test_mount_taskcluster import slug
+from datasets import slug
 
 
 def _queue_url(fake, task_id: str, run_id: int = 0, name: str = "public/logs/live.log") -> str:

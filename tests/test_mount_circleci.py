@@ -17,40 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ciartfs.fakeserver import FakeCI, FakeProject
-from conftest import TOKEN, blob, clean_env, wait_for
-
-STOP = "2026-11-01T10:00:00Z"
-STOP_EPOCH = 1793527200  # STOP as a Unix time
-
-
-def sample(fake: FakeCI) -> FakeProject:
-    """github/acme/api: builds 1-3 completed (3 on feature/x), 4 running."""
-    p = fake.add_project("github", "acme", "api")
-    b1 = p.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time="2026-10-30T10:00:00Z")
-    b1.add_artifact("report.txt", b"build one\n")
-    b2 = p.add_build(build_num=2, branch="main", status="failed", lifecycle="finished", stop_time=STOP)
-    b2.add_artifact("test-results/junit.xml", b"<testsuite><testcase name='a'>FAILED: boom</testcase></testsuite>\n")
-    b2.add_artifact("coverage/index.html", b"<html><a href='src/app.py.html'>app</a></html>\n")
-    b2.add_artifact("coverage/src/app.py.html", b"<html>covered</html>\n")
-    b2.add_artifact("/tmp/circle-artifacts.7wgAaIU/file.txt", b"leading slash\n")
-    b2.add_artifact("dist/app.bin", blob(2, 3 * 1024 * 1024 + 123))
-    b2.add_artifact("empty.txt", b"")
-    b2.add_artifact("test-results/junit.xml", b"<testsuite>node one ok</testsuite>\n", node_index=1)
-    b3 = p.add_build(build_num=3, branch="feature/x", status="success", lifecycle="finished", stop_time="2026-11-02T10:00:00Z")
-    b3.add_artifact("logs/build.log", b"feature build log\nall tests passed\n")
-    b4 = p.add_build(build_num=4, branch="main", status="running", lifecycle="running", stop_time=None)
-    b4.add_artifact("partial.log", b"still running\n")
-    return p
-
-
-def files_of(project: FakeProject, build: int) -> dict[str, bytes]:
-    """Expected relative path (node/path) -> bytes, applying the leading-slash rule."""
-    return {f"{a.node_index}/{a.path.lstrip('/')}": a.data for a in project.builds[build].artifacts}
-
-
-def storage_gets(fake: FakeCI) -> list:
-    return [r for r in fake.requests if r.server == "storage" and r.method == "GET"]
+from conftest import blob, clean_env, expect_errno, wait_for
+from datasets import STOP, STOP_EPOCH, files_of, sample, storage_gets
 
 
 def run(*cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -85,6 +53,17 @@ def test_tree_listing_modes_sizes_and_times(fake, mount):
     assert f" {3 * 1024 * 1024 + 123} " in out
     assert storage_gets(fake), "sizes come from ranged GETs"
     assert not [r for r in fake.requests if r.method == "HEAD"], "never HEAD: presigned URLs refuse it"
+    # extended attributes through the kernel (what they say is checked in-process)
+    f = build / "0/coverage/index.html"
+    assert set(os.listxattr(f)) == {"user.ciartfs.url", "user.ciartfs.source", "user.ciartfs.cached"}
+    if shutil.which("getfattr"):
+        out = run("getfattr", "-d", str(f))
+        assert "user.ciartfs.url" in out.stdout and "user.ciartfs.source" in out.stdout
+    # absent in our namespace; other namespaces (labels, ACLs) unsupported, which `ls -l`
+    # remembers for the whole device instead of asking twice per file
+    for name, expected in [("user.ciartfs.nope", errno.ENODATA), ("user.other", errno.ENODATA),
+                           ("security.selinux", errno.EOPNOTSUPP), ("system.posix_acl_access", errno.EOPNOTSUPP)]:
+        expect_errno(expected, os.getxattr, f, name)
 
 
 def test_every_artifact_reads_back_byte_exact(fake, mount):
@@ -131,57 +110,7 @@ def test_reads_across_blocks_past_eof_and_mmap(fake, mount):
     assert (m.path / "github/acme/api/2/0/empty.txt").read_bytes() == b""
 
 
-def test_latest_and_branch_links_follow_new_builds(fake, mount):
-    project = sample(fake)
-    m = mount("--latest-ttl", "1")
-    proj = m.path / "github/acme/api"
-    assert os.readlink(proj / "branch/feature%2Fx/latest") == "../../3"
-    assert (proj / "branch/feature%2Fx/latest/0/logs/build.log").read_bytes().startswith(b"feature build log")
-    assert os.readlink(proj / "branch/main/latest") == "../../2"
-    assert "feature%2Fx" in os.listdir(proj / "branch")
-    assert not (proj / "branch/no-such-branch").exists()
-    # an open file keeps reading the build it opened while `latest` moves on
-    with open(proj / "latest/0/logs/build.log", "rb") as held:
-        b5 = project.add_build(build_num=5, branch="main", status="success", lifecycle="finished",
-                               stop_time="2026-11-03T10:00:00Z")
-        b5.add_artifact("report.txt", b"build five\n")
-        deadline = time.monotonic() + 10
-        while os.readlink(proj / "latest") != "5":
-            assert time.monotonic() < deadline, "latest was not re-resolved after its TTL"
-            time.sleep(0.3)
-        assert held.read() == b"feature build log\nall tests passed\n"
-    assert (proj / "latest/0/report.txt").read_bytes() == b"build five\n"
-    assert os.readlink(proj / "branch/main/latest") == "../../5"
-
-
-def test_running_build_is_refreshed_completed_build_is_not(fake, mount):
-    project = sample(fake)
-    m = mount("--latest-ttl", "1")
-    running = m.path / "github/acme/api/4/0"
-    done = m.path / "github/acme/api/2/0"
-    assert os.listdir(running) == ["partial.log"]
-    os.listdir(done)
-    project.builds[4].add_artifact("more.log", b"more\n")
-    deadline = time.monotonic() + 10
-    while "more.log" not in os.listdir(running):
-        assert time.monotonic() < deadline, "a running build's listing was not refreshed"
-        time.sleep(0.3)
-    before = len([r for r in fake.requests if r.path.endswith("/2/artifacts")])
-    time.sleep(1.5)
-    for _ in range(3):
-        os.listdir(done)
-        run("ls", "-lR", str(done))
-    after = len([r for r in fake.requests if r.path.endswith("/2/artifacts")])
-    assert before == after == 1, "a completed build's listing is fetched once"
-
-
 # -- errors --------------------------------------------------------------------------------------
-
-def expect_errno(code: int, fn, *args) -> None:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    assert info.value.errno == code, f"{fn.__name__}{args}: {info.value}"
-
 
 def test_every_write_path_is_erofs(fake, mount):
     sample(fake)
@@ -203,39 +132,6 @@ def test_every_write_path_is_erofs(fake, mount):
     expect_errno(errno.EROFS, os.setxattr, f, "user.x", b"1")
     out = run("touch", str(d / "touched"))
     assert out.returncode != 0 and "Read-only file system" in out.stderr
-
-
-def test_unknown_names_are_enoent(fake, mount):
-    sample(fake)
-    m = mount()
-    for rel in ("github/nobody/nothing", "github/acme/nothing", "github/acme/api/99",
-                "github/acme/api/007", "github/acme/api/2/7", "github/acme/api/2/0/nope.txt",
-                "gitlab", "github/acme/api/branch/a%2", "github/acme/api/latest/0/nope"):
-        expect_errno(errno.ENOENT, os.stat, m.path / rel)
-
-
-def test_private_project_token_rules(fake, mount, tmp_path):
-    p = fake.add_project("github", "acme", "secret", private=True)
-    b = p.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time=STOP)
-    b.add_artifact("secret.txt", b"top secret\n")
-    anon = mount()
-    expect_errno(errno.ENOENT, os.listdir, anon.path / "github/acme/secret")  # 404, as circleci.com hides it
-    bad = mount(token="wrong-token")
-    bad.expect_errors = True
-    expect_errno(errno.EACCES, os.listdir, bad.path / "github/acme/secret")
-    good = mount(token=TOKEN)
-    fake.clear_requests()
-    assert (good.path / "github/acme/secret/1/0/secret.txt").read_bytes() == b"top secret\n"
-    api = [r for r in fake.requests if r.server == "api"]
-    storage = [r for r in fake.requests if r.server == "storage"]
-    assert api and storage
-    assert all(r.headers.get("circle-token") == TOKEN for r in api)
-    for r in storage:
-        assert TOKEN not in repr(r.headers) and TOKEN not in repr(r.query), "token leaked to the storage host"
-    for m in (anon, bad, good):
-        assert TOKEN not in m.log_text() and "wrong-token" not in m.log_text()
-    cache_names = [n for _, dirs, files in os.walk(tmp_path / "cache") for n in dirs + files]
-    assert cache_names and not any(TOKEN in n for n in cache_names)
 
 
 def test_hung_storage_gives_eio_within_the_timeout(fake, mount):
@@ -276,28 +172,6 @@ def test_hostile_artifact_paths(fake, mount):
     log = m.log_text()
     assert log.count("skipped") >= 7
     assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github"]  # still answering
-
-
-def test_malformed_listing_is_eio_and_the_mount_survives(fake, mount):
-    project = sample(fake)
-    project.builds[1].raw_artifacts = [{"path": "x.txt", "node_index": "zero", "url": "http://x"}]
-    fake.faults.malformed_json.add("/api/v1.1/project/github/acme/api/3/artifacts")
-    m = mount()
-    m.expect_errors = True
-    expect_errno(errno.EIO, os.listdir, m.path / "github/acme/api/1")
-    expect_errno(errno.EIO, os.listdir, m.path / "github/acme/api/3")
-    assert (m.path / "github/acme/api/2/0/empty.txt").exists()
-    log = m.log_text()
-    assert "node_index" in log and "malformed JSON" in log
-
-
-def test_expired_artifact_is_enoent_with_a_clear_log_line(fake, mount):
-    project = sample(fake)
-    project.builds[1].artifacts[0].expired = True
-    m = mount()
-    m.expect_errors = True
-    expect_errno(errno.ENOENT, open, m.path / "github/acme/api/1/0/report.txt", "rb")
-    assert "expired" in m.log_text()
 
 
 def test_server_ignoring_range_still_gives_exact_bytes(fake, mount):
@@ -477,42 +351,6 @@ def test_expired_presigned_url_is_resolved_again_transparently(fake, mount):
         os.close(fd)
     statuses = [(r.server, r.status) for r in fake.requests if r.method == "GET"]
     assert ("storage", 403) in statuses and ("api", 302) in statuses and statuses[-1] == ("storage", 206)
-
-
-def test_extended_attributes_say_where_a_file_comes_from(fake, mount):
-    import json
-
-    project = sample(fake)
-    m = mount(token=TOKEN)
-    build = m.path / "github/acme/api/2"
-    f = build / "0/coverage/index.html"
-    size = f.stat().st_size
-    url = os.getxattr(f, "user.ciartfs.url").decode()
-    assert url == fake.artifact_url(project, project.builds[2], project.builds[2].artifacts[1])
-    source = json.loads(os.getxattr(f, "user.ciartfs.source"))
-    assert source == {"provider": "circleci", "host": fake.api_url, "vcs": "github", "user": "acme",
-                      "project": "api", "build": 2, "node": 0}
-    f.read_bytes()
-    time.sleep(0.5)  # the disk write happens behind the read
-    assert int(os.getxattr(f, "user.ciartfs.cached")) == size
-    assert json.loads(os.getxattr(m.path / "github/acme/api", "user.ciartfs.source"))["project"] == "api"
-    info = json.loads(os.getxattr(build, "user.ciartfs.build"))
-    assert info["build_num"] == 2 and info["branch"] == "main" and info["status"] == "failed"
-    assert info["stop_time"] == STOP_EPOCH and info["lifecycle"] == "finished"
-    out = run("getfattr", "-d", str(f)) if shutil.which("getfattr") else None
-    if out is not None:
-        assert "user.ciartfs.url" in out.stdout and "user.ciartfs.source" in out.stdout
-    names = os.listxattr(f)
-    assert set(names) == {"user.ciartfs.url", "user.ciartfs.source", "user.ciartfs.cached"}
-    for name in names:
-        assert TOKEN not in os.getxattr(f, name).decode()
-    # absent in our namespace; other namespaces (labels, ACLs) unsupported, which `ls -l`
-    # remembers for the whole device instead of asking twice per file
-    for name, expected in [("user.ciartfs.nope", errno.ENODATA), ("user.other", errno.ENODATA),
-                           ("security.selinux", errno.EOPNOTSUPP), ("system.posix_acl_access", errno.EOPNOTSUPP)]:
-        with pytest.raises(OSError) as raised:
-            os.getxattr(f, name)
-        assert raised.value.errno == expected, name
 
 
 def test_second_mount_and_offline_use_kept_listings(fake, mount, tmp_path):

@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
-import time
 
 import pytest
 
-from ciartfs.fakeserver.v2 import FakeJob
 from ciartfs.errors import BadListing
 from ciartfs.providers.circleci.v2 import parse_job, unique_names
-from conftest import TOKEN, blob, wait_for
+from conftest import TOKEN, wait_for
+from datasets import v2_dataset
 
 
 @pytest.fixture
 def v2(fake):
-    """A v2-only project (circleci/<org>/<project>) and github/acme/api with pipeline 7:
-    workflow 'ci' run twice (a rerun) and 'deploy/prod', each with jobs."""
-    only = fake.add_project("circleci", "6f0b5b0e-org", "a1b2c3-proj")
-    job = only.add_build(build_num=42, subject="build")
-    for i in range(5):  # more than one page (the fake pages by 2)
-        job.add_artifact(f"out/f{i}.txt", f"file {i}\n".encode())
-    job.add_artifact("bin/tool", blob(1, 300_000), node_index=1)
-
-    gh = fake.add_project("github", "acme", "api")
-    for num, name in [(10, "build"), (11, "test"), (12, "build"), (13, "test"), (14, "push")]:
-        b = gh.add_build(build_num=num, subject=name)
-        b.add_artifact("report.txt", f"job {num} ({name})\n".encode())
-    b = gh.builds[11]
-    b.add_artifact("coverage/index.html", b"<html>cov</html>\n")
-    pipeline = fake.v2.add_pipeline(gh, 7)
-    pipeline.add_workflow("ci", [10, 11], created_at="2026-11-01T09:50:00.000Z")
-    pipeline.add_workflow("ci", [12, 13], created_at="2026-11-01T09:55:00.000Z")  # the rerun
-    pipeline.add_workflow("deploy/prod", [14], created_at="2026-11-01T09:58:00.000Z")
-    return fake
+    return v2_dataset(fake)
 
 
 def test_v2_only_project_jobs(v2, mount):
@@ -101,61 +81,6 @@ def _expect_errno(code: int, fn, *args) -> None:
     with pytest.raises(OSError) as info:
         fn(*args)
     assert info.value.errno == code, f"{fn.__name__}{args}: {info.value}"
-
-
-def _api_requests(fake, suffix: str) -> int:
-    """How many times a listing was asked for (its first page)."""
-    return len([r for r in fake.requests if r.server == "api" and r.path.endswith(suffix) and "page-token" not in r.query])
-
-
-def test_waiting_workflow_lists_its_started_jobs_and_is_refreshed(v2, mount):
-    """A workflow on hold: one job ran, one is queued and one blocked (neither has a
-    job_number yet), an approval job waits. Its listing shows every job; the ones without
-    artifacts are empty directories that say why; after --latest-ttl it is asked again."""
-    gh = v2.projects["github", "acme", "api"]
-    pipeline = v2.v2.add_pipeline(gh, 8)
-    waiting = pipeline.add_workflow("release", [10, FakeJob("integration", "queued"), FakeJob("hold", "on_hold", type="approval"),
-                                                FakeJob("deploy", "blocked")], status="on_hold", stopped_at=None)
-    m = mount("--latest-ttl", "1", token=TOKEN)
-    release = m.path / "github/acme/api/pipeline/8/release"
-    assert sorted(os.listdir(release)) == ["build", "deploy", "hold", "integration"]
-    assert (release / "build/0/report.txt").read_bytes() == b"job 10 (build)\n"
-    for name, why in [("deploy", "has not started (status blocked)"), ("integration", "has not started (status queued)"),
-                      ("hold", "an approval job")]:
-        assert os.listdir(release / name) == []
-        assert why in os.getxattr(release / name, "user.ciartfs.empty").decode()
-        job = json.loads(os.getxattr(release / name, "user.ciartfs.job"))
-        assert job["number"] is None and job["name"] == name
-    assert json.loads(os.getxattr(release / "build", "user.ciartfs.job"))["number"] == 10
-    assert not [r for r in v2.requests if "/job/" in r.path and not r.path.startswith("/api/v2/workflow/")]
-    # the approval is given, deploy runs as job 15: the running workflow is asked again
-    deploy = gh.add_build(build_num=15, subject="deploy")
-    deploy.add_artifact("deployed.txt", b"deployed\n")
-    waiting.jobs = [10, FakeJob("integration", "success", number=None), FakeJob("hold", "success", type="approval"), 15]
-    waiting.status, waiting.stopped_at = "success", "2026-11-01T10:30:00.000Z"
-    assert wait_for(lambda: os.listdir(release / "deploy") == ["0"], timeout=10), "a waiting workflow was not re-listed"
-    assert (release / "deploy/0/deployed.txt").read_bytes() == b"deployed\n"
-    assert m.log_text().count("Traceback") == 0 and "EIO" not in m.log_text()
-
-
-def test_finished_workflow_with_retried_jobs_is_kept(v2, mount):
-    """`retried` is terminal: a finished workflow with a retried job, and that job's artifact
-    list, are fetched once, not again after --latest-ttl."""
-    gh = v2.projects["github", "acme", "api"]
-    pipeline = v2.v2.add_pipeline(gh, 9)
-    flaky = pipeline.add_workflow("flaky", [FakeJob("test", "retried", number=11), 13], status="success")
-    m = mount("--latest-ttl", "1", token=TOKEN)
-    wf = m.path / "github/acme/api/pipeline/9/flaky"
-    assert sorted(os.listdir(wf)) == ["test", "test~2"]  # the retried run keeps the name, its rerun ~2
-    assert (wf / "test/0/report.txt").read_bytes() == b"job 11 (test)\n"
-    assert (wf / "test~2/0/report.txt").read_bytes() == b"job 13 (test)\n"
-    before = (_api_requests(v2, f"/workflow/{flaky.id}/job"), _api_requests(v2, "/11/artifacts"))
-    assert before == (1, 1)
-    time.sleep(1.5)
-    for _ in range(3):
-        assert sorted(os.listdir(wf)) == ["test", "test~2"]
-        assert sorted(os.listdir(wf / "test/0")) == ["coverage", "report.txt"]
-    assert (_api_requests(v2, f"/workflow/{flaky.id}/job"), _api_requests(v2, "/11/artifacts")) == before
 
 
 def test_without_a_token_v2_listings_say_a_token_is_needed(v2, mount):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from test_mount_taskcluster import slug, tc_mount
+from datasets import slug, tc_mount
 
 # The bound: a line the fake writes shows up in `tail -f` within this many seconds.
 FOLLOW_BOUND = 2.0

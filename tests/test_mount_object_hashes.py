@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from test_mount_taskcluster import TC_ID, TC_TOKEN, slug, tc_mount
+from datasets import TC_ID, TC_TOKEN, slug, tc_mount
 
 SMALL = b"small object\n" * 10  # one block
 LARGE = bytes(range(256)) * 4096 * 3  # 3 MiB: many 128 KiB blocks, read-ahead and all

@@ -1,0 +1,247 @@
+"""Tier 2: the filesystem in-process over the fake CircleCI: listings, TTLs, errors, xattrs,
+forget. The handlers are called as the kernel calls them (tests/inproc.py), with trio's
+MockClock where a TTL is crossed."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+from conftest import TOKEN
+from datasets import STOP_EPOCH, files_of, sample, storage_gets
+from inproc import errno_of
+
+
+async def test_listing_modes_sizes_and_times(fake, inproc):
+    project = sample(fake)
+    fs = inproc()
+    assert await fs.listdir("") == ["bitbucket", "circleci", "github"]
+    assert await fs.listdir("github/acme/api") == ["1", "2", "3", "4", "branch", "latest", "pipeline"]
+    assert await fs.readlink("github/acme/api/latest") == "3"  # newest completed, any branch (4 is running)
+    assert await fs.listdir("github/acme/api/2") == ["0", "1"]
+    assert (await fs.stat("github/acme/api/2")).mtime == STOP_EPOCH
+    files = await fs.walk_files("github/acme/api/2")  # readdirplus: attributes with the names
+    expected = files_of(project, 2)
+    assert sorted(files) == sorted(expected)
+    for rel, data in expected.items():
+        for attr in (files[rel], await fs.stat(f"github/acme/api/2/{rel}")):
+            assert attr.is_file and attr.perms == 0o444, rel
+            assert attr.size == len(data), rel
+            assert attr.mtime == STOP_EPOCH and attr.uid == os.getuid()
+    for d in ("", "github", "github/acme/api", "github/acme/api/2", "github/acme/api/2/0/coverage"):
+        attr = await fs.stat(d)
+        assert attr.is_dir and attr.perms == 0o555, d
+    assert storage_gets(fake), "sizes come from ranged GETs"
+    assert not [r for r in fake.requests if r.method == "HEAD"], "never HEAD: presigned URLs refuse it"
+
+
+# -- TTLs (trio's MockClock: no sleeping) --------------------------------------------------------
+
+async def test_latest_and_branch_links_follow_new_builds_after_the_ttl(fake, inproc, clock):
+    project = sample(fake)
+    fs = inproc(latest_ttl=60)
+    proj = "github/acme/api"
+    assert "5" not in await fs.listdir(proj)
+    assert await fs.readlink(f"{proj}/branch/feature%2Fx/latest") == "../../3"
+    assert (await fs.read_file(f"{proj}/branch/feature%2Fx/latest/0/logs/build.log")).startswith(b"feature build log")
+    assert await fs.readlink(f"{proj}/branch/main/latest") == "../../2"
+    assert "feature%2Fx" in await fs.listdir(f"{proj}/branch")
+    assert await errno_of(fs.stat(f"{proj}/branch/no-such-branch")) == errno.ENOENT
+    # an open file keeps reading the build it opened while `latest` moves on
+    held = await fs.open(f"{proj}/latest/0/logs/build.log")
+    b5 = project.add_build(build_num=5, branch="main", status="success", lifecycle="finished",
+                           stop_time="2026-11-03T10:00:00Z")
+    b5.add_artifact("report.txt", b"build five\n")
+    fs.advance(59)
+    assert await fs.readlink(f"{proj}/latest") == "3", "re-resolved before its TTL"
+    assert "5" not in await fs.listdir(proj)
+    fs.advance(2)
+    assert await fs.readlink(f"{proj}/latest") == "5"
+    assert "5" in await fs.listdir(proj)
+    assert await fs.read(held, 0, 1000) == b"feature build log\nall tests passed\n"
+    await fs.release(held)
+    assert await fs.read_file(f"{proj}/latest/0/report.txt") == b"build five\n"
+    fs.advance(61)
+    assert await fs.readlink(f"{proj}/branch/main/latest") == "../../5"
+
+
+async def test_latest_reached_by_lookup_alone_is_checked_again_after_the_ttl(fake, inproc, clock):
+    """No listing of the project: `latest` was only looked up, and still goes stale."""
+    project = sample(fake)
+    fs = inproc(latest_ttl=60)
+    assert await fs.readlink("github/acme/api/latest") == "3"
+    project.add_build(build_num=5, branch="main", status="success", lifecycle="finished",
+                      stop_time="2026-11-03T10:00:00Z")
+    fs.advance(61)
+    assert await fs.readlink("github/acme/api/latest") == "5"
+
+
+async def test_running_build_is_refreshed_completed_build_is_not(fake, inproc, clock):
+    project = sample(fake)
+    fs = inproc(latest_ttl=60)
+    running, done = "github/acme/api/4/0", "github/acme/api/2/0"
+    assert await fs.listdir(running) == ["partial.log"]
+    await fs.walk_files(done)
+    project.builds[4].add_artifact("more.log", b"more\n")
+    assert await fs.listdir(running) == ["partial.log"], "listed again within its TTL"
+    fs.advance(61)
+    assert await fs.listdir(running) == ["more.log", "partial.log"]
+    assert await fs.read_file(f"{running}/more.log") == b"more\n"
+    for _ in range(3):
+        fs.advance(3600)
+        await fs.walk_files(done)
+        assert await fs.listdir(done) == ["coverage", "dist", "empty.txt", "test-results", "tmp"]
+    asked = [r for r in fake.requests if r.path.endswith("/2/artifacts")]
+    assert len(asked) == 1, "a completed build's listing is fetched once"
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+async def test_unknown_names_are_enoent(fake, inproc):
+    sample(fake)
+    fs = inproc()
+    for rel in ("github/nobody/nothing", "github/acme/nothing", "github/acme/api/99",
+                "github/acme/api/007", "github/acme/api/2/7", "github/acme/api/2/0/nope.txt",
+                "gitlab", "github/acme/api/branch/a%2", "github/acme/api/latest/0/nope"):
+        assert await errno_of(fs.stat(rel)) == errno.ENOENT, rel
+
+
+async def test_every_write_path_is_erofs(fake, inproc):
+    """The kernel answers most of these itself on an 'ro' mount; the handlers refuse too."""
+    sample(fake)
+    fs = inproc()
+    attr = await fs.resolve("github/acme/api/2/0/empty.txt")
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_RDONLY | os.O_APPEND):
+        assert await errno_of(fs.ops.open(attr.inode, flags, None)) == errno.EROFS, flags
+    for name in ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "create",
+                 "write", "setxattr", "removexattr"):
+        assert await errno_of(getattr(fs.ops, name)(attr.inode)) == errno.EROFS, name
+
+
+async def test_private_project_token_rules(fake, inproc, caplog, tmp_path):
+    """No token: ENOENT (404, as circleci.com hides it); a wrong one: EACCES; the right one
+    reads, and goes to the API only: never to storage, the log or a cache file's name."""
+    caplog.set_level(logging.DEBUG, logger="ciartfs")
+    p = fake.add_project("github", "acme", "secret", private=True)
+    b = p.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time="2026-11-01T10:00:00Z")
+    b.add_artifact("secret.txt", b"top secret\n")
+    anon = inproc()
+    assert await errno_of(anon.readdir("github/acme/secret")) == errno.ENOENT
+    bad = inproc(circleci_token="wrong-token")
+    bad.expect_errors = True
+    assert await errno_of(bad.readdir("github/acme/secret")) == errno.EACCES
+    good = inproc(circleci_token=TOKEN, cache_dir=tmp_path / "good-cache")
+    fake.clear_requests()
+    assert await good.read_file("github/acme/secret/1/0/secret.txt") == b"top secret\n"
+    await good.settle()
+    api = [r for r in fake.requests if r.server == "api"]
+    storage = [r for r in fake.requests if r.server == "storage"]
+    assert api and storage
+    assert all(r.headers.get("circle-token") == TOKEN for r in api)
+    for r in storage:
+        assert TOKEN not in repr(r.headers) and TOKEN not in repr(r.query), "token leaked to the storage host"
+    assert caplog.text and TOKEN not in caplog.text and "wrong-token" not in caplog.text
+    cache_names = [n for _, dirs, files in os.walk(tmp_path / "good-cache") for n in dirs + files]
+    assert cache_names and not any(TOKEN in n for n in cache_names)
+
+
+async def test_malformed_listing_is_eio_and_the_rest_works_on(fake, inproc, caplog):
+    project = sample(fake)
+    project.builds[1].raw_artifacts = [{"path": "x.txt", "node_index": "zero", "url": "http://x"}]
+    fake.faults.malformed_json.add("/api/v1.1/project/github/acme/api/3/artifacts")
+    fs = inproc()
+    fs.expect_errors = True
+    assert await errno_of(fs.readdir("github/acme/api/1")) == errno.EIO
+    assert await errno_of(fs.readdir("github/acme/api/3")) == errno.EIO
+    assert await fs.exists("github/acme/api/2/0/empty.txt")
+    assert "node_index" in caplog.text and "malformed JSON" in caplog.text
+    assert fs.ops.errors["EIO"] >= 2 and not fs.ops.errors["internal"]
+
+
+async def test_expired_artifact_is_enoent_with_a_clear_log_line(fake, inproc, caplog):
+    project = sample(fake)
+    project.builds[1].artifacts[0].expired = True
+    fs = inproc()
+    fs.expect_errors = True
+    assert await errno_of(fs.open("github/acme/api/1/0/report.txt")) == errno.ENOENT
+    assert "expired" in caplog.text
+    assert "expired" in (await fs.getxattr("github/acme/api/1/0/report.txt", "user.ciartfs.error")).decode()
+
+
+# -- extended attributes ---------------------------------------------------------------------------
+
+async def test_extended_attributes_say_where_a_file_comes_from(fake, inproc):
+    import json
+
+    project = sample(fake)
+    fs = inproc(circleci_token=TOKEN)
+    build = "github/acme/api/2"
+    f = f"{build}/0/coverage/index.html"
+    size = (await fs.stat(f)).size
+    url = (await fs.getxattr(f, "user.ciartfs.url")).decode()
+    assert url == fake.artifact_url(project, project.builds[2], project.builds[2].artifacts[1])
+    source = json.loads(await fs.getxattr(f, "user.ciartfs.source"))
+    assert source == {"provider": "circleci", "host": fake.api_url, "vcs": "github", "user": "acme",
+                      "project": "api", "build": 2, "node": 0}
+    await fs.read_file(f)
+    await fs.settle()  # the disk write happens behind the read
+    assert int(await fs.getxattr(f, "user.ciartfs.cached")) == size
+    assert json.loads(await fs.getxattr("github/acme/api", "user.ciartfs.source"))["project"] == "api"
+    info = json.loads(await fs.getxattr(build, "user.ciartfs.build"))
+    assert info["build_num"] == 2 and info["branch"] == "main" and info["status"] == "failed"
+    assert info["stop_time"] == STOP_EPOCH and info["lifecycle"] == "finished"
+    names = await fs.listxattr(f)
+    assert set(names) == {"user.ciartfs.url", "user.ciartfs.source", "user.ciartfs.cached"}
+    for name in names:
+        assert TOKEN not in (await fs.getxattr(f, name)).decode()
+    # absent in our namespace (pyfuse3's ENOATTR is ENODATA); other namespaces (labels, ACLs)
+    # unsupported, which `ls -l` remembers for the whole device instead of asking twice per file
+    for name, expected in [("user.ciartfs.nope", errno.ENODATA), ("user.other", errno.ENODATA),
+                           ("security.selinux", errno.EOPNOTSUPP), ("system.posix_acl_access", errno.EOPNOTSUPP)]:
+        assert await errno_of(fs.getxattr(f, name)) == expected, name
+
+
+# -- forget and list again -------------------------------------------------------------------------
+
+async def test_what_the_kernel_forgot_is_let_go_and_listed_again_from_the_kept_documents(fake, inproc):
+    from conftest import blob
+
+    project = fake.add_project("github", "acme", "big")
+    build = project.add_build(build_num=1, branch="main", status="success", lifecycle="finished",
+                              stop_time="2026-11-01T10:00:00Z")
+    files = {f"reports/r{i:03}.txt": blob(i, 100 + i) for i in range(60)}
+    for path, data in files.items():
+        build.add_artifact(path, data)
+    fs = inproc()
+    reports = "github/acme/big/1/0/reports"
+    sizes = {name: a.size for name, a in (await fs.readdir(reports)).items()}
+    assert sizes == {p.rsplit("/", 1)[1]: len(d) for p, d in files.items()}
+    inodes = {name: a.inode for name, a in (await fs.readdir(reports)).items()}
+    assert len(fs.tree.nodes) > 60
+    await fs.forget_everything()
+    assert len(fs.tree.nodes) < 10, "the forgotten build's nodes are still held"
+    assert all(i not in fs.tree.nodes for i in inodes.values())
+    fake.clear_requests()
+    again = await fs.readdir(reports)
+    assert {name: a.size for name, a in again.items()} == sizes  # listed again
+    assert await fs.read_file(f"{reports}/r042.txt") == files["reports/r042.txt"]
+    assert [r for r in fake.requests if r.server == "api"] == [], "listed again from the cached API documents"
+    assert [r for r in storage_gets(fake) if not r.path.endswith(f"/{build.artifacts[42].blob_id}")] == [], \
+        "sizes from memory"
+
+
+async def test_a_node_the_kernel_still_holds_keeps_its_inode_and_its_listing(fake, inproc):
+    sample(fake)
+    fs = inproc()
+    held = await fs.resolve("github/acme/api/2/0/coverage/index.html")
+    await fs.listdir("github/acme/api/2/0")
+    # the kernel lets go of everything but the one file it has open
+    drop = [(n.inode, n.lookups - (1 if n.inode == held.inode else 0)) for n in fs.tree.nodes.values()
+            if n.inode != 1 and n.lookups > 0]
+    await fs.ops.forget(drop)
+    assert fs.node(held.inode).lookups == 1
+    assert fs.node(held.inode).parent.listing is not None
+    assert (await fs.ops.getattr(held.inode, None)).st_size == len(b"<html><a href='src/app.py.html'>app</a></html>\n")
+    again = await fs.resolve("github/acme/api/2/0/coverage/index.html")
+    assert again.inode == held.inode
