@@ -127,6 +127,7 @@ class InProcFS:
         self.tree = mount.tree
         self._clock = clock
         self.expect_errors = False
+        self.closed = False
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -283,6 +284,15 @@ class InProcFS:
         """Wait for the disk writes queued behind reads."""
         await self.mount.reader.flush_writes()
 
+    async def close(self) -> None:
+        """As at unmount: queued disk writes done, connections closed (then mount another
+        over the same cache directory)."""
+        if not self.closed:
+            self.closed = True
+            with trio.CancelScope(shield=True):
+                await self.mount.reader.flush_writes()
+                await self.mount.http.aclose()
+
 
 class InProcFactory:
     """`inproc(**settings)` -> InProcFS over the fake; every one closed at teardown."""
@@ -307,12 +317,10 @@ class InProcFactory:
 
     async def aclose(self) -> list[str]:
         problems = []
-        with trio.CancelScope(shield=True):
-            for fs in self.made:
-                await fs.mount.reader.flush_writes()
-                await fs.mount.http.aclose()
-                if fs.ops.errors["internal"]:
-                    problems.append(f"{fs.ops.errors['internal']} internal error(s) in handlers (see the log)")
+        for fs in self.made:
+            await fs.close()
+            if fs.ops.errors["internal"]:
+                problems.append(f"{fs.ops.errors['internal']} internal error(s) in handlers (see the log)")
         return problems
 
 

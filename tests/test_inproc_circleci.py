@@ -7,9 +7,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 
 from conftest import TOKEN
-from datasets import STOP_EPOCH, files_of, sample, storage_gets
+from datasets import STOP, STOP_EPOCH, files_of, sample, storage_gets
 from inproc import errno_of
 
 
@@ -245,3 +246,108 @@ async def test_a_node_the_kernel_still_holds_keeps_its_inode_and_its_listing(fak
     assert (await fs.ops.getattr(held.inode, None)).st_size == len(b"<html><a href='src/app.py.html'>app</a></html>\n")
     again = await fs.resolve("github/acme/api/2/0/coverage/index.html")
     assert again.inode == held.inode
+
+
+# -- names, paging ---------------------------------------------------------------------------------
+
+async def test_hostile_artifact_paths(fake, inproc, caplog):
+    p = fake.add_project("github", "evil", "paths")
+    b = p.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time=STOP)
+    for path, data in [("../../escape.txt", b"x"), ("a/../../b", b"x"), ("./dot", b"x"), ("nul\x00byte", b"x"),
+                       ("long/" + "n" * 300, b"x"), ("double//slash.txt", b"double\n"),
+                       ("a", b"file a"), ("a/b.txt", b"in dir a\n"), ("dup.txt", b"first\n"),
+                       ("dup.txt", b"second\n"), ("ok/é ü.txt", b"unicode\n")]:
+        b.add_artifact(path, data)
+    fs = inproc()
+    node = "github/evil/paths/1/0"
+    assert sorted(await fs.walk_files(node)) == ["a/b.txt", "double/slash.txt", "dup.txt", "ok/é ü.txt"]
+    assert await fs.read_file(f"{node}/a/b.txt") == b"in dir a\n"
+    assert await fs.read_file(f"{node}/double/slash.txt") == b"double\n"
+    assert await fs.read_file(f"{node}/dup.txt") in (b"first\n", b"second\n")
+    assert not await fs.exists("github/evil/escape.txt")
+    assert caplog.text.count("skipped") >= 7
+    assert await fs.listdir("") == ["bitbucket", "circleci", "github"]  # still answering
+
+
+async def test_recent_builds_paging_and_lookup_of_older_builds(fake, inproc):
+    p = fake.add_project("github", "big", "proj")
+    for n in range(1, 161):
+        b = p.add_build(build_num=n, branch="main", status="success", lifecycle="finished", stop_time=STOP)
+        b.add_artifact("n.txt", f"{n}\n".encode())
+    fs = inproc(recent_builds=120)
+    builds = sorted(int(n) for n in await fs.listdir("github/big/proj") if n.isdigit())
+    assert builds == list(range(41, 161))
+    pages = [r.query for r in fake.requests if r.path == "/api/v1.1/project/github/big/proj"]
+    assert pages and all(int(q["limit"]) <= 100 for q in pages)
+    assert {q.get("offset") for q in pages} >= {"0", "100"}
+    assert await fs.read_file("github/big/proj/7/0/n.txt") == b"7\n"  # not listed, still there
+
+
+# -- what is kept: a second mount, offline -----------------------------------------------------------
+
+async def test_a_build_and_its_artifact_list_are_asked_for_at_once(fake, inproc, tmp_path):
+    """Opening a file of a build not seen yet costs one API round trip for the build, not
+    two in series (the build's document, then its artifact list); the list is still kept
+    because the build turns out to be completed."""
+    project = sample(fake)
+    expected = project.builds[2].artifacts[0].data
+    fs = inproc(cache_dir=tmp_path / "shared")
+    await fs.stat("github/acme/api")
+    fake.faults.api_latency = 0.5
+    fake.clear_requests()
+    assert await fs.read_file("github/acme/api/2/0/test-results/junit.xml") == expected
+    arrived = {r.path.rsplit("/", 1)[-1]: r.time for r in fake.requests if r.server == "api"}
+    assert arrived["artifacts"] - arrived["2"] < 0.25, arrived  # asked before the build's answer came
+    fake.faults.api_latency = 0
+    await fs.close()
+    second = inproc(cache_dir=tmp_path / "shared")
+    fake.clear_requests()
+    assert await second.read_file("github/acme/api/2/0/test-results/junit.xml") == expected
+    assert not [r for r in fake.requests if r.path.endswith("/artifacts")]
+
+
+async def test_disk_cache_serves_a_second_mount_without_storage_requests(fake, inproc, tmp_path):
+    project = sample(fake)
+    cache = tmp_path / "shared-cache"
+    first = inproc(cache_dir=cache)
+    expected = files_of(project, 2)
+    for rel, data in expected.items():
+        assert await first.read_file(f"github/acme/api/2/{rel}") == data
+    await first.close()
+    fake.clear_requests()
+    second = inproc(cache_dir=cache)
+    for rel, data in expected.items():
+        assert await second.read_file(f"github/acme/api/2/{rel}") == data
+    assert storage_gets(fake) == [], "everything came from the disk cache"
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
+
+
+async def test_second_mount_and_offline_use_kept_listings(fake, inproc, tmp_path, caplog):
+    project = sample(fake)
+    cache = tmp_path / "kept"
+    first = inproc(cache_dir=cache)
+    build = "github/acme/api/2"
+    expected = files_of(project, 2)
+    for rel, data in expected.items():
+        assert await first.read_file(f"{build}/{rel}") == data
+    assert "2" in await first.listdir("github/acme/api")
+    await first.close()
+
+    fake.clear_requests()
+    again = inproc(cache_dir=cache)  # online: a completed build it has seen needs no request at all
+    assert await again.listdir(build) == ["0", "1"]
+    for rel, data in expected.items():
+        assert await again.read_file(f"{build}/{rel}") == data
+    assert fake.requests == [], [r.path for r in fake.requests]
+    await again.close()
+
+    caplog.set_level(logging.INFO, logger="ciartfs")
+    offline = inproc(cache_dir=cache, offline=True)
+    offline.expect_errors = True
+    assert "2" in await offline.listdir("github/acme/api")  # the last recent-builds list seen
+    for rel, data in expected.items():
+        assert await offline.read_file(f"{build}/{rel}") == data
+    assert await errno_of(offline.readdir("github/acme/api/1")) in (errno.EIO, errno.ENOENT)  # never listed
+    assert await errno_of(offline.readdir("github/acme/other")) in (errno.EIO, errno.ENOENT)
+    assert fake.requests == [], "offline: nothing reached the network"
+    assert "offline:" in caplog.text and "not in the cache" in caplog.text

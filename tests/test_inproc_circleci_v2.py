@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 
 from ciartfs.fakeserver.v2 import FakeJob
 from conftest import TOKEN
 from datasets import v2_dataset
+from inproc import errno_of
 
 
 def _api_requests(fake, suffix: str) -> int:
@@ -66,3 +70,90 @@ async def test_finished_workflow_with_retried_jobs_is_kept(fake, inproc, clock):
         assert await fs.listdir(wf) == ["test", "test~2"]
         assert await fs.listdir(f"{wf}/test/0") == ["coverage", "report.txt"]
     assert (_api_requests(v2, f"/workflow/{flaky.id}/job"), _api_requests(v2, "/11/artifacts")) == before
+
+
+async def test_v2_only_project_jobs(fake, inproc):
+    v2 = v2_dataset(fake)
+    fs = inproc(circleci_token=TOKEN)  # circleci.com's v2 artifact endpoint needs a token, public projects too
+    job = "circleci/6f0b5b0e-org/a1b2c3-proj/42"
+    assert await fs.listdir(job) == ["0", "1"]
+    assert await fs.listdir(f"{job}/0/out") == [f"f{i}.txt" for i in range(5)]
+    for i in range(5):
+        assert await fs.read_file(f"{job}/0/out/f{i}.txt") == f"file {i}\n".encode()
+    data = v2.projects[("circleci", "6f0b5b0e-org", "a1b2c3-proj")].builds[42].artifacts[-1].data
+    assert hashlib.sha256(await fs.read_file(f"{job}/1/bin/tool")).digest() == hashlib.sha256(data).digest()
+    pages = [r for r in v2.requests if r.path.endswith("/42/artifacts")]
+    assert len(pages) == 3 and sum("page-token" in r.query for r in pages) == 2
+    assert await errno_of(fs.readdir("circleci/6f0b5b0e-org/a1b2c3-proj/99")) == errno.ENOENT
+
+
+async def test_workflow_view_with_renames(fake, inproc):
+    v2 = v2_dataset(fake)
+    fs = inproc(circleci_token=TOKEN)
+    pipe = "github/acme/api/pipeline/7"
+    assert await fs.listdir(pipe) == ["ci", "ci~2", "deploy%2Fprod"]
+    assert await fs.listdir(f"{pipe}/ci") == ["build", "test"]
+    assert await fs.read_file(f"{pipe}/ci/build/0/report.txt") == b"job 10 (build)\n"
+    assert await fs.read_file(f"{pipe}/ci~2/test/0/report.txt") == b"job 13 (test)\n"
+    assert await fs.read_file(f"{pipe}/deploy%2Fprod/push/0/report.txt") == b"job 14 (push)\n"
+    found = await fs.walk_files(pipe)
+    assert len(found) == 6 and "ci/test/0/coverage/index.html" in found
+    assert await errno_of(fs.readdir("github/acme/api/pipeline/8")) == errno.ENOENT
+    # the same job through the v1.1 tree shares the cached blocks
+    v2.clear_requests()
+    assert await fs.read_file("github/acme/api/11/0/coverage/index.html") == b"<html>cov</html>\n"
+    assert not [r for r in v2.requests if r.server == "storage"]
+
+
+async def test_without_a_token_v2_listings_say_a_token_is_needed(fake, inproc, caplog):
+    """circleci.com answers 401 on the v2 artifact and workflow endpoints without a token:
+    EACCES, and a log line saying to set one."""
+    caplog.set_level(logging.DEBUG, logger="ciartfs")
+    v2_dataset(fake)
+    fs = inproc()
+    fs.expect_errors = True
+    assert await errno_of(fs.readdir("circleci/6f0b5b0e-org/a1b2c3-proj/42")) == errno.EACCES
+    assert await errno_of(fs.readdir("github/acme/api/pipeline/7")) == errno.EACCES
+    assert caplog.text.count("CircleCI needs an API token for this (none is set") >= 2, caplog.text
+    # the v1.1 tree of a public project works without one
+    assert await fs.read_file("github/acme/api/10/0/report.txt") == b"job 10 (build)\n"
+    caplog.clear()
+    bad = inproc(circleci_token="not-the-token")
+    assert await errno_of(bad.readdir("github/acme/api/pipeline/7")) == errno.EACCES
+    assert "CircleCI refused the API token" in caplog.text
+    assert "not-the-token" not in caplog.text
+
+
+async def test_not_found_log_line_names_the_token(fake, inproc, caplog):
+    """A private project asked for without a token is 404 at circleci.com, as an unknown one:
+    ENOENT, and a log line that says it may be a matter of the token."""
+    caplog.set_level(logging.DEBUG, logger="ciartfs")
+    v2 = v2_dataset(fake)
+    private = v2.add_project("circleci", "6f0b5b0e-org", "private-proj", private=True)
+    private.add_build(build_num=1).add_artifact("a.txt", b"a\n")
+    v2.add_project("github", "acme", "secret", private=True).add_build(build_num=1)
+    anon = inproc()
+    assert await errno_of(anon.readdir("github/acme/secret")) == errno.ENOENT
+    assert await errno_of(anon.readdir("circleci/6f0b5b0e-org/private-proj/1")) == errno.ENOENT
+    for where in ("github/acme/secret", "circleci/6f0b5b0e-org/private-proj/1"):
+        assert f"{where}: not found, or not visible without a token" in caplog.text, caplog.text
+    good = inproc(circleci_token=TOKEN)
+    assert await good.listdir("circleci/6f0b5b0e-org/private-proj/1") == ["0"]
+    assert await errno_of(good.readdir("github/acme/no-such-project")) == errno.ENOENT
+    assert "github/acme/no-such-project: not found, or not visible with this token" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+async def test_demo_has_the_awkward_cases(demo_fake, inproc, caplog):
+    """The demo's pipeline 12 waits on an approval (a queued job, a blocked one); build 1 has
+    an expired artifact: listed, ENOENT on open, its directory fine."""
+    fs = inproc(circleci_token=TOKEN)
+    fs.expect_errors = True
+    release = "github/acme/api/pipeline/12/release"
+    assert await fs.listdir(release) == ["Commit for build 12", "deploy", "hold", "integration-test"]
+    assert await fs.listdir(f"{release}/hold") == [] and await fs.listdir(f"{release}/deploy") == []
+    logs = "github/acme/api/1/0/logs"
+    assert await fs.listdir(logs) == ["build.log", "trace.log"]
+    assert await errno_of(fs.open(f"{logs}/trace.log")) == errno.ENOENT
+    assert (await fs.read_file(f"{logs}/build.log")).endswith(b"build 1 done\n")
+    assert "expired" in caplog.text

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 
 from ciartfs.fakeserver.taskcluster import PAST
-from datasets import slug, tc_dataset
+from datasets import TC_ID, TC_TOKEN, slug, tc_dataset
 from inproc import errno_of
 
 
@@ -128,3 +129,99 @@ async def test_running_task_log_grows_and_reference_is_not_cached(fake, inproc, 
     fetched = [r.path for r in tc.requests if r.server == "api" and "/artifacts/" in r.path]
     assert any(p.endswith("ref/link.txt") for p in fetched), "a reference artifact is fetched again"
     assert not any(p.endswith("1/artifacts/public/logs/live.log") for p in fetched), "an s3 artifact came from disk"
+
+
+async def test_pagination_is_followed(fake, inproc):
+    tc = tc_dataset(fake)
+    run0 = tc.queue.tasks[slug(2)].runs[0]
+    for i in range(9):
+        run0.add_artifact(f"public/many/f{i}.txt", f"{i}\n".encode())
+    fs = tc_fs(inproc, tc)
+    assert await fs.listdir(f"taskcluster/{slug(2)}/0/public/many") == [f"f{i}.txt" for i in range(9)]
+    pages = [r for r in tc.requests if r.path.endswith(f"/task/{slug(2)}/runs/0/artifacts")]
+    assert len(pages) == 5 and sum("continuationToken" in r.query for r in pages) == 4
+
+
+async def test_no_taskcluster_dir_without_a_root_url(fake, inproc):
+    tc_dataset(fake)
+    fs = inproc()
+    assert await fs.listdir("") == ["bitbucket", "circleci", "github"]
+    assert await errno_of(fs.stat("taskcluster")) == errno.ENOENT
+
+
+# -- credentials -----------------------------------------------------------------------------------
+
+async def test_private_artifacts_need_hawk_credentials_that_never_reach_storage(fake, inproc, caplog):
+    caplog.set_level(logging.DEBUG, logger="ciartfs")
+    tc = tc_dataset(fake)
+    secret = f"taskcluster/{slug(1)}/1/private/secret.txt"
+    anon = tc_fs(inproc, tc)
+    anon.expect_errors = True
+    assert await errno_of(anon.open(secret)) == errno.EACCES
+    assert await anon.read_file(f"taskcluster/{slug(1)}/1/public/logs/live.log") == b"run 1 log\nall good\n"
+    authed = tc_fs(inproc, tc, taskcluster_client_id=TC_ID, taskcluster_access_token=TC_TOKEN)
+    tc.clear_requests()
+    assert await authed.read_file(secret) == b"secret bytes\n"
+    api = [r for r in tc.requests if r.server == "api" and "private" in r.path]
+    assert api and all(r.headers.get("authorization", "").startswith("Hawk ") for r in api)
+    storage = [r for r in tc.requests if r.server == "storage"]
+    assert storage and all("authorization" not in r.headers for r in storage)
+    assert caplog.text and TC_TOKEN not in caplog.text
+
+
+CERT = {"version": 1, "scopes": ["queue:get-artifact:private/*"], "start": 1796000000000, "expiry": 1796090000000,
+        "seed": "fake-seed-0123456789abcdef0123456789abcdef0123", "signature": "fake-signature="}
+
+
+async def test_temporary_credentials_need_their_certificate(fake, inproc, caplog):
+    caplog.set_level(logging.DEBUG, logger="ciartfs")
+    fake.queue.clients["temp/me"] = "temp-token"
+    fake.queue.certificates["temp/me"] = CERT
+    task = fake.queue.add_task(slug(15), name="private")
+    task.add_run("completed").add_artifact("private/secret.txt", b"secret bytes\n")
+    secret = f"taskcluster/{slug(15)}/0/private/secret.txt"
+    creds = {"taskcluster_client_id": "temp/me", "taskcluster_access_token": "temp-token"}
+    without = tc_fs(inproc, fake, **creds)
+    without.expect_errors = True
+    assert await errno_of(without.open(secret)) == errno.EACCES
+    assert [r.status for r in fake.requests if r.path.endswith("private/secret.txt")] == [401]
+    with_cert = tc_fs(inproc, fake, **creds, taskcluster_certificate=json.dumps(CERT))
+    assert await with_cert.read_file(secret) == b"secret bytes\n"
+    assert caplog.text and "fake-signature" not in caplog.text
+
+
+# -- what is kept: a second mount, offline -----------------------------------------------------------
+
+async def test_rerun_shows_up_after_a_remount_with_the_same_cache(fake, inproc, tmp_path):
+    task = fake.queue.add_task(slug(14), name="rerun-me")
+    task.add_run("failed").add_artifact("public/logs/live.log", b"run 0\n")
+    cache = tmp_path / "shared-cache"
+    first = tc_fs(inproc, fake, cache_dir=cache)
+    root = f"taskcluster/{slug(14)}"
+    assert await first.readlink(f"{root}/latest") == "0"
+    assert await first.read_file(f"{root}/0/public/logs/live.log") == b"run 0\n"
+    await first.close()
+    task.rerun("completed").add_artifact("public/logs/live.log", b"run 1\n")
+    second = tc_fs(inproc, fake, cache_dir=cache)
+    assert await second.listdir(root) == ["0", "1", "latest"]
+    assert await second.readlink(f"{root}/latest") == "1"
+    assert await second.read_file(f"{root}/latest/public/logs/live.log") == b"run 1\n"
+    fake.clear_requests()
+    assert await second.read_file(f"{root}/0/public/logs/live.log") == b"run 0\n"
+    assert not [r for r in fake.requests if "/runs/0/" in r.path], "run 0 (resolved) came from the disk cache"
+
+
+async def test_offline_remount_still_shows_a_task_whose_status_is_no_longer_kept_as_final(fake, inproc, tmp_path):
+    """The task status is remembered as last seen (not as final): offline still lists it."""
+    task = fake.queue.add_task(slug(16), name="offline")
+    task.add_run("completed").add_artifact("public/logs/live.log", b"run 0\n")
+    cache = tmp_path / "offline-cache"
+    root = f"taskcluster/{slug(16)}"
+    online = tc_fs(inproc, fake, cache_dir=cache)
+    assert await online.read_file(f"{root}/latest/public/logs/live.log") == b"run 0\n"
+    await online.close()
+    fake.clear_requests()
+    offline = tc_fs(inproc, fake, cache_dir=cache, offline=True)
+    assert await offline.listdir(root) == ["0", "latest"] and await offline.readlink(f"{root}/latest") == "0"
+    assert await offline.read_file(f"{root}/latest/public/logs/live.log") == b"run 0\n"
+    assert fake.requests == [], "offline: nothing reached the network"

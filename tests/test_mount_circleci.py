@@ -153,27 +153,6 @@ def test_hung_storage_gives_eio_within_the_timeout(fake, mount):
     assert other.read_bytes() == project.builds[2].artifacts[0].data, "the mount recovers"
 
 
-def test_hostile_artifact_paths(fake, mount):
-    p = fake.add_project("github", "evil", "paths")
-    b = p.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time=STOP)
-    for path, data in [("../../escape.txt", b"x"), ("a/../../b", b"x"), ("./dot", b"x"), ("nul\x00byte", b"x"),
-                       ("long/" + "n" * 300, b"x"), ("double//slash.txt", b"double\n"),
-                       ("a", b"file a"), ("a/b.txt", b"in dir a\n"), ("dup.txt", b"first\n"),
-                       ("dup.txt", b"second\n"), ("ok/é ü.txt", b"unicode\n")]:
-        b.add_artifact(path, data)
-    m = mount()
-    node = m.path / "github/evil/paths/1/0"
-    found = sorted(str(Path(f).relative_to(node)) for f in run("find", str(node), "-type", "f").stdout.splitlines())
-    assert found == ["a/b.txt", "double/slash.txt", "dup.txt", "ok/é ü.txt"]
-    assert (node / "a/b.txt").read_bytes() == b"in dir a\n"
-    assert (node / "double/slash.txt").read_bytes() == b"double\n"
-    assert (node / "dup.txt").read_bytes() in (b"first\n", b"second\n")
-    assert not (m.path / "github/evil/escape.txt").exists()
-    log = m.log_text()
-    assert log.count("skipped") >= 7
-    assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github"]  # still answering
-
-
 def test_server_ignoring_range_still_gives_exact_bytes(fake, mount):
     project = sample(fake)
     fake.faults.ignore_range = True
@@ -202,26 +181,6 @@ def test_random_reads_fetch_about_what_they_read(fake, mount):
     ranges = [tuple(int(n) for n in r.headers["range"].removeprefix("bytes=").split("-")) for r in storage_gets(fake)]
     fetched = sum(min(end + 1, len(data)) - start for start, end in ranges)
     assert len(ranges) <= 4 and fetched <= 4 * 128 * 1024, ranges
-
-
-def test_a_build_and_its_artifact_list_are_asked_for_at_once(fake, mount, tmp_path):
-    """Opening a file of a build not seen yet costs one API round trip for the build, not
-    two in series (the build's document, then its artifact list); the list is still kept
-    because the build turns out to be completed."""
-    project = sample(fake)
-    expected = project.builds[2].artifacts[0].data
-    m = mount(cache_dir=tmp_path / "shared")
-    os.stat(m.path / "github/acme/api")
-    fake.faults.api_latency = 0.5
-    fake.clear_requests()
-    assert (m.path / "github/acme/api/2/0/test-results/junit.xml").read_bytes() == expected
-    arrived = {r.path.rsplit("/", 1)[-1]: r.time for r in fake.requests if r.server == "api"}
-    assert arrived["artifacts"] - arrived["2"] < 0.25, arrived  # asked before the build's answer came
-    fake.faults.api_latency = 0
-    second = mount(cache_dir=tmp_path / "shared")
-    fake.clear_requests()
-    assert (second.path / "github/acme/api/2/0/test-results/junit.xml").read_bytes() == expected
-    assert not [r for r in fake.requests if r.path.endswith("/artifacts")]
 
 
 def test_unzip_list_of_a_large_zip_reads_only_its_tail(fake, mount):
@@ -279,38 +238,6 @@ def test_concurrent_cold_readers_fetch_each_byte_once(fake, mount):
     assert len(ranges) < -(-len(data) // bs) - 1  # read-ahead asked for runs of blocks
 
 
-def test_disk_cache_serves_a_second_mount_without_storage_requests(fake, mount, tmp_path):
-    project = sample(fake)
-    cache = tmp_path / "shared-cache"
-    first = mount(cache_dir=cache)
-    build = "github/acme/api/2"
-    expected = {rel: data for rel, data in files_of(project, 2).items()}
-    for rel, data in expected.items():
-        assert (first.path / build / rel).read_bytes() == data
-    first.stop()
-    fake.clear_requests()
-    second = mount(cache_dir=cache)
-    for rel, data in expected.items():
-        assert (second.path / build / rel).read_bytes() == data
-    assert storage_gets(fake) == [], "everything came from the disk cache"
-    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700 or stat.S_IMODE(os.stat(cache / "blocks").st_mode) == 0o700
-
-
-def test_recent_builds_paging_and_lookup_of_older_builds(fake, mount):
-    p = fake.add_project("github", "big", "proj")
-    for n in range(1, 161):
-        b = p.add_build(build_num=n, branch="main", status="success", lifecycle="finished", stop_time=STOP)
-        b.add_artifact("n.txt", f"{n}\n".encode())
-    m = mount("--recent-builds", "120")
-    names = os.listdir(m.path / "github/big/proj")
-    builds = sorted(int(n) for n in names if n.isdigit())
-    assert builds == list(range(41, 161))
-    pages = [r.query for r in fake.requests if r.path == "/api/v1.1/project/github/big/proj"]
-    assert pages and all(int(q["limit"]) <= 100 for q in pages)
-    assert {q.get("offset") for q in pages} >= {"0", "100"}
-    assert (m.path / "github/big/proj/7/0/n.txt").read_bytes() == b"7\n"  # not listed, still there
-
-
 def test_parallel_readers_in_threads_see_consistent_bytes(fake, mount):
     project = sample(fake)
     m = mount("--block-size", "64K")
@@ -351,39 +278,6 @@ def test_expired_presigned_url_is_resolved_again_transparently(fake, mount):
         os.close(fd)
     statuses = [(r.server, r.status) for r in fake.requests if r.method == "GET"]
     assert ("storage", 403) in statuses and ("api", 302) in statuses and statuses[-1] == ("storage", 206)
-
-
-def test_second_mount_and_offline_use_kept_listings(fake, mount, tmp_path):
-    project = sample(fake)
-    cache = tmp_path / "kept"
-    first = mount(cache_dir=cache)
-    build = "github/acme/api/2"
-    expected = files_of(project, 2)
-    for rel, data in expected.items():
-        assert (first.path / build / rel).read_bytes() == data
-    assert "2" in os.listdir(first.path / "github/acme/api")
-    first.stop()
-
-    fake.clear_requests()
-    again = mount(cache_dir=cache)  # online: a completed build it has seen needs no request at all
-    assert sorted(os.listdir(again.path / build)) == ["0", "1"]
-    for rel, data in expected.items():
-        assert (again.path / build / rel).read_bytes() == data
-    assert fake.requests == [], [r.path for r in fake.requests]
-    again.stop()
-
-    offline = mount("--offline", cache_dir=cache)
-    offline.expect_errors = True
-    assert "2" in os.listdir(offline.path / "github/acme/api")  # the last recent-builds list seen
-    for rel, data in expected.items():
-        assert (offline.path / build / rel).read_bytes() == data
-    with pytest.raises(OSError) as info:
-        os.listdir(offline.path / "github/acme/api/1")  # never listed: not in the cache
-    assert info.value.errno in (errno.EIO, errno.ENOENT)
-    with pytest.raises(OSError):
-        os.listdir(offline.path / "github/acme/other")
-    assert fake.requests == [], "offline: nothing reached the network"
-    assert "offline:" in offline.log_text() and "not in the cache" in offline.log_text()
 
 
 def test_a_long_lived_mount_lets_go_of_what_the_kernel_forgot(fake, mount, tmp_path):

@@ -1,11 +1,11 @@
-"""Taskcluster as the real queue behaves (issue 15): expired and unfinished artifacts, reruns,
-temporary credentials. Real mounts against the fake queue, which follows the queue's schemas."""
+"""Tier 1: Taskcluster as the real queue behaves (issue 15), in units: temporary credentials' certificates
+and expiry judged by the clock. Expired and unfinished artifacts, reruns and credentials through the
+filesystem are tested in-process (tier 2)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 
 import pytest
@@ -13,27 +13,7 @@ import pytest
 from ciartfs.config import load_settings
 from ciartfs.errors import ConfigError
 from ciartfs.providers.taskcluster import provider as taskcluster
-from datasets import slug, tc_mount
-
-
-def test_rerun_shows_up_after_a_remount_with_the_same_cache(fake, mount, tmp_path):
-    task = fake.queue.add_task(slug(14), name="rerun-me")
-    task.add_run("failed").add_artifact("public/logs/live.log", b"run 0\n")
-    cache = tmp_path / "shared-cache"
-    first = tc_mount(mount, fake, cache_dir=cache)
-    root = first.path / "taskcluster" / slug(14)
-    assert os.readlink(root / "latest") == "0"
-    assert (root / "0/public/logs/live.log").read_bytes() == b"run 0\n"
-    first.stop()
-    task.rerun("completed").add_artifact("public/logs/live.log", b"run 1\n")
-    second = tc_mount(mount, fake, cache_dir=cache)
-    root = second.path / "taskcluster" / slug(14)
-    assert sorted(os.listdir(root)) == ["0", "1", "latest"]
-    assert os.readlink(root / "latest") == "1"
-    assert (root / "latest/public/logs/live.log").read_bytes() == b"run 1\n"
-    fake.clear_requests()
-    assert (root / "0/public/logs/live.log").read_bytes() == b"run 0\n"
-    assert not [r for r in fake.requests if "/runs/0/" in r.path], "run 0 (resolved) came from the disk cache"
+from datasets import slug
 
 
 # -- temporary credentials: the certificate goes in the Hawk `ext` ------------------------------
@@ -63,39 +43,6 @@ def test_certificate_comes_from_the_environment_and_is_checked():
     assert "fake-signature" not in str(info.value)
     with pytest.raises(ConfigError, match="without TASKCLUSTER_CLIENT_ID"):
         load_settings({}, env={"TASKCLUSTER_CERTIFICATE": json.dumps(CERT)})
-
-
-def test_temporary_credentials_need_their_certificate(fake, mount):
-    fake.queue.clients["temp/me"] = "temp-token"
-    fake.queue.certificates["temp/me"] = CERT
-    task = fake.queue.add_task(slug(15), name="private")
-    task.add_run("completed").add_artifact("private/secret.txt", b"secret bytes\n")
-    creds = {"TASKCLUSTER_CLIENT_ID": "temp/me", "TASKCLUSTER_ACCESS_TOKEN": "temp-token"}
-    without = mount("--taskcluster-root-url", fake.api_url, env=creds)
-    without.expect_errors = True
-    with pytest.raises(PermissionError):
-        (without.path / "taskcluster" / slug(15) / "0/private/secret.txt").read_bytes()
-    assert [r.status for r in fake.requests if r.path.endswith("private/secret.txt")] == [401]
-    with_cert = mount("--taskcluster-root-url", fake.api_url, env={**creds, "TASKCLUSTER_CERTIFICATE": json.dumps(CERT)})
-    assert (with_cert.path / "taskcluster" / slug(15) / "0/private/secret.txt").read_bytes() == b"secret bytes\n"
-    assert "fake-signature" not in with_cert.log_text() + without.log_text()
-
-
-def test_offline_remount_still_shows_a_task_whose_status_is_no_longer_kept_as_final(fake, mount, tmp_path):
-    """The task status is remembered as last seen (not as final): --offline still lists it."""
-    task = fake.queue.add_task(slug(16), name="offline")
-    task.add_run("completed").add_artifact("public/logs/live.log", b"run 0\n")
-    cache = tmp_path / "offline-cache"
-    online = tc_mount(mount, fake, cache_dir=cache)
-    root = online.path / "taskcluster" / slug(16)
-    assert (root / "latest/public/logs/live.log").read_bytes() == b"run 0\n"
-    online.stop()
-    fake.clear_requests()
-    offline = tc_mount(mount, fake, "--offline", cache_dir=cache)
-    root = offline.path / "taskcluster" / slug(16)
-    assert sorted(os.listdir(root)) == ["0", "latest"] and os.readlink(root / "latest") == "0"
-    assert (root / "latest/public/logs/live.log").read_bytes() == b"run 0\n"
-    assert fake.requests == [], "offline: nothing reached the network"
 
 
 def test_expiry_is_judged_by_the_clock_when_listed():
