@@ -12,7 +12,8 @@ returns its FUSEError's errno.
 
 Time: the tree's TTLs read trio's clock. A test that requests the `clock` fixture (a
 `MockClock` running at real speed, so that timeouts still fire) runs under it, and
-`fs.advance(seconds)` steps over a TTL instead of sleeping through it.
+`fs.advance(seconds)` steps over a TTL instead of sleeping through it; `fs.hurry(call)` runs
+the clock ahead while a call waits, so that a timeout passes without being waited out.
 
 Every handler call goes through `_edge` in fs.py, so an internal error becomes EIO there
 and is counted in `ops.errors["internal"]`; the fixture fails the test on any such error,
@@ -29,8 +30,9 @@ import posixpath
 import stat
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import outcome
 import pyfuse3
 import trio
 from trio.testing import MockClock
@@ -46,6 +48,8 @@ KERNEL_READ = 128 << 10
 # (offsets across calls are part of what is tested).
 READDIR_BATCH = 7
 SYMLINK_HOPS = 40  # as the kernel's limit
+
+T = TypeVar("T")
 
 
 class _Listing:
@@ -74,6 +78,10 @@ def _readdir_reply(token: Any, name: bytes, attr: pyfuse3.EntryAttributes, next_
 def install_readdir_shim(monkeypatch: Any) -> None:
     """fs.py answers readdir through `pyfuse3.readdir_reply`; our token collects the entries."""
     monkeypatch.setattr(pyfuse3, "readdir_reply", _readdir_reply)
+
+
+async def _awaited(call: Awaitable[T]) -> T:
+    return await call
 
 
 async def errno_of(call: Awaitable[Any]) -> int:
@@ -136,6 +144,29 @@ class InProcFS:
         if self._clock is None:
             raise AssertionError("advance() needs trio's MockClock: request the `clock` fixture in the test")
         self._clock.jump(seconds)
+
+    async def hurry(self, call: Awaitable[T], *, step: float = 1.0) -> T:
+        """Await `call` while trio's clock runs ahead `step` seconds every real 10 ms or so:
+        timeouts (a storage host that never answers) pass without being waited out."""
+        if self._clock is None:
+            raise AssertionError("hurry() needs trio's MockClock: request the `clock` fixture in the test")
+        done = trio.Event()
+        result: outcome.Outcome[T] | None = None
+
+        async def run() -> None:
+            nonlocal result
+            result = await outcome.acapture(_awaited, call)
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            while not done.is_set():
+                with trio.move_on_after(0.01):
+                    await done.wait()
+                if not done.is_set():
+                    self._clock.jump(step)
+        assert result is not None
+        return result.unwrap()
 
     # -- names --------------------------------------------------------------------------------
 

@@ -116,17 +116,6 @@ def test_expired_refused_and_absurd_artifacts_leave_their_directory_whole(fake, 
     assert "Traceback" not in m.log_text() and "OverflowError" not in m.log_text()
 
 
-def test_a_bad_artifact_looked_up_by_name_is_there_and_fails_on_open(fake, mount):
-    """Opening a bad file by name (a lookup, no listing) finds it, and fails on open."""
-    rel, bad = bad_directory(fake, **{"expired.txt": {"storage_status": 410}})
-    m = mount("--timeout", str(TIMEOUT))
-    m.expect_errors = True
-    root = m.path / rel
-    assert open_errno(root / "expired.txt") == errno.ENOENT
-    assert (root / good_name(1)).read_bytes() == b"line one\nneedle 1\n"
-    assert sorted(os.listdir(root)) == sorted([good_name(i) for i in range(GOOD)] + ["expired.txt"])
-
-
 def test_a_stalled_artifact_does_not_stall_its_directory_and_a_slow_one_gets_its_size(fake, mount):
     slow_data = b"slow but fine\n" * 10
     rel, bad = bad_directory(fake, **{
