@@ -52,7 +52,7 @@ SYMLINK_HOPS = 40  # as the kernel's limit
 T = TypeVar("T")
 
 
-class _Listing:
+class ReaddirBuffer:
     """Stands for the kernel's readdir buffer: collects replies until it is full."""
 
     def __init__(self, room: int) -> None:
@@ -70,7 +70,7 @@ _real_readdir_reply = pyfuse3.readdir_reply
 
 
 def _readdir_reply(token: Any, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int) -> bool:
-    if isinstance(token, _Listing):
+    if isinstance(token, ReaddirBuffer):
         return token.add(name, attr, next_id)
     return _real_readdir_reply(token, name, attr, next_id)
 
@@ -235,7 +235,7 @@ class InProcFS:
         try:
             start = 0
             while True:
-                batch = _Listing(READDIR_BATCH)
+                batch = ReaddirBuffer(READDIR_BATCH)
                 await self.ops.readdir(fh, start, batch)  # type: ignore[arg-type]
                 if not batch.entries:
                     break

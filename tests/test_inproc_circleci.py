@@ -11,7 +11,7 @@ import stat
 
 from conftest import TOKEN
 from datasets import STOP, STOP_EPOCH, files_of, sample, storage_gets
-from inproc import errno_of
+from inproc import ReaddirBuffer, errno_of
 
 
 async def test_listing_modes_sizes_and_times(fake, inproc):
@@ -351,3 +351,64 @@ async def test_second_mount_and_offline_use_kept_listings(fake, inproc, tmp_path
     assert await errno_of(offline.readdir("github/acme/other")) in (errno.EIO, errno.ENOENT)
     assert fake.requests == [], "offline: nothing reached the network"
     assert "offline:" in caplog.text and "not in the cache" in caplog.text
+
+
+# -- the handlers' contract with the kernel ----------------------------------------------------------
+
+async def test_readdir_offsets_hold_across_calls_and_a_refresh(fake, inproc, clock):
+    """A listing is taken once per opendir: the offsets the kernel got stay valid across
+    readdir calls even when the directory is refreshed meanwhile, and a readdir resumed at any
+    offset gives the rest."""
+    project = sample(fake)
+    for n in range(5, 25):
+        project.add_build(build_num=n, branch="main", status="running", lifecycle="running", stop_time=None)
+    fs = inproc(latest_ttl=60)
+    proj = await fs.resolve("github/acme/api")
+    whole = list(await fs.readdir("github/acme/api"))
+    fh = await fs.ops.opendir(proj.inode, None)
+    first = ReaddirBuffer(3)
+    await fs.ops.readdir(fh, 0, first)
+    assert [name for name, _, _ in first.entries] == whole[:3]
+    project.add_build(build_num=99, branch="main", status="running", lifecycle="running", stop_time=None)
+    fs.advance(61)
+    assert "99" in await fs.listdir("github/acme/api")  # another open sees the new build
+    for start in (first.entries[-1][2], 7, len(whole) - 1):  # resumed where the kernel left off, or anywhere
+        rest = ReaddirBuffer(1000)
+        await fs.ops.readdir(fh, start, rest)
+        assert [name for name, _, _ in rest.entries] == whole[start:]
+        assert [next_id for _, _, next_id in rest.entries] == list(range(start + 1, len(whole) + 1))
+    done = ReaddirBuffer(10)
+    await fs.ops.readdir(fh, len(whole), done)
+    assert done.entries == []
+    await fs.ops.releasedir(fh)
+    assert await errno_of(fs.ops.readdir(fh, 0, ReaddirBuffer(10))) == errno.EBADF
+
+
+async def test_wrong_kinds_stale_inodes_and_handles_are_clean_errnos(fake, inproc):
+    sample(fake)
+    fs = inproc()
+    build = await fs.resolve("github/acme/api/2/0")
+    f = await fs.resolve("github/acme/api/2/0/empty.txt")
+    assert await errno_of(fs.ops.open(build.inode, os.O_RDONLY, None)) == errno.EISDIR
+    assert await errno_of(fs.ops.readlink(f.inode, None)) == errno.EINVAL
+    assert await errno_of(fs.ops.lookup(f.inode, b"x", None)) == errno.ENOENT  # a file has no children
+    assert await errno_of(fs.ops.opendir(f.inode, None)) == errno.ENOENT
+    never = max(fs.tree.nodes) + 1000
+    assert await errno_of(fs.ops.getattr(never, None)) == errno.ENOENT
+    assert await errno_of(fs.ops.read(12345, 0, 10)) == errno.EBADF
+    await fs.ops.release(12345)  # unknown handles are ignored, not fatal
+    await fs.ops.forget([(never, 1)])
+    assert not fs.ops.errors["internal"]
+
+
+async def test_reads_across_blocks_and_past_the_end_are_byte_exact(fake, inproc):
+    project = sample(fake)
+    data = project.builds[2].artifacts[4].data  # dist/app.bin, 3 MiB + 123
+    fs = inproc(block_size=64 << 10)
+    fh = await fs.open("github/acme/api/2/0/dist/app.bin")
+    bs = 64 << 10
+    for off, size in [(0, 1), (bs - 1, 2), (bs - 10, bs + 20), (5 * bs, 3 * bs), (len(data) - 5, 100),
+                      (len(data), 10), (len(data) + 1000, 10)]:
+        assert await fs.read(fh, off, size) == data[off:off + size], (off, size)
+    await fs.release(fh)
+    assert await fs.read_file("github/acme/api/2/0/empty.txt") == b""
