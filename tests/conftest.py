@@ -1,4 +1,19 @@
-"""Shared fixtures: the fake CI server (in this process) and real mounts (a subprocess).
+"""Shared fixtures: the fake CI server (in this process), the filesystem in-process, and real
+mounts (a subprocess).
+
+The tiers, named by the test files' prefixes (pyproject's python_files collects them):
+  t1_  units and components: one layer in this process (the tree, the reader, the HTTP
+       transport against loopback servers, the fake server against the services' specs).
+  t2_  the filesystem in-process: the real ArtifactFS from `Mount(settings)` over the fake,
+       its handlers called as the kernel calls them (`inproc`, tests/inproc.py), under trio's
+       MockClock (`clock`): listings, TTLs, error mapping, forget, xattrs, what is kept.
+  t3_  real mounts (`mount`: `ciartfs mount -f` in a subprocess): what only the kernel shows,
+       reads through the page cache, mmap, ordinary tools on the tree.
+  t4_  faults and hostile input through real mounts: misbehaving hosts, bad artifacts, URLs
+       chosen by others, memory bounds, random listings.
+  t5_  the commands as a user runs them: the CLI, signals, a browser, an ordinary user.
+Logic goes in the lowest tier that can show it; a real mount only for what needs the kernel.
+Datasets the tiers share are in tests/datasets.py.
 
 Real-mount tests skip where /dev/fuse is unusable, unless CIARTFS_REQUIRE_FUSE=1 (set by
 .ci/run), which turns that skip into a failure: CI must really mount.
