@@ -11,7 +11,7 @@ import stat
 
 from conftest import TOKEN
 from datasets import STOP, STOP_EPOCH, files_of, sample, storage_gets
-from inproc import ReaddirBuffer, errno_of
+from inproc import CTX, ReaddirBuffer, errno_of
 
 
 async def test_listing_modes_sizes_and_times(fake, inproc):
@@ -114,7 +114,7 @@ async def test_every_write_path_is_erofs(fake, inproc):
     fs = inproc()
     attr = await fs.resolve("github/acme/api/2/0/empty.txt")
     for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_RDONLY | os.O_APPEND):
-        assert await errno_of(fs.ops.open(attr.inode, flags, None)) == errno.EROFS, flags
+        assert await errno_of(fs.ops.open(attr.inode, flags, CTX)) == errno.EROFS, flags
     for name in ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "create",
                  "write", "setxattr", "removexattr"):
         assert await errno_of(getattr(fs.ops, name)(attr.inode)) == errno.EROFS, name
@@ -243,7 +243,7 @@ async def test_a_node_the_kernel_still_holds_keeps_its_inode_and_its_listing(fak
     await fs.ops.forget(drop)
     assert fs.node(held.inode).lookups == 1
     assert fs.node(held.inode).parent.listing is not None
-    assert (await fs.ops.getattr(held.inode, None)).st_size == len(b"<html><a href='src/app.py.html'>app</a></html>\n")
+    assert (await fs.ops.getattr(held.inode, CTX)).st_size == len(b"<html><a href='src/app.py.html'>app</a></html>\n")
     again = await fs.resolve("github/acme/api/2/0/coverage/index.html")
     assert again.inode == held.inode
 
@@ -365,7 +365,7 @@ async def test_readdir_offsets_hold_across_calls_and_a_refresh(fake, inproc, clo
     fs = inproc(latest_ttl=60)
     proj = await fs.resolve("github/acme/api")
     whole = list(await fs.readdir("github/acme/api"))
-    fh = await fs.ops.opendir(proj.inode, None)
+    fh = await fs.ops.opendir(proj.inode, CTX)
     first = ReaddirBuffer(3)
     await fs.ops.readdir(fh, 0, first)
     assert [name for name, _, _ in first.entries] == whole[:3]
@@ -389,12 +389,12 @@ async def test_wrong_kinds_stale_inodes_and_handles_are_clean_errnos(fake, inpro
     fs = inproc()
     build = await fs.resolve("github/acme/api/2/0")
     f = await fs.resolve("github/acme/api/2/0/empty.txt")
-    assert await errno_of(fs.ops.open(build.inode, os.O_RDONLY, None)) == errno.EISDIR
-    assert await errno_of(fs.ops.readlink(f.inode, None)) == errno.EINVAL
-    assert await errno_of(fs.ops.lookup(f.inode, b"x", None)) == errno.ENOENT  # a file has no children
-    assert await errno_of(fs.ops.opendir(f.inode, None)) == errno.ENOENT
+    assert await errno_of(fs.ops.open(build.inode, os.O_RDONLY, CTX)) == errno.EISDIR
+    assert await errno_of(fs.ops.readlink(f.inode, CTX)) == errno.EINVAL
+    assert await errno_of(fs.ops.lookup(f.inode, b"x", CTX)) == errno.ENOENT  # a file has no children
+    assert await errno_of(fs.ops.opendir(f.inode, CTX)) == errno.ENOENT
     never = max(fs.tree.nodes) + 1000
-    assert await errno_of(fs.ops.getattr(never, None)) == errno.ENOENT
+    assert await errno_of(fs.ops.getattr(never, CTX)) == errno.ENOENT
     assert await errno_of(fs.ops.read(12345, 0, 10)) == errno.EBADF
     await fs.ops.release(12345)  # unknown handles are ignored, not fatal
     await fs.ops.forget([(never, 1)])
