@@ -7,6 +7,10 @@ release, getxattr, listxattr, forget. Paths are walked one component at a time, 
 kernel does, following symlinks in the middle of a path; every lookup and readdirplus entry
 takes a kernel reference that `forget_everything` gives back.
 
+Not modelled: the kernel's dentry, attribute and page caches (each path is looked up again,
+so lookup counts run higher than under a kernel, and every read reaches the handler); what
+depends on them is tested through real mounts (t3_).
+
 Errors come back as the kernel sees them: `errno_of(call)` awaits a call that must fail and
 returns its FUSEError's errno.
 
