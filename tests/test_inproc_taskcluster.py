@@ -4,6 +4,7 @@ and expiry as errnos, what is kept and what is asked again."""
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import logging
 
@@ -225,3 +226,58 @@ async def test_offline_remount_still_shows_a_task_whose_status_is_no_longer_kept
     assert await offline.listdir(root) == ["0", "latest"] and await offline.readlink(f"{root}/latest") == "0"
     assert await offline.read_file(f"{root}/latest/public/logs/live.log") == b"run 0\n"
     assert fake.requests == [], "offline: nothing reached the network"
+
+
+# -- byte sources: gzip-encoded and object artifacts -------------------------------------------------
+
+async def test_gzip_artifact_is_served_decoded_with_true_size(fake, inproc):
+    tc = tc_dataset(fake)
+    fs = tc_fs(inproc, tc, block_size=16 << 10)
+    report = tc.queue.tasks[slug(1)].runs[1].artifacts[3]
+    path = f"taskcluster/{slug(1)}/1/public/test/report.json"
+    assert len(gzip.compress(report.data)) < len(report.data) // 10  # truly compressed on the wire
+    assert (await fs.stat(path)).size == len(report.data)
+    fh = await fs.open(path)
+    for off in (0, 16383, 40000, len(report.data) - 3):
+        assert await fs.read(fh, off, 20000) == report.data[off:off + 20000]
+    await fs.release(fh)
+
+
+OBJECT = bytes(range(256)) * 4096 * 3  # 3 MiB: many 128 KiB blocks
+WRONG = {"sha256": "0" * 64, "sha512": "0" * 128}
+
+
+async def test_blocks_of_a_mismatched_object_are_not_kept_in_the_disk_cache(fake, inproc, tmp_path):
+    """A second mount over the same disk cache finds nothing of the bad object to serve."""
+    task = fake.queue.add_task(slug(43), name="liar")
+    task.add_run("completed").add_artifact("public/large.bin", OBJECT, storage_type="object", hashes=dict(WRONG))
+    cache = tmp_path / "cache-kept"
+    fs = tc_fs(inproc, fake, cache_dir=cache)
+    fs.expect_errors = True
+    assert await errno_of(fs.read_file(f"taskcluster/{slug(43)}/0/public/large.bin")) == errno.EIO
+    await fs.close()
+    # a block file holds a block and a small header: API documents are far smaller (the mount
+    # version compared with exactly 128 KiB, which no block file is, so it could not fail)
+    cached = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size >= 128 << 10]
+    assert not cached, f"{len(cached)} blocks of an artifact found wrong are still on disk"
+
+
+async def test_a_private_object_uses_our_credentials_for_the_queue_and_only_the_temporary_ones_for_the_object_service(
+        fake, inproc, caplog):
+    caplog.set_level(logging.DEBUG, logger="ciartfs")
+    task = fake.queue.add_task(slug(44), name="private")
+    task.add_run("completed").add_artifact("private/secret.bin", OBJECT[:5000], storage_type="object")
+    fake.queue.clients[TC_ID] = TC_TOKEN
+    fs = tc_fs(inproc, fake, taskcluster_client_id=TC_ID, taskcluster_access_token=TC_TOKEN)
+    fake.clear_requests()
+    assert await fs.read_file(f"taskcluster/{slug(44)}/0/private/secret.bin") == OBJECT[:5000]
+    content = [r for r in fake.requests if "/artifact-content/" in r.path]
+    starts = [r for r in fake.requests if r.path.startswith("/api/object/v1/start-download/")]
+    assert [r.status for r in content] == [200] and [r.status for r in starts] == [200]
+    assert f'id="{TC_ID}"' in content[0].headers["authorization"]
+    assert TC_ID not in starts[0].headers["authorization"]  # the object service sees only the temporary client
+    assert "object-download/" in starts[0].headers["authorization"]
+    # nothing else got a credential: not the storage the queue redirects to
+    assert [r for r in fake.requests if r.server == "storage"]
+    assert not [r for r in fake.requests if r.server == "storage" and "authorization" in r.headers]
+    assert caplog.text and TC_TOKEN not in caplog.text

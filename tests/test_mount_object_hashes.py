@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from datasets import TC_ID, TC_TOKEN, slug, tc_mount
+from datasets import slug, tc_mount
 
 SMALL = b"small object\n" * 10  # one block
 LARGE = bytes(range(256)) * 4096 * 3  # 3 MiB: many 128 KiB blocks, read-ahead and all
@@ -79,41 +79,3 @@ def test_a_lying_hash_is_eio_for_a_whole_read_and_its_siblings_read_fine(fake, m
     assert (base / "fine.bin").read_bytes() == LARGE
     assert (base / "plain.txt").read_bytes() == b"an s3 artifact\n"
     assert sorted(os.listdir(base)) == ["fine.bin", "large.bin", "plain.txt", "small.txt"]
-
-
-def test_blocks_of_a_mismatched_object_are_not_kept_in_the_disk_cache(fake, mount, tmp_path):
-    """A remount with the same disk cache finds nothing of the bad object to serve: it is read
-    again from storage (and found wrong again)."""
-    task = fake.queue.add_task(slug(43), name="liar")
-    run = task.add_run("completed")
-    run.add_artifact("public/large.bin", LARGE, storage_type="object", hashes=dict(WRONG))
-    cache = tmp_path / "cache-kept"
-    m = tc_mount(mount, fake, cache_dir=cache)
-    m.expect_errors = True
-    path = m.path / "taskcluster" / slug(43) / "0/public/large.bin"
-    with pytest.raises(OSError) as info:
-        path.read_bytes()
-    assert info.value.errno == errno.EIO
-    m.stop()
-    cached = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size == 128 << 10]
-    assert not cached, f"{len(cached)} blocks of an artifact found wrong are still on disk"
-
-
-def test_a_private_object_uses_our_credentials_for_the_queue_and_only_the_temporary_ones_for_the_object_service(
-        fake, mount):
-    task = fake.queue.add_task(slug(44), name="private")
-    task.add_run("completed").add_artifact("private/secret.bin", LARGE[:5000], storage_type="object")
-    fake.queue.clients[TC_ID] = TC_TOKEN
-    m = tc_mount(mount, fake, creds=True)
-    fake.clear_requests()
-    assert (m.path / "taskcluster" / slug(44) / "0/private/secret.bin").read_bytes() == LARGE[:5000]
-    content = [r for r in fake.requests if "/artifact-content/" in r.path]
-    starts = [r for r in fake.requests if r.path.startswith("/api/object/v1/start-download/")]
-    assert [r.status for r in content] == [200] and [r.status for r in starts] == [200]
-    assert f'id="{TC_ID}"' in content[0].headers["authorization"]
-    assert TC_ID not in starts[0].headers["authorization"]  # the object service sees only the temporary client
-    assert "object-download/" in starts[0].headers["authorization"]
-    # nothing else got a credential: not the storage the queue redirects to
-    assert [r for r in fake.requests if r.server == "storage"]
-    assert not [r for r in fake.requests if r.server == "storage" and "authorization" in r.headers]
-    assert TC_TOKEN not in m.log_text()
