@@ -98,3 +98,22 @@ def v2_dataset(fake: FakeCI) -> FakeCI:
     pipeline.add_workflow("ci", [12, 13], created_at="2026-11-01T09:55:00.000Z")  # the rerun
     pipeline.add_workflow("deploy/prod", [14], created_at="2026-11-01T09:58:00.000Z")
     return fake
+
+
+# -- HTML on the circle-artifacts host --
+
+BIG = 20 << 20  # a large report
+
+
+def html_gets(fake: FakeCI, suffix: str) -> list:
+    """GETs the circle-artifacts host answered for paths ending in `suffix`."""
+    return [r for r in fake.requests if r.server == "html" and r.method == "GET" and r.path.endswith(suffix)]
+
+
+def site(fake: FakeCI, files: dict[str, bytes]) -> tuple[FakeProject, Any]:
+    """github/acme/site build 1 (public: its HTML is on the html host) with `files`."""
+    project = fake.add_project("github", "acme", "site")
+    build = project.add_build(1)
+    for path, data in files.items():
+        build.add_artifact(path, data)
+    return project, build

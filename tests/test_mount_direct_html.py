@@ -1,5 +1,6 @@
-"""Tier 2: CircleCI's HTML artifacts, served straight from the circle-artifacts host (no 302 to
-storage), with and without Range support there, through a real mount."""
+"""Tier 3: CircleCI's HTML artifacts, served straight from the circle-artifacts host (no 302 to
+storage), with and without Range support there, through a real mount: what needs the kernel's
+page cache, a second mount, or the daemon's own memory. The rest is in-process (tier 2)."""
 
 from __future__ import annotations
 
@@ -8,27 +9,12 @@ import os
 import subprocess
 
 from conftest import TOKEN, blob
-
-from ciartfs.fakeserver import FakeCI
-
-BIG = 20 << 20
-
-
-def gets(fake: FakeCI, suffix: str) -> list:
-    return [r for r in fake.requests if r.server == "html" and r.method == "GET" and r.path.endswith(suffix)]
+from datasets import BIG, html_gets as gets, site
 
 
 def sha256sum(path) -> str:
     out = subprocess.run(["sha256sum", str(path)], capture_output=True, check=True, timeout=60).stdout
     return out.split()[0].decode()
-
-
-def site(fake: FakeCI, files: dict[str, bytes]):
-    project = fake.add_project("github", "acme", "site")  # public: its HTML is on the html host
-    build = project.add_build(1)
-    for path, data in files.items():
-        build.add_artifact(path, data)
-    return project, build
 
 
 def test_html_is_listed_on_the_circle_artifacts_host_and_served_without_a_redirect(fake):
@@ -74,48 +60,6 @@ def test_a_large_report_on_a_host_ignoring_range_is_fetched_once(fake, mount):
     m2 = mount(token=TOKEN, cache_dir=cache)  # a new mount: from the disk cache alone
     assert sha256sum(m2.path / "github/acme/site/1/0/report.html") == hashlib.sha256(data).hexdigest()
     assert len(gets(fake, "/report.html")) == 1
-
-
-def test_listing_sizes_of_reports_ignoring_range_downloads_each_at_most_once(fake, mount):
-    files = {f"reports/r{i}.html": blob(10 + i, (3 << 20) + i) for i in range(8)}
-    site(fake, files)
-    fake.faults.direct_ignore_range = True
-    m = mount(token=TOKEN)
-    out = subprocess.run(["ls", "-l", str(m.path / "github/acme/site/1/0/reports")],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    for path, data in files.items():
-        assert f" {len(data)} " in out, out
-        assert len(gets(fake, path)) == 1, f"{path}: listing its size took more than one GET"
-    for path, data in files.items():
-        assert (m.path / "github/acme/site/1/0" / path).read_bytes() == data
-    for path in files:  # the probe's body streamed on, or a first read fetched it: never more
-        assert len(gets(fake, path)) <= 2, path
-    before = len(fake.requests)
-    for path, data in files.items():
-        assert (m.path / "github/acme/site/1/0" / path).read_bytes() == data
-    assert len(fake.requests) == before, "a second read made requests"
-
-
-def test_a_large_report_on_a_host_with_range_support_is_read_by_range(fake, mount):
-    data = blob(2, BIG)
-    site(fake, {"report.html": data})
-    m = mount(token=TOKEN)
-    assert sha256sum(m.path / "github/acme/site/1/0/report.html") == hashlib.sha256(data).hexdigest()
-    answers = gets(fake, "/report.html")
-    assert len(answers) > 1 and all(r.status == 206 and r.headers.get("range") for r in answers)
-    assert not [r for r in fake.requests if r.server == "storage"], "HTML went through the 302"
-
-
-def test_a_private_projects_report_is_served_directly_at_its_api_route(fake, mount):
-    data = blob(3, 4 << 20)
-    project = fake.add_project("github", "acme", "secret", private=True)
-    project.add_build(1).add_artifact("report.html", data)
-    fake.faults.direct_ignore_range = True
-    m = mount(token=TOKEN)
-    assert (m.path / "github/acme/secret/1/0/report.html").read_bytes() == data
-    fetched = [r for r in fake.requests if r.server == "api" and r.path.endswith("/report.html")]
-    assert len(fetched) == 1 and fetched[0].status == 200 and fetched[0].headers.get("circle-token") == TOKEN
-    assert not [r for r in fake.requests if r.server in ("storage", "html")]
 
 
 def test_a_report_ignoring_range_streams_through_the_disk_cache_not_memory(fake, mount):
