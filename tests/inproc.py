@@ -41,7 +41,7 @@ import pyfuse3
 import trio
 from trio.testing import MockClock
 
-from ciartfs.config import Settings
+from ciartfs.config import load_settings
 from ciartfs.mount import Mount
 from ciartfs.namespace.tree import ROOT_INODE, Node
 
@@ -339,11 +339,17 @@ class InProcFactory:
         self.clock = clock
         self.made: list[InProcFS] = []
 
-    def __call__(self, **settings: Any) -> InProcFS:
-        settings.setdefault("circleci_host", self.api_url)
-        settings.setdefault("cache_dir", self.tmp_path / f"cache{len(self.made)}")
-        settings.setdefault("timeout", 5.0)
-        mount = Mount(Settings(**settings))
+    def __call__(self, *, token: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> InProcFS:
+        """Settings as the command line makes them: `flags` by their keys (latest_ttl=60,
+        taskcluster_root_url=...), credentials from the environment (`token` is $CIRCLE_TOKEN),
+        and no user config file."""
+        flags.setdefault("circleci_host", self.api_url)
+        flags.setdefault("cache_dir", self.tmp_path / f"cache{len(self.made)}")
+        flags.setdefault("timeout", 5.0)
+        environ = {"XDG_CONFIG_HOME": str(self.tmp_path / "xdg-config"), **(env or {})}
+        if token is not None:
+            environ["CIRCLE_TOKEN"] = token
+        mount = Mount(load_settings(flags, env=environ))
         mount.reader.start(self.nursery)
         mount.tree.start(self.nursery)
         fs = InProcFS(mount, self.clock)

@@ -129,10 +129,10 @@ async def test_private_project_token_rules(fake, inproc, caplog, tmp_path):
     b.add_artifact("secret.txt", b"top secret\n")
     anon = inproc()
     assert await errno_of(anon.readdir("github/acme/secret")) == errno.ENOENT
-    bad = inproc(circleci_token="wrong-token")
+    bad = inproc(token="wrong-token")
     bad.expect_errors = True
     assert await errno_of(bad.readdir("github/acme/secret")) == errno.EACCES
-    good = inproc(circleci_token=TOKEN, cache_dir=tmp_path / "good-cache")
+    good = inproc(token=TOKEN, cache_dir=tmp_path / "good-cache")
     fake.clear_requests()
     assert await good.read_file("github/acme/secret/1/0/secret.txt") == b"top secret\n"
     await good.settle()
@@ -176,7 +176,7 @@ async def test_extended_attributes_say_where_a_file_comes_from(fake, inproc):
     import json
 
     project = sample(fake)
-    fs = inproc(circleci_token=TOKEN)
+    fs = inproc(token=TOKEN)
     build = "github/acme/api/2"
     f = f"{build}/0/coverage/index.html"
     size = (await fs.stat(f)).size

@@ -160,7 +160,7 @@ async def test_private_artifacts_need_hawk_credentials_that_never_reach_storage(
     anon.expect_errors = True
     assert await errno_of(anon.open(secret)) == errno.EACCES
     assert await anon.read_file(f"taskcluster/{slug(1)}/1/public/logs/live.log") == b"run 1 log\nall good\n"
-    authed = tc_fs(inproc, tc, taskcluster_client_id=TC_ID, taskcluster_access_token=TC_TOKEN)
+    authed = tc_fs(inproc, tc, env={"TASKCLUSTER_CLIENT_ID": TC_ID, "TASKCLUSTER_ACCESS_TOKEN": TC_TOKEN})
     tc.clear_requests()
     assert await authed.read_file(secret) == b"secret bytes\n"
     api = [r for r in tc.requests if r.server == "api" and "private" in r.path]
@@ -181,12 +181,12 @@ async def test_temporary_credentials_need_their_certificate(fake, inproc, caplog
     task = fake.queue.add_task(slug(15), name="private")
     task.add_run("completed").add_artifact("private/secret.txt", b"secret bytes\n")
     secret = f"taskcluster/{slug(15)}/0/private/secret.txt"
-    creds = {"taskcluster_client_id": "temp/me", "taskcluster_access_token": "temp-token"}
-    without = tc_fs(inproc, fake, **creds)
+    creds = {"TASKCLUSTER_CLIENT_ID": "temp/me", "TASKCLUSTER_ACCESS_TOKEN": "temp-token"}
+    without = tc_fs(inproc, fake, env=creds)
     without.expect_errors = True
     assert await errno_of(without.open(secret)) == errno.EACCES
     assert [r.status for r in fake.requests if r.path.endswith("private/secret.txt")] == [401]
-    with_cert = tc_fs(inproc, fake, **creds, taskcluster_certificate=json.dumps(CERT))
+    with_cert = tc_fs(inproc, fake, env={**creds, "TASKCLUSTER_CERTIFICATE": json.dumps(CERT)})
     assert await with_cert.read_file(secret) == b"secret bytes\n"
     assert caplog.text and "fake-signature" not in caplog.text
 
@@ -268,7 +268,7 @@ async def test_a_private_object_uses_our_credentials_for_the_queue_and_only_the_
     task = fake.queue.add_task(slug(44), name="private")
     task.add_run("completed").add_artifact("private/secret.bin", OBJECT[:5000], storage_type="object")
     fake.queue.clients[TC_ID] = TC_TOKEN
-    fs = tc_fs(inproc, fake, taskcluster_client_id=TC_ID, taskcluster_access_token=TC_TOKEN)
+    fs = tc_fs(inproc, fake, env={"TASKCLUSTER_CLIENT_ID": TC_ID, "TASKCLUSTER_ACCESS_TOKEN": TC_TOKEN})
     fake.clear_requests()
     assert await fs.read_file(f"taskcluster/{slug(44)}/0/private/secret.bin") == OBJECT[:5000]
     content = [r for r in fake.requests if "/artifact-content/" in r.path]
