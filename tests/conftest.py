@@ -216,7 +216,7 @@ def clock() -> MockClock:
 
 @pytest.fixture
 async def inproc(tmp_path: Path, fake: FakeCI, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[InProcFactory]:
-    """inproc(**settings) -> InProcFS: the real ArtifactFS over the fake, called without the
+    """`await inproc(**flags)` -> InProcFS: the real ArtifactFS over the fake, called without the
     kernel. An internal error in a handler, or an ERROR log line the test did not expect
     (`fs.expect_errors = True`), fails the test."""
     install_readdir_shim(monkeypatch)

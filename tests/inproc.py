@@ -5,7 +5,9 @@ composition a real mount serves) over the in-process fake server, and calls its 
 directly: lookup, readdir (opendir/readdir/releasedir), getattr, readlink, open, read,
 release, getxattr, listxattr, forget. Paths are walked one component at a time, as the
 kernel does, following symlinks in the middle of a path; every lookup and readdirplus entry
-takes a kernel reference that `forget_everything` gives back.
+takes a kernel reference that `forget_everything` gives back. Each one runs the background
+work of a mount (read-ahead, disk writes, size probes) and ends as an unmount does
+(`close`, or at teardown).
 
 Not modelled: the kernel's dentry, attribute and page caches (each path is looked up again,
 so lookup counts run higher than under a kernel, and every read reaches the handler); what
@@ -139,7 +141,8 @@ class InProcFS:
         self.tree = mount.tree
         self._clock = clock
         self.expect_errors = False
-        self.closed = False
+        self._background = trio.CancelScope()  # replaced by the serving nursery's
+        self._stopped = trio.Event()
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -320,17 +323,14 @@ class InProcFS:
         await self.mount.reader.flush_writes()
 
     async def close(self) -> None:
-        """As at unmount: queued disk writes done, connections closed (then mount another
-        over the same cache directory)."""
-        if not self.closed:
-            self.closed = True
-            with trio.CancelScope(shield=True):
-                await self.mount.reader.flush_writes()
-                await self.mount.http.aclose()
+        """Unmount, as mount.py's _main ends: background work stopped, then queued disk writes
+        done and connections closed (then mount another over the same cache directory)."""
+        self._background.cancel()
+        await self._stopped.wait()
 
 
 class InProcFactory:
-    """`inproc(**settings)` -> InProcFS over the fake; every one closed at teardown."""
+    """`await inproc(**flags)` -> InProcFS over the fake; every one closed at teardown."""
 
     def __init__(self, tmp_path: Path, api_url: str, nursery: trio.Nursery, clock: MockClock | None) -> None:
         self.tmp_path = tmp_path
@@ -339,7 +339,7 @@ class InProcFactory:
         self.clock = clock
         self.made: list[InProcFS] = []
 
-    def __call__(self, *, token: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> InProcFS:
+    async def __call__(self, *, token: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> InProcFS:
         """Settings as the command line makes them: `flags` by their keys (latest_ttl=60,
         taskcluster_root_url=...), credentials from the environment (`token` is $CIRCLE_TOKEN),
         and no user config file."""
@@ -349,10 +349,8 @@ class InProcFactory:
         environ = {"XDG_CONFIG_HOME": str(self.tmp_path / "xdg-config"), **(env or {})}
         if token is not None:
             environ["CIRCLE_TOKEN"] = token
-        mount = Mount(load_settings(flags, env=environ))
-        mount.reader.start(self.nursery)
-        mount.tree.start(self.nursery)
-        fs = InProcFS(mount, self.clock)
+        fs = InProcFS(Mount(load_settings(flags, env=environ)), self.clock)
+        await self.nursery.start(_serve, fs)
         self.made.append(fs)
         return fs
 
@@ -363,6 +361,24 @@ class InProcFactory:
             if fs.ops.errors["internal"]:
                 problems.append(f"{fs.ops.errors['internal']} internal error(s) in handlers (see the log)")
         return problems
+
+
+async def _serve(fs: InProcFS, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A mount's background work and its end, as in mount.py's _main (without pyfuse3.main)."""
+    mount = fs.mount
+    try:
+        async with trio.open_nursery() as nursery:
+            fs._background = nursery.cancel_scope
+            mount.reader.start(nursery)
+            mount.tree.start(nursery)  # size probes that outlast a listing's wait
+            nursery.start_soon(mount.http.close_idle_forever)
+            task_status.started()
+            await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await mount.reader.flush_writes()
+            await mount.http.aclose()
+        fs._stopped.set()
 
 
 class ErrorLines(logging.Handler):

@@ -42,7 +42,7 @@ async def test_each_bad_artifact_fails_with_its_own_errno_and_says_why(fake, inp
         "huge.txt": {"claimed_total": 10**30},
         "stalled.txt": {"stall": True},
     })
-    fs = inproc(timeout=TIMEOUT)
+    fs = await inproc(timeout=TIMEOUT)
     fs.expect_errors = True
     # not hurried: the listing waits (at most SIZE_WAIT_SECONDS) for the sizes that come
     listed = await fs.readdir(rel)
@@ -77,7 +77,7 @@ async def test_each_bad_artifact_fails_with_its_own_errno_and_says_why(fake, inp
 async def test_a_bad_artifact_looked_up_by_name_is_there_and_fails_on_open(fake, inproc):
     """Opening a bad file by name (a lookup, no listing) finds it, and fails on open."""
     rel, bad = bad_directory(fake, **{"expired.txt": {"storage_status": 410}})
-    fs = inproc()
+    fs = await inproc()
     fs.expect_errors = True
     assert await errno_of(fs.open(f"{rel}/expired.txt")) == errno.ENOENT
     assert await fs.read_file(f"{rel}/{good_name(1)}") == b"line one\nneedle 1\n"
@@ -86,7 +86,7 @@ async def test_a_bad_artifact_looked_up_by_name_is_there_and_fails_on_open(fake,
 
 async def test_hung_storage_gives_eio_after_the_timeout_and_the_filesystem_recovers(fake, inproc, clock):
     project = sample(fake)
-    fs = inproc(timeout=TIMEOUT)
+    fs = await inproc(timeout=TIMEOUT)
     fs.expect_errors = True
     path = "github/acme/api/1/0/report.txt"
     fake.faults.storage_hang = True
@@ -100,7 +100,7 @@ async def test_hung_storage_gives_eio_after_the_timeout_and_the_filesystem_recov
 async def test_api_refusals_map_to_errnos(fake, inproc):
     """A build the API refuses: 401/403 EACCES, 404 ENOENT; the next ask is answered."""
     sample(fake)
-    fs = inproc()
+    fs = await inproc()
     fs.expect_errors = True
     await fs.listdir("github/acme/api")
     for build, status, code in ((1, 401, errno.EACCES), (2, 403, errno.EACCES), (3, 404, errno.ENOENT)):

@@ -16,7 +16,7 @@ from inproc import CTX, ReaddirBuffer, errno_of
 
 async def test_listing_modes_sizes_and_times(fake, inproc):
     project = sample(fake)
-    fs = inproc()
+    fs = await inproc()
     assert await fs.listdir("") == ["bitbucket", "circleci", "github"]
     assert await fs.listdir("github/acme/api") == ["1", "2", "3", "4", "branch", "latest", "pipeline"]
     assert await fs.readlink("github/acme/api/latest") == "3"  # newest completed, any branch (4 is running)
@@ -41,7 +41,7 @@ async def test_listing_modes_sizes_and_times(fake, inproc):
 
 async def test_latest_and_branch_links_follow_new_builds_after_the_ttl(fake, inproc, clock):
     project = sample(fake)
-    fs = inproc(latest_ttl=60)
+    fs = await inproc(latest_ttl=60)
     proj = "github/acme/api"
     assert "5" not in await fs.listdir(proj)
     assert await fs.readlink(f"{proj}/branch/feature%2Fx/latest") == "../../3"
@@ -70,7 +70,7 @@ async def test_latest_and_branch_links_follow_new_builds_after_the_ttl(fake, inp
 async def test_latest_reached_by_lookup_alone_is_checked_again_after_the_ttl(fake, inproc, clock):
     """No listing of the project: `latest` was only looked up, and still goes stale."""
     project = sample(fake)
-    fs = inproc(latest_ttl=60)
+    fs = await inproc(latest_ttl=60)
     assert await fs.readlink("github/acme/api/latest") == "3"
     project.add_build(build_num=5, branch="main", status="success", lifecycle="finished",
                       stop_time="2026-11-03T10:00:00Z")
@@ -80,7 +80,7 @@ async def test_latest_reached_by_lookup_alone_is_checked_again_after_the_ttl(fak
 
 async def test_running_build_is_refreshed_completed_build_is_not(fake, inproc, clock):
     project = sample(fake)
-    fs = inproc(latest_ttl=60)
+    fs = await inproc(latest_ttl=60)
     running, done = "github/acme/api/4/0", "github/acme/api/2/0"
     assert await fs.listdir(running) == ["partial.log"]
     await fs.walk_files(done)
@@ -101,7 +101,7 @@ async def test_running_build_is_refreshed_completed_build_is_not(fake, inproc, c
 
 async def test_unknown_names_are_enoent(fake, inproc):
     sample(fake)
-    fs = inproc()
+    fs = await inproc()
     for rel in ("github/nobody/nothing", "github/acme/nothing", "github/acme/api/99",
                 "github/acme/api/007", "github/acme/api/2/7", "github/acme/api/2/0/nope.txt",
                 "gitlab", "github/acme/api/branch/a%2", "github/acme/api/latest/0/nope"):
@@ -111,7 +111,7 @@ async def test_unknown_names_are_enoent(fake, inproc):
 async def test_every_write_path_is_erofs(fake, inproc):
     """The kernel answers most of these itself on an 'ro' mount; the handlers refuse too."""
     sample(fake)
-    fs = inproc()
+    fs = await inproc()
     attr = await fs.resolve("github/acme/api/2/0/empty.txt")
     for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_RDONLY | os.O_APPEND):
         assert await errno_of(fs.ops.open(attr.inode, flags, CTX)) == errno.EROFS, flags
@@ -127,12 +127,12 @@ async def test_private_project_token_rules(fake, inproc, caplog, tmp_path):
     p = fake.add_project("github", "acme", "secret", private=True)
     b = p.add_build(build_num=1, branch="main", status="success", lifecycle="finished", stop_time="2026-11-01T10:00:00Z")
     b.add_artifact("secret.txt", b"top secret\n")
-    anon = inproc()
+    anon = await inproc()
     assert await errno_of(anon.readdir("github/acme/secret")) == errno.ENOENT
-    bad = inproc(token="wrong-token")
+    bad = await inproc(token="wrong-token")
     bad.expect_errors = True
     assert await errno_of(bad.readdir("github/acme/secret")) == errno.EACCES
-    good = inproc(token=TOKEN, cache_dir=tmp_path / "good-cache")
+    good = await inproc(token=TOKEN, cache_dir=tmp_path / "good-cache")
     fake.clear_requests()
     assert await good.read_file("github/acme/secret/1/0/secret.txt") == b"top secret\n"
     await good.settle()
@@ -151,7 +151,7 @@ async def test_malformed_listing_is_eio_and_the_rest_works_on(fake, inproc, capl
     project = sample(fake)
     project.builds[1].raw_artifacts = [{"path": "x.txt", "node_index": "zero", "url": "http://x"}]
     fake.faults.malformed_json.add("/api/v1.1/project/github/acme/api/3/artifacts")
-    fs = inproc()
+    fs = await inproc()
     fs.expect_errors = True
     assert await errno_of(fs.readdir("github/acme/api/1")) == errno.EIO
     assert await errno_of(fs.readdir("github/acme/api/3")) == errno.EIO
@@ -163,7 +163,7 @@ async def test_malformed_listing_is_eio_and_the_rest_works_on(fake, inproc, capl
 async def test_expired_artifact_is_enoent_with_a_clear_log_line(fake, inproc, caplog):
     project = sample(fake)
     project.builds[1].artifacts[0].expired = True
-    fs = inproc()
+    fs = await inproc()
     fs.expect_errors = True
     assert await errno_of(fs.open("github/acme/api/1/0/report.txt")) == errno.ENOENT
     assert "expired" in caplog.text
@@ -176,7 +176,7 @@ async def test_extended_attributes_say_where_a_file_comes_from(fake, inproc):
     import json
 
     project = sample(fake)
-    fs = inproc(token=TOKEN)
+    fs = await inproc(token=TOKEN)
     build = "github/acme/api/2"
     f = f"{build}/0/coverage/index.html"
     size = (await fs.stat(f)).size
@@ -214,7 +214,7 @@ async def test_what_the_kernel_forgot_is_let_go_and_listed_again_from_the_kept_d
     files = {f"reports/r{i:03}.txt": blob(i, 100 + i) for i in range(60)}
     for path, data in files.items():
         build.add_artifact(path, data)
-    fs = inproc()
+    fs = await inproc()
     reports = "github/acme/big/1/0/reports"
     sizes = {name: a.size for name, a in (await fs.readdir(reports)).items()}
     assert sizes == {p.rsplit("/", 1)[1]: len(d) for p, d in files.items()}
@@ -233,7 +233,7 @@ async def test_what_the_kernel_forgot_is_let_go_and_listed_again_from_the_kept_d
 
 async def test_a_node_the_kernel_still_holds_keeps_its_inode_and_its_listing(fake, inproc):
     sample(fake)
-    fs = inproc()
+    fs = await inproc()
     held = await fs.resolve("github/acme/api/2/0/coverage/index.html")
     await fs.listdir("github/acme/api/2/0")
     # the kernel lets go of everything but the one file it has open
@@ -257,7 +257,7 @@ async def test_hostile_artifact_paths(fake, inproc, caplog):
                        ("a", b"file a"), ("a/b.txt", b"in dir a\n"), ("dup.txt", b"first\n"),
                        ("dup.txt", b"second\n"), ("ok/é ü.txt", b"unicode\n")]:
         b.add_artifact(path, data)
-    fs = inproc()
+    fs = await inproc()
     node = "github/evil/paths/1/0"
     assert sorted(await fs.walk_files(node)) == ["a/b.txt", "double/slash.txt", "dup.txt", "ok/é ü.txt"]
     assert await fs.read_file(f"{node}/a/b.txt") == b"in dir a\n"
@@ -273,7 +273,7 @@ async def test_recent_builds_paging_and_lookup_of_older_builds(fake, inproc):
     for n in range(1, 161):
         b = p.add_build(build_num=n, branch="main", status="success", lifecycle="finished", stop_time=STOP)
         b.add_artifact("n.txt", f"{n}\n".encode())
-    fs = inproc(recent_builds=120)
+    fs = await inproc(recent_builds=120)
     builds = sorted(int(n) for n in await fs.listdir("github/big/proj") if n.isdigit())
     assert builds == list(range(41, 161))
     pages = [r.query for r in fake.requests if r.path == "/api/v1.1/project/github/big/proj"]
@@ -290,7 +290,7 @@ async def test_a_build_and_its_artifact_list_are_asked_for_at_once(fake, inproc,
     because the build turns out to be completed."""
     project = sample(fake)
     expected = project.builds[2].artifacts[0].data
-    fs = inproc(cache_dir=tmp_path / "shared")
+    fs = await inproc(cache_dir=tmp_path / "shared")
     await fs.stat("github/acme/api")
     fake.faults.api_latency = 0.5
     fake.clear_requests()
@@ -299,7 +299,7 @@ async def test_a_build_and_its_artifact_list_are_asked_for_at_once(fake, inproc,
     assert arrived["artifacts"] - arrived["2"] < 0.25, arrived  # asked before the build's answer came
     fake.faults.api_latency = 0
     await fs.close()
-    second = inproc(cache_dir=tmp_path / "shared")
+    second = await inproc(cache_dir=tmp_path / "shared")
     fake.clear_requests()
     assert await second.read_file("github/acme/api/2/0/test-results/junit.xml") == expected
     assert not [r for r in fake.requests if r.path.endswith("/artifacts")]
@@ -308,13 +308,13 @@ async def test_a_build_and_its_artifact_list_are_asked_for_at_once(fake, inproc,
 async def test_disk_cache_serves_a_second_mount_without_storage_requests(fake, inproc, tmp_path):
     project = sample(fake)
     cache = tmp_path / "shared-cache"
-    first = inproc(cache_dir=cache)
+    first = await inproc(cache_dir=cache)
     expected = files_of(project, 2)
     for rel, data in expected.items():
         assert await first.read_file(f"github/acme/api/2/{rel}") == data
     await first.close()
     fake.clear_requests()
-    second = inproc(cache_dir=cache)
+    second = await inproc(cache_dir=cache)
     for rel, data in expected.items():
         assert await second.read_file(f"github/acme/api/2/{rel}") == data
     assert storage_gets(fake) == [], "everything came from the disk cache"
@@ -324,7 +324,7 @@ async def test_disk_cache_serves_a_second_mount_without_storage_requests(fake, i
 async def test_second_mount_and_offline_use_kept_listings(fake, inproc, tmp_path, caplog):
     project = sample(fake)
     cache = tmp_path / "kept"
-    first = inproc(cache_dir=cache)
+    first = await inproc(cache_dir=cache)
     build = "github/acme/api/2"
     expected = files_of(project, 2)
     for rel, data in expected.items():
@@ -333,7 +333,7 @@ async def test_second_mount_and_offline_use_kept_listings(fake, inproc, tmp_path
     await first.close()
 
     fake.clear_requests()
-    again = inproc(cache_dir=cache)  # online: a completed build it has seen needs no request at all
+    again = await inproc(cache_dir=cache)  # online: a completed build it has seen needs no request at all
     assert await again.listdir(build) == ["0", "1"]
     for rel, data in expected.items():
         assert await again.read_file(f"{build}/{rel}") == data
@@ -341,7 +341,7 @@ async def test_second_mount_and_offline_use_kept_listings(fake, inproc, tmp_path
     await again.close()
 
     caplog.set_level(logging.INFO, logger="ciartfs")
-    offline = inproc(cache_dir=cache, offline=True)
+    offline = await inproc(cache_dir=cache, offline=True)
     offline.expect_errors = True
     assert "2" in await offline.listdir("github/acme/api")  # the last recent-builds list seen
     for rel, data in expected.items():
@@ -361,7 +361,7 @@ async def test_readdir_offsets_hold_across_calls_and_a_refresh(fake, inproc, clo
     project = sample(fake)
     for n in range(5, 25):
         project.add_build(build_num=n, branch="main", status="running", lifecycle="running", stop_time=None)
-    fs = inproc(latest_ttl=60)
+    fs = await inproc(latest_ttl=60)
     proj = await fs.resolve("github/acme/api")
     whole = list(await fs.readdir("github/acme/api"))
     fh = await fs.ops.opendir(proj.inode, CTX)
@@ -385,7 +385,7 @@ async def test_readdir_offsets_hold_across_calls_and_a_refresh(fake, inproc, clo
 
 async def test_wrong_kinds_stale_inodes_and_handles_are_clean_errnos(fake, inproc):
     sample(fake)
-    fs = inproc()
+    fs = await inproc()
     build = await fs.resolve("github/acme/api/2/0")
     f = await fs.resolve("github/acme/api/2/0/empty.txt")
     assert await errno_of(fs.ops.open(build.inode, os.O_RDONLY, CTX)) == errno.EISDIR
@@ -403,7 +403,7 @@ async def test_wrong_kinds_stale_inodes_and_handles_are_clean_errnos(fake, inpro
 async def test_reads_across_blocks_and_past_the_end_are_byte_exact(fake, inproc):
     project = sample(fake)
     data = project.builds[2].artifacts[4].data  # dist/app.bin, 3 MiB + 123
-    fs = inproc(block_size=64 << 10)
+    fs = await inproc(block_size=64 << 10)
     fh = await fs.open("github/acme/api/2/0/dist/app.bin")
     bs = 64 << 10
     for off, size in [(0, 1), (bs - 1, 2), (bs - 10, bs + 20), (5 * bs, 3 * bs), (len(data) - 5, 100),

@@ -27,7 +27,7 @@ async def test_waiting_workflow_lists_its_started_jobs_and_is_refreshed(fake, in
     pipeline = v2.v2.add_pipeline(gh, 8)
     waiting = pipeline.add_workflow("release", [10, FakeJob("integration", "queued"), FakeJob("hold", "on_hold", type="approval"),
                                                 FakeJob("deploy", "blocked")], status="on_hold", stopped_at=None)
-    fs = inproc(latest_ttl=60, token=TOKEN)
+    fs = await inproc(latest_ttl=60, token=TOKEN)
     release = "github/acme/api/pipeline/8/release"
     assert await fs.listdir(release) == ["build", "deploy", "hold", "integration"]
     assert await fs.read_file(f"{release}/build/0/report.txt") == b"job 10 (build)\n"
@@ -58,7 +58,7 @@ async def test_finished_workflow_with_retried_jobs_is_kept(fake, inproc, clock):
     gh = v2.projects["github", "acme", "api"]
     pipeline = v2.v2.add_pipeline(gh, 9)
     flaky = pipeline.add_workflow("flaky", [FakeJob("test", "retried", number=11), 13], status="success")
-    fs = inproc(latest_ttl=60, token=TOKEN)
+    fs = await inproc(latest_ttl=60, token=TOKEN)
     wf = "github/acme/api/pipeline/9/flaky"
     assert await fs.listdir(wf) == ["test", "test~2"]  # the retried run keeps the name, its rerun ~2
     assert await fs.read_file(f"{wf}/test/0/report.txt") == b"job 11 (test)\n"
@@ -74,7 +74,7 @@ async def test_finished_workflow_with_retried_jobs_is_kept(fake, inproc, clock):
 
 async def test_v2_only_project_jobs(fake, inproc):
     v2 = v2_dataset(fake)
-    fs = inproc(token=TOKEN)  # circleci.com's v2 artifact endpoint needs a token, public projects too
+    fs = await inproc(token=TOKEN)  # circleci.com's v2 artifact endpoint needs a token, public projects too
     job = "circleci/6f0b5b0e-org/a1b2c3-proj/42"
     assert await fs.listdir(job) == ["0", "1"]
     assert await fs.listdir(f"{job}/0/out") == [f"f{i}.txt" for i in range(5)]
@@ -89,7 +89,7 @@ async def test_v2_only_project_jobs(fake, inproc):
 
 async def test_workflow_view_with_renames(fake, inproc):
     v2 = v2_dataset(fake)
-    fs = inproc(token=TOKEN)
+    fs = await inproc(token=TOKEN)
     pipe = "github/acme/api/pipeline/7"
     assert await fs.listdir(pipe) == ["ci", "ci~2", "deploy%2Fprod"]
     assert await fs.listdir(f"{pipe}/ci") == ["build", "test"]
@@ -110,7 +110,7 @@ async def test_without_a_token_v2_listings_say_a_token_is_needed(fake, inproc, c
     EACCES, and a log line saying to set one."""
     caplog.set_level(logging.DEBUG, logger="ciartfs")
     v2_dataset(fake)
-    fs = inproc()
+    fs = await inproc()
     fs.expect_errors = True
     assert await errno_of(fs.readdir("circleci/6f0b5b0e-org/a1b2c3-proj/42")) == errno.EACCES
     assert await errno_of(fs.readdir("github/acme/api/pipeline/7")) == errno.EACCES
@@ -118,7 +118,7 @@ async def test_without_a_token_v2_listings_say_a_token_is_needed(fake, inproc, c
     # the v1.1 tree of a public project works without one
     assert await fs.read_file("github/acme/api/10/0/report.txt") == b"job 10 (build)\n"
     caplog.clear()
-    bad = inproc(token="not-the-token")
+    bad = await inproc(token="not-the-token")
     assert await errno_of(bad.readdir("github/acme/api/pipeline/7")) == errno.EACCES
     assert "CircleCI refused the API token" in caplog.text
     assert "not-the-token" not in caplog.text
@@ -132,12 +132,12 @@ async def test_not_found_log_line_names_the_token(fake, inproc, caplog):
     private = v2.add_project("circleci", "6f0b5b0e-org", "private-proj", private=True)
     private.add_build(build_num=1).add_artifact("a.txt", b"a\n")
     v2.add_project("github", "acme", "secret", private=True).add_build(build_num=1)
-    anon = inproc()
+    anon = await inproc()
     assert await errno_of(anon.readdir("github/acme/secret")) == errno.ENOENT
     assert await errno_of(anon.readdir("circleci/6f0b5b0e-org/private-proj/1")) == errno.ENOENT
     for where in ("github/acme/secret", "circleci/6f0b5b0e-org/private-proj/1"):
         assert f"{where}: not found, or not visible without a token" in caplog.text, caplog.text
-    good = inproc(token=TOKEN)
+    good = await inproc(token=TOKEN)
     assert await good.listdir("circleci/6f0b5b0e-org/private-proj/1") == ["0"]
     assert await errno_of(good.readdir("github/acme/no-such-project")) == errno.ENOENT
     assert "github/acme/no-such-project: not found, or not visible with this token" in caplog.text
@@ -147,7 +147,7 @@ async def test_not_found_log_line_names_the_token(fake, inproc, caplog):
 async def test_demo_has_the_awkward_cases(demo_fake, inproc, caplog):
     """The demo's pipeline 12 waits on an approval (a queued job, a blocked one); build 1 has
     an expired artifact: listed, ENOENT on open, its directory fine."""
-    fs = inproc(token=TOKEN)
+    fs = await inproc(token=TOKEN)
     fs.expect_errors = True
     release = "github/acme/api/pipeline/12/release"
     assert await fs.listdir(release) == ["Commit for build 12", "deploy", "hold", "integration-test"]

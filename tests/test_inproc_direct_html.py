@@ -14,7 +14,7 @@ async def test_listing_sizes_of_reports_ignoring_range_downloads_each_at_most_on
     files = {f"reports/r{i}.html": blob(10 + i, (3 << 20) + i) for i in range(8)}
     site(fake, files)
     fake.faults.direct_ignore_range = True
-    fs = inproc(token=TOKEN)
+    fs = await inproc(token=TOKEN)
     listed = await fs.readdir("github/acme/site/1/0/reports")
     for path, data in files.items():
         assert listed[path.rsplit("/", 1)[1]].size == len(data), path
@@ -32,7 +32,7 @@ async def test_listing_sizes_of_reports_ignoring_range_downloads_each_at_most_on
 async def test_a_large_report_on_a_host_with_range_support_is_read_by_range(fake, inproc):
     data = blob(2, BIG)
     site(fake, {"report.html": data})
-    fs = inproc(token=TOKEN)
+    fs = await inproc(token=TOKEN)
     got = await fs.read_file("github/acme/site/1/0/report.html")
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     answers = gets(fake, "/report.html")
@@ -45,7 +45,7 @@ async def test_a_private_projects_report_is_served_directly_at_its_api_route(fak
     project = fake.add_project("github", "acme", "secret", private=True)
     project.add_build(1).add_artifact("report.html", data)
     fake.faults.direct_ignore_range = True
-    fs = inproc(token=TOKEN)
+    fs = await inproc(token=TOKEN)
     assert await fs.read_file("github/acme/secret/1/0/report.html") == data
     fetched = [r for r in fake.requests if r.server == "api" and r.path.endswith("/report.html")]
     assert len(fetched) == 1 and fetched[0].status == 200 and fetched[0].headers.get("circle-token") == TOKEN

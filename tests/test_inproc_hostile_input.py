@@ -17,7 +17,7 @@ async def test_overlong_and_undecodable_names(fake, inproc):
     """Names from the kernel that Python cannot take as they come: clean errnos, no request
     for the undecodable ones, and the filesystem answers on."""
     sample(fake)
-    fs = inproc()
+    fs = await inproc()
     proj = PROJECT
     await fs.stat(f"{proj}/2/0/empty.txt")  # listings in; what follows asks no API
     parents = [await fs.resolve(p) for p in ("", proj, f"{proj}/2/0")]
@@ -35,7 +35,7 @@ async def test_overlong_and_undecodable_names(fake, inproc):
 async def test_json_nested_deeper_than_the_stack_is_eio_and_the_filesystem_works_on(fake, inproc, caplog):
     project = sample(fake)
     project.builds[3].raw_artifacts = b"[" * 200_000 + b"]" * 200_000
-    fs = inproc()
+    fs = await inproc()
     fs.expect_errors = True
     before = len(fake.requests)
     assert await errno_of(fs.readdir(f"{PROJECT}/3")) == errno.EIO
@@ -56,7 +56,7 @@ async def test_names_no_file_name_can_carry_are_skipped_not_fatal(fake, inproc, 
     project = sample(fake)
     project.add_build(build_num=5, branch="bad\ud800name", status="success", lifecycle="finished",
                       stop_time="2026-11-03T10:00:00Z")
-    fs = inproc()
+    fs = await inproc()
     assert await fs.listdir(f"{PROJECT}/branch") == ["feature%2Fx", "main"]
     assert "5" in await fs.listdir(PROJECT) and await fs.listdir(f"{PROJECT}/5") == []  # the build itself is fine
     assert "skipping an entry whose name is not valid UTF-8" in caplog.text

@@ -13,13 +13,13 @@ from datasets import TC_ID, TC_TOKEN, slug, tc_dataset
 from inproc import errno_of
 
 
-def tc_fs(inproc, fake, **settings):
-    return inproc(taskcluster_root_url=fake.api_url, **settings)
+async def tc_fs(inproc, fake, **settings):
+    return await inproc(taskcluster_root_url=fake.api_url, **settings)
 
 
 async def test_unknown_or_malformed_task_ids_are_enoent(fake, inproc):
     tc = tc_dataset(fake)
-    fs = tc_fs(inproc, tc)
+    fs = await tc_fs(inproc, tc)
     assert await fs.listdir("taskcluster") == ["group"]  # tasks cannot be enumerated, but look up
     tc.clear_requests()
     for name in ("not-a-task", "x" * 22, "../etc", slug(1) + "x"):
@@ -32,7 +32,7 @@ async def test_unknown_or_malformed_task_ids_are_enoent(fake, inproc):
 
 async def test_error_artifact_fails_with_eio_and_says_why(fake, inproc, caplog):
     tc = tc_dataset(fake)
-    fs = tc_fs(inproc, tc)
+    fs = await tc_fs(inproc, tc)
     fs.expect_errors = True
     path = f"taskcluster/{slug(1)}/1/public/missing.txt"
     assert (await fs.stat(path)).size == 0
@@ -55,7 +55,7 @@ async def test_expired_and_unfinished_artifacts_never_fail_their_directory(fake,
     run.add_artifact("public/logs/live.log", b"still here\n")
     run.add_artifact("public/logs/old.log", b"gone\n", expires=PAST)
     run.add_artifact("public/build/half.bin", b"never finished\n", present=False)
-    fs = tc_fs(inproc, fake)
+    fs = await tc_fs(inproc, fake)
     fs.expect_errors = True
     logs = f"taskcluster/{slug(11)}/0/public/logs"
     fake.clear_requests()
@@ -77,7 +77,7 @@ async def test_expired_artifact_is_enoent_when_reached_by_path_alone(fake, inpro
     """A lookup without a listing first (`cat path`): still ENOENT, never EIO or a dead directory."""
     task = fake.queue.add_task(slug(12), name="old")
     task.add_run("completed").add_artifact("public/old.txt", b"gone\n", expires=PAST)
-    fs = tc_fs(inproc, fake)
+    fs = await tc_fs(inproc, fake)
     fs.expect_errors = True
     assert await errno_of(fs.open(f"taskcluster/{slug(12)}/0/public/old.txt")) == errno.ENOENT
 
@@ -87,7 +87,7 @@ async def test_expired_artifact_is_enoent_when_reached_by_path_alone(fake, inpro
 async def test_rerun_of_a_resolved_task_shows_up_after_latest_ttl(fake, inproc, clock):
     task = fake.queue.add_task(slug(13), name="rerun-me")
     task.add_run("completed").add_artifact("public/logs/live.log", b"run 0\n")
-    fs = tc_fs(inproc, fake, latest_ttl=60)
+    fs = await tc_fs(inproc, fake, latest_ttl=60)
     root = f"taskcluster/{slug(13)}"
     assert await fs.listdir(root) == ["0", "latest"] and await fs.readlink(f"{root}/latest") == "0"
     assert await fs.read_file(f"{root}/latest/public/logs/live.log") == b"run 0\n"
@@ -111,7 +111,7 @@ async def test_running_task_log_grows_and_reference_is_not_cached(fake, inproc, 
     task = tc.queue.add_task(slug(5), name="running")
     live = task.add_run("running").add_artifact("public/logs/live.log", b"line 1\n", storage_type="reference")
     cache = tmp_path / "shared-cache"
-    fs = tc_fs(inproc, tc, latest_ttl=60, cache_dir=cache)
+    fs = await tc_fs(inproc, tc, latest_ttl=60, cache_dir=cache)
     path = f"taskcluster/{slug(5)}/0/public/logs/live.log"
     assert await fs.read_file(path) == b"line 1\n"
     live.data += b"line 2\n"
@@ -124,7 +124,7 @@ async def test_running_task_log_grows_and_reference_is_not_cached(fake, inproc, 
     assert await fs.read_file(s3) == b"run 1 log\nall good\n"
     await fs.settle()
     tc.clear_requests()
-    again = tc_fs(inproc, tc, cache_dir=cache)
+    again = await tc_fs(inproc, tc, cache_dir=cache)
     assert await again.read_file(ref) == b"referenced\n"
     assert await again.read_file(s3) == b"run 1 log\nall good\n"
     fetched = [r.path for r in tc.requests if r.server == "api" and "/artifacts/" in r.path]
@@ -137,7 +137,7 @@ async def test_pagination_is_followed(fake, inproc):
     run0 = tc.queue.tasks[slug(2)].runs[0]
     for i in range(9):
         run0.add_artifact(f"public/many/f{i}.txt", f"{i}\n".encode())
-    fs = tc_fs(inproc, tc)
+    fs = await tc_fs(inproc, tc)
     assert await fs.listdir(f"taskcluster/{slug(2)}/0/public/many") == [f"f{i}.txt" for i in range(9)]
     pages = [r for r in tc.requests if r.path.endswith(f"/task/{slug(2)}/runs/0/artifacts")]
     assert len(pages) == 5 and sum("continuationToken" in r.query for r in pages) == 4
@@ -145,7 +145,7 @@ async def test_pagination_is_followed(fake, inproc):
 
 async def test_no_taskcluster_dir_without_a_root_url(fake, inproc):
     tc_dataset(fake)
-    fs = inproc()
+    fs = await inproc()
     assert await fs.listdir("") == ["bitbucket", "circleci", "github"]
     assert await errno_of(fs.stat("taskcluster")) == errno.ENOENT
 
@@ -156,11 +156,11 @@ async def test_private_artifacts_need_hawk_credentials_that_never_reach_storage(
     caplog.set_level(logging.DEBUG, logger="ciartfs")
     tc = tc_dataset(fake)
     secret = f"taskcluster/{slug(1)}/1/private/secret.txt"
-    anon = tc_fs(inproc, tc)
+    anon = await tc_fs(inproc, tc)
     anon.expect_errors = True
     assert await errno_of(anon.open(secret)) == errno.EACCES
     assert await anon.read_file(f"taskcluster/{slug(1)}/1/public/logs/live.log") == b"run 1 log\nall good\n"
-    authed = tc_fs(inproc, tc, env={"TASKCLUSTER_CLIENT_ID": TC_ID, "TASKCLUSTER_ACCESS_TOKEN": TC_TOKEN})
+    authed = await tc_fs(inproc, tc, env={"TASKCLUSTER_CLIENT_ID": TC_ID, "TASKCLUSTER_ACCESS_TOKEN": TC_TOKEN})
     tc.clear_requests()
     assert await authed.read_file(secret) == b"secret bytes\n"
     api = [r for r in tc.requests if r.server == "api" and "private" in r.path]
@@ -182,11 +182,11 @@ async def test_temporary_credentials_need_their_certificate(fake, inproc, caplog
     task.add_run("completed").add_artifact("private/secret.txt", b"secret bytes\n")
     secret = f"taskcluster/{slug(15)}/0/private/secret.txt"
     creds = {"TASKCLUSTER_CLIENT_ID": "temp/me", "TASKCLUSTER_ACCESS_TOKEN": "temp-token"}
-    without = tc_fs(inproc, fake, env=creds)
+    without = await tc_fs(inproc, fake, env=creds)
     without.expect_errors = True
     assert await errno_of(without.open(secret)) == errno.EACCES
     assert [r.status for r in fake.requests if r.path.endswith("private/secret.txt")] == [401]
-    with_cert = tc_fs(inproc, fake, env={**creds, "TASKCLUSTER_CERTIFICATE": json.dumps(CERT)})
+    with_cert = await tc_fs(inproc, fake, env={**creds, "TASKCLUSTER_CERTIFICATE": json.dumps(CERT)})
     assert await with_cert.read_file(secret) == b"secret bytes\n"
     assert caplog.text and "fake-signature" not in caplog.text
 
@@ -197,13 +197,13 @@ async def test_rerun_shows_up_after_a_remount_with_the_same_cache(fake, inproc, 
     task = fake.queue.add_task(slug(14), name="rerun-me")
     task.add_run("failed").add_artifact("public/logs/live.log", b"run 0\n")
     cache = tmp_path / "shared-cache"
-    first = tc_fs(inproc, fake, cache_dir=cache)
+    first = await tc_fs(inproc, fake, cache_dir=cache)
     root = f"taskcluster/{slug(14)}"
     assert await first.readlink(f"{root}/latest") == "0"
     assert await first.read_file(f"{root}/0/public/logs/live.log") == b"run 0\n"
     await first.close()
     task.rerun("completed").add_artifact("public/logs/live.log", b"run 1\n")
-    second = tc_fs(inproc, fake, cache_dir=cache)
+    second = await tc_fs(inproc, fake, cache_dir=cache)
     assert await second.listdir(root) == ["0", "1", "latest"]
     assert await second.readlink(f"{root}/latest") == "1"
     assert await second.read_file(f"{root}/latest/public/logs/live.log") == b"run 1\n"
@@ -218,11 +218,11 @@ async def test_offline_remount_still_shows_a_task_whose_status_is_no_longer_kept
     task.add_run("completed").add_artifact("public/logs/live.log", b"run 0\n")
     cache = tmp_path / "offline-cache"
     root = f"taskcluster/{slug(16)}"
-    online = tc_fs(inproc, fake, cache_dir=cache)
+    online = await tc_fs(inproc, fake, cache_dir=cache)
     assert await online.read_file(f"{root}/latest/public/logs/live.log") == b"run 0\n"
     await online.close()
     fake.clear_requests()
-    offline = tc_fs(inproc, fake, cache_dir=cache, offline=True)
+    offline = await tc_fs(inproc, fake, cache_dir=cache, offline=True)
     assert await offline.listdir(root) == ["0", "latest"] and await offline.readlink(f"{root}/latest") == "0"
     assert await offline.read_file(f"{root}/latest/public/logs/live.log") == b"run 0\n"
     assert fake.requests == [], "offline: nothing reached the network"
@@ -232,7 +232,7 @@ async def test_offline_remount_still_shows_a_task_whose_status_is_no_longer_kept
 
 async def test_gzip_artifact_is_served_decoded_with_true_size(fake, inproc):
     tc = tc_dataset(fake)
-    fs = tc_fs(inproc, tc, block_size=16 << 10)
+    fs = await tc_fs(inproc, tc, block_size=16 << 10)
     report = tc.queue.tasks[slug(1)].runs[1].artifacts[3]
     path = f"taskcluster/{slug(1)}/1/public/test/report.json"
     assert len(gzip.compress(report.data)) < len(report.data) // 10  # truly compressed on the wire
@@ -252,7 +252,7 @@ async def test_blocks_of_a_mismatched_object_are_not_kept_in_the_disk_cache(fake
     task = fake.queue.add_task(slug(43), name="liar")
     task.add_run("completed").add_artifact("public/large.bin", OBJECT, storage_type="object", hashes=dict(WRONG))
     cache = tmp_path / "cache-kept"
-    fs = tc_fs(inproc, fake, cache_dir=cache)
+    fs = await tc_fs(inproc, fake, cache_dir=cache)
     fs.expect_errors = True
     assert await errno_of(fs.read_file(f"taskcluster/{slug(43)}/0/public/large.bin")) == errno.EIO
     await fs.close()
@@ -268,7 +268,7 @@ async def test_a_private_object_uses_our_credentials_for_the_queue_and_only_the_
     task = fake.queue.add_task(slug(44), name="private")
     task.add_run("completed").add_artifact("private/secret.bin", OBJECT[:5000], storage_type="object")
     fake.queue.clients[TC_ID] = TC_TOKEN
-    fs = tc_fs(inproc, fake, env={"TASKCLUSTER_CLIENT_ID": TC_ID, "TASKCLUSTER_ACCESS_TOKEN": TC_TOKEN})
+    fs = await tc_fs(inproc, fake, env={"TASKCLUSTER_CLIENT_ID": TC_ID, "TASKCLUSTER_ACCESS_TOKEN": TC_TOKEN})
     fake.clear_requests()
     assert await fs.read_file(f"taskcluster/{slug(44)}/0/private/secret.bin") == OBJECT[:5000]
     content = [r for r in fake.requests if "/artifact-content/" in r.path]
