@@ -5,7 +5,7 @@ of the build stays readable.
 
 The fake CI runs on loopback, so loopback is allowed (the demo works); the "internal" services
 sit at this machine's private address, or, with the fake itself moved to that address, on
-loopback. Link-local peers are tested in test_addresses.py (a URL cannot name an IPv6 zone).
+loopback. Link-local peers are tested in t1_addresses.py (a URL cannot name an IPv6 zone).
 """
 
 from __future__ import annotations

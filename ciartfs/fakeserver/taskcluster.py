@@ -12,7 +12,7 @@
         The hashes are those of the artifact's data unless `FakeTcArtifact.hashes` lies.
 
 Answers follow the queue's schemas (../shared/specs/taskcluster-queue/, checked by
-tests/test_taskcluster_schemas.py), including the inconvenient parts: listArtifacts names
+tests/t1_taskcluster_schemas.py), including the inconvenient parts: listArtifacts names
 artifacts past their `expires` (getArtifact: 410) and uploads that never finished (404); a
 resolved task can be re-run (`FakeTask.rerun`), adding a run to a completed task.
 Artifacts outside `public/` need a valid Hawk header (checked with mohawk); temporary

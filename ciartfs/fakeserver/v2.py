@@ -15,7 +15,7 @@ FakeBuild objects, job number = build number. A workflow's jobs are build number
 `FakeJob`s: jobs with no build behind them (not started: no `job_number`; approval jobs,
 whose job details answer 404), or a build shown with another status (`retried`).
 
-Answers follow the OpenAPI spec (tests/test_v2_spec.py validates them), and the service's
+Answers follow the OpenAPI spec (tests/t1_v2_spec.py validates them), and the service's
 habits the spec does not state: the artifact and workflow endpoints answer 401 without a
 token even for public projects; a private project without a token is 404 "Project not
 found" in text/plain; an unstarted job's `started_at` is null.

@@ -13,7 +13,7 @@ A workflow lists every job, also those without artifacts: a job that has not sta
 `job_number`: blocked, queued, waiting on an approval) and an approval job (type `approval`;
 the job-details API answers 404 for it) are empty directories whose `user.ciartfs.job` says
 why. Terminal statuses (TERMINAL_JOB, TERMINAL_WORKFLOW, checked against the spec's enums by
-tests/test_v2_spec.py) make a job or workflow immutable; every other status, including one
+tests/t1_v2_spec.py) make a job or workflow immutable; every other status, including one
 the spec does not know, is asked about again after the TTL.
 """
 
