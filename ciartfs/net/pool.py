@@ -424,7 +424,7 @@ class PoolPerOrigin:
 
     async def aclose(self) -> None:
         self._closed = True
-        for origin in self._origins.values():
+        for origin in list(self._origins.values()):  # a request ending meanwhile drops its origin
             while origin.idle:
                 await origin.idle.pop().aclose()
         self._idle_count = 0
