@@ -64,7 +64,7 @@ HELPERS = HERE / "benchlib"
 VENV_PY = REPO / ".venv" / "bin" / "python"
 
 try:
-    from ciartfs.cli.command import is_mounted
+    from ciartfs.cli.mountpoint import is_mounted
 except ImportError:
     if VENV_PY.exists() and Path(sys.executable).resolve() != VENV_PY.resolve() and not os.environ.get("CIARTFS_BENCH_REEXEC"):
         os.environ["CIARTFS_BENCH_REEXEC"] = "1"

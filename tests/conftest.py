@@ -37,7 +37,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from ciartfs.cli.command import is_mounted
+from ciartfs.cli.mountpoint import is_mounted
 from ciartfs.fakeserver import FakeCI, demo_dataset
 from inproc import ErrorLines, InProcFactory, install_readdir_shim
 

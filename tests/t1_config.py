@@ -123,7 +123,7 @@ def test_the_address_rule_knows_the_configured_api_hosts(tmp_path):
 
 
 def test_max_decoded_size_from_flag_env_file_and_mount_option(tmp_path, monkeypatch):
-    from ciartfs.cli.command import _settings, build_parser
+    from ciartfs.cli.parser import build_parser, settings_from_args
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))  # (the CLI reads the real environment)
     monkeypatch.delenv("CIARTFS_MAX_DECODED_SIZE", raising=False)
@@ -137,6 +137,6 @@ def test_max_decoded_size_from_flag_env_file_and_mount_option(tmp_path, monkeypa
     with pytest.raises(ConfigError, match="--max-decoded-size"):
         load_settings({"max_decoded_size": "0"}, env={})
     args = build_parser().parse_args(["mount", str(tmp_path), "--max-decoded-size", "1G"])
-    assert _settings(args).max_decoded_size == 1 << 30
+    assert settings_from_args(args).max_decoded_size == 1 << 30
     args = build_parser().parse_args(["mount", str(tmp_path), "-o", "max_decoded_size=64M"])
-    assert _settings(args).max_decoded_size == 64 << 20
+    assert settings_from_args(args).max_decoded_size == 64 << 20

@@ -138,7 +138,7 @@ def test_the_toy_providers_options_and_credential_are_settings(tmp_path: Path) -
 
 
 def test_the_cli_takes_the_toy_providers_flags_and_mount_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ciartfs.cli.command import _settings, build_parser
+    from ciartfs.cli.parser import build_parser, settings_from_args
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
     monkeypatch.delenv("CIARTFS_CONFIG", raising=False)
@@ -147,9 +147,9 @@ def test_the_cli_takes_the_toy_providers_flags_and_mount_options(tmp_path: Path,
     parser = build_parser()
     assert "Toy CI" in parser.format_help()
     args = parser.parse_args(["mount", str(tmp_path), "--toy-url", "https://toy.example"])
-    assert _settings(args).provider("toy") == toy_provider.ToySettings("https://toy.example")
+    assert settings_from_args(args).provider("toy") == toy_provider.ToySettings("https://toy.example")
     args = parser.parse_args(["mount", str(tmp_path), "-o", "toy_url=https://o.example"])
-    assert _settings(args).provider("toy").url == "https://o.example"
+    assert settings_from_args(args).provider("toy").url == "https://o.example"
     with pytest.raises(SystemExit):  # never a flag value: there is no such flag
         parser.parse_args(["mount", str(tmp_path), "--toy-token", "x"])
 

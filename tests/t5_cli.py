@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ciartfs.cli.command import is_mounted
+from ciartfs.cli.mountpoint import is_mounted
 from conftest import clean_env, require_fuse, wait_for
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ciartfs.cli.command import is_mounted
+from ciartfs.cli.mountpoint import is_mounted
 from conftest import blob, require_fuse, wait_for
 
 USER = "ciartfs-nonroot-test"

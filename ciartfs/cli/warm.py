@@ -8,6 +8,7 @@ lines otherwise.
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import os
 import sys
@@ -16,6 +17,8 @@ import time
 from collections.abc import Iterable
 
 from tqdm import tqdm
+
+from ciartfs.cli.usage import UsageError
 
 CHUNK = 1 << 20
 # Plain-line progress (not a terminal): one line at most this often.
@@ -123,3 +126,11 @@ def prefetch(paths: list[str], jobs: int = 8, terminal: bool | None = None) -> i
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
     return len(failures)
+
+
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    try:
+        failed = prefetch(args.paths, jobs=args.jobs)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"cannot prefetch: {e}") from None
+    return 1 if failed else 0

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchlib.common import Failed, log, proc_cpu, proc_hwm_kib
 from benchlib.data import PROJECT
-from ciartfs.cli.command import is_mounted
+from ciartfs.cli.mountpoint import is_mounted
 
 MOUNT_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
