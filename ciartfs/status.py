@@ -121,15 +121,17 @@ def _read(name: str, dir_fd: int) -> dict[str, Any] | None:
 def active_mounts() -> list[dict[str, Any]]:
     """Status documents of live mount processes; files of dead ones are removed. A directory
     that is not this user's own gives UnsafeRuntimeDir."""
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         with _open_dir(create=False) as dir_fd:
             for name in sorted(os.listdir(dir_fd)):
                 if not _PID_FILE.fullmatch(name):
                     continue
                 doc = _read(name, dir_fd)
+                if doc is None:
+                    continue
                 try:
-                    pid = int(doc["pid"]) if doc is not None else 0
+                    pid = int(doc["pid"])
                 except (ValueError, KeyError, TypeError):
                     continue
                 if pid <= 0:

@@ -63,10 +63,16 @@ class DirSource(Protocol):
     """A provider's view of one directory. `list()` returns None for directories that
     cannot be enumerated (any name may still be looked up)."""
 
-    # Seconds a listing stays valid; None means it never changes (completed build).
-    ttl: float | None
-    # True when list() names every child, so a name not in it is ENOENT without asking.
-    complete: bool
+    # Read-only members (properties here), so that an implementation may narrow them: a plain
+    # `ttl = None` or `ttl: float` class attribute, or `complete = True`, satisfies the protocol.
+
+    @property
+    def ttl(self) -> float | None:
+        """Seconds a listing stays valid; None means it never changes (completed build)."""
+
+    @property
+    def complete(self) -> bool:
+        """True when list() names every child, so a name not in it is ENOENT without asking."""
 
     async def list(self) -> list[Entry] | None: ...
 
