@@ -171,11 +171,11 @@ def format_status(doc: dict[str, Any]) -> str:
         if described is not None:
             lines.append(f"  {provider.title + ':':<16}{described}")
     lines += [
-        f"  cache:          {s['cache_dir']}  disk {human(doc['disk_bytes'])} of {human(s['cache_size'])}, "
-        f"memory {human(doc['memory_bytes'])} of {human(s['memory_cache'])}; {doc.get('inodes', 0)} inodes",
+        (f"  cache:          {s['cache_dir']}  disk {human(doc['disk_bytes'])} of {human(s['cache_size'])}, "
+         f"memory {human(doc['memory_bytes'])} of {human(s['memory_cache'])}; {doc.get('inodes', 0)} inodes"),
         f"  requests:       {st['http_requests']}  (fetched {human(st['bytes_fetched'])}, served {human(st['bytes_served'])})",
-        f"  block reads:    {reads}  hit ratio {hit_ratio:.0%}  (memory {st['memory_hits']}, disk {st['disk_hits']}, "
-        f"network {st['misses']})",
+        (f"  block reads:    {reads}  hit ratio {hit_ratio:.0%}  (memory {st['memory_hits']}, disk {st['disk_hits']}, "
+         f"network {st['misses']})"),
         f"  errors:         {sum(doc['errors'].values())}" + (
             "  (" + ", ".join(f"{k} {v}" for k, v in sorted(doc["errors"].items())) + ")" if doc["errors"] else ""),
     ]

@@ -32,7 +32,8 @@ def setup_logging(settings: Settings, *, to_stderr: bool) -> None:
         handlers.append(logging.StreamHandler(sys.stderr))
     if settings.log_file is not None:
         settings.log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(settings.log_file, errors="backslashreplace"))  # names from JSON may hold lone surrogates
+        # names from JSON may hold lone surrogates
+        handlers.append(logging.FileHandler(settings.log_file, errors="backslashreplace"))
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)

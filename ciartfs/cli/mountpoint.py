@@ -50,7 +50,8 @@ def check_mountpoint(path: str) -> None:
         raise UsageError(f"mountpoint {path} does not exist") from None
     except OSError as e:
         if e.errno == errno.ENOTCONN:
-            raise UsageError(f"{path} is a stale mount (its ciartfs process is gone); run 'ciartfs unmount {path}' first") from None
+            raise UsageError(f"{path} is a stale mount (its ciartfs process is gone); "
+                             f"run 'ciartfs unmount {path}' first") from None
         raise UsageError(f"mountpoint {path}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"mountpoint {path} is not a directory")

@@ -27,7 +27,7 @@ def parse_mount_options(values: list[str] | None) -> dict[str, str | bool]:
         for item in filter(None, value.split(",")):
             key, eq, val = item.partition("=")
             key = key.strip().replace("-", "_")
-            if key in _GENERIC_MOUNT_OPTIONS or key.startswith("x-") or key.startswith("comment="):
+            if key in _GENERIC_MOUNT_OPTIONS or key.startswith(("x-", "comment=")):
                 continue
             if key in options_by_key():
                 flags[key] = val if eq else True
