@@ -14,7 +14,7 @@ from ciartfs.cli.mounting import cmd_mount, cmd_unmount
 from ciartfs.cli.parser import build_parser
 from ciartfs.cli.status_command import cmd_status
 from ciartfs.cli.usage import UsageError
-from ciartfs.config import ConfigError
+from ciartfs.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

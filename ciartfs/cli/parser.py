@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 from ciartfs import __version__
-from ciartfs.config import ConfigError, Settings, all_options, load_settings, options_by_key, parse_bool
+from ciartfs.config import Settings, all_options, load_settings, options_by_key, parse_bool
+from ciartfs.errors import ConfigError
 from ciartfs.providers import registry
 
 # Generic mount(8) options that /etc/fstab lines carry and mount.fuse3 passes on: not ours.

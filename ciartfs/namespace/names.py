@@ -122,6 +122,6 @@ def place_artifacts(items: Iterable[tuple[Any, T]], *, where: str, tiebreak: Cal
     return tree
 
 
-def short(text: Any, limit: int = 120) -> str:
-    text = str(text)
+def short(value: Any, limit: int = 120) -> str:
+    text = str(value)
     return text if len(text) <= limit else text[:limit] + "..."
