@@ -1,4 +1,7 @@
-"""`ciartfs prefetch PATH...`: pull files of a mount into its disk cache, in parallel.
+"""`ciartfs prefetch PATH...`: warm a mount's disk cache with whole files, in parallel.
+
+(The command's name is `prefetch`; this module is `warm` so that it is not taken for the
+reader's read-ahead inside a mount, which is data/reader.py's.)
 
 It reads through the mount, so the mount's own cache path stores the blocks; a file whose
 `user.ciartfs.cached` already equals its size is skipped, which makes a second run (or a run
@@ -85,7 +88,7 @@ class _Progress:
             self.bar.close()
 
 
-def prefetch(paths: list[str], jobs: int = 8, terminal: bool | None = None) -> int:
+def warm(paths: list[str], jobs: int = 8, terminal: bool | None = None) -> int:
     """Returns the number of files that failed."""
     files = collect(paths)
     if files and cached_bytes(files[0][0]) is None:
@@ -130,7 +133,7 @@ def prefetch(paths: list[str], jobs: int = 8, terminal: bool | None = None) -> i
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     try:
-        failed = prefetch(args.paths, jobs=args.jobs)
+        failed = warm(args.paths, jobs=args.jobs)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"cannot prefetch: {e}") from None
     return 1 if failed else 0
