@@ -27,6 +27,7 @@ import itertools
 import re
 import urllib.parse
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ciartfs.fakeserver.routing import Reply, Request, Route, Served
@@ -40,7 +41,7 @@ HOSTILE_EXPANSION_BYTES = 12 << 20
 MAX_LIMIT = 100
 _NUM_RE = re.compile(r"[0-9]+")
 _VCS_SLUG = {"github": "gh", "bitbucket": "bb"}
-_FILTERS = {
+_FILTERS: dict[str, Callable[[FakeBuild], bool]] = {
     "completed": lambda b: b.lifecycle == "finished",
     "successful": lambda b: b.status in ("success", "fixed"),
     "failed": lambda b: b.status in ("failed", "timedout", "infrastructure_fail"),

@@ -181,7 +181,7 @@ class Faults:
     def reset(self) -> None:
         for field in dataclasses.fields(self):
             if field.init:
-                default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default  # type: ignore[misc]
+                default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
                 setattr(self, field.name, default)
         with self._lock:
             self._rng.seed(FAILURE_SEED)

@@ -36,8 +36,8 @@ import secrets
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-import mohawk  # type: ignore[import-untyped]
-import mohawk.exc  # type: ignore[import-untyped]
+import mohawk
+import mohawk.exc
 
 from ciartfs.fakeserver.generated import GeneratedGzip
 from ciartfs.fakeserver.livelog import FakeLiveLog, now_iso

@@ -32,7 +32,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import trio
 
@@ -340,7 +340,7 @@ class Tree:
             raise UpstreamError(f"{node.path}: size unknown")
         return node.size
 
-    async def _learn_sizes(self, nodes: list[Node]) -> None:
+    async def _learn_sizes(self, nodes: Sequence[Node]) -> None:  # (`list` here is Tree.list)
         """Learn unknown file sizes concurrently. Returns when each is known or failed, or once
         `size_wait` has passed with none of them starting or finishing (the rest are slow and
         go on in the background). Never raises a CiartfsError: a failure stays on its node."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ciartfs.errors import BadListing
 
 if TYPE_CHECKING:
-    from ciartfs.providers.apidocs import ApiDocs, Keep
+    from ciartfs.providers.apidocs import JsonDocs, Keep
 
 
 def parse_time(value: Any) -> float | None:
@@ -22,7 +22,7 @@ def parse_time(value: Any) -> float | None:
         return None
 
 
-async def pages(docs: ApiDocs, url: str, *, token_param: str, token_field: str,
+async def pages(docs: JsonDocs, url: str, *, token_param: str, token_field: str,
                 params: dict[str, str | int] | None = None, keep: Keep = None) -> AsyncIterator[Any]:
     """Every page of a paginated listing, following its continuation token; a token that
     repeats (a looping server) fails the listing instead of looping forever."""

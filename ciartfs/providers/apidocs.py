@@ -14,7 +14,7 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -25,6 +25,12 @@ from ciartfs.net.client import HttpClient
 log = logging.getLogger(__name__)
 
 Keep = bool | Callable[[Any], bool] | Callable[[Any], Awaitable[bool]] | None
+
+
+class JsonDocs(Protocol):
+    """What a listing needs of ApiDocs (and of wrappers such as CircleCI's TokenAwareDocs)."""
+
+    async def get_json(self, url: str, params: Any = None, *, keep: Keep = None) -> Any: ...
 
 
 class ApiDocs:

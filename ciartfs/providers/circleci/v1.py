@@ -216,7 +216,9 @@ class CircleCIApi:
         self.host_id = urllib.parse.urlsplit(host).netloc  # for cache keys: host, never secrets
 
     def _project_url(self, vcs: str, user: str, project: str) -> str:
-        q = lambda s: urllib.parse.quote(s, safe="")  # noqa: E731
+        def q(s: str) -> str:
+            return urllib.parse.quote(s, safe="")
+
         return f"{self.api}/project/{q(vcs)}/{q(user)}/{q(project)}"
 
     async def recent_builds(self, vcs: str, user: str, project: str, count: int, *,

@@ -146,7 +146,9 @@ class CircleCIV2Api:
 
     @staticmethod
     def slug(vcs: str, user: str, project: str) -> str:
-        q = lambda s: urllib.parse.quote(s, safe="")  # noqa: E731
+        def q(s: str) -> str:
+            return urllib.parse.quote(s, safe="")
+
         return f"{V2_SLUG[vcs]}/{q(user)}/{q(project)}"
 
     async def job(self, slug: str, number: int) -> Job:
@@ -160,9 +162,10 @@ class CircleCIV2Api:
     async def pipeline_id(self, slug: str, number: int) -> str:
         url = f"{self.base}/project/{slug}/pipeline/{number}"
         doc = await self.docs.get_json(url, keep=True)  # a pipeline's id never changes
-        if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+        pipeline = doc.get("id") if isinstance(doc, dict) else None
+        if not isinstance(pipeline, str):
             raise BadListing(f"{url}: no pipeline 'id'")
-        return doc["id"]
+        return pipeline
 
     async def workflows(self, pipeline_id: str) -> list[Workflow]:
         url = f"{self.base}/pipeline/{pipeline_id}/workflow"

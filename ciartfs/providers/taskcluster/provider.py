@@ -295,6 +295,8 @@ class _Groups:
 class _Group(CompleteDir):
     """A task group: a directory per task (by taskId) and a link per unique, valid task name."""
 
+    ttl: float  # a group can always gain tasks (CompleteDir allows None)
+
     def __init__(self, api: QueueApi, ttl: float, group_id: str) -> None:
         self.api, self.ttl, self.group_id = api, ttl, group_id
         self.prefetched: list[Entry] | None = None
