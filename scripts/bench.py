@@ -672,7 +672,8 @@ class Bench:
         info["capped_first_byte_ms"] = statistics.median(rate(small)[1] for _ in range(5)) * 1000
         # 2 s worth of capped transfer, measured over the tail (after the first byte)
         rng = f"0-{min(size, 2 * self.args.rate_mib * MiB) - 1}"
-        out = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-r", rng, "-w", "%{size_download} %{time_total} %{time_starttransfer}",
+        out = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-r", rng,
+                              "-w", "%{size_download} %{time_total} %{time_starttransfer}",
                               self.storage_url(BIG_BUILD, BIG_PATH)], capture_output=True, text=True, timeout=60).stdout.split()
         info["capped_stream_mib_s"] = int(out[0]) / (float(out[1]) - float(out[2])) / MiB
         return info
@@ -702,8 +703,9 @@ class Bench:
             self.results.notes.append(f"{UNZIP}: not run, for any tool: {missing['unzip']}")
         self.link = self.link_check()
         if "capped_stream_mib_s" in self.link:
-            log("link: direct {direct_mib_s:.0f} MiB/s (fake storage, one curl stream, no proxy), files host {files_direct_mib_s:.0f} "
-                "MiB/s; latency-only proxy ({latency_shaper}) {proxy_nocap_mib_s:.0f} MiB/s; capped {capped_stream_mib_s:.1f} MiB/s per stream, "
+            log("link: direct {direct_mib_s:.0f} MiB/s (fake storage, one curl stream, no proxy), "
+                "files host {files_direct_mib_s:.0f} MiB/s; latency-only proxy ({latency_shaper}) {proxy_nocap_mib_s:.0f} MiB/s; "
+                "capped {capped_stream_mib_s:.1f} MiB/s per stream, "
                 "first byte {capped_first_byte_ms:.0f} ms".format(**self.link))
         size = a.size_mib * MiB
         peers = tuple(p.tool for p in PEERS)  # all of them: a skipped one shows as skipped
@@ -748,12 +750,12 @@ class Bench:
         for m in list(self.mounts):
             try:
                 m.stop()
-            except Exception as e:  # keep cleaning up
+            except Exception as e:  # noqa: BLE001 - keep cleaning up
                 log(f"cleanup: {m.path}: {e}")
         for h in reversed(self.helpers):
             try:
                 h.stop()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - keep cleaning up
                 log(f"cleanup: {h.name}: {e}")
         while True:  # any orphan we adopted and that has exited
             try:
@@ -822,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         log(f"interrupted ({str(e) or 'SIGINT'}): cleaning up; results so far follow")
         status = 130
-    except Exception:
+    except Exception:  # noqa: BLE001 - print it, then still report the results so far
         import traceback
         traceback.print_exc()
         status = 1

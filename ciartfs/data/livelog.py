@@ -62,7 +62,8 @@ class LiveStream:
 
     def __init__(self, key: str, url: str, spool_dir: Path | None, max_size: int) -> None:
         self.key, self.url, self.max_size = key, url, max_size
-        self.file = tempfile.TemporaryFile(dir=spool_dir)  # unlinked at once: nothing left behind
+        # unlinked at once: nothing left behind; it lives as long as the stream (close() closes it)
+        self.file = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
         self.written = 0  # bytes [0, written) are in the file
         self.pending = bytearray()  # bytes [written, seen) not yet
         self.answered = False  # the server's answer (its head) has come

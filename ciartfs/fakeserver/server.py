@@ -268,7 +268,7 @@ class FakeCI:
         except OSError:  # the client went away
             record.status = -1
             handler.close_connection = True
-        except Exception as e:  # a bug in the fake: answer 500 rather than a traceback and a dead socket
+        except Exception as e:  # noqa: BLE001 - a bug in the fake: answer 500 rather than a traceback and a dead socket
             record.status = 500
             self._send(handler, Reply(500, {"message": f"fake server error: {e!r}"}), head=method == "HEAD")
 

@@ -350,7 +350,8 @@ class HttpClient:
                 location = location_url(resp.headers["location"])
                 # most Locations are absolute (presigned URLs): urljoin only for the others
                 try:
-                    current = location if location.startswith(("http://", "https://")) else urllib.parse.urljoin(current, location)
+                    absolute = location.startswith(("http://", "https://"))
+                    current = location if absolute else urllib.parse.urljoin(current, location)
                 except ValueError:  # "//[bad": urljoin refuses it
                     raise UpstreamError(f"{redact_url(url)}: redirect to an invalid URL") from None
                 redirected = True
@@ -406,7 +407,7 @@ class HttpClient:
             hold.grow(READ_SIZE)  # the network chunk being read; nothing is sent when memory is spent
         except bodies.BudgetExhausted as e:
             raise _Retry(f"in-flight memory bound reached (see --max-inflight-memory: {e})") from None
-        async with self._open(url, accept="application/json", credentials=credentials) as (resp, final, _):
+        async with self._open(url, accept="application/json", credentials=credentials) as (resp, _final, _):
             status = resp.status_code
             if status == 404 and status not in also_ok:
                 raise NotFound(f"{redact_url(url)}: HTTP 404")
@@ -528,7 +529,7 @@ class HttpClient:
         use_target = target is not None
         fetch_url = target or url
         async with self._open(fetch_url, accept="*/*", byte_range=None,
-                              credentials=credentials and not use_target) as (resp, final, redirected):
+                              credentials=credentials and not use_target) as (resp, _final, _redirected):
             status = resp.status_code
             if status in (401, 403, 404, 410) and use_target:
                 self._targets.pop(url, None)

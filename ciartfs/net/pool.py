@@ -130,7 +130,7 @@ class _Connection:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
             try:
                 await self.stream.aclose()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failed close leaves nothing to do: the socket is closed next
                 pass
         self.socket.close()  # a no-op when aclose got that far
 

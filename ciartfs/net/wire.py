@@ -157,10 +157,10 @@ def _header_map(names: list[bytes], values: list[bytes]) -> dict[str, str]:
         joined = _TRAILING_OWS.sub(b"", joined)  # llhttp leaves the whitespace after a value
     keys = b"\n".join(names).decode("latin-1").lower().split("\n")
     texts = joined.decode("latin-1").split("\n")
-    headers = dict(zip(keys, texts))
+    headers = dict(zip(keys, texts, strict=False))
     if len(headers) < len(keys):  # a repeated name: its values joined, in order
         headers = {}
-        for key, text in zip(keys, texts):
+        for key, text in zip(keys, texts, strict=False):
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return headers
 

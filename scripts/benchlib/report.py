@@ -151,9 +151,12 @@ def machine_info() -> dict[str, Any]:
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return None
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
-    rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
+    mem = next((int(ln.split()[1]) // 1024 for ln in meminfo if ln.startswith("MemTotal")), 0)
+    rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True).stdout.strip()
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "nproc": os.cpu_count(), "cpu": cpu, "mem_mib": mem, "kernel": platform.release(),
@@ -194,7 +197,8 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
     a = args
     block = a.block_size or f"{Settings.block_size // 1024}K (ciartfs default)"
     out: dict[str, Any] = {"machine": info, "settings": {
-        "size_mib": a.size_mib, "runs": a.runs, "runs_done": res.runs_done, "quick": a.quick, "rate_mib_s_per_connection": a.rate_mib,
+        "size_mib": a.size_mib, "runs": a.runs, "runs_done": res.runs_done, "quick": a.quick,
+        "rate_mib_s_per_connection": a.rate_mib,
         "latency_ms": a.latency_ms, "memory_cache": a.memory_cache, "block_size": block,
         "grep_files": a.grep_files, "ls_files": a.ls_files, "zip_members": a.zip_members, "zip_mib": a.zip_mib,
         "peer_timeout_s": a.peer_timeout}, "link": link,
@@ -211,7 +215,8 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
           + f"; FUSE peers get {a.peer_timeout:g} s per command")
     if "capped_stream_mib_s" in link:
         print(f"link check: uncapped = the servers directly: fake storage {link['direct_mib_s']:.0f} MiB/s, files host "
-              f"{link.get('files_direct_mib_s', 0):.0f} MiB/s on one curl stream; the latency-only proxy ({link.get('latency_shaper', '?')}) carries "
+              f"{link.get('files_direct_mib_s', 0):.0f} MiB/s on one curl stream; "
+              f"the latency-only proxy ({link.get('latency_shaper', '?')}) carries "
               f"{link['proxy_nocap_mib_s']:.0f} MiB/s; capped: {link['capped_stream_mib_s']:.1f} MiB/s per stream, first byte "
               f"after {link['capped_first_byte_ms']:.0f} ms")
     print()
@@ -266,7 +271,7 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
         width=width))
     print()
     tgt = targets(res, a.memory_cache)
-    tw, mw, nw = (max(len(x) for x in col) for col in zip(*((t.text, t.measured, t.need) for t in tgt)))
+    tw, mw, nw = (max(len(x) for x in col) for col in zip(*((t.text, t.measured, t.need) for t in tgt), strict=True))
     print(f"{'targets (the issue)':<{tw}}  {'measured':>{mw}}  {'need':>{nw}}  status")
     print("-" * (tw + mw + nw + 14))
     for t in tgt:
