@@ -16,13 +16,32 @@ from pathlib import Path
 from typing import Any
 
 from ciartfs.errors import ConfigError
-from ciartfs.options import (Option, Origin, OptionValues, parse_bool, parse_path, parse_size, positive_float,
-                             positive_int, positive_size)
+from ciartfs.options import (
+    Option,
+    OptionValues,
+    Origin,
+    parse_bool,
+    parse_path,
+    parse_size,
+    positive_float,
+    positive_int,
+    positive_size,
+)
 from ciartfs.providers import registry
 from ciartfs.providers.base import Configured, Provider, check_providers
 
-__all__ = ["ConfigError", "Option", "Settings", "load_settings", "all_options", "options_by_key", "parse_bool",
-           "parse_size", "default_cache_dir", "default_config_path"]
+__all__ = [
+    "ConfigError",
+    "Option",
+    "Settings",
+    "all_options",
+    "default_cache_dir",
+    "default_config_path",
+    "load_settings",
+    "options_by_key",
+    "parse_bool",
+    "parse_size",
+]
 
 
 def default_cache_dir() -> Path:

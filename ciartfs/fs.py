@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, redact_url
 from ciartfs.data.livelog import LiveStream
 from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, redact_url
 from ciartfs.namespace.model import Artifact, Kind
 from ciartfs.namespace.names import NAME_MAX
 from ciartfs.namespace.tree import Node, Tree

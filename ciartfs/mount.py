@@ -23,19 +23,19 @@ import pyfuse3
 import trio
 
 from ciartfs import status
-from ciartfs.net.addresses import AddressRule
-from ciartfs.net.bodies import MemoryBudget
-from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.config import Settings
-from ciartfs.providers.apidocs import ApiDocs
-from ciartfs.fs import ArtifactFS
-from ciartfs.net.client import HttpClient
-from ciartfs.net.credentials import Credential, origin_of
-from ciartfs.providers.base import MountContext, ProviderMount
+from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.data.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader
 from ciartfs.errors import ConfigError
+from ciartfs.fs import ArtifactFS
 from ciartfs.namespace.model import Entry, StaticDir
 from ciartfs.namespace.tree import Tree
+from ciartfs.net.addresses import AddressRule
+from ciartfs.net.bodies import MemoryBudget
+from ciartfs.net.client import HttpClient
+from ciartfs.net.credentials import Credential, origin_of
+from ciartfs.providers.apidocs import ApiDocs
+from ciartfs.providers.base import MountContext, ProviderMount
 
 log = logging.getLogger(__name__)
 

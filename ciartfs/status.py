@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ciartfs.config import default_cache_dir
-from ciartfs.providers import registry
 from ciartfs.private_dir import NotPrivate, why_not_private
+from ciartfs.providers import registry
 
 # How often a mount rewrites its status file (seconds): fresh enough for a human.
 PUBLISH_INTERVAL = 2.0

@@ -72,11 +72,28 @@ except ImportError:
     sys.exit("bench: ciartfs is not importable; run ./scripts/setup.sh, then .venv/bin/python scripts/bench.py")
 
 # scripts/benchlib/: the helper package (scripts/ is on sys.path when this file runs)
-from benchlib.common import MiB, Failed, TimedOut, log, nginx_shaper_available, proc_tree_cpu  # noqa: E402
+from benchlib.common import Failed, MiB, TimedOut, log, nginx_shaper_available, proc_tree_cpu  # noqa: E402
 from benchlib.data import BIG_BUILD, BIG_PATH, GREP_BUILD, LS_BUILD, NEEDLE, PROJECT, ZIP_BUILD, ZIP_PATH, generate  # noqa: E402
 from benchlib.mounts import PEERS, CiartfsMount, FuseMount, PeerMount  # noqa: E402
-from benchlib.report import (ARIA, CIARTFS, COLD_CAPPED, COLD_UNCAPPED, CURL, GREP, LOCAL, LS, LS_BASE, RECIPE,  # noqa: E402
-                          UNZIP, UNZIP_BASE, WARM, Results, Sample, machine_info, report)
+from benchlib.report import (  # noqa: E402
+    ARIA,
+    CIARTFS,
+    COLD_CAPPED,
+    COLD_UNCAPPED,
+    CURL,
+    GREP,
+    LOCAL,
+    LS,
+    LS_BASE,
+    RECIPE,
+    UNZIP,
+    UNZIP_BASE,
+    WARM,
+    Results,
+    Sample,
+    machine_info,
+    report,
+)
 
 PY = sys.executable
 

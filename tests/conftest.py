@@ -163,8 +163,8 @@ class MountFactory:
                "--log-file", str(log), "-v", "--timeout", "5", *args]
         extra = {"CIRCLE_TOKEN": token} if token else {}
         extra.update(env or {})
-        proc = subprocess.Popen(cmd, env=clean_env(self.tmp_path, **extra),
-                                stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(".stderr"), "wb"))
+        with open(log.with_suffix(".stderr"), "wb") as stderr:  # the child keeps its own copy
+            proc = subprocess.Popen(cmd, env=clean_env(self.tmp_path, **extra), stdout=subprocess.DEVNULL, stderr=stderr)
         mounted = Mounted(path, log, proc)
         self.mounts.append(mounted)
         deadline = time.monotonic() + MOUNT_TIMEOUT

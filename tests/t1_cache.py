@@ -3,6 +3,7 @@ mount: a killed daemon's temp files are cleared at start."""
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -37,9 +38,9 @@ def test_corrupt_disk_block_is_dropped_not_served(tmp_path, damage, caplog):
     store = DiskStore(tmp_path, 1 << 20)
     store.put("key", b"x" * 1000)
     (path,) = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
-    raw = open(path, "rb").read()
+    raw = Path(path).read_bytes()
     raw = {"truncate": raw[:-10], "flip": raw[:-1] + bytes([raw[-1] ^ 1]), "empty": b""}[damage]
-    open(path, "wb").write(raw)
+    Path(path).write_bytes(raw)
     assert store.get("key") is None
     assert not os.path.exists(path)
     assert "corrupt" in caplog.text

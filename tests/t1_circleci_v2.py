@@ -25,7 +25,7 @@ def test_parse_job_shapes():
 
 def test_unique_names_rule():
     items = [("ci", 2), ("ci", 1), ("a/b", 3), ("", 4), ("..", 5), ("x" * 300, 6), ("ci~2", 7)]
-    names = dict((item[1], name) for name, item in unique_names(items, lambda i: i[0], lambda i: i[1]))
+    names = {item[1]: name for name, item in unique_names(items, lambda i: i[0], lambda i: i[1])}
     assert names[1] == "ci" and names[2] == "ci~2" and names[7] == "ci~2~2"
     assert names[3] == "a%2Fb" and names[4] == "_" and names[5] == "_.."
     assert len(names[6].encode()) <= 255 and names[6].startswith("x" * 200)

@@ -59,7 +59,8 @@ def test_unknown_key_and_bad_values_are_one_line_errors(tmp_path):
 def test_token_sources(tmp_path):
     tok = write(tmp_path / "tok", "file-token\n")
     assert load_settings({}, env={"CIRCLE_TOKEN": "env-token"}).provider("circleci").token == "env-token"
-    assert load_settings({"circleci_token_file": str(tok)}, env={"CIRCLE_TOKEN": "env-token"}).provider("circleci").token == "file-token"
+    from_file = load_settings({"circleci_token_file": str(tok)}, env={"CIRCLE_TOKEN": "env-token"})
+    assert from_file.provider("circleci").token == "file-token"
     cfg = write(tmp_path / "c.toml", f'circleci_token_file = "{tok}"\n')
     assert load_settings({}, env={}, config_path=cfg).provider("circleci").token == "file-token"
     assert load_settings({}, env={"CIRCLE_TOKEN": "env-token"}, config_path=cfg).provider("circleci").token == "env-token"
@@ -111,8 +112,8 @@ def test_allow_private_addresses_from_flag_env_or_file(tmp_path):
 
 
 def test_the_address_rule_knows_the_configured_api_hosts(tmp_path):
-    from ciartfs.net.addresses import AddressClass
     from ciartfs.mount import Mount, api_hosts
+    from ciartfs.net.addresses import AddressClass
 
     s = load_settings({"circleci_host": "http://127.0.0.1:8080", "taskcluster_root_url": "https://tc.example",
                        "cache_dir": str(tmp_path / "c")}, env={})

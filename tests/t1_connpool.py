@@ -15,11 +15,11 @@ import pytest
 import trio
 import trustme
 
+from ciartfs.errors import BadListing, UpstreamError, UpstreamTimeout
 from ciartfs.net import pool as connpool
+from ciartfs.net.client import HttpClient
 from ciartfs.net.pool import MAX_INFORMATIONAL, PoolPerOrigin, _Origin
 from ciartfs.net.wire import HEAD_END, ResponseParser, parse_url
-from ciartfs.errors import BadListing, UpstreamError, UpstreamTimeout
-from ciartfs.net.client import HttpClient
 
 BODY = b"0123456789"
 JSON_CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -67,16 +67,16 @@ SCRIPTS: dict[bytes, tuple[bytes, str]] = {
     b"/same-length-twice": (PARTIAL + b"Content-Length: 4\r\n\r\n" + BODY[:4], "keep"),
     b"/length-and-chunked": (PARTIAL + b"Transfer-Encoding: chunked\r\n\r\n4\r\n" + BODY[:4] + b"\r\n0\r\n\r\n", "keep"),
     b"/gzip-transfer-coding": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b", "close"),
-    b"/bad-chunk": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"zz\r\n{}\r\n0\r\n\r\n", "keep"),
-    b"/chunked-trailers": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                          b"3;x=1\r\n[1]\r\n0\r\nX-Checksum: abc\r\n\r\n", "keep"),
+    b"/bad-chunk": ((b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"zz\r\n{}\r\n0\r\n\r\n"), "keep"),
+    b"/chunked-trailers": ((b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"3;x=1\r\n[1]\r\n0\r\nX-Checksum: abc\r\n\r\n"), "keep"),
     b"/chunked-then-junk": (JSON_CHUNKED + b"JUNK", "keep"),
     b"/chunked-cut": (JSON_CHUNKED[:-10], "close"),
     b"/http10-keep-alive": (b"HTTP/1.0 206 Partial Content\r\nConnection: keep-alive\r\n" + RANGE_ONLY
                             + b"Content-Length: 4\r\n\r\n" + BODY[:4], "keep"),
-    b"/not-gzip-json": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-                        b"Content-Length: 6\r\n\r\n[1, 2]", "keep"),
+    b"/not-gzip-json": ((b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                         b"Content-Length: 6\r\n\r\n[1, 2]"), "keep"),
     # cut short by the server closing: worth a retry
     b"/head-cut": (b"HTTP/1.1 206 Partial Content\r\nContent-", "close"),
     # a redirect whose own body breaks off: its Location is all that matters
@@ -87,7 +87,8 @@ SCRIPTS: dict[bytes, tuple[bytes, str]] = {
 }
 TRICKLED = PARTIAL + b"X-Amz-Request-Id: " + b"r" * 200 + b"\r\n\r\n" + BODY[:4]
 BROKEN = ["/status-600", "/http2-status-line", "/switching-protocols", "/same-length-twice", "/length-and-chunked",
-          "/gzip-transfer-coding", "/huge-head", "/two-lengths", "/space-before-colon", "/http09", "/http09-close", "/spdy", "/status-2000",
+          "/gzip-transfer-coding", "/huge-head", "/two-lengths", "/space-before-colon", "/http09", "/http09-close", "/spdy",
+          "/status-2000",
           "/status-099", "/negative-length", "/huge-length", "/5000-digit-length", "/huge-length-after-1xx",
           "/cr-in-location", "/nul-in-location", "/continue-storm"]
 

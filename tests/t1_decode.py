@@ -18,11 +18,11 @@ import trio
 from ciartfs.data import decode as decode_module
 from ciartfs.data import reader as reader_module
 from ciartfs.data.cache import DiskStore, MemoryCache
+from ciartfs.data.reader import Reader, ReadStream
 from ciartfs.errors import Forbidden, UpstreamError
 from ciartfs.fakeserver.generated import GeneratedGzip
-from ciartfs.net.client import HttpClient
-from ciartfs.data.reader import Reader, ReadStream
 from ciartfs.namespace.model import Artifact
+from ciartfs.net.client import HttpClient
 
 BLOCK = 64 << 10
 

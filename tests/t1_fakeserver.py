@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TOKEN  # the conftest `fake` fixture accepts it
 from ciartfs.fakeserver import FakeArtifact, FakeBuild, FakeCI, FakeProject, Faults, Recorded, demo_dataset
+from conftest import TOKEN  # the conftest `fake` fixture accepts it
 
 JSON = {"Accept": "application/json"}
 DATA = bytes(range(256)) * 4  # 1024 bytes
@@ -155,7 +155,7 @@ def test_artifact_listing_fields_order_and_urls(fake, project):
     tail = odd_url.split("/3/1/", 1)[1]
     assert [urllib.parse.unquote(s) for s in tail.split("/")] == ODD.split("/")
     # each URL leads to its own bytes
-    for a, data in zip(listing, (DATA, b"z", b"<xml/>", b"odd")):
+    for a, data in zip(listing, (DATA, b"z", b"<xml/>", b"odd"), strict=True):
         assert HTTP.get(a["url"], follow_redirects=True).content == data
 
 

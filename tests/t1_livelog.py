@@ -11,10 +11,9 @@ import pytest
 import trio
 
 from ciartfs.data import livelog
+from ciartfs.data.livelog import LiveLogs
 from ciartfs.errors import ArtifactExpired, CiartfsError
 from ciartfs.net.client import HttpClient
-from ciartfs.data.livelog import LiveLogs
-
 from datasets import slug
 
 
@@ -112,7 +111,7 @@ async def test_a_read_waits_briefly_for_bytes_not_yet_arrived(fake, running, tmp
 
 
 async def test_memory_stays_bounded_for_a_large_log(fake, running, tmp_path, monkeypatch):
-    task, run, live = running
+    task, _run, live = running
     monkeypatch.setattr(livelog, "PENDING_LIMIT", 64 << 10)
     rng = random.Random(5)
     body = b"".join(b"%08d %s\n" % (i, rng.randbytes(40).hex().encode()) for i in range(60_000))  # ~5.4 MiB

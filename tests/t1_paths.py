@@ -6,6 +6,7 @@ import pytest
 
 from ciartfs.namespace.names import FileTree, place_artifacts, split_artifact_path
 
+
 def flatten(tree: FileTree, prefix: str = "") -> dict[str, object]:
     out = {prefix + name: value for name, value in tree.files.items()}
     for name, sub in tree.dirs.items():
@@ -112,8 +113,8 @@ def test_the_name_rule_refuses_what_no_file_name_can_be():
 
 
 def test_v2_names_with_lone_surrogates_become_usable_names():
-    from ciartfs.providers.circleci.v2 import unique_names
     from ciartfs.namespace.names import name_problem
+    from ciartfs.providers.circleci.v2 import unique_names
 
     named = unique_names(["build\ud800", "build?", "ok"], name_of=lambda x: x, order_of=lambda x: 0)
     assert [name for name, _ in named] == ["build?", "build?~2", "ok"]

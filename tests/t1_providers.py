@@ -20,7 +20,6 @@ import pytest
 import trio
 
 import toy_provider
-from conftest import TOKEN, clean_env, wait_for
 from ciartfs import status
 from ciartfs.config import all_options, load_settings
 from ciartfs.errors import CiartfsError, ConfigError
@@ -29,6 +28,7 @@ from ciartfs.fakeserver.server import API_MODULES, SHARED_MODULES, api_modules_f
 from ciartfs.options import Option, OptionValues, parse_url
 from ciartfs.providers import registry
 from ciartfs.providers.base import Provider, check_providers
+from conftest import TOKEN, clean_env, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY_ENV = {registry.EXTRA_PROVIDERS_ENV: "toy_provider:PROVIDER"}

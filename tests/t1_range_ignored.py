@@ -15,10 +15,10 @@ import trio
 from ciartfs.data import decode as decode_module
 from ciartfs.data import fill as fill_module
 from ciartfs.data.cache import DiskStore, MemoryCache
-from ciartfs.errors import UpstreamError
-from ciartfs.net.client import HttpClient
 from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.errors import UpstreamError
 from ciartfs.namespace.model import Artifact
+from ciartfs.net.client import HttpClient
 
 URL = "https://1-2-gh.circle-artifacts.example/0/report.html"
 BS = 4096

@@ -7,11 +7,12 @@ import trio
 
 from ciartfs.data import writebehind as writebehind_module
 from ciartfs.data.cache import DiskStore, MemoryCache
-from ciartfs.net.client import HttpClient
 from ciartfs.data.reader import Reader, ReadStream
 from ciartfs.data.writebehind import WriteBehind
-from ciartfs.net.bodies import MemoryBudget
 from ciartfs.namespace.model import Artifact
+from ciartfs.net.bodies import MemoryBudget
+from ciartfs.net.client import HttpClient
+
 
 def _on_disk(store: DiskStore, keys: list[str]) -> list[str]:
     return [k for k in keys if store.contains(k)]

@@ -12,10 +12,10 @@ import pytest
 import trio
 
 from ciartfs.data.cache import DiskStore, MemoryCache
-from ciartfs.errors import ContentMismatch, Offline, UpstreamError
-from ciartfs.net.client import HttpClient
 from ciartfs.data.reader import Reader
+from ciartfs.errors import ContentMismatch, Offline, UpstreamError
 from ciartfs.namespace.model import Artifact
+from ciartfs.net.client import HttpClient
 
 BS = 4096
 DATA = bytes(range(256)) * 80  # 20480 bytes: 5 blocks

@@ -31,7 +31,7 @@ def test_archives_indexed_at_their_end_are_read_tail_first():
     assert source_for_name("zip") is RANGED and source_for_name("notes.zip.txt") is RANGED
     assert source_for_name("report.html") is RANGED
     # shared descriptors: an artifact holds a reference, not an object of its own
-    assert RANGED == sources.RangedUrl() and TAIL_FIRST == sources.RangedUrl(tail_first=True)
+    assert sources.RangedUrl() == RANGED and sources.RangedUrl(tail_first=True) == TAIL_FIRST
     assert not hasattr(RANGED, "__dict__")
 
 

@@ -11,10 +11,10 @@ import threading
 import httpx
 import pytest
 
-from ciartfs.net.pool import PoolPerOrigin
 from ciartfs.errors import UpstreamError
 from ciartfs.net.client import HttpClient
 from ciartfs.net.credentials import HeaderCredential, origin_of
+from ciartfs.net.pool import PoolPerOrigin
 from ciartfs.net.wire import parse_url
 
 DOC = {"acceptDownloadMethods": {"getUrl": True}}

@@ -92,6 +92,6 @@ def test_status_output_has_no_control_characters() -> None:
                      "bytes_served": 0},
            "disk_bytes": 0, "memory_bytes": 0, "errors": {"EIO\x1b[31m": 1}}
     text = status.format_status(doc)
-    assert not any(ord(c) < 32 and c != "\n" or 0x7f <= ord(c) <= 0x9f for c in text)
+    assert not any((ord(c) < 32 and c != "\n") or 0x7f <= ord(c) <= 0x9f for c in text)
     assert text.count("\n") == 5  # six lines, one per field, none added by the document
     assert "/mnt/]0;ownedxfake line" in text

@@ -15,7 +15,6 @@ from ciartfs.errors import ConfigError
 from ciartfs.providers.taskcluster import provider as taskcluster
 from datasets import slug
 
-
 # -- temporary credentials: the certificate goes in the Hawk `ext` ------------------------------
 
 CERT = {"version": 1, "scopes": ["queue:get-artifact:private/*"], "start": 1796000000000, "expiry": 1796090000000,

@@ -5,8 +5,8 @@ nothing the kernel still holds (or holds something below) is ever dropped."""
 from __future__ import annotations
 
 from ciartfs.namespace.model import Artifact, Entry, Kind, StaticDir
-
 from ciartfs.namespace.tree import Tree
+
 
 class CountingDir(StaticDir):
     """A static directory that counts how often it is listed."""
@@ -49,7 +49,7 @@ async def visit(tree: Tree, *names: str):
 
 
 async def test_a_subtree_the_kernel_forgot_is_dropped_and_listed_again():
-    tree, builds, build = make_tree()
+    tree, _builds, build = make_tree()
     one, children = await visit(tree, "proj", "1")
     assert len(tree.nodes) == 1 + 2 + 100 and build.listed == 1
     for child in children:  # the kernel forgets the files: the build dir is still held
@@ -64,7 +64,7 @@ async def test_a_subtree_the_kernel_forgot_is_dropped_and_listed_again():
 
 
 async def test_nothing_under_a_held_node_is_dropped():
-    tree, builds, build = make_tree()
+    tree, _builds, build = make_tree()
     one, children = await visit(tree, "proj", "1")
     held = children[7]
     proj = tree.root.children["proj"]

@@ -15,11 +15,11 @@ import trio
 
 from ciartfs.data import reader as reader_module
 from ciartfs.data.cache import MemoryCache
-from ciartfs.errors import ArtifactExpired, CiartfsError, Forbidden, UpstreamError
-from ciartfs.net.client import HttpClient
 from ciartfs.data.reader import Reader
+from ciartfs.errors import ArtifactExpired, CiartfsError, Forbidden, UpstreamError
 from ciartfs.namespace.model import Artifact, Entry, Kind, StaticDir
 from ciartfs.namespace.tree import SIZE_PROBE_CONCURRENCY, Node, Tree
+from ciartfs.net.client import HttpClient
 
 WAIT = 2.0
 

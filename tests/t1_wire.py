@@ -16,7 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ciartfs.net.pool import _Exchange
-from ciartfs.net.wire import MAX_CONTENT_LENGTH, BrokenAnswer, ResponseParser, header_dict, parse_url, request_fields, request_head
+from ciartfs.net.wire import (
+    MAX_CONTENT_LENGTH,
+    BrokenAnswer,
+    ResponseParser,
+    header_dict,
+    parse_url,
+    request_fields,
+    request_head,
+)
 
 TOKEN_CHARS = "!#$%&'*+.^_`|~-" + "0123456789" + "abcdefghijklmnopqrstuvwxyz" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -144,7 +152,8 @@ field_names = st.one_of(st.sampled_from([b"Content-Length", b"content-length", b
                         st.sampled_from([b"Content-Length ", b"X\xe9", b"X\x00"]))
 field_values = st.lists(st.sampled_from([b"0", b"4", b"10", b"0004", b"1" + b"0" * 23, b"9223372036854775807",
                                          b"9223372036854775808", b"18446744073709551615", b",", b" ", b"\t", b"chunked",
-                                         b"CHUNKED", b"gzip", b"chunked, gzip", b"gzip, chunked", b"chunked,", b";q=1", b"close", b"keep-alive", b"-", b"+", b"\x00", b"\r",
+                                         b"CHUNKED", b"gzip", b"chunked, gzip", b"gzip, chunked", b"chunked,", b";q=1", b"close",
+                                         b"keep-alive", b"-", b"+", b"\x00", b"\r",
                                          b"\x7f", b"\xe9", b"a", FOLD]), max_size=4)
 reasons = st.lists(st.sampled_from([b" ", b"\t", b"\x00", b"\xe9", b"\x7f", b"OK", b"Partial Content", b"\r"]),
                    max_size=3).map(b"".join)
@@ -413,8 +422,8 @@ def our_target(url: str) -> tuple[str, str, int, str] | None:
        host=st.lists(st.sampled_from(["a", "Z", "9", "255", "256", "01", ".", "-", "[::1]", "@", "ü", "%41", ":", "_"]),
                      max_size=8).map("".join),
        port=st.sampled_from(["", ":", ":80", ":443", ":8080", ":0", ":65536", ":x"]),
-       rest=st.lists(st.sampled_from(["/", "a", "?", "=", "&", "%", "%2F", "%2f", "%e9", "%zz", ".", "..", "#", " ", "~", "'", "\\",
-                                      "\"", "<", "{", "é", "\x7f", "+", ";", "@"]), max_size=8).map("".join))
+       rest=st.lists(st.sampled_from(["/", "a", "?", "=", "&", "%", "%2F", "%2f", "%e9", "%zz", ".", "..", "#", " ", "~", "'",
+                                      "\\", "\"", "<", "{", "é", "\x7f", "+", ";", "@"]), max_size=8).map("".join))
 def test_urls_are_split_as_httpx_splits_them(scheme, host, port, rest):
     url = f"{scheme}://{host}{port}{rest}"
     assert our_target(url) == httpx_target(url)

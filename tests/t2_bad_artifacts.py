@@ -76,7 +76,7 @@ async def test_each_bad_artifact_fails_with_its_own_errno_and_says_why(fake, inp
 
 async def test_a_bad_artifact_looked_up_by_name_is_there_and_fails_on_open(fake, inproc):
     """Opening a bad file by name (a lookup, no listing) finds it, and fails on open."""
-    rel, bad = bad_directory(fake, **{"expired.txt": {"storage_status": 410}})
+    rel, _bad = bad_directory(fake, **{"expired.txt": {"storage_status": 410}})
     fs = await inproc()
     fs.expect_errors = True
     assert await errno_of(fs.open(f"{rel}/expired.txt")) == errno.ENOENT

@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 
 from conftest import TOKEN, blob
-from datasets import BIG, html_gets as gets, site
+from datasets import BIG, site
+from datasets import html_gets as gets
 
 
 async def test_listing_sizes_of_reports_ignoring_range_downloads_each_at_most_once(fake, inproc):

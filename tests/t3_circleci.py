@@ -7,10 +7,10 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import stat
 import subprocess
 import sys
-import shutil
 import threading
 import time
 from pathlib import Path

@@ -9,7 +9,8 @@ import os
 import subprocess
 
 from conftest import TOKEN, blob
-from datasets import BIG, html_gets as gets, site
+from datasets import BIG, site
+from datasets import html_gets as gets
 
 
 def sha256sum(path) -> str:

@@ -31,6 +31,11 @@ def disk_usage(path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _expect_missing(path) -> None:
+    with pytest.raises(FileNotFoundError):
+        os.stat(path)
+
+
 def test_sha256sum_of_a_gzip_log_larger_than_the_memory_cache(fake, mount):
     log = GeneratedGzip.text(64 << 20, seed=21)
     fake.queue.add_task(TASK).add_run("completed").add_artifact("public/logs/live.log", generated=log)
@@ -123,11 +128,11 @@ def test_other_requests_answer_within_100ms_while_a_log_and_a_bomb_decode(fake, 
             # each of these reaches the filesystem: xattrs and failed lookups are never cached by
             # the kernel; a first read of a block and a first lookup of a name are not either
             timed(lambda: os.getxattr(target, "user.ciartfs.url"))
-            timed(lambda: pytest.raises(FileNotFoundError, os.stat, here / f"missing-{i}"))
+            timed(lambda i=i: _expect_missing(here / f"missing-{i}"))
             if i < 200:
-                timed(lambda: (here / f"small/f{i}.txt").read_bytes())
+                timed(lambda i=i: (here / f"small/f{i}.txt").read_bytes())
             if i < 128:  # 128 blocks of 128 KiB, in an order the kernel's read-ahead cannot guess
-                timed(lambda: os.pread(fd, 4096, (i * 37 % 128) * (128 << 10)))
+                timed(lambda i=i: os.pread(fd, 4096, (i * 37 % 128) * (128 << 10)))
             i += 1
     finally:
         os.close(fd)

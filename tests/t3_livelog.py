@@ -4,6 +4,7 @@ return what has arrived, `tail -f` follows it, and the resolved run serves live_
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -157,8 +158,8 @@ def test_readers_of_one_log_share_one_stream(fake, mount, running):
     _, _, live = running
     m = tc_mount(mount, fake)
     path = m.path / "taskcluster" / slug(7) / "0/public/logs/live.log"
-    handles = [open(path, "rb") for _ in range(4)]
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(path, "rb")) for _ in range(4)]
         for f in handles:
             assert f.read() == lines(0, 20)
         live.write(lines(20, 21))
@@ -170,9 +171,6 @@ def test_readers_of_one_log_share_one_stream(fake, mount, running):
                 got += f.read()
                 time.sleep(0.05)
         assert len(livelog_requests(fake)) == 1
-    finally:
-        for f in handles:
-            f.close()
     # all released: the stream is closed; a new open makes a new one
     assert path.read_bytes() == lines(0, 21)
     assert len(livelog_requests(fake)) == 2

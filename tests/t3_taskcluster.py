@@ -10,6 +10,7 @@ import pytest
 
 from datasets import slug, tc_dataset, tc_mount
 
+
 @pytest.fixture
 def tc(fake):
     return tc_dataset(fake)

@@ -19,10 +19,10 @@ import httpx
 import pytest
 import trio
 
-from ciartfs.net.bodies import BudgetExhausted, Decoder, MemoryBudget, TooLarge, UnsupportedEncoding, parsed_size_bound
 from ciartfs.config import load_settings
 from ciartfs.errors import BadListing, ConfigError, UpstreamError
 from ciartfs.fakeserver.circleci_v1 import HOSTILE_EXPANSION_BYTES
+from ciartfs.net.bodies import BudgetExhausted, Decoder, MemoryBudget, TooLarge, UnsupportedEncoding, parsed_size_bound
 from ciartfs.net.client import MAX_JSON_BYTES, HttpClient
 from conftest import TOKEN
 
@@ -205,7 +205,8 @@ def test_max_inflight_memory_from_flag_env_and_file(tmp_path):
     assert load_settings({}, env={}, config_path=tmp_path / "c.toml").max_inflight_memory == 1 << 30
     assert load_settings({}, env={"CIARTFS_MAX_INFLIGHT_MEMORY": "64M"},
                          config_path=tmp_path / "c.toml").max_inflight_memory == 64 * MIB
-    assert load_settings({"max_inflight_memory": "32M"}, env={"CIARTFS_MAX_INFLIGHT_MEMORY": "64M"}).max_inflight_memory == 32 * MIB
+    flag_over_env = load_settings({"max_inflight_memory": "32M"}, env={"CIARTFS_MAX_INFLIGHT_MEMORY": "64M"})
+    assert flag_over_env.max_inflight_memory == 32 * MIB
     with pytest.raises(ConfigError, match="at least 16M"):
         load_settings({"max_inflight_memory": "1M"}, env={})
 
@@ -239,8 +240,8 @@ def _vm(pid: int, field: str) -> int:
 
 def test_hostile_listings_fail_with_eio_and_memory_stays_under_the_ceiling(fake, mount):
     # one project each: lookups in one directory are serialised by the kernel
-    kinds = {n: "endless" for n in range(1, 17)} | {n: "expansion" for n in range(17, 33)} \
-        | {n: "gzip-bomb" for n in range(33, 41)}
+    kinds = dict.fromkeys(range(1, 17), "endless") | dict.fromkeys(range(17, 33), "expansion") \
+        | dict.fromkeys(range(33, 41), "gzip-bomb")
     for n, kind in kinds.items():
         fake.add_project("github", f"evil{n}", "api", private=True).add_build(build_num=1, stop_time=STOP)
         fake.faults.hostile_json[f"/api/v1.1/project/github/evil{n}/api/1/artifacts"] = kind
@@ -259,8 +260,8 @@ def test_hostile_listings_fail_with_eio_and_memory_stays_under_the_ceiling(fake,
         return None
 
     with concurrent.futures.ThreadPoolExecutor(len(kinds)) as pool:
-        results = dict(zip(kinds, pool.map(listing, kinds)))
-    assert results == {n: errno.EIO for n in kinds}
+        results = dict(zip(kinds, pool.map(listing, kinds), strict=True))
+    assert results == dict.fromkeys(kinds, errno.EIO)
     peak = _vm(m.proc.pid, "VmHWM")
     # Before bounding: 32 endless listings took 2088 MiB, 8 gzip bombs 955 MiB. Measured
     # after: 136-149 MiB for all 40 at once (the daemon starts at ~35 MiB).

@@ -20,7 +20,6 @@ import pytest
 from ciartfs.cli.mountpoint import is_mounted
 from conftest import clean_env, require_fuse, wait_for
 
-
 INSTALLED_COMMAND = os.path.join(os.path.dirname(sys.executable), "ciartfs")
 
 
@@ -329,7 +328,7 @@ def test_without_xdg_runtime_dir_status_is_kept_in_the_users_own_directory(cli, 
     shared_tmp.mkdir(mode=0o1777)
     mp = cli.mountpoint()
     monkeypatch.setenv("TMPDIR", str(shared_tmp))  # clean_env passes it on
-    cli_env = dict(without=("XDG_RUNTIME_DIR",))
+    cli_env = {"without": ("XDG_RUNTIME_DIR",)}
     assert cli.run("mount", str(mp), *cli.settings(), **cli_env).returncode == 0
     assert wait_for(lambda: [m["mountpoint"] for m in json.loads(cli.run("status", "--json", **cli_env).stdout)]
                     == [os.path.realpath(mp)])

@@ -32,8 +32,8 @@ from ciartfs.data.blocks import Blocks
 from ciartfs.data.decode import MEMORY_ONLY_DECODE_SHARE, WHOLE_FETCH_TIMEOUT_FACTOR
 from ciartfs.errors import CiartfsError, UpstreamError, UpstreamTimeout, again, redact_url
 from ciartfs.namespace.model import Artifact
-from ciartfs.net.ranges import BodyCut, RangeReply, WholeBody
 from ciartfs.net.pool import READ_SIZE
+from ciartfs.net.ranges import BodyCut, RangeReply, WholeBody
 
 log = logging.getLogger(__name__)
 

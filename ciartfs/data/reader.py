@@ -39,6 +39,7 @@ from typing import Any
 import cachetools
 import trio
 
+from ciartfs.data import sources
 from ciartfs.data.blocks import Blocks, Stats
 from ciartfs.data.cache import DiskStore, MemoryCache, SingleFlight
 from ciartfs.data.decode import MAX_DECODED_SIZE, WholeDecoder
@@ -46,7 +47,6 @@ from ciartfs.data.fill import Fills
 from ciartfs.data.hashes import HashChecks
 from ciartfs.data.livelog import LiveLogs
 from ciartfs.data.readahead import PREFETCH_CONCURRENCY, READAHEAD_BYTES, RUN_BYTES, ReadStream, plan, requests
-from ciartfs.data import sources
 from ciartfs.data.sources import SourceReader
 from ciartfs.data.writebehind import MAX_PENDING_DISK_BYTES, WriteBehind
 from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, again, redact_url

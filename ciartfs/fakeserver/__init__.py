@@ -38,6 +38,22 @@ from ciartfs.fakeserver.server import FakeCI
 from ciartfs.fakeserver.storage import BlobStore
 from ciartfs.fakeserver.taskcluster import FakeQueue, FakeRun, FakeTask, FakeTcArtifact
 
-__all__ = ["FakeCI", "FakeProject", "FakeBuild", "FakeArtifact", "Faults", "Recorded", "demo_dataset",
-           "FakeQueue", "FakeTask", "FakeRun", "FakeTcArtifact", "InternalService",
-           "BlobStore", "Route", "Request", "Reply", "Served"]
+__all__ = [
+    "BlobStore",
+    "FakeArtifact",
+    "FakeBuild",
+    "FakeCI",
+    "FakeProject",
+    "FakeQueue",
+    "FakeRun",
+    "FakeTask",
+    "FakeTcArtifact",
+    "Faults",
+    "InternalService",
+    "Recorded",
+    "Reply",
+    "Request",
+    "Route",
+    "Served",
+    "demo_dataset",
+]

@@ -306,5 +306,5 @@ def _iso(stamp: str | None) -> str | None:
     except ValueError:
         return stamp  # odd values are the test's business
     if t.tzinfo is not None:
-        t = t.astimezone(datetime.timezone.utc)
+        t = t.astimezone(datetime.UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"

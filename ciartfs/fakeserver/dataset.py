@@ -30,10 +30,10 @@ def _coverage(build: int) -> dict[str, bytes]:
              '<link rel="stylesheet" href="style.css"></head>\n'
              f'<body><h1>Coverage: {80 + build % 15}%</h1>\n<ul><li><a href="src/app.py.html">src/app.py</a></li></ul>'
              "</body></html>\n").encode()
-    page = ('<!DOCTYPE html>\n<html><head><title>src/app.py</title><link rel="stylesheet" href="../style.css">'
-            '</head>\n<body><pre>\n<span class="covered">def handler(request):</span>\n'
-            '<span class="missed">    raise NotImplementedError</span>\n</pre>'
-            '<a href="../index.html">back</a></body></html>\n').encode()
+    page = (b'<!DOCTYPE html>\n<html><head><title>src/app.py</title><link rel="stylesheet" href="../style.css">'
+            b'</head>\n<body><pre>\n<span class="covered">def handler(request):</span>\n'
+            b'<span class="missed">    raise NotImplementedError</span>\n</pre>'
+            b'<a href="../index.html">back</a></body></html>\n')
     return {"coverage/index.html": index, "coverage/style.css": _CSS, "coverage/src/app.py.html": page}
 
 

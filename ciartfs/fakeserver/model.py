@@ -137,8 +137,8 @@ def _shift(stamp: str, seconds: float) -> str:
     """An ISO-8601 UTC time moved by some seconds, as "YYYY-MM-DDTHH:MM:SSZ"."""
     t = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.timezone.utc)
-    t = t.astimezone(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+        t = t.replace(tzinfo=datetime.UTC)
+    t = t.astimezone(datetime.UTC) + datetime.timedelta(seconds=seconds)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

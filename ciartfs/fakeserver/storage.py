@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import itertools
+import math
 import re
 import secrets
 import socket

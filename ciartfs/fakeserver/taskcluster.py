@@ -93,7 +93,7 @@ class FakeTcArtifact:
 
     @property
     def expired(self) -> bool:
-        return _parse_iso(self.expires) <= datetime.datetime.now(datetime.timezone.utc)
+        return _parse_iso(self.expires) <= datetime.datetime.now(datetime.UTC)
 
     @property
     def stored(self) -> bytes:

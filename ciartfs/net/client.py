@@ -52,12 +52,6 @@ import cachetools
 import httpx
 import trio
 
-from ciartfs.net import bodies, ranges
-from ciartfs.net.addresses import AddressRule
-from ciartfs.net.bodies import Hold, MemoryBudget
-from ciartfs.net.credentials import Credential
-from ciartfs.net.pool import READ_SIZE, PoolPerOrigin, Reply, ViaHttpx
-from ciartfs.net.ranges import BodyCut, RangeReply, WholeBody
 from ciartfs.errors import (
     AddressRefused,
     ArtifactExpired,
@@ -69,6 +63,12 @@ from ciartfs.errors import (
     UpstreamTimeout,
     redact_url,
 )
+from ciartfs.net import bodies, ranges
+from ciartfs.net.addresses import AddressRule
+from ciartfs.net.bodies import Hold, MemoryBudget
+from ciartfs.net.credentials import Credential
+from ciartfs.net.pool import READ_SIZE, PoolPerOrigin, Reply, ViaHttpx
+from ciartfs.net.ranges import BodyCut, RangeReply, WholeBody
 from ciartfs.net.wire import BrokenAnswer, Target, parse_url
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ciartfs.fakeserver import FakeCI
 from common import serve_commands  # run as a script: scripts/benchlib/ is on sys.path
+
+from ciartfs.fakeserver import FakeCI
 
 
 class BenchCI(FakeCI):

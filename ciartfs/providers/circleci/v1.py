@@ -21,14 +21,14 @@ from typing import Any
 import httpx
 import trio
 
-from ciartfs.providers import parse_time
-from ciartfs.errors import BadListing, CiartfsError, Forbidden, NotFound, redact_url
-from ciartfs.providers.apidocs import ApiDocs, Keep
-from ciartfs.net.credentials import HeaderCredential, origin_of
-from ciartfs.net.wire import parse_url
 from ciartfs.data.sources import source_for_name
+from ciartfs.errors import BadListing, CiartfsError, Forbidden, NotFound, redact_url
 from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind, StaticDir
 from ciartfs.namespace.names import place_artifacts, tree_entries
+from ciartfs.net.credentials import HeaderCredential, origin_of
+from ciartfs.net.wire import parse_url
+from ciartfs.providers import parse_time
+from ciartfs.providers.apidocs import ApiDocs, Keep
 
 log = logging.getLogger(__name__)
 

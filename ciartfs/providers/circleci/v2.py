@@ -27,13 +27,19 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from ciartfs.providers.apidocs import ApiDocs, Keep
 from ciartfs.errors import BadListing, NotFound
-from ciartfs.providers import pages, parse_time
-from ciartfs.providers.circleci.v1 import (ArtifactRecord, TokenAwareDocs, encode_branch, node_entries, not_visible,
-                                        parse_artifacts)
 from ciartfs.namespace.model import CompleteDir, Entry, Kind, StaticDir
 from ciartfs.namespace.names import NAME_MAX
+from ciartfs.providers import pages, parse_time
+from ciartfs.providers.apidocs import ApiDocs, Keep
+from ciartfs.providers.circleci.v1 import (
+    ArtifactRecord,
+    TokenAwareDocs,
+    encode_branch,
+    node_entries,
+    not_visible,
+    parse_artifacts,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,7 +11,8 @@ but a task's list of runs can, even once every run is resolved (`rerunTask` adds
 the task status is never kept as final: runs and `latest` are asked again after the TTL, also
 after a remount. The queue lists artifacts past their `expires` (and uploads that never
 finished); one known expired from its listing is shown with an error and opening it is
-ENOENT without a request (`Artifact.gone`); the others fail alone when the queue says 404/410. Artifacts under `public/` need no credentials; for the rest, the queue endpoints
+ENOENT without a request (`Artifact.gone`); the others fail alone when the queue says 404/410.
+Artifacts under `public/` need no credentials; for the rest, the queue endpoints
 built here (under the root URL) are Hawk-signed (mohawk, the library Taskcluster's own Python
 client used); temporary credentials also send their certificate in the Hawk `ext`, as base64
 of JSON {"certificate": <the certificate object>}, the format the official clients use.
@@ -41,13 +42,13 @@ from typing import Any
 
 import mohawk
 
-from ciartfs.providers import pages, parse_time
-from ciartfs.errors import BadListing, NotFound
-from ciartfs.providers.apidocs import ApiDocs, Keep
-from ciartfs.net.credentials import Credential, origin_of
 from ciartfs.data.sources import LIVE, source_for_name
+from ciartfs.errors import BadListing, NotFound
 from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind
 from ciartfs.namespace.names import place_artifacts, split_artifact_path, tree_entries
+from ciartfs.net.credentials import Credential, origin_of
+from ciartfs.providers import pages, parse_time
+from ciartfs.providers.apidocs import ApiDocs, Keep
 
 log = logging.getLogger(__name__)
 
