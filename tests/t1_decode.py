@@ -1,4 +1,4 @@
-"""Tier 2: gzip-encoded artifacts through the reader, against the in-process fake storage.
+"""Tier 1: gzip-encoded artifacts through the reader, against the in-process fake storage.
 
 The fake generates its large streams on the fly (ciartfs/fakeserver/generated.py): a log
 bigger than the memory cache, and a bomb of zeros that would be 4 GiB decoded.
