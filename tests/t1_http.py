@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from ciartfs.errors import ArtifactExpired, BadListing, Forbidden, NotFound, UpstreamError, UpstreamTimeout
-from ciartfs.net.client import HttpClient, location_url
+from ciartfs.net.client import REDIRECT_TARGET_MAX_AGE, HttpClient, location_url
 from ciartfs.net.credentials import HeaderCredential, origin_of
 from ciartfs.providers.circleci.v1 import artifact_url_takes_token, credential
 
@@ -108,6 +108,20 @@ async def test_redirect_target_is_reused_then_re_resolved_when_expired(server_an
     assert reply.data == DATA[20:30]
     assert len(headers_to(server, API)) == 2
     assert all("circle-token" not in h for h in headers_to(server, STORAGE))
+
+
+async def test_a_redirect_target_is_not_used_past_its_maximum_age(server_and_client, autojump_clock):
+    # Even a target that still works is resolved again once it is REDIRECT_TARGET_MAX_AGE old
+    # (on trio's clock, mocked here): a presigned URL may be revoked without storage saying so.
+    server, client = server_and_client
+    await client.get_range(API + "/art/1", 0, 10, credentials=True)
+    await trio.sleep(REDIRECT_TARGET_MAX_AGE - 1)
+    await client.get_range(API + "/art/1", 10, 10, credentials=True)
+    assert len(headers_to(server, API)) == 1  # still young: straight to storage
+    await trio.sleep(2)
+    reply = await client.get_range(API + "/art/1", 20, 10, credentials=True)
+    assert reply.data == DATA[20:30]
+    assert len(headers_to(server, API)) == 2  # too old: asked the API again, though sig1 still works
 
 
 @pytest.mark.parametrize("url,gets_token", [

@@ -183,7 +183,7 @@ class HttpClient:
             max_per_origin=max_connections, max_idle=2 * max_connections + 64, address_rule=address_rule)
         # artifact URL -> its resolved redirect target, until that fails or gets too old
         self._targets: cachetools.TTLCache[str, str] = cachetools.TTLCache(
-            REDIRECT_TARGETS_KEPT, REDIRECT_TARGET_MAX_AGE, timer=time.monotonic)
+            REDIRECT_TARGETS_KEPT, REDIRECT_TARGET_MAX_AGE, timer=lambda: trio.current_time())  # trio's clock: tests may mock it
         self.requests_made = 0
 
     async def aclose(self) -> None:
