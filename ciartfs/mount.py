@@ -97,6 +97,20 @@ class Mount:
         self.tree = Tree(root, self.reader.size)
         self.ops = ArtifactFS(self.tree, self.reader)
 
+    def start(self, nursery: trio.Nursery) -> None:
+        """The mount's background work: disk write-behind, size probes that outlast a listing's
+        wait, closing idle connections. It ends when `nursery` is cancelled; then `aclose`."""
+        self.reader.start(nursery)
+        self.tree.start(nursery)
+        nursery.start_soon(self.http.close_idle_forever)
+
+    async def aclose(self) -> None:
+        """How a mount ends, also when cancelled: queued disk writes done (what was read stays
+        read, also across a restart), then connections closed."""
+        with trio.CancelScope(shield=True):
+            await self.reader.flush_writes()
+            await self.http.aclose()
+
     def status(self, disk_bytes: int) -> dict[str, Any]:
         """What `ciartfs status` shows: settings without secrets, counters, cache use."""
         s = self.settings
@@ -143,20 +157,16 @@ def serve(settings: Settings, mountpoint: str, on_ready: Callable[[], None] | No
 async def _main(mount: Mount, on_ready: Callable[[], None] | None) -> None:
     try:
         async with trio.open_nursery() as nursery:
-            mount.reader.start(nursery)
-            mount.tree.start(nursery)  # size probes that outlast a listing's wait
+            mount.start(nursery)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             nursery.start_soon(_publish_status, mount)
-            nursery.start_soon(mount.http.close_idle_forever)
             if on_ready is not None:
                 on_ready()
             await pyfuse3.main()
             nursery.cancel_scope.cancel()  # unmounted from outside: stop background work
     finally:
         status.withdraw(os.getpid())
-        with trio.CancelScope(shield=True):
-            await mount.reader.flush_writes()  # what was read stays read, also across a restart
-            await mount.http.aclose()
+        await mount.aclose()
 
 
 async def _publish_status(mount: Mount) -> None:

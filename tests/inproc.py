@@ -364,20 +364,15 @@ class InProcFactory:
 
 
 async def _serve(fs: InProcFS, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """A mount's background work and its end, as in mount.py's _main (without pyfuse3.main)."""
-    mount = fs.mount
+    """A mount's background work and its end, as mount.py's _main runs them (without pyfuse3.main)."""
     try:
         async with trio.open_nursery() as nursery:
             fs._background = nursery.cancel_scope
-            mount.reader.start(nursery)
-            mount.tree.start(nursery)  # size probes that outlast a listing's wait
-            nursery.start_soon(mount.http.close_idle_forever)
+            fs.mount.start(nursery)
             task_status.started()
             await trio.sleep_forever()
     finally:
-        with trio.CancelScope(shield=True):
-            await mount.reader.flush_writes()
-            await mount.http.aclose()
+        await fs.mount.aclose()
         fs._stopped.set()
 
 
