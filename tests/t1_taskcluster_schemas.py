@@ -1,7 +1,7 @@
 """The fake Taskcluster queue against the queue's own JSON schemas
 (tests/specs/taskcluster-queue/*.yml): task status, listArtifacts (every page),
-listTaskGroup (every page) and getArtifact (each storage type) validate, so a fake that drifts
-from the real queue fails CI.
+listTaskGroup (every page), getArtifact and artifact-content (each storage type, links followed,
+the latest run's form) validate, so a fake that drifts from the real queue fails CI.
 
 The schemas are copied unchanged and so still hold the queue's build-time directives:
 `{$const: name}` (a value from the queue's constants file) and `$ref`s to schemas the copy does
@@ -143,7 +143,17 @@ def queue() -> Iterator[FakeCI]:
     run.add_artifact("public/error.txt", storage_type="error")
     run.add_artifact("public/expired.txt", b"old\n", expires=PAST)
     run.add_artifact("public/unfinished.txt", b"half\n", present=False)
-    task.rerun("running")
+    run.add_artifact("public/away.txt", storage_type="reference", url=ELSEWHERE)
+    run.add_artifact("public/private-target.txt", storage_type="link", link="private/secret.txt")
+    run.add_artifact("private/secret.txt", b"secret\n")
+    for target in ("s3.txt", "object.bin", "away.txt", "error.txt", "unfinished.txt", "expired.txt", "link-to-s3.txt"):
+        run.add_artifact(f"public/link-to-{target}", storage_type="link", link=f"public/{target}")
+    run.add_artifact("public/cycle-a", storage_type="link", link="public/cycle-b")
+    run.add_artifact("public/cycle-b", storage_type="link", link="public/cycle-a")
+    run.add_artifact("public/which-run.txt", b"run 0\n")
+    rerun = task.rerun("running")
+    rerun.add_artifact("public/which-run.txt", b"run 1\n")
+    rerun.add_live_log(b"still running\n")
     server.start()
     try:
         yield server
@@ -151,8 +161,15 @@ def queue() -> Iterator[FakeCI]:
         server.stop()
 
 
+ELSEWHERE = "https://elsewhere.example.com/their/ref.txt?sig=abc"  # a reference's own URL
+
+
 def _get(server: FakeCI, path: str, **params: Any) -> httpx.Response:
     return httpx.get(f"{server.api_url}/api/queue/v1/{path}", params=params, timeout=5, follow_redirects=False)
+
+
+def _content(server: FakeCI, name: str, run: str = "runs/0/") -> httpx.Response:
+    return _get(server, f"task/sChEmAtAQaC0000000001A/{run}artifact-content/{name}")
 
 
 def _all_pages(server: FakeCI, path: str) -> list[dict[str, Any]]:
@@ -241,13 +258,83 @@ def test_the_validator_catches_a_drifting_fake(queue, validator_for):
 
 
 @pytest.mark.parametrize("name,storage_type", [("public/object.bin", "object"), ("public/s3.txt", "s3"),
-                                               ("public/error.txt", "error")])
+                                               ("public/error.txt", "error"), ("public/ref.txt", "reference"),
+                                               ("public/away.txt", "reference")])
 def test_artifact_content_answers_follow_the_schema(queue, validator_for, name, storage_type):
-    reply = _get(queue, f"task/sChEmAtAQaC0000000001A/runs/0/artifact-content/{name}")
+    reply = _content(queue, name)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     validator_for("artifact-content-response.json").validate(body)
     assert body["storageType"] == storage_type
+
+
+@pytest.mark.parametrize("name,target", [("public/link-to-s3.txt", "public/s3.txt"),
+                                         ("public/link-to-link-to-s3.txt", "public/s3.txt"),
+                                         ("public/link-to-away.txt", "public/away.txt"),
+                                         ("public/link-to-error.txt", "public/error.txt")])
+def test_artifact_content_follows_links_to_the_target(queue, validator_for, name, target):
+    """A link is answered as the artifact it leads to (never as storageType `link`, which the
+    schema does not allow): the same answer as asking for the target by name."""
+    body = _content(queue, name).json()
+    validator_for("artifact-content-response.json").validate(body)
+    assert body["storageType"] != "link"
+    direct = _content(queue, target).json()
+    if body["storageType"] == "s3":  # presigned afresh: the same object, so the same bytes
+        assert httpx.get(body["url"], timeout=5).content == httpx.get(direct["url"], timeout=5).content == b"s3\n"
+    else:
+        assert body == direct
+
+
+def test_artifact_content_of_a_link_to_an_object_names_the_target_object(queue, validator_for):
+    body = _content(queue, "public/link-to-object.bin").json()
+    validator_for("artifact-content-response.json").validate(body)
+    assert body["storageType"] == "object"
+    assert body["name"] == "t/sChEmAtAQaC0000000001A/0/public/object.bin"
+    assert queue.queue.objects[body["name"]].data == b"object\n"
+
+
+def test_artifact_content_of_a_reference_is_its_own_url(queue, validator_for):
+    body = _content(queue, "public/away.txt").json()
+    validator_for("artifact-content-response.json").validate(body)
+    assert body == {"storageType": "reference", "url": ELSEWHERE}
+    # getArtifact redirects to the same URL
+    assert _get(queue, "task/sChEmAtAQaC0000000001A/runs/0/artifacts/public/away.txt").headers["location"] == ELSEWHERE
+
+
+@pytest.mark.parametrize("name,status,code", [
+    ("public/unfinished.txt", 404, "ResourceNotFound"), ("public/link-to-unfinished.txt", 404, "ResourceNotFound"),
+    ("public/expired.txt", 410, "ResourceExpired"), ("public/link-to-expired.txt", 410, "ResourceExpired"),
+    ("public/no-such.txt", 404, "ResourceNotFound"), ("public/cycle-a", 400, "InputError"),
+    ("public/private-target.txt", 403, "InsufficientScopes")])
+def test_artifact_content_refuses_as_the_queue_does(queue, name, status, code):
+    """Uploads never finished are 404, expired ones 410 (also at the end of a link), a link
+    cycle 400, a link to a non-public artifact needs credentials; getArtifact answers alike."""
+    for path in (f"task/sChEmAtAQaC0000000001A/runs/0/artifact-content/{name}",
+                 f"task/sChEmAtAQaC0000000001A/runs/0/artifacts/{name}"):
+        reply = _get(queue, path)
+        assert (reply.status_code, reply.json().get("code")) == (status, code), (path, reply.text)
+
+
+def test_latest_artifact_content_answers_for_the_last_run(queue, validator_for):
+    validator = validator_for("artifact-content-response.json")
+    latest = _content(queue, "public/which-run.txt", run="")
+    assert latest.status_code == 200, latest.text
+    validator.validate(latest.json())
+    assert httpx.get(latest.json()["url"], timeout=5).content == b"run 1\n"
+    assert httpx.get(_content(queue, "public/which-run.txt").json()["url"], timeout=5).content == b"run 0\n"
+    live = _content(queue, "public/logs/live.log", run="").json()  # a running task's live log
+    validator.validate(live)
+    assert live["storageType"] == "reference" and live["url"].startswith(f"{queue.livelog_url}/log/")
+    assert _content(queue, "public/s3.txt", run="").status_code == 404  # only run 0 has it
+    assert _get(queue, "task/nOsUcHtAsK000000000000/artifact-content/public/s3.txt").status_code == 404
+
+
+def test_the_validator_refuses_a_link_answer(validator_for):
+    """The check on links can fail: a `link` answer, or a reference without its URL, is refused."""
+    validator = validator_for("artifact-content-response.json")
+    assert not validator.is_valid({"storageType": "link", "url": "https://example.com/x"})
+    assert not validator.is_valid({"storageType": "reference"})
+    assert validator.is_valid({"storageType": "reference", "url": ELSEWHERE})
 
 
 # The object service's startDownload answer for the `getUrl` method, written from its

@@ -5,8 +5,10 @@
     GET /api/queue/v1/task/<taskId>/runs/<runId>/artifacts/<name>   303 to storage (or to a
         `reference` artifact's own URL), 424 for errors
     GET /api/queue/v1/task-group/<taskGroupId>/list[?continuationToken=&limit=]
-    GET /api/queue/v1/task/<taskId>/runs/<runId>/artifact-content/<name>   an `object`
-        artifact's object name and temporary credentials (with a certificate) for:
+    GET /api/queue/v1/task/<taskId>/runs/<runId>/artifact-content/<name>   (and the latest
+        run's: /task/<taskId>/artifact-content/<name>) 200 {storageType, url} for s3 and
+        reference (the reference's own URL), {storageType: error, reason, message}, or for an
+        `object` artifact its object name and temporary credentials (with a certificate) for:
     PUT /api/object/v1/start-download/<name>   the object service: {"acceptDownloadMethods":
         {"getUrl": true}} -> {method: getUrl, url, expires, hashes}; `simple` -> {method, url}.
         The hashes are those of the artifact's data unless `FakeTcArtifact.hashes` lies.
@@ -15,6 +17,9 @@ Answers follow the queue's schemas (../shared/specs/taskcluster-queue/, checked 
 tests/t1_taskcluster_schemas.py), including the inconvenient parts: listArtifacts names
 artifacts past their `expires` (getArtifact: 410) and uploads that never finished (404); a
 resolved task can be re-run (`FakeTask.rerun`), adding a run to a completed task.
+getArtifact and artifact-content follow `link` artifacts as the queue does: every name on the
+way is checked (Hawk for a non-public one, 404 unknown or never uploaded, 410 expired) and a
+link cycle is 400 InputError; neither ever answers for the link itself.
 Artifacts outside `public/` need a valid Hawk header (checked with mohawk); temporary
 credentials (a client with a certificate) also need the certificate in the Hawk `ext`.
 Listings page with a small page size so clients must follow continuationToken.
@@ -304,6 +309,10 @@ class FakeQueue:
                 if run_id >= len(task.runs):
                     raise Reply(404, {"code": "ResourceNotFound", "message": f"Run {run_id} not found"})
                 self._artifact_content(request, task, run_id, urllib.parse.unquote("/".join(parts[5:])))
+            if len(parts) >= 4 and parts[2] == "artifact-content":  # latestArtifact: the last run's
+                if not task.runs:
+                    raise Reply(404, {"code": "ResourceNotFound", "message": f"Task {task.task_id} has no runs"})
+                self._artifact_content(request, task, len(task.runs) - 1, urllib.parse.unquote("/".join(parts[3:])))
         if len(parts) == 3 and parts[0] == "task-group" and parts[2] == "list":
             tasks = [t for t in self.tasks.values() if t.task_group_id == parts[1]]
             if not tasks:
@@ -317,51 +326,59 @@ class FakeQueue:
         raise Reply(404, {"code": "ResourceNotFound", "message": "no such endpoint"})
 
     def _artifact_of(self, request: Request, run: FakeRun, name: str) -> FakeTcArtifact:
-        """The artifact `name` of `run` as both artifact endpoints find it: 404 if unknown, Hawk
-        checked for a non-public name, 410 once past its `expires`."""
-        artifact = run.artifact(name)
-        if artifact is None:
-            raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} not found"})
-        if not name.startswith("public/"):
-            self._check_hawk(request)
-        if artifact.expired:
-            raise Reply(410, {"code": "ResourceExpired", "message": f"Artifact {name} has expired"})
-        return artifact
+        """The artifact `name` of `run` as both artifact endpoints find it, following links as
+        the queue does: each name on the way is checked (404 if unknown or never uploaded, Hawk
+        for a non-public name, 410 once past its `expires`); a link back to a name already seen
+        is 400. The answer is never a `link`."""
+        seen: list[str] = []
+        while True:
+            seen.append(name)
+            artifact = run.artifact(name)
+            if artifact is None:
+                raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} not found"})
+            if not name.startswith("public/"):
+                self._check_hawk(request)
+            if not artifact.present:
+                raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} was never uploaded"})
+            if artifact.expired:
+                raise Reply(410, {"code": "ResourceExpired", "message": f"Artifact {name} has expired"})
+            if artifact.storage_type != "link":
+                return artifact
+            if artifact.link is None:  # the queue's links always name a target; a fake's may not
+                raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name}: link names no target"})
+            if artifact.link in seen:
+                raise Reply(400, {"code": "InputError", "message": f"Artifact {seen[0]} leads to a link cycle"})
+            name = artifact.link
+
+    def _location(self, artifact: FakeTcArtifact) -> str:
+        """Where an artifact's bytes are: a `reference`'s own URL (a live log's livelog server),
+        else the fake's storage."""
+        if artifact.storage_type == "reference" and artifact.live is not None:
+            return f"{self.fake.livelog_url}/log/{artifact.live.token}"
+        if artifact.storage_type == "reference" and artifact.url:
+            return artifact.url
+        return self.fake.presigned_url(artifact.blob_id)
 
     def _get_artifact(self, request: Request, run: FakeRun, name: str) -> None:
         artifact = self._artifact_of(request, run, name)
-        if not artifact.present:
-            raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name} was never uploaded"})
-        for _ in range(5):  # a link is answered as the artifact it names (the queue follows a few)
-            if artifact.storage_type != "link" or artifact.link is None:
-                break
-            target = run.artifact(artifact.link)
-            if target is None:
-                raise Reply(404, {"code": "ResourceNotFound", "message": f"Artifact {name}: link target not found"})
-            artifact = target
         if artifact.storage_type == "error":
             raise Reply(424, {"reason": artifact.reason, "message": artifact.message})
-        if artifact.storage_type == "reference" and artifact.live is not None:
-            location = f"{self.fake.livelog_url}/log/{artifact.live.token}"
-        elif artifact.storage_type == "reference" and artifact.url:
-            location = artifact.url
-        else:
-            location = self.fake.presigned_url(artifact.blob_id)
+        location = self._location(artifact)
         # the body is the getArtifact response ({storageType, url}), as the queue sends it with its 303
         raise Reply(303, {"storageType": artifact.storage_type, "url": location}, headers={
             "Location": location, "x-taskcluster-artifact-storage-type": artifact.storage_type})
 
     def _artifact_content(self, request: Request, task: FakeTask, run_id: int, name: str) -> None:
-        """The queue's `artifact` method (artifact-content): for an `object` artifact, the
-        object's name and temporary credentials (with a certificate) to download it from the
-        object service; for the others, where their bytes are."""
+        """The queue's `artifact` method (artifact-content), for the artifact a link leads to:
+        an `object` artifact's object name and temporary credentials (with a certificate) to
+        download it from the object service; s3 and reference: {storageType, url} (a
+        reference's own URL, not the fake's storage); error: its reason and message (200)."""
         artifact = self._artifact_of(request, task.runs[run_id], name)
         if artifact.storage_type == "error":
             raise Reply(200, {"storageType": "error", "reason": artifact.reason, "message": artifact.message})
         if artifact.storage_type != "object":
-            raise Reply(200, {"storageType": artifact.storage_type if artifact.storage_type != "link" else "s3",
-                              "url": self.fake.presigned_url(artifact.blob_id)})
-        object_name = f"t/{task.task_id}/{run_id}/{name}"
+            raise Reply(200, {"storageType": artifact.storage_type, "url": self._location(artifact)})
+        object_name = f"t/{task.task_id}/{run_id}/{artifact.name}"  # the link's target, as the queue
         self.objects[object_name] = artifact
         client_id = f"object-download/{artifact.blob_id}/{secrets.token_hex(4)}"
         certificate = {"version": 1, "scopes": [f"object:download:{object_name}"], "start": 0, "expiry": 0,
