@@ -65,14 +65,18 @@ def require_fuse() -> None:
     pytest.skip(problem)
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeCI]:
-    server = FakeCI(tokens={TOKEN})
+def serving(server: FakeCI) -> Iterator[FakeCI]:
+    """A fixture's body for a fake server: started, yielded, stopped whatever the test did."""
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCI]:
+    yield from serving(FakeCI(tokens={TOKEN}))
 
 
 @pytest.fixture
@@ -196,7 +200,12 @@ class MountFactory:
 def mount(tmp_path: Path, fake: FakeCI) -> Iterator[MountFactory]:
     """mount(*extra_args, token=..., cache_dir=...) -> Mounted; all unmounted at teardown,
     and a traceback or an unexpected ERROR in a mount's log fails the test."""
-    factory = MountFactory(tmp_path, fake)
+    yield from mounting(MountFactory(tmp_path, fake))
+
+
+def mounting(factory: MountFactory) -> Iterator[MountFactory]:
+    """A fixture's body for a MountFactory: every mount unmounted at teardown, and a traceback
+    or an unexpected ERROR in a mount's log fails the test."""
     try:
         yield factory
     finally:

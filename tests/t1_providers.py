@@ -28,7 +28,7 @@ from ciartfs.fakeserver.server import API_MODULES, SHARED_MODULES, api_modules_f
 from ciartfs.options import Option, OptionValues, parse_url
 from ciartfs.providers import registry
 from ciartfs.providers.base import Provider, check_providers
-from conftest import TOKEN, clean_env, wait_for
+from conftest import TOKEN, clean_env, serving, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY_ENV = {registry.EXTRA_PROVIDERS_ENV: "toy_provider:PROVIDER"}
@@ -224,12 +224,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 @pytest.fixture
 def fake() -> Iterator[FakeCI]:
     """The fake server with the toy's API too: the routes its provider's `fake_modules` name."""
-    server = FakeCI(tokens={TOKEN}, api_modules=api_modules_for(with_toy()))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving(FakeCI(tokens={TOKEN}, api_modules=api_modules_for(with_toy())))
 
 
 def toy_env(**extra: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ import yaml
 from ciartfs.fakeserver import FakeCI, demo_dataset
 from ciartfs.fakeserver.dataset import DEMO_TASK_GROUP, DEMO_TASKS
 from ciartfs.fakeserver.taskcluster import PAST
-from conftest import SPECS_DIR
+from conftest import SPECS_DIR, serving
 
 SPEC_DIR = SPECS_DIR / "taskcluster-queue" if (SPECS_DIR / "taskcluster-queue/task-status.yml").is_file() else None
 
@@ -154,11 +154,7 @@ def queue() -> Iterator[FakeCI]:
     rerun = task.rerun("running")
     rerun.add_artifact("public/which-run.txt", b"run 1\n")
     rerun.add_live_log(b"still running\n")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving(server)
 
 
 ELSEWHERE = "https://elsewhere.example.com/their/ref.txt?sig=abc"  # a reference's own URL

@@ -20,7 +20,7 @@ import pytest
 
 from ciartfs.fakeserver import FakeCI, InternalService
 from ciartfs.fakeserver.internal import SECRET
-from conftest import TOKEN, MountFactory
+from conftest import TOKEN, MountFactory, mounting, serving
 from local_addresses import private_ipv4
 
 STOP = "2026-11-01T10:00:00Z"
@@ -102,23 +102,12 @@ def test_a_refused_artifact_leaves_its_directory_listable_and_grep_finds_no_secr
 @pytest.fixture
 def private_fake() -> Iterator[FakeCI]:
     """The fake CI at this machine's private address: private is allowed, loopback is not."""
-    server = FakeCI(tokens={TOKEN}, host=private_ipv4())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving(FakeCI(tokens={TOKEN}, host=private_ipv4()))
 
 
 @pytest.fixture
 def private_mount(tmp_path: Path, private_fake: FakeCI) -> Iterator[MountFactory]:
-    factory = MountFactory(tmp_path, private_fake)
-    try:
-        yield factory
-    finally:
-        problems = factory.close()
-    if problems:
-        pytest.fail("\n\n".join(problems))
+    yield from mounting(MountFactory(tmp_path, private_fake))
 
 
 SPELLINGS = {"plain": "127.0.0.1", "decimal": "2130706433", "hex": "0x7f.1", "short": "127.1",
