@@ -20,6 +20,7 @@ from ciartfs.net import pool as connpool
 from ciartfs.net.client import HttpClient
 from ciartfs.net.pool import MAX_INFORMATIONAL, PoolPerOrigin, _Origin
 from ciartfs.net.wire import HEAD_END, ResponseParser, parse_url
+from loopback_server import LoopbackServer, read_head
 
 BODY = b"0123456789"
 JSON_CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -93,16 +94,13 @@ BROKEN = ["/status-600", "/http2-status-line", "/switching-protocols", "/same-le
           "/cr-in-location", "/nul-in-location", "/continue-storm"]
 
 
-class CountingServer:
+class CountingServer(LoopbackServer):
     """Answers GET /hang never, the paths in SCRIPTS as scripted, any other GET with a 206 of
     BODY's first 4 bytes (its head alone to a HEAD) (/limited/* after 20 ms, or 429 while `limit` others are being
     served); keep-alive. With `tls`, over TLS with that context."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.accepted = 0
         self.paths: list[bytes] = []  # request targets, as received
         self.open_now = 0
         self.peak_open = 0
@@ -112,32 +110,20 @@ class CountingServer:
         self.serving = 0
         self.served = 0
         self.refused = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__("https" if tls else "http")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.accepted += 1
-                self.open_now += 1
-                self.peak_open = max(self.peak_open, self.open_now)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def on_accept(self) -> None:
+        with self.lock:
+            self.open_now += 1
+            self.peak_open = max(self.peak_open, self.open_now)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         buf = b""
         try:
             if self.tls is not None:
                 conn = self.tls.wrap_socket(conn, server_side=True)
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
+            while (request := read_head(conn, buf)) is not None:
+                head, buf = request
                 path = head.split(b" ")[1]
                 with self.lock:
                     self.paths.append(path)
@@ -179,9 +165,6 @@ class CountingServer:
             conn.close()
             with self.lock:
                 self.open_now -= 1
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 
 import httpx
 import pytest
@@ -16,42 +15,26 @@ from ciartfs.net.client import HttpClient
 from ciartfs.net.credentials import HeaderCredential, origin_of
 from ciartfs.net.pool import PoolPerOrigin
 from ciartfs.net.wire import parse_url
+from loopback_server import LoopbackServer, read_head
 
 DOC = {"acceptDownloadMethods": {"getUrl": True}}
 SENT = json.dumps(DOC, separators=(",", ":")).encode()
 
 
-class RecordingServer:
+class RecordingServer(LoopbackServer):
     """Reads each request whole (head, then a body of its Content-Length) and answers with the
     next scripted raw answer (or a 200 JSON echo of the body), keep-alive."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.requests: list[tuple[bytes, dict[str, str], bytes]] = []  # request line, headers, body
         self.script: list[bytes] = []
-        self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         buf = b""
         with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
+            while (request := read_head(conn, buf)) is not None:
+                head, buf = request
                 line, *fields = head.split(b"\r\n")
                 headers = {}
                 for field in fields:
@@ -69,9 +52,6 @@ class RecordingServer:
                     echo = json.dumps({"got": body.decode()}).encode()
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                                  + str(len(echo)).encode() + b"\r\n\r\n" + echo)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
