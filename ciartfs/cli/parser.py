@@ -24,16 +24,17 @@ def parse_mount_options(values: list[str] | None) -> dict[str, str | bool]:
     """`-o key=value,switch,...` (as /etc/fstab and mount.fuse3 pass them) -> settings flags.
     Secrets are refused here too: a token never goes on a command line."""
     flags: dict[str, str | bool] = {}
+    known = options_by_key()  # once: it loads and checks every provider's options
     for value in values or ():
         for item in filter(None, value.split(",")):
             key, eq, val = item.partition("=")
             key = key.strip().replace("-", "_")
             if key in _GENERIC_MOUNT_OPTIONS or key.startswith(("x-", "comment=")):
                 continue
-            if key in options_by_key():
+            if key in known:
                 flags[key] = val if eq else True
             else:
-                raise ConfigError(f"unknown mount option {key!r} (settings: {', '.join(o.key for o in all_options())})")
+                raise ConfigError(f"unknown mount option {key!r} (settings: {', '.join(known)})")
     return flags
 
 
