@@ -174,8 +174,13 @@ class Reader:
         bs = self.block_size
         keys = [(i, self._block_key(art, i, size)) for i in range(self.blocks.count(size))]
         # blocks still waiting for their disk write count: they are written at the latest at unmount
-        present = [i for i, k in keys if self.writes.holds(k)]
-        unknown = [(i, k) for i, k in keys if not self.writes.holds(k)]
+        present: list[int] = []
+        unknown: list[tuple[int, str]] = []
+        for i, k in keys:
+            if self.writes.holds(k):
+                present.append(i)
+            else:
+                unknown.append((i, k))
         present += await trio.to_thread.run_sync(lambda: [i for i, k in unknown if disk.contains(k)])
         return sum(min(bs, size - i * bs) for i in present)
 
