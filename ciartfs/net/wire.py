@@ -88,10 +88,13 @@ def parse_url(url: str) -> Target:
 
 def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """Headers by lowercase name; a repeated header's values joined with ", " (RFC 9110 5.3)."""
+    return _joined((name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw)
+
+
+def _joined(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Decoded (lowercase name, value) pairs by name, a repeated name's values joined in order."""
     headers: dict[str, str] = {}
-    for name, value in raw:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
+    for key, text in fields:
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return headers
 
@@ -159,9 +162,7 @@ def _header_map(names: list[bytes], values: list[bytes]) -> dict[str, str]:
     texts = joined.decode("latin-1").split("\n")
     headers = dict(zip(keys, texts, strict=False))
     if len(headers) < len(keys):  # a repeated name: its values joined, in order
-        headers = {}
-        for key, text in zip(keys, texts, strict=False):
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        headers = _joined(zip(keys, texts, strict=False))
     return headers
 
 
