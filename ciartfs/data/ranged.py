@@ -43,10 +43,14 @@ class RangedUrlReader:
         self.fills = reader.fills
         self._sizing: SingleFlight[int] = SingleFlight()
 
-    def tail_first(self, art: Artifact) -> bool:
+    def _indexed_at_end(self, art: Artifact) -> bool:
+        """An archive whose index is at its end, whose stored bytes are its own (not encoded)."""
         source = art.source
-        return (isinstance(source, RangedUrl) and source.tail_first and art.immutable
-                and not self.decoder.known(art) and not self.fills.ignores_range(art))
+        return isinstance(source, RangedUrl) and source.tail_first and art.immutable and not self.decoder.known(art)
+
+    def tail_first(self, art: Artifact) -> bool:
+        # storage that ignores Range would send the whole file for a tail request
+        return self._indexed_at_end(art) and not self.fills.ignores_range(art)
 
     # -- sizes ----------------------------------------------------------------------------------
 
@@ -161,9 +165,7 @@ class RangedUrlReader:
     def opening_blocks(self, art: Artifact, total: int) -> range:
         """An archive indexed at its end: its last TAIL_BYTES (block 0 is fetched anyway)."""
         bs = self.blocks.block_size
-        source = art.source
-        if (not isinstance(source, RangedUrl) or not source.tail_first or not art.immutable
-                or self.decoder.known(art) or total <= bs):
+        if not self._indexed_at_end(art) or total <= bs:
             return range(0)
         last = (total - 1) // bs
         return range(max(1, last + 1 - max(1, TAIL_BYTES // bs)), last + 1)
