@@ -26,6 +26,7 @@ from ciartfs import status
 from ciartfs.config import Settings
 from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.data.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader
+from ciartfs.data.zipmember import ZipArchives
 from ciartfs.errors import ConfigError
 from ciartfs.fs import ArtifactFS
 from ciartfs.namespace.model import Entry, StaticDir
@@ -82,8 +83,9 @@ class Mount:
                                                         settings.max_inflight_memory // 2),
                              live_spool_dir=settings.cache_dir)
         self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
+        self.archives = ZipArchives(self.reader)
         context = MountContext(self.docs, recent_builds=settings.recent_builds, ttl=settings.latest_ttl,
-                               mtime=time.time())
+                               mtime=time.time(), archives=self.archives)
         entries: list[Entry] = []
         self.provider_mounts: list[ProviderMount] = []
         for configured in settings.providers:

@@ -28,6 +28,8 @@ from ciartfs.net.client import HttpClient
 
 SIZE_MEMO_ENTRIES = 1_000_000
 SIZE_PREFIX = "size|"
+# Longest wait for a disk write under way to end, to drop blocks found wrong that it writes.
+DROP_WAIT_SECONDS = 5.0
 
 
 def size_key(art: Artifact) -> str:
@@ -112,6 +114,27 @@ class Blocks:
             # size: no size record (half the disk files for a build of small artifacts).
             if self.disk is not None and art.immutable and not 0 < total < self.block_size:
                 self.writes.queue(size_key(art), str(total).encode())
+
+    async def drop(self, art: Artifact, count: int, total: int) -> None:
+        """Forget an artifact's first `count` blocks (found wrong) in memory, in the disk write
+        queue and on disk (also those a batch is writing now: dropped again once it is done)."""
+        keys = [self.key(art, index, total) for index in range(count)]
+        for block_key in keys:
+            self.memory.discard(block_key)
+        self.writes.drop(keys)
+        if self.disk is None:
+            return
+        disk = self.disk
+
+        def discard_all() -> None:
+            for k in keys:
+                disk.discard(k)
+
+        await trio.to_thread.run_sync(discard_all)
+        with trio.move_on_after(DROP_WAIT_SECONDS):
+            while any(self.writes.writing(k) for k in keys):
+                await trio.sleep(0.05)
+            await trio.to_thread.run_sync(discard_all)
 
     def check_length(self, art: Artifact, index: int, block: bytes, total: int) -> None:
         expected = min(self.block_size, total - index * self.block_size)

@@ -24,7 +24,6 @@ import logging
 from typing import Any
 
 import cachetools
-import trio
 
 from ciartfs.data.blocks import Blocks
 from ciartfs.data.cache import SingleFlight
@@ -42,8 +41,6 @@ VERDICTS_KEPT = 100_000
 # Blocks a read may hash beyond its own, from memory (read-ahead fetched them): bounds the
 # CPU one read spends on the trio thread.
 HASH_AHEAD_BLOCKS = 8
-# Longest wait for a disk write under way to end, to drop blocks found wrong that it writes.
-DROP_WAIT_SECONDS = 5.0
 
 
 @dataclasses.dataclass
@@ -130,30 +127,8 @@ class HashChecks:
         self._mismatched[key] = ContentMismatch(
             f"{redact_url(art.url)}: content hash mismatch ({', '.join(wrong)}) over all {total} bytes read: "
             f"not served; its cached blocks dropped", reported=True)
-        await self._drop_blocks(art, count, total)
+        await self.blocks.drop(art, count, total)
         raise ContentMismatch(str(self._mismatched[key]))
-
-    async def _drop_blocks(self, art: Artifact, count: int, total: int) -> None:
-        """Forget an artifact's blocks in memory, in the disk write queue and on disk (also
-        those a batch is writing now: dropped again once it is done)."""
-        b = self.blocks
-        keys = [b.key(art, index, total) for index in range(count)]
-        for block_key in keys:
-            b.memory.discard(block_key)
-        b.writes.drop(keys)
-        if b.disk is None:
-            return
-        disk = b.disk
-
-        def discard_all() -> None:
-            for k in keys:
-                disk.discard(k)
-
-        await trio.to_thread.run_sync(discard_all)
-        with trio.move_on_after(DROP_WAIT_SECONDS):
-            while any(b.writes.writing(k) for k in keys):
-                await trio.sleep(0.05)
-            await trio.to_thread.run_sync(discard_all)
 
     async def _expected_hashes(self, art: Artifact) -> dict[str, str]:
         known = self._expected.get(art.key)

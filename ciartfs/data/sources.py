@@ -28,18 +28,21 @@ Invariants:
 
 Zip members (issue 18) fit as one more source without touching the coordinator. The type is
 `ZipMember` below (archive artifact, local header offset, compressed size, method, CRC-32); the
-work is a `ZipMemberReader` added to `source_readers`. Until then a ZipMember artifact has no
-SourceReader, and reading it is EIO. The member's own Artifact has its own `key` (the archive's
+work is `ZipMemberReader` (zipmember.py, with `ZipArchives`, which lists an archive's members;
+zipindex.py parses its index). The member's own Artifact has its own `key` (the archive's
 key + the member path) and its `size` from the central directory, so the reader never asks the
 source for a size (`learn_size` only covers a listing without one). Its `fetch(art, index, key)`:
 - stored: the member's block `index` is the archive's bytes [data + index*bs, ...), read with
   `reader.read(archive, ...)`: the archive's blocks come through the same cache and read-ahead
   (the local header is read once that way to find `data`: its name and extra lengths may
   differ from the central directory's);
-- deflated: decode from the nearest checkpoint (bit offset + 32 KiB window) at or before the
+- deflated: decode from the nearest checkpoint (a copy of zlib's state, its 32 KiB window
+  included, taken every few MiB of output; or where the last decode stopped) at or before the
   block, reading compressed bytes from the archive the same way, and keep the decoded blocks
   under the member's keys (`Blocks.keep`), as decode.py does for gzip; a CRC-32 check on a
   whole read as hashes.py does for promised hashes;
+- bzip2 and lzma: the same, decoded from the start or where the last decode stopped (their
+  decompressors cannot be copied);
 - other methods, or encrypted members: EIO with a log line naming the method.
 `readahead_runs` is False (the archive's own read-ahead fetches compressed bytes in runs), so
 `fetch_run` is never called; `opening_blocks` is empty.
@@ -89,6 +92,11 @@ class ZipMember(ByteSource):
     compressed_size: int  # from the central directory
     method: int  # 0 stored, 8 deflated, 12 bzip2, 14 lzma
     crc32: int
+    # why it cannot be read (zipindex.py: overlapping, encrypted...): listed, reads fail with EIO
+    problem: str | None = None
+    # its compressed data must end by here (the next member's local header, or the central
+    # directory): a compressed size that lies is found when it is read
+    data_limit: int = 0
 
 
 RANGED = RangedUrl()
@@ -140,5 +148,6 @@ class SourceReader(Protocol):
 def source_readers(reader: Reader) -> dict[type[ByteSource], SourceReader]:
     """The SourceReader for each kind of source: a new source is one more line here."""
     from ciartfs.data.ranged import RangedUrlReader
+    from ciartfs.data.zipmember import ZipMemberReader
 
-    return {RangedUrl: RangedUrlReader(reader)}
+    return {RangedUrl: RangedUrlReader(reader), ZipMember: ZipMemberReader(reader)}

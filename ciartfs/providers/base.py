@@ -35,6 +35,7 @@ from ciartfs.errors import ConfigError
 from ciartfs.options import Option, OptionValues
 
 if TYPE_CHECKING:
+    from ciartfs.data.zipmember import ZipArchives
     from ciartfs.namespace.model import Entry
     from ciartfs.net.credentials import Credential
     from ciartfs.providers.apidocs import ApiDocs
@@ -50,6 +51,9 @@ class MountContext:
     recent_builds: int  # how many recent builds (runs, tasks) a listing shows
     ttl: float  # seconds before 'latest' links and listings that can change are asked again
     mtime: float  # the mount's start: the mtime of fixed directories
+    # zip artifacts' members as files: `await archives.members(archive, where=, mtime=)`
+    # (data/zipmember.py): the top-level entries of its member tree, or None (show it as a file)
+    archives: ZipArchives
 
 
 @dataclasses.dataclass(frozen=True)
