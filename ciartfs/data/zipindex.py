@@ -105,18 +105,23 @@ def find_directory(tail: bytes, tail_offset: int, archive_size: int) -> Director
     NotAZip when there is no EOCD record, BadZip when the records are inconsistent."""
     if tail_offset + len(tail) != archive_size:
         raise ValueError("the tail must end where the archive does")
-    # The last signature whose comment length reaches exactly the end of the archive: a
-    # comment may itself hold the signature's bytes.
+    # The last signature whose comment length reaches exactly the end of the archive, and
+    # whose record is consistent: a comment may itself hold a record's bytes.
+    refused: BadZip | None = None
     pos = len(tail) - EOCD_SIZE
     while pos >= 0:
         pos = tail.rfind(EOCD_SIGNATURE, 0, pos + 4)
         if pos < 0:
             break
-        if pos + EOCD_SIZE <= len(tail):
-            fields = _EOCD.unpack_from(tail, pos)
-            if pos + EOCD_SIZE + fields[7] == len(tail):
+        fields = _EOCD.unpack_from(tail, pos)
+        if pos + EOCD_SIZE + fields[7] == len(tail):
+            try:
                 return _directory(tail, tail_offset, pos, fields)
+            except BadZip as e:
+                refused = refused or e
         pos -= 1
+    if refused is not None:
+        raise refused
     raise NotAZip("no end-of-central-directory record")
 
 
@@ -291,7 +296,8 @@ def _check_members(entries: list[ZipEntry], d: Directory) -> None:
                          f"the central directory at {d.offset}")
     placed = sorted((e for e in entries if e.problem is None or e.problem == "encrypted"),
                     key=lambda e: e.header_offset)
-    starts = [e.header_offset for e in placed]
+    # (every local header before the CD bounds the data before it, that of a member refused too)
+    starts = sorted(e.header_offset for e in entries if e.header_offset < d.offset)
     reach, holder = -1, None  # the furthest end so far, and whose it is
     for e in placed:
         end = e.header_offset + LOCAL_HEADER_SIZE + e.compressed_size
