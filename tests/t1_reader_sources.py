@@ -194,11 +194,11 @@ async def test_an_artifact_whose_source_has_no_reader_fails_alone(nursery):
     with pytest.raises(UpstreamError, match="no reader for a Unknown source"):  # EIO for this file only
         await reader.size(art)
     reader.opened(art, 10)  # (nothing to do, and no error out of an open)
-    # a zip member (issue 18) is such a source until its SourceReader is added
+    # a zip member (issue 18) has its reader: one it cannot read fails alone too
     archive = Artifact("k/a.zip", "http://storage.example/a.zip", True, source=TAIL_FIRST)
-    member = Artifact("k/a.zip|index.html", archive.url, True, size=10,
-                      source=ZipMember(archive, header_offset=0, compressed_size=10, method=0, crc32=0))
-    with pytest.raises(UpstreamError, match="no reader for a ZipMember source"):
+    member = Artifact("k/a.zip\x00index.html", archive.url, True, size=10,
+                      source=ZipMember(archive, header_offset=0, compressed_size=10, method=93, crc32=0))
+    with pytest.raises(UpstreamError, match="zstandard"):
         await reader.read(member, 0, 10)
     ok = Artifact("k/ok", "http://storage.example/ok", True, size=3, source=LIVE)
     assert await reader.size(ok) == 0  # a live log: the bytes seen so far, never probed

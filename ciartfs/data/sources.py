@@ -44,8 +44,10 @@ source for a size (`learn_size` only covers a listing without one). Its `fetch(a
 - bzip2 and lzma: the same, decoded from the start or where the last decode stopped (their
   decompressors cannot be copied);
 - other methods, or encrypted members: EIO with a log line naming the method.
-`readahead_runs` is False (the archive's own read-ahead fetches compressed bytes in runs), so
-`fetch_run` is never called; `opening_blocks` is empty.
+`readahead_wanted` is False: the archive's own read-ahead (a member's reads pass it a
+ReadStream) fetches the compressed bytes in runs, and a member's prefetch would hold a
+prefetch slot while waiting for archive blocks that runs waiting for a slot have claimed (a
+deadlock); so `fetch_run` is never called. `opening_blocks` is empty.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ keyed by `Blocks.key` under the member's key; the archive's bytes come through
 - its local header is read once to find where its data begins (LRU of offsets);
 - stored: block i is the archive's bytes [data + i*bs, ...); the CRC-32 is checked when its
   blocks have been fetched in order from the start (as hashes.py does for promised hashes);
+- no read-ahead of a member's own blocks (see `readahead_wanted`): the archive's bytes are
+  read ahead instead, each member's reads passing their own ReadStream;
 - deflated, bzip2, lzma: decoded in worker threads in steps of at most STEP_BLOCKS blocks, one
   pass per member at a time, from the nearest starting point at or before the block: a
   checkpoint (a copy of zlib's decompressor, its 32 KiB window included, taken every
@@ -84,6 +86,8 @@ CHECKPOINTS_PER_MEMBER = 64
 CHECKPOINTS_KEPT = 512
 # Members remembered: where their data begins, what was found wrong with them, CRC progress.
 MEMBERS_KEPT = 100_000
+# Stored members being read, whose read-ahead state is kept.
+STREAMS_KEPT = 10_000
 # The CRC-32 of a stored member is computed from the blocks fetched in order; besides the
 # fetched block, at most this many following ones are taken from memory per fetch.
 CRC_AHEAD_BLOCKS = 8
@@ -401,6 +405,8 @@ class ZipMemberReader:
         self._members: cachetools.LRUCache[str, _Member] = cachetools.LRUCache(
             CHECKPOINTS_KEPT, getsizeof=lambda m: m.weight)
         self._stored_crc: cachetools.LRUCache[str, tuple[int, int]] = cachetools.LRUCache(MEMBERS_KEPT)
+        # stored members' read-ahead of their archive's bytes (compressed ones: in `_Member`)
+        self._streams: cachetools.LRUCache[str, ReadStream] = cachetools.LRUCache(STREAMS_KEPT)
         # counters (tests and status): bytes inflated, passes started from a member's start
         self.inflated_bytes = 0
         self.passes_from_start = 0
@@ -415,7 +421,11 @@ class ZipMemberReader:
         return False  # the archive's own read-ahead fetches compressed bytes in runs
 
     def readahead_wanted(self, art: Artifact, total: int) -> bool:
-        return True
+        # Never a member's own: a prefetch holds one of the reader's prefetch slots while it
+        # waits for archive blocks, which the archive's read-ahead runs may have claimed and
+        # wait for a slot to fetch (a deadlock once all slots are so held). A member's reads
+        # pass a ReadStream to the archive instead: its compressed bytes are read ahead.
+        return False
 
     async def fetch_run(self, art: Artifact, first: int, count: int) -> tuple[bytes, int] | None:
         raise AssertionError("zip members are never read in runs")
@@ -484,7 +494,10 @@ class ZipMemberReader:
         b = self.blocks
         start = await self._data_start(art, src)
         lo = index * b.block_size
-        data = await self.reader.read(src.archive, start + lo, min(b.block_size, total - lo))
+        stream = self._streams.get(art.key)
+        if stream is None:
+            stream = self._streams[art.key] = ReadStream()
+        data = await self.reader.read(src.archive, start + lo, min(b.block_size, total - lo), stream)
         b.stats.misses += 1
         await self._check_stored_crc(art, src, index, data, total)
         b.keep(art, key, data)

@@ -1,0 +1,318 @@
+"""Tier 2: zip artifacts' members as files (data/zipmember.py), in-process through the real
+Reader and HTTP client, the zips served by the fake's storage host (by Range, as S3 does):
+every member's bytes exactly as zipfile reads them, what a listing fetches, checkpoints,
+and members whose index or stream lies."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import json
+import random
+import stat
+import struct
+import zipfile
+import zlib
+
+import pytest
+import trio
+
+from ciartfs.data import zipmember
+from ciartfs.data.cache import MemoryCache
+from ciartfs.data.ranged import TAIL_BYTES
+from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.data.sources import TAIL_FIRST, ZipMember
+from ciartfs.data.zipmember import MEMBER_KEY_SEPARATOR, ZipArchives, ZipMemberReader
+from ciartfs.errors import CiartfsError
+from ciartfs.fakeserver.server import FakeCI
+from ciartfs.fakeserver.storage import next_blob_id
+from ciartfs.namespace.model import Artifact, Entry, Kind
+from ciartfs.net.client import HttpClient
+
+BS = 128 << 10
+
+
+@dataclasses.dataclass
+class ZipBlob:
+    """A blob on the fake's storage host (storage.Blob)."""
+
+    stored: bytes
+    blob_id: int = dataclasses.field(default_factory=next_blob_id)
+    storage_redirect: str | None = None
+    expired: bool = False
+    generated: None = None
+    content_encoding: str | None = None
+
+
+class Zips:
+    """Zips served by the fake's storage, read through one Reader and its ZipArchives."""
+
+    def __init__(self, fake: FakeCI, nursery: trio.Nursery, memory: int = 64 << 20) -> None:
+        self.fake = fake
+        self.reader = Reader(HttpClient(timeout=10), MemoryCache(memory), None, BS)
+        self.reader.start(nursery)
+        self.archives = ZipArchives(self.reader)
+        member_reader = self.reader._sources[ZipMember]
+        assert isinstance(member_reader, ZipMemberReader)
+        self.members = member_reader
+
+    def archive(self, data: bytes, name: str = "a.zip") -> Artifact:
+        blob = ZipBlob(data)
+        self.fake.blobs.add(blob)
+        return Artifact(f"test|{blob.blob_id}/{name}", self.fake.presigned_url(blob.blob_id), True, source=TAIL_FIRST)
+
+    async def files(self, archive: Artifact) -> dict[str, Entry]:
+        entries = await self.archives.members(archive, where="test", mtime=1.0)
+        assert entries is not None
+        return await walk(entries)
+
+    def storage_ranges(self) -> list[str]:
+        return [r.headers.get("range", r.headers.get("Range", "")) for r in self.fake.requests
+                if r.server == "storage"]
+
+
+async def walk(entries: list[Entry], prefix: str = "") -> dict[str, Entry]:
+    """Every entry below, by path (directories too, with a trailing '/')."""
+    found: dict[str, Entry] = {}
+    for e in entries:
+        if e.kind is Kind.DIR:
+            assert e.source is not None and e.immutable and e.source.ttl is None
+            found[prefix + e.name + "/"] = e
+            found.update(await walk(await e.source.list(), prefix + e.name + "/"))
+        else:
+            found[prefix + e.name] = e
+    return found
+
+
+async def read_all(reader: Reader, art: Artifact, step: int = 3 * BS + 17) -> bytes:
+    assert art.size is not None
+    stream, out = ReadStream(), bytearray()
+    while len(out) < art.size:
+        out += await reader.read(art, len(out), step, stream)
+    assert await reader.read(art, art.size, 10) == b""
+    return bytes(out)
+
+
+def text(seed: int, size: int) -> bytes:
+    """Compressible bytes (words), different per seed."""
+    rnd = random.Random(seed)
+    words = [bytes(rnd.choice(b"abcdefghij") for _ in range(rnd.randint(2, 9))) for _ in range(500)]
+    return b" ".join(rnd.choices(words, k=size // 3 + 1))[:size]
+
+
+def make_zip(members: list[tuple[str, bytes, int]], *, level: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, content, method in members:
+            if name.endswith("/"):
+                zf.writestr(name, b"")
+            else:
+                zf.writestr(name, content, compress_type=method, compresslevel=level)
+    return buf.getvalue()
+
+
+@pytest.fixture
+async def zips(fake: FakeCI, nursery: trio.Nursery) -> Zips:
+    return Zips(fake, nursery)
+
+
+SIZES = [0, 1, BS - 1, BS, BS + 1, 5 * BS + 3]
+METHODS = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED, "bzip2": zipfile.ZIP_BZIP2,
+           "lzma": zipfile.ZIP_LZMA}
+
+
+async def test_every_member_reads_exactly_as_zipfile_reads_it(zips):
+    members = [(f"{method}/{size}.bin", text(size + i, size), value)
+               for i, (method, value) in enumerate(METHODS.items()) for size in SIZES]
+    members += [("random.bin", random.Random(5).randbytes(3 * BS), zipfile.ZIP_DEFLATED),
+                ("deep/er/still/x.txt", b"x", zipfile.ZIP_STORED), ("empty-dir/", b"", 0)]
+    buf = io.BytesIO(make_zip(members))
+    with zipfile.ZipFile(buf, "a") as zf:
+        link = zipfile.ZipInfo("link")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, b"../../../etc/passwd")
+    data = buf.getvalue()
+    archive = zips.archive(data)
+    files = await zips.files(archive)
+    expected = zipfile.ZipFile(io.BytesIO(data))
+    want = {i.filename for i in expected.infolist()} | {"deep/", "deep/er/", "deep/er/still/", "stored/",
+                                                        "deflated/", "bzip2/", "lzma/"}
+    assert set(files) == want
+    assert await files["empty-dir/"].source.list() == []
+    for path, entry in files.items():
+        if entry.kind is Kind.DIR:
+            continue
+        art = entry.artifact
+        assert entry.kind is Kind.FILE and art is not None and art.immutable
+        assert art.key == archive.key + MEMBER_KEY_SEPARATOR + path and art.url == archive.url
+        assert art.size == expected.getinfo(path).file_size
+        assert await read_all(zips.reader, art) == expected.read(path), path
+    # a symlink member is a file holding its link text
+    assert files["link"].kind is Kind.FILE and b"etc/passwd" in await read_all(zips.reader, files["link"].artifact)
+    info = json.loads(files["deflated/1.bin"].info["zip"])
+    assert info["method"].startswith("deflated") and info["crc32"] == f"{expected.getinfo('deflated/1.bin').CRC:08x}"
+    # random reads into each member, out of order
+    rnd = random.Random(1)
+    for path, entry in sorted(files.items()):
+        if entry.kind is Kind.FILE and entry.artifact.size:
+            whole = expected.read(path)
+            for _ in range(3):
+                offset = rnd.randrange(entry.artifact.size)
+                assert await zips.reader.read(entry.artifact, offset, 1000) == whole[offset:offset + 1000]
+    # every member with bytes had its CRC-32 checked, once (an empty one is never read)
+    assert zips.members.crc_checks == sum(1 for e in files.values() if e.artifact and e.artifact.size)
+
+
+async def test_a_listing_fetches_the_tail_and_exactly_the_central_directory(zips):
+    # a small index: in the tail the size probe fetched, so the listing costs that one request
+    small = zips.archive(make_zip([(f"f{i}", text(i, 3000), zipfile.ZIP_DEFLATED) for i in range(40)]))
+    files = await zips.files(small)
+    assert len(files) == 40 and zips.storage_ranges() == [f"bytes=-{TAIL_BYTES}"]
+    assert await zips.files(small) == files and len(zips.storage_ranges()) == 1  # parsed once, kept
+    # a central directory larger than the tail: the tail, then the CD's blocks not in it
+    names = [f"some/longer/directory/name/to/grow/the/index/{i:06d}.txt" for i in range(6000)]
+    data = make_zip([(n, b"", zipfile.ZIP_STORED) for n in names])
+    cd_size, cd_offset = struct.unpack_from("<LL", data, len(data) - 22 + 12)
+    assert cd_size > 2 * TAIL_BYTES
+    big = zips.archive(data, "big.zip")
+    fetched = zips.reader.stats.bytes_fetched
+    files = await zips.files(big)
+    assert len(files) == 6000 + 8  # (and its 8 directories)
+    # the size probe's tail (the whole blocks in it kept), then the CD's blocks before those
+    tail_first_block = -(-(len(data) - TAIL_BYTES) // BS)
+    cd_blocks = range(cd_offset // BS, tail_first_block)
+    assert len(cd_blocks) >= 2
+    assert zips.reader.stats.bytes_fetched - fetched == TAIL_BYTES + len(cd_blocks) * BS
+    # concurrent listings of one archive read its index once
+    third = zips.archive(make_zip([("x", b"x", 0)]), "third.zip")
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(zips.files, third)
+    assert zips.archives.listings == 3
+
+
+async def test_what_is_not_a_zip_is_not_listed_as_one(zips):
+    assert await zips.archives.members(zips.archive(text(1, 5000), "notes.zip"), where="t", mtime=0) is None
+    truncated = make_zip([("a", b"a" * 100, 0)])[:-30]
+    assert await zips.archives.members(zips.archive(truncated), where="t", mtime=0) is None
+    mutable = dataclasses.replace(zips.archive(make_zip([("a", b"a", 0)])), immutable=False)
+    assert await zips.archives.members(mutable, where="t", mtime=0) is None
+
+
+async def test_random_reads_deep_in_a_large_deflated_member_start_at_checkpoints(fake, nursery, monkeypatch):
+    monkeypatch.setattr(zipmember, "CHECKPOINT_BYTES", 1 << 20)
+    size = 24 << 20
+    content = text(7, size)
+    # a small memory cache and no disk: decoded blocks do not stay, checkpoints must serve
+    zips = Zips(fake, nursery, memory=2 << 20)
+    files = await zips.files(zips.archive(make_zip([("big.txt", content, zipfile.ZIP_DEFLATED)], level=1)))
+    art = files["big.txt"].artifact
+    counted = zips.members
+
+    async def read_at(offset: int) -> int:
+        before = counted.inflated_bytes
+        assert await zips.reader.read(art, offset, 4096) == content[offset:offset + 4096]
+        return counted.inflated_bytes - before
+
+    deep = 20 * (1 << 20) + 5000
+    assert await read_at(deep) >= deep  # the first: from the start
+    assert counted.passes_from_start == 1
+    # back, into a block long evicted: from the checkpoint at or before it, not the start
+    for offset in (deep - 3 * (1 << 20), 3 * (1 << 20) + 77, 10 * (1 << 20) + BS * 3, 17):
+        assert await read_at(offset) <= (1 << 20) + BS
+    # forward, a little past where the last pass stopped: from there
+    assert await read_at(17 + 2 * BS) <= 2 * BS
+    assert counted.passes_from_start == 2  # (offset 17: the start is its nearest point)
+    # a sequential read never decodes a byte twice
+    before = counted.inflated_bytes
+    zips2 = Zips(fake, nursery, memory=8 << 20)
+    files2 = await zips2.files(zips2.archive(make_zip([("big.txt", content[:8 << 20], zipfile.ZIP_DEFLATED)])))
+    assert await read_all(zips2.reader, files2["big.txt"].artifact, step=BS) == content[:8 << 20]
+    assert zips2.members.inflated_bytes == 8 << 20 and zips2.members.crc_checks == 1
+    assert counted.inflated_bytes == before
+
+
+def _patch_cd(data: bytes, name: bytes, offset_in_entry: int, fmt: str, value: int) -> bytes:
+    """Set a field of `name`'s central directory entry (located with the plain format)."""
+    cd_size, cd_offset = struct.unpack_from("<LL", data, len(data) - 22 + 12)
+    blob = bytearray(data)
+    pos = cd_offset
+    while pos < cd_offset + cd_size:
+        n, m, k = struct.unpack_from("<3H", blob, pos + 28)
+        if blob[pos + 46:pos + 46 + n] == name:
+            struct.pack_into(fmt, blob, pos + offset_in_entry, value)
+            return bytes(blob)
+        pos += 46 + n + m + k
+    raise AssertionError(name)
+
+
+async def expect_eio(reader: Reader, art: Artifact, offset: int = 0, length: int = 1 << 30) -> str:
+    with pytest.raises(CiartfsError) as info:
+        await reader.read(art, offset, length)
+    assert info.value.errno == errno.EIO
+    return str(info.value)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+async def test_a_crc_mismatch_is_eio_and_its_blocks_are_dropped(zips, method):
+    content = text(3, 4 * BS + 10)
+    data = make_zip([("a", content, method), ("b", content, method)])
+    good = zlib.crc32(content)
+    data = _patch_cd(data, b"a", 16, "<L", good ^ 1)
+    files = await zips.files(zips.archive(data))
+    art = files["a"].artifact
+    assert "CRC-32 mismatch" in await expect_eio(zips.reader, art)
+    assert not any(zips.reader.blocks.key(art, i, art.size) in zips.reader.memory for i in range(5))
+    await expect_eio(zips.reader, art, 0, 10)  # and from then on
+    assert await read_all(zips.reader, files["b"].artifact) == content  # its neighbour reads
+
+
+async def test_members_whose_sizes_lie(zips, caplog):
+    content = text(4, 3 * BS)
+    data = make_zip([("longer", content, zipfile.ZIP_DEFLATED), ("shorter", content, zipfile.ZIP_DEFLATED),
+                     ("stored", content, zipfile.ZIP_STORED), ("next", b"n", zipfile.ZIP_STORED)])
+    data = _patch_cd(data, b"longer", 24, "<L", len(content) + 1)
+    data = _patch_cd(data, b"shorter", 24, "<L", len(content) - 1)
+    # compressed size past its data: into the next member's local header
+    data = _patch_cd(data, b"stored", 20, "<L", len(content) + 5)
+    data = _patch_cd(data, b"stored", 24, "<L", len(content) + 5)
+    files = await zips.files(zips.archive(data))
+    assert "ends after" in await expect_eio(zips.reader, files["longer"].artifact)
+    assert "past its stated size" in await expect_eio(zips.reader, files["shorter"].artifact)
+    assert "a size that lies" in await expect_eio(zips.reader, files["stored"].artifact)
+    assert await zips.reader.read(files["next"].artifact, 0, 10) == b"n"
+    assert sum("a size that lies" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_methods_without_a_reader_and_encrypted_members(zips, caplog):
+    data = make_zip([("zstd", b"z" * 100, zipfile.ZIP_STORED), ("secret", b"s" * 100, zipfile.ZIP_STORED),
+                     ("plain", b"p" * 100, zipfile.ZIP_STORED)])
+    data = _patch_cd(data, b"zstd", 10, "<H", 93)
+    data = _patch_cd(data, b"secret", 8, "<H", 1)
+    files = await zips.files(zips.archive(data))
+    assert "zstandard (method 93)" in await expect_eio(zips.reader, files["zstd"].artifact)
+    assert "encrypted" in await expect_eio(zips.reader, files["secret"].artifact)
+    assert "encrypted" in files["secret"].info["zip"]
+    assert await zips.reader.read(files["plain"].artifact, 0, 1000) == b"p" * 100
+    assert any("zstandard" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+async def test_a_zip_bomb_stops_early_with_eio(zips):
+    size = 200 << 20
+    data = make_zip([("bomb", bytes(size), zipfile.ZIP_DEFLATED)], level=9)
+    assert len(data) < size // 900
+    files = await zips.files(zips.archive(data))
+    art = files["bomb"].artifact
+    assert art.size == size
+    with trio.fail_after(30):
+        assert "decompression bomb" in await expect_eio(zips.reader, art, size - 10, 10)
+    assert zips.members.inflated_bytes < 40 << 20  # stopped soon after the ratio rule applies
+
+
+async def test_overlapping_members_are_listed_and_read_as_eio(zips):
+    data = make_zip([("a", text(1, 1000), zipfile.ZIP_DEFLATED), ("b", text(2, 1000), zipfile.ZIP_DEFLATED)])
+    data = _patch_cd(data, b"b", 42, "<L", 0)
+    files = await zips.files(zips.archive(data))
+    for name in ("a", "b"):
+        assert "overlaps" in await expect_eio(zips.reader, files[name].artifact)
