@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from ciartfs.data import zipmember
-from ciartfs.data.cache import MemoryCache
+from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.data.ranged import TAIL_BYTES
 from ciartfs.data.reader import Reader, ReadStream
 from ciartfs.data.sources import TAIL_FIRST, ZipMember
@@ -316,3 +316,34 @@ async def test_overlapping_members_are_listed_and_read_as_eio(zips):
     files = await zips.files(zips.archive(data))
     for name in ("a", "b"):
         assert "overlaps" in await expect_eio(zips.reader, files[name].artifact)
+
+
+async def test_a_corrupt_lzma_header_is_eio(zips):
+    data = bytearray(make_zip([("x.lz", text(5, 5000), zipfile.ZIP_LZMA), ("ok", b"ok", 0)]))
+    info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("x.lz")
+    data[info.header_offset + 30 + len(b"x.lz") + 4] = 0xFF  # the lc/lp/pb byte: out of range
+    files = await zips.files(zips.archive(bytes(data)))
+    assert "lzma header" in await expect_eio(zips.reader, files["x.lz"].artifact)
+    assert await zips.reader.read(files["ok"].artifact, 0, 10) == b"ok"
+
+
+async def test_decoded_members_are_read_from_the_disk_cache_by_a_later_mount(fake, tmp_path):
+    content = text(6, 6 * BS + 5)
+    data = make_zip([("d.txt", content, zipfile.ZIP_DEFLATED), ("s.bin", content, zipfile.ZIP_STORED)])
+    blob = ZipBlob(data)
+    fake.blobs.add(blob)
+    archive = Artifact(f"test|{blob.blob_id}/a.zip", fake.presigned_url(blob.blob_id), True, source=TAIL_FIRST)
+    for mount in range(2):
+        reader = Reader(HttpClient(timeout=10), MemoryCache(64 << 20), DiskStore(tmp_path / "blocks", 1 << 30), BS)
+        async with trio.open_nursery() as nursery:
+            reader.start(nursery)
+            entries = await ZipArchives(reader).members(archive, where="t", mtime=0)
+            assert entries is not None
+            files = await walk(entries)
+            fake.clear_requests()
+            for name in ("d.txt", "s.bin"):
+                assert await read_all(reader, files[name].artifact) == content
+            if mount == 1:  # every block from disk: no request for the archive's bytes
+                assert [r for r in fake.requests if r.server == "storage"] == []
+            await reader.flush_writes()
+            nursery.cancel_scope.cancel()

@@ -572,9 +572,9 @@ class ZipMemberReader:
         header = await self.reader.read(src.archive, start, min(9, src.compressed_size))
         try:
             taken, filters = zipindex.lzma_filters(header)
-        except BadZip as e:
-            self._fail(art, str(e))
-        return _Start(0, taken, 0, _Buffering(lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)))
+            return _Start(0, taken, 0, _Buffering(lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)))
+        except (BadZip, lzma.LZMAError, ValueError) as e:
+            self._fail(art, f"its lzma header is refused: {e}")
 
     async def _decode_to(self, art: Artifact, src: ZipMember, member: _Member, index: int, total: int) -> bytes:
         b = self.blocks
