@@ -5,10 +5,12 @@ and members whose index or stream lies."""
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
 import errno
 import io
 import json
+import lzma
 import random
 import stat
 import struct
@@ -347,3 +349,46 @@ async def test_decoded_members_are_read_from_the_disk_cache_by_a_later_mount(fak
                 assert [r for r in fake.requests if r.server == "storage"] == []
             await reader.flush_writes()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_a_pass_decodes_whatever_the_input_chunks_and_block_size(method, chunk):
+    """The decoding core alone (zipmember._Pass), fed as the reader feeds it, in chunks of any
+    size, asked for blocks one after the other."""
+    content = text(method + chunk, 50_000)
+    data = make_zip([("m", content, method)])
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo("m")
+    start = info.header_offset + 30 + 1
+    compressed = data[start:start + info.compress_size]
+    bs = 4096
+    if method == zipfile.ZIP_DEFLATED:
+        first = zipmember._Start(0, 0, 0, zipmember._Zlib())
+    elif method == zipfile.ZIP_BZIP2:
+        first = zipmember._Start(0, 0, 0, zipmember._Buffering(bz2.BZ2Decompressor()))
+    else:
+        taken, filters = zipmember.zipindex.lzma_filters(compressed[:9])
+        first = zipmember._Start(0, taken, 0, zipmember._Buffering(lzma.LZMADecompressor(lzma.FORMAT_RAW,
+                                                                                        filters=filters)))
+    run = zipmember._Pass(first, block_size=bs, size=len(content), compressed_size=len(compressed),
+                          crc32=info.CRC, checkpoint_blocks=3, end_marker_optional=method == zipfile.ZIP_LZMA)
+    got: dict[int, bytes] = {}
+    for until in range(-(-len(content) // bs)):
+        for _ in range(1_000_000):
+            if until in got or run.finished:
+                break
+            data_chunk = compressed[run.in_pos:run.in_pos + chunk]
+            blocks, _ = run.step(data_chunk, until)
+            got.update(blocks)
+    assert run.finished
+    assert b"".join(got[i] for i in sorted(got)) == content
+    if method == zipfile.ZIP_DEFLATED:  # its checkpoints resume where they were taken
+        assert run.checkpoints
+        for cp in run.checkpoints:
+            again = zipmember._Pass(zipmember._Start(cp.block, cp.in_pos, cp.crc, cp.inflater), block_size=bs,
+                                    size=len(content), compressed_size=len(compressed), crc32=info.CRC,
+                                    checkpoint_blocks=1000, end_marker_optional=False)
+            rest: dict[int, bytes] = {}
+            while not again.finished:
+                rest.update(again.step(compressed[again.in_pos:again.in_pos + chunk], 10**9)[0])
+            assert b"".join(rest[i] for i in sorted(rest)) == content[cp.block * bs:]

@@ -242,11 +242,10 @@ class _Buffering:
         self.eof = False
 
     def step(self, data: memoryview, max_out: int) -> tuple[bytes, int]:
-        if not self.obj.needs_input:
-            out, taken = self.obj.decompress(b"", max_out), 0
-        elif not data:
-            return b"", 0
-        else:
+        out, taken = b"", 0
+        if not self.obj.needs_input:  # output from what it holds (it may want more input yet)
+            out = self.obj.decompress(b"", max_out)
+        if not out and not self.obj.eof and data:
             out, taken = self.obj.decompress(data, max_out), len(data)
         self.eof = self.obj.eof
         if self.eof:
