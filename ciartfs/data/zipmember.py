@@ -3,9 +3,9 @@ range, and serving each member's bytes from the archive's bytes.
 
 `ZipArchives.members(archive)` reads the archive's tail (already there: a TAIL_FIRST archive's
 size probe keeps it), then its central directory in one read (nothing more when the tail
-holds it), parses it in a worker thread (zipindex.py) and returns the member tree's top-level
-entries, arranged by the artifact path rules (names.py). Each member is a file whose Artifact
-has its own key (`member_key`: the archive's key, NUL, the member's path; NUL never occurs in
+holds it), parses it (zipindex.py) and arranges the members by the artifact path rules
+(names.py) in a worker thread, and returns the member tree's top-level entries, kept per
+archive key (LISTED_MEMBERS_KEPT). Each member is a file whose Artifact has its own key (`member_key`: the archive's key, NUL, the member's path; NUL never occurs in
 a key otherwise, since no name may hold it) and a `ZipMember` source, served by
 `ZipMemberReader` through the reader's tiers like any artifact.
 
@@ -162,14 +162,18 @@ class ZipArchives:
             else:
                 cd = await r.read(archive, d.offset, d.size, total=size)
             del tail
-            parsed = await trio.to_thread.run_sync(zipindex.parse_directory, cd, d)
+
+            def arrange() -> tuple[list[Entry], int]:  # (CPU: a second or more for a million members)
+                parsed = zipindex.parse_directory(cd, d)
+                return _entries(archive, parsed, where=where, mtime=mtime, info=info), len(parsed)
+
+            return await trio.to_thread.run_sync(arrange)
         except NotAZip:
             log.info("%s: not a zip (no end-of-central-directory record): shown as one file", where)
             return None, 0
         except BadZip as e:
             log.warning("%s: its zip index is refused (%s): shown as one file", where, e)
             return None, 0
-        return _entries(archive, parsed, where=where, mtime=mtime, info=info), len(parsed)
 
 
 def _entries(archive: Artifact, parsed: list[ZipEntry], *, where: str, mtime: float,
