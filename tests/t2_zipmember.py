@@ -392,3 +392,14 @@ def test_a_pass_decodes_whatever_the_input_chunks_and_block_size(method, chunk):
             while not again.finished:
                 rest.update(again.step(compressed[again.in_pos:again.in_pos + chunk], 10**9)[0])
             assert b"".join(rest[i] for i in sorted(rest)) == content[cp.block * bs:]
+
+
+async def test_members_carry_the_callers_xattrs_and_their_own(zips):
+    archive = zips.archive(make_zip([("d/f.txt", b"hello", zipfile.ZIP_DEFLATED)]))
+    (d,) = await zips.archives.members(archive, where="t", mtime=5.0, info={"source": '{"run": 1}'})
+    (f,) = await d.source.list()
+    assert d.mtime == 5.0 and list(f.info) == ["source", "zip"] and len(f.info) == 2
+    assert f.info["source"] == '{"run": 1}'
+    assert json.loads(f.info["zip"]) == {"member": "d/f.txt", "method": "deflated (method 8)", "size": 5,
+                                         "compressed_size": f.artifact.source.compressed_size,
+                                         "crc32": f"{zlib.crc32(b'hello'):08x}"}

@@ -5,9 +5,10 @@ range, and serving each member's bytes from the archive's bytes.
 size probe keeps it), then its central directory in one read (nothing more when the tail
 holds it), parses it (zipindex.py) and arranges the members by the artifact path rules
 (names.py) in a worker thread, and returns the member tree's top-level entries, kept per
-archive key (LISTED_MEMBERS_KEPT). Each member is a file whose Artifact has its own key (`member_key`: the archive's key, NUL, the member's path; NUL never occurs in
-a key otherwise, since no name may hold it) and a `ZipMember` source, served by
-`ZipMemberReader` through the reader's tiers like any artifact.
+archive key (LISTED_MEMBERS_KEPT). Each member is a file whose Artifact has its own key
+(`member_key`: the archive's key, NUL, the member's path; NUL never occurs in a key
+otherwise, since no name may hold it) and a `ZipMember` source, served by `ZipMemberReader`
+through the reader's tiers like any artifact.
 
 Decisions:
 - Not a zip (no end record), an index refused (zipindex.BadZip: hostile, corrupt, over a
@@ -52,7 +53,7 @@ import json
 import logging
 import lzma
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import cachetools
@@ -195,16 +196,41 @@ def _entries(archive: Artifact, parsed: list[ZipEntry], *, where: str, mtime: fl
                            data_limit=e.data_limit)
         art = Artifact(key=member_key(archive, path), url=archive.url, immutable=True, size=e.size,
                        credentialed=archive.credentialed, source=source)
-        described = {"member": e.name, "method": zipindex.method_name(e.method), "size": e.size,
-                     "compressed_size": e.compressed_size, "crc32": f"{e.crc32:08x}"}
+        return Entry(name, Kind.FILE, mtime=mtime if e.mtime is None else e.mtime, immutable=True, artifact=art,
+                     info=_MemberInfo(e, info))
+
+    return tree_entries(tree, make_file, mtime=mtime, immutable=True, ttl=None)
+
+
+class _MemberInfo(Mapping[str, str]):
+    """A member's xattrs: the caller's, and `zip` (its path, method, sizes, CRC-32 as JSON),
+    made when asked for (a JSON string per member would cost a listing of a million members
+    seconds and a hundred MiB)."""
+
+    __slots__ = ("entry", "shared")
+
+    def __init__(self, entry: ZipEntry, shared: dict[str, str]) -> None:
+        self.entry = entry
+        self.shared = shared
+
+    def __getitem__(self, key: str) -> str:
+        if key != "zip":
+            return self.shared[key]
+        e = self.entry
+        described: dict[str, object] = {"member": e.name, "method": zipindex.method_name(e.method), "size": e.size,
+                                        "compressed_size": e.compressed_size, "crc32": f"{e.crc32:08x}"}
         if e.is_symlink:
             described["symlink"] = True  # (a regular file holding the link's target)
         if e.problem:
             described["problem"] = e.problem
-        return Entry(name, Kind.FILE, mtime=mtime if e.mtime is None else e.mtime, immutable=True, artifact=art,
-                     info={**info, "zip": json.dumps(described)})
+        return json.dumps(described)
 
-    return tree_entries(tree, make_file, mtime=mtime, immutable=True, ttl=None)
+    def __iter__(self) -> Iterator[str]:
+        yield from (k for k in self.shared if k != "zip")
+        yield "zip"
+
+    def __len__(self) -> int:
+        return len(self.shared) + (0 if "zip" in self.shared else 1)
 
 
 # -- decompressors -------------------------------------------------------------------------------
