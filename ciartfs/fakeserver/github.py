@@ -40,12 +40,14 @@ What the fake keeps of the real service, awkward parts included:
 - Errors: {"message", "documentation_url", "status": "<code as a string>"}; unknown paths 404
   {"message": "Not Found", ...}.
 - Every answer (errors too) carries X-RateLimit-Limit/-Remaining/-Reset/-Used/-Resource
-  ("core"); limits 5,000 an hour per token, 60 without one. GET answers carry a weak ETag;
+  ("core"); limits 5,000 an hour per token, 60 without one (FakeGitHub.authenticated_limit,
+  anonymous_limit). GET answers carry a weak ETag;
   `If-None-Match` with it is 304, no body, and (for an authorized request, as the docs say)
   not counted. Exhausting the limit is 403 with X-RateLimit-Remaining: 0 and "API rate limit
-  exceeded ...". `Faults.github_rate_limits` queues one-off answers: "primary" (403, remaining
-  0), "primary-429", "secondary" (403 with Retry-After and the secondary-limit message),
-  "secondary-429".
+  exceeded ...", until X-RateLimit-Reset. `Faults.github_rate_limits` queues such answers:
+  "primary" (403: the budget is spent until a reset `FakeGitHub.retry_after` seconds away),
+  "primary-429", "secondary" (403, Retry-After: `retry_after`, the secondary-limit message;
+  that one request only), "secondary-429".
 
 Model: `fake.github` (FakeGitHub) -> add_repo(owner, name, private=False) -> FakeRepo ->
 add_workflow(file, name) / add_run(...) -> FakeRun -> add_artifact(name, members | data=...).
@@ -366,7 +368,8 @@ class FakeGitHub:
         self.artifacts: dict[int, FakeGhArtifact] = {}
         self.container = BlobContainer()
         self.url_ttl = 60.0
-        self.retry_after = 60  # seconds a secondary rate limit's Retry-After names
+        # seconds a secondary rate limit's Retry-After names, and until an injected primary one resets
+        self.retry_after = 60
         self.authenticated_limit = AUTHENTICATED_LIMIT
         self.anonymous_limit = ANONYMOUS_LIMIT
         self._budgets: dict[str, _Budget] = {}
@@ -449,8 +452,8 @@ class FakeGitHub:
                 reply = Reply(304, b"", content_type=reply.content_type, headers=headers)
                 counted = counted and token is None  # a conditional request answered 304 is free when authorized
         with self._lock:
-            if counted and reply.status not in (401,):
-                budget.used += 1
+            if counted and reply.status != 401:
+                budget.used = min(budget.used + 1, budget.limit)
             used, limit, reset = budget.used, budget.limit, budget.reset
         headers.update({
             "X-RateLimit-Limit": str(limit),
@@ -475,8 +478,10 @@ class FakeGitHub:
             return
         if kind is None or kind.startswith("primary"):
             who = "user ID 1" if token else ANONYMOUS_WHO
-            with self._lock:
-                budget.used = max(budget.used, budget.limit - 1)  # this answer makes it limit: remaining 0
+            if kind is not None:  # an injected exhaustion lasts until a near reset, `retry_after` away
+                with self._lock:
+                    budget.used = budget.limit
+                    budget.reset = int(time.time()) + self.retry_after
             status = 429 if kind == "primary-429" else 403
             raise _error(status, f"API rate limit exceeded for {who}",
                          "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api")
