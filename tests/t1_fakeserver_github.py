@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from ciartfs.fakeserver import FakeCI
+from ciartfs.fakeserver.generated_zip import GeneratedZip
 from ciartfs.fakeserver.github import FakeRepo, FakeRun, zip_bytes
 from conftest import TOKEN  # the conftest `fake` fixture accepts it
 
@@ -376,3 +377,84 @@ def test_replacing_a_repository_forgets_its_runs_artifacts_and_blobs(fake: FakeC
     fake.github.add_repo("acme", "api")
     assert api(fake, f"/repos/acme/api/actions/artifacts/{artifact.id}").status_code == 404
     assert HTTP.get(url).status_code == 404
+
+
+# -- archives made on the fly ----------------------------------------------------------------------
+
+class HttpRangeFile(io.RawIOBase):
+    """A blob on the blob host read as a seekable file, one Range request per read."""
+
+    def __init__(self, url: str, size: int) -> None:
+        self.url, self.size, self.pos, self.requests = url, size, 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        if self.pos >= self.size:
+            return 0
+        r = HTTP.get(self.url, headers={"Range": f"bytes={self.pos}-{min(self.pos + len(buffer), self.size) - 1}"})
+        assert r.status_code == 206
+        self.requests += 1
+        buffer[:len(r.content)] = r.content
+        self.pos += len(r.content)
+        return len(r.content)
+
+
+def open_remote(fake: FakeCI, artifact_id: int) -> tuple[zipfile.ZipFile, HttpRangeFile]:
+    size = api(fake, f"/repos/acme/api/actions/artifacts/{artifact_id}").json()["size_in_bytes"]
+    remote = HttpRangeFile(location(fake, artifact_id), size)
+    return zipfile.ZipFile(io.BufferedReader(remote, 1 << 16)), remote
+
+
+def test_a_generated_deflated_artifact_reads_as_a_zip_and_its_digest_is_of_its_bytes(fake: FakeCI, repo: FakeRepo):
+    generated = GeneratedZip.deflated(count=40, member_size=20_000)
+    artifact = run_of(repo, 1).add_artifact("logs", content=generated)
+    whole = HTTP.get(location(fake, artifact.id)).content
+    record = api(fake, f"/repos/acme/api/actions/artifacts/{artifact.id}").json()
+    assert record["size_in_bytes"] == len(whole) == generated.size
+    assert record["digest"] == "sha256:" + hashlib.sha256(whole).hexdigest()
+    with zipfile.ZipFile(io.BytesIO(whole)) as archive:
+        assert archive.testzip() is None
+        infos = archive.infolist()
+        assert len(infos) == 40 and {i.compress_type for i in infos} == {zipfile.ZIP_DEFLATED}
+        assert all(i.compress_size < i.file_size for i in infos)
+        assert [hashlib.sha256(archive.read(i)).hexdigest() for i in infos[:3]] == [generated.member_sha256(n)
+                                                                                    for n in range(3)]
+        assert len({archive.read(i) for i in infos}) == 40  # labelled: no two members alike
+
+
+def test_70000_members_make_a_zip64_archive_by_count(fake: FakeCI, repo: FakeRepo):
+    generated = GeneratedZip.many_members(count=70_000)
+    assert generated.zip64
+    artifact = run_of(repo, 1).add_artifact("many", content=generated, digest_known=False)
+    archive, remote = open_remote(fake, artifact.id)
+    with archive:
+        infos = archive.infolist()
+        assert len(infos) == 70_000 and infos[-1].filename == "d069/f069999.bin"
+        assert hashlib.sha256(archive.read(infos[-1])).hexdigest() == generated.member_sha256(69_999)
+    assert remote.requests < 400  # ranges, not the whole blob
+
+
+def test_a_member_over_4_gib_is_served_sparsely_in_a_zip64_archive(fake: FakeCI, repo: FakeRepo):
+    generated = GeneratedZip.huge_member()
+    artifact = run_of(repo, 1).add_artifact("huge", content=generated, digest_known=False)
+    archive, _ = open_remote(fake, artifact.id)
+    with archive:
+        sizes = {i.filename: i.file_size for i in archive.infolist()}
+        assert sizes["huge/zeros.bin"] == generated.members[1].size > 1 << 32
+        assert archive.read("after.txt") == b"".join(generated.member_read(2))
+        with archive.open("huge/zeros.bin") as member:
+            assert member.read(1 << 16) == bytes(1 << 16)
+    tail = HTTP.get(location(fake, artifact.id), headers={"Range": f"bytes={generated.size - 22}-"})
+    assert tail.status_code == 206 and tail.content[:4] == b"PK\x05\x06"

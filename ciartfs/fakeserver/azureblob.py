@@ -244,9 +244,9 @@ def _serve(fake: FakeCI, request: Request, blob: StoredBlob, disposition: str | 
         handler.end_headers()
         if request.method == "GET":
             for part in content.read(start, start + sent_limit):
-                handler.wfile.write(part)
                 sent += len(part)
-                request.record.bytes_sent = sent
+                request.record.bytes_sent = sent  # before the write: a client holding the bytes sees them counted
+                handler.wfile.write(part)
             if sent_limit != length:  # the promised bytes will never come: hang up
                 handler.wfile.flush()
                 handler.connection.shutdown(socket.SHUT_RDWR)
