@@ -17,7 +17,7 @@ import pytest
 
 from ciartfs.fakeserver import FakeCI
 from ciartfs.fakeserver.generated_zip import GeneratedZip
-from ciartfs.fakeserver.github import FakeRepo, FakeRun, zip_bytes
+from ciartfs.fakeserver.github import FakeRepo, FakeWorkflowRun, zip_bytes
 from conftest import TOKEN  # the conftest `fake` fixture accepts it
 
 HTTP = httpx.Client(timeout=5)
@@ -43,7 +43,7 @@ def repo(fake: FakeCI) -> FakeRepo:
     return r
 
 
-def run_of(repo: FakeRepo, number: int, file: str = "ci.yml") -> FakeRun:
+def run_of(repo: FakeRepo, number: int, file: str = "ci.yml") -> FakeWorkflowRun:
     return next(r for r in repo.runs.values() if r.run_number == number and r.workflow.file == file)
 
 

@@ -50,7 +50,7 @@ What the fake keeps of the real service, awkward parts included:
   that one request only), "secondary-429".
 
 Model: `fake.github` (FakeGitHub) -> add_repo(owner, name, private=False) -> FakeRepo ->
-add_workflow(file, name) / add_run(...) -> FakeRun -> add_artifact(name, members | data=...).
+add_workflow(file, name) / add_run(...) -> FakeWorkflowRun -> add_artifact(name, members | data=...).
 Artifact zips are built with the stdlib zipfile (stored or deflated, directories, unicode
 names, data descriptors as a streaming zipper writes them), or given as raw bytes, or made on
 the fly (generated_zip.GeneratedZip, never held whole).
@@ -142,7 +142,7 @@ class _Unseekable(io.RawIOBase):
 class FakeGhArtifact:
     id: int
     name: str
-    run: FakeRun
+    run: FakeWorkflowRun
     content: BlobContent
     content_type: str = "application/zip"
     download_name: str = ""  # the SAS URL's Content-Disposition filename ("<name>.zip" for zips)
@@ -206,7 +206,7 @@ class FakeWorkflow:
 
 
 @dataclasses.dataclass(eq=False)
-class FakeRun:
+class FakeWorkflowRun:
     id: int
     repo: FakeRepo
     workflow: FakeWorkflow
@@ -302,7 +302,7 @@ class FakeRepo:
     private: bool
     github: FakeGitHub = dataclasses.field(repr=False)
     workflows: dict[str, FakeWorkflow] = dataclasses.field(default_factory=dict)  # by file name
-    runs: dict[int, FakeRun] = dataclasses.field(default_factory=dict)
+    runs: dict[int, FakeWorkflowRun] = dataclasses.field(default_factory=dict)
 
     def add_workflow(self, file: str = "ci.yml", name: str | None = None) -> FakeWorkflow:
         workflow = self.workflows.get(file)
@@ -313,7 +313,7 @@ class FakeRepo:
     def add_run(self, workflow: str | FakeWorkflow = "ci.yml", *, branch: str | None = "main",
                 conclusion: str | None = "success", status: str | None = None, event: str = "push",
                 head_sha: str | None = None, created_at: str | None = None, run_number: int | None = None,
-                **kw: Any) -> FakeRun:
+                **kw: Any) -> FakeWorkflowRun:
         """A run. `status` defaults from the conclusion: completed when there is one, else
         in_progress (and a run that is not completed has no conclusion). `created_at`
         defaults to a minute after the repository's previous run."""
@@ -326,7 +326,7 @@ class FakeRepo:
         created = _parse(created_at) if created_at else EPOCH + datetime.timedelta(minutes=len(self.runs))
         if run_number is None:
             run_number = 1 + sum(1 for r in self.runs.values() if r.workflow is flow)
-        run = FakeRun(run_id, self, flow, run_number, branch, head_sha or hashlib.sha1(b"%d" % run_id).hexdigest(),
+        run = FakeWorkflowRun(run_id, self, flow, run_number, branch, head_sha or hashlib.sha1(b"%d" % run_id).hexdigest(),
                       event, status, conclusion, created,
                       created + datetime.timedelta(minutes=5 if status == "completed" else 1), **kw)
         self.runs[run_id] = run
@@ -364,7 +364,7 @@ class FakeGitHub:
         self.fake = fake
         self.repos: dict[tuple[str, str], FakeRepo] = {}  # (owner, name) lower-cased: GitHub ignores case
         self.repos_by_id: dict[int, FakeRepo] = {}
-        self.runs: dict[int, FakeRun] = {}
+        self.runs: dict[int, FakeWorkflowRun] = {}
         self.artifacts: dict[int, FakeGhArtifact] = {}
         self.container = BlobContainer()
         self.url_ttl = 60.0
@@ -551,7 +551,7 @@ class FakeGitHub:
             raise Reply(302, b"", content_type="text/html;charset=utf-8", headers={"Location": self.signed_url(artifact)})
         raise _error(404, "Not Found", DOCS)
 
-    def _list_runs(self, request: Request, repo: FakeRepo, runs: list[FakeRun], link_base: str, doc: str) -> None:
+    def _list_runs(self, request: Request, repo: FakeRepo, runs: list[FakeWorkflowRun], link_base: str, doc: str) -> None:
         query = request.query
         if "branch" in query:
             runs = [r for r in runs if r.head_branch == query["branch"]]
