@@ -95,6 +95,17 @@ def test_a_workflows_runs_by_file_name_or_id(fake: FakeCI, repo: FakeRepo):
     assert missing.status_code == 404 and missing.json()["message"] == "Not Found"
 
 
+def test_workflows_and_a_repositorys_artifacts_are_listed(fake: FakeCI, repo: FakeRepo):
+    flows = api(fake, "/repos/acme/api/actions/workflows").json()
+    assert flows["total_count"] == 2 and {w["path"] for w in flows["workflows"]} == {".github/workflows/ci.yml",
+                                                                                      ".github/workflows/nightly.yml"}
+    older = run_of(repo, 1).add_artifact("logs", {"a": b"a"})
+    newer = run_of(repo, 3).add_artifact("logs", {"b": b"b"})
+    run_of(repo, 3).add_artifact("other", {"c": b"c"})
+    listed = api(fake, "/repos/acme/api/actions/artifacts?name=logs").json()
+    assert listed["total_count"] == 2 and [a["id"] for a in listed["artifacts"]] == [newer.id, older.id]
+
+
 def test_paging_links_are_githubs_repositories_urls_in_githubs_order(fake: FakeCI, repo: FakeRepo):
     first = api(fake, "/repos/acme/api/actions/runs?per_page=2&branch=main")
     assert first.json()["total_count"] == 5 and len(first.json()["workflow_runs"]) == 2

@@ -1,6 +1,8 @@
 """A fake GitHub Actions REST API (runs and artifacts) on the API host, with the artifacts' bytes
 on the "blob" host (azureblob.py: Azure Blob storage behind SAS URLs):
 
+    GET /repos/{owner}/{repo}/actions/workflows[?per_page=&page=]
+    GET /repos/{owner}/{repo}/actions/artifacts[?per_page=&page=&name=]   the repository's, newest first
     GET /repos/{owner}/{repo}/actions/runs[?per_page=&page=&branch=&status=&event=&head_sha=]
     GET /repos/{owner}/{repo}/actions/workflows/{workflow_id or file name}/runs[?same]
     GET /repos/{owner}/{repo}/actions/runs/{run_id}
@@ -203,6 +205,14 @@ class FakeWorkflow:
     @property
     def path(self) -> str:
         return f".github/workflows/{self.file}"
+
+    def json(self, repo: FakeRepo, api_url: str) -> dict[str, Any]:
+        return {"id": self.id, "node_id": "W_" + base64.b64encode(f"workflow{self.id}".encode()).decode().rstrip("="),
+                "name": self.name, "path": self.path, "state": "active",
+                "created_at": _iso(EPOCH), "updated_at": _iso(EPOCH),
+                "url": f"{api_url}/repos/{repo.owner}/{repo.name}/actions/workflows/{self.id}",
+                "html_url": f"https://github.com/{repo.owner}/{repo.name}/blob/main/{self.path}",
+                "badge_url": f"https://github.com/{repo.owner}/{repo.name}/workflows/{self.name}/badge.svg"}
 
 
 @dataclasses.dataclass(eq=False)
@@ -511,6 +521,16 @@ class FakeGitHub:
         rest = rest[1:]
         api_url = self.fake.api_url
         link_base = f"{api_url}/repositories/{repo.id}/{'/'.join(urllib.parse.quote(p) for p in ['actions', *rest])}"
+        if rest == ["workflows"]:
+            flows = list(repo.workflows.values())
+            page, links = _page(request, flows, len(flows), link_base)
+            raise _json({"total_count": len(flows), "workflows": [w.json(repo, api_url) for w in page]}, links)
+        if rest == ["artifacts"]:  # the repository's, newest first
+            listed = [a for r in repo.runs.values() for a in r.artifacts
+                      if "name" not in request.query or a.name == request.query["name"]]
+            listed.sort(key=lambda a: (a.created, a.id), reverse=True)
+            page, links = _page(request, listed, len(listed), link_base)
+            raise _json({"total_count": len(listed), "artifacts": [a.json(api_url) for a in page]}, links)
         if rest == ["runs"]:
             self._list_runs(request, repo, list(repo.runs.values()), link_base, f"{DOC_RUNS}#list-workflow-runs-for-a-repository")
         if len(rest) == 3 and rest[0] == "workflows" and rest[2] == "runs":
