@@ -469,3 +469,17 @@ def test_a_member_over_4_gib_is_served_sparsely_in_a_zip64_archive(fake: FakeCI,
             assert member.read(1 << 16) == bytes(1 << 16)
     tail = HTTP.get(location(fake, artifact.id), headers={"Range": f"bytes={generated.size - 22}-"})
     assert tail.status_code == 206 and tail.content[:4] == b"PK\x05\x06"
+
+
+def test_the_demo_has_actions_runs_with_a_coverage_report_and_a_private_repository(demo_fake: FakeCI):
+    runs = api(demo_fake, "/repos/acme/api/actions/runs").json()["workflow_runs"]
+    assert {r["conclusion"] for r in runs} == {"success", "failure", None}
+    assert "feature/login" in {r["head_branch"] for r in runs}
+    finished = next(r for r in runs if r["name"] == "CI" and r["conclusion"] == "success")
+    artifacts = {a["name"]: a for a in HTTP.get(finished["artifacts_url"]).json()["artifacts"]}
+    assert {"coverage-report", "test-logs", "summary.md"} <= artifacts.keys()
+    zipped = HTTP.get(location(demo_fake, artifacts["coverage-report"]["id"])).content
+    assert {"index.html", "style.css"} <= set(zipfile.ZipFile(io.BytesIO(zipped)).namelist())
+    assert any(a["expired"] for r in runs for a in HTTP.get(r["artifacts_url"]).json()["artifacts"])
+    assert api(demo_fake, "/repos/acme/secret/actions/runs").status_code == 404
+    assert api(demo_fake, "/repos/acme/secret/actions/runs", headers=AUTH).json()["total_count"] == 1
