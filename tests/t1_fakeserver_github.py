@@ -176,9 +176,11 @@ def test_zips_are_real_zips_stored_or_deflated_with_directories_and_unicode_name
     assert not zipfile.ZipFile(io.BytesIO(plain)).infolist()[0].flag_bits & 0x08
 
 
-def test_a_digest_can_be_unknown_as_for_old_artifacts(fake: FakeCI, repo: FakeRepo):
-    artifact = run_of(repo, 1).add_artifact("old", {"a": b"a"}, digest_known=False)
-    assert api(fake, f"/repos/acme/api/actions/artifacts/{artifact.id}").json()["digest"] is None
+def test_old_artifacts_have_no_digest_and_may_report_another_size(fake: FakeCI, repo: FakeRepo):
+    artifact = run_of(repo, 1).add_artifact("old", {"a": b"a" * 1000}, digest_known=False, reported_size=1000)
+    record = api(fake, f"/repos/acme/api/actions/artifacts/{artifact.id}").json()
+    assert record["digest"] is None and record["size_in_bytes"] == 1000 != artifact.size
+    assert len(HTTP.get(location(fake, artifact.id)).content) == artifact.size
 
 
 # -- errors and auth ---------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ What the fake keeps of the real service, awkward parts included:
 - Answers are compact JSON (`application/json; charset=utf-8`): {"total_count", "workflow_runs"}
   and {"total_count", "artifacts"}, runs newest first. Field names as the schemas name them;
   an artifact's `digest` is "sha256:<hex>" of the stored blob, null for artifacts uploaded
-  before digests existed (`FakeGhArtifact.digest_known=False`); `size_in_bytes` is the blob's.
+  before digests existed (`FakeGhArtifact.digest_known=False`); `size_in_bytes` is the blob's,
+  except for old (upload-artifact v3) artifacts, whose size was the files' total
+  (`reported_size`): a client must not take it for the download's length.
 - Paging: `per_page` (default 30, capped at 100), `page` (from 1). `Link` lists, in GitHub's
   order, prev, next, last, first - each only when it applies, none when one page holds all -
   and its URLs use `/repositories/{id}/...` (not the /repos/owner/repo of the request), keep
@@ -151,6 +153,9 @@ class FakeGhArtifact:
     expired: bool = False  # listed (expired: true), its /zip 410
     digest_known: bool = True  # False: `digest` is null (uploaded before GitHub recorded digests)
     delay: float = 0.0  # the blob host waits this long before answering (a slow blob)
+    # `size_in_bytes` when it is not the blob's: upload-artifact v3 and older reported the
+    # uploaded files' total, not the size of the zip the download gives
+    reported_size: int | None = None
     created: datetime.datetime = EPOCH
     blob_path: str = ""  # its path on the blob host (set when stored)
     _digest: str | None = dataclasses.field(default=None, init=False, repr=False)
@@ -183,7 +188,7 @@ class FakeGhArtifact:
             "id": self.id,
             "node_id": base64.b64encode(f"08:Artifact{self.id}".encode()).decode(),
             "name": self.name,
-            "size_in_bytes": self.size,
+            "size_in_bytes": self.size if self.reported_size is None else self.reported_size,
             "url": url,
             "archive_download_url": f"{url}/zip",
             "expired": self.expired,
@@ -239,7 +244,8 @@ class FakeWorkflowRun:
         """An artifact of this run. Its blob: a zip of `members` (path -> bytes, names ending
         in "/" directories), or `data` as it is (a ready zip; with archive=False a single
         non-zip file, served with its own type), or `content` made on the fly
-        (generated_zip.GeneratedZip). `expired=True`, `digest_known=False`, `delay` as fields."""
+        (generated_zip.GeneratedZip). `expired`, `digest_known`, `reported_size`, `delay`: the
+        FakeGhArtifact fields."""
         if sum(x is not None for x in (members, data, content)) != 1:
             raise ValueError("give exactly one of members, data, content")
         if members is not None:
