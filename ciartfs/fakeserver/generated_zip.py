@@ -29,7 +29,7 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 
-from ciartfs.fakeserver.generated import _log_text, _segment, _stored_block
+from ciartfs.fakeserver.generated import deflate_segment, log_text, stored_block
 
 LABEL_LEN = 16
 CHUNK = 1 << 20
@@ -65,7 +65,7 @@ class GeneratedZip:
                 if m.size != (LABEL_LEN if m.labelled else 0) + len(self.bases[m.base]):
                     raise ValueError(f"a deflated member is label + base: {m.name}")
                 if m.base not in self._segments:
-                    self._segments[m.base] = _segment(self.bases[m.base], level)
+                    self._segments[m.base] = deflate_segment(self.bases[m.base], level)
         self._names = [m.name.encode() for m in self.members]
         self._lock = threading.Lock()
         self._crcs: dict[int, int] = {}
@@ -112,7 +112,7 @@ class GeneratedZip:
     def deflated(cls, count: int = 2000, member_size: int = 100 << 10, seed: int = 1) -> GeneratedZip:
         """`count` deflated log-like members of `member_size` (2000 x 100 KiB: ~200 MiB decoded)."""
         rng = random.Random(seed)
-        bases = [_log_text(rng, member_size - LABEL_LEN) for _ in range(16)]
+        bases = [log_text(rng, member_size - LABEL_LEN) for _ in range(16)]
         return cls([MemberSpec(f"logs/{i // 100:02d}/job-{i:05d}.log", member_size, i % 16, DEFLATED)
                     for i in range(count)], bases)
 
@@ -156,12 +156,12 @@ class GeneratedZip:
         m = self.members[index]
         if m.method == STORED:
             return m.size
-        label = len(_stored_block(b"x" * LABEL_LEN)) if m.labelled else 0
+        label = len(stored_block(b"x" * LABEL_LEN)) if m.labelled else 0
         return label + len(self._segments[m.base]) + len(_FINAL_EMPTY)
 
     def _compressed(self, index: int) -> bytes:
         m = self.members[index]
-        label = _stored_block(_label(index)) if m.labelled else b""
+        label = stored_block(_label(index)) if m.labelled else b""
         return label + self._segments[m.base] + _FINAL_EMPTY
 
     def _needs_zip64(self, index: int) -> bool:
