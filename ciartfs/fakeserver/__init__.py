@@ -1,5 +1,6 @@
-"""A fake CI for the demo and the tests: CircleCI (v1.1 and v2) and Taskcluster (queue, object
-service, worker livelogs) over real HTTP on 127.0.0.1, with an S3-like presigned storage host.
+"""A fake CI for the demo and the tests: CircleCI (v1.1 and v2), Taskcluster (queue, object
+service, worker livelogs) and GitHub Actions (runs, artifacts) over real HTTP on 127.0.0.1,
+with an S3-like presigned storage host and an Azure-Blob-like one for GitHub's artifacts.
 
 Layout:
     server.py       FakeCI: the hosts (routing.HOSTS), the request log, the dispatch
@@ -10,6 +11,9 @@ Layout:
     v2.py           CircleCI v2 (pipelines, workflows, jobs)
     taskcluster.py  the Taskcluster queue and object service, and their model
     livelog.py      a worker's livelog server
+    github.py       GitHub Actions' API (runs, artifacts) and its model (FakeCI.github)
+    azureblob.py    the "blob" host: Azure Blob storage behind SAS URLs (GitHub's artifacts)
+    generated_zip.py  large zip artifacts made on the fly (zip64, > 4 GiB members)
     generated.py    large gzip artifacts made on the fly (never stored)
     dataset.py      the demo data; internal.py: a service the mount must never reach
 
@@ -18,7 +22,7 @@ Routes. An API module exposes
     def routes(fake: FakeCI) -> list[Route]
 
 Each `Route(host, prefix, handle)` answers on one of the fake's hosts ("api", "storage",
-"livelog", "html") for raw paths starting with `prefix` ("" = the host's fallback).
+"livelog", "html", "blob") for raw paths starting with `prefix` ("" = the host's fallback).
 `handle(request: Request) -> None` answers by raising `Reply(status, body)` (a JSON-able
 body or bytes, a content type, headers), or `Served(status)` once it has streamed its own
 answer through `request.handler`; it returns None to pass the request on. The dispatch tries
@@ -31,6 +35,8 @@ its modules in `fake_modules`, see providers/base.py) and storage, server.API_MO
 """
 
 from ciartfs.fakeserver.dataset import demo_dataset
+from ciartfs.fakeserver.generated_zip import GeneratedZip
+from ciartfs.fakeserver.github import FakeGhArtifact, FakeGitHub, FakeRepo, FakeWorkflow, FakeWorkflowRun
 from ciartfs.fakeserver.internal import InternalService
 from ciartfs.fakeserver.model import FakeArtifact, FakeBuild, FakeProject, Faults, Recorded
 from ciartfs.fakeserver.routing import Reply, Request, Route, Served
@@ -43,12 +49,18 @@ __all__ = [
     "FakeArtifact",
     "FakeBuild",
     "FakeCI",
+    "FakeGhArtifact",
+    "FakeGitHub",
     "FakeProject",
     "FakeQueue",
+    "FakeRepo",
     "FakeRun",
     "FakeTask",
     "FakeTcArtifact",
+    "FakeWorkflow",
+    "FakeWorkflowRun",
     "Faults",
+    "GeneratedZip",
     "InternalService",
     "Recorded",
     "Reply",

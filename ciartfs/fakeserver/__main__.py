@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(1, f"cannot listen: {e.strerror or e}\n")
     print(f"fake CircleCI API: {fake.api_url}  (v1.1 at {fake.api_url}/api/v1.1, token: {args.token})\n"
           f"storage host:      {fake.storage_url}\n"
-          f"HTML host:         {fake.html_url}  (public projects' HTML, served without a redirect)", flush=True)
+          f"HTML host:         {fake.html_url}  (public projects' HTML, served without a redirect)\n"
+          f"GitHub Actions:    {fake.api_url}/repos/acme/api/actions/runs  (artifacts' blobs on {fake.blob_url})",
+          flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

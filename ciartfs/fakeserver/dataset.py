@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zipfile
 
 from ciartfs.fakeserver.model import FakeBuild
 from ciartfs.fakeserver.server import FakeCI
@@ -62,7 +63,8 @@ def _fill(build: FakeBuild, rng: random.Random, nodes: int) -> None:
 def demo_dataset(fake: FakeCI) -> None:
     """github/acme/api (12 builds, two branches, one failed, the newest running; build 1 has an
     expired artifact; pipeline 11 ran a workflow twice, pipeline 12 waits on an approval),
-    github/acme/secret (private), bitbucket/acme/web, and a Taskcluster task group."""
+    github/acme/secret (private), bitbucket/acme/web, a Taskcluster task group, and GitHub
+    Actions runs of acme/api (and the private acme/secret)."""
     rng = random.Random(20261101)
     api = fake.add_project("github", "acme", "api")
     for num in range(1, 13):
@@ -96,6 +98,7 @@ def demo_dataset(fake: FakeCI) -> None:
         build = web.add_build(num, stop_time=f"2026-10-2{num}T08:00:00Z")
         build.add_artifact("site/index.html", f"<html><body>web build {num}</body></html>\n".encode())
     _taskcluster(fake, rng)
+    _github(fake, rng)
 
 
 DEMO_TASK_GROUP = "dEmOgRoUQaC0000000001A"
@@ -133,3 +136,32 @@ def _taskcluster(fake: FakeCI, rng: random.Random) -> None:
     lint = fake.queue.add_task(DEMO_TASKS[2], DEMO_TASK_GROUP, name="lint")
     running = lint.add_run("running", started="2026-11-10T10:21:00.000Z")
     running.add_live_log(_log(rng, 4, 40, False), tick_every=2.0)
+
+
+def _github(fake: FakeCI, rng: random.Random) -> None:
+    """GitHub Actions on acme/api: four CI runs (main and feature/login; run 3 failed, run 4 is
+    still in progress), each finished one with a coverage report (zip), its test logs (zip) and
+    a single-file `archive: false` summary; run 1's logs are past their retention (expired);
+    and a nightly workflow's run with a build output. acme/secret (private) has one run."""
+    api = fake.github.add_repo("acme", "api")
+    ci, nightly = api.add_workflow("ci.yml", "CI"), api.add_workflow("nightly.yml", "Nightly")
+    for num in range(1, 5):
+        failed = num == 3
+        run = api.add_run(ci, branch="feature/login" if num % 2 == 0 else "main",
+                          conclusion=None if num == 4 else ("failure" if failed else "success"),
+                          created_at=f"2026-11-{10 + num:02d}T09:00:00Z", event="push" if num % 2 else "pull_request")
+        if num == 4:
+            continue
+        coverage = _coverage(num)
+        run.add_artifact("coverage-report", {"index.html": coverage["coverage/index.html"],
+                                             "style.css": coverage["coverage/style.css"],
+                                             "src/": b"", "src/app.py.html": coverage["coverage/src/app.py.html"]})
+        run.add_artifact("test-logs", {"junit.xml": _junit(num, 0, failed), "logs/test.log": _log(rng, num, 800, failed)},
+                         expired=num == 1)
+        status = "FAILED" if failed else "passed"
+        run.add_artifact("summary.md", data=f"# CI run {num}\n\nTests {status}.\n".encode(), archive=False)
+    build = api.add_run(nightly, created_at="2026-11-14T02:00:00Z", event="schedule")
+    build.add_artifact("dist", {"app.tar.gz": rng.randbytes(512 * 1024), "checksums.txt": b"sha256 app.tar.gz\n"},
+                       compression=zipfile.ZIP_STORED)
+    secret = fake.github.add_repo("acme", "secret", private=True)
+    secret.add_run(created_at="2026-11-05T12:00:00Z").add_artifact("credentials-report", {"report.txt": b"only with a token\n"})

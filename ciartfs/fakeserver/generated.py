@@ -26,7 +26,7 @@ TRAILER_LEN = 8  # CRC-32 and size mod 2**32, little-endian
 LABEL_LEN = 16
 
 
-def _log_text(rng: random.Random, length: int) -> bytes:
+def log_text(rng: random.Random, length: int) -> bytes:
     """Build-log-like lines (compresses about 4:1, like real CI logs)."""
     lines = []
     size = 0
@@ -43,12 +43,12 @@ _WORDS = ("gfx", "dom", "netwerk", "layout", "js", "media", "widget", "xpcom", "
 _RESULTS = ("ok", "ok", "ok", "ok (cached)", "skipped", "warning: unused variable")
 
 
-def _stored_block(data: bytes) -> bytes:
+def stored_block(data: bytes) -> bytes:
     """A non-final stored deflate block: header bits 000 padded to a byte, LEN, NLEN, data."""
     return b"\x00" + len(data).to_bytes(2, "little") + (len(data) ^ 0xFFFF).to_bytes(2, "little") + data
 
 
-def _segment(base: bytes, level: int) -> bytes:
+def deflate_segment(base: bytes, level: int) -> bytes:
     compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
     return compressor.compress(base) + compressor.flush(zlib.Z_FULL_FLUSH)
 
@@ -62,8 +62,8 @@ class GeneratedGzip:
         self.bases = [bytes(b) for b in bases]
         self.count = count
         self.labelled = labelled
-        label_block = len(_stored_block(b"x" * LABEL_LEN)) if labelled else 0
-        self._segments = [_segment(b, level) for b in self.bases]
+        label_block = len(stored_block(b"x" * LABEL_LEN)) if labelled else 0
+        self._segments = [deflate_segment(b, level) for b in self.bases]
         self._segment_lens = [label_block + len(s) for s in self._segments]
         self._period_bytes = sum(self._segment_lens)
         self._lock = threading.Lock()
@@ -73,7 +73,7 @@ class GeneratedGzip:
     def text(cls, decoded_bytes: int, seed: int = 1, piece_bytes: int = 64 << 10, distinct_bases: int = 16) -> GeneratedGzip:
         """Log-like text of about `decoded_bytes` (rounded up to whole pieces)."""
         rng = random.Random(seed)
-        bases = [_log_text(rng, piece_bytes - LABEL_LEN) for _ in range(distinct_bases)]
+        bases = [log_text(rng, piece_bytes - LABEL_LEN) for _ in range(distinct_bases)]
         return cls(bases, -(-decoded_bytes // piece_bytes))
 
     @classmethod
@@ -113,7 +113,7 @@ class GeneratedGzip:
 
     def _segment_bytes(self, index: int) -> bytes:
         seg = self._segments[index % len(self.bases)]
-        return _stored_block(self.label(index)) + seg if self.labelled else seg
+        return stored_block(self.label(index)) + seg if self.labelled else seg
 
     def _trailer(self) -> bytes:
         with self._lock:

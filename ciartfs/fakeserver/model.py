@@ -174,6 +174,15 @@ class Faults:
     #   "expansion" - valid JSON, HOSTILE_EXPANSION_BYTES of `[{},{},...]`: ~25x its size once parsed
     hostile_json: dict[str, str] = dataclasses.field(default_factory=dict)
     presign_ttl: float = 3600.0
+    # GitHub Actions' blob host (azureblob.py): hang, latency, queued statuses (each used once),
+    # queued body faults ("cut": the connection closes halfway through the body)
+    blob_hang: bool = False
+    blob_latency: float = 0.0
+    blob_statuses: list[int] = dataclasses.field(default_factory=list)
+    blob_body_faults: list[str] = dataclasses.field(default_factory=list)
+    # GitHub's API: queued rate-limit answers, each used by one request (github.py):
+    # "primary", "primary-429", "secondary", "secondary-429"
+    github_rate_limits: list[str] = dataclasses.field(default_factory=list)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _rng: random.Random = dataclasses.field(default_factory=lambda: random.Random(FAILURE_SEED), init=False,
                                             repr=False, compare=False)
@@ -187,8 +196,9 @@ class Faults:
             self._rng.seed(FAILURE_SEED)
 
     def pop(self, queue: str) -> Any:
-        """The next injected fault of a queue ("storage_statuses", "api_statuses",
-        "storage_body_faults"), or None: each is used once, by one request (thread-safe)."""
+        """The next injected fault of a queue ("storage_statuses", "api_statuses", "storage_body_faults",
+        "blob_statuses", "blob_body_faults", "github_rate_limits"), or None: each is used once, by
+        one request (thread-safe)."""
         with self._lock:
             pending = getattr(self, queue)
             return pending.pop(0) if pending else None
@@ -203,10 +213,11 @@ class Faults:
 
 @dataclasses.dataclass
 class Recorded:
-    server: str  # "api" | "storage" | "livelog" | "html" (the circle-artifacts host)
+    server: str  # "api" | "storage" | "livelog" | "html" (the circle-artifacts host) | "blob" (GitHub's storage)
     method: str
     path: str
     query: dict[str, str]
     headers: dict[str, str]
     status: int
     time: float
+    bytes_sent: int = 0  # body bytes sent (the blob host counts them; others leave 0)

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from ciartfs.fakeserver.model import Recorded
 
 # The fake's hosts: the CI's API host, the S3-like storage host its presigned URLs name, a
-# Taskcluster worker's livelog server, and circle-artifacts.com's stand-in (HTML served directly).
-HOSTS = ("api", "storage", "livelog", "html")
+# Taskcluster worker's livelog server, circle-artifacts.com's stand-in (HTML served directly),
+# and the Azure Blob storage stand-in GitHub Actions' artifact URLs name (azureblob.py).
+HOSTS = ("api", "storage", "livelog", "html", "blob")
 
 
 class Reply(Exception):

@@ -1,12 +1,13 @@
 """The fake CI's HTTP server: its hosts on 127.0.0.1, the request log, and the dispatch to the
 API modules' routes (routing.Route; the shape is described in fakeserver/__init__.py).
 
-Four hosts (routing.HOSTS), each its own port: the API host (CircleCI v1.1 and v2, the
-Taskcluster queue and object service), the S3-like storage host the presigned URLs name
-(storage.py), a Taskcluster worker's livelog server (livelog.py) and circle-artifacts.com's
-stand-in (circleci_v1.py). Every request is recorded on arrival (`FakeCI.requests`) and
-answered by the first route of its host that answers, longest prefix first; the API host's
-own faults (`api_hang`, `api_latency`, `api_statuses`) come before any of its routes.
+Five hosts (routing.HOSTS), each its own port: the API host (CircleCI v1.1 and v2, the
+Taskcluster queue and object service, GitHub Actions), the S3-like storage host the presigned
+URLs name (storage.py), a Taskcluster worker's livelog server (livelog.py), circle-artifacts.com's
+stand-in (circleci_v1.py) and the Azure Blob storage GitHub's artifact URLs name (azureblob.py).
+Every request is recorded on arrival (`FakeCI.requests`) and answered by the first route of
+its host that answers, longest prefix first; the API host's own faults (`api_hang`,
+`api_latency`, `api_statuses`) come before any of its routes.
 `FakeCI.faults` switches misbehaviour on; `stop()` releases hanging handlers and cuts open
 connections, so a test never waits on the fake.
 """
@@ -23,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ciartfs.fakeserver import circleci_v1
+from ciartfs.fakeserver.github import FakeGitHub
 from ciartfs.fakeserver.model import FakeArtifact, FakeBuild, FakeProject, Faults, Recorded
 from ciartfs.fakeserver.routing import HOSTS, Reply, Request, Route, Served
 from ciartfs.fakeserver.storage import BlobStore
@@ -31,8 +33,10 @@ from ciartfs.fakeserver.v2 import FakeV2
 from ciartfs.providers import registry
 from ciartfs.providers.base import Provider
 
-# The fake's own host: the storage every API's presigned URLs name.
-SHARED_MODULES = ("ciartfs.fakeserver.storage",)
+# The fake's own host: the storage every API's presigned URLs name. (GitHub Actions' API and its
+# blob host sit here until a provider names the module in its `fake_modules`.)
+GITHUB_MODULES = ("ciartfs.fakeserver.github",)
+SHARED_MODULES = ("ciartfs.fakeserver.storage", *GITHUB_MODULES)
 
 
 def api_modules_for(providers: Iterable[Provider[Any]]) -> tuple[str, ...]:
@@ -115,18 +119,19 @@ class FakeCI:
     modules whose routes it serves (default: API_MODULES)."""
 
     def __init__(self, tokens: set[str] | None = None, host: str = "127.0.0.1",
-                 api_port: int = 0, storage_port: int = 0, html_port: int = 0,
+                 api_port: int = 0, storage_port: int = 0, html_port: int = 0, blob_port: int = 0,
                  api_modules: Iterable[str] = API_MODULES) -> None:
         self.tokens = set(tokens or ())
         self.host = host
         # livelog: the workers' livelog server a running task's live.log points at;
-        # html: the circle-artifacts stand-in serving HTML directly
-        self._ports = {"api": api_port, "storage": storage_port, "livelog": 0, "html": html_port}
+        # html: the circle-artifacts stand-in serving HTML directly; blob: GitHub's Azure storage
+        self._ports = {"api": api_port, "storage": storage_port, "livelog": 0, "html": html_port, "blob": blob_port}
         self.faults = Faults()
         self.blobs = BlobStore()  # every artifact's bytes by blob id, for every API module
         self.projects: dict[tuple[str, str, str], FakeProject] = {}
         self.queue = FakeQueue(self)
         self.v2 = FakeV2(self)
+        self.github = FakeGitHub(self)  # GitHub Actions: repositories, runs, artifacts, their blobs
         self.stopping = threading.Event()  # set by stop(): hanging and streaming answers end
         self._requests: list[Recorded] = []
         self._lock = threading.Lock()
@@ -201,6 +206,11 @@ class FakeCI:
     def html_url(self) -> str:
         """The circle-artifacts host's stand-in: HTML of public projects, served directly."""
         return self._url("html")
+
+    @property
+    def blob_url(self) -> str:
+        """The Azure Blob storage stand-in that GitHub Actions' artifact URLs name."""
+        return self._url("blob")
 
     # -- state ---------------------------------------------------------------------------------
 
