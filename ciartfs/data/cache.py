@@ -3,7 +3,7 @@ here too), and single-flight.
 
 Invariants:
 - A block in either cache is exactly the bytes of that range of that artifact: callers only
-  `put` bytes the HTTP layer has verified, and disk records carry a CRC-32 that is checked
+  `put` bytes the HTTP layer has verified, and disk records carry a checksum (XXH3-64) that is checked
   on every read (a corrupt or truncated record is dropped and reported as a miss).
 - Keys name the artifact (provider, host, project, build, node, path) and the block, never a
   URL that could carry a signature or token. On disk only a digest of the key is kept.

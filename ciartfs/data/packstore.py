@@ -3,14 +3,14 @@ SQLite index, evicted a whole pack at a time (least recently used first).
 
 Layout of `root` (a private directory, 0700; every file 0600, opened without following links):
   index.sqlite (+ -wal, -shm)   which key is where: a digest of the key (never the key), the pack,
-                                offset, length and a CRC-32 of the bytes seeded by the key's digest
+                                offset, length and a checksum (XXH3-64) of the bytes seeded by the key's digest
   <16 hex>.pack                 records appended back to back; a writer owns the pack it appends to
 Files of the previous layout (`<2 hex>/<sha256>`, one file per block) are removed in the background
 at start (`load_index`) and by `ciartfs cache clear`; they are never read.
 
 Invariants:
 - A record is exactly the bytes that were `put` for its key, or it is a miss: `get` checks the length
-  and the CRC (seeded with the key's digest, so a record found under another key's digest fails it
+  and the checksum (seeded with the key's digest, so a record found under another key's digest fails it
   too) and drops what fails. A torn or partial write (killed daemon, power loss) therefore reads as a
   miss, never as wrong bytes. The bytes are written before their index row is committed.
 - Eviction frees whole packs, oldest `used` first (a pack's `used` is its last write or read,
@@ -40,10 +40,11 @@ import sqlite3
 import stat
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 from ciartfs.private_dir import ensure_private_dir
 
@@ -75,15 +76,22 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, size INTEGER NOT NULL, used REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS packs_by_use ON packs(used)",
     "CREATE TABLE IF NOT EXISTS entries (k INTEGER PRIMARY KEY, pack INTEGER NOT NULL, pos INTEGER NOT NULL,"
-    " len INTEGER NOT NULL, crc INTEGER NOT NULL)",
+    " len INTEGER NOT NULL, sum INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS entries_by_pack ON entries(pack)",
 )
 
 
 def key_digest(key: str) -> tuple[int, int]:
-    """(index id, CRC seed) of a key: 64 and 32 bits of its SHA-256."""
+    """(index id, checksum seed) of a key: two 64-bit parts of its SHA-256."""
     d = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(d[:8], "big", signed=True), int.from_bytes(d[8:12], "big")
+    return int.from_bytes(d[:8], "big", signed=True), int.from_bytes(d[8:16], "big")
+
+
+def checksum(data: bytes, seed: int) -> int:
+    """XXH3-64 of the bytes, seeded by their key (as a signed 64-bit SQLite integer). XXH3 runs at
+    ~26 GiB/s here against zlib's CRC-32 at ~1.7 (0.04 against 0.6 CPU-s per GiB, at both write and read)."""
+    value = xxhash.xxh3_64_intdigest(data, seed)
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 class _Filter:
@@ -297,13 +305,13 @@ class DiskStore:
         kid, seed = key_digest(key)
         try:
             with self._db_lock:
-                row = self._db.execute("SELECT pack, pos, len, crc FROM entries WHERE k=?", (kid,)).fetchone()
+                row = self._db.execute("SELECT pack, pos, len, sum FROM entries WHERE k=?", (kid,)).fetchone()
         except sqlite3.Error as e:
             log.warning("disk cache: cannot read the index: %s", e)
             return None
         if row is None:
             return None
-        pack, pos, length, crc = row
+        pack, pos, length, expected = row
         try:
             data = self._pread(pack, pos, length)
         except FileNotFoundError:  # evicted by another mount between its row and its file, or lost
@@ -312,7 +320,7 @@ class DiskStore:
         except OSError as e:
             log.warning("disk cache: cannot read %s: %s", self.root / pack_name(pack), e.strerror)
             return None
-        if len(data) != length or zlib.crc32(data, seed) != crc:
+        if len(data) != length or checksum(data, seed) != expected:
             log.warning("disk cache: a record in %s is corrupt or truncated; dropped", self.root / pack_name(pack))
             self._delete_rows("DELETE FROM entries WHERE k=? AND pack=? AND pos=?", [(kid, pack, pos)])
             return None
@@ -361,9 +369,9 @@ class DiskStore:
             return 0
         items = list(items)
         checked = []
-        for key, data in items:  # (outside the locks: zlib releases the GIL)
+        for key, data in items:  # (outside the locks)
             kid, seed = key_digest(key)
-            checked.append((kid, len(data), zlib.crc32(data, seed)))
+            checked.append((kid, len(data), checksum(data, seed)))
         stored = 0
         with self._write_lock:
             retried = False
@@ -416,8 +424,8 @@ class DiskStore:
         start = pack.size
         _pwrite_all(pack.fd, [data for _, data in items[first:end]], start)
         rows, pos = [], start
-        for kid, length, crc in checked[first:end]:
-            rows.append((kid, pack.number, pos, length, crc))
+        for kid, length, check in checked[first:end]:
+            rows.append((kid, pack.number, pos, length, check))
             pos += length
         with self._db_lock, _transaction(self._db):
             if self._db.execute("UPDATE packs SET size=?, used=? WHERE n=?", (pos, time.time(), pack.number)).rowcount == 0:
