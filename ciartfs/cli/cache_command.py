@@ -18,7 +18,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     root = settings.cache_dir / "blocks"
     if args.cache_command == "info" and not root.is_dir():
-        print(f"cache dir:  {settings.cache_dir}\ndisk use:   {status.human(0)} in 0 files (bound {status.human(settings.cache_size)})\n"
+        print(f"cache dir:  {settings.cache_dir}\n"
+              f"disk use:   {status.human(0)} in 0 files (bound {status.human(settings.cache_size)})\n"
               "least recently used: -")
         return 0
     settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
