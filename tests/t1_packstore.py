@@ -59,6 +59,10 @@ def test_might_have_answers_from_memory_without_false_negatives(tmp_path):
     assert wait_for(lambda: store._filter is not None)
     assert all(store.might_have(k) for k in keys)
     assert sum(store.might_have(f"absent{i}") for i in range(1000)) < 100  # a filter, not "always maybe"
+    # blocks: by file (a file never read is a "no"; one partly on disk, a "maybe" per block)
+    store.put_many([(f"cc|h|o/r|1|0/big.bin|4096|{i}", b"z") for i in range(0, 100, 2)])
+    assert all(store.might_have(f"cc|h|o/r|1|0/big.bin|4096|{i}") for i in range(100))
+    assert sum(store.might_have(f"cc|h|o/r|1|0/other{n}.bin|4096|{i}") for n in range(100) for i in range(10)) < 100
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "zeros"])

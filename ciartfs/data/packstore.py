@@ -19,7 +19,7 @@ Invariants:
 - The index is shared by every mount using the directory (SQLite WAL: concurrent readers, one
   writer at a time). A writer only appends to its own pack; one evicted under it (by another
   mount) is noticed at its next commit (the pack's row is gone) and replaced by a new pack.
-- `might_have` answers from memory (a Bloom filter of the key digests, built in the background by
+- `might_have` answers from memory (a Bloom filter of the ids' groups, built in the background by
   `load_index`; until then it says "maybe"): False only when the key is surely not on disk.
 - `DiskStore` is synchronous and thread-safe; callers run it off the trio thread. A failing disk
   never fails a read: ENOSPC/EDQUOT (or SQLite's "full") turn the store off (`enabled`), other
@@ -82,9 +82,29 @@ _SCHEMA = (
 
 
 def key_digest(key: str) -> tuple[int, int]:
-    """(index id, checksum seed) of a key: two 64-bit parts of its SHA-256."""
+    """(index id, checksum seed) of a key, from a SHA-256 (never the key itself).
+
+    A block key (`<artifact>|<block size>|<index>`) gets an id next to its neighbours' (48 bits
+    of its artifact's digest, then the index's low 16 bits): a batch of a file's blocks then lands
+    on a few pages of the index rather than one page per block (4 KiB of index written per 4 KiB
+    block, with --block-size 4K). Ids may collide (48 bits): the seed (the whole key's) makes a
+    record found under another key's id fail its checksum, a miss."""
+    prefix, sep, last = key.rpartition("|")
+    if sep and last.isdigit() and len(last) < 16:
+        index = int(last)
+        d = hashlib.sha256(f"{prefix}|{index >> 16}".encode("utf-8", "surrogatepass")).digest()
+        kid = (int.from_bytes(d[:6], "big") << 16 | (index & 0xFFFF)) - (1 << 63)
+        return kid, (int.from_bytes(d[6:14], "big") + index) & 0xFFFFFFFFFFFFFFFF
     d = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(d[:8], "big", signed=True), int.from_bytes(d[8:16], "big")
+
+
+def _mix(kid: int) -> int:
+    """The id's bits mixed (splitmix64's finaliser): neighbouring ids to far-apart filter bits."""
+    z = kid & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
 
 
 def checksum(data: bytes, seed: int) -> int:
@@ -95,7 +115,11 @@ def checksum(data: bytes, seed: int) -> int:
 
 
 class _Filter:
-    """A Bloom filter of index ids (two probes): no false negatives."""
+    """A Bloom filter (two probes) of index ids' groups (id >> 16: a file's 65536 neighbouring
+    blocks, or one other record): no false negatives. By group, not by record, so that it is built
+    at start from a C-level `SELECT DISTINCT` (0.6 s for 2.6M blocks of large files, against 15 s
+    for a Python pass over every id); a block of a file partly on disk is a "maybe" (a thread hop
+    and an index lookup), a file never read is a "no"."""
 
     def __init__(self, entries: int) -> None:
         bits = 1 << max(entries * _FILTER_BITS_PER_ENTRY, _FILTER_MIN_ENTRIES).bit_length()
@@ -104,20 +128,20 @@ class _Filter:
         self.bits = bytearray(bits >> 3)
         self.count = 0
 
-    def add(self, kid: int) -> None:
-        bits, mask = self.bits, self.mask
-        p = kid & mask
+    def add(self, group: int) -> None:
+        bits, mask, h = self.bits, self.mask, _mix(group)
+        p = h & mask
         bits[p >> 3] |= 1 << (p & 7)
-        p = (kid >> 32) & mask
+        p = (h >> 32) & mask
         bits[p >> 3] |= 1 << (p & 7)
         self.count += 1
 
-    def __contains__(self, kid: int) -> bool:
-        bits, mask = self.bits, self.mask
-        p = kid & mask
+    def __contains__(self, group: int) -> bool:
+        bits, mask, h = self.bits, self.mask, _mix(group)
+        p = h & mask
         if not bits[p >> 3] & (1 << (p & 7)):
             return False
-        p = (kid >> 32) & mask
+        p = (h >> 32) & mask
         return bool(bits[p >> 3] & (1 << (p & 7)))
 
 
@@ -164,7 +188,7 @@ class DiskStore:
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()  # pack -> read fd
         self._pack: _Pack | None = None
         self._filter: _Filter | None = None  # None until load_index built it: "maybe"
-        self._filter_pending: list[int] | None = None  # ids written while it is being built
+        self._filter_pending: list[int] | None = None  # groups written while it is being built
         self._touched: dict[int, float] = {}
         self._touch_flushed = time.monotonic()
         self._used = 0  # bytes in packs, as last counted (plus own appends since)
@@ -266,8 +290,8 @@ class DiskStore:
                 (count,) = db.execute("SELECT COUNT(*) FROM entries").fetchone()
                 built = _Filter(2 * count)
                 add = built.add
-                for (kid,) in db.execute("SELECT k FROM entries"):
-                    add(kid)
+                for (group,) in db.execute("SELECT DISTINCT k >> 16 FROM entries"):
+                    add(group)
             finally:
                 db.close()
         except sqlite3.Error as e:
@@ -275,8 +299,8 @@ class DiskStore:
             self._filter_pending = None
             return
         with self._write_lock:
-            for kid in self._filter_pending or ():
-                built.add(kid)
+            for group in self._filter_pending or ():
+                built.add(group)
             self._filter_pending = None
             self._filter = built
 
@@ -288,7 +312,7 @@ class DiskStore:
         if not self.enabled:
             return False
         filt = self._filter
-        return filt is None or key_digest(key)[0] in filt
+        return filt is None or key_digest(key)[0] >> 16 in filt
 
     def contains(self, key: str) -> bool:
         if not self.enabled:
@@ -399,11 +423,16 @@ class DiskStore:
     def _remember(self, checked: list[tuple[int, int, int]]) -> bool:
         """Written ids into the filter (and the one being built); True when it must grow."""
         filt, pending = self._filter, self._filter_pending
+        last = None
         for kid, _, _ in checked:
+            group = kid >> 16
+            if group == last:  # (a batch of a file's blocks: one group)
+                continue
+            last = group
             if filt is not None:
-                filt.add(kid)
+                filt.add(group)
             if pending is not None:
-                pending.append(kid)
+                pending.append(group)
         if filt is not None and filt.count > filt.capacity:
             self._filter = None  # rebuilt larger, in the background; "maybe" meanwhile
             return True
