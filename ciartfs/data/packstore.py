@@ -188,6 +188,7 @@ class DiskStore:
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()  # pack -> read fd
         self._pack: _Pack | None = None
         self._filter: _Filter | None = None  # None until load_index built it: "maybe"
+        self._filter_build_lock = threading.Lock()
         self._filter_pending: list[int] | None = None  # groups written while it is being built
         self._touched: dict[int, float] = {}
         self._touch_flushed = time.monotonic()
@@ -226,6 +227,7 @@ class DiskStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last commits, never consistency
             db.execute("PRAGMA cache_size=-4096")  # KiB: the index's pages in RAM stay few
+            db.execute("PRAGMA journal_size_limit=16777216")  # the WAL cut back after a checkpoint
             with _transaction(db):
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version not in (0, SCHEMA_VERSION):
@@ -283,6 +285,10 @@ class DiskStore:
 
     def _build_filter(self) -> None:
         """A new filter from every id in the index (its own connection: no lock held meanwhile)."""
+        with self._filter_build_lock:  # one build at a time: each owns the pending list
+            self._build_filter_now()
+
+    def _build_filter_now(self) -> None:
         self._filter_pending = []
         try:
             db = sqlite3.connect(str(self.root / INDEX_NAME), timeout=BUSY_TIMEOUT, check_same_thread=False)
