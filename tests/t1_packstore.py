@@ -47,22 +47,29 @@ def test_round_trip_private_files_and_no_key_on_disk(tmp_path):
 
 
 def test_might_have_answers_from_memory_without_false_negatives(tmp_path):
-    store = DiskStore(tmp_path, 1 << 30)
+    store = DiskStore(tmp_path, 64 << 20)  # its filter of ids written since start: 65536 of them
     store.put_many([(f"k{i}", b"x") for i in range(500)])
-    assert store.might_have("absent")  # the filter not built yet: "maybe"
+    assert store.might_have("absent")  # the filters not built yet: "maybe"
     store.load_index()
     assert not store.might_have("absent")
-    # grown past its first size (65536 entries): rebuilt in the background, never a false "no"
+    # past its filter's size: both filters built again in the background, never a false "no"
     store.put_many([(f"n{i}", b"y") for i in range(70_000)])
     keys = [f"k{i}" for i in range(500)] + [f"n{i}" for i in range(0, 70_000, 97)]
     assert all(store.might_have(k) for k in keys)
-    assert wait_for(lambda: store._filter is not None)
+    assert wait_for(lambda: store._written.count < 1000)
     assert all(store.might_have(k) for k in keys)
     assert sum(store.might_have(f"absent{i}") for i in range(1000)) < 100  # a filter, not "always maybe"
-    # blocks: by file (a file never read is a "no"; one partly on disk, a "maybe" per block)
+    # blocks written since start are known one by one: a cold read's next block is a "no"
     store.put_many([(f"cc|h|o/r|1|0/big.bin|4096|{i}", b"z") for i in range(0, 100, 2)])
-    assert all(store.might_have(f"cc|h|o/r|1|0/big.bin|4096|{i}") for i in range(100))
+    assert all(store.might_have(f"cc|h|o/r|1|0/big.bin|4096|{i}") for i in range(0, 100, 2))
+    assert sum(store.might_have(f"cc|h|o/r|1|0/big.bin|4096|{i}") for i in range(1, 100, 2)) < 5
     assert sum(store.might_have(f"cc|h|o/r|1|0/other{n}.bin|4096|{i}") for n in range(100) for i in range(10)) < 100
+    store.close()
+    # found on disk at start: by file (a file never read is a "no"; one partly on disk, a "maybe")
+    again = DiskStore(tmp_path, 64 << 20)
+    again.load_index()
+    assert all(again.might_have(f"cc|h|o/r|1|0/big.bin|4096|{i}") for i in range(100))
+    assert sum(again.might_have(f"cc|h|o/r|1|0/other{n}.bin|4096|{i}") for n in range(100) for i in range(10)) < 100
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "zeros"])

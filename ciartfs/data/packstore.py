@@ -19,8 +19,9 @@ Invariants:
 - The index is shared by every mount using the directory (SQLite WAL: concurrent readers, one
   writer at a time). A writer only appends to its own pack; one evicted under it (by another
   mount) is noticed at its next commit (the pack's row is gone) and replaced by a new pack.
-- `might_have` answers from memory (a Bloom filter of the ids' groups, built in the background by
-  `load_index`; until then it says "maybe"): False only when the key is surely not on disk.
+- `might_have` answers from memory (Bloom filters of the ids' groups on disk at start, built in
+  the background by `load_index`, and of the ids written since; until built it says "maybe"):
+  False only when the key is surely not on disk (another mount's later writes aside).
 - `DiskStore` is synchronous and thread-safe; callers run it off the trio thread. A failing disk
   never fails a read: ENOSPC/EDQUOT (or SQLite's "full") turn the store off (`enabled`), other
   errors lose that write or read only. A damaged or foreign index is replaced by an empty one.
@@ -115,14 +116,10 @@ def checksum(data: bytes, seed: int) -> int:
 
 
 class _Filter:
-    """A Bloom filter (two probes) of index ids' groups (id >> 16: a file's 65536 neighbouring
-    blocks, or one other record): no false negatives. By group, not by record, so that it is built
-    at start from a C-level `SELECT DISTINCT` (0.6 s for 2.6M blocks of large files, against 15 s
-    for a Python pass over every id); a block of a file partly on disk is a "maybe" (a thread hop
-    and an index lookup), a file never read is a "no"."""
+    """A Bloom filter (two probes) of integers: no false negatives."""
 
     def __init__(self, entries: int) -> None:
-        bits = 1 << max(entries * _FILTER_BITS_PER_ENTRY, _FILTER_MIN_ENTRIES).bit_length()
+        bits = 1 << (max(entries, _FILTER_MIN_ENTRIES) * _FILTER_BITS_PER_ENTRY - 1).bit_length()
         self.capacity = bits // _FILTER_BITS_PER_ENTRY
         self.mask = bits - 1
         self.bits = bytearray(bits >> 3)
@@ -187,9 +184,13 @@ class DiskStore:
         self._fd_lock = threading.Lock()
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()  # pack -> read fd
         self._pack: _Pack | None = None
-        self._filter: _Filter | None = None  # None until load_index built it: "maybe"
+        # might_have's filters (see _build_filter): the groups on disk when last built (None
+        # until load_index built it: "maybe"), and the ids this store wrote since
+        self._groups: _Filter | None = None
+        self._written_capacity = max(_FILTER_MIN_ENTRIES, min(max_bytes // 4096, 1 << 24))
+        self._written = _Filter(self._written_capacity)
         self._filter_build_lock = threading.Lock()
-        self._filter_pending: list[int] | None = None  # groups written while it is being built
+        self._written_pending: list[int] | None = None  # ids written while filters are being built
         self._touched: dict[int, float] = {}
         self._touch_flushed = time.monotonic()
         self._used = 0  # bytes in packs, as last counted (plus own appends since)
@@ -284,31 +285,37 @@ class DiskStore:
                 pass
 
     def _build_filter(self) -> None:
-        """A new filter from every id in the index (its own connection: no lock held meanwhile)."""
+        """`might_have`'s filters anew: the groups (id >> 16: a file's 65536 neighbouring blocks,
+        or one other record) of every id in the index, and an empty filter of the ids this store
+        writes from then on. Groups, because a C-level `SELECT DISTINCT` lists them (0.9 s for
+        2.6M blocks of large files, against 15 s for a Python pass over every id); a block of a
+        file found partly on disk at start is then a "maybe" (a thread hop and an index lookup),
+        while a block of a file read since is known exactly. (Its own connection: no lock held.)"""
         with self._filter_build_lock:  # one build at a time: each owns the pending list
             self._build_filter_now()
 
     def _build_filter_now(self) -> None:
-        self._filter_pending = []
+        self._written_pending = []
         try:
             db = sqlite3.connect(str(self.root / INDEX_NAME), timeout=BUSY_TIMEOUT, check_same_thread=False)
             try:
                 (count,) = db.execute("SELECT COUNT(*) FROM entries").fetchone()
-                built = _Filter(2 * count)
-                add = built.add
+                groups = _Filter(2 * count)
+                add = groups.add
                 for (group,) in db.execute("SELECT DISTINCT k >> 16 FROM entries"):
                     add(group)
             finally:
                 db.close()
         except sqlite3.Error as e:
             log.warning("disk cache: cannot read the index: %s", e)
-            self._filter_pending = None
+            self._written_pending = None
             return
+        written = _Filter(self._written_capacity)
         with self._write_lock:
-            for group in self._filter_pending or ():
-                built.add(group)
-            self._filter_pending = None
-            self._filter = built
+            for kid in self._written_pending or ():
+                written.add(kid)
+            self._written_pending = None
+            self._groups, self._written = groups, written
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -317,8 +324,11 @@ class DiskStore:
         (A record another mount writes later is then fetched, not read: still correct.)"""
         if not self.enabled:
             return False
-        filt = self._filter
-        return filt is None or key_digest(key)[0] >> 16 in filt
+        groups, written = self._groups, self._written
+        if groups is None:
+            return True
+        kid = key_digest(key)[0]
+        return kid >> 16 in groups or kid in written
 
     def contains(self, key: str) -> bool:
         if not self.enabled:
@@ -427,22 +437,14 @@ class DiskStore:
         return stored
 
     def _remember(self, checked: list[tuple[int, int, int]]) -> bool:
-        """Written ids into the filter (and the one being built); True when it must grow."""
-        filt, pending = self._filter, self._filter_pending
-        last = None
+        """Written ids into the filter of this store's writes (and the one being built); True
+        when it is full: then the filters are built again (in the background)."""
+        written, pending = self._written, self._written_pending
         for kid, _, _ in checked:
-            group = kid >> 16
-            if group == last:  # (a batch of a file's blocks: one group)
-                continue
-            last = group
-            if filt is not None:
-                filt.add(group)
+            written.add(kid)
             if pending is not None:
-                pending.append(group)
-        if filt is not None and filt.count > filt.capacity:
-            self._filter = None  # rebuilt larger, in the background; "maybe" meanwhile
-            return True
-        return False
+                pending.append(kid)
+        return written.count > written.capacity and pending is None and self._groups is not None
 
     def _append(self, items: list[tuple[str, bytes]], checked: list[tuple[int, int, int]], first: int) -> int:
         """Append items[first:] (as many as fit the own pack, at least one) and commit their rows:
