@@ -242,6 +242,21 @@ def test_a_damaged_index_is_replaced_by_an_empty_one(tmp_path, caplog):
     assert [n for n in os.listdir(tmp_path) if n.endswith(".pack")] == [pack_name(records(tmp_path)[0][0])]
 
 
+def test_an_index_of_another_version_is_replaced_and_one_that_cannot_be_opened_turns_the_store_off(tmp_path, caplog):
+    store = DiskStore(tmp_path / "a", 1 << 20)
+    store.put("k", b"v")
+    store.close()
+    with sqlite3.connect(tmp_path / "a" / INDEX_NAME) as db:
+        db.execute("PRAGMA user_version=99")
+    again = DiskStore(tmp_path / "a", 1 << 20)
+    assert "index version 99" in caplog.text and again.enabled and again.get("k") is None
+    (tmp_path / "b").mkdir(mode=0o700)
+    (tmp_path / "b" / INDEX_NAME).mkdir()  # not a file (nor a database)
+    off = DiskStore(tmp_path / "b", 1 << 20)
+    assert not off.enabled and "memory cache only" in caplog.text
+    assert off.get("k") is None and not off.put("k", b"v") and not off.might_have("k") and off.bytes_used == 0
+
+
 def test_clear_removes_old_packs_or_everything(tmp_path):
     store = DiskStore(tmp_path, 1 << 20)
     store.put("k", b"v" * 100)

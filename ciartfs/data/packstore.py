@@ -73,6 +73,8 @@ _FILTER_MIN_ENTRIES = 1 << 16
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 _IOV_MAX = 512
 _SQLITE_FULL = 13
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS packs (n INTEGER PRIMARY KEY, size INTEGER NOT NULL, used REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS packs_by_use ON packs(used)",
@@ -113,6 +115,10 @@ def checksum(data: bytes, seed: int) -> int:
     ~26 GiB/s here against zlib's CRC-32 at ~1.7 (0.04 against 0.6 CPU-s per GiB, at both write and read)."""
     value = xxhash.xxh3_64_intdigest(data, seed)
     return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class _Unusable(Exception):
+    """An index this version cannot use (another schema version, not a regular file)."""
 
 
 class _Filter:
@@ -163,6 +169,8 @@ def _pwrite_all(fd: int, buffers: Sequence[bytes], offset: int) -> None:
     pending = [memoryview(b) for b in buffers if b]
     while pending:
         done = os.pwritev(fd, pending[:_IOV_MAX], offset)
+        if done == 0:
+            raise OSError(errno.ENOSPC, "nothing written")
         offset += done
         while pending and done >= len(pending[0]):
             done -= len(pending[0])
@@ -205,11 +213,22 @@ class DiskStore:
     def _open_index(self) -> sqlite3.Connection:
         path = self.root / INDEX_NAME
         try:
-            return self._connect(path)
-        except sqlite3.DatabaseError as e:
-            log.warning("disk cache: the index %s cannot be used (%s); starting an empty cache", path, e)
-            self._remove_all_files()
-            return self._connect(path)
+            try:
+                return self._connect(path)
+            except (_Unusable, sqlite3.DatabaseError) as e:
+                code = getattr(e, "sqlite_errorcode", None)
+                if not isinstance(e, _Unusable) and code not in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                    raise
+                log.warning("disk cache: the index %s cannot be used (%s); starting an empty cache", path, e)
+                self._remove_all_files()
+                return self._connect(path)
+        except (sqlite3.Error, _Unusable, OSError) as e:  # locked by another mount past the timeout, ...
+            log.warning("disk cache: cannot open the index %s (%s); continuing with the memory cache only", path, e)
+            self.enabled = False
+            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            for statement in _SCHEMA:
+                db.execute(statement)
+            return db
 
     def _connect(self, path: Path) -> sqlite3.Connection:
         # created here, 0600 and not through a link, before SQLite opens it (its -wal and -shm
@@ -218,7 +237,7 @@ class DiskStore:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise sqlite3.DatabaseError(f"{path} is not a regular file")
+                raise _Unusable(f"{path} is not a regular file")
             if stat.S_IMODE(st.st_mode) & 0o077:
                 os.fchmod(fd, 0o600)
         finally:
@@ -232,7 +251,7 @@ class DiskStore:
             with _transaction(db):
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version not in (0, SCHEMA_VERSION):
-                    raise sqlite3.DatabaseError(f"index version {version}, not {SCHEMA_VERSION}")
+                    raise _Unusable(f"index version {version}, not {SCHEMA_VERSION}")
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
