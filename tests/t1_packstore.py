@@ -125,6 +125,21 @@ def test_a_writer_killed_mid_append_leaves_a_miss_and_the_store_goes_on(tmp_path
     assert restarted.get("torn") is None and restarted.get("after") == b"c" * 100
 
 
+def test_records_discarded_at_the_end_of_the_own_pack_give_their_space_back(tmp_path):
+    store = DiskStore(tmp_path, 1 << 30)
+    store.put("kept", b"k" * 100)
+    for i in range(20):  # a decode that then fails
+        store.put(f"decoded{i}", b"d" * 10_000)
+    store.put("other", b"o" * 100)
+    store.discard_many([f"decoded{i}" for i in range(20)])
+    assert store.bytes_used == 200_200, "only what follows the last live record is cut off (nothing here)"
+    store.discard("other")
+    (pack,) = [n for n in os.listdir(tmp_path) if n.endswith(".pack")]
+    assert store.bytes_used == (tmp_path / pack).stat().st_size == 100
+    assert store.get("kept") == b"k" * 100 and store.get("decoded3") is None
+    assert store.put("after", b"a" * 10) and store.get("after") == b"a" * 10
+
+
 def test_disk_full_turns_the_store_off(tmp_path, caplog, monkeypatch):
     store = DiskStore(tmp_path, 1 << 20)
 

@@ -530,8 +530,30 @@ class DiskStore:
         self.discard_many([key])
 
     def discard_many(self, keys: Iterable[str]) -> None:
-        """Forget these keys, for every mount using the directory (their bytes go with their pack)."""
-        self._delete_rows("DELETE FROM entries WHERE k=?", [(key_digest(k)[0],) for k in keys])
+        """Forget these keys, for every mount using the directory. Their bytes go with their pack,
+        except at the end of this store's own pack (what it just wrote: a failed decode, an
+        artifact found wrong), which is cut off at once."""
+        rows = [(key_digest(k)[0],) for k in keys]
+        with self._write_lock:
+            pack, end = self._pack, None
+            try:
+                with self._db_lock, _transaction(self._db):
+                    self._db.executemany("DELETE FROM entries WHERE k=?", rows)
+                    if pack is not None:
+                        (end,) = self._db.execute("SELECT COALESCE(MAX(pos + len), 0) FROM entries WHERE pack=?",
+                                                  (pack.number,)).fetchone()
+                        if end < pack.size:
+                            self._db.execute("UPDATE packs SET size=? WHERE n=?", (end, pack.number))
+            except sqlite3.Error as e:
+                log.warning("disk cache: cannot update the index: %s", e)
+                return
+            if pack is not None and end is not None and end < pack.size:
+                try:
+                    os.ftruncate(pack.fd, end)
+                except OSError as e:
+                    log.warning("disk cache: cannot shorten %s: %s", self.root / pack_name(pack.number), e.strerror)
+                self._used -= pack.size - end
+                pack.size = end
 
     def _delete_rows(self, sql: str, rows: list[tuple[int, ...]]) -> None:
         try:
