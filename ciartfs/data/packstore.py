@@ -195,7 +195,8 @@ class DiskStore:
         # might_have's filters (see _build_filter): the groups on disk when last built (None
         # until load_index built it: "maybe"), and the ids this store wrote since
         self._groups: _Filter | None = None
-        self._written_capacity = max(_FILTER_MIN_ENTRIES, min(max_bytes // 4096, 1 << 24))
+        # (a block of 64 KiB on average fills it as the cache fills once; then both are rebuilt)
+        self._written_capacity = max(_FILTER_MIN_ENTRIES, min(max_bytes >> 16, 1 << 24))
         self._written = _Filter(self._written_capacity)
         self._filter_build_lock = threading.Lock()
         self._written_pending: list[int] | None = None  # ids written while filters are being built
@@ -246,7 +247,7 @@ class DiskStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last commits, never consistency
-            db.execute("PRAGMA cache_size=-4096")  # KiB: the index's pages in RAM stay few
+            db.execute("PRAGMA cache_size=-2048")  # KiB: the index's pages in RAM stay few
             db.execute("PRAGMA journal_size_limit=16777216")  # the WAL cut back after a checkpoint
             with _transaction(db):
                 version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -318,6 +319,7 @@ class DiskStore:
         try:
             db = sqlite3.connect(str(self.root / INDEX_NAME), timeout=BUSY_TIMEOUT, check_same_thread=False)
             try:
+                db.execute("PRAGMA cache_size=-512")  # one pass: few pages are read twice
                 (count,) = db.execute("SELECT COUNT(*) FROM entries").fetchone()
                 groups = _Filter(2 * count)
                 add = groups.add
