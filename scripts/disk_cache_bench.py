@@ -32,6 +32,7 @@ from benchlib.data import BIG_BUILD, BIG_PATH, PROJECT  # noqa: E402
 from benchlib.mounts import CiartfsMount  # noqa: E402
 
 MiB = 1 << 20
+BOUND = 10 << 30  # the default --cache-size (the filter of ids written since start is sized by it)
 
 
 def _start_fake(tmp: Path, size: int) -> subprocess.Popen[str]:
@@ -114,14 +115,14 @@ def _fill(store: object, entries: int, block: int) -> None:
 def index(args: argparse.Namespace) -> None:
     from ciartfs.data.cache import DiskStore
     with tempfile.TemporaryDirectory(prefix="ciartfs-diskindex-") as d:
-        store = DiskStore(Path(d) / "blocks", 1 << 40)
+        store = DiskStore(Path(d) / "blocks", BOUND)
         store.load_index()
         _fill(store, args.entries, 64)
         store.close()
         tracemalloc.start()
         rss0 = _rss()
         before = tracemalloc.get_traced_memory()[0]
-        reopened = DiskStore(Path(d) / "blocks", 1 << 40)
+        reopened = DiskStore(Path(d) / "blocks", BOUND)
         reopened.load_index()
         after = tracemalloc.get_traced_memory()[0]
         assert reopened.might_have(f"circleci|host|gh/o/r|1|0/file0|64|{5}")
@@ -130,7 +131,7 @@ def index(args: argparse.Namespace) -> None:
         rss1 = _rss()
         print(f"index of {args.entries} entries, loaded: {(after - before) / args.entries:.1f} bytes of Python heap per entry "
               f"(tracemalloc); RSS grew {(rss1 - rss0) / args.entries:.1f} bytes per entry after reading 1/7 of them "
-              f"(SQLite's page cache is bounded, 4 MiB)")
+              f"(SQLite's page cache is bounded, 2 MiB)")
         before = tracemalloc.get_traced_memory()[0]
         _fill(reopened, args.entries // 4, 64)
         after = tracemalloc.get_traced_memory()[0]
