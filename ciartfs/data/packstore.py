@@ -560,30 +560,36 @@ class DiskStore:
     def discard_many(self, keys: Iterable[str]) -> None:
         """Forget these keys, for every mount using the directory. Their bytes go with their pack,
         except at the end of this store's own pack (what it just wrote: a failed decode, an
-        artifact found wrong), which is cut off at once."""
+        artifact found wrong), which is cut off at once unless a write is under way (never
+        waited for: the caller is often a read about to fail with EIO)."""
         rows = [(key_digest(k)[0],) for k in keys]
-        with self._write_lock:
+        self._delete_rows("DELETE FROM entries WHERE k=?", rows)
+        if not self._write_lock.acquire(blocking=False):
+            return
+        try:
             pack, end = self._pack, None
+            if pack is None:
+                return
             try:
                 with self._db_lock, _transaction(self._db):
-                    self._db.executemany("DELETE FROM entries WHERE k=?", rows)
-                    if pack is not None:
-                        (end,) = self._db.execute("SELECT COALESCE(MAX(pos + len), 0) FROM entries WHERE pack=?",
-                                                  (pack.number,)).fetchone()
-                        if end < pack.size:
-                            self._db.execute("UPDATE packs SET size=? WHERE n=?", (end, pack.number))
+                    (end,) = self._db.execute("SELECT COALESCE(MAX(pos + len), 0) FROM entries WHERE pack=?",
+                                              (pack.number,)).fetchone()
+                    if end < pack.size:
+                        self._db.execute("UPDATE packs SET size=? WHERE n=?", (end, pack.number))
             except sqlite3.Error as e:
                 log.warning("disk cache: cannot update the index: %s", e)
                 return
-            if pack is not None and end is not None and end < pack.size:
+            if end is not None and end < pack.size:
                 try:
                     os.ftruncate(pack.fd, end)
                 except OSError as e:
                     log.warning("disk cache: cannot shorten %s: %s", self.root / pack_name(pack.number), e.strerror)
                 self._used -= pack.size - end
                 pack.size = end
+        finally:
+            self._write_lock.release()
 
-    def _delete_rows(self, sql: str, rows: list[tuple[int, ...]]) -> None:
+    def _delete_rows(self, sql: str, rows: Sequence[tuple[int, ...]]) -> None:
         try:
             with self._db_lock, _transaction(self._db):
                 self._db.executemany(sql, rows)
