@@ -111,6 +111,7 @@ class Mount:
         read, also across a restart), then connections closed."""
         with trio.CancelScope(shield=True):
             await self.reader.flush_writes()
+            await trio.to_thread.run_sync(self.disk.close)
             await self.http.aclose()
 
     def status(self, disk_bytes: int) -> dict[str, Any]:
@@ -174,7 +175,7 @@ async def _main(mount: Mount, on_ready: Callable[[], None] | None) -> None:
 async def _publish_status(mount: Mount) -> None:
     while True:
         try:
-            disk_bytes = await trio.to_thread.run_sync(lambda: mount.disk.bytes_used)  # may scan the dir
+            disk_bytes = await trio.to_thread.run_sync(lambda: mount.disk.bytes_used)  # (asks the index)
             await trio.to_thread.run_sync(status.publish, os.getpid(), mount.status(disk_bytes))
         except status.UnsafeRuntimeDir as e:
             log.warning("not publishing status for 'ciartfs status': %s", e)

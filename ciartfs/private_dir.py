@@ -1,7 +1,7 @@
 """Directories where a mount writes (cache, status) must be the user's own.
 
 A mount, often run as root, writes files there and later trusts what it reads back (cached
-blocks are checked against a SHA-256 stored beside them, which proves integrity, not origin).
+blocks are checked against a checksum kept in its index, which proves integrity, not origin).
 A directory another local user owns or may write to lets that user plant blocks or symlinks,
 so it is refused, never repaired.
 """

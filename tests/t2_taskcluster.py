@@ -3,10 +3,12 @@ and expiry as errnos, what is kept and what is asked again."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import json
 import logging
+import sqlite3
 
 from ciartfs.fakeserver.taskcluster import PAST
 from datasets import TC_ID, TC_TOKEN, slug, tc_dataset
@@ -256,10 +258,13 @@ async def test_blocks_of_a_mismatched_object_are_not_kept_in_the_disk_cache(fake
     fs.expect_errors = True
     assert await errno_of(fs.read_file(f"taskcluster/{slug(43)}/0/public/large.bin")) == errno.EIO
     await fs.close()
-    # a block file holds a block and a small header: API documents are far smaller (the mount
-    # version compared with exactly 128 KiB, which no block file is, so it could not fail)
-    cached = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size >= 128 << 10]
-    assert not cached, f"{len(cached)} blocks of an artifact found wrong are still on disk"
+    # what the next mount would serve: records of a whole block (API documents are far smaller);
+    # the index is asked directly, as a second mount's store would
+    with contextlib.closing(sqlite3.connect(cache / "blocks" / "index.sqlite")) as index:
+        (cached,) = index.execute("SELECT COUNT(*) FROM entries WHERE len >= ?", (128 << 10,)).fetchone()
+        (documents,) = index.execute("SELECT COUNT(*) FROM entries").fetchone()
+    assert documents > 0, "the mount kept nothing at all (the check below could not fail)"
+    assert not cached, f"{cached} blocks of an artifact found wrong are still in the disk cache"
 
 
 async def test_a_private_object_uses_our_credentials_for_the_queue_and_only_the_temporary_ones_for_the_object_service(

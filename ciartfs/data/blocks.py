@@ -127,8 +127,7 @@ class Blocks:
         disk = self.disk
 
         def discard_all() -> None:
-            for k in keys:
-                disk.discard(k)
+            disk.discard_many(keys)
 
         await trio.to_thread.run_sync(discard_all)
         with trio.move_on_after(DROP_WAIT_SECONDS):

@@ -132,8 +132,7 @@ class BlockDecoder:
     def discard(self) -> None:
         """Remove the blocks stored so far (a failed decode leaves nothing behind)."""
         if self.disk is not None:
-            for index in range(self.blocks):
-                self.disk.discard(self.block_key(index))
+            self.disk.discard_many([self.block_key(index) for index in range(self.blocks)])
         self.held = [] if self.held is not None else None
 
     def _take(self, out: bytes, consumed: int) -> None:

@@ -252,7 +252,7 @@ class Fills:
         refused = batch
         if disk is not None:
             def put_all() -> list[tuple[str, bytes]]:
-                return [(key, data) for key, data in batch if not disk.put(key, data)]
+                return batch[disk.put_many(batch):]
             try:
                 refused = await trio.to_thread.run_sync(put_all)
             except Exception:  # the disk cache is an optimisation

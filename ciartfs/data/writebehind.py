@@ -2,8 +2,8 @@
 
 Invariants:
 - A write never lies on the path of a read: `queue` returns at once, a writer task drains the
-  queue in batches, one worker-thread hop per batch (a hop per block cost more CPU than the
-  HTTP request that got it).
+  queue in batches, one worker-thread hop, one append and one index commit per batch
+  (`DiskStore.put_many`; a hop per block cost more CPU than the HTTP request that got it).
 - Memory is bounded: queued and being-written bytes stay under `max_pending` and are held
   against the in-flight memory budget; past either, a block is not queued (it stays in memory
   only). A slow disk never makes us hold unbounded memory.
@@ -98,7 +98,7 @@ class WriteBehind:
             batch, self._queue, queued, self._queued_bytes = self._queue, {}, self._queued_bytes, 0
             disk = self.disk
             try:
-                await trio.to_thread.run_sync(lambda: [disk.put(k, d) for k, d in batch.items()])
+                await trio.to_thread.run_sync(disk.put_many, list(batch.items()))
             finally:
                 self.budget.give(queued)
 
@@ -116,12 +116,8 @@ class WriteBehind:
                 self._writing_bytes, self._queued_bytes = self._queued_bytes, 0  # held until written
                 self._writing = batch
 
-                def write_all(batch: dict[str, bytes] = batch) -> None:
-                    for key, data in batch.items():
-                        disk.put(key, data)
-
-                try:
-                    await trio.to_thread.run_sync(write_all)
+                try:  # one append and one index commit for the batch
+                    await trio.to_thread.run_sync(disk.put_many, list(batch.items()))
                 except trio.Cancelled:
                     # Cancelled before the thread ran (unmount): the batch goes back for flush.
                     self._queue = {**batch, **self._queue}
