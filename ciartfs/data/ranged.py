@@ -1,7 +1,9 @@
 """The URL sources (`RANGED`, `TAIL_FIRST`): an artifact's URL serves its bytes by Range.
 
 A file's size is learned by fetching its first PROBE_BYTES (a ranged GET whose `Content-Range`
-names the total), not a whole block: `ls -l` of large files costs 16 KiB each, not 128. What it
+names the total), not a whole block: `ls -l` of large files costs 16 KiB each, not 128. (A file
+being opened fetches its block 0 instead, which its first read wants: `cat` and `grep -r` make
+one request for it, not two.) What it
 brought is kept: a file that fits it is block 0, whole (so `grep -r` over small files reads
 them from the cache); a larger file's head waits (bounded, HEAD_BYTES_KEPT in all) for its
 first read, which then fetches only the rest of block 0. Never HEAD: presigned storage URLs
@@ -69,7 +71,7 @@ class RangedUrlReader:
 
     # -- sizes ----------------------------------------------------------------------------------
 
-    async def learn_size(self, art: Artifact) -> int:
+    async def learn_size(self, art: Artifact, *, reading: bool = False) -> int:
         if not art.immutable:
             # A growing file (a running task's log): ask every time the tree asks.
             return await self._sizing.run(art.key, lambda: self._probe_mutable(art))
@@ -83,11 +85,11 @@ class RangedUrlReader:
         block0_held = block0 in b.memory or (b.disk is not None and b.disk.might_have(block0))
         if self.tail_first(art) and not block0_held:
             await self._sizing.run(("tail", art.key), lambda: self._probe_tail(art))
-        elif not block0_held and b.block_size > PROBE_BYTES and not self.fills.ignores_range(art):
+        elif not (reading or block0_held) and b.block_size > PROBE_BYTES and not self.fills.ignores_range(art):
             await self._sizing.run(("head", art.key), lambda: self._probe_head(art))
         else:
-            # block 0 itself: held (a short block 0 is the whole file: its size), small
-            # enough, or one of a Range-ignoring host's whole bodies (fill.py)
+            # block 0 itself: what an open's first read wants, or held (a short block 0 is the
+            # whole file: its size), or small enough, or a Range-ignoring host's (fill.py)
             await self.reader.block(art, 0, None)
         known = b.sizes.get(art.key)
         if known is None:  # block 0 came from disk but its size record did not

@@ -96,7 +96,9 @@ class Node:
         return "/" + "/".join(reversed(parts))
 
 
-Sizer = Callable[[Artifact], Awaitable[int]]
+# A file's size; the flag says the file is being opened, so its first bytes will be read: a probe
+# may then bring what that read wants rather than the least that names the size.
+Sizer = Callable[[Artifact, bool], Awaitable[int]]
 
 
 class _SizeProbe:
@@ -301,7 +303,7 @@ class Tree:
         if node.kind is not Kind.FILE or node.size is not None:
             return
         async with self._probe_nursery() as nursery:
-            probe = self._asked(node, nursery)
+            probe = self._asked(node, nursery, reading=False)
             start = probe.started
             with trio.move_on_at(start + self._size_wait):
                 await probe.done.wait()
@@ -311,28 +313,29 @@ class Tree:
         bounds it); raises why it cannot be had."""
         if node.size is None and node.kind is Kind.FILE:
             async with self._probe_nursery() as nursery:
-                await self._asked(node, nursery).done.wait()
+                await self._asked(node, nursery, reading=True).done.wait()
         if node.size is None:
             if node.error is not None:
                 raise again(node.error)
             raise UpstreamError(f"{node.path}: size unknown")
         return node.size
 
-    def _asked(self, node: Node, nursery: trio.Nursery) -> _SizeProbe:
-        """Someone wants this file's size now: its probe (started now if it was not), and, from
-        the second file of a listed directory asked for, its siblings' unknown sizes too."""
+    def _asked(self, node: Node, nursery: trio.Nursery, *, reading: bool) -> _SizeProbe:
+        """Someone wants this file's size now (to read it: `reading`): its probe (started now if
+        it was not), and, from the second file of a listed directory asked for, its siblings'
+        unknown sizes too (probed as for reading when files are being opened: `grep -r`)."""
         probe = self._probes.get(node.inode)
         if probe is None:
-            probe = self._start_probe(node, nursery)
+            probe = self._start_probe(node, nursery, reading)
         parent = node.parent
         if parent is not None and parent.listing is not None and self._background is not None:
             first = self._first_asked.setdefault(parent.inode, node.inode)
             if first not in (node.inode, BATCHED):
                 self._first_asked[parent.inode] = BATCHED  # once per listing (a stat is O(1))
-                self._start_batch(parent)
+                self._start_batch(parent, reading)
         return probe
 
-    def _start_batch(self, parent: Node) -> None:
+    def _start_batch(self, parent: Node, reading: bool) -> None:
         """Learn the unknown sizes of `parent`'s listed files, in listing order, by a pool of
         SIZE_PROBE_CONCURRENCY workers over one queue: what `ls -l`, `du` or `grep -r` will
         ask for next is (being) learned when they ask. Files with a failed size are left out
@@ -345,16 +348,16 @@ class Tree:
             return
         queue = iter(todo)  # shared by the workers: each file is taken once
         for _ in range(min(SIZE_PROBE_CONCURRENCY, len(todo))):
-            self._background.start_soon(self._batch_worker, queue)
+            self._background.start_soon(self._batch_worker, queue, reading)
 
-    async def _batch_worker(self, queue: Iterator[Node]) -> None:
+    async def _batch_worker(self, queue: Iterator[Node], reading: bool) -> None:
         for node in queue:
             if node.size is not None or node.error is not None or not node.attached:
                 continue
             if node.inode not in self._probes:  # (else it was asked for: its own probe runs)
                 probe = _SizeProbe(trio.current_time())
                 self._probes[node.inode] = probe
-                await self._run_probe(node, probe)
+                await self._run_probe(node, probe, reading)
 
     @contextlib.asynccontextmanager
     async def _probe_nursery(self) -> AsyncIterator[trio.Nursery]:
@@ -366,16 +369,16 @@ class Tree:
             async with trio.open_nursery() as nursery:
                 yield nursery
 
-    def _start_probe(self, node: Node, nursery: trio.Nursery) -> _SizeProbe:
+    def _start_probe(self, node: Node, nursery: trio.Nursery, reading: bool) -> _SizeProbe:
         probe = _SizeProbe(trio.current_time())
         self._probes[node.inode] = probe
-        nursery.start_soon(self._run_probe, node, probe)
+        nursery.start_soon(self._run_probe, node, probe, reading)
         return probe
 
-    async def _run_probe(self, node: Node, probe: _SizeProbe) -> None:
+    async def _run_probe(self, node: Node, probe: _SizeProbe, reading: bool) -> None:
         assert node.artifact is not None
         try:
-            node.size, node.error = await self._sizer(node.artifact), None
+            node.size, node.error = await self._sizer(node.artifact, reading), None
         except CiartfsError as e:
             node.error = again(e)
             log.debug("%s: size unknown: %s", node.path, e)
