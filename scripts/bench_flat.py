@@ -49,8 +49,9 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def storage_stats(fake: FakeCI) -> tuple[int, int]:
-    """(artifact requests, storage bytes sent) since the last call; clears the request log."""
+def storage_stats(fake: FakeCI, size: int) -> tuple[int, int]:
+    """(artifact requests, storage bytes sent: each artifact is `size` bytes) since the last
+    call; clears the request log."""
     requests = [r for r in fake.requests if r.server != "api" or r.path.startswith("/artifacts/")]
     sent = 0
     for r in requests:
@@ -58,7 +59,7 @@ def storage_stats(fake: FakeCI) -> tuple[int, int]:
             rng = r.headers.get("range", "")
             if rng.startswith("bytes="):
                 lo, _, hi = rng[6:].partition("-")
-                sent += int(hi) - int(lo) + 1 if hi else 0
+                sent += max(0, min(int(hi) + 1, size) - int(lo)) if hi else 0
     fake.clear_requests()
     return len(requests), sent
 
@@ -76,10 +77,11 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path) -> dict[s
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_"))}
     env["XDG_CONFIG_HOME"], env["XDG_CACHE_HOME"] = str(tmp / "xdg-config"), str(tmp / "xdg-cache")
     log = tmp / f"ciartfs-{count}-{kind}.log"
-    proc = subprocess.Popen([python, "-m", "ciartfs", "mount", "-f", str(mnt), "--circleci-host", fake.api_url,
-                             "--cache-dir", str(cache), "--log-file", str(log)],
-                            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(log.with_suffix(".stderr"), "wb"), start_new_session=True)
+    with open(log.with_suffix(".stderr"), "wb") as stderr:  # the child keeps its own copy
+        proc = subprocess.Popen([python, "-m", "ciartfs", "mount", "-f", str(mnt), "--circleci-host", fake.api_url,
+                                 "--cache-dir", str(cache), "--log-file", str(log)],
+                                cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
     result: dict[str, Any] = {"count": count, "kind": kind}
     try:
         deadline = time.monotonic() + 30
@@ -88,16 +90,17 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path) -> dict[s
                 raise RuntimeError(f"mount failed: {log.with_suffix('.stderr').read_text()[-2000:]}")
             time.sleep(0.05)
         many = mnt / "github/bench/flat/1/0/many"
+        subprocess.run(["ls", str(mnt / "github/bench/flat")], check=True, capture_output=True)
+        base = rss_kib(proc.pid)  # the build not listed yet
         subprocess.run(["ls", str(many.parent)], check=True, capture_output=True)
-        storage_stats(fake)
-        base = rss_kib(proc.pid)
+        storage_stats(fake, len(body))
         result["rss_base_kib"] = base
         for label, cmd in [("ls", f"ls {many} | wc -l"), ("find", f"find {many} -name '*.bin' | wc -l"),
                            ("ls -l", f"ls -l {many} | wc -l")]:
             start = time.monotonic()
             out = subprocess.run(["sh", "-c", cmd], check=True, capture_output=True, text=True, timeout=600)
             took = time.monotonic() - start
-            reqs, sent = storage_stats(fake)
+            reqs, sent = storage_stats(fake, len(body))
             rss = rss_kib(proc.pid)
             lines = int(out.stdout.strip())
             result[label] = {"s": round(took, 3), "requests": reqs, "storage_bytes": sent, "lines": lines,

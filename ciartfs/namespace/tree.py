@@ -62,7 +62,7 @@ SIZE_WAIT_SECONDS = 2.0
 BATCHED = -1  # (see Tree._first_asked)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)  # slots: 100k artifacts' nodes, ~60% less memory
 class Node:
     inode: int
     name: str
