@@ -10,6 +10,7 @@ holds the N artifacts, and a fresh ciartfs mount (fresh cache dir) runs, in orde
   ls       `ls many | wc -l`
   find     `find many -name '*.bin' | wc -l`
   ls -l    `ls -l many | wc -l`            (sizes: what the two before did not learn)
+(`--order 'ls -l'`: a cold `ls -l` alone)
   drop     `echo 2 > /proc/sys/vm/drop_caches` when root (the kernel forgets the inodes)
 and reports, per command: seconds, artifact requests (the API host's redirects and storage
 GETs, not the API listing), storage bytes sent, and the daemon's RSS after it (RSS per
@@ -64,7 +65,7 @@ def storage_stats(fake: FakeCI, size: int) -> tuple[int, int]:
     return len(requests), sent
 
 
-def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path) -> dict[str, Any]:
+def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: list[str]) -> dict[str, Any]:
     fake = FakeCI()
     body = b"x" * (SMALL if kind == "small" else LARGE)
     build = fake.add_project("github", "bench", "flat").add_build(
@@ -95,8 +96,10 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path) -> dict[s
         subprocess.run(["ls", str(many.parent)], check=True, capture_output=True)
         storage_stats(fake, len(body))
         result["rss_base_kib"] = base
-        for label, cmd in [("ls", f"ls {many} | wc -l"), ("find", f"find {many} -name '*.bin' | wc -l"),
-                           ("ls -l", f"ls -l {many} | wc -l")]:
+        commands = {"ls": f"ls {many} | wc -l", "find": f"find {many} -name '*.bin' | wc -l",
+                    "ls -l": f"ls -l {many} | wc -l"}
+        for label in order:
+            cmd = commands[label]
             start = time.monotonic()
             out = subprocess.run(["sh", "-c", cmd], check=True, capture_output=True, text=True, timeout=600)
             took = time.monotonic() - start
@@ -135,6 +138,7 @@ def main() -> int:
     p.add_argument("--counts", default="1000,10000,100000")
     p.add_argument("--kinds", default="small,large")
     p.add_argument("--python", default=str(REPO / ".venv/bin/python"), help="the ciartfs to run (a venv's python)")
+    p.add_argument("--order", default="ls,find,ls -l", help="the commands, in order (e.g. 'ls -l' alone: cold)")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
     python = Path(args.python)
@@ -143,7 +147,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ciartfs-flat-") as tmp:
         for count in (int(c) for c in args.counts.split(",")):
             for kind in args.kinds.split(","):
-                results.append(run_case(str(python), cwd, count, kind, Path(tmp)))
+                results.append(run_case(str(python), cwd, count, kind, Path(tmp), args.order.split(",")))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

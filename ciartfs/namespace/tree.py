@@ -60,6 +60,9 @@ SIZE_PROBE_CONCURRENCY = 96
 # shown with its size unknown rather than holding up `ls` until the operation timeout (30 s).
 SIZE_WAIT_SECONDS = 2.0
 BATCHED = -1  # (see Tree._first_asked)
+# The children of every file and link: one empty dict, never added to (only a directory's
+# children are), instead of one per node (64 bytes each at 100k artifacts).
+NO_CHILDREN: dict[str, Node] = {}
 
 
 @dataclasses.dataclass(eq=False, slots=True)  # slots: 100k artifacts' nodes, ~60% less memory
@@ -204,7 +207,7 @@ class Tree:
                     if child is not None:
                         self._detach(parent.children.pop(name))
                     raise NotFound(f"{parent.path}/{name}")
-                child = self._upsert(parent, entry)
+                child = self._upsert(parent, entry, trio.current_time())
         await self.learn_size(child)
         return child
 
@@ -240,6 +243,7 @@ class Tree:
             return
         names = []
         seen = set()
+        now = trio.current_time()
         for entry in entries:
             if entry.name in seen:
                 continue
@@ -248,7 +252,7 @@ class Tree:
                 log.warning("%s: skipping an entry whose name %s: %s", node.path, problem, short(entry.name))
                 continue
             seen.add(entry.name)
-            self._upsert(node, entry)
+            self._upsert(node, entry, now)
             names.append(entry.name)
         if ttl is not None and node.source.complete:
             # A complete, mutable listing: children that vanished are gone.
@@ -257,11 +261,11 @@ class Tree:
         node.listing = sorted(names)
         self._first_asked.pop(node.inode, None)  # a new listing: its unknown sizes may be batched
 
-    def _upsert(self, parent: Node, entry: Entry) -> Node:
+    def _upsert(self, parent: Node, entry: Entry, now: float) -> Node:
         """Create the child, or update it in place so the kernel's inode stays valid."""
         child = parent.children.get(entry.name)
         if child is not None and child.kind is entry.kind:
-            child.checked = trio.current_time()
+            child.checked = now
             if child.kind is Kind.LINK:
                 child.target = entry.target
             elif child.kind is Kind.FILE and (entry.artifact != child.artifact or not entry.immutable):
@@ -279,8 +283,9 @@ class Tree:
             self._next_inode, entry.name, entry.kind, parent, entry.mtime, entry.immutable,
             source=entry.source, artifact=entry.artifact, target=entry.target,
             size=entry.artifact.size if entry.artifact else None, info=entry.info,
+            children={} if entry.kind is Kind.DIR else NO_CHILDREN,
         )
-        child.checked = trio.current_time()
+        child.checked = now  # (one float shared by a listing's nodes: 24 bytes each saved at 100k)
         self._next_inode += 1
         self.nodes[child.inode] = child
         parent.children[entry.name] = child
