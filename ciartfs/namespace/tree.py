@@ -295,6 +295,8 @@ class Tree:
         node.attached = False
         if node.lookups == 0:
             self.nodes.pop(node.inode, None)
+        if node.kind is Kind.DIR:
+            self._first_asked.pop(node.inode, None)
         for child in list(node.children.values()):
             self._detach(child)
         node.children.clear()
