@@ -208,7 +208,10 @@ class Tree:
                         self._detach(parent.children.pop(name))
                     raise NotFound(f"{parent.path}/{name}")
                 child = self._upsert(parent, entry, trio.current_time())
-        await self.learn_size(child)
+        # A path resolved is most often opened next (`cat path`, `grep -r` over entries the
+        # kernel holds no dentry for): its probe brings what the first read wants. `ls -l`,
+        # `du` and `find -size` stat the dentries readdirplus gave (getattr: 16 KiB probes).
+        await self.learn_size(child, reading=True)
         return child
 
     @staticmethod
@@ -303,14 +306,14 @@ class Tree:
 
     # -- sizes --------------------------------------------------------------------------------
 
-    async def learn_size(self, node: Node) -> None:
+    async def learn_size(self, node: Node, *, reading: bool = False) -> None:
         """Learn a file's unknown size, waiting at most `size_wait` from when its request went
         out. Afterwards `node.size` is known, or `node.error` says why not, or the size is
-        still coming (slow). Never raises a CiartfsError."""
+        still coming (slow). Never raises a CiartfsError. `reading`: it is likely to be opened."""
         if node.kind is not Kind.FILE or node.size is not None:
             return
         async with self._probe_nursery() as nursery:
-            probe = self._asked(node, nursery, reading=False)
+            probe = self._asked(node, nursery, reading=reading)
             start = probe.started
             with trio.move_on_at(start + self._size_wait):
                 await probe.done.wait()
