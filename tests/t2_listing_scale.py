@@ -153,3 +153,22 @@ async def test_a_kept_head_is_joined_only_with_the_same_artifact_s_rest(fake, in
         assert await errno_of(fs.read(fh, 0, 4096)) == errno.EIO
     finally:
         await fs.release(fh)
+
+
+async def test_in_a_directory_files_are_opened_in_sizes_are_probed_as_for_reading(fake, inproc):
+    """`grep -r`: the kernel's permission check asks getattr before each open. Once a file of a
+    directory was opened, its siblings' probes bring block 0 (what their reads want: one
+    request per file), not 16 KiB and then the rest."""
+    files = flat(fake, [20_000 + i for i in range(40)])
+    fs = await inproc()
+    listed = await fs.readdir(DIR)
+    names = sorted(files)
+    fake.clear_requests()
+    for name in names:  # getattr, open, reads: as grep does, with the dentries readdirplus gave
+        await fs.ops.getattr(listed[name].inode, CTX)
+        assert await read_inode(fs, listed[name].inode) == files[name], name
+    ranges = storage_ranges(fake)
+    # the first file: a 16 KiB probe (a getattr, nothing opened yet), then the rest of it
+    assert ranges[:2] == [f"bytes=0-{PROBE_BYTES - 1}", f"bytes={PROBE_BYTES}-{len(files[names[0]]) - 1}"]
+    # every other file: one request for all of it
+    assert sorted(ranges[2:]) == sorted(f"bytes=0-{(128 << 10) - 1}" for _ in names[1:]), ranges

@@ -12,7 +12,10 @@ asks again). Asked for one file's size (lookup, stat, open), the tree learns tha
 for a second file of the same listed directory, it also learns the unknown sizes of all that
 directory's files, in listing order, by a pool of SIZE_PROBE_CONCURRENCY workers over one
 queue (never one task per file): `ls -l`, `du` or `grep -r` find the next size learned, or on
-its way, while `cat` of one file in a directory of 100k pays for one.
+its way, while `cat` of one file in a directory of 100k pays for one. A probe is as small as
+can be (16 KiB, for `ls -l`) unless the file is likely to be read: a lookup (a path resolved
+is most often opened next), an open, or any file of a directory a file was opened in (`grep
+-r`: the kernel's permission check asks getattr before each open); then it brings block 0.
 
 One bad artifact never takes its directory down: a lookup or stat waits for one artifact's
 size at most `size_wait` seconds from when its request went out. An artifact whose size is not
@@ -125,6 +128,9 @@ class Tree:
         # directory inode -> the one file of its listing asked for so far (a second one starts
         # the batch), or BATCHED once the batch of this listing started
         self._first_asked: dict[int, int] = {}
+        # directories a file was opened in: their sizes are probed as for reading (`grep -r`
+        # opens each file, after a getattr the kernel's permission check makes)
+        self._opened_in: set[int] = set()
         self._background: trio.Nursery | None = None
         self._next_inode = ROOT_INODE + 1
         self.root = Node(ROOT_INODE, "", Kind.DIR, None, now(), False, source=root, lookups=1, pinned=1)
@@ -184,6 +190,7 @@ class Tree:
         node.children.clear()
         node.listing, node.expires = None, None
         self._first_asked.pop(node.inode, None)
+        self._opened_in.discard(node.inode)
 
     # -- directories ----------------------------------------------------------------------------
 
@@ -300,6 +307,7 @@ class Tree:
             self.nodes.pop(node.inode, None)
         if node.kind is Kind.DIR:
             self._first_asked.pop(node.inode, None)
+            self._opened_in.discard(node.inode)
         for child in list(node.children.values()):
             self._detach(child)
         node.children.clear()
@@ -321,6 +329,8 @@ class Tree:
     async def size_of(self, node: Node) -> int:
         """A file's size, waiting for the answer however long it takes (the operation timeout
         bounds it); raises why it cannot be had."""
+        if node.parent is not None and node.kind is Kind.FILE:
+            self._opened_in.add(node.parent.inode)
         if node.size is None and node.kind is Kind.FILE:
             async with self._probe_nursery() as nursery:
                 await self._asked(node, nursery, reading=True).done.wait()
@@ -334,10 +344,11 @@ class Tree:
         """Someone wants this file's size now (to read it: `reading`): its probe (started now if
         it was not), and, from the second file of a listed directory asked for, its siblings'
         unknown sizes too (probed as for reading when files are being opened: `grep -r`)."""
+        parent = node.parent
+        reading = reading or (parent is not None and parent.inode in self._opened_in)
         probe = self._probes.get(node.inode)
         if probe is None:
             probe = self._start_probe(node, nursery, reading)
-        parent = node.parent
         if parent is not None and parent.listing is not None and self._background is not None:
             first = self._first_asked.setdefault(parent.inode, node.inode)
             if first not in (node.inode, BATCHED):
