@@ -138,11 +138,12 @@ def main() -> int:
     p.add_argument("--counts", default="1000,10000,100000")
     p.add_argument("--kinds", default="small,large")
     p.add_argument("--python", default=str(REPO / ".venv/bin/python"), help="the ciartfs to run (a venv's python)")
+    p.add_argument("--checkout", help="the checkout whose ciartfs runs (default: the one --python's venv is in)")
     p.add_argument("--order", default="ls,find,ls -l", help="the commands, in order (e.g. 'ls -l' alone: cold)")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
     python = Path(args.python)
-    cwd = python.parent.parent.parent  # <checkout>/.venv/bin/python -> <checkout>
+    cwd = Path(args.checkout) if args.checkout else python.parent.parent.parent  # <checkout>/.venv/bin/python
     results = []
     with tempfile.TemporaryDirectory(prefix="ciartfs-flat-") as tmp:
         for count in (int(c) for c in args.counts.split(",")):
