@@ -257,13 +257,23 @@ class InProcFS:
     async def listdir(self, path: str) -> list[str]:
         return sorted(await self.readdir(path))
 
-    async def walk_files(self, path: str) -> dict[str, Attr]:
-        """Every regular file below `path` (not following links): relative path -> attributes."""
+    async def ls_l(self, path: str) -> dict[str, Attr]:
+        """What `ls -l` sees: readdirplus, then, in listing order, a getattr of each entry whose
+        attributes expired at once (the kernel's attribute cache: a size not known yet)."""
+        entries = await self.readdir(path)
+        for name, attr in entries.items():
+            if attr.attr_timeout == 0:
+                entries[name] = Attr.of(await self.ops.getattr(attr.inode, CTX))
+        return entries
+
+    async def walk_files(self, path: str, *, long: bool = False) -> dict[str, Attr]:
+        """Every regular file below `path` (not following links): relative path -> attributes
+        (`long`: as `ls -l` sees them, else as readdirplus gave them)."""
         found: dict[str, Attr] = {}
-        for name, attr in (await self.readdir(path)).items():
+        for name, attr in (await (self.ls_l(path) if long else self.readdir(path))).items():
             rel = posixpath.join(path, name)
             if attr.is_dir:
-                found.update({posixpath.join(name, k): v for k, v in (await self.walk_files(rel)).items()})
+                found.update({posixpath.join(name, k): v for k, v in (await self.walk_files(rel, long=long)).items()})
             elif attr.is_file:
                 found[name] = attr
         return found

@@ -117,7 +117,7 @@ class GeneratedReader:
         self.reader = reader
         self.fetched: list[int] = []
 
-    async def learn_size(self, art: Artifact) -> int:
+    async def learn_size(self, art: Artifact, *, reading: bool = False) -> int:
         assert isinstance(art.source, Generated)
         return art.source.size
 

@@ -29,7 +29,7 @@ def make_tree() -> tuple[Tree, CountingDir, CountingDir]:
     builds = CountingDir([Entry("1", Kind.DIR, immutable=True, source=build)])
     root = StaticDir([Entry("proj", Kind.DIR, immutable=True, source=builds)])
 
-    async def sizer(art: Artifact) -> int:
+    async def sizer(art: Artifact, reading: bool) -> int:
         raise AssertionError("sizes are in the listing")
 
     return Tree(root, sizer), builds, build

@@ -44,8 +44,8 @@ async def test_each_bad_artifact_fails_with_its_own_errno_and_says_why(fake, inp
     })
     fs = await inproc(timeout=TIMEOUT)
     fs.expect_errors = True
-    # not hurried: the listing waits (at most SIZE_WAIT_SECONDS) for the sizes that come
-    listed = await fs.readdir(rel)
+    # not hurried: each stat waits (at most SIZE_WAIT_SECONDS) for its size
+    listed = await fs.ls_l(rel)
     assert sorted(listed) == sorted([good_name(i) for i in range(GOOD)] + list(bad))
     for name in bad:
         assert listed[name].size == 0 and listed[name].attr_timeout == 0  # shown, its size unknown: asked again

@@ -22,9 +22,14 @@ async def test_listing_modes_sizes_and_times(fake, inproc):
     assert await fs.readlink("github/acme/api/latest") == "3"  # newest completed, any branch (4 is running)
     assert await fs.listdir("github/acme/api/2") == ["0", "1"]
     assert (await fs.stat("github/acme/api/2")).mtime == STOP_EPOCH
-    files = await fs.walk_files("github/acme/api/2")  # readdirplus: attributes with the names
+    fake.clear_requests()
+    listed = await fs.walk_files("github/acme/api/2")  # readdirplus: attributes with the names
+    assert storage_gets(fake) == [], "names cost no storage request"
     expected = files_of(project, 2)
-    assert sorted(files) == sorted(expected)
+    assert sorted(listed) == sorted(expected)
+    for rel, attr in listed.items():  # sizes not known yet: shown as 0, asked for again at each stat
+        assert attr.is_file and attr.size == 0 and attr.attr_timeout == 0, rel
+    files = await fs.walk_files("github/acme/api/2", long=True)  # `ls -lR`: a getattr of each
     for rel, data in expected.items():
         for attr in (files[rel], await fs.stat(f"github/acme/api/2/{rel}")):
             assert attr.is_file and attr.perms == 0o444, rel
@@ -216,7 +221,7 @@ async def test_what_the_kernel_forgot_is_let_go_and_listed_again_from_the_kept_d
         build.add_artifact(path, data)
     fs = await inproc()
     reports = "github/acme/big/1/0/reports"
-    sizes = {name: a.size for name, a in (await fs.readdir(reports)).items()}
+    sizes = {name: a.size for name, a in (await fs.ls_l(reports)).items()}
     assert sizes == {p.rsplit("/", 1)[1]: len(d) for p, d in files.items()}
     inodes = {name: a.inode for name, a in (await fs.readdir(reports)).items()}
     assert len(fs.tree.nodes) > 60
@@ -224,7 +229,7 @@ async def test_what_the_kernel_forgot_is_let_go_and_listed_again_from_the_kept_d
     assert len(fs.tree.nodes) < 10, "the forgotten build's nodes are still held"
     assert all(i not in fs.tree.nodes for i in inodes.values())
     fake.clear_requests()
-    again = await fs.readdir(reports)
+    again = await fs.ls_l(reports)
     assert {name: a.size for name, a in again.items()} == sizes  # listed again
     assert await fs.read_file(f"{reports}/r042.txt") == files["reports/r042.txt"]
     assert [r for r in fake.requests if r.server == "api"] == [], "listed again from the cached API documents"

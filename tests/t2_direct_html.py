@@ -16,7 +16,7 @@ async def test_listing_sizes_of_reports_ignoring_range_downloads_each_at_most_on
     site(fake, files)
     fake.faults.direct_ignore_range = True
     fs = await inproc(token=TOKEN)
-    listed = await fs.readdir("github/acme/site/1/0/reports")
+    listed = await fs.ls_l("github/acme/site/1/0/reports")
     for path, data in files.items():
         assert listed[path.rsplit("/", 1)[1]].size == len(data), path
         assert len(gets(fake, path)) == 1, f"{path}: listing its size took more than one GET"

@@ -377,6 +377,7 @@ def test_prefetch_stops_promptly_on_ctrl_c_and_resumes(cli, demo_fake, tmp_path)
     assert cli.run("mount", str(mp), *cli.settings()).returncode == 0
     top = mp / "github/acme/huge/1/0"
     assert sorted(os.listdir(top)) == sorted(big)
+    assert {n: os.stat(top / n).st_size for n in big} == {n: len(d) for n, d in big.items()}  # sizes learned
     demo_fake.faults.storage_latency = 1.0  # a file now takes over 10 s (16 requests in flight)
     proc = subprocess.Popen([sys.executable, "-m", "ciartfs", "prefetch", "-j", "2", str(top)],
                             env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -134,9 +134,10 @@ class Reader:
 
     # -- sizes ------------------------------------------------------------------------------
 
-    async def size(self, art: Artifact) -> int:
+    async def size(self, art: Artifact, reading: bool = False) -> int:
         """The artifact's size in bytes, or the CiartfsError that says why it cannot be had (a
-        failure is remembered for SIZE_FAILURE_TTL and raised again at once meanwhile)."""
+        failure is remembered for SIZE_FAILURE_TTL and raised again at once meanwhile).
+        `reading`: the file is being opened (see SourceReader.learn_size)."""
         if art.error:
             return 0
         if art.gone is not None:
@@ -149,7 +150,7 @@ class Reader:
         if failed is not None:
             raise again(failed)
         try:
-            return await self._source(art).learn_size(art)
+            return await self._source(art).learn_size(art, reading=reading)
         except CiartfsError as e:
             self._size_failures[art.key] = again(e)  # without its traceback (and the frames it holds)
             raise

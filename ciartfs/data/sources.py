@@ -119,8 +119,10 @@ class SourceReader(Protocol):
     when it calls `fetch`; the disk tier is the source's to consult (`Blocks.from_disk`), since
     some sources keep blocks under keys of their own making (decoded files)."""
 
-    async def learn_size(self, art: Artifact) -> int:
-        """The size, when neither the artifact (`art.size`) nor a failure memo answers."""
+    async def learn_size(self, art: Artifact, *, reading: bool = False) -> int:
+        """The size, when neither the artifact (`art.size`) nor a failure memo answers.
+        `reading`: the file is being opened, so a probe may bring what its first read wants;
+        otherwise (`ls -l`) the probe should cost as few bytes as it can."""
         ...
 
     async def fetch(self, art: Artifact, index: int, key: str, *, probe: bool) -> bytes:

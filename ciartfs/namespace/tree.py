@@ -3,15 +3,26 @@
 A provider describes directories through `DirSource` objects that return `Entry` records;
 this module turns them into `Node`s with stable inode numbers, refreshes mutable listings
 after their TTL, tracks the kernel's lookup counts, and learns file sizes (through an
-injected `sizer`) before an entry is shown, because readdirplus and lookup need exact sizes.
+injected `sizer`) when they are asked for.
 
-One bad artifact never takes its directory down: sizes are learned concurrently; a lookup
-or stat waits for one artifact's size at most `size_wait` seconds from when its request went
-out, a listing until every size is in or `size_wait` passes with none of its requests starting
-or ending. An artifact whose size is not known by then (slow), or cannot be had (expired,
-refused, a bad answer: `Node.error`), is still shown, with its size unknown; a slow one's
-request goes on in the background, so a later stat gets its true size. Only `size_of` (open,
-which needs the size) waits for the answer, and raises the artifact's own error.
+Names cost only the API listing: a listing learns no size, so `ls` and `find -name` of a
+directory of 100k artifacts make no storage request. A file whose size is not known yet is
+shown with its size unknown (fs.py: 0 bytes, attributes that expire at once, so the kernel
+asks again). Asked for one file's size (lookup, stat, open), the tree learns that one; asked
+for a second file of the same listed directory, it also learns the unknown sizes of all that
+directory's files, in listing order, by a pool of SIZE_PROBE_CONCURRENCY workers over one
+queue (never one task per file): `ls -l`, `du` or `grep -r` find the next size learned, or on
+its way, while `cat` of one file in a directory of 100k pays for one. A probe is as small as
+can be (16 KiB, for `ls -l`) unless the file is likely to be read: a lookup (a path resolved
+is most often opened next), an open, or any file of a directory a file was opened in (`grep
+-r`: the kernel's permission check asks getattr before each open); then it brings block 0.
+
+One bad artifact never takes its directory down: a lookup or stat waits for one artifact's
+size at most `size_wait` seconds from when its request went out. An artifact whose size is not
+known by then (slow), or cannot be had (expired, refused, a bad answer: `Node.error`), is still
+shown, with its size unknown; a slow one's request goes on in the background, so a later stat
+gets its true size. Only `size_of` (open, which needs the size) waits for the answer, and
+raises the artifact's own error.
 
 Memory follows the kernel's: once the kernel has forgotten every inode in a directory's
 subtree (its own included), the directory drops its children and listing, to be listed again
@@ -32,7 +43,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import trio
 
@@ -44,17 +55,20 @@ from ciartfs.namespace.names import NAME_MAX, name_problem, short, target_proble
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-# How many file sizes are learned at once when a directory is listed: enough to hide the
+# How many of a directory's file sizes are learned at once (its workers): enough to hide the
 # per-request latency of S3-like storage, few enough not to look like a flood.
 SIZE_PROBE_CONCURRENCY = 96
-# How long a listing, lookup or stat waits for one artifact's size. A healthy probe takes a
+# How long a lookup or stat waits for one artifact's size. A healthy probe takes a
 # round trip or two (tens of ms; a second on a far-away link); an artifact slower than this is
 # shown with its size unknown rather than holding up `ls` until the operation timeout (30 s).
 SIZE_WAIT_SECONDS = 2.0
+BATCHED = -1  # (see Tree._first_asked)
+# The children of every file and link: one empty dict, never added to (only a directory's
+# children are), instead of one per node (64 bytes each at 100k artifacts).
+NO_CHILDREN: dict[str, Node] = {}
 
 
-
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)  # slots: 100k artifacts' nodes, ~60% less memory
 class Node:
     inode: int
     name: str
@@ -88,47 +102,19 @@ class Node:
         return "/" + "/".join(reversed(parts))
 
 
-Sizer = Callable[[Artifact], Awaitable[int]]
+# A file's size; the flag says the file is being opened, so its first bytes will be read: a probe
+# may then bring what that read wants rather than the least that names the size.
+Sizer = Callable[[Artifact, bool], Awaitable[int]]
 
 
-class _Waiting:
-    """One listing waiting for its files' sizes: how many are still unknown, and a wake-up
-    whenever one of its probes starts or ends."""
-
-    __slots__ = ("changed", "last_change", "pending")
-
-    def __init__(self, pending: int) -> None:
-        self.pending = pending
-        self.changed = trio.Event()
-        self.last_change = trio.current_time()
-
-    def note(self, *, finished: bool) -> None:
-        if finished:
-            self.pending -= 1
-        self.last_change = trio.current_time()
-        self.changed.set()
-
-
-@dataclasses.dataclass(eq=False)
 class _SizeProbe:
     """One file's size being learned; concurrent askers share it."""
 
-    started: float | None = None  # trio time its request went out; None while waiting for a slot
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    watchers: list[_Waiting] = dataclasses.field(default_factory=list)
-    # Someone asks for this one file (stat, open): it stops queueing for a listing's slot, which
-    # slow probes of other files might hold for the whole operation timeout.
-    hurried: bool = False
-    queued: trio.CancelScope | None = None
+    __slots__ = ("done", "started")
 
-    def hurry(self) -> None:
-        self.hurried = True
-        if self.queued is not None:
-            self.queued.cancel()
-
-    def note(self, *, finished: bool) -> None:
-        for watcher in self.watchers:
-            watcher.note(finished=finished)
+    def __init__(self, started: float) -> None:
+        self.started = started  # trio time its request went out
+        self.done = trio.Event()
 
 
 class Tree:
@@ -139,6 +125,12 @@ class Tree:
         self._sizer = sizer
         self._size_wait = size_wait
         self._probes: dict[int, _SizeProbe] = {}  # inode -> its size being learned
+        # directory inode -> the one file of its listing asked for so far (a second one starts
+        # the batch), or BATCHED once the batch of this listing started
+        self._first_asked: dict[int, int] = {}
+        # directories a file was opened in: their sizes are probed as for reading (`grep -r`
+        # opens each file, after a getattr the kernel's permission check makes)
+        self._opened_in: set[int] = set()
         self._background: trio.Nursery | None = None
         self._next_inode = ROOT_INODE + 1
         self.root = Node(ROOT_INODE, "", Kind.DIR, None, now(), False, source=root, lookups=1, pinned=1)
@@ -197,6 +189,8 @@ class Tree:
             self._detach(child)  # no lookups anywhere below: every node goes at once
         node.children.clear()
         node.listing, node.expires = None, None
+        self._first_asked.pop(node.inode, None)
+        self._opened_in.discard(node.inode)
 
     # -- directories ----------------------------------------------------------------------------
 
@@ -220,8 +214,11 @@ class Tree:
                     if child is not None:
                         self._detach(parent.children.pop(name))
                     raise NotFound(f"{parent.path}/{name}")
-                child = self._upsert(parent, entry)
-        await self.learn_size(child)
+                child = self._upsert(parent, entry, trio.current_time())
+        # A path resolved is most often opened next (`cat path`, `grep -r` over entries the
+        # kernel holds no dentry for): its probe brings what the first read wants. `ls -l`,
+        # `du` and `find -size` stat the dentries readdirplus gave (getattr: 16 KiB probes).
+        await self.learn_size(child, reading=True)
         return child
 
     @staticmethod
@@ -232,13 +229,11 @@ class Tree:
         return not child.immutable and ttl is not None and trio.current_time() - child.checked >= ttl
 
     async def list(self, node: Node) -> list[Node]:
-        """Every listed child, sizes learned concurrently (those that come within the wait)."""
+        """Every listed child. No size is learned: names cost only the API listing."""
         if node.kind is not Kind.DIR:
             raise NotFound(f"{node.path} is not a directory")
         await self._ensure_fresh(node, listing_needed=True)
-        children = [node.children[n] for n in node.listing or () if n in node.children]
-        await self._learn_sizes(children)
-        return children
+        return [node.children[n] for n in node.listing or () if n in node.children]
 
     async def _ensure_fresh(self, node: Node, *, listing_needed: bool) -> None:
         stale = node.expires is not None and trio.current_time() >= node.expires
@@ -258,6 +253,7 @@ class Tree:
             return
         names = []
         seen = set()
+        now = trio.current_time()
         for entry in entries:
             if entry.name in seen:
                 continue
@@ -266,19 +262,20 @@ class Tree:
                 log.warning("%s: skipping an entry whose name %s: %s", node.path, problem, short(entry.name))
                 continue
             seen.add(entry.name)
-            self._upsert(node, entry)
+            self._upsert(node, entry, now)
             names.append(entry.name)
         if ttl is not None and node.source.complete:
             # A complete, mutable listing: children that vanished are gone.
             for gone in set(node.children) - seen:
                 self._detach(node.children.pop(gone))
         node.listing = sorted(names)
+        self._first_asked.pop(node.inode, None)  # a new listing: its unknown sizes may be batched
 
-    def _upsert(self, parent: Node, entry: Entry) -> Node:
+    def _upsert(self, parent: Node, entry: Entry, now: float) -> Node:
         """Create the child, or update it in place so the kernel's inode stays valid."""
         child = parent.children.get(entry.name)
         if child is not None and child.kind is entry.kind:
-            child.checked = trio.current_time()
+            child.checked = now
             if child.kind is Kind.LINK:
                 child.target = entry.target
             elif child.kind is Kind.FILE and (entry.artifact != child.artifact or not entry.immutable):
@@ -296,8 +293,9 @@ class Tree:
             self._next_inode, entry.name, entry.kind, parent, entry.mtime, entry.immutable,
             source=entry.source, artifact=entry.artifact, target=entry.target,
             size=entry.artifact.size if entry.artifact else None, info=entry.info,
+            children={} if entry.kind is Kind.DIR else NO_CHILDREN,
         )
-        child.checked = trio.current_time()
+        child.checked = now  # (one float shared by a listing's nodes: 24 bytes each saved at 100k)
         self._next_inode += 1
         self.nodes[child.inode] = child
         parent.children[entry.name] = child
@@ -307,60 +305,80 @@ class Tree:
         node.attached = False
         if node.lookups == 0:
             self.nodes.pop(node.inode, None)
+        if node.kind is Kind.DIR:
+            self._first_asked.pop(node.inode, None)
+            self._opened_in.discard(node.inode)
         for child in list(node.children.values()):
             self._detach(child)
         node.children.clear()
 
     # -- sizes --------------------------------------------------------------------------------
 
-    async def learn_size(self, node: Node) -> None:
+    async def learn_size(self, node: Node, *, reading: bool = False) -> None:
         """Learn a file's unknown size, waiting at most `size_wait` from when its request went
         out. Afterwards `node.size` is known, or `node.error` says why not, or the size is
-        still coming (slow). Never raises a CiartfsError."""
+        still coming (slow). Never raises a CiartfsError. `reading`: it is likely to be opened."""
         if node.kind is not Kind.FILE or node.size is not None:
             return
         async with self._probe_nursery() as nursery:
-            probe = self._probe(node, None, nursery)
-            probe.hurry()
-            start = probe.started if probe.started is not None else trio.current_time()
+            probe = self._asked(node, nursery, reading=reading)
+            start = probe.started
             with trio.move_on_at(start + self._size_wait):
                 await probe.done.wait()
 
     async def size_of(self, node: Node) -> int:
         """A file's size, waiting for the answer however long it takes (the operation timeout
         bounds it); raises why it cannot be had."""
+        if node.parent is not None and node.kind is Kind.FILE:
+            self._opened_in.add(node.parent.inode)
         if node.size is None and node.kind is Kind.FILE:
             async with self._probe_nursery() as nursery:
-                probe = self._probe(node, None, nursery)
-                probe.hurry()
-                await probe.done.wait()
+                await self._asked(node, nursery, reading=True).done.wait()
         if node.size is None:
             if node.error is not None:
                 raise again(node.error)
             raise UpstreamError(f"{node.path}: size unknown")
         return node.size
 
-    async def _learn_sizes(self, nodes: Sequence[Node]) -> None:  # (`list` here is Tree.list)
-        """Learn unknown file sizes concurrently. Returns when each is known or failed, or once
-        `size_wait` has passed with none of them starting or finishing (the rest are slow and
-        go on in the background). Never raises a CiartfsError: a failure stays on its node."""
-        todo = [n for n in nodes if n.kind is Kind.FILE and n.size is None]
+    def _asked(self, node: Node, nursery: trio.Nursery, *, reading: bool) -> _SizeProbe:
+        """Someone wants this file's size now (to read it: `reading`): its probe (started now if
+        it was not), and, from the second file of a listed directory asked for, its siblings'
+        unknown sizes too (probed as for reading when files are being opened: `grep -r`)."""
+        parent = node.parent
+        reading = reading or (parent is not None and parent.inode in self._opened_in)
+        probe = self._probes.get(node.inode)
+        if probe is None:
+            probe = self._start_probe(node, nursery, reading)
+        if parent is not None and parent.listing is not None and self._background is not None:
+            first = self._first_asked.setdefault(parent.inode, node.inode)
+            if first not in (node.inode, BATCHED):
+                self._first_asked[parent.inode] = BATCHED  # once per listing (a stat is O(1))
+                self._start_batch(parent, reading)
+        return probe
+
+    def _start_batch(self, parent: Node, reading: bool) -> None:
+        """Learn the unknown sizes of `parent`'s listed files, in listing order, by a pool of
+        SIZE_PROBE_CONCURRENCY workers over one queue: what `ls -l`, `du` or `grep -r` will
+        ask for next is (being) learned when they ask. Files with a failed size are left out
+        (a stat of one asks again, alone); one asked for meanwhile starts at once."""
+        assert self._background is not None
+        todo = [child for name in parent.listing or () if (child := parent.children.get(name)) is not None
+                and child.kind is Kind.FILE and child.size is None and child.error is None
+                and child.inode not in self._probes]
         if not todo:
             return
-        waiting = _Waiting(len(todo))
-        limiter = trio.CapacityLimiter(SIZE_PROBE_CONCURRENCY)
-        async with self._probe_nursery() as nursery:
-            for node in todo:
-                self._probe(node, limiter, nursery).watchers.append(waiting)
-            while waiting.pending > 0:
-                with trio.move_on_at(waiting.last_change + self._size_wait):
-                    await waiting.changed.wait()
-                if not waiting.changed.is_set():
-                    slow = sum(1 for n in todo if n.size is None and n.error is None)
-                    log.info("%s: %d of %d sizes not known within %gs; shown as unknown for now",
-                             todo[0].parent.path if todo[0].parent else "?", slow, len(todo), self._size_wait)
-                    break
-                waiting.changed = trio.Event()
+        queue = iter(todo)  # shared by the workers: each file is taken once
+        for _ in range(min(SIZE_PROBE_CONCURRENCY, len(todo))):
+            self._background.start_soon(self._batch_worker, queue, reading)
+
+    async def _batch_worker(self, queue: Iterator[Node], reading: bool) -> None:
+        for node in queue:
+            if node.size is not None or node.error is not None or not node.attached:
+                continue
+            if node.inode not in self._probes:  # (else it was asked for: its own probe runs)
+                probe = _SizeProbe(trio.current_time())
+                self._probes[node.inode] = probe
+                await self._run_probe(node, probe, reading)
 
     @contextlib.asynccontextmanager
     async def _probe_nursery(self) -> AsyncIterator[trio.Nursery]:
@@ -372,39 +390,23 @@ class Tree:
             async with trio.open_nursery() as nursery:
                 yield nursery
 
-    def _probe(self, node: Node, limiter: trio.CapacityLimiter | None, nursery: trio.Nursery) -> _SizeProbe:
-        """The node's size probe in flight, or a new one started in `nursery` (under `limiter`)."""
-        probe = self._probes.get(node.inode)
-        if probe is None:
-            probe = _SizeProbe()
-            self._probes[node.inode] = probe
-            nursery.start_soon(self._run_probe, node, probe, limiter)
+    def _start_probe(self, node: Node, nursery: trio.Nursery, reading: bool) -> _SizeProbe:
+        probe = _SizeProbe(trio.current_time())
+        self._probes[node.inode] = probe
+        nursery.start_soon(self._run_probe, node, probe, reading)
         return probe
 
-    async def _run_probe(self, node: Node, probe: _SizeProbe, limiter: trio.CapacityLimiter | None) -> None:
+    async def _run_probe(self, node: Node, probe: _SizeProbe, reading: bool) -> None:
         assert node.artifact is not None
-        holding = False
         try:
-            if limiter is not None and not probe.hurried:
-                with trio.CancelScope() as probe.queued:
-                    await limiter.acquire()
-                    holding = True
-                probe.queued = None
-            probe.started = trio.current_time()
-            probe.note(finished=False)
-            try:
-                node.size, node.error = await self._sizer(node.artifact), None
-            except CiartfsError as e:
-                node.error = again(e)
-                log.debug("%s: size unknown: %s", node.path, e)
-            except Exception as e:  # a bug must not kill the background nursery (the mount)
-                log.exception("%s: learning the size failed", node.path)
-                node.error = UpstreamError(f"{node.path}: internal error learning the size ({type(e).__name__})")
+            node.size, node.error = await self._sizer(node.artifact, reading), None
+        except CiartfsError as e:
+            node.error = again(e)
+            log.debug("%s: size unknown: %s", node.path, e)
+        except Exception as e:  # a bug must not kill the background nursery (the mount)
+            log.exception("%s: learning the size failed", node.path)
+            node.error = UpstreamError(f"{node.path}: internal error learning the size ({type(e).__name__})")
         finally:
-            if holding:
-                assert limiter is not None
-                limiter.release()
             if self._probes.get(node.inode) is probe:
                 del self._probes[node.inode]
             probe.done.set()
-            probe.note(finished=True)
