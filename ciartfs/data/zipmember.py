@@ -441,7 +441,7 @@ class ZipMemberReader:
         self.passes_from_start = 0
         self.crc_checks = 0
 
-    async def learn_size(self, art: Artifact) -> int:
+    async def learn_size(self, art: Artifact, *, reading: bool = False) -> int:
         if art.size is None:  # (ZipArchives always gives one)
             raise UpstreamError(f"{_where(art)}: a zip member without a size")
         return art.size
