@@ -288,7 +288,7 @@ class ArtifactFS(pyfuse3.Operations):
         node = self.tree.get(inode)
         names = [XATTR_PREFIX + key.encode() for key in node.info]
         if node.artifact is not None:
-            names += [XATTR_PREFIX + b"url", XATTR_PREFIX + b"cached"]
+            names += [XATTR_PREFIX + key.encode() for key in ("url", "cached") if key not in node.info]
             if node.artifact.error or node.error is not None:
                 names.append(ERROR_XATTR)
         return names

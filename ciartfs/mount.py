@@ -132,7 +132,8 @@ class Mount:
             },
             "addresses_allowed": sorted(c.value for c in self.address_rule.allowed),
             "stats": {**dataclasses.asdict(self.reader.stats), "http_requests": self.http.requests_made,
-                      "api_calls_saved": self.docs.api_calls_saved},
+                      "api_calls_saved": self.docs.api_calls_saved,
+                      "api_not_modified": self.docs.not_modified},
             "memory_bytes": self.memory.bytes_used,
             "inflight_bytes": self.http.budget.used, "inflight_peak_bytes": self.http.budget.peak,
             "inodes": len(self.tree.nodes),  # follows what the kernel holds (see tree.py)

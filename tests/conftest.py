@@ -87,7 +87,7 @@ def demo_fake(fake: FakeCI) -> FakeCI:
 
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment for a ciartfs process: no token and no user config unless given."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_", "GH_", "GITHUB_"))}
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
     env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg-run")
@@ -162,7 +162,7 @@ class MountFactory:
         path.mkdir()
         log = self.tmp_path / f"{name}{len(self.mounts)}.log"
         cmd = [sys.executable, "-m", "ciartfs", "mount", "-f", str(path),
-               "--circleci-host", self.fake.api_url,
+               "--circleci-host", self.fake.api_url, "--github-api-url", self.fake.api_url,
                "--cache-dir", str(cache_dir or self.tmp_path / "cache"),
                "--log-file", str(log), "-v", "--timeout", "5", *args]
         extra = {"CIRCLE_TOKEN": token} if token else {}

@@ -349,4 +349,4 @@ def test_the_previous_cache_layout_is_removed_at_mount(fake, mount, tmp_path):
     old.write_bytes(b"CIAFSB1\n" + bytes(40))
     m = mount(cache_dir=tmp_path / "cache")
     assert wait_for(lambda: not old.exists()), "the previous layout's file is still there"
-    assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github"]
+    assert sorted(os.listdir(m.path)) == ["actions", "bitbucket", "circleci", "github"]

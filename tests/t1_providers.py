@@ -42,7 +42,7 @@ def with_toy() -> tuple[Provider[Any], ...]:
 
 def test_every_registered_provider_keeps_the_naming_rules() -> None:
     providers = registry.providers({})
-    assert [p.name for p in providers] == ["circleci", "taskcluster"]
+    assert [p.name for p in providers] == ["circleci", "taskcluster", "github"]
     check_providers(providers, all_options(()))  # raises on a clash
     for p in providers:
         assert p.options and all(o.key.startswith(p.name + "_") for o in p.options)
@@ -161,7 +161,7 @@ def test_the_mount_gives_the_toy_its_credential_address_rule_and_status(tmp_path
     env = {"TOY_URL": "http://10.1.2.3:9", "TOY_TOKEN": "toy-tok-2", "CIARTFS_CACHE_DIR": str(tmp_path / "c"),
            "CIARTFS_OFFLINE": "1"}  # (nothing is asked of 10.1.2.3)
     s = load_settings({}, env=env, providers=with_toy())
-    assert api_hosts(s) == ["circleci.com", "10.1.2.3"]
+    assert api_hosts(s) == ["circleci.com", "api.github.com", "10.1.2.3"]
     mount = Mount(s)
     assert AddressClass.PRIVATE in mount.address_rule.allowed  # its API host is private
     toy_creds = [c for p in s.providers for c in p.credentials() if c.applies_to("http://10.1.2.3:9/toy/v1/builds")]
@@ -236,7 +236,7 @@ def test_the_toy_provider_mounts_and_its_files_read_with_ordinary_tools(mount: A
                                                                         tmp_path: Path) -> None:
     m = mount("--toy-url", fake.api_url, env=toy_env(TOY_TOKEN=toy_provider.FAKE_TOKEN))
     toy = m.path / "toy"
-    assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github", "toy"]
+    assert sorted(os.listdir(m.path)) == ["actions", "bitbucket", "circleci", "github", "toy"]
     assert sorted(os.listdir(toy)) == ["1", "2"]
     found = subprocess.run(["find", str(toy), "-type", "f"], capture_output=True, text=True, timeout=60, check=True)
     expected = {f"{n}/{path}": data for n, files in toy_provider.FAKE_BUILDS.items() for path, data in files.items()}

@@ -17,7 +17,7 @@ from inproc import CTX, ReaddirBuffer, errno_of
 async def test_listing_modes_sizes_and_times(fake, inproc):
     project = sample(fake)
     fs = await inproc()
-    assert await fs.listdir("") == ["bitbucket", "circleci", "github"]
+    assert await fs.listdir("") == ["actions", "bitbucket", "circleci", "github"]
     assert await fs.listdir("github/acme/api") == ["1", "2", "3", "4", "branch", "latest", "pipeline"]
     assert await fs.readlink("github/acme/api/latest") == "3"  # newest completed, any branch (4 is running)
     assert await fs.listdir("github/acme/api/2") == ["0", "1"]
@@ -270,7 +270,7 @@ async def test_hostile_artifact_paths(fake, inproc, caplog):
     assert await fs.read_file(f"{node}/dup.txt") in (b"first\n", b"second\n")
     assert not await fs.exists("github/evil/escape.txt")
     assert caplog.text.count("skipped") >= 7
-    assert await fs.listdir("") == ["bitbucket", "circleci", "github"]  # still answering
+    assert await fs.listdir("") == ["actions", "bitbucket", "circleci", "github"]  # still answering
 
 
 async def test_recent_builds_paging_and_lookup_of_older_builds(fake, inproc):

@@ -148,7 +148,7 @@ async def test_pagination_is_followed(fake, inproc):
 async def test_no_taskcluster_dir_without_a_root_url(fake, inproc):
     tc_dataset(fake)
     fs = await inproc()
-    assert await fs.listdir("") == ["bitbucket", "circleci", "github"]
+    assert await fs.listdir("") == ["actions", "bitbucket", "circleci", "github"]
     assert await errno_of(fs.stat("taskcluster")) == errno.ENOENT
 
 

@@ -31,7 +31,7 @@ def test_tree_listing_modes_sizes_and_times(fake, mount):
     project = sample(fake)
     m = mount()
     root = m.path
-    assert sorted(os.listdir(root)) == ["bitbucket", "circleci", "github"]
+    assert sorted(os.listdir(root)) == ["actions", "bitbucket", "circleci", "github"]
     proj = root / "github/acme/api"
     assert sorted(os.listdir(proj)) == ["1", "2", "3", "4", "branch", "latest", "pipeline"]
     assert os.readlink(proj / "latest") == "3"  # newest completed, any branch (4 is running)

@@ -23,7 +23,7 @@ def run(*cmd, **kw):
 def test_tree_runs_latest_and_byte_exact_reads(tc, mount):
     m = tc_mount(mount, tc)
     root = m.path / "taskcluster"
-    assert sorted(os.listdir(m.path)) == ["bitbucket", "circleci", "github", "taskcluster"]
+    assert sorted(os.listdir(m.path)) == ["actions", "bitbucket", "circleci", "github", "taskcluster"]
     assert os.listdir(root) == ["group"]  # tasks cannot be enumerated...
     task = root / slug(1)
     here = os.getcwd()

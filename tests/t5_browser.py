@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import require_fuse
+from conftest import TOKEN, require_fuse
 
 
 def browser():
@@ -28,12 +28,16 @@ def browser():
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
 
 
-def test_coverage_report_opens_with_links_and_styles(demo_fake, mount):
+@pytest.mark.parametrize("report", [
+    "github/acme/api/latest/0/coverage",  # CircleCI: files of their own
+    "actions/acme/api/workflow/ci.yml/latest/coverage-report",  # GitHub Actions: members of a zip
+])
+def test_coverage_report_opens_with_links_and_styles(demo_fake, mount, report):
     require_fuse()
     from selenium.webdriver.common.by import By
 
-    m = mount()
-    index = m.path / "github/acme/api/latest/0/coverage/index.html"
+    m = mount(env={"GH_TOKEN": TOKEN})
+    index = m.path / report / "index.html"
     assert index.is_file()
     driver = browser()
     try:

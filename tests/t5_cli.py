@@ -94,7 +94,7 @@ def test_background_mount_returns_once_it_answers_then_unmount(cli):
     mp = cli.mountpoint()
     result = cli.run("mount", str(mp), *cli.settings())
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(mp)) == ["bitbucket", "circleci", "github"]  # no waiting: it answers already
+    assert sorted(os.listdir(mp)) == ["actions", "bitbucket", "circleci", "github"]  # no waiting: it answers already
     assert "acme" not in os.listdir(mp / "github")  # users cannot be listed, only looked up
     assert os.listdir(mp / "github/acme/api/latest/0")
     pid = cli.pids[-1]
@@ -174,7 +174,7 @@ def test_foreground_stops_cleanly(cli, how):
     mp = cli.mountpoint()
     proc = cli.popen("mount", "-f", str(mp), *cli.settings())
     assert wait_for(lambda: is_mounted(str(mp))), proc.stderr.read().decode() if proc.poll() is not None else ""
-    assert sorted(os.listdir(mp)) == ["bitbucket", "circleci", "github"]
+    assert sorted(os.listdir(mp)) == ["actions", "bitbucket", "circleci", "github"]
     if how == "fusermount3":
         subprocess.run(["fusermount3", "-u", str(mp)], check=True)
     else:

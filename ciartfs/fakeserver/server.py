@@ -33,10 +33,8 @@ from ciartfs.fakeserver.v2 import FakeV2
 from ciartfs.providers import registry
 from ciartfs.providers.base import Provider
 
-# The fake's own host: the storage every API's presigned URLs name. (GitHub Actions' API and its
-# blob host sit here until a provider names the module in its `fake_modules`.)
-GITHUB_MODULES = ("ciartfs.fakeserver.github",)
-SHARED_MODULES = ("ciartfs.fakeserver.storage", *GITHUB_MODULES)
+# The fake's own host: the storage every API's presigned URLs name.
+SHARED_MODULES = ("ciartfs.fakeserver.storage",)
 
 
 def api_modules_for(providers: Iterable[Provider[Any]]) -> tuple[str, ...]:

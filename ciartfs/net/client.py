@@ -97,6 +97,9 @@ REDIRECT_TARGETS_KEPT = 20_000
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Redirect bodies up to this size are read to the end so their connection can be reused.
 DRAIN_LIMIT = 64 << 10
+# A suffix Range answered with the whole resource: a body up to this much beyond the tail is
+# streamed for it; a larger one is closed unread and the tail asked for by offset.
+SUFFIX_STREAM_SLACK = 1 << 20
 # A retry is only worth starting with at least this much of the operation's time left.
 MIN_ATTEMPT_TIME = 0.25
 
@@ -139,6 +142,15 @@ class _StaleTarget(Exception):
     """A cached redirect target no longer works: resolve the original URL again."""
 
 
+class _SuffixIgnored(Exception):
+    """Storage answered a suffix Range (`bytes=-n`) with the whole resource, which it names
+    (Azure Blob storage knows only `bytes=a-` and `bytes=a-b`): ask for the tail by offset."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(f"suffix range ignored ({total} bytes)")
+        self.total = total
+
+
 def _parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -150,6 +162,63 @@ def _parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimit:
+    """An API's request budget as its last answer stated it (GitHub's X-RateLimit-* headers)."""
+
+    limit: int | None
+    remaining: int
+    reset: float | None  # Unix time the budget is renewed
+
+
+def _rate_limit_of(headers: Mapping[str, str]) -> RateLimit | None:
+    remaining = headers.get("x-ratelimit-remaining", "").strip()
+    if not remaining.isdigit():
+        return None
+    limit, reset = headers.get("x-ratelimit-limit", "").strip(), headers.get("x-ratelimit-reset", "").strip()
+    return RateLimit(int(limit) if limit.isdigit() else None, int(remaining), float(reset) if reset.isdigit() else None)
+
+
+def _rate_limited(resp: Reply) -> _Retry | None:
+    """A 403 or 429 that says a rate limit was hit (GitHub: a `Retry-After`, or
+    `X-RateLimit-Remaining: 0` with the reset time) is a wait, not a refusal of the token."""
+    if resp.status_code not in (403, 429):
+        return None
+    after = _parse_retry_after(resp.headers.get("retry-after"))
+    budget = _rate_limit_of(resp.headers)
+    if after is None and budget is not None and budget.remaining == 0 and budget.reset is not None:
+        after = max(0.0, budget.reset - time.time()) + 1.0  # the reset second itself, and a margin
+    if after is None:
+        return None
+    resets = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + after))
+    return _Retry(f"API rate limit hit (HTTP {resp.status_code}; the budget resets at {resets})", after)
+
+
+@dataclasses.dataclass(frozen=True)
+class JsonReply:
+    """An API answer with what paging and conditional requests need: `doc` is None when the
+    server answered 304 Not Modified to `If-None-Match`."""
+
+    doc: Any
+    etag: str | None = None
+    next_url: str | None = None  # Link: <...>; rel="next"
+
+    @property
+    def not_modified(self) -> bool:
+        return self.doc is None
+
+
+_LINK_NEXT = re.compile(r'<([^<>]*)>\s*;[^,]*?\brel="?next"?', re.IGNORECASE)
+
+
+def link_next(value: str | None) -> str | None:
+    """The rel="next" URL of a `Link` header (RFC 8288), as GitHub pages its listings."""
+    if not value:
+        return None
+    match = _LINK_NEXT.search(value)
+    return match.group(1).strip() if match else None
 
 
 class HttpClient:
@@ -184,7 +253,13 @@ class HttpClient:
         # artifact URL -> its resolved redirect target, until that fails or gets too old
         self._targets: cachetools.TTLCache[str, str] = cachetools.TTLCache(
             REDIRECT_TARGETS_KEPT, REDIRECT_TARGET_MAX_AGE, timer=lambda: trio.current_time())  # trio's clock: tests may mock it
+        # URLs that redirected before (their target expired): while one request resolves such
+        # a URL again, the others wait for its answer instead of each asking the API (GitHub
+        # counts every resolution against its rate limit).
+        self._redirected: cachetools.LRUCache[str, None] = cachetools.LRUCache(REDIRECT_TARGETS_KEPT)
+        self._resolving: dict[str, trio.Event] = {}
         self.requests_made = 0
+        self._rate_limits: dict[tuple[str, str, int], RateLimit] = {}  # API origin -> last stated budget
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -212,7 +287,19 @@ class HttpClient:
         if params:
             url = url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
         with self.budget.hold() as hold:
-            yield await self._bounded(url, self._json_once, url, also_ok, credentials, hold)
+            reply = await self._bounded(url, self._json_once, url, also_ok, credentials, hold, None)
+            yield reply.doc
+
+    async def get_json_reply(self, url: str, *, if_none_match: str | None = None,
+                             credentials: bool = True) -> JsonReply:
+        """`get_json` with the answer's ETag and Link next page; with `if_none_match` (the
+        ETag of a document the caller keeps), a 304 comes back as `JsonReply(None)`."""
+        with self.budget.hold() as hold:
+            return await self._bounded(url, self._json_once, url, frozenset(), credentials, hold, if_none_match)
+
+    def rate_limit(self, url: str) -> RateLimit | None:
+        """The budget the API at `url`'s origin stated in its last answer, if it states one."""
+        return self._rate_limits.get(parse_url(url).origin)
 
     async def send_json(self, method: str, url: str, document: Any, *, credential: Credential | None,
                         idempotent: bool, timeout: float | None = None) -> Any:
@@ -268,7 +355,10 @@ class HttpClient:
         reply says where they begin."""
         if length <= 0:
             raise ValueError("bad range")
-        return await self._bounded(url, self._range_once, url, -1, length, credentials, False)
+        try:
+            return await self._bounded(url, self._range_once, url, -1, length, credentials, False)
+        except _SuffixIgnored as e:  # the size is known now: the same bytes by offset
+            return await self.get_range(url, max(0, e.total - length), length, credentials=credentials)
 
     # -- retry / deadline machinery -----------------------------------------------------------
 
@@ -310,13 +400,14 @@ class HttpClient:
             ) from None
 
     def _open(self, url: str, *, accept: str, byte_range: str | None = None,
-              credentials: bool) -> _Answer:
+              credentials: bool, first_hop: Sequence[tuple[str, str]] = ()) -> _Answer:
         """`async with` it: (streaming reply, final url, redirected) for a GET following redirects.
-        `credentials`: the first hop may carry them (see the module docstring)."""
-        return _Answer(self._follow(url, accept, byte_range, credentials), url)
+        `credentials`: the first hop may carry them (see the module docstring); `first_hop`:
+        headers for the first hop only (a conditional request's If-None-Match)."""
+        return _Answer(self._follow(url, accept, byte_range, credentials, first_hop), url)
 
     async def _follow(self, url: str, accept: str, byte_range: str | None,
-                      credentials: bool) -> tuple[Reply, str, bool]:
+                      credentials: bool, first_hop: Sequence[tuple[str, str]] = ()) -> tuple[Reply, str, bool]:
         headers_base = [("Accept", accept), ("User-Agent", USER_AGENT)]
         # identity for bytes: Range and Content-Length must count the bytes we serve, not gzip's.
         # (Storage that keeps an object gzip-encoded still says so: see RangeReply.encoding.)
@@ -337,14 +428,23 @@ class HttpClient:
                 raise UpstreamError(f"{redact_url(url)}: redirect from https to plain http refused")
             secure = target.scheme == "https"
             headers = headers_base
+            if hop == 0:
+                headers = [*headers, *first_hop]
             if credentials and hop == 0:  # never on a redirect, whatever host it names
                 # the origin checked is the one connected to: both come from the same parse
                 for cred in self._credentials:
-                    if cred.applies_to_origin(target.origin):
-                        # signed (Hawk) over the URL as sent, after any normalising
-                        headers = [*headers, *cred.headers_for("GET", target.url).items()]
+                    if cred.applies_to_target(target.origin, target.path):
+                        # signed (Hawk) over the URL as sent, after any normalising; a header
+                        # the API asks for (GitHub's Accept) replaces our default of that name
+                        given = cred.headers_for("GET", target.url)
+                        names = {k.lower() for k in given}
+                        headers = [*(h for h in headers if h[0].lower() not in names), *given.items()]
             via = f" (redirected to {redact_url(current)})" if hop else ""
             resp = await self._send(url, f"refused to fetch {redact_url(url)}{via}", "GET", target, headers)
+            if hop == 0 and credentials:
+                budget = _rate_limit_of(resp.headers)
+                if budget is not None:
+                    self._rate_limits[target.origin] = budget
             if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
                 await self._drain(resp)
                 location = location_url(resp.headers["location"])
@@ -401,14 +501,24 @@ class HttpClient:
 
     # -- one attempt each ---------------------------------------------------------------------
 
-    async def _json_once(self, url: str, also_ok: frozenset[int], credentials: bool, hold: Hold) -> Any:
+    async def _json_once(self, url: str, also_ok: frozenset[int], credentials: bool, hold: Hold,
+                         if_none_match: str | None) -> JsonReply:
         hold.release()  # whatever a failed attempt held
         try:
             hold.grow(READ_SIZE)  # the network chunk being read; nothing is sent when memory is spent
         except bodies.BudgetExhausted as e:
             raise _Retry(f"in-flight memory bound reached (see --max-inflight-memory: {e})") from None
-        async with self._open(url, accept="application/json", credentials=credentials) as (resp, _final, _):
+        conditional = [("If-None-Match", if_none_match)] if if_none_match else []
+        async with self._open(url, accept="application/json", credentials=credentials,
+                              first_hop=conditional) as (resp, _final, redirected):
             status = resp.status_code
+            if status == 304 and if_none_match and not redirected:
+                async for _ in resp.aiter_raw():  # none: a 304 has no body, and its connection is reused
+                    pass
+                return JsonReply(None, if_none_match)
+            limited = _rate_limited(resp)
+            if limited is not None:
+                raise limited
             if status == 404 and status not in also_ok:
                 raise NotFound(f"{redact_url(url)}: HTTP 404")
             if status in (401, 403) and status not in also_ok:
@@ -416,10 +526,15 @@ class HttpClient:
             if status != 200 and status not in also_ok:
                 self._retry_or_raise(resp, url)
             body = await _receive_json(resp, hold, url)
+            etag, next_url = resp.headers.get("etag"), link_next(resp.headers.get("link"))
         try:
             if len(body) < PARSE_IN_THREAD_BYTES:
-                return json.loads(body)
-            return await trio.to_thread.run_sync(json.loads, body)
+                doc = json.loads(body)
+            else:
+                doc = await trio.to_thread.run_sync(json.loads, body)
+            if doc is None:  # JSON null: an answer, never confused with 304's "keep yours"
+                raise BadListing(f"{redact_url(url)}: the answer is JSON null")
+            return JsonReply(doc, etag, next_url)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BadListing(f"{redact_url(url)}: malformed JSON ({e})") from None
         except RecursionError:  # "[[[[..." nested deeper than Python's stack
@@ -440,7 +555,7 @@ class HttpClient:
             raise UpstreamError(f"invalid URL {redact_url(url)}") from None
         headers = [("Accept", "application/json"), ("User-Agent", USER_AGENT), ("Accept-Encoding", "gzip, deflate"),
                    ("Content-Type", "application/json")]
-        if credential is not None and credential.applies_to_origin(target.origin):
+        if credential is not None and credential.applies_to_target(target.origin, target.path):
             headers += credential.headers_for(method, target.url).items()
         resp = await self._send(url, f"refused to send to {redact_url(url)}", method, target, headers, body)
         async with _Answer(_ready(resp, url), url):
@@ -477,6 +592,24 @@ class HttpClient:
 
     async def _range_attempt(self, url: str, start: int, length: int, credentials: bool, take_whole: bool) -> RangeReply:
         target = self._targets.get(url)
+        resolved: trio.Event | None = None  # set once this request has resolved `url` again
+        if target is None and url in self._redirected:
+            pending = self._resolving.get(url)
+            if pending is not None:
+                await pending.wait()
+                target = self._targets.get(url)
+            if target is None and url not in self._resolving:
+                resolved = self._resolving[url] = trio.Event()
+        try:
+            return await self._range_via(url, target, start, length, credentials, take_whole, resolved)
+        finally:
+            if resolved is not None:
+                resolved.set()
+                if self._resolving.get(url) is resolved:
+                    del self._resolving[url]
+
+    async def _range_via(self, url: str, target: str | None, start: int, length: int, credentials: bool,
+                         take_whole: bool, resolved: trio.Event | None) -> RangeReply:
         use_target = target is not None
         fetch_url = target or url
         answer = self._open(fetch_url, accept="*/*", byte_range=f"{start}-{start + length - 1}" if start >= 0 else f"-{length}",
@@ -484,7 +617,12 @@ class HttpClient:
         async with answer as (resp, final, redirected):
             status = resp.status_code
             reached_storage = use_target or redirected
-            if status in (401, 403, 404, 410) and reached_storage:
+            if not reached_storage:
+                limited = _rate_limited(resp)
+                if limited is not None:
+                    raise limited
+            # (Azure Blob answers an expired signed URL with 403, or 400 for a malformed one)
+            if status in (400, 401, 403, 404, 410) and reached_storage:
                 # Expired presigned URL (S3 answers 403) or a target gone stale: go back to
                 # the original URL once; a fresh target failing the same way is final.
                 if use_target:
@@ -499,6 +637,9 @@ class HttpClient:
                 raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)")
             if redirected:
                 self._targets[url] = final
+                self._redirected[url] = None
+                if resolved is not None:
+                    resolved.set()  # the others may go on with it while this body is read
             encoding = resp.headers.get("content-encoding", "").strip().lower() or None
             if encoding == "identity":
                 encoding = None
@@ -514,6 +655,9 @@ class HttpClient:
                     answer.detach()
                     return RangeReply(0, b"", total, whole=WholeBody(resp, url, self.timeout))
                 if start < 0:
+                    if encoding is None and declared.isdigit() and int(declared) > length + SUFFIX_STREAM_SLACK:
+                        # not worth streaming the whole body for its tail: closed unread
+                        raise _SuffixIgnored(ranges.resource_size(declared, url, "Content-Length"))
                     reply = await ranges.read_whole_tail(resp, url, length)
                 else:
                     reply = await ranges.read_whole(resp, url, start, length)

@@ -6,6 +6,9 @@ Invariants:
   port written out, userinfo, dot segments) never changes which origin it names.
 - A credential applies to its listed origins, and to a family of hosts only over https
   (`https_host_suffixes`): never over plain http, never on another port unless listed.
+- A credential with `path_prefixes` applies only under them, and never to a path with dot
+  segments: two CI systems' APIs on one origin (the demo's fake serves all of them) each get
+  their own headers.
 
 This is one of two gates. The other is the client's (see client.py): a request carries a
 credential only on the first hop of a URL its caller says a provider built, never on a redirect.
@@ -43,11 +46,21 @@ class Credential:
 
     origins: frozenset[tuple[str, str, int]] = frozenset()
     https_host_suffixes: tuple[str, ...] = ()
+    path_prefixes: tuple[str, ...] = ()
 
     def applies_to(self, url: str) -> bool:
-        return self.applies_to_origin(origin_of(url))
+        try:
+            target = parse_url(url)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+            return False
+        return self.applies_to_target(target.origin, target.path)
 
-    def applies_to_origin(self, origin: tuple[str, str, int]) -> bool:
+    def applies_to_target(self, origin: tuple[str, str, int], path: str) -> bool:
+        """`path`: the request target as sent (its query included)."""
+        if self.path_prefixes:
+            segments = path.split("?", 1)[0].split("/")
+            if "." in segments or ".." in segments or not path.startswith(self.path_prefixes):
+                return False
         if origin in self.origins:
             return True
         scheme, host, _ = origin

@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ciartfs.errors import ConfigError
-from ciartfs.providers import circleci, taskcluster
+from ciartfs.providers import circleci, github, taskcluster
 from ciartfs.providers.base import Provider
 
 PROVIDERS: tuple[Provider[Any], ...] = (
     circleci.PROVIDER,
     taskcluster.PROVIDER,
+    github.PROVIDER,
 )
 
 EXTRA_PROVIDERS_ENV = "CIARTFS_EXTRA_PROVIDERS"
