@@ -25,7 +25,7 @@ from ciartfs.data.reader import Reader, ReadStream
 from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, redact_url
 from ciartfs.namespace.model import Artifact, Kind
 from ciartfs.namespace.names import NAME_MAX
-from ciartfs.namespace.tree import Node, Tree
+from ciartfs.namespace.tree import Node, Tree, return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ class ArtifactFS(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             self.tree.forget(inode, count)
+        if self.tree.trim_due():  # a large directory was released: give its memory back
+            await trio.to_thread.run_sync(return_freed_memory)
 
     # -- directories --------------------------------------------------------------------------
 

@@ -146,6 +146,9 @@ def serve(settings: Settings, mountpoint: str, on_ready: Callable[[], None] | No
     """Mount, call `on_ready`, serve until unmounted or signalled, then clean up."""
     mount = Mount(settings, mountpoint)
     pyfuse3.init(mount.ops, mountpoint, fuse_options(settings))
+    # queued to pyfuse3's own thread: safe from the trio thread, also within a handler
+    mount.tree.ask_kernel_to_forget = lambda parent, name: pyfuse3.invalidate_entry_async(
+        parent, os.fsencode(name), ignore_enoent=True)
     shown = [(p.provider.title, p.provider.describe(p.status())) for p in settings.providers]
     log.info("mounted %s (%s; cache %s)", mountpoint, "; ".join(f"{title} {text}" for title, text in shown if text),
              settings.cache_dir)

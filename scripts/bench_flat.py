@@ -2,7 +2,7 @@
 """Flat-directory scenarios of issue 17 ("Scale"): one directory of N artifacts.
 
     .venv/bin/python scripts/bench_flat.py [--counts 1000,10000,100000] [--kinds small,large]
-                                           [--python PATH] [--latency-ms 0] [--json PATH]
+                                           [--python PATH] [--browse BUILDS] [--json PATH]
 
 For each N and kind (small: 1000-byte files; large: 4 MiB files, one bytes object shared by
 all, so the fake holds one copy), the bundled fake CircleCI serves one build whose `many/`
@@ -11,18 +11,24 @@ holds the N artifacts, and a fresh ciartfs mount (fresh cache dir) runs, in orde
   find     `find many -name '*.bin' | wc -l`
   ls -l    `ls -l many | wc -l`            (sizes: what the two before did not learn)
 (`--order 'ls -l'`: a cold `ls -l` alone)
+  relist warm  `ls many | wc -l` again (the re-list the next one is compared with)
   drop     `echo 2 > /proc/sys/vm/drop_caches` when root (the kernel forgets the inodes)
+  relist after forget  `ls many | wc -l` (the API documents come from the disk cache)
 and reports, per command: seconds, artifact requests (the API host's redirects and storage
 GETs, not the API listing), storage bytes sent, and the daemon's RSS after it (RSS per
-artifact, and what came back after drop). `--python` runs another checkout's ciartfs (its
-venv's python, e.g. /work/main/.venv/bin/python, run from that checkout) for a before/after
-table. The fake runs in this process (threads); the commands and the mount are subprocesses.
+artifact, and what came back after drop); the re-list after forget as a multiple of the warm
+one. `--browse 500`: a mount `ls`s each of 500 builds' artifact directory (`--per-build`
+files each, default 1000; `--browse-command 'ls -l'`) in turn, RSS every 50 builds: the
+last 100 builds should grow it by at most a tenth of the first 100 (a plateau). `--python`
+runs another checkout's ciartfs (its venv's python, e.g. /work/main/.venv/bin/python, run from
+that checkout) for a before/after table. The fake runs in this process (threads); the commands and the mount are subprocesses.
 Everything started is stopped by pid in `finally`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,60 +72,27 @@ def storage_stats(fake: FakeCI, size: int) -> tuple[int, int]:
     return len(requests), sent
 
 
-def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: list[str]) -> dict[str, Any]:
-    fake = FakeCI()
-    body = b"x" * (SMALL if kind == "small" else LARGE)
-    build = fake.add_project("github", "bench", "flat").add_build(
-        build_num=1, branch="main", status="success", lifecycle="finished", stop_time="2026-11-01T10:00:00Z")
-    for i in range(count):
-        build.add_artifact(f"many/f{i:06d}.bin", body)
-    fake.start()
-    mnt, cache = tmp / f"mnt-{count}-{kind}", tmp / f"cache-{count}-{kind}"
+@contextlib.contextmanager
+def mounted(python: str, cwd: Path, fake: FakeCI, tmp: Path, tag: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A fresh ciartfs mount (fresh cache dir) of `fake`: (its process, the mount point);
+    stopped by pid and unmounted at the end."""
+    mnt, cache = tmp / f"mnt-{tag}", tmp / f"cache-{tag}"
     mnt.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_"))}
     env["XDG_CONFIG_HOME"], env["XDG_CACHE_HOME"] = str(tmp / "xdg-config"), str(tmp / "xdg-cache")
-    log = tmp / f"ciartfs-{count}-{kind}.log"
+    log = tmp / f"ciartfs-{tag}.log"
     with open(log.with_suffix(".stderr"), "wb") as stderr:  # the child keeps its own copy
         proc = subprocess.Popen([python, "-m", "ciartfs", "mount", "-f", str(mnt), "--circleci-host", fake.api_url,
                                  "--cache-dir", str(cache), "--log-file", str(log)],
                                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=stderr, start_new_session=True)
-    result: dict[str, Any] = {"count": count, "kind": kind}
     try:
         deadline = time.monotonic() + 30
         while not is_mounted(str(mnt)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"mount failed: {log.with_suffix('.stderr').read_text()[-2000:]}")
             time.sleep(0.05)
-        many = mnt / "github/bench/flat/1/0/many"
-        subprocess.run(["ls", str(mnt / "github/bench/flat")], check=True, capture_output=True)
-        base = rss_kib(proc.pid)  # the build not listed yet
-        subprocess.run(["ls", str(many.parent)], check=True, capture_output=True)
-        storage_stats(fake, len(body))
-        result["rss_base_kib"] = base
-        commands = {"ls": f"ls {many} | wc -l", "find": f"find {many} -name '*.bin' | wc -l",
-                    "ls -l": f"ls -l {many} | wc -l"}
-        for label in order:
-            cmd = commands[label]
-            start = time.monotonic()
-            out = subprocess.run(["sh", "-c", cmd], check=True, capture_output=True, text=True, timeout=600)
-            took = time.monotonic() - start
-            reqs, sent = storage_stats(fake, len(body))
-            rss = rss_kib(proc.pid)
-            lines = int(out.stdout.strip())
-            result[label] = {"s": round(took, 3), "requests": reqs, "storage_bytes": sent, "lines": lines,
-                             "rss_kib": rss, "rss_per_artifact_b": round((rss - base) * 1024 / count)}
-            print(f"  {count:>7} {kind:<5} {label:<6} {took:8.3f} s  {reqs:>7} requests  "
-                  f"{sent / 2**20:9.1f} MiB  RSS {rss / 1024:7.1f} MiB ({(rss - base) * 1024 / count:6.0f} B/artifact)",
-                  flush=True)
-        if os.geteuid() == 0:
-            before = rss_kib(proc.pid)
-            Path("/proc/sys/vm/drop_caches").write_text("2\n")
-            time.sleep(2)
-            after = rss_kib(proc.pid)
-            result["drop"] = {"rss_kib": after, "returned_share": round((before - after) / max(1, before - base), 2)}
-            print(f"  {count:>7} {kind:<5} drop   RSS {after / 1024:7.1f} MiB "
-                  f"({result['drop']['returned_share']:.0%} of the growth returned)", flush=True)
+        yield proc, mnt
     finally:
         proc.terminate()
         try:
@@ -128,8 +102,116 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
             proc.wait()
         if is_mounted(str(mnt)):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-        fake.stop()
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def drop_caches(pid: int) -> int | None:
+    """Have the kernel forget its dentries and inodes (root only; else None); the daemon's RSS
+    after it has handled the forgets."""
+    if os.geteuid() != 0:
+        return None
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+    time.sleep(2)
+    return rss_kib(pid)
+
+
+def timed(cmd: str) -> tuple[float, str]:
+    start = time.monotonic()
+    out = subprocess.run(["sh", "-c", cmd], check=True, capture_output=True, text=True, timeout=900)
+    return time.monotonic() - start, out.stdout
+
+
+def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: list[str]) -> dict[str, Any]:
+    """The commands of `order`, then the memory scenario: a warm `ls` (re-list), drop_caches
+    (RSS returned), `ls` again (the re-list after the kernel forgot: requests, time / warm)."""
+    fake = FakeCI()
+    body = b"x" * (SMALL if kind == "small" else LARGE)
+    build = fake.add_project("github", "bench", "flat").add_build(
+        build_num=1, branch="main", status="success", lifecycle="finished", stop_time="2026-11-01T10:00:00Z")
+    for i in range(count):
+        build.add_artifact(f"many/f{i:06d}.bin", body)
+    fake.start()
+    result: dict[str, Any] = {"count": count, "kind": kind}
+    try:
+        with mounted(python, cwd, fake, tmp, f"{count}-{kind}") as (proc, mnt):
+            many = mnt / "github/bench/flat/1/0/many"
+            subprocess.run(["ls", str(mnt / "github/bench/flat")], check=True, capture_output=True)
+            base = rss_kib(proc.pid)  # the build not listed yet
+            subprocess.run(["ls", str(many.parent)], check=True, capture_output=True)
+            storage_stats(fake, len(body))
+            result["rss_base_kib"] = base
+            commands = {"ls": f"ls {many} | wc -l", "find": f"find {many} -name '*.bin' | wc -l",
+                        "ls -l": f"ls -l {many} | wc -l"}
+            for label in [*order, "relist warm"]:
+                took, out = timed(commands.get(label, commands["ls"]))
+                reqs, sent = storage_stats(fake, len(body))
+                rss = rss_kib(proc.pid)
+                result[label] = {"s": round(took, 3), "requests": reqs, "storage_bytes": sent,
+                                 "lines": int(out.strip()), "rss_kib": rss,
+                                 "rss_per_artifact_b": round((rss - base) * 1024 / count)}
+                print(f"  {count:>7} {kind:<5} {label:<11} {took:8.3f} s  {reqs:>7} requests  "
+                      f"{sent / 2**20:9.1f} MiB  RSS {rss / 1024:7.1f} MiB ({(rss - base) * 1024 / count:6.0f} B/artifact)",
+                      flush=True)
+            before = rss_kib(proc.pid)
+            after = drop_caches(proc.pid)
+            if after is not None:
+                result["drop"] = {"rss_kib": after, "returned_share": round((before - after) / max(1, before - base), 2)}
+                print(f"  {count:>7} {kind:<5} drop        RSS {after / 1024:7.1f} MiB "
+                      f"({result['drop']['returned_share']:.0%} of the growth returned)", flush=True)
+                fake.clear_requests()  # (the API documents asked for again would count; none are)
+                took, out = timed(commands["ls"])
+                api = sum(1 for r in fake.requests if r.server == "api")
+                reqs, _ = storage_stats(fake, len(body))
+                warm = result["relist warm"]["s"]
+                result["relist after forget"] = {"s": round(took, 3), "requests": reqs, "api_requests": api,
+                                                 "lines": int(out.strip()), "vs_warm": round(took / max(warm, 1e-3), 2)}
+                print(f"  {count:>7} {kind:<5} relist      {took:8.3f} s  {reqs:>7} requests  {api} API requests  "
+                      f"({took / max(warm, 1e-3):.1f}x the warm re-list, {warm:.3f} s)", flush=True)
+    finally:
+        fake.stop()
+    return result
+
+
+def browse(python: str, cwd: Path, builds: int, per_build: int, tmp: Path, every: int = 50,
+           command: str = "ls") -> dict[str, Any]:
+    """`command` (`ls`: readdirplus gives the kernel every entry, as `ls -l` does, without the
+    sizes) of each of `builds` builds' artifact directory in turn (the kernel holds what it was
+    shown), the daemon's RSS every `every` builds: it plateaus if the last hundred builds grow it
+    by at most a tenth of what the first hundred did."""
+    fake = FakeCI()
+    project = fake.add_project("github", "bench", "browse")
+    body = b"y" * SMALL
+    for num in range(1, builds + 1):
+        build = project.add_build(build_num=num, branch="main", status="success", lifecycle="finished",
+                                  stop_time="2026-11-01T10:00:00Z")
+        for i in range(per_build):
+            build.add_artifact(f"out/f{i:04d}.txt", body)
+    fake.start()
+    samples: list[tuple[int, int]] = []
+    try:
+        with mounted(python, cwd, fake, tmp, f"browse-{builds}") as (proc, mnt):
+            root = mnt / "github/bench/browse"
+            subprocess.run(["ls", str(root)], check=True, capture_output=True)
+            samples.append((0, rss_kib(proc.pid)))
+            start = time.monotonic()
+            for num in range(1, builds + 1):
+                subprocess.run([*command.split(), str(root / str(num) / "0" / "out")], check=True,
+                               capture_output=True, timeout=300)
+                if num % every == 0:
+                    samples.append((num, rss_kib(proc.pid)))
+                    print(f"  browse {num:>4} builds  RSS {samples[-1][1] / 1024:7.1f} MiB", flush=True)
+            took = time.monotonic() - start
+    finally:
+        fake.stop()
+    per = dict(samples)
+    hundred = 100 if builds >= 200 else every
+    first = per[hundred] - per[0]
+    last = per[builds] - per[builds - hundred]
+    result = {"builds": builds, "per_build": per_build, "s": round(took, 1), "rss_kib": samples,
+              "first_hundred_kib": first, "last_hundred_kib": last,
+              "plateau": last <= max(0.1 * first, 1024)}
+    print(f"  browse: RSS +{first / 1024:.1f} MiB over the first {hundred} builds, +{last / 1024:.1f} MiB over the last "
+          f"{hundred}: {'plateau' if result['plateau'] else 'no plateau'} ({took:.0f} s)", flush=True)
     return result
 
 
@@ -140,15 +222,20 @@ def main() -> int:
     p.add_argument("--python", default=str(REPO / ".venv/bin/python"), help="the ciartfs to run (a venv's python)")
     p.add_argument("--checkout", help="the checkout whose ciartfs runs (default: the one --python's venv is in)")
     p.add_argument("--order", default="ls,find,ls -l", help="the commands, in order (e.g. 'ls -l' alone: cold)")
+    p.add_argument("--browse", type=int, default=0, metavar="BUILDS", help="also browse this many builds (e.g. 500)")
+    p.add_argument("--per-build", type=int, default=1000, help="artifacts per browsed build (default 1000)")
+    p.add_argument("--browse-command", default="ls", help="run on each browsed build's directory (default ls)")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
     python = Path(args.python)
     cwd = Path(args.checkout) if args.checkout else python.parent.parent.parent  # <checkout>/.venv/bin/python
     results = []
     with tempfile.TemporaryDirectory(prefix="ciartfs-flat-") as tmp:
-        for count in (int(c) for c in args.counts.split(",")):
+        for count in (int(c) for c in args.counts.split(",") if c):
             for kind in args.kinds.split(","):
                 results.append(run_case(str(python), cwd, count, kind, Path(tmp), args.order.split(",")))
+        if args.browse:
+            results.append(browse(str(python), cwd, args.browse, args.per_build, Path(tmp), command=args.browse_command))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -79,7 +79,7 @@ class DirSource(Protocol):
     async def lookup(self, name: str) -> Entry | None: ...
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # slots: one per listed artifact, held by its directory
 class Entry:
     name: str
     kind: Kind

@@ -27,7 +27,14 @@ raises the artifact's own error.
 Memory follows the kernel's: once the kernel has forgotten every inode in a directory's
 subtree (its own included), the directory drops its children and listing, to be listed again
 (from the API documents the disk cache keeps) if it is visited again. So a long-lived mount
-holds what the kernel holds, not every build it ever showed.
+holds what the kernel holds, not every build it ever showed. The kernel holds what it was
+shown until memory is short, so the tree also bounds what it keeps: once its listings hold more
+than MAX_HELD_ENTRIES entries, it asks the kernel (`ask_kernel_to_forget`, pyfuse3's
+invalidate_entry_async: never from a handler synchronously) to forget the least recently used
+listed directories, which it then releases as above (browsing 500 builds: a plateau). A
+directory in use (a shell's cwd, an open handle) stays until the kernel lets it go. After a large release
+(`trim_due`), the inode table is copied into a table of its new size (a dict never shrinks)
+and `return_freed_memory` hands the freed heap back to the kernel (glibc keeps it otherwise).
 
 Time: TTLs and waits are measured on trio's clock (`trio.current_time()`), never
 `time.monotonic()`, so that tests run the tree under trio's MockClock and step over a TTL
@@ -39,7 +46,10 @@ tree shows passes, are in names.py.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import logging
 import time
@@ -63,6 +73,12 @@ SIZE_PROBE_CONCURRENCY = 96
 # shown with its size unknown rather than holding up `ls` until the operation timeout (30 s).
 SIZE_WAIT_SECONDS = 2.0
 BATCHED = -1  # (see Tree._first_asked)
+# Nodes released (forgotten by the kernel) after which the inode table is compacted and freed
+# memory handed back: a directory of this many files costs megabytes; a trim, milliseconds.
+TRIM_AFTER_NODES = 10_000
+# Listed entries the tree keeps before it asks the kernel to forget the least recently used
+# directories (~1.5 KiB each: ~300 MiB). The directory just listed, and its ancestors, stay.
+MAX_HELD_ENTRIES = 200_000
 # The children of every file and link: one empty dict, never added to (only a directory's
 # children are), instead of one per node (64 bytes each at 100k artifacts).
 NO_CHILDREN: dict[str, Node] = {}
@@ -107,6 +123,26 @@ class Node:
 Sizer = Callable[[Artifact, bool], Awaitable[int]]
 
 
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        trim = libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free pages back to the kernel (glibc's malloc_trim; elsewhere nothing).
+    It walks the free lists (milliseconds for a large heap), so it runs in a worker thread."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 class _SizeProbe:
     """One file's size being learned; concurrent askers share it."""
 
@@ -136,6 +172,14 @@ class Tree:
         self.root = Node(ROOT_INODE, "", Kind.DIR, None, now(), False, source=root, lookups=1, pinned=1)
         self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._refresh: SingleFlight[None] = SingleFlight()
+        self._released = 0  # nodes dropped since the last trim_due() that said so
+        # listed directories, least recently used first: inode -> entries its listing holds
+        self._held: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._held_entries = 0
+        self.max_held_entries = MAX_HELD_ENTRIES
+        # (parent inode, name): have the kernel drop that entry and what it holds below it (set
+        # where a FUSE session exists; without one, nothing is asked and nothing is evicted)
+        self.ask_kernel_to_forget: Callable[[int, str], None] | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
         """Size probes that outlast the wait for them run on in `nursery`. Until this is called,
@@ -168,6 +212,15 @@ class Tree:
             if released is not None:
                 self._release(released)
 
+    def trim_due(self) -> bool:
+        """True once TRIM_AFTER_NODES nodes were released since it last was (the caller then
+        runs `return_freed_memory` in a worker thread); the inode table is compacted here."""
+        if self._released < TRIM_AFTER_NODES:
+            return False
+        self._released = 0
+        self.nodes = dict(self.nodes)
+        return True
+
     def _pin(self, node: Node, delta: int) -> Node | None:
         """Count a kernel reference gained or lost up the chain of parents. Returns the highest
         directory whose subtree the kernel no longer references at all (when losing one)."""
@@ -189,8 +242,39 @@ class Tree:
             self._detach(child)  # no lookups anywhere below: every node goes at once
         node.children.clear()
         node.listing, node.expires = None, None
+        self._unhold(node.inode)
         self._first_asked.pop(node.inode, None)
         self._opened_in.discard(node.inode)
+
+    def _hold(self, node: Node, entries: int) -> None:
+        """`node`'s new listing holds `entries`; beyond MAX_HELD_ENTRIES in all, the least
+        recently used directories (not `node` nor its ancestors) are asked to be forgotten."""
+        self._unhold(node.inode)
+        self._held[node.inode] = entries
+        self._held_entries += entries
+        if self._held_entries <= self.max_held_entries or self.ask_kernel_to_forget is None:
+            return
+        keep = set()
+        at: Node | None = node
+        while at is not None:
+            keep.add(at.inode)
+            at = at.parent
+        for inode in list(self._held):
+            if self._held_entries <= self.max_held_entries:
+                break
+            victim = self.nodes.get(inode)
+            if inode in keep or victim is None or victim.parent is None:
+                continue
+            self._unhold(inode)  # held again when it is listed again
+            if victim.attached:
+                self.ask_kernel_to_forget(victim.parent.inode, victim.name)
+
+    def _unhold(self, inode: int) -> None:
+        self._held_entries -= self._held.pop(inode, 0)
+
+    def _used(self, node: Node) -> None:
+        if node.inode in self._held:
+            self._held.move_to_end(node.inode)
 
     # -- directories ----------------------------------------------------------------------------
 
@@ -203,6 +287,7 @@ class Tree:
         if name in (".", ".."):
             raise NotFound(name)
         await self._ensure_fresh(parent, listing_needed=False)
+        self._used(parent)
         child = parent.children.get(name)
         if child is None or self._stale(parent, child):
             if parent.listing is not None and parent.source.complete:
@@ -233,6 +318,7 @@ class Tree:
         if node.kind is not Kind.DIR:
             raise NotFound(f"{node.path} is not a directory")
         await self._ensure_fresh(node, listing_needed=True)
+        self._used(node)
         return [node.children[n] for n in node.listing or () if n in node.children]
 
     async def _ensure_fresh(self, node: Node, *, listing_needed: bool) -> None:
@@ -270,6 +356,7 @@ class Tree:
                 self._detach(node.children.pop(gone))
         node.listing = sorted(names)
         self._first_asked.pop(node.inode, None)  # a new listing: its unknown sizes may be batched
+        self._hold(node, len(names))
 
     def _upsert(self, parent: Node, entry: Entry, now: float) -> Node:
         """Create the child, or update it in place so the kernel's inode stays valid."""
@@ -303,9 +390,11 @@ class Tree:
 
     def _detach(self, node: Node) -> None:
         node.attached = False
+        self._released += 1
         if node.lookups == 0:
             self.nodes.pop(node.inode, None)
         if node.kind is Kind.DIR:
+            self._unhold(node.inode)
             self._first_asked.pop(node.inode, None)
             self._opened_in.discard(node.inode)
         for child in list(node.children.values()):

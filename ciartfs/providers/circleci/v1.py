@@ -115,7 +115,7 @@ class Build:
         return self.stop_time or self.start_time or 0.0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ArtifactRecord:
     path: str
     node_index: int
@@ -169,7 +169,7 @@ def parse_artifacts(doc: Any, where: str) -> list[ArtifactRecord]:
             raise BadListing(f"{where}: artifact 'node_index' missing or not a non-negative integer")
         if not isinstance(url, str):
             raise BadListing(f"{where}: artifact 'url' missing or not a string")
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        if not url.startswith(("http://", "https://")) and urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             log.warning("%s: skipped artifact %r: its URL is not http(s)", where, path[:120])
             continue
         records.append(ArtifactRecord(path, node, url))
@@ -203,6 +203,41 @@ def artifact_url_takes_token(url: str, host: str, where: str, node: int) -> bool
     expected = ["", "artifacts", *where.split("/"), str(node)]
     decoded = [urllib.parse.unquote(part) for part in segments[:len(expected)]]
     return target.origin == api.origin and decoded == expected and any(segments[len(expected):])
+
+
+# An artifact URL whose path is made of unreserved characters only (nothing percent-encoded,
+# no query, no userinfo): parsing it changes nothing, so its token verdict is that of any such
+# URL with the same origin and first path segments (see TokenVerdicts).
+_PLAIN_ARTIFACT_URL_RE = re.compile(r"(https?://[a-z0-9.-]+(?::[0-9]{1,5})?)((?:/[A-Za-z0-9._~-]*)+)")
+
+
+class TokenVerdicts:
+    """`artifact_url_takes_token` for the many URLs of one listing, at a dict look-up each: a
+    plain URL's verdict depends only on its origin and the path segments the rule compares (and
+    on having no '.'/'..' segment and a non-empty one after them), so it is decided once per
+    (origin, those segments), by the rule itself, on a stand-in URL with the same ones. Anything
+    else asks the rule. (Re-listing 100k artifacts after the kernel forgot them: seconds less.)"""
+
+    def __init__(self, host: str, where: str) -> None:
+        self.host, self.where = host, where
+        self._compared = 3 + len(where.split("/"))  # "", "artifacts", *where, node
+        self._known: dict[tuple[str, tuple[str, ...], int], bool] = {}
+
+    def __call__(self, url: str, node: int) -> bool:
+        m = _PLAIN_ARTIFACT_URL_RE.fullmatch(url)
+        if m is None:
+            return artifact_url_takes_token(url, self.host, self.where, node)
+        origin, path = m.groups()
+        segments = path.split("/")
+        n = self._compared
+        if "." in segments or ".." in segments or len(segments) <= n or not any(segments[n:]):
+            return artifact_url_takes_token(url, self.host, self.where, node)
+        key = (origin, tuple(segments[:n]), node)
+        verdict = self._known.get(key)
+        if verdict is None:
+            stand_in = origin + "/".join(segments[:n]) + "/x"
+            verdict = self._known[key] = artifact_url_takes_token(stand_in, self.host, self.where, node)
+        return verdict
 
 
 class CircleCIApi:
@@ -502,6 +537,7 @@ def node_entries(records: list[ArtifactRecord], *, host: str, host_id: str, wher
     for r in records:
         by_node[r.node_index].append(r)
     entries = []
+    takes_token = TokenVerdicts(host, where)
     for node, recs in sorted(by_node.items()):
         node_where = f"{where}/{node}"
         tree = place_artifacts(((r.path, r) for r in recs), where=node_where, tiebreak=lambda r: r.url)
@@ -512,7 +548,7 @@ def node_entries(records: list[ArtifactRecord], *, host: str, host_id: str, wher
         def make_file(name: str, path: str, rec: ArtifactRecord, node_where: str = node_where,
                       info: dict[str, str] = info) -> Entry:
             art = Artifact(key=f"circleci|{host_id}|{node_where}/{path}", url=rec.url, immutable=immutable,
-                           credentialed=artifact_url_takes_token(rec.url, host, where, rec.node_index),
+                           credentialed=takes_token(rec.url, rec.node_index),
                            source=source_for_name(path))
             return Entry(name, Kind.FILE, mtime=mtime, immutable=immutable, artifact=art, info=info)
 
