@@ -4,11 +4,13 @@ range verification, retries, the time bound, error mapping."""
 import httpx
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ciartfs.errors import ArtifactExpired, BadListing, Forbidden, NotFound, UpstreamError, UpstreamTimeout
 from ciartfs.net.client import REDIRECT_TARGET_MAX_AGE, HttpClient, location_url
 from ciartfs.net.credentials import HeaderCredential, origin_of
-from ciartfs.providers.circleci.v1 import artifact_url_takes_token, credential
+from ciartfs.providers.circleci.v1 import TokenVerdicts, artifact_url_takes_token, credential
 
 API = "https://circleci.example"
 STORAGE = "https://storage.example"
@@ -408,6 +410,30 @@ WHERE = "github/acme/api/7"
 ])
 def test_which_listing_urls_take_the_token(url, takes_token):
     assert artifact_url_takes_token(url, HOST, WHERE, 0) is takes_token
+    assert TokenVerdicts(HOST, WHERE)(url, 0) is takes_token
+
+
+_ORIGINS = st.sampled_from([HOST, HOST + ":443", "http://circleci.example", "https://circleci.example:8443",
+                            "https://evil.example", "https://24-8-gh.circle-artifacts.com",
+                            "https://24-8-gh.circle-artifacts.com:443", "http://24-8-gh.circle-artifacts.com",
+                            "https://circle-artifacts.com.evil.example", "https://CircleCI.example"])
+_SEGMENTS = st.sampled_from(["", ".", "..", "%2E", "%2e%2E", "artifacts", "github", "acme", "api", "secret", "7", "1",
+                             "0", "a.txt", "A~b-c_d", "x?y", "x#y", "%2F", "@", "v1.1", "me"])
+
+
+@settings(max_examples=400)
+@given(origin=st.one_of(st.just(HOST), _ORIGINS), segments=st.lists(_SEGMENTS, max_size=10), node=st.sampled_from([0, 1]),
+       route_node=st.sampled_from([None, 0, 1]), where=st.sampled_from([WHERE, "github/acme/secret/7"]))
+def test_the_token_verdicts_of_a_listing_are_the_rule_s(origin, segments, node, route_node, where):
+    """TokenVerdicts decides once per origin and compared segments: for any URL, and after
+    a verdict remembered from the build's own route (which never decides another URL
+    wrongly), it says what the rule says."""
+    own = origin + "/" + "/".join(["artifacts", *WHERE.split("/"), str(node), "x"])
+    prefix = [] if route_node is None else ["artifacts", *where.split("/"), str(route_node)]
+    url = origin + "/" + "/".join(prefix + segments)
+    verdicts = TokenVerdicts(HOST, WHERE)
+    for other in (own, url, origin + "/" + "/".join([*prefix, ".."])):
+        assert verdicts(other, node) is artifact_url_takes_token(other, HOST, WHERE, node), other
 
 
 @pytest.mark.parametrize(("status", "headers"), [

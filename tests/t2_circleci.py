@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import stat
+import sys
 
 from conftest import TOKEN
 from datasets import STOP, STOP_EPOCH, files_of, sample, storage_gets
@@ -234,6 +235,68 @@ async def test_what_the_kernel_forgot_is_let_go_and_listed_again_from_the_kept_d
     assert await fs.read_file(f"{reports}/r042.txt") == files["reports/r042.txt"]
     assert [r for r in fake.requests if r.server == "api"] == [], "listed again from the cached API documents"
     assert storage_gets(fake) == [], "sizes and bytes from the caches"
+
+
+async def test_listings_held_are_bounded_by_asking_the_kernel_to_forget_the_least_recently_used(fake, inproc):
+    """Beyond max_held_entries, the directories listed longest ago are asked to be forgotten
+    (not the one being listed, nor its ancestors); once the kernel forgets them, their nodes go."""
+    project = fake.add_project("github", "acme", "many")
+    for num in range(1, 7):
+        build = project.add_build(build_num=num, branch="main", status="success", lifecycle="finished", stop_time=STOP)
+        for i in range(30):
+            build.add_artifact(f"out/f{i:02}.txt", b"x")
+    fs = await inproc()
+    asked: list[tuple[int, str]] = []
+    fs.tree.ask_kernel_to_forget = lambda parent, name: asked.append((parent, name))
+    fs.tree.max_held_entries = 100
+
+    async def kernel_forgets(parent: int, name: str) -> None:  # the subtree's references given back
+        top = fs.tree.nodes[parent].children.get(name) if parent in fs.tree.nodes else None
+        if top is None:
+            return  # forgotten with an ancestor asked for before it (the kernel: ENOENT, ignored)
+        below, todo = [], [top]
+        while todo:
+            node = todo.pop()
+            below.append(node)
+            todo.extend(node.children.values())
+        await fs.ops.forget([(n.inode, n.lookups) for n in below if n.lookups])
+
+    nodes_at = {}
+    for num in range(1, 7):
+        assert len(await fs.readdir(f"github/acme/many/{num}/0/out")) == 30
+        for parent, name in asked:
+            await kernel_forgets(parent, name)
+        nodes_at[num] = len(fs.tree.nodes)
+        asked.clear()
+        current = fs.tree.nodes[(await fs.resolve(f"github/acme/many/{num}/0/out")).inode]
+        assert current.listing is not None and len(current.children) == 30
+    assert nodes_at[6] == nodes_at[4], "the nodes held stopped growing"
+    assert nodes_at[6] < 4 * 30, nodes_at
+    assert len(await fs.readdir("github/acme/many/1/0/out")) == 30  # one let go is listed again
+
+
+async def test_a_large_release_compacts_the_inode_table_and_gives_the_memory_back(fake, inproc, monkeypatch):
+    import ciartfs.fs
+    import ciartfs.namespace.tree
+
+    trims = []
+    monkeypatch.setattr(ciartfs.namespace.tree, "TRIM_AFTER_NODES", 200)
+    monkeypatch.setattr(ciartfs.fs, "return_freed_memory", lambda: trims.append(1))
+    build = fake.add_project("github", "acme", "big").add_build(
+        build_num=1, branch="main", status="success", lifecycle="finished", stop_time=STOP)
+    for i in range(1000):
+        build.add_artifact(f"many/f{i:04}.bin", b"x")
+    fs = await inproc()
+    empty = sys.getsizeof(fs.tree.nodes)
+    assert len(await fs.readdir("github/acme/big/1/0/many")) == 1000
+    full = sys.getsizeof(fs.tree.nodes)
+    await fs.forget_everything()
+    assert len(fs.tree.nodes) < 10
+    assert trims == [1]
+    assert sys.getsizeof(fs.tree.nodes) <= empty < full  # a dict that held 1000 keys would not shrink
+    fake.clear_requests()
+    assert len(await fs.readdir("github/acme/big/1/0/many")) == 1000
+    assert fake.requests == [], "listed again from the kept API documents"
 
 
 async def test_a_node_the_kernel_still_holds_keeps_its_inode_and_its_listing(fake, inproc):

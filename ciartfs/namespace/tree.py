@@ -46,6 +46,7 @@ tree shows passes, are in names.py.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import ctypes
@@ -121,6 +122,13 @@ class Node:
 # A file's size; the flag says the file is being opened, so its first bytes will be read: a probe
 # may then bring what that read wants rather than the least that names the size.
 Sizer = Callable[[Artifact, bool], Awaitable[int]]
+
+
+def _listed(parent: Node, name: str) -> bool:
+    """`name` is in `parent`'s listing (sorted)."""
+    listing = parent.listing or []
+    at = bisect.bisect_left(listing, name)
+    return at < len(listing) and listing[at] == name
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -238,6 +246,12 @@ class Tree:
         it (none of which the kernel references). Visited again, it is listed again."""
         if not node.attached:
             return  # detached: its nodes went when the kernel forgot them
+        parent = node.parent
+        if parent is not None and parent is not self.root and not _listed(parent, node.name):
+            # reached by lookup alone (a build by number): it goes too, found again if asked
+            # for, so that browsing builds leaves no node per build behind
+            self._detach(parent.children.pop(node.name))
+            return
         for child in node.children.values():
             self._detach(child)  # no lookups anywhere below: every node goes at once
         node.children.clear()
