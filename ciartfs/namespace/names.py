@@ -17,6 +17,9 @@ from ciartfs.namespace.model import Entry, Kind, StaticDir
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+# Path components remembered as safe while a listing is placed (its directories' names recur
+# in every path below them); bounded, as the listing is not.
+KNOWN_GOOD_KEPT = 4096
 
 T = TypeVar("T")
 
@@ -52,8 +55,9 @@ def target_problem(target: str) -> str | None:
     return None
 
 
-def split_artifact_path(path: Any) -> tuple[str, ...] | str:
-    """The safe components of an artifact path, or a reason (str) why it is refused."""
+def split_artifact_path(path: Any, known_good: set[str] | None = None) -> tuple[str, ...] | str:
+    """The safe components of an artifact path, or a reason (str) why it is refused.
+    `known_good`: components already found safe (a listing's directories), added to."""
     if not isinstance(path, str):
         return "not a string"
     if "\x00" in path:
@@ -62,9 +66,13 @@ def split_artifact_path(path: Any) -> tuple[str, ...] | str:
     if not parts:
         return "empty path"
     for part in parts:
+        if known_good is not None and part in known_good:
+            continue
         problem = name_problem(part)
         if problem:
             return f"a component {problem}"
+        if known_good is not None and len(known_good) < KNOWN_GOOD_KEPT:
+            known_good.add(part)
     return parts
 
 
@@ -96,8 +104,9 @@ def place_artifacts(items: Iterable[tuple[Any, T]], *, where: str, tiebreak: Cal
       directory wins and the file is skipped.
     """
     accepted: list[tuple[tuple[str, ...], str, T]] = []
+    known_good: set[str] = set()
     for path, value in items:
-        parts = split_artifact_path(path)
+        parts = split_artifact_path(path, known_good)
         if isinstance(parts, str):
             log.warning("%s: skipped artifact path %r: %s", where, short(path), parts)
             continue

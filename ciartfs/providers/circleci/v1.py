@@ -209,6 +209,7 @@ def artifact_url_takes_token(url: str, host: str, where: str, node: int) -> bool
 # no query, no userinfo): parsing it changes nothing, so its token verdict is that of any such
 # URL with the same origin and first path segments (see TokenVerdicts).
 _PLAIN_ARTIFACT_URL_RE = re.compile(r"(https?://[a-z0-9.-]+(?::[0-9]{1,5})?)((?:/[A-Za-z0-9._~-]*)+)")
+_PLAIN_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 class TokenVerdicts:
@@ -222,8 +223,15 @@ class TokenVerdicts:
         self.host, self.where = host, where
         self._compared = 3 + len(where.split("/"))  # "", "artifacts", *where, node
         self._known: dict[tuple[str, tuple[str, ...], int], bool] = {}
+        # (a plain URL's part before its last '/', node) -> verdict, when that part holds every
+        # compared segment: a plain last segment then changes nothing (a listing's files share it)
+        self._by_head: dict[tuple[str, int], bool] = {}
 
     def __call__(self, url: str, node: int) -> bool:
+        head, _, name = url.rpartition("/")
+        verdict = self._by_head.get((head, node))
+        if verdict is not None and name not in (".", "..") and _PLAIN_SEGMENT_RE.fullmatch(name):
+            return verdict
         m = _PLAIN_ARTIFACT_URL_RE.fullmatch(url)
         if m is None:
             return artifact_url_takes_token(url, self.host, self.where, node)
@@ -237,6 +245,8 @@ class TokenVerdicts:
         if verdict is None:
             stand_in = origin + "/".join(segments[:n]) + "/x"
             verdict = self._known[key] = artifact_url_takes_token(stand_in, self.host, self.where, node)
+        if len(segments) > n + 1:
+            self._by_head[(head, node)] = verdict
         return verdict
 
 
