@@ -32,6 +32,9 @@ Scenarios (every FUSE tool: a fresh mount with an empty cache dir per run, so ev
                         Baseline: listing the names from the API with curl.
   unzip -l              a zip of 2000 stored members (default 200 MiB), capped link: time
                         and the bytes the servers sent. Baseline: curl the zip, then unzip -l.
+  --memory              issue 17's memory targets after the rest (scripts/bench_flat.py):
+                        RSS per listed artifact at 100k, what drop_caches gives back, a
+                        re-list after forget against a warm one, a 500-build browse.
 FUSE peers, in every scenario: rclone mount (--vfs-cache-mode full) and httpdirfs (--cache),
 on the files host. A peer's command gets --peer-timeout seconds (default 90): a timeout is
 reported as "> N s" and that scenario is not run again for that peer.
@@ -806,6 +809,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-size", help="ciartfs --block-size (default: ciartfs's own)")
     p.add_argument("--timeout", type=float, default=30.0, help="ciartfs --timeout (default 30)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
+    p.add_argument("--memory", action="store_true", help="also issue 17's memory targets (scripts/bench_flat.py: "
+                                                         "100k artifacts, drop_caches, re-list, 500-build browse; ~4 min)")
     args = p.parse_args(argv)
     args.runs = args.runs or (2 if args.quick else 5)
     args.size_mib = args.size_mib or (64 if args.quick else 512)
@@ -848,6 +853,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.cleanup()
     out = report(args, bench.results, bench.link, bench.log_problems, info)
+    if args.memory and status == 0:
+        import bench_flat  # (scripts/ is on sys.path)
+
+        log("memory (issue 17): 100k artifacts listed, drop_caches, re-list; 500 builds browsed")
+        with tempfile.TemporaryDirectory(prefix="ciartfs-memory-") as tmp:
+            out["memory"] = bench_flat.memory_targets(str(VENV_PY), REPO, Path(tmp))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")

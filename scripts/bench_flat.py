@@ -160,12 +160,13 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
                       f"({result['drop']['returned_share']:.0%} of the growth returned)", flush=True)
                 fake.clear_requests()  # (the API documents asked for again would count; none are)
                 took, out = timed(commands["ls"])
-                api = sum(1 for r in fake.requests if r.server == "api")
+                api = [r.path for r in fake.requests if r.server == "api" and not r.path.startswith("/artifacts/")]
                 reqs, _ = storage_stats(fake, len(body))
                 warm = result["relist warm"]["s"]
-                result["relist after forget"] = {"s": round(took, 3), "requests": reqs, "api_requests": api,
+                result["relist after forget"] = {"s": round(took, 3), "requests": reqs, "api_requests": len(api),
+                                                 "api_paths": api[:10],
                                                  "lines": int(out.strip()), "vs_warm": round(took / max(warm, 1e-3), 2)}
-                print(f"  {count:>7} {kind:<5} relist      {took:8.3f} s  {reqs:>7} requests  {api} API requests  "
+                print(f"  {count:>7} {kind:<5} relist      {took:8.3f} s  {reqs:>7} requests  {len(api)} API requests {api[:3]}  "
                       f"({took / max(warm, 1e-3):.1f}x the warm re-list, {warm:.3f} s)", flush=True)
     finally:
         fake.stop()
@@ -213,6 +214,25 @@ def browse(python: str, cwd: Path, builds: int, per_build: int, tmp: Path, every
     print(f"  browse: RSS +{first / 1024:.1f} MiB over the first {hundred} builds, +{last / 1024:.1f} MiB over the last "
           f"{hundred}: {'plateau' if result['plateau'] else 'no plateau'} ({took:.0f} s)", flush=True)
     return result
+
+
+def memory_targets(python: str, cwd: Path, tmp: Path, count: int = 100_000, builds: int = 500) -> dict[str, Any]:
+    """Issue 17's memory targets, measured: RSS per listed artifact at `count` (<= 1.5 KiB), the
+    share of it drop_caches gives back (>= 70%), a re-list after forget against a warm one
+    (<= 2x), and a browse of `builds` builds (a plateau). For scripts/bench.py --memory."""
+    case = run_case(python, cwd, count, "small", tmp, ["ls"])
+    walk = browse(python, cwd, builds, 1000, tmp)
+    per_artifact = case["ls"]["rss_per_artifact_b"]
+    out: dict[str, Any] = {"flat": case, "browse": walk, "targets": {
+        f"RSS per listed artifact at {count} <= 1536 B": (per_artifact, per_artifact <= 1536),
+        f"browsing {builds} builds plateaus": (walk["last_hundred_kib"], walk["plateau"])}}
+    if "drop" in case:
+        share, ratio = case["drop"]["returned_share"], case["relist after forget"]["vs_warm"]
+        out["targets"]["drop_caches returns >= 70% of the listing's growth"] = (share, share >= 0.7)
+        out["targets"]["a re-list after forget <= 2x a warm re-list"] = (ratio, ratio <= 2)
+    for name, (value, met) in out["targets"].items():
+        print(f"  {'met' if met else 'NOT met'}: {name} ({value})", flush=True)
+    return out
 
 
 def main() -> int:
