@@ -141,9 +141,10 @@ async def test_an_expired_signed_url_is_resolved_again(fake, inproc):
     assert await fs.read(fh, 20 << 20, 4096) == members["b.bin"][20 << 20:(20 << 20) + 4096]
     assert len(zip_resolutions(fake)) == 2
     assert any(r.status == 403 for r in blob_requests(fake)), "the stale URL was refused, then replaced"
-    # The blob host ignores suffix ranges (as Azure does): the whole 48 MiB answer to the tail
-    # probe was closed unread, and the tail asked for by offset.
-    assert sum(r.bytes_sent for r in blob_requests(fake)) < 2 << 20
+    # The blob host ignores suffix ranges (as Azure does): its whole-blob answer to the tail
+    # probe was closed unread (what the sockets' buffers took is counted sent), and the tail
+    # asked for by offset.
+    assert sum(r.bytes_sent for r in blob_requests(fake)) < 16 << 20
 
 
 async def test_without_a_token_runs_list_and_artifacts_say_a_token_is_needed(fake, inproc, caplog):
