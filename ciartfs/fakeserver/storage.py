@@ -21,12 +21,11 @@ import itertools
 import math
 import re
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from ciartfs.fakeserver.routing import Reply, Request, Route, Served
+from ciartfs.fakeserver.routing import Reply, Request, Route, Served, write_body
 
 if TYPE_CHECKING:
     from ciartfs.fakeserver.generated import GeneratedGzip
@@ -201,12 +200,7 @@ def serve_bytes(fake: FakeCI, request: Request, artifact: Blob, *, honour_range:
         if status == 206:
             handler.send_header("Content-Range", content_range)
         handler.end_headers()
-        for part in parts:
-            handler.wfile.write(part)
-        if sent != length:  # the promised bytes will never come: hang up
-            handler.wfile.flush()
-            handler.connection.shutdown(socket.SHUT_RDWR)
-            handler.close_connection = True
+        write_body(handler, parts, complete=sent == length)
     except OSError:
         handler.close_connection = True
         raise Served(-1) from None
