@@ -2,6 +2,7 @@
 """Benchmark ciartfs against the tools people use instead (issue "Speed").
 
     .venv/bin/python scripts/bench.py [--quick] [--runs N] [--size-mib N] [--no-peers] [--json PATH]
+                                      [--only SCENARIO[,...]]
 
 Self-contained and local: it generates seeded data in a temp dir, serves it with the bundled
 fake CircleCI (in its own process, scripts/benchlib/fakeci.py) and, for the FUSE peers, as plain
@@ -32,6 +33,20 @@ Scenarios (every FUSE tool: a fresh mount with an empty cache dir per run, so ev
                         Baseline: listing the names from the API with curl.
   unzip -l              a zip of 2000 stored members (default 200 MiB), capped link: time
                         and the bytes the servers sent. Baseline: curl the zip, then unzip -l.
+GitHub Actions (issue 18), capped link, ciartfs only (no peer reads zip members); the fake's
+GitHub API and its Azure-like blob host, which refuses Authorization (403) and ignores suffix
+ranges; the artifacts' zips are made on the fly by the fake (benchlib/ghdata.py), never stored.
+Baseline: the `gh run download` way, timed whole: `curl -L` the zip from the API's /zip URL with
+the token (curl drops it on the redirect to the blob host), `unzip` it all, then the tool. The
+blob host's answers are counted from mounting to unmounting (read-ahead still running counts):
+  gh-read               `sha256sum` of one 1 MiB member of a 500 MiB artifact (500 stored
+                        members): time, and the bytes the blob host delivered (<= 1.5 MiB plus
+                        the central directory).
+  gh-ls                 `ls -R` of a 10,000-member artifact: the blob host's requests after the
+                        central directory and end records were all delivered (must be 0).
+  gh-grep               `grep -rl` over all 2000 deflated members (~200 MiB decoded, 38 MiB
+                        stored) for a string only one of them holds (every other is read whole).
+`--only` runs some scenarios alone (cold-uncapped includes the warm re-read).
 FUSE peers, in every scenario: rclone mount (--vfs-cache-mode full) and httpdirfs (--cache),
 on the files host. A peer's command gets --peer-timeout seconds (default 90): a timeout is
 reported as "> N s" and that scenario is not run again for that peer.
@@ -72,6 +87,7 @@ except ImportError:
     sys.exit("bench: ciartfs is not importable; run ./scripts/setup.sh, then .venv/bin/python scripts/bench.py")
 
 # scripts/benchlib/: the helper package (scripts/ is on sys.path when this file runs)
+from benchlib import ghdata  # noqa: E402
 from benchlib.common import Failed, MiB, TimedOut, log, nginx_shaper_available, proc_tree_cpu  # noqa: E402
 from benchlib.data import BIG_BUILD, BIG_PATH, GREP_BUILD, LS_BUILD, NEEDLE, PROJECT, ZIP_BUILD, ZIP_PATH, generate  # noqa: E402
 from benchlib.mounts import PEERS, CiartfsMount, FuseMount, PeerMount  # noqa: E402
@@ -81,6 +97,10 @@ from benchlib.report import (  # noqa: E402
     COLD_CAPPED,
     COLD_UNCAPPED,
     CURL,
+    GH_BASE,
+    GH_GREP,
+    GH_LS,
+    GH_READ,
     GREP,
     LOCAL,
     LS,
@@ -96,6 +116,8 @@ from benchlib.report import (  # noqa: E402
 )
 
 PY = sys.executable
+# --only's names, in run order
+SCENARIOS = ("cold-uncapped", "cold-capped", "grep", "ls", "unzip", "gh-read", "gh-ls", "gh-grep")
 
 
 def log_short(tool: str) -> str:
@@ -207,6 +229,32 @@ def check_unzip_listing(text: str, expected: dict[str, int]) -> None:
         raise Failed(f"unzip -l listed {len(listed)} members, expected {len(expected)}; wrong or missing: {wrong}")
 
 
+def requests_after_index(blob_log: list[list[Any]], cd_offset: int, size: int) -> int:
+    """How many of the blob host's answers (in arrival order: [Range, status, bytes sent]) came
+    after the archive's central directory and end records, [cd_offset, size), had all been
+    delivered by 206 answers (a 200 to an ignored suffix range is cut short: it counts as
+    delivering nothing). Counted from the start when they never were."""
+    have: list[tuple[int, int]] = []
+    for i, (rng, status, _sent) in enumerate(blob_log):
+        if covered(have, cd_offset, size):
+            return len(blob_log) - i
+        if status == 206 and rng.startswith("bytes=") and not rng.startswith("bytes=-"):
+            lo, _, hi = rng[6:].partition("-")
+            have.append((int(lo), int(hi) + 1 if hi else size))
+    return 0 if covered(have, cd_offset, size) else len(blob_log)
+
+
+def covered(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    """[lo, hi) lies within the union of `ranges` ([start, end) pairs)."""
+    for start, end in sorted(ranges):
+        if start > lo:
+            return False
+        lo = max(lo, end)
+        if lo >= hi:
+            return True
+    return lo >= hi
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 
 class Bench:
@@ -224,7 +272,8 @@ class Bench:
         self.peers: list[type[PeerMount]] = [] if args.no_peers else [p for p in PEERS if p.available()]
         self.timed_out: set[tuple[str, str]] = set()  # (scenario, peer) not to run again
         # every FUSE process: no user config, no CI credentials from our environment
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_", "TASKCLUSTER_", "RCLONE_"))}
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("CIRCLE", "CIARTFS_", "TASKCLUSTER_", "RCLONE_", "GH_", "GITHUB_"))}
         self.env["XDG_CONFIG_HOME"] = str(self.tmp / "xdg-config")
         self.env["XDG_CACHE_HOME"] = str(self.tmp / "xdg-cache")
         self.profile = ""
@@ -243,19 +292,25 @@ class Bench:
         manifest = str(self.tmp / "data" / "manifest.json")
         # each server in its own process: the benchmark process never serves HTTP while it reads
         # through a FUSE mount, and the servers do not share a GIL
-        self.fake = Helper("fake server", [PY, "-u", str(HELPERS / "fakeci.py"), manifest], self.tmp / "logs" / "fakeci.log")
+        self.fake = Helper("fake server", [PY, "-u", str(HELPERS / "fakeci.py"), manifest, str(a.gh_large_mib)],
+                           self.tmp / "logs" / "fakeci.log")
         self.helpers.append(self.fake)
+        self.gh: dict[str, Any] = self.fake.ready["github"]  # the GitHub data's owner, repo, token, ids
+        self.env["GH_TOKEN"] = self.gh["token"]
+        self.gh_expected = ghdata.expected(ghdata.archives(large_mib=a.gh_large_mib))
         self.files = Helper("files host", [PY, "-u", str(HELPERS / "files.py"), manifest], self.tmp / "logs" / "files.log")
         self.helpers.append(self.files)
         self.direct = {**self.fake.ready, **self.files.ready}
-        upstreams = [f"api={self.direct['api']}", f"storage={self.direct['storage']}", f"files={self.direct['files']}"]
+        upstreams = [f"api={self.direct['api']}", f"storage={self.direct['storage']}", f"files={self.direct['files']}",
+                     f"blob={self.direct['blob']}"]
         self.capped_proxy = Helper("proxy", [PY, "-u", str(HELPERS / "proxy.py"), *upstreams], self.tmp / "logs" / "proxy.log")
         self.helpers.append(self.capped_proxy)
         self.latency_proxy = self.capped_proxy
         why = "is not installed (apt-get install nginx libnginx-mod-http-echo)"
         if nginx_shaper_available():
             # nginx serves the artifact bytes itself (the fake's blobs, by the presigned URL's path)
-            static = [f"storage=dir:{self.fake.ready['blob_root']}" if u.startswith("storage=") else u for u in upstreams]
+            static = [f"storage=dir:{self.fake.ready['blob_root']}" if u.startswith("storage=") else u
+                      for u in upstreams if not u.startswith("blob=")]  # (GitHub's scenarios are capped: proxy.py)
             try:
                 self.latency_proxy = Helper("nginx", [PY, "-u", str(HELPERS / "nginx.py"), *static],
                                             self.tmp / "logs" / "nginx.log")
@@ -274,14 +329,14 @@ class Bench:
             return
         a = self.args
         if name == "uncapped":
-            self.fake.ask({"publish": {"api": None, "storage": None}})
+            self.fake.ask({"publish": {"api": None, "storage": None, "blob": None}})
             self.api_url, self.files_url = self.direct["api"], self.direct["files"]
         else:
             self.proxy = self.capped_proxy if name == "capped" else self.latency_proxy
             rate = a.rate_mib * MiB if name == "capped" else 0
             self.proxy.ask({"rate": rate, "latency": a.latency_ms / 1000})
             proxied = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
-            self.fake.ask({"publish": {"api": proxied["api"], "storage": proxied["storage"]}})
+            self.fake.ask({"publish": {"api": proxied["api"], "storage": proxied["storage"], "blob": proxied.get("blob")}})
             self.api_url, self.files_url = proxied["api"], proxied["files"]
         self.profile = name
 
@@ -370,7 +425,7 @@ class Bench:
         """A fresh mount (empty cache dir) of `tool`; peers mount `build`'s directory only."""
         a = self.args
         if tool == CIARTFS:
-            options = ["--timeout", str(a.timeout), "--memory-cache", a.memory_cache]
+            options = ["--timeout", str(a.timeout), "--memory-cache", a.memory_cache, "--github-api-url", self.api_url]
             if a.block_size:
                 options += ["--block-size", a.block_size]
             return CiartfsMount(self.tmp, self.mounts, self.env, python=PY, api_url=self.api_url, options=options,
@@ -383,7 +438,7 @@ class Bench:
         """Time one command on a FUSE mount, with the filesystem's CPU and peak RSS, the requests
         that reached the servers and the bytes the proxy delivered. The caller adds the sample
         once it has checked the output (untimed). A peer's timeout is recorded here, as a result."""
-        self.fake.ask({"stats": True})  # clears the request counters
+        before = json.loads(self.fake.ask({"stats": True}))  # clears the request counters
         self.files.ask({"stats": True})
         proxy0 = self.proxy_stats()
         servers0 = self.snapshot()
@@ -414,6 +469,7 @@ class Bench:
             for host in ("api", "storage", "files"):
                 sample[f"{host}_conns"] = proxy1[host]["connections"] - proxy0[host]["connections"]
             sample["sent_mib"] = sum(proxy1[h]["bytes"] - proxy0[h]["bytes"] for h in proxy1) / MiB
+        sample["blob_log"] = before["blob_log"] + fake["blob_log"]  # (GitHub's blob host: since the mount)
         sample.update(extra or {})
         return sample
 
@@ -426,16 +482,18 @@ class Bench:
             self.results.failures.append(msg)
             return None
 
-    def fresh(self, scenario: str, tool: str, build: int, body: Callable[[FuseMount, Path], None]) -> None:
+    def fresh(self, scenario: str, tool: str, build: int, body: Callable[[FuseMount, Path], None], *,
+              where: Callable[[FuseMount], Path] | None = None) -> None:
         """Run `body(mount, build's directory)` on a fresh, cold mount of `tool`, then stop the
-        mount. A failure is recorded as one; a peer's timeout as a result (by measure())."""
+        mount. A failure is recorded as one; a peer's timeout as a result (by measure()).
+        `where`: the directory to give instead of the build's."""
         if (scenario, tool) in self.timed_out:
             return
 
         def go() -> None:
             m = self.mount(tool, build)
             try:
-                body(m, m.root(build))
+                body(m, where(m) if where else m.root(build))
             except TimedOut as e:
                 if not e.recorded:
                     raise
@@ -665,6 +723,128 @@ class Bench:
             on_fuse(peer.tool)
         log(f"  {UNZIP}: " + ", ".join(parts))
 
+    # -- GitHub Actions (issue 18): each against the `gh run download` way ---------------------
+
+    def gh_run_dir(self, name: str) -> Callable[[FuseMount], Path]:
+        """The directory of artifact `name` (benchlib/ghdata.py) in a mount."""
+        g = self.gh
+        return lambda m: m.path / "actions" / g["owner"] / g["repo"] / str(g["runs"][name]) / name
+
+    def gh_download(self, name: str, then: str, check: Callable[[str], None]) -> Callable[[], float]:
+        """`gh run download`'s way, timed whole: curl -L the zip from the API with the token
+        (curl drops the Authorization header on the redirect to the blob host, which would
+        refuse it), unzip it all, then `then` (a shell command run in the unzipped directory)."""
+        g = self.gh
+
+        def run() -> float:
+            d = self.tmp / "gh-download"
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            try:
+                url = f"{self.api_url}/repos/{g['owner']}/{g['repo']}/actions/artifacts/{g['artifacts'][name]}/zip"
+                script = (f"curl -sfL -H {shlex.quote('Authorization: Bearer ' + g['token'])} "
+                          "-H 'Accept: application/vnd.github+json' -H 'X-GitHub-Api-Version: 2022-11-28' "
+                          f"-o artifact.zip {shlex.quote(url)}\n"
+                          "unzip -q artifact.zip -d out\n"
+                          f"cd out\n{then}")
+                t, text = self.timed(script, cwd=d)
+                check(text)
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+            return t
+
+        return run
+
+    def gh_scenario(self, scenario: str, name: str, command: Callable[[Path], list[str]], check: Callable[[str], None],
+                    then: str) -> None:
+        """One ciartfs run of `command(artifact dir)` on a fresh mount, then the baseline. The
+        blob host's answers (requests, ranges, bytes) are counted from before mounting to after
+        unmounting, so that read-ahead still running after the command counts too."""
+        self.set_profile("capped")
+        done: list[Sample] = []
+        parts: list[str] = []
+
+        def body(m: FuseMount, root: Path) -> None:
+            out: list[str] = []
+
+            def run() -> float:
+                t, text = self.timed(command(root), mount=m, timeout=self.limit(m.tool))
+                out.append(text)
+                return t
+
+            s = self.measure(scenario, m.tool, m, run)
+            check(out[0])
+            done.append(s)
+
+        self.fake.ask({"stats": True})  # (clears the fake's request log)
+        blob0 = self.proxy_stats()["blob"]["bytes"]
+        self.fresh(scenario, CIARTFS, 0, body, where=self.gh_run_dir(name))
+        if done:  # the mount is stopped now
+            sample = done[0]
+            late = json.loads(self.fake.ask({"stats": True}))
+            blob_log = sample["blob_log"] = sample["blob_log"] + late["blob_log"]
+            cd = self.gh_expected["central_offset"][name]
+            after = requests_after_index(blob_log, cd, self.gh_expected["archive_size"][name])
+            sample.update(blob_requests=len(blob_log), blob_requests_after_index=after,
+                          central_directory_mib=(self.gh_expected["archive_size"][name] - cd) / MiB,
+                          blob_sent_mib=(self.proxy_stats()["blob"]["bytes"] - blob0) / MiB,
+                          blob_server_sent_mib=sum(sent for _r, _s, sent in blob_log) / MiB)
+            self.results.add(scenario, CIARTFS, sample)
+            parts.append(f"ciartfs {sample['seconds']:.3f}s, blob: {sample['blob_requests']} requests "
+                         f"({after} after the central directory), {sample['blob_sent_mib']:.2f} MiB")
+        if self.tools["curl"] and self.tools["unzip"]:
+            self.baseline(scenario, GH_BASE, self.gh_download(name, then, check), parts)
+        log(f"  {scenario}: " + ", ".join(parts))
+
+    def gh_read(self) -> None:
+        """One 1 MiB member of the 500 MiB artifact: its SHA-256."""
+        e = self.gh_expected
+
+        def check(text: str) -> None:
+            if text.split()[:1] != [e["large_member_sha256"]]:
+                raise Failed(f"sha256sum printed {text.strip()[:100]!r}, expected {e['large_member_sha256']}")
+
+        member = e["large_member"]
+        self.gh_scenario(GH_READ, ghdata.LARGE, lambda root: ["sha256sum", str(root / member)], check,
+                         f"sha256sum {shlex.quote(member)}")
+
+    def gh_ls(self) -> None:
+        """`ls -R` of the 10k-member artifact: every member and directory listed, by name."""
+        files: dict[str, int] = self.gh_expected["many_files"]
+        want: set[str] = set()
+        for path in files:
+            parts = path.split("/")
+            want.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+
+        def check(text: str) -> None:
+            seen: set[str] = set()
+            here = None
+            for line in text.splitlines():
+                if line.endswith(":"):  # "./d000:" (both run `ls -R .` in the artifact's directory)
+                    here = "" if line == ".:" else line[:-1].removeprefix("./")
+                elif line and here is not None:
+                    seen.add(f"{here}/{line}" if here else line)
+            if seen != want:
+                wrong = sorted(seen ^ want)[:3]
+                raise Failed(f"ls -R listed {len(seen)} paths, expected {len(want)}; differing: {wrong}")
+
+        self.gh_scenario(GH_LS, ghdata.MANY, lambda root: ["bash", "-c", f"cd {shlex.quote(str(root))} && ls -R ."],
+                         check, "ls -R .")
+
+    def gh_grep(self) -> None:
+        """`grep -rl` over the 2000 deflated members: exactly the one holding the needle."""
+        e = self.gh_expected
+        needle = ghdata.needle()
+
+        def check(text: str) -> None:
+            found = [line.removeprefix("./") for line in text.splitlines() if line]
+            if found != [e["logs_match"]]:
+                raise Failed(f"grep -rl found {found[:3]}, expected [{e['logs_match']!r}]")
+
+        self.gh_scenario(GH_GREP, ghdata.LOGS,
+                         lambda root: ["bash", "-c", f"cd {shlex.quote(str(root))} && grep -rl {shlex.quote(needle)} ."],
+                         check, f"grep -rl {shlex.quote(needle)} .")
+
     def link_check(self) -> dict[str, Any]:
         """Show the link: what the uncapped path and the proxy can carry, and that the cap
         and the latency are what they claim."""
@@ -706,7 +886,7 @@ class Bench:
                                          ("unzip", "unzip is not installed (apt-get install unzip)"))
                    if not self.tools[t]}
         for label, needs in ((CURL, ("curl",)), (ARIA, ("curl", "aria2c")), (RECIPE, ("curl", "xargs")),
-                             (LS_BASE, ("curl",)), (UNZIP_BASE, ("curl", "unzip"))):
+                             (LS_BASE, ("curl",)), (UNZIP_BASE, ("curl", "unzip")), (GH_BASE, ("curl", "unzip"))):
             why = "; ".join(missing[t] for t in needs if t in missing)
             if why:
                 self.results.skipped[label] = why
@@ -726,12 +906,19 @@ class Bench:
                 "first byte {capped_first_byte_ms:.0f} ms".format(**self.link))
         size = a.size_mib * MiB
         peers = tuple(p.tool for p in PEERS)  # all of them: a skipped one shows as skipped
-        self.results.scenario(COLD_UNCAPPED, nbytes=size, tools=(CIARTFS, CURL, ARIA, *peers))
-        self.results.scenario(COLD_CAPPED, nbytes=size, tools=(CIARTFS, CURL, ARIA, *peers))
-        self.results.scenario(WARM, nbytes=size, tools=(CIARTFS, LOCAL, *peers))
-        self.results.scenario(GREP, tools=(CIARTFS, RECIPE, *peers))
-        self.results.scenario(LS, tools=(CIARTFS, LS_BASE, *peers))
-        self.results.scenario(UNZIP, tools=(CIARTFS, UNZIP_BASE, *peers))
+        only = a.only
+        declared = (("cold-uncapped", COLD_UNCAPPED, size, (CIARTFS, CURL, ARIA, *peers)),
+                    ("cold-capped", COLD_CAPPED, size, (CIARTFS, CURL, ARIA, *peers)),
+                    ("cold-uncapped", WARM, size, (CIARTFS, LOCAL, *peers)),
+                    ("grep", GREP, None, (CIARTFS, RECIPE, *peers)),
+                    ("ls", LS, None, (CIARTFS, LS_BASE, *peers)),
+                    ("unzip", UNZIP, None, (CIARTFS, UNZIP_BASE, *peers)),
+                    ("gh-read", GH_READ, None, (CIARTFS, GH_BASE)),
+                    ("gh-ls", GH_LS, None, (CIARTFS, GH_BASE)),
+                    ("gh-grep", GH_GREP, None, (CIARTFS, GH_BASE)))
+        for key, scenario, nbytes, tools in declared:
+            if key in only:
+                self.results.scenario(scenario, nbytes=nbytes, tools=tools)
         started = last = time.monotonic()
         for rnd in range(a.runs):
             now = time.monotonic()
@@ -745,12 +932,22 @@ class Bench:
             last = now
             self.results.runs_done = rnd + 1
             log(f"run {rnd + 1}/{a.runs}")
-            self.cold_read(COLD_UNCAPPED, "uncapped", rnd, warm=True)
-            self.cold_read(COLD_CAPPED, "capped", rnd, warm=False)
-            self.grep()
-            self.ls()
-            if self.tools["unzip"]:
+            if "cold-uncapped" in only:
+                self.cold_read(COLD_UNCAPPED, "uncapped", rnd, warm=True)
+            if "cold-capped" in only:
+                self.cold_read(COLD_CAPPED, "capped", rnd, warm=False)
+            if "grep" in only:
+                self.grep()
+            if "ls" in only:
+                self.ls()
+            if self.tools["unzip"] and "unzip" in only:
                 self.unzip()
+            if "gh-read" in only:
+                self.gh_read()
+            if "gh-ls" in only:
+                self.gh_ls()
+            if "gh-grep" in only:
+                self.gh_grep()
 
     def cleanup(self) -> None:
         """Stop everything this run started, by pid. Bounded (each stop has a timeout), and not
@@ -806,16 +1003,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-size", help="ciartfs --block-size (default: ciartfs's own)")
     p.add_argument("--timeout", type=float, default=30.0, help="ciartfs --timeout (default 30)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
+    p.add_argument("--only", metavar="SCENARIO[,...]", default=",".join(SCENARIOS),
+                   help=f"run only these scenarios, of: {', '.join(SCENARIOS)} (default: all; cold-uncapped "
+                        "includes the warm re-read)")
+    p.add_argument("--gh-large-mib", type=int, default=500,
+                   help="size of the GitHub artifact one member of which is read (default 500)")
     args = p.parse_args(argv)
     args.runs = args.runs or (2 if args.quick else 5)
     args.size_mib = args.size_mib or (64 if args.quick else 512)
     args.zip_mib = args.zip_mib or (32 if args.quick else 200)
     args.peer_timeout = args.peer_timeout or (30.0 if args.quick else 90.0)
-    if args.runs < 1 or args.size_mib < 1 or args.zip_mib < 1 or args.peer_timeout <= 0:
-        p.error("--runs, --size-mib, --zip-mib and --peer-timeout must be positive")
+    if args.runs < 1 or args.size_mib < 1 or args.zip_mib < 1 or args.peer_timeout <= 0 or args.gh_large_mib < 2:
+        p.error("--runs, --size-mib, --zip-mib, --gh-large-mib and --peer-timeout must be positive")
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.only) - set(SCENARIOS))
+    if unknown or not args.only:
+        p.error(f"--only: unknown scenario {', '.join(unknown) or '(none given)'}; the scenarios: {', '.join(SCENARIOS)}")
     args.grep_files, args.ls_files, args.zip_members = 2000, 1000, 2000
     # a command that takes longer than this has failed (a 1 MiB/s link would be a failure too)
-    args.cmd_timeout = 120.0 + args.size_mib / max(1.0, args.rate_mib) * 3
+    args.cmd_timeout = 120.0 + max(args.size_mib, args.gh_large_mib) / max(1.0, args.rate_mib) * 3
     # the runs' time budget: the script is bounded in time (plus data generation, link check, report)
     args.budget_s = 240.0 if args.quick else 1020.0
     return args
