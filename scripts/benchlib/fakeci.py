@@ -2,13 +2,15 @@
 run in its own process so that the benchmark process never serves HTTP while it reads
 through a FUSE mount.
 
-    python fakeci.py MANIFEST.json
+    python fakeci.py MANIFEST.json [TLS_PEM]
 
 The manifest names one project and its builds: {"project": [vcs, user, repo], "builds":
 [{"num": N, "stop_time": ISO, "artifacts": [[path, local_file], ...]}]}. Prints one line
 `READY {"api": URL, "storage": URL, "blob_root": DIR}` (the fake's own hosts, and a directory
 where blob/<id>, the path of a presigned storage URL, is a symlink to the artifact's file, for
-a static server to stand in for the storage host) once serving, then reads JSON
+a static server to stand in for the storage host; with TLS_PEM, a certificate chain and its
+key in one PEM file, also "storage_tls": the storage host once more, over HTTPS) once serving,
+then reads JSON
 commands on stdin, one per line, each answered with one line:
 
     {"publish": {"api": URL|null, "storage": URL|null}}  -> ok
@@ -24,13 +26,30 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import ssl
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from common import serve_commands  # run as a script: scripts/benchlib/ is on sys.path
 
 from ciartfs.fakeserver import FakeCI
+from ciartfs.fakeserver.server import _Server
+
+
+class TlsServer(_Server):
+    """One of the fake's hosts over HTTPS: each accepted connection is wrapped (the handshake
+    happens in the accepting thread: a benchmark client never stalls one)."""
+
+    def __init__(self, fake: FakeCI, role: str, context: ssl.SSLContext) -> None:
+        self.context = context
+        super().__init__(fake, role, 0)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = self.socket.accept()
+        return self.context.wrap_socket(conn, server_side=True), addr
 
 
 class BenchCI(FakeCI):
@@ -50,7 +69,7 @@ class BenchCI(FakeCI):
         return getattr(super(), f"{role}_url")
 
 
-def main(manifest_path: str) -> None:
+def main(manifest_path: str, tls_pem: str | None = None) -> None:
     manifest = json.loads(Path(manifest_path).read_text())
     blob_root = Path(manifest_path).with_name("blobs")
     (blob_root / "blob").mkdir(parents=True, exist_ok=True)
@@ -65,6 +84,14 @@ def main(manifest_path: str) -> None:
             link.unlink(missing_ok=True)
             link.symlink_to(Path(local).resolve())
     fake.start()
+    ready = {"api": fake.own_url("api"), "storage": fake.own_url("storage"), "blob_root": str(blob_root)}
+    tls = None
+    if tls_pem:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_pem)
+        tls = TlsServer(fake, "storage", context)
+        threading.Thread(target=tls.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        ready["storage_tls"] = f"https://127.0.0.1:{tls.server_address[1]}"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     def answer(cmd: dict[str, Any]) -> str:
         if "publish" in cmd:
@@ -79,13 +106,17 @@ def main(manifest_path: str) -> None:
         return "error: unknown command"
 
     try:
-        serve_commands({"api": fake.own_url("api"), "storage": fake.own_url("storage"), "blob_root": str(blob_root)}, answer)
+        serve_commands(ready, answer)
     finally:
+        if tls is not None:
+            tls.shutdown()
+            tls.server_close()
+            tls.close_connections()
         fake.stop()
 
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1])
+        main(*sys.argv[1:3])
     except KeyboardInterrupt:
         pass
