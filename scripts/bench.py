@@ -305,10 +305,15 @@ class Bench:
             self.proxy = self.capped_proxy if name == "capped" else self.latency_proxy
             rate = a.rate_mib * MiB if name == "capped" else 0
             self.proxy.ask({"rate": rate, "latency": a.latency_ms / 1000})
-            proxied = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
-            self.fake.ask({"publish": {"api": proxied["api"], "storage": proxied["storage"]}})
-            self.api_url, self.files_url = proxied["api"], proxied["files"]
+            via = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
+            self.fake.ask({"publish": {"api": via["api"], "storage": via["storage"]}})
+            self.api_url, self.files_url = via["api"], via["files"]
         self.profile = name
+
+    @property
+    def proxied(self) -> bool:
+        """The servers are reached through the proxy (which counts bytes and connections)."""
+        return self.profile not in ("uncapped", "https")
 
     def api(self, path: str) -> str:
         return f"{self.api_url}/api/v1.1/project/{'/'.join(PROJECT)}/{path}"
@@ -432,12 +437,12 @@ class Bench:
                         server_cpu={k: round(servers1[k] - servers0[k], 2) for k in servers0})
         if tool == CIARTFS:
             storage = fake.get("storage", 0)
-            if self.profile != "uncapped":  # nginx may serve storage itself: count at the proxy
+            if self.proxied:  # nginx may serve storage itself: count at the proxy
                 storage = proxy1["storage"]["requests"] - proxy0["storage"]["requests"]
             sample.update(api=fake.get("api", 0), storage=storage)
         else:
             sample.update(head=files["HEAD"], get=files["GET"])
-        if self.profile != "uncapped":  # through the proxy: it counts connections and bytes
+        if self.proxied:  # through the proxy: it counts connections and bytes
             for host in ("api", "storage", "files"):
                 sample[f"{host}_conns"] = proxy1[host]["connections"] - proxy0[host]["connections"]
             sample["sent_mib"] = sum(proxy1[h]["bytes"] - proxy0[h]["bytes"] for h in proxy1) / MiB
@@ -478,7 +483,7 @@ class Bench:
             b0 = self.proxy_bytes()
             seconds = fn()
             sample = Sample(seconds=seconds)
-            if self.profile != "uncapped":
+            if self.proxied:
                 sample["sent_mib"] = (self.proxy_bytes() - b0) / MiB
             self.results.add(scenario, tool, sample)
             parts.append(f"{log_short(tool)} {seconds:.3f}s")
