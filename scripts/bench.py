@@ -25,7 +25,12 @@ Scenarios (every FUSE tool: a fresh mount with an empty cache dir per run, so ev
   cold read, uncapped   `cat` of a large file (default 512 MiB); the servers directly, no proxy.
                         Baselines: curl (one stream), aria2c -x8 -s8 (parallel ranges).
   cold read, capped     the same through the proxy: 25 MiB/s per connection, 20 ms.
-  warm re-read          a second `cat` through the same mount. Limit: `cat` of a local copy.
+  cold read, HTTPS      uncapped, from the fake's storage host over HTTPS (a local CA made
+                        with trustme, trusted by ciartfs through SSL_CERT_FILE and by curl
+                        through --cacert). Baseline: curl.
+  warm re-read          a second `cat` through the same mount, ciartfs with its default
+                        settings (memory cache 256M): the page cache serves it. Limit: `cat`
+                        of a local copy.
   grep -rl              over a build of 2000 small files (1-20 KiB), 20 ms latency.
                         Baseline: the CircleCI docs recipe (list the artifact URLs from the
                         API, download with xargs -P4 curl, grep locally).
@@ -95,6 +100,7 @@ from benchlib.report import (  # noqa: E402
     ARIA,
     CIARTFS,
     COLD_CAPPED,
+    COLD_HTTPS,
     COLD_UNCAPPED,
     CURL,
     GH_BASE,
@@ -117,7 +123,7 @@ from benchlib.report import (  # noqa: E402
 
 PY = sys.executable
 # --only's names, in run order
-SCENARIOS = ("cold-uncapped", "cold-capped", "grep", "ls", "unzip", "gh-read", "gh-ls", "gh-grep")
+SCENARIOS = ("cold-uncapped", "cold-capped", "cold-https", "grep", "ls", "unzip", "gh-read", "gh-ls", "gh-grep")
 
 
 def log_short(tool: str) -> str:
@@ -290,9 +296,10 @@ class Bench:
         log(f"data: {a.size_mib} MiB file, {a.grep_files} + {a.ls_files} small files, a {a.zip_mib} MiB zip of "
             f"{a.zip_members} members in {self.tmp}/data ({time.monotonic() - t:.1f}s)")
         manifest = str(self.tmp / "data" / "manifest.json")
+        tls_pem = self.make_certificate()
         # each server in its own process: the benchmark process never serves HTTP while it reads
         # through a FUSE mount, and the servers do not share a GIL
-        self.fake = Helper("fake server", [PY, "-u", str(HELPERS / "fakeci.py"), manifest, str(a.gh_large_mib)],
+        self.fake = Helper("fake server", [PY, "-u", str(HELPERS / "fakeci.py"), manifest, str(a.gh_large_mib), tls_pem],
                            self.tmp / "logs" / "fakeci.log")
         self.helpers.append(self.fake)
         self.gh: dict[str, Any] = self.fake.ready["github"]  # the GitHub data's owner, repo, token, ids
@@ -322,23 +329,45 @@ class Bench:
                 "whose CPU competes with the filesystem's on 2 cores")
         self.proxy = self.capped_proxy  # the one in use (set_profile)
 
+    def make_certificate(self) -> str:
+        """A local CA (trustme) and the fake storage host's certificate for 127.0.0.1: the CA
+        goes to every FUSE process (SSL_CERT_FILE, which httpx and so ciartfs honour) and to
+        curl (--cacert); returns the server's chain and key, one PEM file."""
+        import trustme  # a test dependency (pyproject's [test]); ./scripts/setup.sh installs it
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        self.ca_pem = self.tmp / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_pem))
+        server_pem = self.tmp / "storage-tls.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+        self.env["SSL_CERT_FILE"] = str(self.ca_pem)
+        return str(server_pem)
+
     def set_profile(self, name: str) -> None:
-        """uncapped: straight to the servers; capped: proxy with rate cap and latency; latency:
-        proxy with latency only. Sets self.api_url and self.files_url (what to mount / ask)."""
+        """uncapped: straight to the servers; https: the same, storage over HTTPS; capped: proxy
+        with rate cap and latency; latency: proxy with latency only. Sets self.api_url and
+        self.files_url (what to mount / ask)."""
         if name == self.profile:
             return
         a = self.args
-        if name == "uncapped":
-            self.fake.ask({"publish": {"api": None, "storage": None, "blob": None}})
+        if name in ("uncapped", "https"):
+            storage = self.direct["storage_tls"] if name == "https" else None
+            self.fake.ask({"publish": {"api": None, "storage": storage, "blob": None}})
             self.api_url, self.files_url = self.direct["api"], self.direct["files"]
         else:
             self.proxy = self.capped_proxy if name == "capped" else self.latency_proxy
             rate = a.rate_mib * MiB if name == "capped" else 0
             self.proxy.ask({"rate": rate, "latency": a.latency_ms / 1000})
-            proxied = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
-            self.fake.ask({"publish": {"api": proxied["api"], "storage": proxied["storage"], "blob": proxied.get("blob")}})
-            self.api_url, self.files_url = proxied["api"], proxied["files"]
+            via = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
+            self.fake.ask({"publish": {"api": via["api"], "storage": via["storage"], "blob": via.get("blob")}})
+            self.api_url, self.files_url = via["api"], via["files"]
         self.profile = name
+
+    @property
+    def proxied(self) -> bool:
+        """The servers are reached through the proxy (which counts bytes and connections)."""
+        return self.profile not in ("uncapped", "https")
 
     def api(self, path: str) -> str:
         return f"{self.api_url}/api/v1.1/project/{'/'.join(PROJECT)}/{path}"
@@ -425,7 +454,9 @@ class Bench:
         """A fresh mount (empty cache dir) of `tool`; peers mount `build`'s directory only."""
         a = self.args
         if tool == CIARTFS:
-            options = ["--timeout", str(a.timeout), "--memory-cache", a.memory_cache, "--github-api-url", self.api_url]
+            options = ["--timeout", str(a.timeout), "--github-api-url", self.api_url]
+            if a.memory_cache:
+                options += ["--memory-cache", a.memory_cache]
             if a.block_size:
                 options += ["--block-size", a.block_size]
             return CiartfsMount(self.tmp, self.mounts, self.env, python=PY, api_url=self.api_url, options=options,
@@ -460,12 +491,12 @@ class Bench:
                         server_cpu={k: round(servers1[k] - servers0[k], 2) for k in servers0})
         if tool == CIARTFS:
             storage = fake.get("storage", 0)
-            if self.profile != "uncapped":  # nginx may serve storage itself: count at the proxy
+            if self.proxied:  # nginx may serve storage itself: count at the proxy
                 storage = proxy1["storage"]["requests"] - proxy0["storage"]["requests"]
             sample.update(api=fake.get("api", 0), storage=storage)
         else:
             sample.update(head=files["HEAD"], get=files["GET"])
-        if self.profile != "uncapped":  # through the proxy: it counts connections and bytes
+        if self.proxied:  # through the proxy: it counts connections and bytes
             for host in ("api", "storage", "files"):
                 sample[f"{host}_conns"] = proxy1[host]["connections"] - proxy0[host]["connections"]
             sample["sent_mib"] = sum(proxy1[h]["bytes"] - proxy0[h]["bytes"] for h in proxy1) / MiB
@@ -509,7 +540,7 @@ class Bench:
             b0 = self.proxy_bytes()
             seconds = fn()
             sample = Sample(seconds=seconds)
-            if self.profile != "uncapped":
+            if self.proxied:
                 sample["sent_mib"] = (self.proxy_bytes() - b0) / MiB
             self.results.add(scenario, tool, sample)
             parts.append(f"{log_short(tool)} {seconds:.3f}s")
@@ -545,17 +576,19 @@ class Bench:
                 parts.append(f"warm {hot['seconds']:.3f}s")
 
         self.fresh(scenario, CIARTFS, BIG_BUILD, body)
+        https = profile == "https"
         if self.tools["curl"]:
             url = self.storage_url(BIG_BUILD, BIG_PATH)
+            trust = ["--cacert", str(self.ca_pem)] if https else []
 
             def curl() -> float:
-                t, out = self.timed(["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url])
+                t, out = self.timed(["curl", "-sf", *trust, "-o", "/dev/null", "-w", "%{size_download}", url])
                 if int(out) != size:  # to /dev/null (its own speed): the byte count is the check
                     raise Failed(f"curl fetched {out} bytes, expected {size}")
                 return t
 
             self.baseline(scenario, CURL, curl, parts)
-            if self.tools["aria2c"]:
+            if self.tools["aria2c"] and not https:
                 def aria() -> float:
                     d = self.tmp / "aria2"
                     shutil.rmtree(d, ignore_errors=True)
@@ -571,7 +604,7 @@ class Bench:
                     return t
 
                 self.baseline(scenario, ARIA, aria, parts)
-        for peer in self.peers:
+        for peer in [] if https else self.peers:  # (they mount the plain files host)
             self.fresh(scenario, peer.tool, BIG_BUILD, body)
         if warm:
             def local() -> float:
@@ -909,6 +942,7 @@ class Bench:
         only = a.only
         declared = (("cold-uncapped", COLD_UNCAPPED, size, (CIARTFS, CURL, ARIA, *peers)),
                     ("cold-capped", COLD_CAPPED, size, (CIARTFS, CURL, ARIA, *peers)),
+                    ("cold-https", COLD_HTTPS, size, (CIARTFS, CURL)),
                     ("cold-uncapped", WARM, size, (CIARTFS, LOCAL, *peers)),
                     ("grep", GREP, None, (CIARTFS, RECIPE, *peers)),
                     ("ls", LS, None, (CIARTFS, LS_BASE, *peers)),
@@ -936,6 +970,8 @@ class Bench:
                 self.cold_read(COLD_UNCAPPED, "uncapped", rnd, warm=True)
             if "cold-capped" in only:
                 self.cold_read(COLD_CAPPED, "capped", rnd, warm=False)
+            if "cold-https" in only:
+                self.cold_read(COLD_HTTPS, "https", rnd, warm=False)
             if "grep" in only:
                 self.grep()
             if "ls" in only:
@@ -999,7 +1035,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--rate-mib", type=float, default=25.0, help="capped scenarios: MiB/s per connection (default 25)")
     p.add_argument("--latency-ms", type=float, default=20.0, help="ms before each response's first byte (default 20)")
-    p.add_argument("--memory-cache", default="1G", help="ciartfs --memory-cache (default 1G: holds the file)")
+    p.add_argument("--memory-cache", help="ciartfs --memory-cache (default: ciartfs's own, 256M)")
     p.add_argument("--block-size", help="ciartfs --block-size (default: ciartfs's own)")
     p.add_argument("--timeout", type=float, default=30.0, help="ciartfs --timeout (default 30)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")

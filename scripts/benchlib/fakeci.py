@@ -2,7 +2,7 @@
 run in its own process so that the benchmark process never serves HTTP while it reads
 through a FUSE mount.
 
-    python fakeci.py MANIFEST.json [LARGE_MIB]
+    python fakeci.py MANIFEST.json [LARGE_MIB [TLS_PEM]]
 
 The manifest names one project and its builds: {"project": [vcs, user, repo], "builds":
 [{"num": N, "stop_time": ISO, "artifacts": [[path, local_file], ...]}]}. It also serves the
@@ -14,8 +14,9 @@ scenario pays for them. Prints one line `READY {"api": URL, "storage": URL, "blo
 "blob_root": DIR, "github": {"owner", "repo", "token", "runs": {name: id}, "artifacts": {name: id}}}`
 (the fake's own hosts, a directory where blob/<id>, the path of a presigned storage URL, is a
 symlink to the artifact's file, for a static server to stand in for the storage host, and the
-GitHub data's ids) once serving, then reads JSON commands on stdin, one per line, each answered
-with one line:
+GitHub data's ids; with TLS_PEM, a certificate chain and its key in one PEM file, also
+"storage_tls": the storage host once more, over HTTPS) once serving, then reads JSON commands
+on stdin, one per line, each answered with one line:
 
     {"publish": {"api": URL|null, "storage": URL|null, "blob": URL|null}}  -> ok
         the host URLs the fake writes into its answers (artifact URLs in listings, the
@@ -32,7 +33,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import ssl
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,20 @@ from common import serve_commands  # run as a script: scripts/benchlib/ is on sy
 from ghdata import OWNER, REPO, TOKEN, archives
 
 from ciartfs.fakeserver import FakeCI
+from ciartfs.fakeserver.server import _Server
+
+
+class TlsServer(_Server):
+    """One of the fake's hosts over HTTPS: each accepted connection is wrapped (the handshake
+    happens in the accepting thread: a benchmark client never stalls one)."""
+
+    def __init__(self, fake: FakeCI, role: str, context: ssl.SSLContext) -> None:
+        self.context = context
+        super().__init__(fake, role, 0)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = self.socket.accept()
+        return self.context.wrap_socket(conn, server_side=True), addr
 
 LARGE_MIB_DEFAULT = 500
 
@@ -79,7 +97,7 @@ def add_github(fake: FakeCI, large_mib: int) -> dict[str, Any]:
     return {"owner": OWNER, "repo": REPO, "token": TOKEN, "runs": runs, "artifacts": artifact_ids}
 
 
-def main(manifest_path: str, large_mib: int) -> None:
+def main(manifest_path: str, large_mib: int, tls_pem: str | None = None) -> None:
     manifest = json.loads(Path(manifest_path).read_text())
     blob_root = Path(manifest_path).with_name("blobs")
     (blob_root / "blob").mkdir(parents=True, exist_ok=True)
@@ -95,6 +113,15 @@ def main(manifest_path: str, large_mib: int) -> None:
             link.symlink_to(Path(local).resolve())
     github = add_github(fake, large_mib)
     fake.start()
+    ready = {"api": fake.own_url("api"), "storage": fake.own_url("storage"), "blob": fake.own_url("blob"),
+             "blob_root": str(blob_root), "github": github}
+    tls = None
+    if tls_pem:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_pem)
+        tls = TlsServer(fake, "storage", context)
+        threading.Thread(target=tls.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        ready["storage_tls"] = f"https://127.0.0.1:{tls.server_address[1]}"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     def answer(cmd: dict[str, Any]) -> str:
         if "publish" in cmd:
@@ -112,14 +139,17 @@ def main(manifest_path: str, large_mib: int) -> None:
         return "error: unknown command"
 
     try:
-        serve_commands({"api": fake.own_url("api"), "storage": fake.own_url("storage"), "blob": fake.own_url("blob"),
-                        "blob_root": str(blob_root), "github": github}, answer)
+        serve_commands(ready, answer)
     finally:
+        if tls is not None:
+            tls.shutdown()
+            tls.server_close()
+            tls.close_connections()
         fake.stop()
 
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else LARGE_MIB_DEFAULT)
+        main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else LARGE_MIB_DEFAULT, *sys.argv[3:4])
     except KeyboardInterrupt:
         pass

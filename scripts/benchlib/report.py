@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 # scenarios (print order is the order Bench.run declares them)
 COLD_UNCAPPED = "cold read, uncapped"
 COLD_CAPPED = "cold read, capped"
+COLD_HTTPS = "cold read, uncapped, HTTPS"
 WARM = "warm re-read"
 GREP = "grep -rl, 2000 small files"
 LS = "ls -l, 1000 artifacts"
@@ -119,11 +120,32 @@ def _ratio_target(res: Results, text: str, scenario: str, tool: str, threshold: 
     return Target(text, measured, "met" if ok else "NOT met", r, need, scenario)
 
 
+def _cold_target(res: Results, scenario: str, unit: str, need: float) -> Target:
+    """The issue's absolute cold-read targets, from ciartfs's medians: throughput (MiB/s, at
+    least `need`) or the daemon's CPU per GiB read (CPU-s/GiB, at most `need`)."""
+    samples = res.data.get(scenario, {}).get(CIARTFS, [])
+    nbytes = res.meta.get(scenario, {}).get("bytes")
+    seconds, cpu = Results.median(samples, "seconds"), Results.median(samples, "cpu")
+    if unit == "MiB/s":
+        text, sign = f"{scenario}: >= {need:g} MiB/s", f">= {need:g}"
+        value = nbytes / MiB / seconds if nbytes and seconds else None
+    else:
+        text, sign = f"{scenario}: <= {need:g} daemon CPU-s per GiB", f"<= {need:g}"
+        value = cpu / (nbytes / (1024 * MiB)) if nbytes and cpu is not None else None
+    if value is None:
+        return Target(text, "-", "n/a: no result", None, sign)
+    ok = value >= need if unit == "MiB/s" else value <= need
+    return Target(text, f"{value:.2f} {unit}", "met" if ok else "NOT met", value, sign)
+
+
 def targets(res: Results, memory_cache: str) -> list[Target]:
     peers = [p.tool for p in PEERS]
     out = [_ratio_target(res, "capped cold read >= 4x faster than curl", COLD_CAPPED, CURL, 4),
            _ratio_target(res, "capped cold read within 1.5x of aria2c's time", COLD_CAPPED, ARIA, 1 / 1.5)]
     out += [_ratio_target(res, f"capped cold read ahead of {p}", COLD_CAPPED, p, 1, strict=True) for p in peers]
+    out += [_cold_target(res, COLD_UNCAPPED, "MiB/s", 600), _cold_target(res, COLD_UNCAPPED, "CPU-s/GiB", 1.5)]
+    https = _ratio_target(res, "uncapped cold read over HTTPS: curl's time / ciartfs's", COLD_HTTPS, CURL, 0)
+    out.append(Target(https.text, https.measured, "reported" if https.value is not None else https.status, https.value, "-"))
     out.append(_ratio_target(res, "warm re-read >= 0.5x the speed of local cat", WARM, LOCAL, 0.5))
     out += [_ratio_target(res, f"warm re-read ahead of {p}", WARM, p, 1, strict=True) for p in peers]
     out.append(_ratio_target(res, "grep -rl >= 3x faster than the docs recipe", GREP, RECIPE, 3))
@@ -248,10 +270,11 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
            info: dict[str, Any]) -> dict[str, Any]:
     a = args
     block = a.block_size or f"{Settings.block_size // 1024}K (ciartfs default)"
+    memory = a.memory_cache or f"{Settings.memory_cache >> 20}M (ciartfs default)"
     out: dict[str, Any] = {"machine": info, "settings": {
         "size_mib": a.size_mib, "runs": a.runs, "runs_done": res.runs_done, "quick": a.quick,
         "rate_mib_s_per_connection": a.rate_mib,
-        "latency_ms": a.latency_ms, "memory_cache": a.memory_cache, "block_size": block,
+        "latency_ms": a.latency_ms, "memory_cache": memory, "block_size": block,
         "grep_files": a.grep_files, "ls_files": a.ls_files, "zip_members": a.zip_members, "zip_mib": a.zip_mib,
         "peer_timeout_s": a.peer_timeout}, "link": link,
         "scenarios": [], "targets": [], "skipped": res.skipped, "failures": res.failures, "notes": res.notes,
@@ -261,7 +284,7 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
           f"Linux {info['kernel']}  Python {info['python']}  ciartfs {info['ciartfs_rev']}")
     print(f"file {a.size_mib} MiB; zip {a.zip_mib} MiB of {a.zip_members} members; capped link {a.rate_mib:g} MiB/s per "
           f"connection + {a.latency_ms:g} ms before the first byte (cold read capped, unzip -l); grep/ls: {a.latency_ms:g} ms, "
-          f"no cap; ciartfs --memory-cache {a.memory_cache} (holds the file for the warm re-read), --block-size {block}; "
+          f"no cap; ciartfs --memory-cache {memory}, --block-size {block}; "
           f"median of {res.runs_done} run{'s' if res.runs_done != 1 else ''}"
           + (f" (of {a.runs} asked)" if res.runs_done != a.runs else "") + (" (--quick)" if a.quick else "")
           + f"; FUSE peers get {a.peer_timeout:g} s per command")
@@ -323,7 +346,7 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
         "proxy during the command.",
         width=width))
     print()
-    tgt = targets(res, a.memory_cache)
+    tgt = targets(res, a.memory_cache or f"{Settings.memory_cache >> 20}M")
     tw, mw, nw = (max(len(x) for x in col) for col in zip(*((t.text, t.measured, t.need) for t in tgt), strict=True))
     print(f"{'targets (the issue)':<{tw}}  {'measured':>{mw}}  {'need':>{nw}}  status")
     print("-" * (tw + mw + nw + 14))
