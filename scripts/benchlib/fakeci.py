@@ -5,7 +5,8 @@ through a FUSE mount.
     python fakeci.py MANIFEST.json
 
 The manifest names one project and its builds: {"project": [vcs, user, repo], "builds":
-[{"num": N, "stop_time": ISO, "artifacts": [[path, local_file], ...]}]}. Prints one line
+[{"num": N, "stop_time": ISO, "artifacts": [[path, local_file], ...]}], "tc_groups": [{"group_id":
+ID, "tasks": N, "files": [name, ...], "needle": TEXT}]} (Taskcluster groups made on the fly). Prints one line
 `READY {"api": URL, "storage": URL, "blob_root": DIR}` (the fake's own hosts, and a directory
 where blob/<id>, the path of a presigned storage URL, is a symlink to the artifact's file, for
 a static server to stand in for the storage host) once serving, then reads JSON
@@ -64,6 +65,9 @@ def main(manifest_path: str) -> None:
             link = blob_root / "blob" / str(artifact.blob_id)
             link.unlink(missing_ok=True)
             link.symlink_to(Path(local).resolve())
+    for group in manifest.get("tc_groups", []):
+        fake.queue.add_generated_group(group["group_id"], group["tasks"], files=tuple(group["files"]),
+                                       needle=group["needle"].encode())
     fake.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     def answer(cmd: dict[str, Any]) -> str:
