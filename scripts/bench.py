@@ -38,6 +38,12 @@ Scenarios (every FUSE tool: a fresh mount with an empty cache dir per run, so ev
                         Baseline: listing the names from the API with curl.
   unzip -l              a zip of 2000 stored members (default 200 MiB), capped link: time
                         and the bytes the servers sent. Baseline: curl the zip, then unzip -l.
+  tc-group              a Taskcluster task group of 5000 tasks (--tc-tasks), each with one log
+                        of 1-8 KiB, made by the fake as asked for (never stored), 20 ms latency
+                        through proxy.py (nginx's static storage does not hold them):
+                        `ls` of the group (baseline: the task ids from the API with curl), and
+                        `grep -rl` over it (baseline: list the tasks from the API, each task's
+                        artifacts, download them with xargs -P8 curl, grep locally). ciartfs only.
 GitHub Actions (issue 18), capped link, ciartfs only (no peer reads zip members); the fake's
 GitHub API and its Azure-like blob host, which refuses Authorization (403) and ignores suffix
 ranges; the artifacts' zips are made on the fly by the fake (benchlib/ghdata.py), never stored.
@@ -64,6 +70,7 @@ nothing): fuse3 (needed), curl, aria2, jq, unzip, rclone, httpdirfs, nginx and l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -74,7 +81,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +101,18 @@ except ImportError:
 # scripts/benchlib/: the helper package (scripts/ is on sys.path when this file runs)
 from benchlib import ghdata  # noqa: E402
 from benchlib.common import Failed, MiB, TimedOut, log, nginx_shaper_available, proc_tree_cpu  # noqa: E402
-from benchlib.data import BIG_BUILD, BIG_PATH, GREP_BUILD, LS_BUILD, NEEDLE, PROJECT, ZIP_BUILD, ZIP_PATH, generate  # noqa: E402
+from benchlib.data import (  # noqa: E402
+    BIG_BUILD,
+    BIG_PATH,
+    GREP_BUILD,
+    LS_BUILD,
+    NEEDLE,
+    PROJECT,
+    TC_GROUP_ID,
+    ZIP_BUILD,
+    ZIP_PATH,
+    generate,
+)
 from benchlib.mounts import PEERS, CiartfsMount, FuseMount, PeerMount  # noqa: E402
 from benchlib.report import (  # noqa: E402
     ARIA,
@@ -112,6 +130,10 @@ from benchlib.report import (  # noqa: E402
     LS,
     LS_BASE,
     RECIPE,
+    TC_GREP,
+    TC_LS,
+    TC_LS_BASE,
+    TC_RECIPE,
     UNZIP,
     UNZIP_BASE,
     WARM,
@@ -123,7 +145,7 @@ from benchlib.report import (  # noqa: E402
 
 PY = sys.executable
 # --only's names, in run order
-SCENARIOS = ("cold-uncapped", "cold-capped", "cold-https", "grep", "ls", "unzip", "gh-read", "gh-ls", "gh-grep")
+SCENARIOS = ("cold-uncapped", "cold-capped", "cold-https", "grep", "ls", "unzip", "gh-read", "gh-ls", "gh-grep", "tc-group")
 
 
 def log_short(tool: str) -> str:
@@ -292,9 +314,10 @@ class Bench:
         a = self.args
         t = time.monotonic()
         (self.tmp / "data").mkdir()
-        self.data = generate(self.tmp / "data", a.size_mib, a.grep_files, a.ls_files, a.zip_members, a.zip_mib)
+        self.data = generate(self.tmp / "data", a.size_mib, a.grep_files, a.ls_files, a.zip_members, a.zip_mib, a.tc_tasks)
         log(f"data: {a.size_mib} MiB file, {a.grep_files} + {a.ls_files} small files, a {a.zip_mib} MiB zip of "
-            f"{a.zip_members} members in {self.tmp}/data ({time.monotonic() - t:.1f}s)")
+            f"{a.zip_members} members in {self.tmp}/data, a {a.tc_tasks}-task group made on the fly "
+            f"({time.monotonic() - t:.1f}s)")
         manifest = str(self.tmp / "data" / "manifest.json")
         tls_pem = self.make_certificate()
         # each server in its own process: the benchmark process never serves HTTP while it reads
@@ -346,8 +369,9 @@ class Bench:
 
     def set_profile(self, name: str) -> None:
         """uncapped: straight to the servers; https: the same, storage over HTTPS; capped: proxy
-        with rate cap and latency; latency: proxy with latency only. Sets self.api_url and
-        self.files_url (what to mount / ask)."""
+        with rate cap and latency; latency: proxy with latency only (nginx when installed); relay:
+        proxy.py with latency only (the storage of made-on-the-fly artifacts, which nginx's static
+        files do not hold). Sets self.api_url and self.files_url (what to mount / ask)."""
         if name == self.profile:
             return
         a = self.args
@@ -356,7 +380,7 @@ class Bench:
             self.fake.ask({"publish": {"api": None, "storage": storage, "blob": None}})
             self.api_url, self.files_url = self.direct["api"], self.direct["files"]
         else:
-            self.proxy = self.capped_proxy if name == "capped" else self.latency_proxy
+            self.proxy = self.latency_proxy if name == "latency" else self.capped_proxy
             rate = a.rate_mib * MiB if name == "capped" else 0
             self.proxy.ask({"rate": rate, "latency": a.latency_ms / 1000})
             via = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
@@ -450,13 +474,16 @@ class Bench:
     def limit(self, tool: str) -> float:
         return self.args.cmd_timeout if tool == CIARTFS else self.args.peer_timeout
 
-    def mount(self, tool: str, build: int) -> FuseMount:
-        """A fresh mount (empty cache dir) of `tool`; peers mount `build`'s directory only."""
+    def mount(self, tool: str, build: int, *, taskcluster: bool = False) -> FuseMount:
+        """A fresh mount (empty cache dir) of `tool`; peers mount `build`'s directory only.
+        `taskcluster`: ciartfs also shows the fake's Taskcluster queue."""
         a = self.args
         if tool == CIARTFS:
             options = ["--timeout", str(a.timeout), "--github-api-url", self.api_url]
             if a.memory_cache:
                 options += ["--memory-cache", a.memory_cache]
+            if taskcluster:
+                options += ["--taskcluster-root-url", self.api_url]
             if a.block_size:
                 options += ["--block-size", a.block_size]
             return CiartfsMount(self.tmp, self.mounts, self.env, python=PY, api_url=self.api_url, options=options,
@@ -514,15 +541,16 @@ class Bench:
             return None
 
     def fresh(self, scenario: str, tool: str, build: int, body: Callable[[FuseMount, Path], None], *,
-              where: Callable[[FuseMount], Path] | None = None) -> None:
+              where: Callable[[FuseMount], Path] | None = None, taskcluster: bool = False) -> None:
         """Run `body(mount, build's directory)` on a fresh, cold mount of `tool`, then stop the
         mount. A failure is recorded as one; a peer's timeout as a result (by measure()).
-        `where`: the directory to give instead of the build's."""
+        `where`: the directory to give instead of the build's; `taskcluster`: ciartfs also shows
+        the fake's Taskcluster queue."""
         if (scenario, tool) in self.timed_out:
             return
 
         def go() -> None:
-            m = self.mount(tool, build)
+            m = self.mount(tool, build, taskcluster=taskcluster)
             try:
                 body(m, where(m) if where else m.root(build))
             except TimedOut as e:
@@ -615,33 +643,48 @@ class Bench:
             self.baseline(WARM, LOCAL, local, parts)
         log(f"  {scenario}: " + ", ".join(parts))
 
+    @contextlib.contextmanager
+    def scratch(self, name: str) -> Iterator[Path]:
+        """An empty directory for a baseline's downloads, removed afterwards."""
+        d = self.tmp / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def grep_mount(self, scenario: str, m: FuseMount, root: Path, expected: set[str], timeout: float) -> Sample:
+        """Time `grep -rl NEEDLE root` on a mount, check that it found `expected` (paths relative
+        to `root`) and nothing else, and record the sample."""
+        out: list[str] = []
+
+        def run() -> float:
+            t, text = self.timed(["grep", "-rl", NEEDLE, str(root)], mount=m, timeout=timeout)
+            out.append(text)
+            return t
+
+        s = self.measure(scenario, m.tool, m, run)
+        found = {os.path.relpath(line, root) for line in out[0].split("\n") if line}
+        if found != expected:
+            raise Failed(f"grep -rl found {len(found)} files {sorted(found)[:3]}..., expected {len(expected)}: "
+                         f"{sorted(expected)[:3]}...")
+        self.results.add(scenario, m.tool, s)
+        return s
+
     def grep(self) -> None:
         self.set_profile("latency")
         expected = set(self.data["needles"])
         parts: list[str] = []
 
         def body(m: FuseMount, root: Path) -> None:
-            out: list[str] = []
-
-            def run() -> float:
-                t, text = self.timed(["grep", "-rl", NEEDLE, str(root)], mount=m, timeout=self.limit(m.tool))
-                out.append(text)
-                return t
-
-            s = self.measure(GREP, m.tool, m, run)
-            found = {os.path.relpath(line, root) for line in out[0].split("\n") if line}
-            if found != expected:
-                raise Failed(f"grep -rl found {sorted(found)[:5]}..., expected {sorted(expected)[:5]}...")
-            self.results.add(GREP, m.tool, s)
+            s = self.grep_mount(GREP, m, root, expected, self.limit(m.tool))
             parts.append(f"{log_short(m.tool)} {s['seconds']:.2f}s")
 
         self.fresh(GREP, CIARTFS, GREP_BUILD, body)
         if self.tools["curl"] and self.tools["xargs"]:
             def recipe() -> float:
-                d = self.tmp / "recipe"
-                shutil.rmtree(d, ignore_errors=True)
-                d.mkdir()
-                try:
+                with self.scratch("recipe") as d:
                     # the recipe of https://circleci.com/docs/artifacts/ ("download all artifacts for a
                     # build"), with curl through xargs -P4 (50 URLs per curl: each reuses its connection)
                     script = (f"curl -sf -H 'Accept: application/json' {shlex.quote(self.api(f'{GREP_BUILD}/artifacts'))}"
@@ -654,8 +697,6 @@ class Bench:
                     files = len(os.listdir(d))
                     if found != want or files != self.args.grep_files:
                         raise Failed(f"recipe downloaded {files} files and found {sorted(found)[:5]}")
-                finally:
-                    shutil.rmtree(d, ignore_errors=True)
                 return t
 
             self.baseline(GREP, RECIPE, recipe, parts)
@@ -740,15 +781,10 @@ class Bench:
         on_fuse(CIARTFS)
         if self.tools["curl"]:
             def recipe() -> float:
-                d = self.tmp / "unzip"
-                shutil.rmtree(d, ignore_errors=True)
-                d.mkdir()
-                try:
+                with self.scratch("unzip") as d:
                     url = shlex.quote(self.artifact_url(ZIP_BUILD, ZIP_PATH))
                     t, text = self.timed(f"curl -sfL -o packages.zip {url}\nunzip -l packages.zip", cwd=d)
                     check_unzip_listing(text, expected)
-                finally:
-                    shutil.rmtree(d, ignore_errors=True)
                 return t
 
             self.baseline(UNZIP, UNZIP_BASE, recipe, parts)
@@ -878,6 +914,82 @@ class Bench:
                          lambda root: ["bash", "-c", f"cd {shlex.quote(str(root))} && grep -rl {shlex.quote(needle)} ."],
                          check, f"grep -rl {shlex.quote(needle)} .")
 
+    def tc_group(self) -> None:
+        """`ls` of a 5k-task Taskcluster group, then `grep -rl` over it, each on a fresh mount;
+        baselines: the API with curl (names), the queue recipe (everything downloaded)."""
+        self.set_profile("relay")
+        expected: set[str] = self.data["tc_needles"]
+        task_ids: list[str] = self.data["tc_task_ids"]
+        queue = f"{self.api_url}/api/queue/v1"
+        parts: list[str] = []
+
+        def group_dir(m: FuseMount) -> Path:
+            return m.path / "taskcluster" / "group" / TC_GROUP_ID
+
+        def ls(m: FuseMount, root: Path) -> None:
+            out: list[str] = []
+
+            def run() -> float:
+                t, text = self.timed(["ls", str(root)], mount=m)
+                out.append(text)
+                return t
+
+            s = self.measure(TC_LS, m.tool, m, run)
+            listed = set(out[0].split())
+            if not set(task_ids) <= listed:  # (and a link per task name)
+                raise Failed(f"ls listed {len(listed)} names, not every one of the {len(task_ids)} tasks")
+            self.results.add(TC_LS, m.tool, s)
+            parts.append(f"ls {s['seconds']:.2f}s (api {s['api']}, storage {s['storage']})")
+
+        def grep(m: FuseMount, root: Path) -> None:
+            # (before the walk-ahead, a task took ~90 ms at 20 ms latency: 7.5 minutes for 5k)
+            s = self.grep_mount(TC_GREP, m, root, expected, max(self.args.cmd_timeout, 900))
+            parts.append(f"grep {s['seconds']:.2f}s (api {s['api']}, storage {s['storage']})")
+
+        self.fresh(TC_LS, CIARTFS, 0, ls, where=group_dir, taskcluster=True)
+        self.fresh(TC_GREP, CIARTFS, 0, grep, where=group_dir, taskcluster=True)
+        if not (self.tools["curl"] and self.tools["jq"] and self.tools["xargs"]):
+            log("  tc-group: " + ", ".join(parts))
+            return
+        # the group's task ids (and each one's latest run), page by page
+        list_tasks = (f"tok=\nwhile :; do\n"
+                      f"  page=$(curl -sf {shlex.quote(queue)}/task-group/{TC_GROUP_ID}/list${{tok:+?continuationToken=$tok}})\n"
+                      "  jq -r '.tasks[] | \"\\(.status.taskId) \\(.status.runs | last | .runId)\"' <<<\"$page\"\n"
+                      "  tok=$(jq -r '.continuationToken // empty' <<<\"$page\")\n"
+                      "  [ -n \"$tok\" ] || break\n"
+                      "done")
+
+        def names() -> float:
+            t, text = self.timed(list_tasks)
+            if [line.split()[0] for line in text.splitlines()] != task_ids:
+                raise Failed(f"listed {len(text.splitlines())} tasks, expected {len(task_ids)}")
+            return t
+
+        self.baseline(TC_LS, TC_LS_BASE, names, parts)
+
+        def recipe() -> float:
+            with self.scratch("tc-recipe") as d:
+                # each task's artifact list (one page: these tasks have fewer than 1000), then
+                # every artifact (the queue redirects to storage), 8 curls at once, each reusing its
+                # connection for 50 URLs; then grep locally
+                script = (f"{list_tasks} > tasks\n"
+                          f"awk '{{print \"{queue}/task/\" $1 \"/runs/\" $2 \"/artifacts\"; print \"-o\"; "
+                          "print \"lists/\" $1 \".\" $2 \".json\"}' tasks | xargs -P8 -n 150 curl -sf --create-dirs\n"
+                          f"jq -r --arg q {shlex.quote(queue)} 'input_filename as $f | ($f | ltrimstr(\"lists/\") "
+                          "| rtrimstr(\".json\") | split(\".\")) as [$t, $r] | .artifacts[] "
+                          "| \"\\($q)/task/\\($t)/runs/\\($r)/artifacts/\\(.name)\", \"-o\", \"files/\\($t)/\\($r)/\\(.name)\"' "
+                          "lists/*.json | xargs -P8 -n 150 curl -sfL --create-dirs\n"
+                          f"cd files && grep -rl {NEEDLE} . || true")
+                t, text = self.timed(script, cwd=d)
+                found = {line.removeprefix("./") for line in text.split("\n") if line}
+                files = sum(len(f) for _, _, f in os.walk(d / "files"))
+                if found != expected or files != len(task_ids):
+                    raise Failed(f"recipe downloaded {files} files and found {len(found)}: {sorted(found)[:3]}")
+            return t
+
+        self.baseline(TC_GREP, TC_RECIPE, recipe, parts)
+        log("  tc-group: " + ", ".join(parts))
+
     def link_check(self) -> dict[str, Any]:
         """Show the link: what the uncapped path and the proxy can carry, and that the cap
         and the latency are what they claim."""
@@ -949,7 +1061,9 @@ class Bench:
                     ("unzip", UNZIP, None, (CIARTFS, UNZIP_BASE, *peers)),
                     ("gh-read", GH_READ, None, (CIARTFS, GH_BASE)),
                     ("gh-ls", GH_LS, None, (CIARTFS, GH_BASE)),
-                    ("gh-grep", GH_GREP, None, (CIARTFS, GH_BASE)))
+                    ("gh-grep", GH_GREP, None, (CIARTFS, GH_BASE)),
+                    ("tc-group", TC_LS, None, (CIARTFS, TC_LS_BASE)),
+                    ("tc-group", TC_GREP, None, (CIARTFS, TC_RECIPE)))
         for key, scenario, nbytes, tools in declared:
             if key in only:
                 self.results.scenario(scenario, nbytes=nbytes, tools=tools)
@@ -984,6 +1098,8 @@ class Bench:
                 self.gh_ls()
             if "gh-grep" in only:
                 self.gh_grep()
+            if "tc-group" in only:
+                self.tc_group()
 
     def cleanup(self) -> None:
         """Stop everything this run started, by pid. Bounded (each stop has a timeout), and not
@@ -1023,6 +1139,8 @@ class Bench:
 
 
 
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller files, fewer runs, shorter peer timeout (about 3 minutes)")
@@ -1044,7 +1162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "includes the warm re-read)")
     p.add_argument("--gh-large-mib", type=int, default=500,
                    help="size of the GitHub artifact one member of which is read (default 500)")
+    p.add_argument("--tc-tasks", type=int, help="tasks in the Taskcluster group (default 5000, --quick 1000)")
     args = p.parse_args(argv)
+    args.tc_tasks = args.tc_tasks or (1000 if args.quick else 5000)
     args.runs = args.runs or (2 if args.quick else 5)
     args.size_mib = args.size_mib or (64 if args.quick else 512)
     args.zip_mib = args.zip_mib or (32 if args.quick else 200)

@@ -5,7 +5,8 @@ through a FUSE mount.
     python fakeci.py MANIFEST.json [LARGE_MIB [TLS_PEM]]
 
 The manifest names one project and its builds: {"project": [vcs, user, repo], "builds":
-[{"num": N, "stop_time": ISO, "artifacts": [[path, local_file], ...]}]}. It also serves the
+[{"num": N, "stop_time": ISO, "artifacts": [[path, local_file], ...]}], "tc_groups": [{"group_id":
+ID, "tasks": N, "files": [name, ...], "needle": TEXT}]} (Taskcluster groups made on the fly). It also serves the
 GitHub Actions data of benchlib/ghdata.py (its `large` artifact LARGE_MIB MiB, default 500):
 one repository, one completed run per artifact, the zips made on the fly by the fake's blob
 host (Azure-like: it refuses a request carrying Authorization with 403, and ignores suffix
@@ -112,6 +113,9 @@ def main(manifest_path: str, large_mib: int, tls_pem: str | None = None) -> None
             link.unlink(missing_ok=True)
             link.symlink_to(Path(local).resolve())
     github = add_github(fake, large_mib)
+    for group in manifest.get("tc_groups", []):
+        fake.queue.add_generated_group(group["group_id"], group["tasks"], files=tuple(group["files"]),
+                                       needle=group["needle"].encode())
     fake.start()
     ready = {"api": fake.own_url("api"), "storage": fake.own_url("storage"), "blob": fake.own_url("blob"),
              "blob_root": str(blob_root), "github": github}
