@@ -128,6 +128,12 @@ class ArtifactFS(pyfuse3.Operations):
         self._dirs: dict[int, list[Node]] = {}
         self._files: dict[int, _OpenFile] = {}
         self.errors: collections.Counter[str] = collections.Counter()  # errno name -> count, for status
+        self.initialized = trio.Event()  # the kernel has our INIT reply (see `init`)
+
+    def init(self) -> None:
+        # pyfuse3 calls this while answering the kernel's INIT, which is sent as soon as this
+        # returns: what must come after the kernel has it (kernel_readahead.py) waits for this
+        self.initialized.set()
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
@@ -244,6 +250,7 @@ class ArtifactFS(pyfuse3.Operations):
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        self.reader.stats.reads += 1
         if handle.live is not None:
             return await self._read_live(handle.live, off, size)
         node = handle.node

@@ -22,7 +22,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from ciartfs import status
+from ciartfs import kernel_readahead, status
 from ciartfs.config import Settings
 from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.data.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader
@@ -101,10 +101,17 @@ class Mount:
 
     def start(self, nursery: trio.Nursery) -> None:
         """The mount's background work: disk write-behind, size probes that outlast a listing's
-        wait, closing idle connections. It ends when `nursery` is cancelled; then `aclose`."""
+        wait, closing idle connections, raising the kernel's read-ahead once it is mounted. It
+        ends when `nursery` is cancelled; then `aclose`."""
         self.reader.start(nursery)
         self.tree.start(nursery)
         nursery.start_soon(self.http.close_idle_forever)
+        nursery.start_soon(self._raise_kernel_readahead)
+
+    async def _raise_kernel_readahead(self) -> None:
+        await self.ops.initialized.wait()
+        if self.mountpoint:
+            await trio.to_thread.run_sync(kernel_readahead.raise_readahead, self.mountpoint)
 
     async def aclose(self) -> None:
         """How a mount ends, also when cancelled: queued disk writes done (what was read stays

@@ -2,6 +2,7 @@
 """Benchmark ciartfs against the tools people use instead (issue "Speed").
 
     .venv/bin/python scripts/bench.py [--quick] [--runs N] [--size-mib N] [--no-peers] [--json PATH]
+                                      [--only SCENARIO[,...]]
 
 Self-contained and local: it generates seeded data in a temp dir, serves it with the bundled
 fake CircleCI (in its own process, scripts/benchlib/fakeci.py) and, for the FUSE peers, as plain
@@ -24,7 +25,12 @@ Scenarios (every FUSE tool: a fresh mount with an empty cache dir per run, so ev
   cold read, uncapped   `cat` of a large file (default 512 MiB); the servers directly, no proxy.
                         Baselines: curl (one stream), aria2c -x8 -s8 (parallel ranges).
   cold read, capped     the same through the proxy: 25 MiB/s per connection, 20 ms.
-  warm re-read          a second `cat` through the same mount. Limit: `cat` of a local copy.
+  cold read, HTTPS      uncapped, from the fake's storage host over HTTPS (a local CA made
+                        with trustme, trusted by ciartfs through SSL_CERT_FILE and by curl
+                        through --cacert). Baseline: curl.
+  warm re-read          a second `cat` through the same mount, ciartfs with its default
+                        settings (memory cache 256M): the page cache serves it. Limit: `cat`
+                        of a local copy.
   grep -rl              over a build of 2000 small files (1-20 KiB), 20 ms latency.
                         Baseline: the CircleCI docs recipe (list the artifact URLs from the
                         API, download with xargs -P4 curl, grep locally).
@@ -32,9 +38,29 @@ Scenarios (every FUSE tool: a fresh mount with an empty cache dir per run, so ev
                         Baseline: listing the names from the API with curl.
   unzip -l              a zip of 2000 stored members (default 200 MiB), capped link: time
                         and the bytes the servers sent. Baseline: curl the zip, then unzip -l.
-  --memory              issue 17's memory targets after the rest (scripts/bench_flat.py):
-                        RSS per listed artifact at 100k, what drop_caches gives back, a
-                        re-list after forget against a warm one, a 500-build browse.
+  tc-group              a Taskcluster task group of 5000 tasks (--tc-tasks), each with one log
+                        of 1-8 KiB, made by the fake as asked for (never stored), 20 ms latency
+                        through proxy.py (nginx's static storage does not hold them):
+                        `ls` of the group (baseline: the task ids from the API with curl), and
+                        `grep -rl` over it (baseline: list the tasks from the API, each task's
+                        artifacts, download them with xargs -P8 curl, grep locally). ciartfs only.
+GitHub Actions (issue 18), capped link, ciartfs only (no peer reads zip members); the fake's
+GitHub API and its Azure-like blob host, which refuses Authorization (403) and ignores suffix
+ranges; the artifacts' zips are made on the fly by the fake (benchlib/ghdata.py), never stored.
+Baseline: the `gh run download` way, timed whole: `curl -L` the zip from the API's /zip URL with
+the token (curl drops it on the redirect to the blob host), `unzip` it all, then the tool. The
+blob host's answers are counted from mounting to unmounting (read-ahead still running counts):
+  gh-read               `sha256sum` of one 1 MiB member of a 500 MiB artifact (500 stored
+                        members): time, and the bytes the blob host delivered (<= 1.5 MiB plus
+                        the central directory).
+  gh-ls                 `ls -R` of a 10,000-member artifact: the blob host's requests after the
+                        central directory and end records were all delivered (must be 0).
+  gh-grep               `grep -rl` over all 2000 deflated members (~200 MiB decoded, 38 MiB
+                        stored) for a string only one of them holds (every other is read whole).
+`--only` runs some scenarios alone (cold-uncapped includes the warm re-read).
+`--memory` also measures issue 17's memory targets after the rest (scripts/bench_flat.py): RSS
+per listed artifact at 100k, what drop_caches gives back, a re-list after forget against a
+warm one, a 500-build browse.
 FUSE peers, in every scenario: rclone mount (--vfs-cache-mode full) and httpdirfs (--cache),
 on the files host. A peer's command gets --peer-timeout seconds (default 90): a timeout is
 reported as "> N s" and that scenario is not run again for that peer.
@@ -47,6 +73,7 @@ nothing): fuse3 (needed), curl, aria2, jq, unzip, rclone, httpdirfs, nginx and l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -57,7 +84,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,20 +102,41 @@ except ImportError:
     sys.exit("bench: ciartfs is not importable; run ./scripts/setup.sh, then .venv/bin/python scripts/bench.py")
 
 # scripts/benchlib/: the helper package (scripts/ is on sys.path when this file runs)
+from benchlib import ghdata  # noqa: E402
 from benchlib.common import Failed, MiB, TimedOut, log, nginx_shaper_available, proc_tree_cpu  # noqa: E402
-from benchlib.data import BIG_BUILD, BIG_PATH, GREP_BUILD, LS_BUILD, NEEDLE, PROJECT, ZIP_BUILD, ZIP_PATH, generate  # noqa: E402
+from benchlib.data import (  # noqa: E402
+    BIG_BUILD,
+    BIG_PATH,
+    GREP_BUILD,
+    LS_BUILD,
+    NEEDLE,
+    PROJECT,
+    TC_GROUP_ID,
+    ZIP_BUILD,
+    ZIP_PATH,
+    generate,
+)
 from benchlib.mounts import PEERS, CiartfsMount, FuseMount, PeerMount  # noqa: E402
 from benchlib.report import (  # noqa: E402
     ARIA,
     CIARTFS,
     COLD_CAPPED,
+    COLD_HTTPS,
     COLD_UNCAPPED,
     CURL,
+    GH_BASE,
+    GH_GREP,
+    GH_LS,
+    GH_READ,
     GREP,
     LOCAL,
     LS,
     LS_BASE,
     RECIPE,
+    TC_GREP,
+    TC_LS,
+    TC_LS_BASE,
+    TC_RECIPE,
     UNZIP,
     UNZIP_BASE,
     WARM,
@@ -99,6 +147,8 @@ from benchlib.report import (  # noqa: E402
 )
 
 PY = sys.executable
+# --only's names, in run order
+SCENARIOS = ("cold-uncapped", "cold-capped", "cold-https", "grep", "ls", "unzip", "gh-read", "gh-ls", "gh-grep", "tc-group")
 
 
 def log_short(tool: str) -> str:
@@ -210,6 +260,32 @@ def check_unzip_listing(text: str, expected: dict[str, int]) -> None:
         raise Failed(f"unzip -l listed {len(listed)} members, expected {len(expected)}; wrong or missing: {wrong}")
 
 
+def requests_after_index(blob_log: list[list[Any]], cd_offset: int, size: int) -> int:
+    """How many of the blob host's answers (in arrival order: [Range, status, bytes sent]) came
+    after the archive's central directory and end records, [cd_offset, size), had all been
+    delivered by 206 answers (a 200 to an ignored suffix range is cut short: it counts as
+    delivering nothing). Counted from the start when they never were."""
+    have: list[tuple[int, int]] = []
+    for i, (rng, status, _sent) in enumerate(blob_log):
+        if covered(have, cd_offset, size):
+            return len(blob_log) - i
+        if status == 206 and rng.startswith("bytes=") and not rng.startswith("bytes=-"):
+            lo, _, hi = rng[6:].partition("-")
+            have.append((int(lo), int(hi) + 1 if hi else size))
+    return 0 if covered(have, cd_offset, size) else len(blob_log)
+
+
+def covered(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    """[lo, hi) lies within the union of `ranges` ([start, end) pairs)."""
+    for start, end in sorted(ranges):
+        if start > lo:
+            return False
+        lo = max(lo, end)
+        if lo >= hi:
+            return True
+    return lo >= hi
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 
 class Bench:
@@ -227,7 +303,8 @@ class Bench:
         self.peers: list[type[PeerMount]] = [] if args.no_peers else [p for p in PEERS if p.available()]
         self.timed_out: set[tuple[str, str]] = set()  # (scenario, peer) not to run again
         # every FUSE process: no user config, no CI credentials from our environment
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_", "TASKCLUSTER_", "RCLONE_"))}
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("CIRCLE", "CIARTFS_", "TASKCLUSTER_", "RCLONE_", "GH_", "GITHUB_"))}
         self.env["XDG_CONFIG_HOME"] = str(self.tmp / "xdg-config")
         self.env["XDG_CACHE_HOME"] = str(self.tmp / "xdg-cache")
         self.profile = ""
@@ -240,25 +317,33 @@ class Bench:
         a = self.args
         t = time.monotonic()
         (self.tmp / "data").mkdir()
-        self.data = generate(self.tmp / "data", a.size_mib, a.grep_files, a.ls_files, a.zip_members, a.zip_mib)
+        self.data = generate(self.tmp / "data", a.size_mib, a.grep_files, a.ls_files, a.zip_members, a.zip_mib, a.tc_tasks)
         log(f"data: {a.size_mib} MiB file, {a.grep_files} + {a.ls_files} small files, a {a.zip_mib} MiB zip of "
-            f"{a.zip_members} members in {self.tmp}/data ({time.monotonic() - t:.1f}s)")
+            f"{a.zip_members} members in {self.tmp}/data, a {a.tc_tasks}-task group made on the fly "
+            f"({time.monotonic() - t:.1f}s)")
         manifest = str(self.tmp / "data" / "manifest.json")
+        tls_pem = self.make_certificate()
         # each server in its own process: the benchmark process never serves HTTP while it reads
         # through a FUSE mount, and the servers do not share a GIL
-        self.fake = Helper("fake server", [PY, "-u", str(HELPERS / "fakeci.py"), manifest], self.tmp / "logs" / "fakeci.log")
+        self.fake = Helper("fake server", [PY, "-u", str(HELPERS / "fakeci.py"), manifest, str(a.gh_large_mib), tls_pem],
+                           self.tmp / "logs" / "fakeci.log")
         self.helpers.append(self.fake)
+        self.gh: dict[str, Any] = self.fake.ready["github"]  # the GitHub data's owner, repo, token, ids
+        self.env["GH_TOKEN"] = self.gh["token"]
+        self.gh_expected = ghdata.expected(ghdata.archives(large_mib=a.gh_large_mib))
         self.files = Helper("files host", [PY, "-u", str(HELPERS / "files.py"), manifest], self.tmp / "logs" / "files.log")
         self.helpers.append(self.files)
         self.direct = {**self.fake.ready, **self.files.ready}
-        upstreams = [f"api={self.direct['api']}", f"storage={self.direct['storage']}", f"files={self.direct['files']}"]
+        upstreams = [f"api={self.direct['api']}", f"storage={self.direct['storage']}", f"files={self.direct['files']}",
+                     f"blob={self.direct['blob']}"]
         self.capped_proxy = Helper("proxy", [PY, "-u", str(HELPERS / "proxy.py"), *upstreams], self.tmp / "logs" / "proxy.log")
         self.helpers.append(self.capped_proxy)
         self.latency_proxy = self.capped_proxy
         why = "is not installed (apt-get install nginx libnginx-mod-http-echo)"
         if nginx_shaper_available():
             # nginx serves the artifact bytes itself (the fake's blobs, by the presigned URL's path)
-            static = [f"storage=dir:{self.fake.ready['blob_root']}" if u.startswith("storage=") else u for u in upstreams]
+            static = [f"storage=dir:{self.fake.ready['blob_root']}" if u.startswith("storage=") else u
+                      for u in upstreams if not u.startswith("blob=")]  # (GitHub's scenarios are capped: proxy.py)
             try:
                 self.latency_proxy = Helper("nginx", [PY, "-u", str(HELPERS / "nginx.py"), *static],
                                             self.tmp / "logs" / "nginx.log")
@@ -270,23 +355,46 @@ class Bench:
                 "whose CPU competes with the filesystem's on 2 cores")
         self.proxy = self.capped_proxy  # the one in use (set_profile)
 
+    def make_certificate(self) -> str:
+        """A local CA (trustme) and the fake storage host's certificate for 127.0.0.1: the CA
+        goes to every FUSE process (SSL_CERT_FILE, which httpx and so ciartfs honour) and to
+        curl (--cacert); returns the server's chain and key, one PEM file."""
+        import trustme  # a test dependency (pyproject's [test]); ./scripts/setup.sh installs it
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        self.ca_pem = self.tmp / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_pem))
+        server_pem = self.tmp / "storage-tls.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+        self.env["SSL_CERT_FILE"] = str(self.ca_pem)
+        return str(server_pem)
+
     def set_profile(self, name: str) -> None:
-        """uncapped: straight to the servers; capped: proxy with rate cap and latency; latency:
-        proxy with latency only. Sets self.api_url and self.files_url (what to mount / ask)."""
+        """uncapped: straight to the servers; https: the same, storage over HTTPS; capped: proxy
+        with rate cap and latency; latency: proxy with latency only (nginx when installed); relay:
+        proxy.py with latency only (the storage of made-on-the-fly artifacts, which nginx's static
+        files do not hold). Sets self.api_url and self.files_url (what to mount / ask)."""
         if name == self.profile:
             return
         a = self.args
-        if name == "uncapped":
-            self.fake.ask({"publish": {"api": None, "storage": None}})
+        if name in ("uncapped", "https"):
+            storage = self.direct["storage_tls"] if name == "https" else None
+            self.fake.ask({"publish": {"api": None, "storage": storage, "blob": None}})
             self.api_url, self.files_url = self.direct["api"], self.direct["files"]
         else:
-            self.proxy = self.capped_proxy if name == "capped" else self.latency_proxy
+            self.proxy = self.latency_proxy if name == "latency" else self.capped_proxy
             rate = a.rate_mib * MiB if name == "capped" else 0
             self.proxy.ask({"rate": rate, "latency": a.latency_ms / 1000})
-            proxied = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
-            self.fake.ask({"publish": {"api": proxied["api"], "storage": proxied["storage"]}})
-            self.api_url, self.files_url = proxied["api"], proxied["files"]
+            via = {k: f"http://127.0.0.1:{port}" for k, port in self.proxy.ready.items()}
+            self.fake.ask({"publish": {"api": via["api"], "storage": via["storage"], "blob": via.get("blob")}})
+            self.api_url, self.files_url = via["api"], via["files"]
         self.profile = name
+
+    @property
+    def proxied(self) -> bool:
+        """The servers are reached through the proxy (which counts bytes and connections)."""
+        return self.profile not in ("uncapped", "https")
 
     def api(self, path: str) -> str:
         return f"{self.api_url}/api/v1.1/project/{'/'.join(PROJECT)}/{path}"
@@ -369,11 +477,16 @@ class Bench:
     def limit(self, tool: str) -> float:
         return self.args.cmd_timeout if tool == CIARTFS else self.args.peer_timeout
 
-    def mount(self, tool: str, build: int) -> FuseMount:
-        """A fresh mount (empty cache dir) of `tool`; peers mount `build`'s directory only."""
+    def mount(self, tool: str, build: int, *, taskcluster: bool = False) -> FuseMount:
+        """A fresh mount (empty cache dir) of `tool`; peers mount `build`'s directory only.
+        `taskcluster`: ciartfs also shows the fake's Taskcluster queue."""
         a = self.args
         if tool == CIARTFS:
-            options = ["--timeout", str(a.timeout), "--memory-cache", a.memory_cache]
+            options = ["--timeout", str(a.timeout), "--github-api-url", self.api_url]
+            if a.memory_cache:
+                options += ["--memory-cache", a.memory_cache]
+            if taskcluster:
+                options += ["--taskcluster-root-url", self.api_url]
             if a.block_size:
                 options += ["--block-size", a.block_size]
             return CiartfsMount(self.tmp, self.mounts, self.env, python=PY, api_url=self.api_url, options=options,
@@ -386,7 +499,7 @@ class Bench:
         """Time one command on a FUSE mount, with the filesystem's CPU and peak RSS, the requests
         that reached the servers and the bytes the proxy delivered. The caller adds the sample
         once it has checked the output (untimed). A peer's timeout is recorded here, as a result."""
-        self.fake.ask({"stats": True})  # clears the request counters
+        before = json.loads(self.fake.ask({"stats": True}))  # clears the request counters
         self.files.ask({"stats": True})
         proxy0 = self.proxy_stats()
         servers0 = self.snapshot()
@@ -408,15 +521,16 @@ class Bench:
                         server_cpu={k: round(servers1[k] - servers0[k], 2) for k in servers0})
         if tool == CIARTFS:
             storage = fake.get("storage", 0)
-            if self.profile != "uncapped":  # nginx may serve storage itself: count at the proxy
+            if self.proxied:  # nginx may serve storage itself: count at the proxy
                 storage = proxy1["storage"]["requests"] - proxy0["storage"]["requests"]
             sample.update(api=fake.get("api", 0), storage=storage)
         else:
             sample.update(head=files["HEAD"], get=files["GET"])
-        if self.profile != "uncapped":  # through the proxy: it counts connections and bytes
+        if self.proxied:  # through the proxy: it counts connections and bytes
             for host in ("api", "storage", "files"):
                 sample[f"{host}_conns"] = proxy1[host]["connections"] - proxy0[host]["connections"]
             sample["sent_mib"] = sum(proxy1[h]["bytes"] - proxy0[h]["bytes"] for h in proxy1) / MiB
+        sample["blob_log"] = before["blob_log"] + fake["blob_log"]  # (GitHub's blob host: since the mount)
         sample.update(extra or {})
         return sample
 
@@ -429,16 +543,19 @@ class Bench:
             self.results.failures.append(msg)
             return None
 
-    def fresh(self, scenario: str, tool: str, build: int, body: Callable[[FuseMount, Path], None]) -> None:
+    def fresh(self, scenario: str, tool: str, build: int, body: Callable[[FuseMount, Path], None], *,
+              where: Callable[[FuseMount], Path] | None = None, taskcluster: bool = False) -> None:
         """Run `body(mount, build's directory)` on a fresh, cold mount of `tool`, then stop the
-        mount. A failure is recorded as one; a peer's timeout as a result (by measure())."""
+        mount. A failure is recorded as one; a peer's timeout as a result (by measure()).
+        `where`: the directory to give instead of the build's; `taskcluster`: ciartfs also shows
+        the fake's Taskcluster queue."""
         if (scenario, tool) in self.timed_out:
             return
 
         def go() -> None:
-            m = self.mount(tool, build)
+            m = self.mount(tool, build, taskcluster=taskcluster)
             try:
-                body(m, m.root(build))
+                body(m, where(m) if where else m.root(build))
             except TimedOut as e:
                 if not e.recorded:
                     raise
@@ -454,7 +571,7 @@ class Bench:
             b0 = self.proxy_bytes()
             seconds = fn()
             sample = Sample(seconds=seconds)
-            if self.profile != "uncapped":
+            if self.proxied:
                 sample["sent_mib"] = (self.proxy_bytes() - b0) / MiB
             self.results.add(scenario, tool, sample)
             parts.append(f"{log_short(tool)} {seconds:.3f}s")
@@ -490,17 +607,19 @@ class Bench:
                 parts.append(f"warm {hot['seconds']:.3f}s")
 
         self.fresh(scenario, CIARTFS, BIG_BUILD, body)
+        https = profile == "https"
         if self.tools["curl"]:
             url = self.storage_url(BIG_BUILD, BIG_PATH)
+            trust = ["--cacert", str(self.ca_pem)] if https else []
 
             def curl() -> float:
-                t, out = self.timed(["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url])
+                t, out = self.timed(["curl", "-sf", *trust, "-o", "/dev/null", "-w", "%{size_download}", url])
                 if int(out) != size:  # to /dev/null (its own speed): the byte count is the check
                     raise Failed(f"curl fetched {out} bytes, expected {size}")
                 return t
 
             self.baseline(scenario, CURL, curl, parts)
-            if self.tools["aria2c"]:
+            if self.tools["aria2c"] and not https:
                 def aria() -> float:
                     d = self.tmp / "aria2"
                     shutil.rmtree(d, ignore_errors=True)
@@ -516,7 +635,7 @@ class Bench:
                     return t
 
                 self.baseline(scenario, ARIA, aria, parts)
-        for peer in self.peers:
+        for peer in [] if https else self.peers:  # (they mount the plain files host)
             self.fresh(scenario, peer.tool, BIG_BUILD, body)
         if warm:
             def local() -> float:
@@ -527,33 +646,48 @@ class Bench:
             self.baseline(WARM, LOCAL, local, parts)
         log(f"  {scenario}: " + ", ".join(parts))
 
+    @contextlib.contextmanager
+    def scratch(self, name: str) -> Iterator[Path]:
+        """An empty directory for a baseline's downloads, removed afterwards."""
+        d = self.tmp / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def grep_mount(self, scenario: str, m: FuseMount, root: Path, expected: set[str], timeout: float) -> Sample:
+        """Time `grep -rl NEEDLE root` on a mount, check that it found `expected` (paths relative
+        to `root`) and nothing else, and record the sample."""
+        out: list[str] = []
+
+        def run() -> float:
+            t, text = self.timed(["grep", "-rl", NEEDLE, str(root)], mount=m, timeout=timeout)
+            out.append(text)
+            return t
+
+        s = self.measure(scenario, m.tool, m, run)
+        found = {os.path.relpath(line, root) for line in out[0].split("\n") if line}
+        if found != expected:
+            raise Failed(f"grep -rl found {len(found)} files {sorted(found)[:3]}..., expected {len(expected)}: "
+                         f"{sorted(expected)[:3]}...")
+        self.results.add(scenario, m.tool, s)
+        return s
+
     def grep(self) -> None:
         self.set_profile("latency")
         expected = set(self.data["needles"])
         parts: list[str] = []
 
         def body(m: FuseMount, root: Path) -> None:
-            out: list[str] = []
-
-            def run() -> float:
-                t, text = self.timed(["grep", "-rl", NEEDLE, str(root)], mount=m, timeout=self.limit(m.tool))
-                out.append(text)
-                return t
-
-            s = self.measure(GREP, m.tool, m, run)
-            found = {os.path.relpath(line, root) for line in out[0].split("\n") if line}
-            if found != expected:
-                raise Failed(f"grep -rl found {sorted(found)[:5]}..., expected {sorted(expected)[:5]}...")
-            self.results.add(GREP, m.tool, s)
+            s = self.grep_mount(GREP, m, root, expected, self.limit(m.tool))
             parts.append(f"{log_short(m.tool)} {s['seconds']:.2f}s")
 
         self.fresh(GREP, CIARTFS, GREP_BUILD, body)
         if self.tools["curl"] and self.tools["xargs"]:
             def recipe() -> float:
-                d = self.tmp / "recipe"
-                shutil.rmtree(d, ignore_errors=True)
-                d.mkdir()
-                try:
+                with self.scratch("recipe") as d:
                     # the recipe of https://circleci.com/docs/artifacts/ ("download all artifacts for a
                     # build"), with curl through xargs -P4 (50 URLs per curl: each reuses its connection)
                     script = (f"curl -sf -H 'Accept: application/json' {shlex.quote(self.api(f'{GREP_BUILD}/artifacts'))}"
@@ -566,8 +700,6 @@ class Bench:
                     files = len(os.listdir(d))
                     if found != want or files != self.args.grep_files:
                         raise Failed(f"recipe downloaded {files} files and found {sorted(found)[:5]}")
-                finally:
-                    shutil.rmtree(d, ignore_errors=True)
                 return t
 
             self.baseline(GREP, RECIPE, recipe, parts)
@@ -652,21 +784,214 @@ class Bench:
         on_fuse(CIARTFS)
         if self.tools["curl"]:
             def recipe() -> float:
-                d = self.tmp / "unzip"
-                shutil.rmtree(d, ignore_errors=True)
-                d.mkdir()
-                try:
+                with self.scratch("unzip") as d:
                     url = shlex.quote(self.artifact_url(ZIP_BUILD, ZIP_PATH))
                     t, text = self.timed(f"curl -sfL -o packages.zip {url}\nunzip -l packages.zip", cwd=d)
                     check_unzip_listing(text, expected)
-                finally:
-                    shutil.rmtree(d, ignore_errors=True)
                 return t
 
             self.baseline(UNZIP, UNZIP_BASE, recipe, parts)
         for peer in self.peers:
             on_fuse(peer.tool)
         log(f"  {UNZIP}: " + ", ".join(parts))
+
+    # -- GitHub Actions (issue 18): each against the `gh run download` way ---------------------
+
+    def gh_run_dir(self, name: str) -> Callable[[FuseMount], Path]:
+        """The directory of artifact `name` (benchlib/ghdata.py) in a mount."""
+        g = self.gh
+        return lambda m: m.path / "actions" / g["owner"] / g["repo"] / str(g["runs"][name]) / name
+
+    def gh_download(self, name: str, then: str, check: Callable[[str], None]) -> Callable[[], float]:
+        """`gh run download`'s way, timed whole: curl -L the zip from the API with the token
+        (curl drops the Authorization header on the redirect to the blob host, which would
+        refuse it), unzip it all, then `then` (a shell command run in the unzipped directory)."""
+        g = self.gh
+
+        def run() -> float:
+            d = self.tmp / "gh-download"
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            try:
+                url = f"{self.api_url}/repos/{g['owner']}/{g['repo']}/actions/artifacts/{g['artifacts'][name]}/zip"
+                script = (f"curl -sfL -H {shlex.quote('Authorization: Bearer ' + g['token'])} "
+                          "-H 'Accept: application/vnd.github+json' -H 'X-GitHub-Api-Version: 2022-11-28' "
+                          f"-o artifact.zip {shlex.quote(url)}\n"
+                          "unzip -q artifact.zip -d out\n"
+                          f"cd out\n{then}")
+                t, text = self.timed(script, cwd=d)
+                check(text)
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+            return t
+
+        return run
+
+    def gh_scenario(self, scenario: str, name: str, command: Callable[[Path], list[str]], check: Callable[[str], None],
+                    then: str) -> None:
+        """One ciartfs run of `command(artifact dir)` on a fresh mount, then the baseline. The
+        blob host's answers (requests, ranges, bytes) are counted from before mounting to after
+        unmounting, so that read-ahead still running after the command counts too."""
+        self.set_profile("capped")
+        done: list[Sample] = []
+        parts: list[str] = []
+
+        def body(m: FuseMount, root: Path) -> None:
+            out: list[str] = []
+
+            def run() -> float:
+                t, text = self.timed(command(root), mount=m, timeout=self.limit(m.tool))
+                out.append(text)
+                return t
+
+            s = self.measure(scenario, m.tool, m, run)
+            check(out[0])
+            done.append(s)
+
+        self.fake.ask({"stats": True})  # (clears the fake's request log)
+        blob0 = self.proxy_stats()["blob"]["bytes"]
+        self.fresh(scenario, CIARTFS, 0, body, where=self.gh_run_dir(name))
+        if done:  # the mount is stopped now
+            sample = done[0]
+            late = json.loads(self.fake.ask({"stats": True}))
+            blob_log = sample["blob_log"] = sample["blob_log"] + late["blob_log"]
+            cd = self.gh_expected["central_offset"][name]
+            after = requests_after_index(blob_log, cd, self.gh_expected["archive_size"][name])
+            sample.update(blob_requests=len(blob_log), blob_requests_after_index=after,
+                          central_directory_mib=(self.gh_expected["archive_size"][name] - cd) / MiB,
+                          blob_sent_mib=(self.proxy_stats()["blob"]["bytes"] - blob0) / MiB,
+                          blob_server_sent_mib=sum(sent for _r, _s, sent in blob_log) / MiB)
+            self.results.add(scenario, CIARTFS, sample)
+            parts.append(f"ciartfs {sample['seconds']:.3f}s, blob: {sample['blob_requests']} requests "
+                         f"({after} after the central directory), {sample['blob_sent_mib']:.2f} MiB")
+        if self.tools["curl"] and self.tools["unzip"]:
+            self.baseline(scenario, GH_BASE, self.gh_download(name, then, check), parts)
+        log(f"  {scenario}: " + ", ".join(parts))
+
+    def gh_read(self) -> None:
+        """One 1 MiB member of the 500 MiB artifact: its SHA-256."""
+        e = self.gh_expected
+
+        def check(text: str) -> None:
+            if text.split()[:1] != [e["large_member_sha256"]]:
+                raise Failed(f"sha256sum printed {text.strip()[:100]!r}, expected {e['large_member_sha256']}")
+
+        member = e["large_member"]
+        self.gh_scenario(GH_READ, ghdata.LARGE, lambda root: ["sha256sum", str(root / member)], check,
+                         f"sha256sum {shlex.quote(member)}")
+
+    def gh_ls(self) -> None:
+        """`ls -R` of the 10k-member artifact: every member and directory listed, by name."""
+        files: dict[str, int] = self.gh_expected["many_files"]
+        want: set[str] = set()
+        for path in files:
+            parts = path.split("/")
+            want.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+
+        def check(text: str) -> None:
+            seen: set[str] = set()
+            here = None
+            for line in text.splitlines():
+                if line.endswith(":"):  # "./d000:" (both run `ls -R .` in the artifact's directory)
+                    here = "" if line == ".:" else line[:-1].removeprefix("./")
+                elif line and here is not None:
+                    seen.add(f"{here}/{line}" if here else line)
+            if seen != want:
+                wrong = sorted(seen ^ want)[:3]
+                raise Failed(f"ls -R listed {len(seen)} paths, expected {len(want)}; differing: {wrong}")
+
+        self.gh_scenario(GH_LS, ghdata.MANY, lambda root: ["bash", "-c", f"cd {shlex.quote(str(root))} && ls -R ."],
+                         check, "ls -R .")
+
+    def gh_grep(self) -> None:
+        """`grep -rl` over the 2000 deflated members: exactly the one holding the needle."""
+        e = self.gh_expected
+        needle = ghdata.needle()
+
+        def check(text: str) -> None:
+            found = [line.removeprefix("./") for line in text.splitlines() if line]
+            if found != [e["logs_match"]]:
+                raise Failed(f"grep -rl found {found[:3]}, expected [{e['logs_match']!r}]")
+
+        self.gh_scenario(GH_GREP, ghdata.LOGS,
+                         lambda root: ["bash", "-c", f"cd {shlex.quote(str(root))} && grep -rl {shlex.quote(needle)} ."],
+                         check, f"grep -rl {shlex.quote(needle)} .")
+
+    def tc_group(self) -> None:
+        """`ls` of a 5k-task Taskcluster group, then `grep -rl` over it, each on a fresh mount;
+        baselines: the API with curl (names), the queue recipe (everything downloaded)."""
+        self.set_profile("relay")
+        expected: set[str] = self.data["tc_needles"]
+        task_ids: list[str] = self.data["tc_task_ids"]
+        queue = f"{self.api_url}/api/queue/v1"
+        parts: list[str] = []
+
+        def group_dir(m: FuseMount) -> Path:
+            return m.path / "taskcluster" / "group" / TC_GROUP_ID
+
+        def ls(m: FuseMount, root: Path) -> None:
+            out: list[str] = []
+
+            def run() -> float:
+                t, text = self.timed(["ls", str(root)], mount=m)
+                out.append(text)
+                return t
+
+            s = self.measure(TC_LS, m.tool, m, run)
+            listed = set(out[0].split())
+            if not set(task_ids) <= listed:  # (and a link per task name)
+                raise Failed(f"ls listed {len(listed)} names, not every one of the {len(task_ids)} tasks")
+            self.results.add(TC_LS, m.tool, s)
+            parts.append(f"ls {s['seconds']:.2f}s (api {s['api']}, storage {s['storage']})")
+
+        def grep(m: FuseMount, root: Path) -> None:
+            # (before the walk-ahead, a task took ~90 ms at 20 ms latency: 7.5 minutes for 5k)
+            s = self.grep_mount(TC_GREP, m, root, expected, max(self.args.cmd_timeout, 900))
+            parts.append(f"grep {s['seconds']:.2f}s (api {s['api']}, storage {s['storage']})")
+
+        self.fresh(TC_LS, CIARTFS, 0, ls, where=group_dir, taskcluster=True)
+        self.fresh(TC_GREP, CIARTFS, 0, grep, where=group_dir, taskcluster=True)
+        if not (self.tools["curl"] and self.tools["jq"] and self.tools["xargs"]):
+            log("  tc-group: " + ", ".join(parts))
+            return
+        # the group's task ids (and each one's latest run), page by page
+        list_tasks = (f"tok=\nwhile :; do\n"
+                      f"  page=$(curl -sf {shlex.quote(queue)}/task-group/{TC_GROUP_ID}/list${{tok:+?continuationToken=$tok}})\n"
+                      "  jq -r '.tasks[] | \"\\(.status.taskId) \\(.status.runs | last | .runId)\"' <<<\"$page\"\n"
+                      "  tok=$(jq -r '.continuationToken // empty' <<<\"$page\")\n"
+                      "  [ -n \"$tok\" ] || break\n"
+                      "done")
+
+        def names() -> float:
+            t, text = self.timed(list_tasks)
+            if [line.split()[0] for line in text.splitlines()] != task_ids:
+                raise Failed(f"listed {len(text.splitlines())} tasks, expected {len(task_ids)}")
+            return t
+
+        self.baseline(TC_LS, TC_LS_BASE, names, parts)
+
+        def recipe() -> float:
+            with self.scratch("tc-recipe") as d:
+                # each task's artifact list (one page: these tasks have fewer than 1000), then
+                # every artifact (the queue redirects to storage), 8 curls at once, each reusing its
+                # connection for 50 URLs; then grep locally
+                script = (f"{list_tasks} > tasks\n"
+                          f"awk '{{print \"{queue}/task/\" $1 \"/runs/\" $2 \"/artifacts\"; print \"-o\"; "
+                          "print \"lists/\" $1 \".\" $2 \".json\"}' tasks | xargs -P8 -n 150 curl -sf --create-dirs\n"
+                          f"jq -r --arg q {shlex.quote(queue)} 'input_filename as $f | ($f | ltrimstr(\"lists/\") "
+                          "| rtrimstr(\".json\") | split(\".\")) as [$t, $r] | .artifacts[] "
+                          "| \"\\($q)/task/\\($t)/runs/\\($r)/artifacts/\\(.name)\", \"-o\", \"files/\\($t)/\\($r)/\\(.name)\"' "
+                          "lists/*.json | xargs -P8 -n 150 curl -sfL --create-dirs\n"
+                          f"cd files && grep -rl {NEEDLE} . || true")
+                t, text = self.timed(script, cwd=d)
+                found = {line.removeprefix("./") for line in text.split("\n") if line}
+                files = sum(len(f) for _, _, f in os.walk(d / "files"))
+                if found != expected or files != len(task_ids):
+                    raise Failed(f"recipe downloaded {files} files and found {len(found)}: {sorted(found)[:3]}")
+            return t
+
+        self.baseline(TC_GREP, TC_RECIPE, recipe, parts)
+        log("  tc-group: " + ", ".join(parts))
 
     def link_check(self) -> dict[str, Any]:
         """Show the link: what the uncapped path and the proxy can carry, and that the cap
@@ -709,7 +1034,7 @@ class Bench:
                                          ("unzip", "unzip is not installed (apt-get install unzip)"))
                    if not self.tools[t]}
         for label, needs in ((CURL, ("curl",)), (ARIA, ("curl", "aria2c")), (RECIPE, ("curl", "xargs")),
-                             (LS_BASE, ("curl",)), (UNZIP_BASE, ("curl", "unzip"))):
+                             (LS_BASE, ("curl",)), (UNZIP_BASE, ("curl", "unzip")), (GH_BASE, ("curl", "unzip"))):
             why = "; ".join(missing[t] for t in needs if t in missing)
             if why:
                 self.results.skipped[label] = why
@@ -729,12 +1054,22 @@ class Bench:
                 "first byte {capped_first_byte_ms:.0f} ms".format(**self.link))
         size = a.size_mib * MiB
         peers = tuple(p.tool for p in PEERS)  # all of them: a skipped one shows as skipped
-        self.results.scenario(COLD_UNCAPPED, nbytes=size, tools=(CIARTFS, CURL, ARIA, *peers))
-        self.results.scenario(COLD_CAPPED, nbytes=size, tools=(CIARTFS, CURL, ARIA, *peers))
-        self.results.scenario(WARM, nbytes=size, tools=(CIARTFS, LOCAL, *peers))
-        self.results.scenario(GREP, tools=(CIARTFS, RECIPE, *peers))
-        self.results.scenario(LS, tools=(CIARTFS, LS_BASE, *peers))
-        self.results.scenario(UNZIP, tools=(CIARTFS, UNZIP_BASE, *peers))
+        only = a.only
+        declared = (("cold-uncapped", COLD_UNCAPPED, size, (CIARTFS, CURL, ARIA, *peers)),
+                    ("cold-capped", COLD_CAPPED, size, (CIARTFS, CURL, ARIA, *peers)),
+                    ("cold-https", COLD_HTTPS, size, (CIARTFS, CURL)),
+                    ("cold-uncapped", WARM, size, (CIARTFS, LOCAL, *peers)),
+                    ("grep", GREP, None, (CIARTFS, RECIPE, *peers)),
+                    ("ls", LS, None, (CIARTFS, LS_BASE, *peers)),
+                    ("unzip", UNZIP, None, (CIARTFS, UNZIP_BASE, *peers)),
+                    ("gh-read", GH_READ, None, (CIARTFS, GH_BASE)),
+                    ("gh-ls", GH_LS, None, (CIARTFS, GH_BASE)),
+                    ("gh-grep", GH_GREP, None, (CIARTFS, GH_BASE)),
+                    ("tc-group", TC_LS, None, (CIARTFS, TC_LS_BASE)),
+                    ("tc-group", TC_GREP, None, (CIARTFS, TC_RECIPE)))
+        for key, scenario, nbytes, tools in declared:
+            if key in only:
+                self.results.scenario(scenario, nbytes=nbytes, tools=tools)
         started = last = time.monotonic()
         for rnd in range(a.runs):
             now = time.monotonic()
@@ -748,12 +1083,26 @@ class Bench:
             last = now
             self.results.runs_done = rnd + 1
             log(f"run {rnd + 1}/{a.runs}")
-            self.cold_read(COLD_UNCAPPED, "uncapped", rnd, warm=True)
-            self.cold_read(COLD_CAPPED, "capped", rnd, warm=False)
-            self.grep()
-            self.ls()
-            if self.tools["unzip"]:
+            if "cold-uncapped" in only:
+                self.cold_read(COLD_UNCAPPED, "uncapped", rnd, warm=True)
+            if "cold-capped" in only:
+                self.cold_read(COLD_CAPPED, "capped", rnd, warm=False)
+            if "cold-https" in only:
+                self.cold_read(COLD_HTTPS, "https", rnd, warm=False)
+            if "grep" in only:
+                self.grep()
+            if "ls" in only:
+                self.ls()
+            if self.tools["unzip"] and "unzip" in only:
                 self.unzip()
+            if "gh-read" in only:
+                self.gh_read()
+            if "gh-ls" in only:
+                self.gh_ls()
+            if "gh-grep" in only:
+                self.gh_grep()
+            if "tc-group" in only:
+                self.tc_group()
 
     def cleanup(self) -> None:
         """Stop everything this run started, by pid. Bounded (each stop has a timeout), and not
@@ -793,6 +1142,8 @@ class Bench:
 
 
 
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller files, fewer runs, shorter peer timeout (about 3 minutes)")
@@ -805,22 +1156,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--rate-mib", type=float, default=25.0, help="capped scenarios: MiB/s per connection (default 25)")
     p.add_argument("--latency-ms", type=float, default=20.0, help="ms before each response's first byte (default 20)")
-    p.add_argument("--memory-cache", default="1G", help="ciartfs --memory-cache (default 1G: holds the file)")
+    p.add_argument("--memory-cache", help="ciartfs --memory-cache (default: ciartfs's own, 256M)")
     p.add_argument("--block-size", help="ciartfs --block-size (default: ciartfs's own)")
     p.add_argument("--timeout", type=float, default=30.0, help="ciartfs --timeout (default 30)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
+    p.add_argument("--only", metavar="SCENARIO[,...]", default=",".join(SCENARIOS),
+                   help=f"run only these scenarios, of: {', '.join(SCENARIOS)} (default: all; cold-uncapped "
+                        "includes the warm re-read)")
+    p.add_argument("--gh-large-mib", type=int, default=500,
+                   help="size of the GitHub artifact one member of which is read (default 500)")
+    p.add_argument("--tc-tasks", type=int, help="tasks in the Taskcluster group (default 5000, --quick 1000)")
     p.add_argument("--memory", action="store_true", help="also issue 17's memory targets (scripts/bench_flat.py: "
                                                          "100k artifacts, drop_caches, re-list, 500-build browse; ~4 min)")
     args = p.parse_args(argv)
+    args.tc_tasks = args.tc_tasks or (1000 if args.quick else 5000)
     args.runs = args.runs or (2 if args.quick else 5)
     args.size_mib = args.size_mib or (64 if args.quick else 512)
     args.zip_mib = args.zip_mib or (32 if args.quick else 200)
     args.peer_timeout = args.peer_timeout or (30.0 if args.quick else 90.0)
-    if args.runs < 1 or args.size_mib < 1 or args.zip_mib < 1 or args.peer_timeout <= 0:
-        p.error("--runs, --size-mib, --zip-mib and --peer-timeout must be positive")
+    if args.runs < 1 or args.size_mib < 1 or args.zip_mib < 1 or args.peer_timeout <= 0 or args.gh_large_mib < 2:
+        p.error("--runs, --size-mib, --zip-mib, --gh-large-mib and --peer-timeout must be positive")
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.only) - set(SCENARIOS))
+    if unknown or not args.only:
+        p.error(f"--only: unknown scenario {', '.join(unknown) or '(none given)'}; the scenarios: {', '.join(SCENARIOS)}")
     args.grep_files, args.ls_files, args.zip_members = 2000, 1000, 2000
     # a command that takes longer than this has failed (a 1 MiB/s link would be a failure too)
-    args.cmd_timeout = 120.0 + args.size_mib / max(1.0, args.rate_mib) * 3
+    args.cmd_timeout = 120.0 + max(args.size_mib, args.gh_large_mib) / max(1.0, args.rate_mib) * 3
     # the runs' time budget: the script is bounded in time (plus data generation, link check, report)
     args.budget_s = 240.0 if args.quick else 1020.0
     return args

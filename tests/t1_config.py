@@ -93,11 +93,14 @@ def test_readme_config_example_has_every_key_and_loads(tmp_path):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     block = re.search(r"A `config.toml` with every key:\n\n```toml\n(.*?)```", readme, re.S).group(1)
     path = tmp_path / "config.toml"
-    path.write_text(block.replace("~/.config/ciartfs/circle-token", str(tmp_path / "tok")))
+    path.write_text(block.replace("~/.config/ciartfs/circle-token", str(tmp_path / "tok"))
+                    .replace("~/.config/ciartfs/github-token", str(tmp_path / "gh-tok")))
     (tmp_path / "tok").write_text("t0ken\n")
+    (tmp_path / "gh-tok").write_text("gh-t0ken\n")
     settings = load_settings({}, env={}, config_path=path)
     assert {o.key for o in all_options()} <= set(re.findall(r"^(\w+) =", block, re.M))
     assert settings.memory_cache == 512 << 20 and settings.provider("circleci").token == "t0ken"
+    assert settings.provider("github").token == "gh-t0ken"
 
 
 def test_allow_private_addresses_from_flag_env_or_file(tmp_path):
@@ -117,7 +120,7 @@ def test_the_address_rule_knows_the_configured_api_hosts(tmp_path):
 
     s = load_settings({"circleci_host": "http://127.0.0.1:8080", "taskcluster_root_url": "https://tc.example",
                        "cache_dir": str(tmp_path / "c")}, env={})
-    assert api_hosts(s) == ["127.0.0.1", "tc.example"]
+    assert api_hosts(s) == ["127.0.0.1", "tc.example", "api.github.com"]
     assert Mount(s).address_rule.allowed == {AddressClass.PUBLIC, AddressClass.LOOPBACK}
     override = load_settings({"allow_private_addresses": True, "cache_dir": str(tmp_path / "c")}, env={})
     assert Mount(override).address_rule.allowed == {AddressClass.PUBLIC, AddressClass.LOOPBACK, AddressClass.PRIVATE}

@@ -6,6 +6,7 @@ answer cut short is retried), and TLS with certificates checked."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import threading
@@ -440,6 +441,53 @@ async def test_tls_with_a_trusted_certificate(tls_server):
     finally:
         await client.aclose()
     assert server.accepted == 1
+
+
+LARGE = bytes(range(256)) * (12 << 10)  # 3 MiB
+
+
+@pytest.mark.parametrize("write_size", [1 << 20, 1000])
+async def test_tls_bodies_of_many_records_read_back_exact_on_one_connection(write_size):
+    """A body read over TLS comes in reads of many records (pool._BulkTLS): large ones, and a
+    server that sends a small record per write; keep-alive stays in step across answers."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    accepted = 0
+
+    async def serve(stream: trio.SSLStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        received = b""
+        while True:
+            while HEAD_END.search(received) is None:
+                data = await stream.receive_some()
+                if not data:
+                    return
+                received += data
+            end = HEAD_END.search(received).end()
+            head, received = received[:end], received[end:]
+            first, last = (int(x) for x in head.split(b"bytes=")[1].split(b"\r\n")[0].split(b"-"))
+            body = LARGE[first:last + 1]
+            await stream.send_all(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n"
+                                  b"Content-Length: %d\r\n\r\n" % (first, last, len(LARGE), len(body)))
+            for i in range(0, len(body), write_size):
+                await stream.send_all(body[i:i + write_size])
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_ssl_over_tcp, serve, 0, server_ctx, host="127.0.0.1"))
+        port = listeners[0].transport_listener.socket.getsockname()[1]
+        client = HttpClient(timeout=10, transport=PoolPerOrigin(max_per_origin=1, ssl_context=client_ctx))
+        try:
+            for start, length in ((0, len(LARGE)), (12345, 1 << 20), (len(LARGE) - 7, 7)):
+                reply = await client.get_range(f"https://127.0.0.1:{port}/big", start, length)
+                assert reply.data == LARGE[start:start + length]
+        finally:
+            await client.aclose()
+        nursery.cancel_scope.cancel()
+    assert accepted == 1
 
 
 async def test_tls_certificates_are_verified(tls_server):

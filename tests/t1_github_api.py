@@ -274,3 +274,23 @@ async def test_concurrent_reads_after_the_blob_url_expired_resolve_it_once():
 ])
 def test_the_credential_applies_under_the_apis_repository_paths_only(api_url, url, applies):
     assert credential(api_url, "tok").applies_to(url) is applies
+
+
+def test_the_token_comes_from_gh_token_then_github_token_or_a_file(tmp_path):
+    from ciartfs.config import load_settings
+
+    token_file = tmp_path / "gh-token"
+    token_file.write_text("from-file\n")
+
+    def token(flags, env):
+        return load_settings(flags, env=env).provider("github").token
+
+    assert token({}, {}) is None
+    assert token({}, {"GITHUB_TOKEN": "b"}) == "b"
+    assert token({}, {"GH_TOKEN": "a", "GITHUB_TOKEN": "b"}) == "a"  # what gh reads first
+    assert token({"github_token_file": str(token_file)}, {"GH_TOKEN": "a"}) == "from-file"  # a flag wins
+    assert token({}, {"CIARTFS_GITHUB_TOKEN_FILE": str(token_file)}) == "from-file"
+    settings = load_settings({}, env={"GH_TOKEN": "s3cret", "GITHUB_API_URL": "https://ghe.example/api/v3/"})
+    github = settings.provider("github")
+    assert github.api_url == "https://ghe.example/api/v3" and "s3cret" in settings.secrets()
+    assert "s3cret" not in repr(settings)

@@ -172,7 +172,7 @@ def test_the_mount_gives_the_toy_its_credential_address_rule_and_status(tmp_path
     assert "toy-tok-2" not in repr(doc)
     assert doc["settings"]["toy_listings"] == 0  # its live status
     root = trio.run(mount.tree.root.source.list)
-    assert [e.name for e in root] == ["github", "bitbucket", "circleci", "toy"]  # registry order
+    assert [e.name for e in root] == ["github", "bitbucket", "circleci", "actions", "toy"]  # registry order
     toy_dir = next(e for e in root if e.name == "toy").source
     with pytest.raises(CiartfsError):  # offline, nothing cached: the listing fails, and is counted
         trio.run(toy_dir.list)

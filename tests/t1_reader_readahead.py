@@ -91,3 +91,13 @@ def test_a_source_without_runs_gets_one_request_per_missing_block():
     steps = requests(range(5), lambda i: where.get(i, "missing"), run_blocks=16, runs=False)
     assert steps == [("single", 0), ("single", 2), ("single", 3), ("single", 4)]
     assert requests(range(3), lambda i: "held", run_blocks=16, runs=True) == []
+
+
+def test_a_limit_stops_read_ahead_at_its_block_until_lifted():
+    # (a zip member's end in its archive: its reads fetch no byte of the next member)
+    stream = ReadStream(limit=20)
+    planned = [read(stream, offset) for offset in range(10, 20)]
+    assert max(r.stop for r in planned if r is not None) == 20
+    assert read(stream, 20) is None  # reading past the limit itself plans nothing past it...
+    stream.limit = None  # ...until it is lifted: the next member is read on in order
+    assert read(stream, 21) == range(22, 22 + MAX)

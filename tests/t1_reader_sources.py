@@ -99,6 +99,22 @@ async def test_the_reader_follows_the_source_not_the_name(nursery):
     assert len(storage.ranges) == asked
 
 
+async def test_a_read_of_several_missing_blocks_fetches_them_in_runs(nursery):
+    """The kernel asks up to 1 MiB at once where its read-ahead was raised: the blocks such a
+    read misses come in runs of RUN_BYTES, one request each, not one request per block."""
+    data = bytes(range(256)) * (1024 * BS // 256)  # 1024 blocks of 4 KiB
+    storage = RangedStorage(data)
+    reader = _reader(storage)
+    reader.start(nursery)
+    art = Artifact("k/big.bin", "http://storage.example/big", True, size=len(data))
+    assert await reader.read(art, 3 * BS, 300 * BS + 5) == data[3 * BS:303 * BS + 5]  # no stream: no read-ahead
+    run = reader.run_blocks * BS
+    assert storage.ranges == [f"{start}-{min(start + run, 304 * BS) - 1}" for start in range(3 * BS, 304 * BS, run)]
+    # held blocks split the runs; what is held is not asked for again
+    assert await reader.read(art, 0, 310 * BS) == data[:310 * BS]
+    assert sorted(storage.ranges[-2:]) == sorted([f"0-{3 * BS - 1}", f"{304 * BS}-{310 * BS - 1}"])
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Generated(ByteSource):
     """A source of bytes made in-process: byte i of the file is (seed + i) % 251."""

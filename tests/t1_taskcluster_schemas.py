@@ -217,6 +217,34 @@ def test_list_task_group_pages_follow_the_schema(queue, validator_for):
     assert {*DEMO_TASKS, "sChEmAtAQaC0000000001A"} <= listed
 
 
+def test_a_generated_group_follows_the_schemas_and_is_never_stored(queue, validator_for):
+    """scripts/bench.py's 5k-task group: made when asked for, paged as the queue pages (1000)."""
+    stored = len(queue.blobs.by_id), len(queue.queue.tasks)
+    group = queue.queue.add_generated_group("gEnGrOuPQaC0000000077A", 2500, files=("public/a.log", "public/b.txt"))
+    pages = _all_pages(queue, f"task-group/{group.group_id}/list")
+    assert [len(p["tasks"]) for p in pages] == [1000, 1000, 500]
+    for page in pages:
+        validator_for("list-task-group-response.json").validate(page)
+    listed = [t["status"]["taskId"] for p in pages for t in p["tasks"]]
+    assert listed == [group.task_id(i) for i in range(2500)] and len(set(listed)) == 2500
+    assert all(group.index_of(t) == i for i, t in enumerate(listed))
+    needle_task = next(i for i in range(2500) if group.has_needle(i))
+    task_id = group.task_id(needle_task)
+    validator_for("task-status-response.json").validate(_get(queue, f"task/{task_id}/status").json())
+    artifacts = _get(queue, f"task/{task_id}/runs/0/artifacts").json()
+    validator_for("list-artifacts-response.json").validate(artifacts)
+    assert [a["name"] for a in artifacts["artifacts"]] == ["public/a.log", "public/b.txt"]
+    got = _get(queue, f"task/{task_id}/runs/0/artifacts/public/a.log")
+    assert got.status_code == 303
+    validator_for("get-artifact-response.json").validate(got.json())
+    body = httpx.get(got.headers["location"], timeout=5).content
+    assert body == group.data(needle_task, 0) and group.needle in body
+    assert group.needle not in httpx.get(_get(queue, f"task/{group.task_id(needle_task + 1)}/runs/0/artifacts/public/a.log")
+                                         .headers["location"], timeout=5).content
+    assert _get(queue, f"task/{group.tag}QaC0000002500A/status").status_code == 404  # past the last task
+    assert (len(queue.blobs.by_id), len(queue.queue.tasks)) == stored, "a generated group stores nothing"
+
+
 def test_the_demo_has_the_awkward_cases(queue):
     """The demo (and so every test on it) meets a rerun task and an expired artifact."""
     runs = _get(queue, f"task/{DEMO_TASKS[1]}/status").json()["status"]["runs"]

@@ -168,6 +168,8 @@ def joined(pieces: list[bytes], fold: bytes) -> bytes:
     out = b""
     for i, piece in enumerate(pieces):
         if piece == FOLD:
+            if i > 0 and pieces[i - 1] == FOLD:
+                continue  # one fold: two in a row would write an empty line, which ends the head
             out = out.rstrip(b" \t") + fold
         elif not (piece.strip(b" \t") == b"" and i > 0 and pieces[i - 1] == FOLD):
             out += piece

@@ -403,3 +403,78 @@ async def test_members_carry_the_callers_xattrs_and_their_own(zips):
     assert json.loads(f.info["zip"]) == {"member": "d/f.txt", "method": "deflated (method 8)", "size": 5,
                                          "compressed_size": f.artifact.source.compressed_size,
                                          "crc32": f"{zlib.crc32(b'hello'):08x}"}
+
+
+def _fetched_ranges(zips: Zips) -> list[tuple[int, int]]:
+    """The storage requests' byte ranges [start, end), suffix ranges left out."""
+    out = []
+    for spec in zips.storage_ranges():
+        if spec.startswith("bytes=") and not spec.startswith("bytes=-"):
+            lo, _, hi = spec[6:].partition("-")
+            out.append((int(lo), int(hi) + 1))
+    return out
+
+
+async def test_reading_one_member_fetches_that_member_only(zips):
+    # (the archive's read-ahead follows the member's sequential reads, but not past its end:
+    # reading 1 MiB of a large archive must not cost the next members' bytes too)
+    rnd = random.Random(3)
+    data = make_zip([(f"blobs/{i:02d}.bin", rnd.randbytes(1 << 20), zipfile.ZIP_STORED) for i in range(12)])
+    files = await zips.files(zips.archive(data))
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo("blobs/05.bin")
+    member = files["blobs/05.bin"].artifact
+    zips.fake.clear_requests()
+    assert await read_all(zips.reader, member, step=BS) == data[info.header_offset + 30 + len("blobs/05.bin"):][:1 << 20]
+    wanted_end = info.header_offset + 30 + len("blobs/05.bin") + (1 << 20)
+    ranges = _fetched_ranges(zips)
+    assert ranges and min(lo for lo, _ in ranges) >= info.header_offset // BS * BS
+    assert max(hi for _, hi in ranges) <= -(-wanted_end // BS) * BS  # nothing past the member's last block
+
+
+async def test_members_read_in_archive_order_are_read_ahead_and_decoded_ahead(zips):
+    # `grep -r` over small deflated members: the archive is read ahead across members in runs
+    # (few requests, not one per block), and the members after the one opened are decoded in
+    # the background, so that the reader finds them decoded
+    rnd = random.Random(4)
+    members = [(f"logs/{i:04d}.log", text(i, 60_000) + rnd.randbytes(2000), zipfile.ZIP_DEFLATED) for i in range(300)]
+    data = make_zip(members)
+    files = await zips.files(zips.archive(data))
+    expected = zipfile.ZipFile(io.BytesIO(data))
+    order = [name for name, _, _ in members]
+    zips.fake.clear_requests()
+    reader, bs = zips.reader, zips.reader.block_size
+    for i, name in enumerate(order):
+        art = files[name].artifact
+        assert art.size is not None
+        reader.opened(art, art.size)
+        assert await read_all(reader, art) == expected.read(name), name
+        if 2 <= i < len(order) - 1:  # (from the third member on, the archive is read in order)
+            following = files[order[i + 1]].artifact
+            key = reader.blocks.key(following, 0, following.size)
+            with trio.fail_after(10):  # (a worker thread decodes it: wait for it, not a time)
+                while reader.memory.get(key) is None:
+                    await trio.sleep(0.001)
+    archive_blocks = -(-len(data) // bs)
+    assert archive_blocks > 40
+    assert len(zips.storage_ranges()) < archive_blocks // 4
+    # every member after the third decoded ahead, and none twice
+    assert zips.members.decoded_ahead == len(order) - 3
+    assert zips.members.passes_from_start == len(order)
+
+
+async def test_small_steps_are_decoded_without_a_worker_thread(zips, monkeypatch):
+    data = make_zip([("a.txt", text(1, 50_000), zipfile.ZIP_DEFLATED), ("b.txt", text(2, 3 * BS), zipfile.ZIP_DEFLATED)])
+    files = await zips.files(zips.archive(data))
+    threads = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn, *args, **kw):
+        threads.append(getattr(fn, "__name__", fn))
+        return await real(fn, *args, **kw)
+
+    monkeypatch.setattr(zipmember.trio.to_thread, "run_sync", counting)
+    expected = zipfile.ZipFile(io.BytesIO(data))
+    assert await read_all(zips.reader, files["a.txt"].artifact) == expected.read("a.txt")
+    assert threads == []  # one block from a few KiB: inline
+    assert await read_all(zips.reader, files["b.txt"].artifact, step=3 * BS) == expected.read("b.txt")
+    assert "step" in threads  # three blocks wanted at once: a worker thread's

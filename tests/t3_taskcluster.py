@@ -60,3 +60,19 @@ def test_task_group_lists_tasks_and_unique_name_links(tc, mount):
     assert found == [str(group / slug(3) / "0/public/logs/live.log")]
     with pytest.raises(FileNotFoundError):
         os.listdir(m.path / "taskcluster/group" / slug(98))
+
+
+def test_grep_over_a_task_group_reads_each_task_once(fake, mount):
+    """`grep -rl` over a group of 150 tasks (walked ahead, tree.py): every match found, each
+    task's artifacts listed once and each log fetched once, whatever ran ahead of grep."""
+    group = fake.queue.add_generated_group("gRePgRoUQaC0000000000A", 150, files=("public/logs/live_backing.log",))
+    m = tc_mount(mount, fake)
+    root = m.path / "taskcluster/group" / group.group_id
+    assert len(os.listdir(root)) == 300  # a directory and a name link per task
+    fake.clear_requests()
+    found = run("grep", "-rl", group.needle.decode(), str(root)).stdout.split()
+    assert sorted(found) == sorted(str(root / group.task_id(i) / "0/public/logs/live_backing.log")
+                                   for i in range(150) if group.has_needle(i))
+    listings = [r.path for r in fake.requests if r.path.endswith("/runs/0/artifacts")]
+    assert sorted(listings) == sorted(f"/api/queue/v1/task/{group.task_id(i)}/runs/0/artifacts" for i in range(150))
+    assert len([r for r in fake.requests if r.server == "storage"]) == 150

@@ -140,7 +140,9 @@ def test_stress_many_readers_random_faults(fake, mount, files):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         done = list(pool.map(reader, range(8)))
     assert sum(done) == 8 * 15
-    assert sum(r.status == 503 for r in fake.requests if r.server == "storage") > 10
+    # the faults were met, many times: the queued statuses, then a fifth of the requests (503)
+    failed = sum(r.status in (500, 502, 503, 429) for r in fake.requests if r.server == "storage")
+    assert failed > 10, failed
     no_token_at_storage(fake)
 
 

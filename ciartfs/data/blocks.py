@@ -41,6 +41,9 @@ class Stats:
     requests: int = 0
     bytes_fetched: int = 0
     bytes_served: int = 0
+    # read requests from the kernel (each up to its read-ahead window: see kernel_readahead.py);
+    # a re-read the page cache serves adds none
+    reads: int = 0
     memory_hits: int = 0
     disk_hits: int = 0
     misses: int = 0

@@ -10,7 +10,8 @@ Invariants (pure functions: no I/O, no clock; the reader executes the plans):
   bytes we hold or are fetching, which the kernel's page cache served), and is at most
   `max_window` blocks; any other jump resets it to nothing.
 - Read-ahead is topped up only once half the window has been consumed, so requests go out in
-  runs rather than one block per read, and never past the file's last block.
+  runs rather than one block per read, and never past the file's last block, nor past the
+  block holding the stream's `limit` when it has one (a zip member's end in its archive).
 - Missing blocks are fetched in runs of at most RUN_BYTES, one ranged GET each, at most
   PREFETCH_CONCURRENCY at once: few requests, several connections, bounded memory (the window
   per file, the memory LRU in total). A block held or being fetched splits a run; a block the
@@ -39,6 +40,7 @@ class ReadStream:
     next_offset: int = 0
     window: int = 0  # blocks
     ahead_end: int = 0  # read-ahead has been started for blocks below this index
+    limit: int | None = None  # no read-ahead past the block holding byte limit-1 (None: the file's end)
 
 
 def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: int, max_window: int,
@@ -60,7 +62,8 @@ def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: i
     start = max(stream.ahead_end, last + 1)
     if stream.ahead_end - (last + 1) >= stream.window // 2 and stream.ahead_end > last + 1:
         return None  # more than half the window is still ahead
-    stop = min(last + 1 + stream.window, (total - 1) // bs + 1)
+    end_of_file = total if stream.limit is None else max(end, min(total, stream.limit))
+    stop = min(last + 1 + stream.window, (end_of_file - 1) // bs + 1)
     if start >= stop:
         return None
     stream.ahead_end = stop

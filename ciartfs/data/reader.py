@@ -214,6 +214,11 @@ class Reader:
         end = min(offset + length, total)
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
+        if first < last and self.blocks.background is not None:
+            # A read of several blocks (the kernel asks up to 1 MiB at once where its read-ahead
+            # was raised): the missing ones in runs, one request each, as read-ahead fetches
+            # them; the fetches below then wait for those. First: the limiter is FIFO.
+            self._start_readahead(art, range(first, last + 1), total)
         if stream is not None:
             self._plan_readahead(art, stream, offset, end, total)
         if first == last:

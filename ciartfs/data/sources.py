@@ -52,6 +52,7 @@ deadlock); so `fetch_run` is never called. `opening_blocks` is empty.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import TYPE_CHECKING, Protocol
 
@@ -99,6 +100,33 @@ class ZipMember(ByteSource):
     # its compressed data must end by here (the next member's local header, or the central
     # directory): a compressed size that lies is found when it is read
     data_limit: int = 0
+    # its archive's members in archive order (which follow it), shared by all of them
+    order: MemberOrder | None = dataclasses.field(default=None, compare=False, repr=False)
+
+
+class MemberOrder:
+    """The members of one zip archive by the offset of their local headers: which ones follow a
+    member (zipmember.py decodes them ahead of a reader going through the archive in order)."""
+
+    def __init__(self) -> None:
+        self._by_offset: dict[int, Artifact] = {}
+        self._offsets: list[int] | None = None
+
+    def add(self, header_offset: int, member: Artifact) -> None:
+        self._by_offset[header_offset] = member
+        self._offsets = None
+
+    def seal(self) -> None:
+        """Every member is added: sort them (once; the listing does it in its worker thread)."""
+        self._offsets = sorted(self._by_offset)
+
+    def following(self, header_offset: int, count: int) -> list[Artifact]:
+        """Up to `count` members whose local headers come after `header_offset`, in order."""
+        if self._offsets is None:
+            self.seal()
+        assert self._offsets is not None
+        i = bisect.bisect_right(self._offsets, header_offset)
+        return [self._by_offset[o] for o in self._offsets[i:i + count]]
 
 
 RANGED = RangedUrl()

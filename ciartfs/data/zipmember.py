@@ -29,9 +29,19 @@ keyed by `Blocks.key` under the member's key; the archive's bytes come through
 - stored: block i is the archive's bytes [data + i*bs, ...); the CRC-32 is checked when its
   blocks have been fetched in order from the start (as hashes.py does for promised hashes);
 - no read-ahead of a member's own blocks (see `readahead_wanted`): the archive's bytes are
-  read ahead instead, each member's reads passing their own ReadStream;
-- deflated, bzip2, lzma: decoded in worker threads in steps of at most STEP_BLOCKS blocks, one
-  pass per member at a time, from the nearest starting point at or before the block: a
+  read ahead instead, each member's reads passing their own ReadStream, whose read-ahead stops
+  at the member's end: reading one member of a large archive fetches that member only. A
+  member whose reads begin where the previous member of its archive was read to its end (the
+  next local header; `grep -r` or `cat *` of small members in archive order) continues that
+  member's ReadStream, without the limit: the archive is then read ahead across members, in
+  parallel ranged requests (readahead.py), as one sequentially read file would be;
+- decoding ahead: when a member is opened while its archive's members are being read in
+  order up to it (its ReadStream continued, as above), the next DECODE_AHEAD_MEMBERS members
+  of at most one block that are compressed are decoded in the background, one at a time, in a
+  worker thread (`grep -r` then finds them decoded: zlib runs on the other core);
+- deflated, bzip2, lzma: decoded in worker threads in steps of at most STEP_BLOCKS blocks
+  (a step of little input that is to produce at most INLINE_OUTPUT_BYTES, on the trio thread
+  itself, unless decoding ahead), one pass per member at a time, from the nearest starting point at or before the block: a
   checkpoint (a copy of zlib's decompressor, its 32 KiB window included, taken every
   CHECKPOINT_BYTES of output; at most CHECKPOINTS_PER_MEMBER per member, spaced wider as a
   member grows, and CHECKPOINTS_KEPT in all, least recently used members dropped first), or
@@ -48,6 +58,7 @@ keyed by `Blocks.key` under the member's key; the archive's bytes come through
 from __future__ import annotations
 
 import bz2
+import contextvars
 import dataclasses
 import json
 import logging
@@ -63,7 +74,7 @@ from ciartfs.data import zipindex
 from ciartfs.data.cache import SingleFlight
 from ciartfs.data.decode import DECODE_RATIO_AFTER, MAX_DECODE_RATIO
 from ciartfs.data.readahead import ReadStream
-from ciartfs.data.sources import ZipMember
+from ciartfs.data.sources import MemberOrder, ZipMember
 from ciartfs.data.zipindex import BZIP2, DEFLATED, LZMA, STORED, BadZip, NotAZip, ZipEntry
 from ciartfs.errors import CiartfsError, UpstreamError, again, redact_url
 from ciartfs.namespace.model import Artifact, Entry, Kind
@@ -81,6 +92,16 @@ LISTED_MEMBERS_KEPT = 2_000_000
 # Decoding: compressed bytes read from the archive at a time; blocks decoded per worker call.
 DECODE_CHUNK = 256 << 10
 STEP_BLOCKS = 8
+# A step this small (compressed input, and output blocks up to the one wanted) is decoded on
+# the trio thread: well under a millisecond, while a worker thread's round trip costs about as
+# much, and on a busy machine often more (`grep -r` over thousands of small members).
+INLINE_INPUT_BYTES = 64 << 10
+INLINE_OUTPUT_BYTES = 256 << 10
+# Decoding ahead of a reader going through an archive's members in order: how many members
+# after the one opened, each at most one block, one at a time in a worker thread.
+DECODE_AHEAD_MEMBERS = 4
+# (set in a decode-ahead task: its steps go to a worker thread, never inline)
+_IN_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("zip_decode_ahead", default=False)
 # Checkpoints (about 40 KiB each: zlib's state and window).
 CHECKPOINT_BYTES = 4 << 20
 CHECKPOINTS_PER_MEMBER = 64
@@ -92,6 +113,9 @@ STREAMS_KEPT = 10_000
 # The CRC-32 of a stored member is computed from the blocks fetched in order; besides the
 # fetched block, at most this many following ones are taken from memory per fetch.
 CRC_AHEAD_BLOCKS = 8
+# A member whose local header begins at most this far after where the previous member's data
+# ended (read to its end) continues its read-ahead (a data descriptor may lie between).
+CONTINUE_GAP = 64 << 10
 
 
 def member_key(archive: Artifact, path: str) -> str:
@@ -191,15 +215,20 @@ def _entries(archive: Artifact, parsed: list[ZipEntry], *, where: str, mtime: fl
                 break
             node = node.dirs.setdefault(part, FileTree())
 
+    order = MemberOrder()
+
     def make_file(name: str, path: str, e: ZipEntry) -> Entry:
         source = ZipMember(archive, e.header_offset, e.compressed_size, e.method, e.crc32, problem=e.problem,
-                           data_limit=e.data_limit)
+                           data_limit=e.data_limit, order=order)
         art = Artifact(key=member_key(archive, path), url=archive.url, immutable=True, size=e.size,
                        credentialed=archive.credentialed, source=source)
+        order.add(e.header_offset, art)
         return Entry(name, Kind.FILE, mtime=mtime if e.mtime is None else e.mtime, immutable=True, artifact=art,
                      info=_MemberInfo(e, info))
 
-    return tree_entries(tree, make_file, mtime=mtime, immutable=True, ttl=None)
+    entries = tree_entries(tree, make_file, mtime=mtime, immutable=True, ttl=None)
+    order.seal()  # (sorted here, in the listing's worker thread)
+    return entries
 
 
 class _MemberInfo(Mapping[str, str]):
@@ -406,7 +435,7 @@ class _Member:
     checkpoint_blocks: int  # blocks between checkpoints (doubled as the member grows)
     checkpoints: dict[int, _Start] = dataclasses.field(default_factory=dict)  # by block
     cursor: _Start | None = None  # where the last pass stopped: its own decompressor
-    stream: ReadStream = dataclasses.field(default_factory=ReadStream)  # the archive's read-ahead
+    stream: ReadStream | None = None  # the archive's read-ahead (ZipMemberReader._stream)
 
     @property
     def weight(self) -> int:
@@ -436,10 +465,16 @@ class ZipMemberReader:
         self._stored_crc: cachetools.LRUCache[str, tuple[int, int]] = cachetools.LRUCache(MEMBERS_KEPT)
         # stored members' read-ahead of their archive's bytes (compressed ones: in `_Member`)
         self._streams: cachetools.LRUCache[str, ReadStream] = cachetools.LRUCache(STREAMS_KEPT)
+        # per archive: the stream of the member whose reads began last, and where its data ends
+        self._last_member: cachetools.LRUCache[str, tuple[ReadStream, int]] = cachetools.LRUCache(STREAMS_KEPT)
+        # per archive: the header offset of the last member decoded ahead
+        self._ahead_until: cachetools.LRUCache[str, int] = cachetools.LRUCache(STREAMS_KEPT)
+        self._ahead_limiter = trio.CapacityLimiter(1)
         # counters (tests and status): bytes inflated, passes started from a member's start
         self.inflated_bytes = 0
         self.passes_from_start = 0
         self.crc_checks = 0
+        self.decoded_ahead = 0  # members decoded ahead of their reader (see _decode_ahead)
 
     async def learn_size(self, art: Artifact, *, reading: bool = False) -> int:
         if art.size is None:  # (ZipArchives always gives one)
@@ -460,7 +495,46 @@ class ZipMemberReader:
         raise AssertionError("zip members are never read in runs")
 
     def opening_blocks(self, art: Artifact, total: int) -> range:
+        src = art.source
+        if isinstance(src, ZipMember):
+            self._decode_ahead(src)
         return range(0)
+
+    def _decode_ahead(self, src: ZipMember) -> None:
+        """A member is opened: when the reads of its archive's members go on in order up to it,
+        decode the next few small compressed members in the background."""
+        background = self.blocks.background
+        archive = src.archive.key
+        last = self._last_member.get(archive)
+        if (background is None or src.order is None or last is None or last[0].limit is not None
+                or src.header_offset > last[1] + CONTINUE_GAP):
+            return
+        scheduled = self._ahead_until.get(archive, -1)
+        for sib in src.order.following(src.header_offset, DECODE_AHEAD_MEMBERS):  # (never further ahead)
+            sib_src = sib.source
+            assert isinstance(sib_src, ZipMember)
+            if sib_src.header_offset <= scheduled:
+                continue
+            self._ahead_until[archive] = sib_src.header_offset
+            size = sib.size or 0
+            if (sib_src.method == STORED or not 0 < size <= self.blocks.block_size or sib_src.problem is not None
+                    or sib.key in self._failed):
+                continue
+            background.start_soon(self._decode_one_ahead, sib, size)
+
+    async def _decode_one_ahead(self, member: Artifact, size: int) -> None:
+        _IN_BACKGROUND.set(True)  # (this task's own context)
+        try:
+            async with self._ahead_limiter:
+                key = self.blocks.key(member, 0, size)
+                if self.blocks.memory.get(key) is None:
+                    passes = self.passes_from_start
+                    await self.reader.block(member, 0, size)
+                    self.decoded_ahead += self.passes_from_start - passes
+        except CiartfsError as e:  # (its reader gets the error itself, when it reads)
+            log.debug("%s: decoding ahead failed: %s", _where(member), e)
+        except Exception:  # (a background task: never the mount's end)
+            log.exception("%s: decoding ahead failed", _where(member))
 
     async def fetch(self, art: Artifact, index: int, key: str, *, probe: bool) -> bytes:
         src = art.source
@@ -517,6 +591,28 @@ class ZipMemberReader:
         self._data_offsets[art.key] = start
         return start
 
+    def _stream(self, src: ZipMember, data_start: int) -> ReadStream:
+        """The read-ahead state of a member whose reads begin now (see the module docstring):
+        the previous member's, when this one follows it in the archive and it was read to its
+        end, or is decoded ahead; else a new one that reads ahead no further than this member's
+        data (and leaves a row being read ahead of it as it is)."""
+        archive = src.archive.key
+        data_end = data_start + src.compressed_size
+        last = self._last_member.get(archive)
+        if last is not None:
+            stream, end = last
+            in_row = stream.limit is None
+            if ((in_row and _IN_BACKGROUND.get())
+                    or (stream.next_offset == end and 0 <= src.header_offset - end <= CONTINUE_GAP)):
+                stream.limit = None
+                self._last_member[archive] = (stream, data_end)
+                return stream
+            if in_row and src.header_offset < end:  # (decoded ahead of, or passed by, the row)
+                return ReadStream(limit=data_end)
+        stream = ReadStream(limit=data_end)
+        self._last_member[archive] = (stream, data_end)
+        return stream
+
     # -- stored --
 
     async def _stored(self, art: Artifact, src: ZipMember, index: int, key: str, total: int) -> bytes:
@@ -525,7 +621,7 @@ class ZipMemberReader:
         lo = index * b.block_size
         stream = self._streams.get(art.key)
         if stream is None:
-            stream = self._streams[art.key] = ReadStream()
+            stream = self._streams[art.key] = self._stream(src, start)
         data = await self.reader.read(src.archive, start + lo, min(b.block_size, total - lo), stream)
         b.stats.misses += 1
         await self._check_stored_crc(art, src, index, data, total)
@@ -617,9 +713,16 @@ class ZipMemberReader:
         while wanted is None:
             if not data and run.in_pos < src.compressed_size:
                 n = min(DECODE_CHUNK, src.compressed_size - run.in_pos)
+                if member.stream is None:
+                    member.stream = self._stream(src, data_start)
                 data = await self.reader.read(src.archive, data_start + run.in_pos, n, member.stream)
             try:
-                blocks, used = await trio.to_thread.run_sync(run.step, data, index)
+                if (len(data) <= INLINE_INPUT_BYTES and (index - run.block + 1) * b.block_size <= INLINE_OUTPUT_BYTES
+                        and not _IN_BACKGROUND.get()):
+                    blocks, used = run.step(data, index)  # (a bounded chunk: cheaper than a thread's round trip)
+                    await trio.lowlevel.checkpoint()
+                else:
+                    blocks, used = await trio.to_thread.run_sync(run.step, data, index)
             except (_Bad, zlib.error, lzma.LZMAError, OSError, EOFError) as e:
                 self.inflated_bytes += run.decoded
                 run.decoded = 0

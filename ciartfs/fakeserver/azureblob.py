@@ -41,14 +41,13 @@ import hmac
 import math
 import re
 import secrets
-import socket
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from ciartfs.fakeserver.routing import Reply, Request, Served
+from ciartfs.fakeserver.routing import Reply, Request, Served, write_body
 
 if TYPE_CHECKING:
     from ciartfs.fakeserver.server import FakeCI
@@ -235,7 +234,6 @@ def _serve(fake: FakeCI, request: Request, blob: StoredBlob, disposition: str | 
     sent_limit = length // 2 if body_fault == "cut" else length
     handler = request.handler
     request.record.status = status  # before the body: the client may look at the log once it has it
-    sent = 0
     try:
         handler.send_response_only(status)  # not send_response: its Server header is not Azure's
         handler.send_header("Date", handler.date_time_string())
@@ -243,14 +241,11 @@ def _serve(fake: FakeCI, request: Request, blob: StoredBlob, disposition: str | 
             handler.send_header(name, value)
         handler.end_headers()
         if request.method == "GET":
-            for part in content.read(start, start + sent_limit):
-                sent += len(part)
-                request.record.bytes_sent = sent  # before the write: a client holding the bytes sees them counted
-                handler.wfile.write(part)
-            if sent_limit != length:  # the promised bytes will never come: hang up
-                handler.wfile.flush()
-                handler.connection.shutdown(socket.SHUT_RDWR)
-                handler.close_connection = True
+            def counted(sent: int) -> None:
+                request.record.bytes_sent = sent
+
+            write_body(handler, content.read(start, start + sent_limit), complete=sent_limit == length,
+                       counted=counted)
     except OSError:
         handler.close_connection = True
         raise Served(-1) from None

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
@@ -64,3 +65,19 @@ class Route:
     host: str  # one of HOSTS
     prefix: str  # raw paths starting with this ("" = any path)
     handle: Callable[[Request], None]  # raises Reply or Served; returns None to pass the request on
+
+
+def write_body(handler: BaseHTTPRequestHandler, parts: Iterable[bytes | memoryview], *, complete: bool,
+               counted: Callable[[int], None] | None = None) -> None:
+    """Write a body's `parts`; `counted(bytes so far)` before each write (a client holding the
+    bytes sees them counted). Not `complete`: the promised bytes will never come, so hang up."""
+    sent = 0
+    for part in parts:
+        sent += len(part)
+        if counted is not None:
+            counted(sent)
+        handler.wfile.write(part)
+    if not complete:
+        handler.wfile.flush()
+        handler.connection.shutdown(socket.SHUT_RDWR)
+        handler.close_connection = True

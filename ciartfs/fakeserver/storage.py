@@ -21,12 +21,12 @@ import itertools
 import math
 import re
 import secrets
-import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from ciartfs.fakeserver.routing import Reply, Request, Route, Served
+from ciartfs.fakeserver.routing import Reply, Request, Route, Served, write_body
 
 if TYPE_CHECKING:
     from ciartfs.fakeserver.generated import GeneratedGzip
@@ -39,10 +39,21 @@ _NUM_RE = re.compile(r"[0-9]+")
 _BLOB_PATH_RE = re.compile(r"/blob/([0-9]+)")
 # One id space for every artifact of every fake in the process: a blob id never names two.
 _blob_ids = itertools.count(1)
+_blob_ids_lock = threading.Lock()
 
 
 def next_blob_id() -> int:
-    return next(_blob_ids)
+    with _blob_ids_lock:
+        return next(_blob_ids)
+
+
+def reserve_blob_ids(count: int) -> range:
+    """`count` consecutive blob ids no other artifact will take (for artifacts made on demand)."""
+    global _blob_ids
+    with _blob_ids_lock:
+        start = next(_blob_ids)
+        _blob_ids = itertools.count(start + count)
+        return range(start, start + count)
 
 
 class Blob(Protocol):
@@ -72,6 +83,8 @@ class BlobStore:
         self.by_id: dict[int, Blob] = {}
         self.live_logs: dict[str, FakeLiveLog] = {}
         self._secret = secrets.token_bytes(16)
+        # blobs made when asked for, never held: (their reserved ids, the maker)
+        self.generated: list[tuple[range, Callable[[int], Blob | None]]] = []
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -89,8 +102,15 @@ class BlobStore:
             if live is not None:
                 self.live_logs.pop(live.token, None)
 
+    def add_generated(self, ids: range, make: Callable[[int], Blob | None]) -> None:
+        """Blobs `ids` (from reserve_blob_ids) are made by `make(blob_id)` at each request."""
+        self.generated.append((ids, make))
+
     def get(self, blob_id: int) -> Blob | None:
-        return self.by_id.get(blob_id)
+        blob = self.by_id.get(blob_id)
+        if blob is None:
+            blob = next((make(blob_id) for ids, make in self.generated if blob_id in ids), None)
+        return blob
 
     def live_log(self, token: str) -> FakeLiveLog | None:
         return self.live_logs.get(token)
@@ -201,12 +221,7 @@ def serve_bytes(fake: FakeCI, request: Request, artifact: Blob, *, honour_range:
         if status == 206:
             handler.send_header("Content-Range", content_range)
         handler.end_headers()
-        for part in parts:
-            handler.wfile.write(part)
-        if sent != length:  # the promised bytes will never come: hang up
-            handler.wfile.flush()
-            handler.connection.shutdown(socket.SHUT_RDWR)
-            handler.close_connection = True
+        write_body(handler, parts, complete=sent == length)
     except OSError:
         handler.close_connection = True
         raise Served(-1) from None

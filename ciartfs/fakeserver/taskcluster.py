@@ -23,6 +23,9 @@ link cycle is 400 InputError; neither ever answers for the link itself.
 Artifacts outside `public/` need a valid Hawk header (checked with mohawk); temporary
 credentials (a client with a certificate) also need the certificate in the Hawk `ext`.
 Listings page with a small page size so clients must follow continuationToken.
+A group can also be generated (`FakeQueue.add_generated_group`, `GeneratedGroup`): thousands
+of tasks made when asked for, never stored: task ids, statuses, artifact listings and bytes
+are functions of the task's index; its listings page as the queue does (1000 a page).
 
 `routes(fake)` mounts the queue at /api/queue/v1/ and the object service at /api/object/v1/
 on the API host; storage.BlobStore finds a run's artifacts by blob id (add them with
@@ -37,6 +40,7 @@ import datetime
 import gzip
 import hashlib
 import json
+import random
 import secrets
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -47,7 +51,7 @@ import mohawk.exc
 from ciartfs.fakeserver.generated import GeneratedGzip
 from ciartfs.fakeserver.livelog import FakeLiveLog, now_iso
 from ciartfs.fakeserver.routing import Reply, Request, Route
-from ciartfs.fakeserver.storage import next_blob_id
+from ciartfs.fakeserver.storage import next_blob_id, reserve_blob_ids
 
 if TYPE_CHECKING:
     from ciartfs.fakeserver.server import FakeCI
@@ -188,6 +192,7 @@ class FakeTask:
     runs: list[FakeRun] = dataclasses.field(default_factory=list)
     # where its runs' artifacts are served from (set by FakeQueue.add_task); None: nowhere
     blobs: BlobStore | None = dataclasses.field(default=None, repr=False)
+    page_size: int | None = None  # its artifact listings' (None: the queue's)
 
     def add_run(self, state: str = "completed", **kw: Any) -> FakeRun:
         if state in ("pending", "running"):
@@ -228,15 +233,86 @@ class FakeTask:
 
 
 def _page(items: list[Any], query: dict[str, str], page_size: int) -> tuple[list[Any], str | None]:
+    span, more = _page_span(len(items), query, page_size)
+    return items[span.start:span.stop], more
+
+
+def _page_span(total: int, query: dict[str, str], page_size: int) -> tuple[range, str | None]:
+    """The indexes of one page of `total` items, and the token of the next page (None: last)."""
     token = query.get("continuationToken")
     try:
         start = int(base64.urlsafe_b64decode(token.encode()).decode()) if token else 0
         limit = min(int(query.get("limit", page_size)), page_size)
     except ValueError:
         raise Reply(400, {"code": "InvalidRequestArguments", "message": "bad continuationToken or limit"}) from None
+    if start < 0 or limit < 1:
+        raise Reply(400, {"code": "InvalidRequestArguments", "message": "bad continuationToken or limit"})
     end = start + limit
-    more = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
-    return items[start:end], more
+    more = base64.urlsafe_b64encode(str(end).encode()).decode() if end < total else None
+    return range(min(start, total), min(end, total)), more
+
+
+# The text of generated logs: printable letters, digits, spaces and newlines from random bytes.
+_LOG_ALPHABET = bytes((b"abcdefghijklmnopqrstuvwxyz0123456789      \n" * 6)[:256])
+
+
+@dataclasses.dataclass(eq=False)
+class GeneratedGroup:
+    """A task group of `tasks` completed tasks made when asked for (never stored): task `i`
+    is `task_id(i)`, named `name_of(i)`, with one run holding `files` (text of 1-8 KiB,
+    seeded by the task and file); the tasks where `has_needle(i)` hold `needle` once, in
+    their first file. Listings page by `page_size`, the real queue's maximum."""
+
+    group_id: str
+    tasks: int
+    files: tuple[str, ...] = ("public/logs/live_backing.log",)
+    needle: bytes = b"GENERATED_GROUP_NEEDLE"
+    needle_every: int = 97  # one task in this many holds the needle
+    page_size: int = 1000
+    blob_ids: range = dataclasses.field(default=range(0))
+
+    def __post_init__(self) -> None:
+        if not self.blob_ids:
+            self.blob_ids = reserve_blob_ids(self.tasks * len(self.files))
+        self.tag = self.group_id[:8]  # its tasks' ids start with it
+
+    def task_id(self, index: int) -> str:
+        return f"{self.tag}QaC{index:010d}A"  # a well-formed slugid
+
+    def index_of(self, task_id: str) -> int | None:
+        digits = task_id[11:21]
+        if len(task_id) != 22 or task_id[:11] != self.tag + "QaC" or task_id[21] != "A" or not digits.isdigit():
+            return None
+        index = int(digits)
+        return index if index < self.tasks else None
+
+    @staticmethod
+    def name_of(index: int) -> str:
+        return f"test-{index:05d}"
+
+    def has_needle(self, index: int) -> bool:
+        return index % self.needle_every == self.needle_every // 2
+
+    def data(self, index: int, file: int) -> bytes:
+        rng = random.Random(f"{self.group_id}/{index}/{file}")
+        body = bytearray(rng.randbytes(rng.randint(1024, 8192)).translate(_LOG_ALPHABET))
+        if file == 0 and self.has_needle(index):
+            at = rng.randrange(len(body) - len(self.needle))
+            body[at:at + len(self.needle)] = self.needle
+        return bytes(body)
+
+    def task(self, index: int) -> FakeTask:
+        """Task `index`, made now (not added to any store: its blobs are made as asked too)."""
+        task = FakeTask(self.task_id(index), self.group_id, self.name_of(index), page_size=self.page_size)
+        run = task.add_run("completed")
+        for file, name in enumerate(self.files):
+            run.add_artifact(name, self.data(index, file), content_type="text/plain",
+                             blob_id=self.blob_ids[index * len(self.files) + file])
+        return task
+
+    def blob(self, blob_id: int) -> FakeTcArtifact | None:
+        index, file = divmod(blob_id - self.blob_ids.start, len(self.files))
+        return self.task(index).runs[0].artifacts[file]
 
 
 QUEUE_PREFIX = "/api/queue/v1/"
@@ -263,6 +339,25 @@ class FakeQueue:
         self.objects: dict[str, FakeTcArtifact] = {}
         self.object_scopes: dict[str, str] = {}
         self.start_downloads = 0
+        self.generated: dict[str, GeneratedGroup] = {}  # by group id
+
+    def add_generated_group(self, group_id: str, tasks: int, **kw: Any) -> GeneratedGroup:
+        """A group of `tasks` tasks made when asked for (see GeneratedGroup)."""
+        group = GeneratedGroup(group_id, tasks, **kw)
+        self.generated[group_id] = group
+        self.fake.blobs.add_generated(group.blob_ids, group.blob)
+        return group
+
+    def task(self, task_id: str) -> FakeTask | None:
+        """The task, stored or generated."""
+        task = self.tasks.get(task_id)
+        if task is not None:
+            return task
+        for group in self.generated.values():
+            index = group.index_of(task_id)
+            if index is not None:
+                return group.task(index)
+        return None
 
     def add_task(self, task_id: str, task_group_id: str | None = None, name: str = "a task") -> FakeTask:
         task = FakeTask(task_id, task_group_id or task_id, name, blobs=self.fake.blobs)
@@ -284,7 +379,7 @@ class FakeQueue:
         query = request.query
         parts = request.raw_path[len(QUEUE_PREFIX):].split("/")
         if len(parts) >= 3 and parts[0] == "task":
-            task = self.tasks.get(parts[1])
+            task = self.task(parts[1])
             if task is None:
                 raise Reply(404, {"code": "ResourceNotFound", "message": f"Task {parts[1]} not found"})
             if parts[2:] == ["status"]:
@@ -295,7 +390,7 @@ class FakeQueue:
                     raise Reply(404, {"code": "ResourceNotFound", "message": f"Run {run_id} not found"})
                 run = task.runs[run_id]
                 if len(parts) == 5:
-                    page, token = _page(run.artifacts, query, self.page_size)
+                    page, token = _page(run.artifacts, query, task.page_size or self.page_size)
                     body: dict[str, Any] = {"artifacts": [
                         {"storageType": a.storage_type, "name": a.name, "expires": a.expires,
                          "contentType": a.content_type} for a in page]}
@@ -314,10 +409,15 @@ class FakeQueue:
                     raise Reply(404, {"code": "ResourceNotFound", "message": f"Task {task.task_id} has no runs"})
                 self._artifact_content(request, task, len(task.runs) - 1, urllib.parse.unquote("/".join(parts[3:])))
         if len(parts) == 3 and parts[0] == "task-group" and parts[2] == "list":
-            tasks = [t for t in self.tasks.values() if t.task_group_id == parts[1]]
-            if not tasks:
-                raise Reply(404, {"code": "ResourceNotFound", "message": f"Task group {parts[1]} not found"})
-            page, token = _page(tasks, query, self.page_size)
+            generated = self.generated.get(parts[1])
+            if generated is not None:
+                span, token = _page_span(generated.tasks, query, generated.page_size)
+                page = [generated.task(i) for i in span]
+            else:
+                tasks = [t for t in self.tasks.values() if t.task_group_id == parts[1]]
+                if not tasks:
+                    raise Reply(404, {"code": "ResourceNotFound", "message": f"Task group {parts[1]} not found"})
+                page, token = _page(tasks, query, self.page_size)
             body = {"taskGroupId": parts[1], "schedulerId": "-", "expires": FAR_FUTURE,
                     "tasks": [{"status": t.status(), "task": t.definition()} for t in page]}
             if token:

@@ -78,6 +78,9 @@ class DirSource(Protocol):
 
     async def lookup(self, name: str) -> Entry | None: ...
 
+    # Optional (read with getattr, default False): `walk_ahead = True` lets the tree walk this
+    # directory's children ahead of a walker that enters them in turn (see tree.py).
+
 
 @dataclasses.dataclass(slots=True)  # slots: one per listed artifact, held by its directory
 class Entry:

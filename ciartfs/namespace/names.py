@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -108,7 +109,7 @@ def place_artifacts(items: Iterable[tuple[Any, T]], *, where: str, tiebreak: Cal
     for path, value in items:
         parts = split_artifact_path(path, known_good)
         if isinstance(parts, str):
-            log.warning("%s: skipped artifact path %r: %s", where, short(path), parts)
+            log.warning("%s: skipped artifact path '%s': %s", where, short(path), parts)
             continue
         accepted.append((parts, tiebreak(value), value))
     accepted.sort(key=lambda t: (t[0], t[1]))
@@ -131,6 +132,14 @@ def place_artifacts(items: Iterable[tuple[Any, T]], *, where: str, tiebreak: Cal
     return tree
 
 
+# Characters a log line shows escaped: a name from the network must not forge a log line (a
+# newline), hide text (control sequences) or fail a log handler's encoding (lone surrogates).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def short(value: Any, limit: int = 120) -> str:
+    """`value` for a log line: cut to `limit` characters, control characters escaped."""
     text = str(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)

@@ -24,6 +24,18 @@ shown, with its size unknown; a slow one's request goes on in the background, so
 gets its true size. Only `size_of` (open, which needs the size) waits for the answer, and
 raises the artifact's own error.
 
+Walking ahead (`grep -r`, `find`, `du` over a Taskcluster group of 5k tasks, where each task
+costs an API listing and its files' probes, one task after another): a directory whose source
+says `walk_ahead` has its children walked ahead of the walker, once a second of them is entered
+(listed by opendir). The siblings after the furthest one entered, up to AHEAD_SIBLINGS, are
+given what the walker asked of the ones before: their subtrees listed as deep as it went below
+that directory, their files' sizes learned if it stat'ed files there, as for reading (block 0)
+if it opened them. AHEAD_CONCURRENCY siblings at once in all (one worker each, never one task
+per entry), at most AHEAD_DIRS listings and AHEAD_FILES sizes each, and no new sibling once
+the nodes made ahead of the walker reach AHEAD_NODES. Entering one directory costs nothing more
+(`ls` of the group lists it alone); only a second child entered starts it, and only as deep as
+the walker itself went.
+
 Memory follows the kernel's: once the kernel has forgotten every inode in a directory's
 subtree (its own included), the directory drops its children and listing, to be listed again
 (from the API documents the disk cache keeps) if it is visited again. So a long-lived mount
@@ -80,6 +92,16 @@ TRIM_AFTER_NODES = 10_000
 # Listed entries the tree keeps before it asks the kernel to forget the least recently used
 # directories (~1.5 KiB each: ~300 MiB). The directory just listed, and its ancestors, stay.
 MAX_HELD_ENTRIES = 200_000
+# Walking ahead (see the module docstring): how far beyond the furthest sibling entered, how
+# many siblings at once (all walk-aheads together), and per sibling how many listings and
+# sizes; no new sibling once this many nodes were made ahead of the walker (~1 KiB each).
+AHEAD_SIBLINGS = 256
+AHEAD_CONCURRENCY = 64
+AHEAD_DIRS = 64
+AHEAD_FILES = 32
+AHEAD_NODES = 20_000
+# What the walker asked of the entries below a directory: what walking ahead gives its siblings.
+NAMES, SIZES, READING = 0, 1, 2
 # The children of every file and link: one empty dict, never added to (only a directory's
 # children are), instead of one per node (64 bytes each at 100k artifacts).
 NO_CHILDREN: dict[str, Node] = {}
@@ -161,6 +183,22 @@ class _SizeProbe:
         self.done = trio.Event()
 
 
+class _Ahead:
+    """The walk-ahead of one directory's children (see the module docstring)."""
+
+    __slots__ = ("first", "entered", "started", "depth", "mode", "next", "workers", "made")
+
+    def __init__(self, first: int) -> None:
+        self.first = first  # index (in the listing) of the first child entered
+        self.entered = first  # the furthest child entered
+        self.started = False  # a second child was entered
+        self.depth = 1  # how deep below this directory the walker listed directories
+        self.mode = NAMES  # what it asked of files below: NAMES, SIZES or READING
+        self.next = first + 1  # the next child to walk
+        self.workers = 0
+        self.made: dict[int, int] = {}  # child index -> nodes its walk made, for those not entered yet
+
+
 class Tree:
     """The inode table and directory cache. All methods run on the trio thread."""
 
@@ -175,6 +213,8 @@ class Tree:
         # directories a file was opened in: their sizes are probed as for reading (`grep -r`
         # opens each file, after a getattr the kernel's permission check makes)
         self._opened_in: set[int] = set()
+        self._ahead: dict[int, _Ahead] = {}  # directory inode -> the walk-ahead of its children
+        self._ahead_workers = 0  # of every walk-ahead
         self._background: trio.Nursery | None = None
         self._next_inode = ROOT_INODE + 1
         self.root = Node(ROOT_INODE, "", Kind.DIR, None, now(), False, source=root, lookups=1, pinned=1)
@@ -259,6 +299,7 @@ class Tree:
         self._unhold(node.inode)
         self._first_asked.pop(node.inode, None)
         self._opened_in.discard(node.inode)
+        self._ahead.pop(node.inode, None)
 
     def _hold(self, node: Node, entries: int) -> None:
         """`node`'s new listing holds `entries`; beyond MAX_HELD_ENTRIES in all, the least
@@ -333,6 +374,7 @@ class Tree:
             raise NotFound(f"{node.path} is not a directory")
         await self._ensure_fresh(node, listing_needed=True)
         self._used(node)
+        self._entered(node)
         return [node.children[n] for n in node.listing or () if n in node.children]
 
     async def _ensure_fresh(self, node: Node, *, listing_needed: bool) -> None:
@@ -411,6 +453,7 @@ class Tree:
             self._unhold(node.inode)
             self._first_asked.pop(node.inode, None)
             self._opened_in.discard(node.inode)
+            self._ahead.pop(node.inode, None)
         for child in list(node.children.values()):
             self._detach(child)
         node.children.clear()
@@ -421,7 +464,10 @@ class Tree:
         """Learn a file's unknown size, waiting at most `size_wait` from when its request went
         out. Afterwards `node.size` is known, or `node.error` says why not, or the size is
         still coming (slow). Never raises a CiartfsError. `reading`: it is likely to be opened."""
-        if node.kind is not Kind.FILE or node.size is not None:
+        if node.kind is not Kind.FILE:
+            return
+        self._asked_below(node, READING if reading else SIZES)
+        if node.size is not None:
             return
         async with self._probe_nursery() as nursery:
             probe = self._asked(node, nursery, reading=reading)
@@ -434,6 +480,7 @@ class Tree:
         bounds it); raises why it cannot be had."""
         if node.parent is not None and node.kind is Kind.FILE:
             self._opened_in.add(node.parent.inode)
+            self._asked_below(node, READING)
         if node.size is None and node.kind is Kind.FILE:
             async with self._probe_nursery() as nursery:
                 await self._asked(node, nursery, reading=True).done.wait()
@@ -513,3 +560,122 @@ class Tree:
             if self._probes.get(node.inode) is probe:
                 del self._probes[node.inode]
             probe.done.set()
+
+    # -- walking ahead ------------------------------------------------------------------------
+
+    def _entered(self, node: Node) -> None:
+        """The walker listed `node` (opendir): the directories above it that walk ahead learn
+        how deep it went; its parent, which child it reached (a second one starts the walk)."""
+        if self._background is None:
+            return
+        depth, above = 1, node.parent
+        while above is not None:  # O(depth): a dict lookup per directory above
+            state = self._ahead.get(above.inode)
+            if state is not None and depth > state.depth:
+                state.depth = depth
+                self._restart(above, state)
+            depth, above = depth + 1, above.parent
+        parent = node.parent
+        if parent is None or parent.listing is None or not getattr(parent.source, "walk_ahead", False):
+            return
+        index = bisect.bisect_left(parent.listing, node.name)
+        if index >= len(parent.listing) or parent.listing[index] != node.name:
+            return
+        state = self._ahead.get(parent.inode)
+        if state is None:
+            self._ahead[parent.inode] = _Ahead(index)
+            return
+        if index > state.entered:
+            state.entered = index
+            for done in [i for i in state.made if i <= index]:
+                del state.made[done]
+        if index != state.first and not state.started:
+            state.started = True
+            state.next = max(state.next, state.entered + 1)
+        self._spawn_ahead(parent, state)
+
+    def _asked_below(self, node: Node, mode: int) -> None:
+        """A file's size (SIZES) or bytes (READING) were asked for: walking ahead above it
+        gives the siblings' files the same, from the next sibling not entered yet."""
+        above = node.parent
+        while above is not None:
+            state = self._ahead.get(above.inode)
+            if state is not None and mode > state.mode:
+                state.mode = mode
+                self._restart(above, state)
+            above = above.parent
+
+    def _restart(self, parent: Node, state: _Ahead) -> None:
+        """The walker asks more than before: the siblings not entered are walked again (what
+        they hold already costs nothing: listings are kept, sizes known)."""
+        if state.started:
+            state.next = state.entered + 1
+            state.made.clear()
+            self._spawn_ahead(parent, state)
+
+    def _spawn_ahead(self, parent: Node, state: _Ahead) -> None:
+        if not state.started or self._background is None or parent.listing is None:
+            return
+        stop = min(len(parent.listing), state.entered + 1 + AHEAD_SIBLINGS)
+        wanted = min(AHEAD_CONCURRENCY - self._ahead_workers, stop - state.next - state.workers)
+        for _ in range(max(0, wanted)):
+            state.workers += 1
+            self._ahead_workers += 1
+            self._background.start_soon(self._ahead_worker, parent, state)
+
+    async def _ahead_worker(self, parent: Node, state: _Ahead) -> None:
+        """Walk the next sibling not taken, until the window or the node budget is reached."""
+        try:
+            while self._ahead.get(parent.inode) is state and parent.listing is not None:
+                listing = parent.listing
+                if state.next >= min(len(listing), state.entered + 1 + AHEAD_SIBLINGS) \
+                        or sum(state.made.values()) >= AHEAD_NODES:
+                    return
+                index = state.next
+                state.next += 1
+                child = parent.children.get(listing[index])
+                if child is not None and child.kind is Kind.DIR:
+                    made = await self._walk_ahead(child, state)
+                    if index > state.entered:
+                        state.made[index] = made
+        except Exception:  # a bug must not kill the background nursery (the mount)
+            log.exception("%s: walking ahead failed", parent.path)
+        finally:
+            state.workers -= 1
+            self._ahead_workers -= 1
+
+    async def _walk_ahead(self, top: Node, state: _Ahead) -> int:
+        """List `top`'s subtree as deep as the walker went (breadth first, at most AHEAD_DIRS
+        listings), then learn the sizes of the first AHEAD_FILES files found if it asked for
+        sizes there. Returns the nodes seen. A failure leaves the rest to the walker."""
+        seen = 0
+        files: list[Node] = []
+        todo = [(top, 1)]
+        listed = 0
+        while todo and listed < AHEAD_DIRS:
+            node, depth = todo.pop(0)
+            if not node.attached:
+                continue
+            try:
+                await self._ensure_fresh(node, listing_needed=True)
+            except CiartfsError as e:
+                log.debug("%s: not walked ahead: %s", node.path, e)
+                continue
+            listed += 1
+            for name in node.listing or ():
+                child = node.children.get(name)
+                if child is None:
+                    continue
+                seen += 1
+                if child.kind is Kind.DIR and depth < state.depth:
+                    todo.append((child, depth + 1))
+                elif child.kind is Kind.FILE and len(files) < AHEAD_FILES:
+                    files.append(child)
+        if state.mode == NAMES:
+            return seen
+        for node in files:
+            if node.size is None and node.error is None and node.attached and node.inode not in self._probes:
+                probe = _SizeProbe(trio.current_time())
+                self._probes[node.inode] = probe
+                await self._run_probe(node, probe, state.mode == READING)
+        return seen

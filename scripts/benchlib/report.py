@@ -25,10 +25,16 @@ REPO = Path(__file__).resolve().parents[2]
 # scenarios (print order is the order Bench.run declares them)
 COLD_UNCAPPED = "cold read, uncapped"
 COLD_CAPPED = "cold read, capped"
+COLD_HTTPS = "cold read, uncapped, HTTPS"
 WARM = "warm re-read"
 GREP = "grep -rl, 2000 small files"
 LS = "ls -l, 1000 artifacts"
 UNZIP = "unzip -l, 2000-member zip"
+GH_READ = "actions: 1 MiB of 500 MiB zip"
+GH_LS = "actions: ls -R, 10k members"
+GH_GREP = "actions: grep -rl, 2000 defl."
+TC_LS = "ls, 5k-task TC group"
+TC_GREP = "grep -rl, 5k-task TC group"
 # tools other than the FUSE mounts (whose labels are in benchlib/mounts.py)
 CIARTFS = "ciartfs"
 CURL = "curl (1 stream)"
@@ -37,6 +43,10 @@ LOCAL = "cat local file"
 RECIPE = "docs recipe (xargs -P4 curl)"
 LS_BASE = "curl API list (names)"
 UNZIP_BASE = "curl, then unzip -l"
+GH_BASE = "gh way: curl -L, unzip, tool"
+TC_LS_BASE = "curl API list (task ids)"
+TC_RECIPE = "queue recipe (xargs -P8 curl)"
+TC_GREP_LIMIT_S = 10.0  # issue 17: grep -rl over a 5k-task group
 
 
 class Sample(dict):  # seconds (None: timed out after `timeout` s), plus resource figures for FUSE runs
@@ -98,20 +108,47 @@ class Target:
     status: str  # "met", "NOT met", "n/a: why"
     value: float | None = None
     need: str = ""
+    scenario: str = ""  # shown only when this scenario was run ("": always)
 
 
 def _ratio_target(res: Results, text: str, scenario: str, tool: str, threshold: float, strict: bool = False) -> Target:
     need = f"{'>' if strict else '>='} {threshold:.3g}"
     if tool in res.skipped:
-        return Target(text, "-", f"n/a: {tool} skipped", None, need)
+        return Target(text, "-", f"n/a: {tool} skipped", None, need, scenario)
     r, bound = res.ratio(scenario, tool)
     if r is None:
-        return Target(text, "-", "n/a: no result", None, need)
+        return Target(text, "-", "n/a: no result", None, need, scenario)
     ok = r > threshold if strict else r >= threshold
     measured = f"{'> ' if bound else ''}{r:.2f}"
     if bound and not ok:  # the peer timed out, ciartfs was not fast enough to tell
-        return Target(text, measured, "n/a: peer timed out", r, need)
-    return Target(text, measured, "met" if ok else "NOT met", r, need)
+        return Target(text, measured, "n/a: peer timed out", r, need, scenario)
+    return Target(text, measured, "met" if ok else "NOT met", r, need, scenario)
+
+
+def _cold_target(res: Results, scenario: str, unit: str, need: float) -> Target:
+    """The issue's absolute cold-read targets, from ciartfs's medians: throughput (MiB/s, at
+    least `need`) or the daemon's CPU per GiB read (CPU-s/GiB, at most `need`)."""
+    samples = res.data.get(scenario, {}).get(CIARTFS, [])
+    nbytes = res.meta.get(scenario, {}).get("bytes")
+    seconds, cpu = Results.median(samples, "seconds"), Results.median(samples, "cpu")
+    if unit == "MiB/s":
+        text, sign = f"{scenario}: >= {need:g} MiB/s", f">= {need:g}"
+        value = nbytes / MiB / seconds if nbytes and seconds else None
+    else:
+        text, sign = f"{scenario}: <= {need:g} daemon CPU-s per GiB", f"<= {need:g}"
+        value = cpu / (nbytes / (1024 * MiB)) if nbytes and cpu is not None else None
+    if value is None:
+        return Target(text, "-", "n/a: no result", None, sign)
+    ok = value >= need if unit == "MiB/s" else value <= need
+    return Target(text, f"{value:.2f} {unit}", "met" if ok else "NOT met", value, sign)
+
+
+def _seconds_target(res: Results, text: str, scenario: str, limit: float) -> Target:
+    med, bound = Results.time_median(res.data.get(scenario, {}).get(CIARTFS, []))
+    need = f"<= {limit:g} s"
+    if med is None:
+        return Target(text, "-", "n/a: no result", None, need)
+    return Target(text, f"{'> ' if bound else ''}{med:.2f} s", "met" if med <= limit and not bound else "NOT met", med, need)
 
 
 def targets(res: Results, memory_cache: str) -> list[Target]:
@@ -119,14 +156,19 @@ def targets(res: Results, memory_cache: str) -> list[Target]:
     out = [_ratio_target(res, "capped cold read >= 4x faster than curl", COLD_CAPPED, CURL, 4),
            _ratio_target(res, "capped cold read within 1.5x of aria2c's time", COLD_CAPPED, ARIA, 1 / 1.5)]
     out += [_ratio_target(res, f"capped cold read ahead of {p}", COLD_CAPPED, p, 1, strict=True) for p in peers]
+    out += [_cold_target(res, COLD_UNCAPPED, "MiB/s", 600), _cold_target(res, COLD_UNCAPPED, "CPU-s/GiB", 1.5)]
+    https = _ratio_target(res, "uncapped cold read over HTTPS: curl's time / ciartfs's", COLD_HTTPS, CURL, 0)
+    out.append(Target(https.text, https.measured, "reported" if https.value is not None else https.status, https.value, "-"))
     out.append(_ratio_target(res, "warm re-read >= 0.5x the speed of local cat", WARM, LOCAL, 0.5))
     out += [_ratio_target(res, f"warm re-read ahead of {p}", WARM, p, 1, strict=True) for p in peers]
     out.append(_ratio_target(res, "grep -rl >= 3x faster than the docs recipe", GREP, RECIPE, 3))
     out += [_ratio_target(res, f"ls -l >= 4x faster than {p}", LS, p, 4) for p in peers]
     sent = Results.median(res.data.get(UNZIP, {}).get(CIARTFS, []), "sent_mib")
     out.append(Target("unzip -l: < 1 MiB sent by the server", "-" if sent is None else f"{sent:.2f} MiB",
-                      "n/a: no result" if sent is None else "met" if sent < 1 else "NOT met", sent, "< 1 MiB"))
+                      "n/a: no result" if sent is None else "met" if sent < 1 else "NOT met", sent, "< 1 MiB", UNZIP))
     out.append(_ratio_target(res, f"unzip -l no slower than {peers[0]}", UNZIP, peers[0], 1))
+    out += _actions_targets(res)
+    out.append(_seconds_target(res, f"grep -rl over a 5k-task TC group <= {TC_GREP_LIMIT_S:g} s", TC_GREP, TC_GREP_LIMIT_S))
     limit = parse_size(memory_cache) / MiB + 100
     worst = max(((s["rss_mib"], scenario) for scenario, tools in res.data.items()
                  for s in tools.get(CIARTFS, []) if s.get("rss_mib")), default=None)
@@ -136,6 +178,28 @@ def targets(res: Results, memory_cache: str) -> list[Target]:
     else:
         out.append(Target(text, f"max {worst[0]:.0f} MiB ({worst[1]})", "met" if worst[0] <= limit else "NOT met",
                           worst[0], f"<= {limit:.0f} MiB"))
+    return [t for t in out if not t.scenario or t.scenario in res.meta]
+
+
+def _actions_targets(res: Results) -> list[Target]:
+    """Issue 18's: bytes the blob host sent for one member, requests past the index for `ls -R`,
+    and the ratios against the `gh run download` way."""
+    out = [_ratio_target(res, "actions: 1 MiB member >= 20x faster than the gh way", GH_READ, GH_BASE, 20)]
+    samples = res.data.get(GH_READ, {}).get(CIARTFS, [])
+    sent = max((s["blob_sent_mib"] for s in samples if s.get("blob_sent_mib") is not None), default=None)
+    cd = max((s["central_directory_mib"] for s in samples if s.get("central_directory_mib") is not None), default=0.0)
+    need = f"<= {1.5 + cd:.2f} MiB"
+    out.append(Target("actions: 1 MiB member: blob host sent <= 1.5 MiB + central dir., every run",
+                      "-" if sent is None else f"max {sent:.2f} MiB",
+                      "n/a: no result" if sent is None else "met" if sent <= 1.5 + cd else "NOT met", sent, need,
+                      GH_READ))
+    samples = res.data.get(GH_LS, {}).get(CIARTFS, [])
+    after = max((s["blob_requests_after_index"] for s in samples if s.get("blob_requests_after_index") is not None),
+                default=None)
+    out.append(Target("actions: ls -R: no request after the central directory, every run",
+                      "-" if after is None else f"max {after}", "n/a: no result" if after is None
+                      else "met" if after == 0 else "NOT met", after, "0", GH_LS))
+    out.append(_ratio_target(res, "actions: grep -rl >= 2x faster than the gh way", GH_GREP, GH_BASE, 2))
     return out
 
 
@@ -185,6 +249,9 @@ def _fuse_columns(tool: str, samples: list[Sample], row: dict[str, Any]) -> str:
         api, sto = Results.median(samples, "api"), Results.median(samples, "storage")
         row.update(api_requests=api, storage_requests=sto)
         requests = f"api {api:g}{conns('api_conns')}, storage {sto:g}{conns('storage_conns')}"
+        blob = Results.median(samples, "blob_requests")
+        if blob is not None:  # GitHub's blob host (from mounting to unmounting)
+            requests += f", blob {blob:g}"
     else:
         head, get = Results.median(samples, "head"), Results.median(samples, "get")
         row.update(head_requests=head, get_requests=get)
@@ -192,14 +259,36 @@ def _fuse_columns(tool: str, samples: list[Sample], row: dict[str, Any]) -> str:
     return f"{rss:>7.0f} MiB {cpu:>6.2f}  {requests}"
 
 
+def _print_blob_host(res: Results, out: dict[str, Any]) -> None:
+    """GitHub's scenarios: what the blob host answered ciartfs, from mounting to unmounting."""
+    lines = []
+    for scenario in (GH_READ, GH_LS, GH_GREP):
+        samples = res.data.get(scenario, {}).get(CIARTFS, [])
+        if not any(s.get("blob_requests") is not None for s in samples):
+            continue
+        figures = {key: [s[key] for s in samples if s.get(key) is not None]
+                   for key in ("blob_requests", "blob_requests_after_index", "blob_sent_mib", "blob_server_sent_mib",
+                               "central_directory_mib", "blob_log")}
+        out.setdefault("blob_host", {})[scenario] = figures
+        lines.append(f"  {scenario}: requests {figures['blob_requests']} (after the central directory "
+                     f"{figures['blob_requests_after_index']}), MiB delivered {[round(x, 2) for x in figures['blob_sent_mib']]} "
+                     f"(the blob host wrote {[round(x, 2) for x in figures['blob_server_sent_mib']]}); central "
+                     f"directory and end records {figures['central_directory_mib'][0]:.3f} MiB")
+    if lines:
+        print()
+        print("GitHub's blob host, ciartfs runs (each run, from mounting to unmounting):")
+        print("\n".join(lines))
+
+
 def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_problems: list[str],
            info: dict[str, Any]) -> dict[str, Any]:
     a = args
     block = a.block_size or f"{Settings.block_size // 1024}K (ciartfs default)"
+    memory = a.memory_cache or f"{Settings.memory_cache >> 20}M (ciartfs default)"
     out: dict[str, Any] = {"machine": info, "settings": {
         "size_mib": a.size_mib, "runs": a.runs, "runs_done": res.runs_done, "quick": a.quick,
         "rate_mib_s_per_connection": a.rate_mib,
-        "latency_ms": a.latency_ms, "memory_cache": a.memory_cache, "block_size": block,
+        "latency_ms": a.latency_ms, "memory_cache": memory, "block_size": block,
         "grep_files": a.grep_files, "ls_files": a.ls_files, "zip_members": a.zip_members, "zip_mib": a.zip_mib,
         "peer_timeout_s": a.peer_timeout}, "link": link,
         "scenarios": [], "targets": [], "skipped": res.skipped, "failures": res.failures, "notes": res.notes,
@@ -209,7 +298,7 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
           f"Linux {info['kernel']}  Python {info['python']}  ciartfs {info['ciartfs_rev']}")
     print(f"file {a.size_mib} MiB; zip {a.zip_mib} MiB of {a.zip_members} members; capped link {a.rate_mib:g} MiB/s per "
           f"connection + {a.latency_ms:g} ms before the first byte (cold read capped, unzip -l); grep/ls: {a.latency_ms:g} ms, "
-          f"no cap; ciartfs --memory-cache {a.memory_cache} (holds the file for the warm re-read), --block-size {block}; "
+          f"no cap; ciartfs --memory-cache {memory}, --block-size {block}; "
           f"median of {res.runs_done} run{'s' if res.runs_done != 1 else ''}"
           + (f" (of {a.runs} asked)" if res.runs_done != a.runs else "") + (" (--quick)" if a.quick else "")
           + f"; FUSE peers get {a.peer_timeout:g} s per command")
@@ -258,6 +347,7 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
                   f"{'-' if sent is None else f'{sent:.1f}':>9}  {extra}")
             out["scenarios"].append(row)
     width = len(head)
+    _print_blob_host(res, out)
     print()
     print(textwrap.fill(
         "ratio = baseline median / ciartfs median (>1: ciartfs is faster); '> N' = timed out after N s (a FUSE peer's "
@@ -270,7 +360,7 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
         "proxy during the command.",
         width=width))
     print()
-    tgt = targets(res, a.memory_cache)
+    tgt = targets(res, a.memory_cache or f"{Settings.memory_cache >> 20}M")
     tw, mw, nw = (max(len(x) for x in col) for col in zip(*((t.text, t.measured, t.need) for t in tgt), strict=True))
     print(f"{'targets (the issue)':<{tw}}  {'measured':>{mw}}  {'need':>{nw}}  status")
     print("-" * (tw + mw + nw + 14))

@@ -29,6 +29,7 @@ import trio
 from ciartfs.data.sources import TAIL_FIRST
 from ciartfs.errors import CiartfsError, Forbidden, NotFound
 from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind
+from ciartfs.namespace.names import name_problem, short
 from ciartfs.providers.base import MountContext
 from ciartfs.providers.circleci.v1 import decode_branch, encode_branch
 from ciartfs.providers.github.api import RUN_ID_RE, ActionsApi, ArtifactInfo, Run, needs_token
@@ -47,7 +48,7 @@ def root_entry(api: ActionsApi, context: MountContext) -> Entry:
 
 
 def _plain_name(name: str) -> bool:
-    return bool(name) and "/" not in name and name not in (".", "..") and "\x00" not in name
+    return name_problem(name) is None
 
 
 class _OwnersDir:
@@ -241,8 +242,15 @@ class _RunDir:
             return list(self._entries.values())
         artifacts = await r.api.artifacts(r.owner, r.name, run.id, completed=run.completed)
         self._expired = {a.name for a in artifacts if a.expired}
+        usable = []
+        for a in artifacts:
+            problem = name_problem(a.name)
+            if problem:  # never probed: it could not be shown
+                log.warning("%s/%d: skipping an artifact whose name %s: %s", r.where, run.id, problem, short(a.name))
+            elif not a.expired:
+                usable.append(a)
         # one name each (GitHub keeps names unique per run): the newest upload wins
-        live = {a.name: a for a in sorted((a for a in artifacts if not a.expired), key=lambda a: a.id)}
+        live = {a.name: a for a in sorted(usable, key=lambda a: a.id)}
         entries: list[Entry] = []
         limiter = trio.CapacityLimiter(ARCHIVE_PROBES)
 

@@ -294,9 +294,12 @@ class _Groups:
 
 
 class _Group(CompleteDir):
-    """A task group: a directory per task (by taskId) and a link per unique, valid task name."""
+    """A task group: a directory per task (by taskId) and a link per unique, valid task name.
+    Its tasks are walked ahead (tree.py): `grep -r` over a group of 5k tasks would otherwise
+    wait for each task's artifact listing and file probes in turn."""
 
     ttl: float  # a group can always gain tasks (CompleteDir allows None)
+    walk_ahead = True
 
     def __init__(self, api: QueueApi, ttl: float, group_id: str) -> None:
         self.api, self.ttl, self.group_id = api, ttl, group_id
