@@ -918,7 +918,7 @@ class Bench:
                          check, f"grep -rl {shlex.quote(needle)} .")
 
     def tc_group(self) -> None:
-        """`ls` of a 5k-task Taskcluster group, then `grep -rl` over it, each on a fresh mount;
+        """`ls` of a Taskcluster group (--tc-tasks, 5000), then `grep -rl` over it, each on a fresh mount;
         baselines: the API with curl (names), the queue recipe (everything downloaded)."""
         self.set_profile("relay")
         expected: set[str] = self.data["tc_needles"]
@@ -1069,7 +1069,8 @@ class Bench:
                     ("tc-group", TC_GREP, None, (CIARTFS, TC_RECIPE)))
         for key, scenario, nbytes, tools in declared:
             if key in only:
-                self.results.scenario(scenario, nbytes=nbytes, tools=tools)
+                count = a.tc_tasks if key == "tc-group" else None
+                self.results.scenario(scenario, nbytes=nbytes, tools=tools, count=count)
         started = last = time.monotonic()
         for rnd in range(a.runs):
             now = time.monotonic()
