@@ -124,11 +124,13 @@ class HashChecks:
             return
         if key in self._mismatched:  # a concurrent read found it first
             raise ContentMismatch(str(self._mismatched[key]), reported=True)
-        self._mismatched[key] = ContentMismatch(
+        mismatch = self._mismatched[key] = ContentMismatch(
             f"{redact_url(art.url)}: content hash mismatch ({', '.join(wrong)}) over all {total} bytes read: "
             f"not served; its cached blocks dropped", reported=True)
+        # logged here, once: the read that finds it may be a read-ahead whose error nobody logs
+        log.warning("%s", mismatch)
         await self.blocks.drop(art, count, total)
-        raise ContentMismatch(str(self._mismatched[key]))
+        raise ContentMismatch(str(mismatch), reported=True)
 
     async def _expected_hashes(self, art: Artifact) -> dict[str, str]:
         known = self._expected.get(art.key)
