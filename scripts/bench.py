@@ -58,9 +58,17 @@ blob host's answers are counted from mounting to unmounting (read-ahead still ru
   gh-grep               `grep -rl` over all 2000 deflated members (~200 MiB decoded, 38 MiB
                         stored) for a string only one of them holds (every other is read whole).
 `--only` runs some scenarios alone (cold-uncapped includes the warm re-read).
-`--memory` also measures issue 17's memory targets after the rest (scripts/bench_flat.py): RSS
-per listed artifact at 100k, what drop_caches gives back, a re-list after forget against a
-warm one, a 500-build browse.
+Scale (issue 17), after the rest, each against the issue's own targets (no baseline); the fake
+CircleCI in-process, no added latency, a fresh mount each (scripts/benchlib/flat.py):
+  flat                  one directory of 10k and of 100k artifacts, small (1000 B) and large
+                        (4 MiB): `ls`, `find -name`, then `ls -l`: time, storage requests and
+                        bytes, peak RSS (--quick: 10k only).
+  memory                RSS per listed artifact at 100k, what drop_caches gives back, a re-list
+                        after forget against a warm one, a browse of 500 builds of 1000
+                        artifacts (--quick: 10k).
+  disk-cache            the store alone (scripts/benchlib/diskcache.py): start-up with 2.6M
+                        entries (a full 10 GiB cache of 4K blocks), index RAM per entry, an
+                        eviction pass at two store sizes (--quick: 260k entries).
 FUSE peers, in every scenario: rclone mount (--vfs-cache-mode full) and httpdirfs (--cache),
 on the files host. A peer's command gets --peer-timeout seconds (default 90): a timeout is
 reported as "> N s" and that scenario is not run again for that peer.
@@ -142,13 +150,16 @@ from benchlib.report import (  # noqa: E402
     WARM,
     Results,
     Sample,
+    Target,
     machine_info,
     report,
 )
 
 PY = sys.executable
 # --only's names, in run order
-SCENARIOS = ("cold-uncapped", "cold-capped", "cold-https", "grep", "ls", "unzip", "gh-read", "gh-ls", "gh-grep", "tc-group")
+SCALE = ("flat", "memory", "disk-cache")  # issue 17's, run after the others (run_scale)
+SCENARIOS = ("cold-uncapped", "cold-capped", "cold-https", "grep", "ls", "unzip", "gh-read", "gh-ls", "gh-grep",
+             "tc-group", *SCALE)
 
 
 def log_short(tool: str) -> str:
@@ -1145,6 +1156,42 @@ class Bench:
 
 
 
+def run_scale(args: argparse.Namespace, figures: dict[str, Any], targets: list[Target]) -> int:
+    """Issue 17's scale scenarios (after the others, whose servers are stopped by now): their
+    figures into `figures`, the targets judged into `targets`. The exit status (130: interrupted)."""
+    import benchlib.diskcache as diskcache  # (scripts/ is on sys.path)
+    import benchlib.flat as flat
+
+    quick = args.quick
+    python = str(VENV_PY)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ciartfs-scale-") as d:
+            tmp = Path(d)
+            for part in SCALE:  # (each its own mount points and cache dirs)
+                (tmp / part).mkdir()
+            if "flat" in args.only:
+                log("flat: one directory of N artifacts, ls, find -name, ls -l")
+                figures["flat"], found = flat.flat_targets(python, REPO, tmp / "flat", (10_000,) if quick else (10_000, 100_000))
+                targets += found
+            if "memory" in args.only:
+                log("memory: N artifacts listed, drop_caches, re-list; builds browsed")
+                count, builds = (10_000, 500) if quick else (100_000, 500)  # (forgetting starts at 200k entries)
+                figures["memory"], found = flat.memory_targets(python, REPO, tmp / "memory", count, builds)
+                targets += found
+            if "disk-cache" in args.only:
+                log("disk cache: start-up, index RAM, eviction")
+                figures["disk_cache"], found = diskcache.disk_targets(tmp / "disk-cache", 260_000 if quick else 2_600_000)
+                targets += found
+    except KeyboardInterrupt:
+        log("interrupted: the scale scenarios' results so far follow")
+        return 130
+    except Exception:  # noqa: BLE001 - print it, then still report the results so far
+        import traceback
+        traceback.print_exc()
+        return 1
+    return 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller files, fewer runs, shorter peer timeout (about 3 minutes)")
@@ -1167,8 +1214,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gh-large-mib", type=int, default=500,
                    help="size of the GitHub artifact one member of which is read (default 500)")
     p.add_argument("--tc-tasks", type=int, help="tasks in the Taskcluster group (default 5000, --quick 1000)")
-    p.add_argument("--memory", action="store_true", help="also issue 17's memory targets (scripts/bench_flat.py: "
-                                                         "100k artifacts, drop_caches, re-list, 500-build browse; ~4 min)")
     args = p.parse_args(argv)
     args.tc_tasks = args.tc_tasks or (1000 if args.quick else 5000)
     args.runs = args.runs or (2 if args.quick else 5)
@@ -1205,7 +1250,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     status = 0
     try:
-        bench.run()
+        if set(args.only) - set(SCALE):
+            bench.run()
     except KeyboardInterrupt as e:
         log(f"interrupted ({str(e) or 'SIGINT'}): cleaning up; results so far follow")
         status = 130
@@ -1215,13 +1261,12 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         bench.cleanup()
-    out = report(args, bench.results, bench.link, bench.log_problems, info)
-    if args.memory and status == 0:
-        import bench_flat  # (scripts/ is on sys.path)
-
-        log("memory (issue 17): 100k artifacts listed, drop_caches, re-list; 500 builds browsed")
-        with tempfile.TemporaryDirectory(prefix="ciartfs-memory-") as tmp:
-            out["memory"] = bench_flat.memory_targets(str(VENV_PY), REPO, Path(tmp))
+    scale: dict[str, Any] = {}
+    scale_targets: list[Target] = []
+    if status == 0:
+        status = run_scale(args, scale, scale_targets)
+    out = report(args, bench.results, bench.link, bench.log_problems, info, scale_targets)
+    out["scale"] = scale
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")

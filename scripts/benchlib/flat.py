@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Flat-directory scenarios of issue 17 ("Scale"): one directory of N artifacts.
+"""Flat-directory scenarios of issue 17 ("Scale"): one directory of N artifacts. scripts/bench.py
+runs them (`--only flat,memory`, and in a full run) and judges the issue's targets; alone:
 
-    .venv/bin/python scripts/bench_flat.py [--counts 1000,10000,100000] [--kinds small,large]
-                                           [--python PATH] [--browse BUILDS] [--json PATH]
+    .venv/bin/python scripts/benchlib/flat.py [--counts 1000,10000,100000] [--kinds small,large]
+                                              [--python PATH] [--browse BUILDS] [--json PATH]
 
 For each N and kind (small: 1000-byte files; large: 4 MiB files, one bytes object shared by
 all, so the fake holds one copy), the bundled fake CircleCI serves one build whose `many/`
@@ -15,7 +16,8 @@ holds the N artifacts, and a fresh ciartfs mount (fresh cache dir) runs, in orde
   drop     `echo 2 > /proc/sys/vm/drop_caches` when root (the kernel forgets the inodes)
   relist after forget  `ls many | wc -l` (the API documents come from the disk cache)
 and reports, per command: seconds, artifact requests (the API host's redirects and storage
-GETs, not the API listing), storage bytes sent, and the daemon's RSS after it (RSS per
+GETs, not the API listing), storage bytes sent, the daemon's peak RSS so far (VmHWM) and its
+RSS after it (RSS per
 artifact, and what came back after drop); the re-list after forget as a multiple of the warm
 one. `--browse 500`: a mount `ls`s each of 500 builds' artifact directory (`--per-build`
 files each, default 1000; `--browse-command 'ls -l'`) in turn, RSS every 50 builds: the
@@ -40,9 +42,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
+from benchlib.common import proc_hwm_kib  # noqa: E402
+from benchlib.report import Target  # noqa: E402
 from ciartfs.cli.mountpoint import is_mounted  # noqa: E402
 from ciartfs.fakeserver import FakeCI  # noqa: E402
 
@@ -147,7 +151,7 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
                 reqs, sent = storage_stats(fake, len(body))
                 rss = rss_kib(proc.pid)
                 result[label] = {"s": round(took, 3), "requests": reqs, "storage_bytes": sent,
-                                 "lines": int(out.strip()), "rss_kib": rss,
+                                 "lines": int(out.strip()), "rss_kib": rss, "peak_rss_kib": proc_hwm_kib(proc.pid),
                                  "rss_per_artifact_b": round((rss - base) * 1024 / count)}
                 print(f"  {count:>7} {kind:<5} {label:<11} {took:8.3f} s  {reqs:>7} requests  "
                       f"{sent / 2**20:9.1f} MiB  RSS {rss / 1024:7.1f} MiB ({(rss - base) * 1024 / count:6.0f} B/artifact)",
@@ -216,23 +220,54 @@ def browse(python: str, cwd: Path, builds: int, per_build: int, tmp: Path, every
     return result
 
 
-def memory_targets(python: str, cwd: Path, tmp: Path, count: int = 100_000, builds: int = 500) -> dict[str, Any]:
+LISTING_LIMIT_S = 5.0  # issue 17: `ls` and `find -name` of 100k artifacts
+PROBE_LIMIT_B = 16 << 10  # issue 17: `ls -l` of large files, artifact bytes per file
+
+
+def flat_targets(python: str, cwd: Path, tmp: Path, counts: tuple[int, ...] = (10_000, 100_000),
+                 kinds: tuple[str, ...] = ("small", "large")) -> tuple[list[dict[str, Any]], list[Target]]:
+    """Issue 17's names-only targets over one directory of each count and kind: `ls` and `find
+    -name` make no storage request, take <= 5 s at 100k, and `ls -l` of large files fetches
+    <= 16 KiB per file. The cases' figures, and the targets judged."""
+    cases = [run_case(python, cwd, count, kind, tmp, ["ls", "find", "ls -l"]) for count in counts for kind in kinds]
+    names_only = max(c[cmd]["requests"] for c in cases for cmd in ("ls", "find"))
+    out = [Target("flat: ls and find -name make no storage request", f"max {names_only}", "met" if names_only == 0 else
+                  "NOT met", names_only, "0")]
+    for c in cases:
+        if c["count"] >= 100_000:
+            worst = max(c["ls"]["s"], c["find"]["s"])
+            out.append(Target(f"flat: ls and find -name of {c['count']} {c['kind']} <= {LISTING_LIMIT_S:g} s",
+                              f"{worst:.2f} s", "met" if worst <= LISTING_LIMIT_S else "NOT met", worst,
+                              f"<= {LISTING_LIMIT_S:g} s"))
+        if c["kind"] == "large":
+            per = c["ls -l"]["storage_bytes"] / c["count"]
+            out.append(Target(f"flat: ls -l of {c['count']} large fetches <= 16 KiB per file", f"{per / 1024:.1f} KiB",
+                              "met" if per <= PROBE_LIMIT_B else "NOT met", per, "<= 16 KiB"))
+    return cases, out
+
+
+def memory_targets(python: str, cwd: Path, tmp: Path, count: int = 100_000,
+                   builds: int = 500) -> tuple[dict[str, Any], list[Target]]:
     """Issue 17's memory targets, measured: RSS per listed artifact at `count` (<= 1.5 KiB), the
     share of it drop_caches gives back (>= 70%), a re-list after forget against a warm one
-    (<= 2x), and a browse of `builds` builds (a plateau). For scripts/bench.py --memory."""
+    (<= 2x), and a browse of `builds` builds (a plateau)."""
     case = run_case(python, cwd, count, "small", tmp, ["ls"])
     walk = browse(python, cwd, builds, 1000, tmp)
     per_artifact = case["ls"]["rss_per_artifact_b"]
-    out: dict[str, Any] = {"flat": case, "browse": walk, "targets": {
-        f"RSS per listed artifact at {count} <= 1536 B": (per_artifact, per_artifact <= 1536),
-        f"browsing {builds} builds plateaus": (walk["last_hundred_kib"], walk["plateau"])}}
+    growth = f"+{walk['first_hundred_kib'] / 1024:.1f} -> +{walk['last_hundred_kib'] / 1024:.1f} MiB"
+    out = [Target(f"memory: RSS per listed artifact at {count} <= 1.5 KiB", f"{per_artifact} B",
+                  "met" if per_artifact <= 1536 else "NOT met", per_artifact, "<= 1536 B"),
+           Target(f"memory: browsing {builds} builds plateaus (first vs last 100 builds)", growth,
+                  "met" if walk["plateau"] else "NOT met", walk["last_hundred_kib"], "last <= first/10")]
     if "drop" in case:
         share, ratio = case["drop"]["returned_share"], case["relist after forget"]["vs_warm"]
-        out["targets"]["drop_caches returns >= 70% of the listing's growth"] = (share, share >= 0.7)
-        out["targets"]["a re-list after forget <= 2x a warm re-list"] = (ratio, ratio <= 2)
-    for name, (value, met) in out["targets"].items():
-        print(f"  {'met' if met else 'NOT met'}: {name} ({value})", flush=True)
-    return out
+        out += [Target("memory: drop_caches returns >= 70% of the listing's growth", f"{share:.0%}",
+                       "met" if share >= 0.7 else "NOT met", share, ">= 70%"),
+                Target("memory: a re-list after forget <= 2x a warm re-list", f"{ratio:.2f}x",
+                       "met" if ratio <= 2 else "NOT met", ratio, "<= 2x")]
+    else:
+        out.append(Target("memory: drop_caches and the re-list after forget", "-", "n/a: needs root", None, ""))
+    return {"flat": case, "browse": walk}, out
 
 
 def main() -> int:
