@@ -478,3 +478,49 @@ async def test_small_steps_are_decoded_without_a_worker_thread(zips, monkeypatch
     assert threads == []  # one block from a few KiB: inline
     assert await read_all(zips.reader, files["b.txt"].artifact, step=3 * BS) == expected.read("b.txt")
     assert "step" in threads  # three blocks wanted at once: a worker thread's
+
+
+async def test_members_decoded_ahead_in_batches_keep_every_check(zips, monkeypatch):
+    # `grep -r` in archive order: the members ahead are decoded whole, in batches (one worker
+    # thread call for many), and a batch keeps every check a pass makes: a member whose CRC-32
+    # or size lies is never put in the cache by it (its reader decodes it, and gets EIO), a
+    # member of several blocks comes out right, a stored member between them splits a batch
+    rnd = random.Random(5)
+    members = [(f"logs/{i:03d}.log", text(i, 40_000) + rnd.randbytes(500), zipfile.ZIP_DEFLATED) for i in range(120)]
+    members[60] = ("logs/060.log", text(60, 3 * BS + 5), zipfile.ZIP_DEFLATED)
+    members[80] = ("logs/080.bin", rnd.randbytes(30_000), zipfile.ZIP_STORED)
+    data = make_zip(members)
+    crc_bad, size_bad = "logs/040.log", "logs/041.log"
+    expected = zipfile.ZipFile(io.BytesIO(data))
+    data = _patch_cd(data, crc_bad.encode(), 16, "<L", expected.getinfo(crc_bad).CRC ^ 1)
+    data = _patch_cd(data, size_bad.encode(), 24, "<L", expected.getinfo(size_bad).file_size - 1)
+    files = await zips.files(zips.archive(data))
+    batches: list[int] = []
+    real = zipmember._decode_whole
+
+    def counting(span, lo, todo, block_size):
+        batches.append(len(todo))
+        return real(span, lo, todo, block_size)
+
+    monkeypatch.setattr(zipmember, "_decode_whole", counting)
+    reader = zips.reader
+    for name, _, _ in members:
+        art = files[name].artifact
+        assert art.size is not None
+        if name == "logs/038.log":  # its batch is done once the member after the two that lie is in
+            after = files["logs/042.log"].artifact
+            with trio.fail_after(10):
+                while reader.memory.get(reader.blocks.key(after, 0, after.size)) is None:
+                    await trio.sleep(0.001)
+            for bad in (crc_bad, size_bad):
+                assert reader.memory.get(reader.blocks.key(files[bad].artifact, 0, files[bad].artifact.size)) is None
+        reader.opened(art, art.size)
+        if name == crc_bad:
+            assert "CRC-32 mismatch" in await expect_eio(reader, art)
+        elif name == size_bad:
+            assert "past its stated size" in await expect_eio(reader, art)
+        else:
+            assert await read_all(reader, art) == expected.read(name), name
+    # members 3 to 119 but the stored one and the two that lie: decoded ahead, in a few batches
+    assert zips.members.decoded_ahead == 120 - 3 - 3
+    assert sum(batches) == 120 - 3 - 1 and len(batches) < 15
