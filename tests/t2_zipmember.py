@@ -490,10 +490,12 @@ async def test_members_decoded_ahead_in_batches_keep_every_check(zips, monkeypat
     members[60] = ("logs/060.log", text(60, 3 * BS + 5), zipfile.ZIP_DEFLATED)
     members[80] = ("logs/080.bin", rnd.randbytes(30_000), zipfile.ZIP_STORED)
     data = make_zip(members)
-    crc_bad, size_bad = "logs/040.log", "logs/041.log"
+    crc_bad, size_bad, stream_bad = "logs/040.log", "logs/041.log", "logs/043.log"
     expected = zipfile.ZipFile(io.BytesIO(data))
     data = _patch_cd(data, crc_bad.encode(), 16, "<L", expected.getinfo(crc_bad).CRC ^ 1)
     data = _patch_cd(data, size_bad.encode(), 24, "<L", expected.getinfo(size_bad).file_size - 1)
+    at = expected.getinfo(stream_bad).header_offset + 30 + len(stream_bad) + 100  # into its deflate stream
+    data = data[:at] + bytes(b ^ 0x5A for b in data[at:at + 64]) + data[at + 64:]
     files = await zips.files(zips.archive(data))
     batches: list[int] = []
     real = zipmember._decode_whole
@@ -507,20 +509,22 @@ async def test_members_decoded_ahead_in_batches_keep_every_check(zips, monkeypat
     for name, _, _ in members:
         art = files[name].artifact
         assert art.size is not None
-        if name == "logs/038.log":  # its batch is done once the member after the two that lie is in
-            after = files["logs/042.log"].artifact
+        if name == "logs/038.log":  # its batch is done once the member after those that lie is in
+            after = files["logs/044.log"].artifact
             with trio.fail_after(10):
                 while reader.memory.get(reader.blocks.key(after, 0, after.size)) is None:
                     await trio.sleep(0.001)
-            for bad in (crc_bad, size_bad):
+            for bad in (crc_bad, size_bad, stream_bad):
                 assert reader.memory.get(reader.blocks.key(files[bad].artifact, 0, files[bad].artifact.size)) is None
         reader.opened(art, art.size)
         if name == crc_bad:
             assert "CRC-32 mismatch" in await expect_eio(reader, art)
         elif name == size_bad:
             assert "past its stated size" in await expect_eio(reader, art)
+        elif name == stream_bad:
+            await expect_eio(reader, art)
         else:
             assert await read_all(reader, art) == expected.read(name), name
-    # members 3 to 119 but the stored one and the two that lie: decoded ahead, in a few batches
-    assert zips.members.decoded_ahead == 120 - 3 - 3
+    # members 3 to 119 but the stored one and the three that lie: decoded ahead, in a few batches
+    assert zips.members.decoded_ahead == 120 - 3 - 4
     assert sum(batches) == 120 - 3 - 1 and len(batches) < 15

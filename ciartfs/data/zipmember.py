@@ -69,10 +69,11 @@ import logging
 import lzma
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 import cachetools
 import trio
+from isal import isal_zlib
 
 from ciartfs.data import zipindex
 from ciartfs.data.cache import SingleFlight
@@ -272,6 +273,10 @@ class _MemberInfo(Mapping[str, str]):
         return len(self.shared) + (0 if "zip" in self.shared else 1)
 
 
+# (isal's stub types its error class as an instance)
+_INFLATE_ERRORS: tuple[type[Exception], ...] = (cast(type[Exception], isal_zlib.error), zlib.error)
+
+
 def _member_source(member: Artifact) -> ZipMember:
     src = member.source
     assert isinstance(src, ZipMember)
@@ -282,8 +287,9 @@ def _decode_whole(span: bytes, lo: int, members: list[Artifact],
                   block_size: int) -> list[tuple[Artifact, list[bytes] | None, int]]:
     """Small deflated members decoded whole from `span` (the archive's bytes from `lo`, which
     hold their local headers and data): per member its blocks, or None when anything about it
-    is wrong (its reader finds out what), and where its data begins. A worker thread's: zlib
-    and CRC-32 release the GIL. The output is bounded by the size the index says (+1)."""
+    is wrong (its reader finds out what), and where its data begins. A worker thread's: ISA-L
+    (zlib's format, twice its speed) releases the GIL. The output is bounded by the size the
+    index says (+1)."""
     found: list[tuple[Artifact, list[bytes] | None, int]] = []
     view = memoryview(span)
     for m in members:
@@ -299,12 +305,12 @@ def _decode_whole(span: bytes, lo: int, members: list[Artifact],
         if end > src.data_limit or end - lo > len(span):
             found.append((m, None, start))
             continue
-        inflater = zlib.decompressobj(-15)
+        inflater = isal_zlib.decompressobj(-15)
         try:
             out = inflater.decompress(view[start - lo:end - lo], size + 1)
-        except zlib.error:
+        except _INFLATE_ERRORS:
             out = b""
-        if len(out) != size or not inflater.eof or zlib.crc32(out) != src.crc32:
+        if len(out) != size or not inflater.eof or isal_zlib.crc32(out) != src.crc32:
             found.append((m, None, start))
             continue
         blocks = [out] if size <= block_size else [out[i:i + block_size] for i in range(0, size, block_size)]
