@@ -329,25 +329,75 @@ async def test_a_corrupt_lzma_header_is_eio(zips):
     assert await zips.reader.read(files["ok"].artifact, 0, 10) == b"ok"
 
 
-async def test_decoded_members_are_read_from_the_disk_cache_by_a_later_mount(fake, tmp_path):
-    content = text(6, 6 * BS + 5)
-    data = make_zip([("d.txt", content, zipfile.ZIP_DEFLATED), ("s.bin", content, zipfile.ZIP_STORED)])
+def _served_archive(fake: FakeCI, data: bytes) -> Artifact:
     blob = ZipBlob(data)
     fake.blobs.add(blob)
-    archive = Artifact(f"test|{blob.blob_id}/a.zip", fake.presigned_url(blob.blob_id), True, source=TAIL_FIRST)
+    return Artifact(f"test|{blob.blob_id}/a.zip", fake.presigned_url(blob.blob_id), True, source=TAIL_FIRST)
+
+
+async def _listed(fake: FakeCI, reader: Reader, archive: Artifact) -> dict[str, Entry]:
+    """The archive's members as a new mount lists them (the requests log cleared after)."""
+    entries = await ZipArchives(reader).members(archive, where="t", mtime=0)
+    assert entries is not None
+    files = await walk(entries)
+    fake.clear_requests()
+    return files
+
+
+async def test_decoded_members_are_read_from_the_disk_cache_by_a_later_mount(fake, tmp_path):
+    content = text(6, 6 * BS + 5)
+    archive = _served_archive(fake, make_zip([("d.txt", content, zipfile.ZIP_DEFLATED),
+                                              ("s.bin", content, zipfile.ZIP_STORED)]))
     for mount in range(2):
         reader = Reader(HttpClient(timeout=10), MemoryCache(64 << 20), DiskStore(tmp_path / "blocks", 1 << 30), BS)
         async with trio.open_nursery() as nursery:
             reader.start(nursery)
-            entries = await ZipArchives(reader).members(archive, where="t", mtime=0)
-            assert entries is not None
-            files = await walk(entries)
-            fake.clear_requests()
+            files = await _listed(fake, reader, archive)
             for name in ("d.txt", "s.bin"):
                 assert await read_all(reader, files[name].artifact) == content
             if mount == 1:  # every block from disk: no request for the archive's bytes
                 assert [r for r in fake.requests if r.server == "storage"] == []
             await reader.flush_writes()
+            nursery.cancel_scope.cancel()
+
+
+async def test_members_decoded_ahead_stay_in_memory_and_a_later_mount_decodes_them_from_the_disk(fake, tmp_path):
+    # the archive's compressed blocks go to disk as fetched; the blocks of members decoded
+    # ahead do not (decoded again from the compressed ones, they cost about what reading them
+    # back would); a member a pass decodes is written
+    members = [(f"logs/{i:02d}.log", text(100 + i, 30_000), zipfile.ZIP_DEFLATED) for i in range(40)]
+    names = [name for name, _, _ in members]
+    data = make_zip(members)
+    archive = _served_archive(fake, data)
+
+    def on_disk(reader: Reader, store: DiskStore, art: Artifact, index: int, total: int) -> bool:
+        key = reader.blocks.key(art, index, total)
+        return reader.writes.holds(key) or store.contains(key)
+
+    for mount in range(2):
+        store = DiskStore(tmp_path / "blocks", 1 << 30)
+        reader = Reader(HttpClient(timeout=10), MemoryCache(64 << 20), store, BS)
+        async with trio.open_nursery() as nursery:
+            reader.start(nursery)
+            files = await _listed(fake, reader, archive)
+            for name, content, _ in members:
+                art = files[name].artifact
+                assert art.size is not None
+                reader.opened(art, art.size)
+                assert await read_all(reader, art) == content
+            await reader.flush_writes()
+            written = {name for name in names if on_disk(reader, store, files[name].artifact, 0, files[name].artifact.size)}
+            member_reader = reader._sources[ZipMember]
+            assert isinstance(member_reader, ZipMemberReader)
+            if mount == 0:
+                assert member_reader.decoded_ahead == len(names) - 3
+                assert written == set(names[:3])  # (decoded by passes, before the row was seen)
+                assert all(on_disk(reader, store, archive, i, len(data)) for i in range(-(-len(data) // BS)))
+            else:  # the compressed bytes from disk, decoded again: no request for them
+                assert [r for r in fake.requests if r.server == "storage"] == []
+                # (each member decoded ahead, and not written, or found on disk, or decoded by a pass)
+                assert member_reader.decoded_ahead > len(names) // 2
+                assert written >= set(names[:3]) and len(written) + member_reader.decoded_ahead == len(names)
             nursery.cancel_scope.cancel()
 
 
