@@ -578,3 +578,34 @@ async def test_members_decoded_ahead_in_batches_keep_every_check(zips, monkeypat
     # members 3 to 119 but the stored one and the three that lie: decoded ahead, in a few batches
     assert zips.members.decoded_ahead == 120 - 3 - 4
     assert sum(batches) == 120 - 3 - 1 and len(batches) < 15
+
+
+async def test_a_member_far_from_the_next_header_is_not_decoded_in_a_batch(zips, monkeypatch):
+    # a batch reads its members' bytes up to where the last one's data must end (the next
+    # local header): a member followed by bytes no member claims is left to its reader, so
+    # that what a batch reads stays bounded whatever the archive holds
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(10):
+            zf.writestr(f"m{i}", text(i, 20_000), compress_type=zipfile.ZIP_DEFLATED)
+            if i == 5:
+                assert zf.fp is not None
+                zf.fp.write(bytes(zipmember.AHEAD_BATCH_BYTES))
+                zf.start_dir = zf.fp.tell()
+    data = buf.getvalue()
+    expected = zipfile.ZipFile(io.BytesIO(data))
+    files = await zips.files(zips.archive(data))
+    batched: list[str] = []
+    real = zipmember._decode_whole
+
+    def recording(span, lo, todo, block_size):
+        batched.extend(m.key.rpartition(MEMBER_KEY_SEPARATOR)[2] for m in todo)
+        return real(span, lo, todo, block_size)
+
+    monkeypatch.setattr(zipmember, "_decode_whole", recording)
+    for i in range(10):
+        art = files[f"m{i}"].artifact
+        assert art.size is not None
+        zips.reader.opened(art, art.size)
+        assert await read_all(zips.reader, art) == expected.read(f"m{i}")
+    assert "m5" not in batched and {"m3", "m4", "m6"} <= set(batched)

@@ -592,6 +592,8 @@ class ZipMemberReader:
         size = member.size or 0
         return (src.method == DEFLATED and 0 < size <= min(WHOLE_MEMBER_BYTES, self.reader.decoder.max_decoded_size)
                 and src.problem is None and src.compressed_size <= WHOLE_MEMBER_BYTES
+                # (its batch reads up to its data limit: bounded whatever lies between members)
+                and src.data_limit - src.header_offset <= AHEAD_BATCH_BYTES
                 and member.key not in self._failed)
 
     def _batches(self, members: list[Artifact]) -> Iterator[list[Artifact]]:
