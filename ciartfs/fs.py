@@ -272,7 +272,10 @@ class ArtifactFS(pyfuse3.Operations):
             self.reader.live.release(handle.live)
 
     async def flush(self, fh: int) -> None:
-        return None
+        # Nothing to flush on a read-only mount. ENOSYS, once, tells the kernel never to send
+        # FLUSH again (it is then a success): `close` no longer waits for a round trip to us
+        # (`grep -r` over 2000 members: 2000 fewer requests, each waited for).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_edge
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

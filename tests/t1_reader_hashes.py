@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trio
 
+from ciartfs.data import hashes
 from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.data.reader import Reader
 from ciartfs.errors import ContentMismatch, Offline, UpstreamError
@@ -81,6 +82,30 @@ async def test_blocks_read_out_of_order_are_hashed_in_order_and_a_mismatch_fails
     assert again.value.reported
     assert len([r for r in caplog.records if "content hash mismatch" in r.getMessage()]) == 1
     assert not any(reader.memory.get(reader._block_key(art, i, len(DATA))) for i in range(5))
+
+
+@pytest.mark.parametrize("right", [True, False])
+async def test_a_promise_of_named_algorithms_computes_only_those(tmp_path, monkeypatch, right):
+    # (GitHub's digest is a sha256: computing a SHA-512 of every artifact too cost CPU for nothing)
+    promise = Promise({"sha256": RIGHT["sha256"] if right else "0" * 64})
+    promise.algorithms = ("sha256",)  # type: ignore[attr-defined]
+    made: list[str] = []
+    real = hashlib.new
+
+    def counting(name: str, *args, **kwargs):
+        made.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(hashes.hashlib, "new", counting)
+    reader, art, _ = _setup(tmp_path, promise)
+    if right:
+        assert b"".join([await reader.read(art, off, BS) for off in range(0, len(DATA), BS)]) == DATA
+    else:
+        for off in range(0, len(DATA) - BS, BS):
+            await reader.read(art, off, BS)
+        with pytest.raises(ContentMismatch):
+            await reader.read(art, len(DATA) - BS, BS)
+    assert made == ["sha256"] and reader.hash_checks == 1
 
 
 async def test_a_one_block_file_is_checked_before_it_is_served(tmp_path):

@@ -126,6 +126,17 @@ async def test_every_write_path_is_erofs(fake, inproc):
         assert await errno_of(getattr(fs.ops, name)(attr.inode)) == errno.EROFS, name
 
 
+async def test_flush_is_enosys_so_the_kernel_stops_sending_it(fake, inproc):
+    """A read-only mount has nothing to flush: ENOSYS makes the kernel treat FLUSH as done from
+    then on, so `close` does not wait for a round trip to the daemon."""
+    sample(fake)
+    fs = await inproc()
+    attr = await fs.resolve("github/acme/api/2/0/empty.txt")
+    info = await fs.ops.open(attr.inode, os.O_RDONLY, CTX)
+    assert await errno_of(fs.ops.flush(info.fh)) == errno.ENOSYS
+    await fs.ops.release(info.fh)
+
+
 async def test_private_project_token_rules(fake, inproc, caplog, tmp_path):
     """No token: ENOENT (404, as circleci.com hides it); a wrong one: EACCES; the right one
     reads, and goes to the API only: never to storage, the log or a cache file's name."""

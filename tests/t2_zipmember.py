@@ -329,25 +329,75 @@ async def test_a_corrupt_lzma_header_is_eio(zips):
     assert await zips.reader.read(files["ok"].artifact, 0, 10) == b"ok"
 
 
-async def test_decoded_members_are_read_from_the_disk_cache_by_a_later_mount(fake, tmp_path):
-    content = text(6, 6 * BS + 5)
-    data = make_zip([("d.txt", content, zipfile.ZIP_DEFLATED), ("s.bin", content, zipfile.ZIP_STORED)])
+def _served_archive(fake: FakeCI, data: bytes) -> Artifact:
     blob = ZipBlob(data)
     fake.blobs.add(blob)
-    archive = Artifact(f"test|{blob.blob_id}/a.zip", fake.presigned_url(blob.blob_id), True, source=TAIL_FIRST)
+    return Artifact(f"test|{blob.blob_id}/a.zip", fake.presigned_url(blob.blob_id), True, source=TAIL_FIRST)
+
+
+async def _listed(fake: FakeCI, reader: Reader, archive: Artifact) -> dict[str, Entry]:
+    """The archive's members as a new mount lists them (the requests log cleared after)."""
+    entries = await ZipArchives(reader).members(archive, where="t", mtime=0)
+    assert entries is not None
+    files = await walk(entries)
+    fake.clear_requests()
+    return files
+
+
+async def test_decoded_members_are_read_from_the_disk_cache_by_a_later_mount(fake, tmp_path):
+    content = text(6, 6 * BS + 5)
+    archive = _served_archive(fake, make_zip([("d.txt", content, zipfile.ZIP_DEFLATED),
+                                              ("s.bin", content, zipfile.ZIP_STORED)]))
     for mount in range(2):
         reader = Reader(HttpClient(timeout=10), MemoryCache(64 << 20), DiskStore(tmp_path / "blocks", 1 << 30), BS)
         async with trio.open_nursery() as nursery:
             reader.start(nursery)
-            entries = await ZipArchives(reader).members(archive, where="t", mtime=0)
-            assert entries is not None
-            files = await walk(entries)
-            fake.clear_requests()
+            files = await _listed(fake, reader, archive)
             for name in ("d.txt", "s.bin"):
                 assert await read_all(reader, files[name].artifact) == content
             if mount == 1:  # every block from disk: no request for the archive's bytes
                 assert [r for r in fake.requests if r.server == "storage"] == []
             await reader.flush_writes()
+            nursery.cancel_scope.cancel()
+
+
+async def test_members_decoded_ahead_stay_in_memory_and_a_later_mount_decodes_them_from_the_disk(fake, tmp_path):
+    # the archive's compressed blocks go to disk as fetched; the blocks of members decoded
+    # ahead do not (decoded again from the compressed ones, they cost about what reading them
+    # back would); a member a pass decodes is written
+    members = [(f"logs/{i:02d}.log", text(100 + i, 30_000), zipfile.ZIP_DEFLATED) for i in range(40)]
+    names = [name for name, _, _ in members]
+    data = make_zip(members)
+    archive = _served_archive(fake, data)
+
+    def on_disk(reader: Reader, store: DiskStore, art: Artifact, index: int, total: int) -> bool:
+        key = reader.blocks.key(art, index, total)
+        return reader.writes.holds(key) or store.contains(key)
+
+    for mount in range(2):
+        store = DiskStore(tmp_path / "blocks", 1 << 30)
+        reader = Reader(HttpClient(timeout=10), MemoryCache(64 << 20), store, BS)
+        async with trio.open_nursery() as nursery:
+            reader.start(nursery)
+            files = await _listed(fake, reader, archive)
+            for name, content, _ in members:
+                art = files[name].artifact
+                assert art.size is not None
+                reader.opened(art, art.size)
+                assert await read_all(reader, art) == content
+            await reader.flush_writes()
+            written = {name for name in names if on_disk(reader, store, files[name].artifact, 0, files[name].artifact.size)}
+            member_reader = reader._sources[ZipMember]
+            assert isinstance(member_reader, ZipMemberReader)
+            if mount == 0:
+                assert member_reader.decoded_ahead == len(names) - 3
+                assert written == set(names[:3])  # (decoded by passes, before the row was seen)
+                assert all(on_disk(reader, store, archive, i, len(data)) for i in range(-(-len(data) // BS)))
+            else:  # the compressed bytes from disk, decoded again: no request for them
+                assert [r for r in fake.requests if r.server == "storage"] == []
+                # (each member decoded ahead, and not written, or found on disk, or decoded by a pass)
+                assert member_reader.decoded_ahead > len(names) // 2
+                assert written >= set(names[:3]) and len(written) + member_reader.decoded_ahead == len(names)
             nursery.cancel_scope.cancel()
 
 
@@ -478,3 +528,84 @@ async def test_small_steps_are_decoded_without_a_worker_thread(zips, monkeypatch
     assert threads == []  # one block from a few KiB: inline
     assert await read_all(zips.reader, files["b.txt"].artifact, step=3 * BS) == expected.read("b.txt")
     assert "step" in threads  # three blocks wanted at once: a worker thread's
+
+
+async def test_members_decoded_ahead_in_batches_keep_every_check(zips, monkeypatch):
+    # `grep -r` in archive order: the members ahead are decoded whole, in batches (one worker
+    # thread call for many), and a batch keeps every check a pass makes: a member whose CRC-32
+    # or size lies is never put in the cache by it (its reader decodes it, and gets EIO), a
+    # member of several blocks comes out right, a stored member between them splits a batch
+    rnd = random.Random(5)
+    members = [(f"logs/{i:03d}.log", text(i, 40_000) + rnd.randbytes(500), zipfile.ZIP_DEFLATED) for i in range(120)]
+    members[60] = ("logs/060.log", text(60, 3 * BS + 5), zipfile.ZIP_DEFLATED)
+    members[80] = ("logs/080.bin", rnd.randbytes(30_000), zipfile.ZIP_STORED)
+    data = make_zip(members)
+    crc_bad, size_bad, stream_bad = "logs/040.log", "logs/041.log", "logs/043.log"
+    expected = zipfile.ZipFile(io.BytesIO(data))
+    data = _patch_cd(data, crc_bad.encode(), 16, "<L", expected.getinfo(crc_bad).CRC ^ 1)
+    data = _patch_cd(data, size_bad.encode(), 24, "<L", expected.getinfo(size_bad).file_size - 1)
+    at = expected.getinfo(stream_bad).header_offset + 30 + len(stream_bad) + 100  # into its deflate stream
+    data = data[:at] + bytes(b ^ 0x5A for b in data[at:at + 64]) + data[at + 64:]
+    files = await zips.files(zips.archive(data))
+    batches: list[int] = []
+    real = zipmember._decode_whole
+
+    def counting(span, lo, todo, block_size):
+        batches.append(len(todo))
+        return real(span, lo, todo, block_size)
+
+    monkeypatch.setattr(zipmember, "_decode_whole", counting)
+    reader = zips.reader
+    for name, _, _ in members:
+        art = files[name].artifact
+        assert art.size is not None
+        if name == "logs/038.log":  # its batch is done once the member after those that lie is in
+            after = files["logs/044.log"].artifact
+            with trio.fail_after(10):
+                while reader.memory.get(reader.blocks.key(after, 0, after.size)) is None:
+                    await trio.sleep(0.001)
+            for bad in (crc_bad, size_bad, stream_bad):
+                assert reader.memory.get(reader.blocks.key(files[bad].artifact, 0, files[bad].artifact.size)) is None
+        reader.opened(art, art.size)
+        if name == crc_bad:
+            assert "CRC-32 mismatch" in await expect_eio(reader, art)
+        elif name == size_bad:
+            assert "past its stated size" in await expect_eio(reader, art)
+        elif name == stream_bad:
+            await expect_eio(reader, art)
+        else:
+            assert await read_all(reader, art) == expected.read(name), name
+    # members 3 to 119 but the stored one and the three that lie: decoded ahead, in a few batches
+    assert zips.members.decoded_ahead == 120 - 3 - 4
+    assert sum(batches) == 120 - 3 - 1 and len(batches) < 15
+
+
+async def test_a_member_far_from_the_next_header_is_not_decoded_in_a_batch(zips, monkeypatch):
+    # a batch reads its members' bytes up to where the last one's data must end (the next
+    # local header): a member followed by bytes no member claims is left to its reader, so
+    # that what a batch reads stays bounded whatever the archive holds
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(10):
+            zf.writestr(f"m{i}", text(i, 20_000), compress_type=zipfile.ZIP_DEFLATED)
+            if i == 5:
+                assert zf.fp is not None
+                zf.fp.write(bytes(zipmember.AHEAD_BATCH_BYTES))
+                zf.start_dir = zf.fp.tell()
+    data = buf.getvalue()
+    expected = zipfile.ZipFile(io.BytesIO(data))
+    files = await zips.files(zips.archive(data))
+    batched: list[str] = []
+    real = zipmember._decode_whole
+
+    def recording(span, lo, todo, block_size):
+        batched.extend(m.key.rpartition(MEMBER_KEY_SEPARATOR)[2] for m in todo)
+        return real(span, lo, todo, block_size)
+
+    monkeypatch.setattr(zipmember, "_decode_whole", recording)
+    for i in range(10):
+        art = files[f"m{i}"].artifact
+        assert art.size is not None
+        zips.reader.opened(art, art.size)
+        assert await read_all(zips.reader, art) == expected.read(f"m{i}")
+    assert "m5" not in batched and {"m3", "m4", "m6"} <= set(batched)

@@ -88,7 +88,10 @@ class HashChecks:
         if state is None:
             if first != 0:
                 return  # not read from its start (yet)
-            state = self._hashing[key] = _Hashing({name: hashlib.new(name) for name in HASH_ALGORITHMS})
+            # (only those the storage may promise: GitHub's sha256 alone is a third of SHA-512's CPU)
+            promised = getattr(art.expected_hashes, "algorithms", HASH_ALGORITHMS)
+            state = self._hashing[key] = _Hashing({name: hashlib.new(name) for name in HASH_ALGORITHMS
+                                                   if name in promised})
         b = self.blocks
         count = b.count(total)
         extra = HASH_AHEAD_BLOCKS  # bounded work per read: at most this many blocks from memory

@@ -120,13 +120,22 @@ class MemberOrder:
         """Every member is added: sort them (once; the listing does it in its worker thread)."""
         self._offsets = sorted(self._by_offset)
 
-    def following(self, header_offset: int, count: int) -> list[Artifact]:
-        """Up to `count` members whose local headers come after `header_offset`, in order."""
+    def _sealed(self) -> list[int]:
         if self._offsets is None:
             self.seal()
         assert self._offsets is not None
-        i = bisect.bisect_right(self._offsets, header_offset)
-        return [self._by_offset[o] for o in self._offsets[i:i + count]]
+        return self._offsets
+
+    def following(self, header_offset: int, count: int) -> list[Artifact]:
+        """Up to `count` members whose local headers come after `header_offset`, in order."""
+        offsets = self._sealed()
+        i = bisect.bisect_right(offsets, header_offset)
+        return [self._by_offset[o] for o in offsets[i:i + count]]
+
+    def count_between(self, after: int, up_to: int) -> int:
+        """How many members' local headers lie in (after, up_to]."""
+        offsets = self._sealed()
+        return max(0, bisect.bisect_right(offsets, up_to) - bisect.bisect_right(offsets, after))
 
 
 RANGED = RangedUrl()

@@ -47,7 +47,8 @@ class Artifact:
     # may carry the provider's credentials. A URL taken as given (from a listing) gets none.
     credentialed: bool = False
     # The content hashes the storage promises ({"sha256": hex, ...}, Taskcluster's object
-    # service), asked for only when the reader has read the whole artifact and checks it.
+    # service), asked for only when the reader has read the whole artifact and checks it. A
+    # callable with an `algorithms` attribute (names) promises only those: only they are computed.
     expected_hashes: Callable[[], Awaitable[Mapping[str, str]]] | None = dataclasses.field(default=None, compare=False)
     # How the bytes are obtained (see above); set by the provider where it builds the artifact.
     source: ByteSource = RANGED

@@ -129,7 +129,10 @@ class CiartfsMount(FuseMount):
         super().__init__(tmp, registry, env, on_stop)
 
     def command(self) -> list[str]:
-        return [self.python, "-m", "ciartfs", "mount", "-f", str(self.path), "--circleci-host", self.api_url,
+        # CIARTFS_BENCH_WRAP: a program the daemon's command line is passed to (a profiler's
+        # wrapper: it must run the command and pass SIGTERM on)
+        wrap = [os.environ["CIARTFS_BENCH_WRAP"]] if os.environ.get("CIARTFS_BENCH_WRAP") else []
+        return [*wrap, self.python, "-m", "ciartfs", "mount", "-f", str(self.path), "--circleci-host", self.api_url,
                 "--cache-dir", str(self.cache), "--log-file", str(self.log), *self.options]
 
     def root(self, build: int) -> Path:

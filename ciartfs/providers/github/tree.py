@@ -293,15 +293,23 @@ class _RunDir:
                      source=_StaticMembers(members))
 
 
+class _Digest:
+    """An artifact's `digest` as the content hash its blob promises (sha256 only: the reader
+    computes no other)."""
+
+    algorithms = ("sha256",)
+
+    def __init__(self, sha256: str) -> None:
+        self.sha256 = sha256
+
+    async def __call__(self) -> Mapping[str, str]:
+        return {"sha256": self.sha256}
+
+
 def _archive(r: _Repo, info: ArtifactInfo) -> Artifact:
-    sha256 = info.sha256
-
-    async def promised() -> Mapping[str, str]:
-        return {"sha256": sha256} if sha256 else {}
-
     return Artifact(key=f"github|{r.api.host_id}|{r.owner}/{r.name}/{info.id}",
                     url=r.api.download_url(r.owner, r.name, info.id), immutable=True, credentialed=True,
-                    source=TAIL_FIRST, expected_hashes=promised if sha256 else None)
+                    source=TAIL_FIRST, expected_hashes=_Digest(info.sha256) if info.sha256 else None)
 
 
 def _artifact_info(r: _Repo, run: Run, info: ArtifactInfo, archive: Artifact) -> dict[str, str]:
