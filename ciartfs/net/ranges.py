@@ -110,9 +110,7 @@ async def read_partial(resp: Reply, url: str, start: int, length: int, into: boo
         raise RangeMismatch(f"Content-Range {first}-{last}/{total} does not match the request {start}-{start + length - 1}")
     want = last - first + 1
     if into and resp.body_length() == want:  # (a body of another length: read as chunks, refused below)
-        buffer = bytearray(want)
-        await resp.read_into(buffer)
-        return RangeReply(start, b"", total, buffer=buffer)
+        return RangeReply(start, b"", total, buffer=await resp.read_all())
     chunks, got = [], 0
     async for chunk in resp.aiter_raw():
         chunks.append(chunk)
