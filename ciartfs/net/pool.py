@@ -28,7 +28,7 @@ Bounds: at most `max_per_origin` connections per origin, fewer while the origin 
 
 TLS: trio's SSLStream hands over one TLS record (at most 16 KiB) per `receive_some`, each
 through a Python state machine that cost more than the decryption (45% of the daemon's CPU
-on an HTTPS cold read, libcrypto 8%). `_BulkTLS` reads its socket in READ_SIZE reads and,
+on an HTTPS cold read, libcrypto 8%). `_BulkTLS` reads its socket in TLS_READ_SIZE reads and,
 after one such receive, decrypts the records already buffered in a tight loop.
 
 Addresses: with an `AddressRule`, each new connection's peer address is checked once, right
@@ -59,6 +59,13 @@ from ciartfs.net.wire import HEAD_END, BrokenAnswer, ResponseParser, Target, hea
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).
 READ_SIZE = 1 << 20
+# A TLS stream's reads of its socket: many records each (decrypted in one loop, see _BulkTLS),
+# and not READ_SIZE: each read allocates its size whole, then is cut to what came, and a
+# megabyte allocated and cut per read, between the runs the block cache keeps, grew the heap
+# past what it held.
+TLS_READ_SIZE = 256 << 10
+# The most plaintext one TLS record carries.
+TLS_RECORD_BYTES = 16 << 10
 # Request bodies are small JSON documents a provider built (Taskcluster's startDownload):
 # nothing larger is ever sent.
 MAX_REQUEST_BODY = 64 << 10
@@ -170,10 +177,10 @@ class _Wrapped(trio.abc.Stream):
 
 
 class _LargeReads(_Wrapped):
-    """A socket stream whose reads without a size (SSLStream's) are READ_SIZE, not 64 KiB."""
+    """A socket stream whose reads without a size (SSLStream's) are TLS_READ_SIZE, not 64 KiB."""
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return bytes(await self.inner.receive_some(max_bytes or READ_SIZE))  # (bytes already: no copy)
+        return bytes(await self.inner.receive_some(max_bytes or TLS_READ_SIZE))  # (bytes already: no copy)
 
 
 class _BulkTLS(_Wrapped):
@@ -208,8 +215,12 @@ class _BulkTLS(_Wrapped):
         return data if len(pieces) == 1 else b"".join(pieces)
 
     async def receive_into(self, view: memoryview) -> int:
-        """`receive_some`, into `view`: the records already received are decrypted straight into it."""
-        data = await self.tls.receive_some(len(view))
+        """`receive_some`, into `view`: the records already received are decrypted straight into it.
+        The first record comes as bytes (SSLStream's): asked for as one record (16 KiB), not as
+        len(view), which the ssl module would allocate whole and then shrink to a record: a
+        megabyte allocated and cut per read, between the runs the cache keeps, fragmented the
+        heap (peak RSS of an HTTPS cold read +15-20 MiB)."""
+        data = await self.tls.receive_some(min(len(view), TLS_RECORD_BYTES))
         got = len(data)
         view[:got] = data
         ssl_object = getattr(self.tls, "_ssl_object", None)
