@@ -210,7 +210,8 @@ class Reader:
     async def read_buffer(self, art: Artifact, offset: int, length: int, stream: ReadStream | None = None,
                           total: int | None = None) -> bytes | memoryview:
         """`read`, as a view of the blocks kept where that saves a copy (for the FUSE reply,
-        which copies it out at once: a view must not be kept, the cache may let its buffer go)."""
+        which copies it out at once; a view must not be kept: it holds its run's buffer alive
+        outside what the memory tier counts)."""
         if art.error:
             raise UpstreamError(f"{redact_url(art.url)}: error artifact: {await self.error_reason(art)}")
         if art.gone is not None:
