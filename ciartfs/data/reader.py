@@ -373,7 +373,7 @@ class Reader:
             if got is None:
                 return  # abandoned
             data, total = got
-            view = memoryview(data)  # the blocks are views of the run's buffer: no copy
+            view = memoryview(data).toreadonly()  # the blocks are views of the run's buffer: no copy
             blocks = [(key, view[(index - first) * bs:(index - first + 1) * bs]) for index, key, _ in run]
             for (index, _, _), (_, block) in zip(run, blocks, strict=True):
                 self.blocks.check_length(art, index, block, total)
