@@ -246,7 +246,8 @@ class ArtifactFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable)
 
     @_edge
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        # (pyfuse3 takes any contiguous buffer: PyObject_GetBuffer, then its reply copies it)
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -255,7 +256,7 @@ class ArtifactFS(pyfuse3.Operations):
             return await self._read_live(handle.live, off, size)
         node = handle.node
         # A growing file is served up to the size the kernel was shown (it pads short replies).
-        return await self.reader.read(handle.artifact, off, size, handle.stream, total=node.size)
+        return await self.reader.read_buffer(handle.artifact, off, size, handle.stream, total=node.size)
 
     async def _read_live(self, live: LiveStream, off: int, size: int) -> bytes:
         """What has arrived from `off` (direct_io: a short reply is not padded; b"" is the end

@@ -286,7 +286,7 @@ class InProcFS:
         return info.fh
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        return await self.ops.read(fh, offset, size)
+        return bytes(await self.ops.read(fh, offset, size))  # (a view, maybe: pyfuse3's reply copies it)
 
     async def release(self, fh: int) -> None:
         await self.ops.release(fh)

@@ -16,6 +16,44 @@ def test_memory_cache_is_bounded_in_bytes():
     assert mem.get("huge") is None
 
 
+def _run(mem: MemoryCache, name: str, blocks: int, size: int) -> tuple[bytes, list[str]]:
+    run = bytes([len(name)]) * (blocks * size)
+    view = memoryview(run)
+    keys = [f"{name}{i}" for i in range(blocks)]
+    mem.put_run(run, [(key, view[i * size:(i + 1) * size]) for i, key in enumerate(keys)])
+    return run, keys
+
+
+def test_a_runs_blocks_are_views_of_it_and_leave_the_memory_tier_together():
+    """Blocks kept as views of their run's one buffer (no copy) hold that buffer alive while
+    any of them is held: so they leave together, and the bytes alive stay those counted."""
+    mem = MemoryCache(10_000)
+    run, keys = _run(mem, "a", 8, 500)  # 4000 bytes
+    assert mem.get_buffer("a3").obj is run  # the view itself, for the reader's read path
+    got = mem.get("a3")
+    assert type(got) is bytes and got == run[1500:2000]  # anyone else gets bytes
+    mem.put("other", bytes(3000))
+    _run(mem, "bb", 8, 500)  # 4000 more: past the bound, the oldest goes, and with it all of its run
+    assert [key in mem for key in keys] == [False] * 8
+    assert "other" in mem and mem.bytes_used == 7000
+    # a view touched (moved to the front) still leaves with its run
+    _, keys = _run(mem, "ccc", 4, 500)
+    assert mem.get_buffer("ccc0") is not None
+    mem.put("more", bytes(4000))
+    assert "other" not in mem and mem.bytes_used <= 10_000
+    # a block discarded or replaced takes its run's other views with it
+    mem.discard("bb0")
+    assert not any(f"bb{i}" in mem for i in range(8))
+    mem.put("ccc1", b"new")
+    assert [key in mem for key in keys] == [False, True, False, False] and mem.get("ccc1") == b"new"
+    # a run too large for a small tier is kept as copies, each on its own
+    small = MemoryCache(1000)
+    run, keys = _run(small, "d", 4, 200)
+    assert type(small.get_buffer("d0")) is bytes
+    small.put("x", bytes(300))
+    assert [key in small for key in keys] == [True, False, True, True]  # (d0 was just used)
+
+
 async def test_single_flight_shares_one_call():
     flight: SingleFlight[int] = SingleFlight()
     calls = 0

@@ -177,6 +177,24 @@ def server():
         s.close()
 
 
+async def test_a_body_received_into_one_buffer_keeps_the_connection_in_step(server):
+    """`into`: a Content-Length body is received straight into one buffer (pool.read_into);
+    the connection then carries the next request, whichever way that one is read."""
+    client = HttpClient(timeout=5)
+    try:
+        for path in ("/a", "/bare-lf", "/continue", "/b"):
+            reply = await client.get_range(server.url + path, 0, 4, into=True)
+            assert bytes(reply.buffer) == BODY[:4] and reply.data == b""
+            assert (await client.get_range(server.url + path, 0, 4)).data == BODY[:4]
+        # bytes beyond the body: ours are read, the connection is retired (not reused out of step)
+        reply = await client.get_range(server.url + "/extra", 0, 4, into=True)
+        assert bytes(reply.buffer) == BODY[:4]
+        assert bytes((await client.get_range(server.url + "/c", 0, 4, into=True)).buffer) == BODY[:4]
+    finally:
+        await client.aclose()
+    assert server.accepted == 2
+
+
 async def test_sequential_requests_share_one_connection(server):
     client = HttpClient(timeout=5)
     try:
@@ -303,12 +321,13 @@ async def test_a_head_answer_has_no_body(server):
     assert server.accepted == 1  # and the connection stayed in step
 
 
+@pytest.mark.parametrize("into", [False, True])
 @pytest.mark.parametrize("path", ["/short", "/head-cut", "/chunked-cut"])
-async def test_answers_cut_short_are_retried_not_returned(server, path):
+async def test_answers_cut_short_are_retried_not_returned(server, path, into):
     client = HttpClient(timeout=1.5)
     try:
         with pytest.raises((UpstreamError, UpstreamTimeout)):
-            await client.get_range(server.url + path, 0, 4)
+            await client.get_range(server.url + path, 0, 4, into=into)
         assert client.requests_made >= 2  # retried, each time on a fresh connection
         assert server.accepted == client.requests_made
     finally:
@@ -484,6 +503,9 @@ async def test_tls_bodies_of_many_records_read_back_exact_on_one_connection(writ
             for start, length in ((0, len(LARGE)), (12345, 1 << 20), (len(LARGE) - 7, 7)):
                 reply = await client.get_range(f"https://127.0.0.1:{port}/big", start, length)
                 assert reply.data == LARGE[start:start + length]
+                # decrypted straight into one buffer (pool._BulkTLS.receive_into)
+                reply = await client.get_range(f"https://127.0.0.1:{port}/big", start, length, into=True)
+                assert bytes(reply.buffer) == LARGE[start:start + length] and reply.data == b""
         finally:
             await client.aclose()
         nursery.cancel_scope.cancel()

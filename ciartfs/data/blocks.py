@@ -20,7 +20,7 @@ import dataclasses
 import cachetools
 import trio
 
-from ciartfs.data.cache import DiskStore, MemoryCache
+from ciartfs.data.cache import Buffer, DiskStore, MemoryCache
 from ciartfs.data.writebehind import WriteBehind
 from ciartfs.errors import UpstreamError, redact_url
 from ciartfs.namespace.model import Artifact
@@ -85,6 +85,15 @@ class Blocks:
         if art.immutable:
             self.writes.queue(key, data)
 
+    def keep_run(self, art: Artifact, run: bytes | bytearray, blocks: list[tuple[str, memoryview]]) -> None:
+        """A run's fetched blocks, views of its one buffer (no copy): into memory together (see
+        cache.py), and (an immutable artifact's) behind to disk."""
+        self.memory.put_run(run, blocks)
+        if art.immutable:
+            queue = self.writes.queue
+            for key, view in blocks:
+                queue(key, view)
+
     async def from_disk(self, key: str) -> bytes | None:
         """The block from the disk tier (then also in memory), or None."""
         if self.disk is None or not self.disk.might_have(key):
@@ -138,7 +147,7 @@ class Blocks:
                 await trio.sleep(0.05)
             await trio.to_thread.run_sync(discard_all)
 
-    def check_length(self, art: Artifact, index: int, block: bytes, total: int) -> None:
+    def check_length(self, art: Artifact, index: int, block: Buffer, total: int) -> None:
         expected = min(self.block_size, total - index * self.block_size)
         if len(block) != expected:
             raise UpstreamError(f"{redact_url(art.url)}: block {index} has {len(block)} bytes, expected {expected}")

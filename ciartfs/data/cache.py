@@ -8,6 +8,11 @@ Invariants:
 - Keys name the artifact (provider, host, project, build, node, path) and the block, never a
   URL that could carry a signature or token. On disk only a digest of the key is kept.
 - `DiskStore` is synchronous and thread-safe; callers run it off the trio thread.
+- A run's blocks (one ranged GET of several blocks) may be kept as views of the run's one
+  buffer (`put_run`), which lives while any of them does. They leave the memory tier together
+  (evicted, discarded or replaced: the others go with it), so the bytes alive are never more
+  than the bytes the tier counts. `get` hands out bytes (a view copied); `get_buffer` hands
+  the view itself, for the reader's own read path.
 """
 
 from __future__ import annotations
@@ -24,22 +29,76 @@ from ciartfs.data.packstore import DiskStore as DiskStore  # (re-exported: where
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A block's bytes: its own, or a view of the run it came with (see `MemoryCache.put_run`).
+Buffer = bytes | memoryview
+
+
+class _RunsLRU(cachetools.LRUCache[str, Buffer]):
+    """An LRU whose eviction of a run's view takes the run's other views with it."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=len)
+        self.runs: dict[int, tuple[bytes | bytearray, list[str]]] = {}  # id(run buffer) -> (it, its blocks' keys)
+
+    def popitem(self) -> tuple[str, Buffer]:
+        key, value = super().popitem()
+        if type(value) is memoryview:
+            self.dissolve(value)
+        return key, value
+
+    def dissolve(self, view: memoryview) -> None:
+        """Drop every block that is a view of `view`'s run (the run is then freed)."""
+        entry = self.runs.pop(id(view.obj), None)
+        if entry is None or entry[0] is not view.obj:
+            return
+        run, keys = entry
+        for key in keys:
+            if key in self:
+                other = cachetools.Cache.__getitem__(self, key)  # (no move to the front)
+                if type(other) is memoryview and other.obj is run:
+                    del self[key]
 
 
 class MemoryCache:
     """LRU of bytes values bounded by the sum of their lengths (not their count)."""
 
     def __init__(self, max_bytes: int) -> None:
-        self._lru: cachetools.LRUCache[str, bytes] = cachetools.LRUCache(maxsize=max_bytes, getsizeof=len)
+        self._lru = _RunsLRU(max_bytes)
 
     def get(self, key: str) -> bytes | None:
+        value = self._lru.get(key)
+        return value if value is None or type(value) is bytes else bytes(value)
+
+    def get_buffer(self, key: str) -> Buffer | None:
+        """The block as kept: bytes, or a view of its run (valid as long as it is held)."""
         return self._lru.get(key)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Buffer) -> None:
         if len(data) <= self._lru.maxsize:
+            self._replacing(key)
             self._lru[key] = data
 
+    def put_run(self, run: bytes | bytearray, blocks: list[tuple[str, memoryview]]) -> None:
+        """Blocks that are views of `run` (each `memoryview(run)[a:b]`), kept without a copy;
+        they leave together (see the module docstring)."""
+        if 2 * len(run) > self._lru.maxsize:  # (a tiny tier could evict the run's first views for its last)
+            for key, view in blocks:
+                self.put(key, bytes(view))
+            return
+        for key, _ in blocks:
+            self._replacing(key)
+        self._lru.runs[id(run)] = (run, [key for key, _ in blocks])
+        for key, view in blocks:
+            self._lru[key] = view
+
+    def _replacing(self, key: str) -> None:
+        if key in self._lru:
+            old = cachetools.Cache.__getitem__(self._lru, key)
+            if type(old) is memoryview:
+                self._lru.dissolve(old)
+
     def discard(self, key: str) -> None:
+        self._replacing(key)
         self._lru.pop(key, None)
 
     @property

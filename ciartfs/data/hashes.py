@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import cachetools
 
 from ciartfs.data.blocks import Blocks
-from ciartfs.data.cache import SingleFlight
+from ciartfs.data.cache import Buffer, SingleFlight
 from ciartfs.errors import ContentMismatch, Offline, redact_url
 from ciartfs.namespace.model import Artifact
 
@@ -77,7 +78,7 @@ class HashChecks:
         if art.key in self._mismatched:  # (logged when found: raised quietly since)
             raise ContentMismatch(str(self._mismatched[art.key]), reported=True)
 
-    async def check(self, art: Artifact, first: int, blocks: list[bytes], total: int) -> None:
+    async def check(self, art: Artifact, first: int, blocks: Sequence[Buffer], total: int) -> None:
         """Feed the blocks a read got (and those after them still in memory) to the artifact's
         hashers when they continue from its start; once all its blocks went in, compare with
         the hashes the storage promised (see the module docstring)."""
@@ -100,7 +101,7 @@ class HashChecks:
             if first <= index < first + len(blocks):
                 block = blocks[index - first]
             else:
-                cached = b.memory.get(b.key(art, index, total)) if extra > 0 else None
+                cached = b.memory.get_buffer(b.key(art, index, total)) if extra > 0 else None
                 if cached is None:
                     break
                 block, extra = cached, extra - 1

@@ -222,17 +222,19 @@ class RangedUrlReader:
         # a Range-ignoring artifact's blocks all come with its one whole body (fill.py)
         return not (self.fills.ignores_range(art) and self.fills.can_fill(art, total))
 
-    async def fetch_run(self, art: Artifact, first: int, count: int) -> tuple[bytes, int] | None:
+    async def fetch_run(self, art: Artifact, first: int, count: int) -> tuple[bytes | bytearray, int] | None:
         b = self.blocks
         b.stats.misses += count
         b.stats.requests += 1
-        reply = await b.http.get_range(art.url, first * b.block_size, count * b.block_size, credentials=art.credentialed)
+        reply = await b.http.get_range(art.url, first * b.block_size, count * b.block_size, credentials=art.credentialed,
+                                       into=True)
         if reply.encoding is not None:
             b.decoded.add(art.key)
             return None  # abandoned: a reader's own fetch of the block decodes the whole
         b.remember_size(art, reply.total)
-        b.stats.bytes_fetched += len(reply.data)
-        return reply.data, reply.total
+        data = reply.data if reply.buffer is None else reply.buffer
+        b.stats.bytes_fetched += len(data)
+        return data, reply.total
 
     def opening_blocks(self, art: Artifact, total: int) -> range:
         """An archive indexed at its end: its last TAIL_BYTES (block 0 is fetched anyway)."""

@@ -12,6 +12,10 @@ reads). This module owns what every artifact shares, whatever its source:
   at most PREFETCH_CONCURRENCY requests at once, runs with one request where the source can;
 - content hash checks (hashes.py) on the blocks reads get.
 
+Bytes are copied as little as they can be on a sequential read: a run's body is received into
+one buffer, its blocks are views of it (cache.py says how they leave memory together), and a
+read of exactly one run's blocks (the kernel's 1 MiB reads) replies with that buffer itself.
+
 The pieces, each with its invariants at its top:
   sources.py     what an artifact's `source` may be, and the SourceReader each kind has
   ranged.py      the URL sources: ranged GETs, size and tail probes
@@ -41,7 +45,7 @@ import trio
 
 from ciartfs.data import sources
 from ciartfs.data.blocks import Blocks, Stats
-from ciartfs.data.cache import DiskStore, MemoryCache, SingleFlight
+from ciartfs.data.cache import Buffer, DiskStore, MemoryCache, SingleFlight
 from ciartfs.data.decode import MAX_DECODED_SIZE, WholeDecoder
 from ciartfs.data.fill import Fills
 from ciartfs.data.hashes import HashChecks
@@ -86,7 +90,7 @@ class Reader:
         self.hashes = HashChecks(self.blocks)
         self.readahead_blocks = max(1, readahead_bytes // block_size)
         self.run_blocks = max(1, RUN_BYTES // block_size)
-        self._flight: SingleFlight[bytes] = SingleFlight()
+        self._flight: SingleFlight[Buffer] = SingleFlight()
         self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONCURRENCY)
         self._errors: dict[str, str] = {}
         # artifact key -> why its size could not be learned (trio's clock: tests may mock it)
@@ -200,6 +204,14 @@ class Reader:
                    total: int | None = None) -> bytes:
         """Exactly the bytes [offset, offset+length) clipped to the file, or an error.
         `total` is the size the caller showed the kernel (a growing file is read up to it)."""
+        data = await self.read_buffer(art, offset, length, stream, total)
+        return data if type(data) is bytes else bytes(data)
+
+    async def read_buffer(self, art: Artifact, offset: int, length: int, stream: ReadStream | None = None,
+                          total: int | None = None) -> bytes | memoryview:
+        """`read`, as a view of the blocks kept where that saves a copy (for the FUSE reply,
+        which copies it out at once; a view must not be kept: it holds its run's buffer alive
+        outside what the memory tier counts)."""
         if art.error:
             raise UpstreamError(f"{redact_url(art.url)}: error artifact: {await self.error_reason(art)}")
         if art.gone is not None:
@@ -227,30 +239,48 @@ class Reader:
             if checked:
                 await self.hashes.check(art, first, [block], total)
         else:
-            blocks: list[bytes] = [b""] * (last - first + 1)
-            failures: list[CiartfsError] = []
-
-            async def fetch(i: int) -> None:
-                try:
-                    blocks[i - first] = await self._checked_block(art, i, total)
-                except CiartfsError as e:  # one error for the kernel, not an ExceptionGroup
-                    failures.append(e)
-
-            async with trio.open_nursery() as nursery:
-                for i in range(first, last + 1):
-                    nursery.start_soon(fetch, i)
-            if failures:
-                raise failures[0]
+            blocks = await self._checked_blocks(art, first, last, total)
             if checked:
                 await self.hashes.check(art, first, blocks, total)
-            data = b"".join(blocks)[offset - first * bs:end - first * bs]
+            data = _joined(blocks, offset - first * bs, end - first * bs)
         if len(data) != end - offset:  # defence in depth: a short reply would be zero-padded
             raise UpstreamError(f"internal: assembled {len(data)} of {end - offset} bytes")
         self.stats.bytes_served += len(data)
         return data
 
-    async def _checked_block(self, art: Artifact, index: int, total: int) -> bytes:
-        block = await self.block(art, index, total)
+    async def _checked_blocks(self, art: Artifact, first: int, last: int, total: int) -> list[Buffer]:
+        """Blocks first..last, each checked. Those held or already being fetched (a sequential
+        read's, which read-ahead brought or is bringing) are awaited one after the other, with no
+        task each; should one need its own fetch, the rest are fetched concurrently."""
+        blocks: list[Buffer] = []
+        index = first
+        while index <= last:
+            key = self._block_key(art, index, total)
+            if key not in self.memory and not self._flight.in_flight(key):
+                break
+            blocks.append(await self._checked_block(art, index, total))
+            index += 1
+        if index > last:
+            return blocks
+        rest: list[Buffer] = [b""] * (last - index + 1)
+        failures: list[CiartfsError] = []
+        start = index
+
+        async def fetch(i: int) -> None:
+            try:
+                rest[i - start] = await self._checked_block(art, i, total)
+            except CiartfsError as e:  # one error for the kernel, not an ExceptionGroup
+                failures.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(start, last + 1):
+                nursery.start_soon(fetch, i)
+        if failures:
+            raise failures[0]
+        return blocks + rest
+
+    async def _checked_block(self, art: Artifact, index: int, total: int) -> Buffer:
+        block = await self._buffer(art, index, total)
         expected = min(self.block_size, total - index * self.block_size)
         if len(block) > expected and not art.immutable:
             block = block[:expected]  # the file grew since its size was shown: serve up to that
@@ -263,8 +293,13 @@ class Reader:
     async def block(self, art: Artifact, index: int, total: int | None) -> bytes:
         """Block `index` as cached or fetched (`total` None: a size probe). Sources may call it
         (a zip member reads its archive's blocks this way)."""
+        block = await self._buffer(art, index, total)
+        return block if type(block) is bytes else bytes(block)
+
+    async def _buffer(self, art: Artifact, index: int, total: int | None) -> Buffer:
+        """`block`, as kept: a view of its run, if it came with one (no copy)."""
         key = self._block_key(art, index, total)
-        hit = self.memory.get(key)
+        hit = self.memory.get_buffer(key)
         if hit is not None:
             self.stats.memory_hits += 1
             return hit
@@ -338,11 +373,12 @@ class Reader:
             if got is None:
                 return  # abandoned
             data, total = got
-            view = memoryview(data)
-            for index, key, call in run:
-                block = bytes(view[(index - first) * bs:(index - first + 1) * bs])
+            view = memoryview(data).toreadonly()  # the blocks are views of the run's buffer: no copy
+            blocks = [(key, view[(index - first) * bs:(index - first + 1) * bs]) for index, key, _ in run]
+            for (index, _, _), (_, block) in zip(run, blocks, strict=True):
                 self.blocks.check_length(art, index, block, total)
-                self.blocks.keep(art, key, block)
+            self.blocks.keep_run(art, data, blocks)
+            for (_, key, call), (_, block) in zip(run, blocks, strict=True):
                 self._flight.settle(key, call, result=block)
         except CiartfsError as e:
             log.debug("prefetch of blocks %d-%d failed: %s", first, run[-1][0], e)
@@ -353,3 +389,17 @@ class Reader:
         finally:
             for _, key, call in run:  # whatever is left (cancelled, abandoned) is abandoned
                 self._flight.settle(key, call)
+
+
+def _joined(blocks: list[Buffer], lo: int, hi: int) -> bytes | memoryview:
+    """Bytes [lo, hi) of the blocks laid end to end. A read of exactly one run's blocks (the
+    kernel's 1 MiB reads, where read-ahead fetched 1 MiB runs) is the run's buffer itself: no copy."""
+    first = blocks[0]
+    run = first.obj if type(first) is memoryview else None
+    if lo == 0 and isinstance(run, (bytes, bytearray)) and hi == len(run) \
+            and all(type(b) is memoryview and b.obj is run for b in blocks) and sum(len(b) for b in blocks) == hi:
+        # views of one buffer, cut from it in order (Reader._prefetch_run): this many bytes
+        # of it from its start are all of it
+        return run if type(run) is bytes else memoryview(run).toreadonly()
+    data = b"".join(blocks)
+    return data if lo == 0 and hi == len(data) else data[lo:hi]

@@ -176,9 +176,10 @@ class SourceReader(Protocol):
         """Whether read-ahead is of use at all (not when one body brings every block)."""
         ...
 
-    async def fetch_run(self, art: Artifact, first: int, count: int) -> tuple[bytes, int] | None:
+    async def fetch_run(self, art: Artifact, first: int, count: int) -> tuple[bytes | bytearray, int] | None:
         """Blocks [first, first+count) in one request: (their bytes, the file's total size);
-        None when the run is abandoned (a reader's own `fetch` will get the blocks)."""
+        None when the run is abandoned (a reader's own `fetch` will get the blocks). The bytes
+        are the caller's alone (a bytearray the body was received into: nothing changes it)."""
         ...
 
     def opening_blocks(self, art: Artifact, total: int) -> range:

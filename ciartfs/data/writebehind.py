@@ -20,7 +20,7 @@ import logging
 
 import trio
 
-from ciartfs.data.cache import DiskStore
+from ciartfs.data.cache import Buffer, DiskStore
 from ciartfs.net.bodies import MemoryBudget
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,9 @@ class WriteBehind:
         self.disk = disk
         self.budget = budget
         self.max_pending = max_pending
-        self._queue: dict[str, bytes] = {}  # verified blocks waiting for the disk, by key
-        self._writing: dict[str, bytes] = {}  # the batch a thread is writing now
+        # verified blocks waiting for the disk, by key (a run's blocks: views of its buffer)
+        self._queue: dict[str, Buffer] = {}
+        self._writing: dict[str, Buffer] = {}  # the batch a thread is writing now
         self._queued_bytes = 0
         self._writing_bytes = 0
         self._last_queued = 0.0
@@ -57,7 +58,7 @@ class WriteBehind:
         """The writer runs in `nursery`; until then nothing is queued."""
         self._background = nursery
 
-    def queue(self, key: str, data: bytes) -> None:
+    def queue(self, key: str, data: Buffer) -> None:
         """Queue a verified block (or size record) for the disk, unless that would pass a bound."""
         if self.disk is None or self._background is None:
             return

@@ -554,7 +554,7 @@ class ZipMemberReader:
         # pass a ReadStream to the archive instead: its compressed bytes are read ahead.
         return False
 
-    async def fetch_run(self, art: Artifact, first: int, count: int) -> tuple[bytes, int] | None:
+    async def fetch_run(self, art: Artifact, first: int, count: int) -> tuple[bytes | bytearray, int] | None:
         raise AssertionError("zip members are never read in runs")
 
     def opening_blocks(self, art: Artifact, total: int) -> range:

@@ -343,17 +343,19 @@ class HttpClient:
             await resp.aclose()
 
     async def get_range(self, url: str, start: int, length: int, *, credentials: bool = False,
-                        take_whole: bool = False) -> RangeReply:
+                        take_whole: bool = False, into: bool = False) -> RangeReply:
         """Bytes [start, start+length) of the resource at `url` (fewer at its end).
 
         Follows redirects (reusing a resolved target while it works). 404 at the original
         URL -> ArtifactExpired; 401/403 there -> Forbidden. With `take_whole`, a server that
         ignores Range and names the length (200, Content-Length, no Content-Encoding) gets its
-        body handed over unread (`RangeReply.whole`) instead of read for the range.
+        body handed over unread (`RangeReply.whole`) instead of read for the range. With `into`,
+        a body the transport can receive straight into one buffer comes as `RangeReply.buffer`
+        (a run of blocks: no chunk objects joined).
         """
         if start < 0 or length <= 0:
             raise ValueError("bad range")
-        return await self._bounded(url, self._range_once, url, start, length, credentials, take_whole)
+        return await self._bounded(url, self._range_once, url, start, length, credentials, take_whole, into)
 
     async def get_tail(self, url: str, length: int, *, credentials: bool = False) -> RangeReply:
         """The last `length` bytes of the resource (all of it when smaller), with its total:
@@ -362,7 +364,7 @@ class HttpClient:
         if length <= 0:
             raise ValueError("bad range")
         try:
-            return await self._bounded(url, self._range_once, url, -1, length, credentials, False)
+            return await self._bounded(url, self._range_once, url, -1, length, credentials, False, False)
         except _SuffixIgnored as e:  # the size is known now: the same bytes by offset
             return await self.get_range(url, max(0, e.total - length), length, credentials=credentials)
 
@@ -586,19 +588,21 @@ class HttpClient:
         finally:
             answer.clear()
 
-    async def _range_once(self, url: str, start: int, length: int, credentials: bool, take_whole: bool) -> RangeReply:
+    async def _range_once(self, url: str, start: int, length: int, credentials: bool, take_whole: bool,
+                          into: bool) -> RangeReply:
         """One attempt at bytes [start, start+length), or at the last `length` bytes when
         start is -1 (a suffix range). Its memory is held against the budget while it is read:
         the bytes kept, their copy into the reply, and a network chunk."""
         held = await self.budget.take(2 * length + READ_SIZE)  # before a connection slot: waits holding nothing
         try:
-            return await self._range_attempt(url, start, length, credentials, take_whole)
+            return await self._range_attempt(url, start, length, credentials, take_whole, into)
         except ranges.RangeMismatch as e:
             raise _Retry(str(e)) from None
         finally:
             self.budget.give(held)
 
-    async def _range_attempt(self, url: str, start: int, length: int, credentials: bool, take_whole: bool) -> RangeReply:
+    async def _range_attempt(self, url: str, start: int, length: int, credentials: bool, take_whole: bool,
+                             into: bool) -> RangeReply:
         target = self._targets.get(url)
         resolved: trio.Event | None = None  # set once this request has resolved `url` again
         if target is None and url in self._redirected:
@@ -609,7 +613,7 @@ class HttpClient:
             if target is None and url not in self._resolving:
                 resolved = self._resolving[url] = trio.Event()
         try:
-            return await self._range_via(url, target, start, length, credentials, take_whole, resolved)
+            return await self._range_via(url, target, start, length, credentials, take_whole, into, resolved)
         finally:
             if resolved is not None:
                 resolved.set()
@@ -617,7 +621,7 @@ class HttpClient:
                     del self._resolving[url]
 
     async def _range_via(self, url: str, target: str | None, start: int, length: int, credentials: bool,
-                         take_whole: bool, resolved: trio.Event | None) -> RangeReply:
+                         take_whole: bool, into: bool, resolved: trio.Event | None) -> RangeReply:
         use_target = target is not None
         fetch_url = target or url
         answer = self._open(fetch_url, accept="*/*", byte_range=f"{start}-{start + length - 1}" if start >= 0 else f"-{length}",
@@ -654,7 +658,7 @@ class HttpClient:
             if status == 206:
                 if start < 0:  # the tail: where it starts follows from the total
                     start = max(0, ranges.total_of(resp, url) - length)
-                reply = await ranges.read_partial(resp, url, start, length)
+                reply = await ranges.read_partial(resp, url, start, length, into)
                 return dataclasses.replace(reply, encoding=encoding)
             if status == 200:
                 declared = resp.headers.get("content-length", "")

@@ -15,7 +15,9 @@ Each exchange writes its request head itself (`wire.request_head`), finds where 
 head ends and has llhttp read it (`wire.ResponseParser`, through httptools). A body framed by
 Content-Length - every ranged GET - is then read straight off the socket in large reads, no
 more than Content-Length, as is a body that ends when the server closes; a chunked one goes
-through llhttp.
+through llhttp. A caller that wants the whole body in one buffer (a run of blocks) has it
+received straight into it (`Reply.read_into`: `recv_into`, or over TLS the records decrypted
+into it): no chunk objects allocated, none joined.
 
 Pooling: a request takes the most recently used idle connection of its origin (checking
 only that one: not expired, not readable - a readable idle socket means the server closed
@@ -26,7 +28,7 @@ Bounds: at most `max_per_origin` connections per origin, fewer while the origin 
 
 TLS: trio's SSLStream hands over one TLS record (at most 16 KiB) per `receive_some`, each
 through a Python state machine that cost more than the decryption (45% of the daemon's CPU
-on an HTTPS cold read, libcrypto 8%). `_BulkTLS` reads its socket in READ_SIZE reads and,
+on an HTTPS cold read, libcrypto 8%). `_BulkTLS` reads its socket in TLS_READ_SIZE reads and,
 after one such receive, decrypts the records already buffered in a tight loop.
 
 Addresses: with an `AddressRule`, each new connection's peer address is checked once, right
@@ -45,7 +47,8 @@ final one are bounded in number and bytes, so a server streaming them costs litt
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import cast
 
 import httpx
 import trio
@@ -56,6 +59,13 @@ from ciartfs.net.wire import HEAD_END, BrokenAnswer, ResponseParser, Target, hea
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).
 READ_SIZE = 1 << 20
+# A TLS stream's reads of its socket: many records each (decrypted in one loop, see _BulkTLS),
+# and not READ_SIZE: each read allocates its size whole, then is cut to what came, and a
+# megabyte allocated and cut per read, between the runs the block cache keeps, grew the heap
+# past what it held.
+TLS_READ_SIZE = 256 << 10
+# The most plaintext one TLS record carries.
+TLS_RECORD_BYTES = 16 << 10
 # Request bodies are small JSON documents a provider built (Taskcluster's startDownload):
 # nothing larger is ever sent.
 MAX_REQUEST_BODY = 64 << 10
@@ -85,8 +95,50 @@ class Reply:
     def aiter_raw(self) -> AsyncIterator[bytes]:
         return self.stream.__aiter__()
 
+    def body_length(self) -> int | None:
+        """The body's length, when it can be read with `read_into` (this pool's answers framed
+        by Content-Length, nothing of them read yet); None otherwise (read it with `aiter_raw`)."""
+        stream = self.stream
+        return stream.length_for_into() if isinstance(stream, _Body) else None
+
+    async def read_all(self) -> bytearray:
+        """The whole body (`body_length` bytes) received straight into one buffer: no chunk
+        objects, no join. A closed connection cuts it short as `aiter_raw` does (an error: the
+        buffer is never handed out unless every byte of it was received)."""
+        stream = self.stream
+        length = stream.length_for_into() if isinstance(stream, _Body) else None
+        assert isinstance(stream, _Body) and length is not None
+        buffer = _unfilled(length)
+        await stream.read_into(buffer)
+        return buffer
+
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+def _make_unfilled() -> Callable[[int], bytearray]:
+    """A bytearray of n bytes left as malloc gave them, to be received into: bytearray(n)
+    zeroes them first (4% of a cold read's CPU, beside the copy that then overwrites them).
+    CPython's own constructor; bytearray(n) where ctypes is missing."""
+    try:
+        import ctypes
+
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+        make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+        make.restype = ctypes.py_object
+    except (ImportError, AttributeError):
+        return bytearray
+
+    def unfilled(n: int) -> bytearray:
+        buffer = make(None, n)
+        if type(buffer) is not bytearray or len(buffer) != n:
+            raise MemoryError(f"no buffer of {n} bytes")
+        return buffer
+
+    return unfilled
+
+
+_unfilled = _make_unfilled()
 
 
 class ViaHttpx:
@@ -125,10 +177,10 @@ class _Wrapped(trio.abc.Stream):
 
 
 class _LargeReads(_Wrapped):
-    """A socket stream whose reads without a size (SSLStream's) are READ_SIZE, not 64 KiB."""
+    """A socket stream whose reads without a size (SSLStream's) are TLS_READ_SIZE, not 64 KiB."""
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return bytes(await self.inner.receive_some(max_bytes or READ_SIZE))  # (bytes already: no copy)
+        return bytes(await self.inner.receive_some(max_bytes or TLS_READ_SIZE))  # (bytes already: no copy)
 
 
 class _BulkTLS(_Wrapped):
@@ -162,6 +214,28 @@ class _BulkTLS(_Wrapped):
             got += len(more)
         return data if len(pieces) == 1 else b"".join(pieces)
 
+    async def receive_into(self, view: memoryview) -> int:
+        """`receive_some`, into `view`: the records already received are decrypted straight into it.
+        The first record comes as bytes (SSLStream's): asked for as one record (16 KiB), not as
+        len(view), which the ssl module would allocate whole and then shrink to a record: a
+        megabyte allocated and cut per read, between the runs the cache keeps, fragmented the
+        heap (peak RSS of an HTTPS cold read +15-20 MiB)."""
+        data = await self.tls.receive_some(min(len(view), TLS_RECORD_BYTES))
+        got = len(data)
+        view[:got] = data
+        ssl_object = getattr(self.tls, "_ssl_object", None)
+        if not got or not isinstance(ssl_object, ssl.SSLObject):
+            return got
+        while got < len(view):
+            try:
+                more = cast(int, ssl_object.read(len(view) - got, cast(bytearray, view[got:])))  # (into it: a count)
+            except ssl.SSLError:  # SSLWantReadError: the buffered records are used up
+                break
+            if not more:
+                break
+            got += more
+        return got
+
 
 class _Connection:
     __slots__ = ("stream", "socket", "idle_since")
@@ -184,6 +258,20 @@ class _Connection:
             raise httpx.ReadError(f"reading the answer: {e}") from None
         return data if type(data) is bytes else bytes(data)  # (trio's streams give bytes)
 
+    async def receive_into(self, view: memoryview) -> int:
+        """Up to len(view) bytes received into `view`: how many (0: the server closed)."""
+        stream = self.stream
+        try:
+            if isinstance(stream, trio.SocketStream):
+                return await stream.socket.recv_into(view)
+            if isinstance(stream, _BulkTLS):
+                return await stream.receive_into(view)
+            data = await stream.receive_some(len(view))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            raise httpx.ReadError(f"reading the answer: {e}") from None
+        view[:len(data)] = data
+        return len(data)
+
     async def aclose(self) -> None:
         # Shielded: a socket must not leak because its task was cancelled. Bounded: TLS sends
         # close_notify, which must not wait forever on a peer that stopped reading.
@@ -201,7 +289,8 @@ class _Exchange:
     straight off the socket in large reads, no more than Content-Length, as is one that ends
     when the server closes; a chunked body goes through llhttp."""
 
-    __slots__ = ("conn", "parser", "status", "headers", "remaining", "until_close", "prefix", "reusable", "done")
+    __slots__ = ("conn", "parser", "status", "headers", "remaining", "until_close", "prefix", "reusable", "done",
+                 "started")
 
     def __init__(self, conn: _Connection, method: str) -> None:
         self.conn = conn
@@ -213,6 +302,7 @@ class _Exchange:
         self.prefix = b""  # body bytes that came with the head
         self.reusable = False  # the connection can carry the next request once the body is read
         self.done = False  # the body was read to its end
+        self.started = False  # the body's reading began (by `body` or `body_into`)
 
     async def response_head(self) -> None:
         received = b""
@@ -257,6 +347,7 @@ class _Exchange:
         self.done = length == 0  # nothing to read: the connection is free at once
 
     async def body(self) -> AsyncIterator[bytes]:
+        self.started = True
         if self.until_close:  # every byte until the server closes: no framing to check
             if self.prefix:
                 prefix, self.prefix = self.prefix, b""
@@ -289,6 +380,28 @@ class _Exchange:
                 raise httpx.RemoteProtocolError(f"server closed the connection {self.remaining} bytes short of the body")
             self.remaining -= len(data)
             yield data
+        self.done = True
+
+    def length_for_into(self) -> int | None:
+        """The body's length when it is framed by Content-Length and none of it was read yet."""
+        if self.remaining is None or self.done or self.started:
+            return None
+        return self.remaining + len(self.prefix)
+
+    async def body_into(self, buffer: bytearray) -> None:
+        """The body (`length_for_into` bytes, len(buffer)) into `buffer`, straight off the socket."""
+        self.started = True
+        view = memoryview(buffer)
+        got = len(self.prefix)
+        view[:got] = self.prefix
+        self.prefix = b""
+        assert self.remaining is not None and got + self.remaining == len(buffer)
+        while self.remaining > 0:
+            n = await self.conn.receive_into(view[got:got + min(self.remaining, READ_SIZE)])
+            if not n:
+                raise httpx.RemoteProtocolError(f"server closed the connection {self.remaining} bytes short of the body")
+            got += n
+            self.remaining -= n
         self.done = True
 
 
@@ -333,6 +446,12 @@ class _Body(httpx.AsyncByteStream):
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._exchange.body()
+
+    def length_for_into(self) -> int | None:
+        return None if self._closed else self._exchange.length_for_into()
+
+    async def read_into(self, buffer: bytearray) -> None:
+        await self._exchange.body_into(buffer)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -56,6 +56,9 @@ class RangeReply:
     # The server ignored Range and the caller asked for the body (`take_whole`): `data` is
     # empty, `total` is the Content-Length, and the caller must stream and close `whole`.
     whole: WholeBody | None = None
+    # The caller asked for a buffer (`into`) and the body was received straight into it: these
+    # are the bytes (`data` is empty). Nothing else holds or changes it.
+    buffer: bytearray | None = None
 
 
 class WholeBody:
@@ -94,9 +97,10 @@ class RangeMismatch(Exception):
     the right one."""
 
 
-async def read_partial(resp: Reply, url: str, start: int, length: int) -> RangeReply:
+async def read_partial(resp: Reply, url: str, start: int, length: int, into: bool = False) -> RangeReply:
     """A 206's body, checked against the request for [start, start+length): its Content-Range
-    names exactly those bytes (fewer at the resource's end), and the body is that long."""
+    names exactly those bytes (fewer at the resource's end), and the body is that long.
+    `into`: received straight into one buffer (`RangeReply.buffer`) where the answer allows it."""
     m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
     if not m or m.group(1) is None or m.group(3) == "*":
         raise RangeMismatch(f"206 without a usable Content-Range ({resp.headers.get('content-range')!r})")
@@ -105,6 +109,8 @@ async def read_partial(resp: Reply, url: str, start: int, length: int) -> RangeR
     if first != start or last != expected_last or last < first:
         raise RangeMismatch(f"Content-Range {first}-{last}/{total} does not match the request {start}-{start + length - 1}")
     want = last - first + 1
+    if into and resp.body_length() == want:  # (a body of another length: read as chunks, refused below)
+        return RangeReply(start, b"", total, buffer=await resp.read_all())
     chunks, got = [], 0
     async for chunk in resp.aiter_raw():
         chunks.append(chunk)
