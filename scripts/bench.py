@@ -1156,34 +1156,40 @@ class Bench:
 
 
 
-def run_scale(args: argparse.Namespace, figures: dict[str, Any], targets: list[Target]) -> int:
+def run_scale(args: argparse.Namespace, figures: dict[str, Any], targets: list[Target]) -> None:
     """Issue 17's scale scenarios (after the others, whose servers are stopped by now): their
-    figures into `figures`, the targets judged into `targets`. The exit status (130: interrupted)."""
+    figures into `figures`, the targets judged into `targets`."""
     import benchlib.diskcache as diskcache  # (scripts/ is on sys.path)
     import benchlib.flat as flat
 
     quick = args.quick
     python = str(VENV_PY)
+    with tempfile.TemporaryDirectory(prefix="ciartfs-scale-") as d:
+        tmp = Path(d)
+        for part in SCALE:  # (each its own mount points and cache dirs)
+            (tmp / part).mkdir()
+        if "flat" in args.only:
+            log("flat: one directory of N artifacts, ls, find -name, ls -l")
+            figures["flat"], found = flat.flat_targets(python, REPO, tmp / "flat", (10_000,) if quick else (10_000, 100_000))
+            targets += found
+        if "memory" in args.only:
+            log("memory: N artifacts listed, drop_caches, re-list; builds browsed")
+            # (500 builds even with --quick: forgetting starts at 200k entries)
+            figures["memory"], found = flat.memory_targets(python, REPO, tmp / "memory", 10_000 if quick else 100_000)
+            targets += found
+        if "disk-cache" in args.only:
+            log("disk cache: start-up, index RAM, eviction")
+            figures["disk_cache"], found = diskcache.disk_targets(tmp / "disk-cache", 260_000 if quick else 2_600_000)
+            targets += found
+
+
+def guarded(what: str, step: Callable[[], None]) -> int:
+    """Run `step`; its exit status (130: interrupted, 1: failed), the failure printed, so that
+    the results so far are still reported."""
     try:
-        with tempfile.TemporaryDirectory(prefix="ciartfs-scale-") as d:
-            tmp = Path(d)
-            for part in SCALE:  # (each its own mount points and cache dirs)
-                (tmp / part).mkdir()
-            if "flat" in args.only:
-                log("flat: one directory of N artifacts, ls, find -name, ls -l")
-                figures["flat"], found = flat.flat_targets(python, REPO, tmp / "flat", (10_000,) if quick else (10_000, 100_000))
-                targets += found
-            if "memory" in args.only:
-                log("memory: N artifacts listed, drop_caches, re-list; builds browsed")
-                count, builds = (10_000, 500) if quick else (100_000, 500)  # (forgetting starts at 200k entries)
-                figures["memory"], found = flat.memory_targets(python, REPO, tmp / "memory", count, builds)
-                targets += found
-            if "disk-cache" in args.only:
-                log("disk cache: start-up, index RAM, eviction")
-                figures["disk_cache"], found = diskcache.disk_targets(tmp / "disk-cache", 260_000 if quick else 2_600_000)
-                targets += found
-    except KeyboardInterrupt:
-        log("interrupted: the scale scenarios' results so far follow")
+        step()
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({str(e) or 'SIGINT'}) in {what}: cleaning up; results so far follow")
         return 130
     except Exception:  # noqa: BLE001 - print it, then still report the results so far
         import traceback
@@ -1251,20 +1257,13 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         if set(args.only) - set(SCALE):
-            bench.run()
-    except KeyboardInterrupt as e:
-        log(f"interrupted ({str(e) or 'SIGINT'}): cleaning up; results so far follow")
-        status = 130
-    except Exception:  # noqa: BLE001 - print it, then still report the results so far
-        import traceback
-        traceback.print_exc()
-        status = 1
+            status = guarded("the scenarios", bench.run)
     finally:
         bench.cleanup()
     scale: dict[str, Any] = {}
     scale_targets: list[Target] = []
     if status == 0:
-        status = run_scale(args, scale, scale_targets)
+        status = guarded("the scale scenarios", lambda: run_scale(args, scale, scale_targets))
     out = report(args, bench.results, bench.link, bench.log_problems, info, scale_targets)
     out["scale"] = scale
     if args.json:

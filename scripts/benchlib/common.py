@@ -67,12 +67,22 @@ def nginx_shaper_available() -> bool:
     return shutil.which("nginx") is not None and os.path.exists(NGINX_ECHO_MODULE)
 
 
-def proc_hwm_kib(pid: int) -> int:
+def _status_kib(pid: int, field: str) -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM), 0 if absent."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1])
     return 0
+
+
+def proc_hwm_kib(pid: int) -> int:
+    """Peak RSS."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def proc_rss_kib(pid: int) -> int:
+    return _status_kib(pid, "VmRSS:")
 
 
 def serve_commands(ready: dict[str, Any], answer: Callable[[dict[str, Any]], str]) -> None:

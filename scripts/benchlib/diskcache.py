@@ -31,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
+from benchlib.common import proc_rss_kib  # noqa: E402
 from benchlib.report import Target  # noqa: E402
 from ciartfs.data.packstore import EVICT_TO, DiskStore  # noqa: E402
 
@@ -81,7 +82,7 @@ def index_bytes(tmp: Path, entries: int) -> dict[str, Any]:
     store.load_index()
     _fill(store, entries)
     store.close()
-    rss0 = _rss()
+    rss0 = proc_rss_kib(os.getpid()) * 1024
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -89,17 +90,13 @@ def index_bytes(tmp: Path, entries: int) -> dict[str, Any]:
         reopened.load_index()
         after = tracemalloc.get_traced_memory()[0]
         ok = reopened.might_have(_key(5)) and all(reopened.get(_key(i)) == b"x" * BLOCK for i in range(0, entries, 7))
-        rss1 = _rss()
+        rss1 = proc_rss_kib(os.getpid()) * 1024
         reopened.close()
     finally:
         tracemalloc.stop()
     return {"entries": entries, "heap_bytes_per_entry": round((after - before) / entries, 1),
             "bytes_per_entry": round(max(after - before, rss1 - rss0) / entries, 1), "answered_right": ok}
 
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def eviction(tmp: Path, entries: int) -> dict[str, Any]:

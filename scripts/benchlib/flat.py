@@ -45,20 +45,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from benchlib.common import proc_hwm_kib  # noqa: E402
+from benchlib.common import proc_hwm_kib, proc_rss_kib  # noqa: E402
 from benchlib.report import Target  # noqa: E402
 from ciartfs.cli.mountpoint import is_mounted  # noqa: E402
 from ciartfs.fakeserver import FakeCI  # noqa: E402
 
 SMALL, LARGE = 1000, 4 << 20
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def storage_stats(fake: FakeCI, size: int) -> tuple[int, int]:
@@ -116,7 +108,7 @@ def drop_caches(pid: int) -> int | None:
         return None
     Path("/proc/sys/vm/drop_caches").write_text("2\n")
     time.sleep(2)
-    return rss_kib(pid)
+    return proc_rss_kib(pid)
 
 
 def timed(cmd: str) -> tuple[float, str]:
@@ -140,7 +132,7 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
         with mounted(python, cwd, fake, tmp, f"{count}-{kind}") as (proc, mnt):
             many = mnt / "github/bench/flat/1/0/many"
             subprocess.run(["ls", str(mnt / "github/bench/flat")], check=True, capture_output=True)
-            base = rss_kib(proc.pid)  # the build not listed yet
+            base = proc_rss_kib(proc.pid)  # the build not listed yet
             subprocess.run(["ls", str(many.parent)], check=True, capture_output=True)
             storage_stats(fake, len(body))
             result["rss_base_kib"] = base
@@ -149,14 +141,14 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
             for label in [*order, "relist warm"]:
                 took, out = timed(commands.get(label, commands["ls"]))
                 reqs, sent = storage_stats(fake, len(body))
-                rss = rss_kib(proc.pid)
+                rss = proc_rss_kib(proc.pid)
                 result[label] = {"s": round(took, 3), "requests": reqs, "storage_bytes": sent,
                                  "lines": int(out.strip()), "rss_kib": rss, "peak_rss_kib": proc_hwm_kib(proc.pid),
                                  "rss_per_artifact_b": round((rss - base) * 1024 / count)}
                 print(f"  {count:>7} {kind:<5} {label:<11} {took:8.3f} s  {reqs:>7} requests  "
                       f"{sent / 2**20:9.1f} MiB  RSS {rss / 1024:7.1f} MiB ({(rss - base) * 1024 / count:6.0f} B/artifact)",
                       flush=True)
-            before = rss_kib(proc.pid)
+            before = proc_rss_kib(proc.pid)
             after = drop_caches(proc.pid)
             if after is not None:
                 result["drop"] = {"rss_kib": after, "returned_share": round((before - after) / max(1, before - base), 2)}
@@ -197,13 +189,13 @@ def browse(python: str, cwd: Path, builds: int, per_build: int, tmp: Path, every
         with mounted(python, cwd, fake, tmp, f"browse-{builds}") as (proc, mnt):
             root = mnt / "github/bench/browse"
             subprocess.run(["ls", str(root)], check=True, capture_output=True)
-            samples.append((0, rss_kib(proc.pid)))
+            samples.append((0, proc_rss_kib(proc.pid)))
             start = time.monotonic()
             for num in range(1, builds + 1):
                 subprocess.run([*command.split(), str(root / str(num) / "0" / "out")], check=True,
                                capture_output=True, timeout=300)
                 if num % every == 0:
-                    samples.append((num, rss_kib(proc.pid)))
+                    samples.append((num, proc_rss_kib(proc.pid)))
                     print(f"  browse {num:>4} builds  RSS {samples[-1][1] / 1024:7.1f} MiB", flush=True)
             took = time.monotonic() - start
     finally:
