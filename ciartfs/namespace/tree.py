@@ -362,6 +362,17 @@ class Tree:
         return child
 
     @staticmethod
+    def fresh_for(node: Node) -> float | None:
+        """Seconds the listing that names `node` stays fresh (its directory's complete listing,
+        with a TTL), or None when no such listing vouches for it. Until then the tree answers
+        from that listing alone: nothing about `node` (its name, kind, target, mtime) changes."""
+        parent = node.parent
+        if parent is None or parent.expires is None or parent.listing is None or not node.attached \
+                or parent.source is None or not parent.source.complete:
+            return None
+        return parent.expires - trio.current_time()
+
+    @staticmethod
     def _stale(parent: Node, child: Node) -> bool:
         """A mutable child (e.g. `latest`) is re-validated once its parent's TTL has passed,
         also when it was reached by lookup alone, without a listing."""
