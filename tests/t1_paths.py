@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from ciartfs.namespace.names import FileTree, place_artifacts, split_artifact_path
+from ciartfs.namespace.names import FileTree, packed_tree, place_artifacts, split_artifact_path, walk_files
 
 
 def flatten(tree: FileTree, prefix: str = "") -> dict[str, object]:
@@ -95,6 +95,11 @@ def test_random_listings_keep_the_invariants(items, rnd):
     dirs = {s.rsplit("/", 1)[0] for s in safe if "/" in s}
     dir_prefixes = {"/".join(d.split("/")[:i]) for d in dirs for i in range(1, d.count("/") + 2)}
     assert set(flat) == safe - dir_prefixes
+    # packed (a listing kept once its nodes are gone) and placed again: the same files
+    placed = list(walk_files(tree))
+    assert all("\0" not in path for path, _ in placed)  # (packed joined by NUL)
+    rebuilt = packed_tree([path for path, _ in placed])
+    assert {path: placed[i][1] for path, i in flatten(rebuilt).items()} == flat
     # a kept duplicate is the smallest value
     for path, value in flat.items():
         candidates = [v for p, v in items if not isinstance(split_artifact_path(p), str)

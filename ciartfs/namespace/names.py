@@ -7,13 +7,14 @@ the README).
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from ciartfs.namespace.model import Entry, Kind, StaticDir
+from ciartfs.namespace.model import Artifact, Entry, Kind, PackedFiles, StaticDir
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,49 @@ def tree_entries(tree: FileTree[T], make_file: Callable[[str, str, T], Entry], *
         entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable, source=StaticDir(children, ttl=ttl)))
     entries.extend(make_file(name, prefix + name, value) for name, value in tree.files.items())
     return entries
+
+
+def packed_entries(tree: FileTree[int], make: Callable[[str, int], Artifact], *, mtime: float, immutable: bool,
+                   ttl: float | None, info: Mapping[str, str], prefix: str = "") -> tuple[list[Entry], PackedFiles | None]:
+    """A FileTree's top level as `tree_entries` gives it, its files packed (`make(path below the
+    top, value)` is the artifact of one, made when first asked for): (the subdirectories, the files)."""
+    entries = []
+    for name, sub in tree.dirs.items():
+        children, files = packed_entries(sub, make, mtime=mtime, immutable=immutable, ttl=ttl, info=info,
+                                         prefix=f"{prefix}{name}/")
+        entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable,
+                             source=StaticDir(children, ttl=ttl, files=files)))
+    if not tree.files:
+        return entries, None
+    names = sorted(tree.files)
+    values = array.array("q", [tree.files[n] for n in names])
+    return entries, PackedFiles(names, mtime, immutable, info, lambda i: make(prefix + names[i], values[i]))
+
+
+def walk_files(tree: FileTree[T], prefix: str = "") -> Iterator[tuple[str, T]]:
+    """(path, value) of every file below `tree`, in an order `packed_tree` rebuilds it from."""
+    for name, sub in tree.dirs.items():
+        yield from walk_files(sub, f"{prefix}{name}/")
+    for name, value in tree.files.items():
+        yield prefix + name, value
+
+
+def packed_tree(paths: list[str]) -> FileTree[int]:
+    """The FileTree of paths `walk_files` gave (placed already: safe, no duplicate, no file
+    that is also a directory), each file's value its index in `paths`: a listing kept packed
+    is placed again at a dict look-up per file, not by the rules."""
+    tree: FileTree[int] = FileTree()
+    dirs: dict[str, FileTree[int]] = {"": tree}
+    for i, path in enumerate(paths):
+        head, _, name = path.rpartition("/")
+        node = dirs.get(head)
+        if node is None:
+            node = tree
+            for part in head.split("/"):
+                node = node.dirs.setdefault(part, FileTree())
+            dirs[head] = node
+        node.files[name] = i
+    return tree
 
 
 def target_problem(target: str) -> str | None:

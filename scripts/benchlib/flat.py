@@ -45,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from benchlib.common import proc_hwm_kib, proc_rss_kib  # noqa: E402
+from benchlib.common import proc_cpu, proc_hwm_kib, proc_rss_kib  # noqa: E402
 from benchlib.report import Target  # noqa: E402
 from ciartfs.cli.mountpoint import is_mounted  # noqa: E402
 from ciartfs.fakeserver import FakeCI  # noqa: E402
@@ -139,13 +139,15 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
             commands = {"ls": f"ls {many} | wc -l", "find": f"find {many} -name '*.bin' | wc -l",
                         "ls -l": f"ls -l {many} | wc -l"}
             for label in [*order, "relist warm"]:
+                cpu = proc_cpu(proc.pid)
                 took, out = timed(commands.get(label, commands["ls"]))
+                cpu = proc_cpu(proc.pid) - cpu
                 reqs, sent = storage_stats(fake, len(body))
                 rss = proc_rss_kib(proc.pid)
-                result[label] = {"s": round(took, 3), "requests": reqs, "storage_bytes": sent,
+                result[label] = {"s": round(took, 3), "cpu_s": round(cpu, 2), "requests": reqs, "storage_bytes": sent,
                                  "lines": int(out.strip()), "rss_kib": rss, "peak_rss_kib": proc_hwm_kib(proc.pid),
                                  "rss_per_artifact_b": round((rss - base) * 1024 / count)}
-                print(f"  {count:>7} {kind:<5} {label:<11} {took:8.3f} s  {reqs:>7} requests  "
+                print(f"  {count:>7} {kind:<5} {label:<11} {took:8.3f} s  {cpu:6.2f} CPU s  {reqs:>7} requests  "
                       f"{sent / 2**20:9.1f} MiB  RSS {rss / 1024:7.1f} MiB ({(rss - base) * 1024 / count:6.0f} B/artifact)",
                       flush=True)
             before = proc_rss_kib(proc.pid)
@@ -155,15 +157,20 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
                 print(f"  {count:>7} {kind:<5} drop        RSS {after / 1024:7.1f} MiB "
                       f"({result['drop']['returned_share']:.0%} of the growth returned)", flush=True)
                 fake.clear_requests()  # (the API documents asked for again would count; none are)
+                cpu = proc_cpu(proc.pid)
                 took, out = timed(commands["ls"])
+                cpu = proc_cpu(proc.pid) - cpu
                 api = [r.path for r in fake.requests if r.server == "api" and not r.path.startswith("/artifacts/")]
                 reqs, _ = storage_stats(fake, len(body))
-                warm = result["relist warm"]["s"]
-                result["relist after forget"] = {"s": round(took, 3), "requests": reqs, "api_requests": len(api),
+                warm, warm_cpu = result["relist warm"]["s"], result["relist warm"]["cpu_s"]
+                result["relist after forget"] = {"s": round(took, 3), "cpu_s": round(cpu, 2),
+                                                 "cpu_vs_warm": round(cpu / max(warm_cpu, 1e-2), 2),
+                                                 "requests": reqs, "api_requests": len(api),
                                                  "api_paths": api[:10],
                                                  "lines": int(out.strip()), "vs_warm": round(took / max(warm, 1e-3), 2)}
-                print(f"  {count:>7} {kind:<5} relist      {took:8.3f} s  {reqs:>7} requests  {len(api)} API requests {api[:3]}  "
-                      f"({took / max(warm, 1e-3):.1f}x the warm re-list, {warm:.3f} s)", flush=True)
+                print(f"  {count:>7} {kind:<5} relist      {took:8.3f} s  {cpu:6.2f} CPU s  {reqs:>7} requests  "
+                      f"{len(api)} API requests {api[:3]}  ({took / max(warm, 1e-3):.1f}x the warm re-list, {warm:.3f} s; "
+                      f"CPU {cpu / max(warm_cpu, 1e-2):.1f}x)", flush=True)
     finally:
         fake.stop()
     return result
