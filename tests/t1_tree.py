@@ -154,3 +154,34 @@ async def test_a_mutable_packed_listing_listed_again_has_its_files_made_again(cl
     _, again = await visit(tree, "d")
     assert next(c for c in again if c.name == "a") is a, "the same node (the kernel's inode stays valid)"
     assert a.size is None and a.artifact.url == "http://two/a"
+
+
+async def test_pinned_says_whether_the_kernel_references_anything_in_a_subtree_whatever_the_order():
+    """`pinned` counts a node's own reference and its referenced children (not every node
+    below): zero exactly when nothing in the subtree is referenced, after any order of
+    lookups and forgets."""
+    import random
+
+    rnd = random.Random(17)
+    leaves = lambda p: [file_entry(f"{p}{i}") for i in range(3)]  # noqa: E731
+    sub = [Entry(f"s{j}", Kind.DIR, immutable=True, source=StaticDir(leaves(f"s{j}f"))) for j in range(3)]
+    tree = Tree(StaticDir([Entry("d", Kind.DIR, immutable=True, source=StaticDir(sub + leaves("f")))]),
+                sizer=None)  # type: ignore[arg-type]
+    d, children = await visit(tree, "d")
+    nodes = [d, *children]
+    for child in children:
+        if child.kind is Kind.DIR:
+            nodes += await tree.list(child)
+
+    def referenced(node) -> bool:
+        return node.lookups > 0 or any(referenced(c) for c in node.children.values())
+
+    for _ in range(400):
+        node = rnd.choice(nodes)
+        if rnd.random() < 0.5 and node.attached:  # (the kernel is given only attached nodes)
+            tree.remember(node)
+        elif node.lookups:
+            tree.forget(node.inode, rnd.randint(1, node.lookups))
+        for n in nodes:
+            if n.attached:
+                assert (n.pinned > 0) == referenced(n), n.path

@@ -128,7 +128,8 @@ class Node:
     size: int | None = None
     info: Mapping[str, str] = dataclasses.field(default_factory=dict)
     lookups: int = 0
-    # nodes in this subtree (this one included) the kernel holds a reference to
+    # 1 if the kernel holds a reference to this node, plus its children whose subtree it holds
+    # one in: 0 when it references nothing in this subtree
     pinned: int = 0
     attached: bool = True
     children: dict[str, Node] = dataclasses.field(default_factory=dict)
@@ -294,13 +295,17 @@ class Tree:
         return True
 
     def _pin(self, node: Node, delta: int) -> Node | None:
-        """Count a kernel reference gained or lost up the chain of parents. Returns the highest
-        directory whose subtree the kernel no longer references at all (when losing one)."""
+        """Count a kernel reference gained or lost (`node`'s first or last) up the chain of
+        parents, as far as it changes whether a subtree is referenced at all (readdirplus of 100k
+        entries: one step each, not one per ancestor). Returns the highest directory whose
+        subtree the kernel no longer references at all (when losing one)."""
         released = None
         at: Node | None = node
         while at is not None:
             at.pinned += delta
-            if at.pinned == 0 and at.kind is Kind.DIR:
+            if at.pinned != (1 if delta > 0 else 0):
+                break  # referenced before and still: the counts above stay
+            if delta < 0 and at.kind is Kind.DIR:
                 released = at
             at = at.parent
         return released
@@ -481,6 +486,16 @@ class Tree:
         has its artifact made again and its size learned again)."""
         children, nodes, inode = parent.children, self.nodes, self._next_inode
         mtime, immutable, info, file = files.mtime, files.immutable, files.info, Kind.FILE
+        if not children and seen.isdisjoint(files.names):
+            # (a first listing, or one again after the kernel forgot it: nothing to compare)
+            for name in files.names:
+                nodes[inode] = children[name] = Node(inode, name, file, parent, mtime, immutable, None, None, None,
+                                                     None, info, 0, 0, True, NO_CHILDREN, None, None, now)
+                inode += 1
+            self._next_inode = inode
+            seen.update(files.names)
+            names.extend(files.names)
+            return
         for name in files.names:
             if name in seen:
                 continue
