@@ -7,11 +7,11 @@ the README).
 
 from __future__ import annotations
 
-import array
 import dataclasses
+import functools
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from ciartfs.namespace.model import Artifact, Entry, Kind, PackedFiles, StaticDir
@@ -49,47 +49,58 @@ def tree_entries(tree: FileTree[T], make_file: Callable[[str, str, T], Entry], *
     return entries
 
 
-def packed_entries(tree: FileTree[int], make: Callable[[str, int], Artifact], *, mtime: float, immutable: bool,
-                   ttl: float | None, info: Mapping[str, str], prefix: str = "") -> tuple[list[Entry], PackedFiles | None]:
-    """A FileTree's top level as `tree_entries` gives it, its files packed (`make(path below the
-    top, value)` is the artifact of one, made when first asked for): (the subdirectories, the files)."""
-    entries = []
-    for name, sub in tree.dirs.items():
-        children, files = packed_entries(sub, make, mtime=mtime, immutable=immutable, ttl=ttl, info=info,
-                                         prefix=f"{prefix}{name}/")
-        entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable,
-                             source=StaticDir(children, ttl=ttl, files=files)))
-    if not tree.files:
-        return entries, None
-    names = sorted(tree.files)
-    values = array.array("q", [tree.files[n] for n in names])
-    return entries, PackedFiles(names, mtime, immutable, info, lambda i: make(prefix + names[i], values[i]))
+def pack_files(tree: FileTree[T]) -> tuple[list[str], list[str], list[T]]:
+    """A placed FileTree's files, directory by directory, as a listing is kept: (each directory
+    holding files, as a prefix: "" for the top, "a/b/" below; its files' names, sorted, joined
+    by NUL (no placed name holds one); the files' values in that order)."""
+    dirs, names, values = [], [], []
+    todo = [("", tree)]
+    while todo:  # (depth first, without recursion: a path may be deep)
+        prefix, at = todo.pop()
+        if at.files:
+            listed = sorted(at.files)
+            dirs.append(prefix)
+            names.append("\0".join(listed))
+            values += [at.files[name] for name in listed]
+        todo += [(f"{prefix}{name}/", sub) for name, sub in reversed(at.dirs.items())]
+    return dirs, names, values
 
 
-def walk_files(tree: FileTree[T], prefix: str = "") -> Iterator[tuple[str, T]]:
-    """(path, value) of every file below `tree`, in an order `packed_tree` rebuilds it from."""
-    for name, sub in tree.dirs.items():
-        yield from walk_files(sub, f"{prefix}{name}/")
-    for name, value in tree.files.items():
-        yield prefix + name, value
+def packed_entries(dirs: list[str], names: list[str], make: Callable[[str, int], Artifact], *, mtime: float,
+                   immutable: bool, ttl: float | None, info: Mapping[str, str]) -> tuple[list[Entry], PackedFiles | None]:
+    """The top level of what `pack_files` packed, as `tree_entries` gives a FileTree's, its
+    files packed (`make(path below the top, index in the packed order)` is the artifact of one,
+    made when first asked for): (the subdirectories, the files). A dict look-up per directory,
+    nothing per file but splitting the names."""
+    files: dict[str, PackedFiles] = {}
+    subdirs: dict[str, list[str]] = {"": []}
+    first = 0
+    for prefix, joined in zip(dirs, names, strict=True):
+        listed = joined.split("\0")
+        files[prefix] = PackedFiles(listed, mtime, immutable, info, functools.partial(_make_packed, make, prefix, listed, first))
+        first += len(listed)
+        chain, at = [], prefix  # the directories above it not registered yet
+        while at not in subdirs:
+            chain.append(at)
+            at = at[:-1].rpartition("/")[0] + "/" if "/" in at[:-1] else ""
+        for below in reversed(chain):
+            subdirs[below] = []
+            subdirs[at].append(below[len(at):-1])
+            at = below
+
+    def level(prefix: str) -> tuple[list[Entry], PackedFiles | None]:
+        entries = []
+        for name in subdirs[prefix]:
+            children, packed = level(f"{prefix}{name}/")
+            entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable,
+                                 source=StaticDir(children, ttl=ttl, files=packed)))
+        return entries, files.get(prefix)
+
+    return level("")
 
 
-def packed_tree(paths: list[str]) -> FileTree[int]:
-    """The FileTree of paths `walk_files` gave (placed already: safe, no duplicate, no file
-    that is also a directory), each file's value its index in `paths`: a listing kept packed
-    is placed again at a dict look-up per file, not by the rules."""
-    tree: FileTree[int] = FileTree()
-    dirs: dict[str, FileTree[int]] = {"": tree}
-    for i, path in enumerate(paths):
-        head, _, name = path.rpartition("/")
-        node = dirs.get(head)
-        if node is None:
-            node = tree
-            for part in head.split("/"):
-                node = node.dirs.setdefault(part, FileTree())
-            dirs[head] = node
-        node.files[name] = i
-    return tree
+def _make_packed(make: Callable[[str, int], Artifact], prefix: str, names: list[str], first: int, i: int) -> Artifact:
+    return make(prefix + names[i], first + i)
 
 
 def target_problem(target: str) -> str | None:

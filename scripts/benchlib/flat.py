@@ -15,13 +15,14 @@ holds the N artifacts, and a fresh ciartfs mount (fresh cache dir) runs, in orde
   relist warm  `ls many | wc -l` again (the re-list the next one is compared with)
   drop     `echo 2 > /proc/sys/vm/drop_caches` when root (the kernel forgets the inodes)
   relist after forget  `ls many | wc -l` (the API documents come from the disk cache)
-and reports, per command: seconds, artifact requests (the API host's redirects and storage
-GETs, not the API listing), storage bytes sent, the daemon's peak RSS so far (VmHWM) and its
-RSS after it (RSS per
-artifact, and what came back after drop); the re-list after forget as a multiple of the warm
-one. `--browse 500`: a mount `ls`s each of 500 builds' artifact directory (`--per-build`
-files each, default 1000; `--browse-command 'ls -l'`) in turn, RSS every 50 builds: the
-last 100 builds should grow it by at most a tenth of the first 100 (a plateau). `--python`
+and reports, per command: seconds, the daemon's CPU seconds (utime+stime), artifact requests
+(the API host's redirects and storage GETs, not the API listing), storage bytes sent, the
+daemon's peak RSS so far (VmHWM) and its RSS after it (RSS per artifact, and what came back
+after drop); the re-list after forget as a multiple of the warm one, in seconds and in CPU
+seconds (the steadier figure on shared cores). `--browse 500`: a mount `ls`s each of 500
+builds' artifact directory (`--per-build` files each, default 1000; `--browse-command 'ls -l'`)
+in turn, RSS every 50 builds: the last 100 builds should grow it by at most a tenth of the
+first 100 (a plateau). `--python`
 runs another checkout's ciartfs (its venv's python, e.g. /work/main/.venv/bin/python, run from
 that checkout) for a before/after table. The fake runs in this process (threads); the commands and the mount are subprocesses.
 Everything started is stopped by pid in `finally`.

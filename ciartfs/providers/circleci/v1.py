@@ -24,7 +24,7 @@ import trio
 from ciartfs.data.sources import source_for_name
 from ciartfs.errors import BadListing, CiartfsError, Forbidden, NotFound, redact_url
 from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind, StaticDir, many_made
-from ciartfs.namespace.names import packed_entries, packed_tree, place_artifacts, walk_files
+from ciartfs.namespace.names import pack_files, packed_entries, place_artifacts
 from ciartfs.net.credentials import HeaderCredential, origin_of
 from ciartfs.net.wire import parse_url
 from ciartfs.providers import parse_time
@@ -556,18 +556,19 @@ KEPT_LISTING_BYTES = 16 << 20
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackedNode:
     """One node directory's files as placed (safe paths, duplicates resolved, token verdicts
-    given), in three flat objects instead of three per file: re-listing a build the kernel
+    given), in a few flat objects instead of three per file: re-listing a build the kernel
     forgot starts from here, not from its JSON (parsing, placing and checking 100k artifacts
-    again cost several times the listing itself)."""
+    again cost several times the listing itself). See names.pack_files."""
 
     node: int
-    paths: str  # "\0"-joined paths below the node directory (a placed path holds no NUL)
-    urls: str  # "\0"-joined, in the same order
+    dirs: list[str]  # the directories holding files, as prefixes ("" for the node directory)
+    names: list[str]  # per directory, its files' names, sorted, NUL-joined
+    urls: str  # NUL-joined, in the same order
     tokens: bytes  # per file, 1 if its URL may carry the token
 
     @property
     def size(self) -> int:
-        return len(self.paths) + len(self.urls) + len(self.tokens)
+        return sum(map(len, self.dirs)) + sum(map(len, self.names)) + len(self.urls) + len(self.tokens)
 
 
 class KeptListings:
@@ -612,10 +613,10 @@ def place_nodes(records: list[ArtifactRecord], *, host: str, where: str) -> list
     takes_token = TokenVerdicts(host, where)
     for node, recs in sorted(by_node.items()):
         tree = place_artifacts(((r.path, r) for r in recs), where=f"{where}/{node}", tiebreak=lambda r: r.url)
-        placed = list(walk_files(tree))
+        dirs, names, placed = pack_files(tree)
         if placed:  # nothing safe to show: no empty node directory
-            packed.append(PackedNode(node, "\0".join(path for path, _ in placed), "\0".join(r.url for _, r in placed),
-                                     bytes(takes_token(r.url, node) for _, r in placed)))
+            packed.append(PackedNode(node, dirs, names, "\0".join(r.url for r in placed),
+                                     bytes(takes_token(r.url, node) for r in placed)))
     return packed
 
 
@@ -642,8 +643,8 @@ def node_entries(records: list[ArtifactRecord] | list[PackedNode], *, host: str,
             return Artifact(key=key_prefix + path, url=urls[i], immutable=immutable, credentialed=tokens[i] == 1,
                             source=source_for_name(path))
 
-        children, files = packed_entries(packed_tree(placed.paths.split("\0")), make, mtime=mtime, immutable=immutable,
-                                         ttl=ttl, info=info)
+        children, files = packed_entries(placed.dirs, placed.names, make, mtime=mtime, immutable=immutable, ttl=ttl,
+                                         info=info)
         entries.append(Entry(str(placed.node), Kind.DIR, mtime=mtime, immutable=immutable,
                              source=StaticDir(children, ttl=ttl, files=files), info=info))
     return entries
