@@ -135,8 +135,8 @@ class PackedFiles:
     of 100k artifacts the kernel forgot makes 100k objects, not 300k.
 
     `names` are sorted, distinct, pass `names.name_problem`, and name none of the directory's
-    other entries; `make(i)` is never a LIVE artifact (a packed file's attributes are given
-    without it)."""
+    other entries; `make(i)` is never a LIVE artifact and says no size (a packed file's
+    attributes are given without it; its size is learned as any unknown one)."""
 
     names: list[str]
     mtime: float
