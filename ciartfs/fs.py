@@ -161,9 +161,10 @@ class ArtifactFS(pyfuse3.Operations):
         attr.entry_timeout = attr.attr_timeout = timeout
         if node.kind is Kind.FILE and node.size is None:
             attr.attr_timeout = UNKNOWN_SIZE_TIMEOUT  # the name stays; the size is asked for again
-        if node.artifact is not None and node.artifact.live:
+        art = node.made_artifact  # (not node.artifact: a packed file's, never live, is made when asked for)
+        if art is not None and art.live:
             # a growing file: the bytes seen so far, asked for at every stat (`tail -f` polls it)
-            attr.st_size = self.reader.live.size(node.artifact.key)
+            attr.st_size = self.reader.live.size(art.key)
             attr.st_blocks = (attr.st_size + 511) // 512
             attr.attr_timeout = UNKNOWN_SIZE_TIMEOUT
         return attr
