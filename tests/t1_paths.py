@@ -1,12 +1,23 @@
 """Tier 1: the artifact path safety rules of tree.place_artifacts (documented in README)."""
 
 import logging
+import tracemalloc
 
 import pytest
 import trio
 
-from ciartfs.namespace.model import Artifact, Kind, StaticDir
-from ciartfs.namespace.names import FileTree, pack_files, packed_entries, place_artifacts, split_artifact_path
+from ciartfs.namespace.model import Artifact, Entry, Kind, StaticDir
+from ciartfs.namespace.names import (
+    DIRS_FREE,
+    DIRS_PER_FILE,
+    MAX_DEPTH,
+    FileTree,
+    pack_files,
+    packed_entries,
+    place_artifacts,
+    split_artifact_path,
+    tree_entries,
+)
 
 
 def flatten(tree: FileTree, prefix: str = "") -> dict[str, object]:
@@ -43,6 +54,51 @@ def test_unsafe_paths_are_skipped_with_a_warning(bad, caplog):
     with caplog.at_level(logging.WARNING):
         assert place([bad, "ok.txt"]) == {"ok.txt": "url-1"}
     assert "skipped" in caplog.text
+
+
+def test_a_path_too_deep_is_skipped_and_the_rest_of_its_listing_still_builds(caplog):
+    """One hostile path 1500 levels deep once took its whole listing down (RecursionError in
+    the recursive listing code); now it is skipped like any unsafe path."""
+    deepest_kept = "/".join(["d"] * (MAX_DEPTH - 1)) + "/f"
+    with caplog.at_level(logging.WARNING):
+        tree = place_artifacts([("/".join(["d"] * 1500) + "/f", "deep"), (deepest_kept, "kept"), ("ok", "ok")], where="t")
+    assert "deeper than" in caplog.text
+    assert flatten(tree) == {deepest_kept: "kept", "ok": "ok"}
+    dirs, names, values = pack_files(tree)
+    subdirs, packed = packed_entries(dirs, names, lambda path, i: Artifact(key=path, url=values[i]), mtime=0.0,
+                                     immutable=True, ttl=None, info={})
+    assert [e.name for e in subdirs] == ["d"] and packed is not None and packed.names == ["ok"]
+    entries = tree_entries(tree, lambda name, path, value: Entry(name, Kind.FILE, mtime=0.0, immutable=True,
+                                                                artifact=Artifact(key=path, url=value, immutable=True)),
+                           mtime=0.0, immutable=True, ttl=None)
+    assert sorted(e.name for e in entries) == ["d", "ok"]
+
+
+def test_placing_deep_paths_costs_memory_in_proportion_to_the_listing(caplog):
+    """500 distinct paths 255 levels deep (a 0.3 MB listing): placing them once made every
+    path's every prefix (~175 MB), and each asks for 254 directories of a few hundred bytes.
+    The directories a listing makes are bounded by its files: the paths past it are skipped,
+    with one log line."""
+    paths = ["/".join([f"p{i:03d}"] + ["d"] * (MAX_DEPTH - 2)) + "/f" for i in range(500)]
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            tree = place_artifacts([(p, i) for i, p in enumerate(paths)], where="t")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    budget = DIRS_FREE + DIRS_PER_FILE * 500
+    placed = budget // (MAX_DEPTH - 1)
+    assert sorted(tree.dirs) == [f"p{i:03d}" for i in range(placed)]  # the first ones in order, whole
+    assert flatten(tree.dirs["p000"]) == {"/".join(["d"] * (MAX_DEPTH - 2)) + "/f": 0}
+    assert [r.getMessage()[:25] for r in caplog.records] == [f"t: skipped {500 - placed} artifacts,"]
+    assert peak < 20 * 2**20, f"placing a 0.3 MB listing peaked at {peak / 2**20:.0f} MiB"
+
+
+def test_a_build_with_more_directories_than_files_is_placed_whole():
+    """Chains of one-file directories, as sharded test results have, are inside the budget."""
+    paths = [f"results/shard-{i}/{i:x}/run/out.xml" for i in range(5000)]
+    assert len(flatten(place_artifacts([(p, p) for p in paths], where="t"))) == 5000
 
 
 def test_name_of_exactly_255_bytes_is_kept():

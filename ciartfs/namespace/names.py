@@ -19,6 +19,13 @@ from ciartfs.namespace.model import Artifact, Entry, Kind, PackedFiles, StaticDi
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+# Deeper paths are refused: a real build nests nowhere near this, and the tree's listing code
+# recurses once per level (a hostile path 1500 levels deep took its whole listing down).
+MAX_DEPTH = 256
+# Directories a listing may make: each costs a few hundred bytes, and two bytes of a hostile
+# listing ("d/") can ask for one. Real builds have fewer directories than files; chains of
+# one-file directories ("results/<id>/<id>/out.xml") stay well inside this.
+DIRS_FREE, DIRS_PER_FILE = 10_000, 4
 # Path components remembered as safe while a listing is placed (its directories' names recur
 # in every path below them); bounded, as the listing is not.
 KNOWN_GOOD_KEPT = 4096
@@ -121,6 +128,8 @@ def split_artifact_path(path: Any, known_good: set[str] | None = None) -> tuple[
     parts = tuple(p for p in path.split("/") if p != "")  # drops the leading '/' and '//'
     if not parts:
         return "empty path"
+    if len(parts) > MAX_DEPTH:
+        return f"is nested deeper than {MAX_DEPTH} directories"
     for part in parts:
         if known_good is not None and part in known_good:
             continue
@@ -167,23 +176,43 @@ def place_artifacts(items: Iterable[tuple[Any, T]], *, where: str, tiebreak: Cal
             log.warning("%s: skipped artifact path '%s': %s", where, short(path), parts)
             continue
         accepted.append((parts, tiebreak(value), value))
+    # Sorted, the paths below a path follow it and its duplicates at once: whether it is also a
+    # directory is one comparison with the next other path, not a set of every path's prefixes
+    # (quadratic in depth: a hostile listing of deep paths made gigabytes of them).
     accepted.sort(key=lambda t: (t[0], t[1]))
-    dir_paths = {parts[:i] for parts, _, _ in accepted for i in range(1, len(parts))}
     tree: FileTree[T] = FileTree()
     previous: tuple[str, ...] | None = None
-    for parts, _, value in accepted:
+    after_duplicates = 0
+    dirs_made, max_dirs = 0, DIRS_FREE + DIRS_PER_FILE * len(accepted)
+    over_budget, first_over = 0, ""
+    for i, (parts, _, value) in enumerate(accepted):
         shown = "/".join(parts)
-        if parts in dir_paths:
-            log.warning("%s: skipped artifact %r: it is also a directory of other artifacts", where, short(shown))
-            continue
         if parts == previous:
             log.warning("%s: skipped duplicate artifact path %r", where, short(shown))
             continue
         previous = parts
-        node = tree
-        for part in parts[:-1]:
-            node = node.dirs.setdefault(part, FileTree())
+        after_duplicates = max(after_duplicates, i + 1)
+        while after_duplicates < len(accepted) and accepted[after_duplicates][0] == parts:
+            after_duplicates += 1
+        if after_duplicates < len(accepted) and accepted[after_duplicates][0][:len(parts)] == parts:
+            log.warning("%s: skipped artifact %r: it is also a directory of other artifacts", where, short(shown))
+            continue
+        node, known = tree, 0  # (the directories it shares with the paths placed before it)
+        while known < len(parts) - 1 and (sub := node.dirs.get(parts[known])) is not None:
+            node, known = sub, known + 1
+        if dirs_made + len(parts) - 1 - known > max_dirs:
+            over_budget += 1
+            first_over = first_over or shown
+            continue
+        dirs_made += len(parts) - 1 - known
+        for part in parts[known:-1]:
+            sub = FileTree()
+            node.dirs[part] = sub
+            node = sub
         node.files[parts[-1]] = value
+    if over_budget:  # (one line: a hostile listing would make one per artifact)
+        log.warning("%s: skipped %d artifacts, e.g. %r: the listing's directories would pass %d (%d + %d per file)",
+                    where, over_budget, short(first_over), max_dirs, DIRS_FREE, DIRS_PER_FILE)
     return tree
 
 
