@@ -609,3 +609,17 @@ async def test_a_member_far_from_the_next_header_is_not_decoded_in_a_batch(zips,
         zips.reader.opened(art, art.size)
         assert await read_all(zips.reader, art) == expected.read(f"m{i}")
     assert "m5" not in batched and {"m3", "m4", "m6"} <= set(batched)
+
+
+async def test_directory_entries_make_at_most_the_directory_budget(zips, monkeypatch, caplog):
+    """A zip's directory entries (empty directories) could ask for a directory per byte of its
+    central directory, 250 a name here: they are bounded as a listing's paths are."""
+    monkeypatch.setattr(zipmember, "DIRS_FREE", 100)
+    chains = [(f"p{i:02d}/" + "d/" * 248, b"", 0) for i in range(40)]
+    archive = zips.archive(make_zip([("ok.txt", b"fine\n", zipfile.ZIP_DEFLATED), *chains]))
+    files = await zips.files(archive)
+    budget = 100 + 4 * 41
+    assert sum(path.endswith("/") for path in files) == budget
+    assert "p00/" in files and "p01/" in files and "p39/" not in files  # made in order, until the budget
+    assert "directory entries not shown" in caplog.text
+    assert await read_all(zips.reader, files["ok.txt"].artifact) == b"fine\n"
