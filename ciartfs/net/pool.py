@@ -47,12 +47,13 @@ final one are bounded in number and bytes, so a server streaming them costs litt
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 import httpx
 import trio
 
+from ciartfs.buffers import unfilled
 from ciartfs.net.addresses import AddressRule
 from ciartfs.net.wire import HEAD_END, BrokenAnswer, ResponseParser, Target, header_dict, request_fields, request_head
 
@@ -108,7 +109,7 @@ class Reply:
         stream = self.stream
         length = stream.length_for_into() if isinstance(stream, _Body) else None
         assert isinstance(stream, _Body) and length is not None
-        buffer = _unfilled(length)
+        buffer = unfilled(length)  # (page-aligned: the disk cache writes its blocks with O_DIRECT)
         await stream.read_into(buffer)
         return buffer
 
@@ -116,29 +117,6 @@ class Reply:
         await self.stream.aclose()
 
 
-def _make_unfilled() -> Callable[[int], bytearray]:
-    """A bytearray of n bytes left as malloc gave them, to be received into: bytearray(n)
-    zeroes them first (4% of a cold read's CPU, beside the copy that then overwrites them).
-    CPython's own constructor; bytearray(n) where ctypes is missing."""
-    try:
-        import ctypes
-
-        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
-        make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-        make.restype = ctypes.py_object
-    except (ImportError, AttributeError):
-        return bytearray
-
-    def unfilled(n: int) -> bytearray:
-        buffer = make(None, n)
-        if type(buffer) is not bytearray or len(buffer) != n:
-            raise MemoryError(f"no buffer of {n} bytes")
-        return buffer
-
-    return unfilled
-
-
-_unfilled = _make_unfilled()
 
 
 class ViaHttpx:
