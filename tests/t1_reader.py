@@ -3,11 +3,14 @@ reader's read-ahead window over blocks it holds."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 import trio
 
 from ciartfs.data import writebehind as writebehind_module
 from ciartfs.data.cache import DiskStore, MemoryCache
-from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.data.reader import Reader, ReadStream, ThreadBusy
 from ciartfs.data.writebehind import WriteBehind
 from ciartfs.namespace.model import Artifact
 from ciartfs.net.bodies import MemoryBudget
@@ -155,3 +158,16 @@ def test_a_jump_over_blocks_already_held_keeps_the_read_ahead_window(tmp_path):
     assert stream.window == 2
     reader._plan_readahead(art, stream, 9 * bs, 10 * bs, total)  # blocks 6-8 missing: a seek
     assert stream.window == 0
+
+
+@pytest.mark.skipif(ThreadBusy()._wanted is None, reason="no /proc/thread-self/schedstat")
+def test_thread_busy_tells_a_thread_that_computes_from_one_that_waits():
+    """Read-ahead asks for longer runs while trio's thread is CPU-bound (readahead.LONG_RUN_BYTES)."""
+    busy = ThreadBusy()
+    end = time.monotonic() + 2 * ThreadBusy.INTERVAL
+    while time.monotonic() < end:
+        busy.sample()  # (sampled at most every INTERVAL)
+    assert busy.busy
+    time.sleep(2 * ThreadBusy.INTERVAL)
+    busy.sample()
+    assert not busy.busy
