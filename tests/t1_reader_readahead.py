@@ -86,6 +86,18 @@ def test_missing_blocks_become_runs_split_by_held_blocks_and_disk_reads():
     assert steps == [("run", [0, 1]), ("run", [2]), ("run", [4, 5]), ("single", 6), ("run", [7]), ("run", [8, 9])]
 
 
+def test_what_is_planned_ends_on_a_multiple_of_the_run_length_unless_at_the_end():
+    stream, stops = ReadStream(), []
+    for offset in range(60):
+        ahead = plan(stream, offset, offset + 1, 90, block_size=1, max_window=MAX, held=lambda i: False, align=4)
+        if ahead is not None:
+            stops.append(ahead.stop)
+    assert stops and all(stop % 4 == 0 for stop in stops)
+    assert plan(stream, 85, 86, 90, block_size=1, max_window=MAX, held=lambda i: False, align=4) is None  # (a seek)
+    assert plan(stream, 86, 87, 90, block_size=1, max_window=MAX, held=lambda i: False, align=4) == range(87, 88)
+    assert plan(stream, 87, 88, 90, block_size=1, max_window=MAX, held=lambda i: False, align=4) == range(88, 90)
+
+
 def test_runs_end_on_multiples_of_their_length():
     """So that a kernel read as long as a run (1 MiB), at a multiple of its length, is one
     run's view and never a copy joined from two."""

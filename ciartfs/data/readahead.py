@@ -71,10 +71,11 @@ def run_arrived(stream: ReadStream, nbytes: int, seconds: float) -> None:
 
 
 def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: int, max_window: int,
-         held: Callable[[int], bool], active: bool = True) -> range | None:
+         held: Callable[[int], bool], active: bool = True, align: int = 1) -> range | None:
     """A read of [offset, end) happened: update `stream`, and return the blocks to fetch ahead
     now (None: none). `held(index)`: the block is in memory or being fetched. `active`: read-ahead
-    can run at all (the window is still tracked when it cannot)."""
+    can run at all (the window is still tracked when it cannot). `align`: what is planned ends
+    on a multiple of it (the run length: see `requests`), unless at the end."""
     bs = block_size
     last = (end - 1) // bs
     if offset > 0 and (offset == stream.next_offset
@@ -90,7 +91,7 @@ def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: i
     if stream.ahead_end - (last + 1) >= stream.window // 2 and stream.ahead_end > last + 1:
         return None  # more than half the window is still ahead
     end_of_file = total if stream.limit is None else max(end, min(total, stream.limit))
-    stop = min(last + 1 + stream.window, (end_of_file - 1) // bs + 1)
+    stop = min(-(-(last + 1 + stream.window) // align) * align, (end_of_file - 1) // bs + 1)
     if start >= stop:
         return None
     stream.ahead_end = stop

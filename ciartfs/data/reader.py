@@ -328,15 +328,18 @@ class Reader:
             key = self._block_key(art, index, total)
             return key in self.memory or self._flight.in_flight(key)
 
+        run_blocks = run_blocks_for(stream, block_size=self.block_size, max_window=self.readahead_blocks,
+                                    cpu_bound=self._busy.busy)
         ahead = plan(stream, offset, end, total, block_size=self.block_size, max_window=self.readahead_blocks,
-                     held=held, active=self.blocks.background is not None)
+                     held=held, active=self.blocks.background is not None, align=run_blocks)
         if ahead is not None:
-            self._start_readahead(art, ahead, total, stream)
+            self._start_readahead(art, ahead, total, stream, run_blocks)
 
-    def _start_readahead(self, art: Artifact, blocks: range, total: int, stream: ReadStream | None = None) -> None:
-        """Fetch `blocks` in the background: the missing ones in runs of up to `run_blocks` (longer
-        for a `stream` whose requests are fast), one request each, where the source can; blocks
-        the disk may have are read from it."""
+    def _start_readahead(self, art: Artifact, blocks: range, total: int, stream: ReadStream | None = None,
+                         run_blocks: int | None = None) -> None:
+        """Fetch `blocks` in the background: the missing ones in runs of up to `run_blocks` (by
+        default the reader's; longer for a `stream` whose requests are fast), one request each,
+        where the source can; blocks the disk may have are read from it."""
         background = self.blocks.background
         assert background is not None
         source = self._source(art)
@@ -352,9 +355,7 @@ class Reader:
             # (without runs every block is fetched alone anyway: no need to ask the disk index)
             return "disk" if runs and disk is not None and disk.might_have(key) else "missing"
 
-        run_blocks = self.run_blocks if stream is None else run_blocks_for(
-            stream, block_size=self.block_size, max_window=self.readahead_blocks, cpu_bound=self._busy.busy)
-        for step in requests(blocks, state, run_blocks=run_blocks, runs=runs):
+        for step in requests(blocks, state, run_blocks=run_blocks or self.run_blocks, runs=runs):
             if step[0] == "single":
                 background.start_soon(self._prefetch, art, step[1], total)
                 continue
