@@ -33,11 +33,14 @@ RUN_BYTES = 1 << 20
 # Longer runs, up to this, where a request's fixed cost matters more than concurrency: on a
 # fast link the daemon's CPU is the limit, and a request costs it as much as ~1/4 MiB of bytes
 # does (a 1 GiB cold read on loopback: 2.55 -> 2.23 CPU-s with runs of 4 MiB). So when the
-# reader's thread is busy (CPU-bound), or when the window still holds enough requests in flight
-# for LONG_RUN_TARGET_RATE at the rate one request delivers (Little's law); a link of
-# per-connection caps (25 MiB/s each, 20 ms) keeps its 1 MiB runs and its 16 connections.
+# reader's thread is busy (CPU-bound) and a request delivers more than LONG_RUN_MIN_RATE, or
+# when the window still holds enough requests in flight for LONG_RUN_TARGET_RATE at the rate
+# one request delivers (Little's law); a link of per-connection caps (25 MiB/s each, 20 ms: 17
+# MiB/s a request of 1 MiB) keeps its 1 MiB runs and its 16 connections, even on a machine so
+# busy that the daemon waits for the CPU most of the time.
 LONG_RUN_BYTES = 4 << 20
 LONG_RUN_TARGET_RATE = 512 << 20  # bytes per second
+LONG_RUN_MIN_RATE = 32 << 20  # bytes per second
 # How far ahead of a sequential reader blocks are fetched, at most.
 READAHEAD_BYTES = 16 << 20
 
@@ -56,8 +59,12 @@ class ReadStream:
 def run_blocks_for(stream: ReadStream, *, block_size: int, max_window: int, cpu_bound: bool) -> int:
     """Blocks per read-ahead request for `stream` (see LONG_RUN_BYTES): a power of two times
     RUN_BYTES, at most LONG_RUN_BYTES; longer than RUN_BYTES only while the reader is CPU-bound
-    or `max_window` blocks hold enough such requests for LONG_RUN_TARGET_RATE."""
-    wanted = LONG_RUN_BYTES if cpu_bound else int(max_window * block_size * stream.run_rate / LONG_RUN_TARGET_RATE)
+    (and requests are not slow), or `max_window` blocks hold enough such requests for
+    LONG_RUN_TARGET_RATE."""
+    if cpu_bound and stream.run_rate >= LONG_RUN_MIN_RATE:
+        wanted = LONG_RUN_BYTES
+    else:
+        wanted = int(max_window * block_size * stream.run_rate / LONG_RUN_TARGET_RATE)
     run = RUN_BYTES
     while run * 2 <= min(wanted, LONG_RUN_BYTES):
         run *= 2
