@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 # Kernel cache timeouts. What never changes (a completed build) may be cached for a day;
 # what can change (recent builds, `latest`, a running build) only briefly: our own TTLs
-# decide when the API is asked again, this only bounds how stale the kernel's view is.
+# decide when the API is asked again, this only bounds how stale the kernel's view is. An
+# entry of a complete listing that is still fresh is kept as long as that listing (no staler
+# than what the tree itself answers until then).
 IMMUTABLE_TIMEOUT = 86400.0
 MUTABLE_TIMEOUT = 1.0
 # A file whose size is not known yet (slow) or could not be learned is shown as 0 bytes with
@@ -152,12 +154,17 @@ class ArtifactFS(pyfuse3.Operations):
         ns = int(node.mtime * 1e9)
         attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = ns
         timeout = IMMUTABLE_TIMEOUT if node.immutable else MUTABLE_TIMEOUT
+        if not node.immutable and (fresh := self.tree.fresh_for(node)) is not None:
+            # no staler than the tree's own listing: `grep -r` over a Taskcluster group (whose
+            # tasks can gain runs) then makes no lookup per task once readdirplus named it
+            timeout = min(IMMUTABLE_TIMEOUT, max(timeout, fresh))
         attr.entry_timeout = attr.attr_timeout = timeout
         if node.kind is Kind.FILE and node.size is None:
             attr.attr_timeout = UNKNOWN_SIZE_TIMEOUT  # the name stays; the size is asked for again
-        if node.artifact is not None and node.artifact.live:
+        art = node.made_artifact  # (not node.artifact: a packed file's, never live, is made when asked for)
+        if art is not None and art.live:
             # a growing file: the bytes seen so far, asked for at every stat (`tail -f` polls it)
-            attr.st_size = self.reader.live.size(node.artifact.key)
+            attr.st_size = self.reader.live.size(art.key)
             attr.st_blocks = (attr.st_size + 511) // 512
             attr.attr_timeout = UNKNOWN_SIZE_TIMEOUT
         return attr

@@ -82,7 +82,7 @@ class Mount:
                              max_pending_disk_bytes=min(MAX_PENDING_DISK_BYTES, settings.memory_cache,
                                                         settings.max_inflight_memory // 2),
                              live_spool_dir=settings.cache_dir)
-        self.docs = ApiDocs(self.http, self.disk, offline=settings.offline)
+        self.docs = ApiDocs(self.http, self.disk, offline=settings.offline, writes=self.reader.writes)
         self.archives = ZipArchives(self.reader)
         context = MountContext(self.docs, recent_builds=settings.recent_builds, ttl=settings.latest_ttl,
                                mtime=time.time(), archives=self.archives)

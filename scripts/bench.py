@@ -1203,6 +1203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smaller files, fewer runs, shorter peer timeout (about 3 minutes)")
     p.add_argument("--runs", type=int, help="runs per scenario and tool, as many as fit the time budget "
                                             "(default 5 in 17 minutes; --quick 2 in 4 minutes)")
+    p.add_argument("--budget-min", type=float, help="minutes the runs may take before no new one starts "
+                                                    "(default 17, --quick 4); a full pass takes about 9 minutes")
     p.add_argument("--size-mib", type=int, help="size of the large file (default 512, --quick 64)")
     p.add_argument("--zip-mib", type=int, help="size of the zip (default 200, --quick 32)")
     p.add_argument("--peer-timeout", type=float, help="seconds a FUSE peer's command may take (default 90, --quick 30)")
@@ -1236,7 +1238,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # a command that takes longer than this has failed (a 1 MiB/s link would be a failure too)
     args.cmd_timeout = 120.0 + max(args.size_mib, args.gh_large_mib) / max(1.0, args.rate_mib) * 3
     # the runs' time budget: the script is bounded in time (plus data generation, link check, report)
-    args.budget_s = 240.0 if args.quick else 1020.0
+    if args.budget_min is not None and args.budget_min <= 0:
+        p.error("--budget-min must be positive")
+    args.budget_s = args.budget_min * 60 if args.budget_min is not None else (240.0 if args.quick else 1020.0)
     return args
 
 

@@ -3,14 +3,28 @@
 import logging
 
 import pytest
+import trio
 
-from ciartfs.namespace.names import FileTree, place_artifacts, split_artifact_path
+from ciartfs.namespace.model import Artifact, Kind, StaticDir
+from ciartfs.namespace.names import FileTree, pack_files, packed_entries, place_artifacts, split_artifact_path
 
 
 def flatten(tree: FileTree, prefix: str = "") -> dict[str, object]:
     out = {prefix + name: value for name, value in tree.files.items()}
     for name, sub in tree.dirs.items():
         out.update(flatten(sub, prefix + name + "/"))
+    return out
+
+
+async def entry_values(directory, prefix: str) -> dict[str, object]:
+    """Path -> the URL of each file below a directory's entries (what a reader of it sees)."""
+    out: dict[str, object] = {}
+    for entry in await directory.list():
+        if entry.kind is Kind.DIR:
+            out.update(await entry_values(entry.source, f"{prefix}{entry.name}/"))
+        else:
+            assert entry.artifact.key == prefix + entry.name
+            out[prefix + entry.name] = entry.artifact.url
     return out
 
 
@@ -95,6 +109,12 @@ def test_random_listings_keep_the_invariants(items, rnd):
     dirs = {s.rsplit("/", 1)[0] for s in safe if "/" in s}
     dir_prefixes = {"/".join(d.split("/")[:i]) for d in dirs for i in range(1, d.count("/") + 2)}
     assert set(flat) == safe - dir_prefixes
+    # packed (a listing kept once its nodes are gone), then made entries again: the same files
+    dirs, names, values = pack_files(tree)
+    assert not any("\0" in part for path in flat for part in path.split("/"))  # (names are NUL-joined)
+    entries, files = packed_entries(dirs, names, lambda path, i: Artifact(path, values[i], True), mtime=0.0,
+                                    immutable=True, ttl=None, info={})
+    assert trio.run(entry_values, StaticDir(entries, files=files), "") == flat
     # a kept duplicate is the smallest value
     for path, value in flat.items():
         candidates = [v for p, v in items if not isinstance(split_artifact_path(p), str)

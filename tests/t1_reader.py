@@ -1,5 +1,5 @@
-"""Tier 1: the disk write-behind (real DiskStore, real threads, trio's autojump clock), and the
-reader's read-ahead window over blocks it holds."""
+"""Tier 1: the disk write-behind of blocks and API documents (real DiskStore, real threads,
+trio's autojump clock), and the reader's read-ahead window over blocks it holds."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ciartfs.data.writebehind import WriteBehind
 from ciartfs.namespace.model import Artifact
 from ciartfs.net.bodies import MemoryBudget
 from ciartfs.net.client import HttpClient
+from ciartfs.providers.apidocs import ApiDocs
 
 
 def _on_disk(store: DiskStore, keys: list[str]) -> list[str]:
@@ -159,6 +160,37 @@ def test_a_jump_over_blocks_already_held_keeps_the_read_ahead_window(tmp_path):
     reader._plan_readahead(art, stream, 9 * bs, 10 * bs, total)  # blocks 6-8 missing: a seek
     assert stream.window == 0
 
+
+async def test_api_documents_are_written_behind_and_served_before_they_are_written(tmp_path, monkeypatch, fake):
+    """ApiDocs queues the documents it keeps on the mount's write-behind (no worker-thread hop
+    and index commit per listing); one still queued is served from the queue; a document seen
+    anew replaces the one queued under its key; unmount writes them."""
+    monkeypatch.setattr(writebehind_module, "WRITE_SETTLE_SECONDS", 60.0)  # nothing written meanwhile
+    reader, store = _reader(tmp_path)
+    docs = ApiDocs(reader.http, store, writes=reader.writes)
+    task = fake.queue.add_task("tAsKdOcSQaC0000000000A")
+    task.add_run("completed").add_artifact("public/a.txt", b"a")
+    kept = f"{fake.api_url}/api/queue/v1/task/{task.task_id}/runs/0/artifacts"
+    status = f"{fake.api_url}/api/queue/v1/task/{task.task_id}/status"
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        listing = await docs.get_json(kept, keep=True)
+        assert [a["name"] for a in listing["artifacts"]] == ["public/a.txt"]
+        assert await docs.get_json(status) == {"status": task.status()}
+        assert not store.contains("doc|" + kept) and reader.writes.holds("doc|" + kept), "queued, not written"
+        fake.clear_requests()
+        assert await docs.get_json(kept, keep=True) == listing, "served from the queue"
+        assert fake.requests == []
+        task.rerun("running")
+        await docs.get_json(status)  # the task's newer status replaces the one queued
+        nursery.cancel_scope.cancel()
+    await reader.flush_writes()
+    assert reader.http.budget.used == 0
+    fake.clear_requests()
+    offline = ApiDocs(reader.http, store, offline=True)  # a later mount, offline: from the disk
+    assert await offline.get_json(kept, keep=True) == listing
+    assert [r["runId"] for r in (await offline.get_json(status))["status"]["runs"]] == [0, 1]
+    assert fake.requests == []
 
 @pytest.mark.skipif(ThreadBusy()._wanted is None, reason="no /proc/thread-self/schedstat")
 def test_thread_busy_tells_a_thread_that_computes_from_one_that_waits():

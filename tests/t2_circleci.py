@@ -248,6 +248,59 @@ async def test_what_the_kernel_forgot_is_let_go_and_listed_again_from_the_kept_d
     assert storage_gets(fake) == [], "sizes and bytes from the caches"
 
 
+
+async def test_a_build_the_kernel_forgot_is_listed_again_from_its_kept_placed_listing(fake, inproc, monkeypatch):
+    """Re-listing a completed build the kernel forgot starts from its listing as placed (kept
+    packed), not from its JSON: nothing parsed or placed again, and the same files, sizes,
+    bytes and URLs. Its files' artifacts are made only when asked for. A build the kept
+    listings' bound let go is listed from the documents again."""
+    import ciartfs.providers.circleci.v1 as v1
+    from conftest import blob
+
+    parsed = []
+    real_parse = v1.parse_artifacts
+    monkeypatch.setattr(v1, "parse_artifacts", lambda doc, where: parsed.append(where) or real_parse(doc, where))
+    project = fake.add_project("github", "acme", "kept")
+    files = {}
+    for num in (1, 2):
+        build = project.add_build(build_num=num, branch="main", status="success", lifecycle="finished", stop_time=STOP)
+        for i in range(40):
+            path = f"out/sub{i % 3}/r{i:03}.txt" if i % 2 else f"out/r{i:03}.txt"
+            files[f"{num}/0/{path}"] = blob(num * 100 + i, 50 + i)
+            build.add_artifact(path, files[f"{num}/0/{path}"])
+        build.add_artifact("other.txt", b"node 1", node_index=1)
+        files[f"{num}/1/other.txt"] = b"node 1"
+    fs = await inproc()
+
+    async def everything(num: int) -> dict[str, tuple[int, str]]:
+        found = await fs.walk_files(f"github/acme/kept/{num}", long=True)
+        return {rel: (a.size, (await fs.getxattr(f"github/acme/kept/{num}/{rel}", "user.ciartfs.url")).decode())
+                for rel, a in found.items()}
+
+    before = await everything(1)
+    assert {rel: size for rel, (size, _) in before.items()} == {
+        k.split("/", 1)[1]: len(d) for k, d in files.items() if k.startswith("1/")}
+    assert len(parsed) == 1
+    await fs.forget_everything()
+    fake.clear_requests()
+    listed = await fs.readdir("github/acme/kept/1/0/out")
+    assert parsed == [parsed[0]], "listed again without parsing the artifacts document"
+    nodes = [fs.node(a.inode) for a in listed.values() if a.is_file]
+    assert nodes and all(n.made_artifact is None for n in nodes), "no artifact made by a listing"
+    assert await everything(1) == before
+    assert await fs.read_file("github/acme/kept/1/0/out/sub1/r001.txt") == files["1/0/out/sub1/r001.txt"]
+    assert [r for r in fake.requests if r.path.endswith("/artifacts")] == []
+    # the least recently used kept listing is let go beyond the bound: listed from the documents again
+    kept = next(n for n in fs.tree.nodes.values() if n.name == "1" and n.source is not None).source.p.api.kept
+    assert "github/acme/kept/1" in kept
+    kept.limit = kept.size  # room for one build's
+    await everything(2)
+    assert "github/acme/kept/2" in kept and "github/acme/kept/1" not in kept
+    await fs.forget_everything()
+    parsed.clear()
+    assert await everything(1) == before
+    assert len(parsed) == 1
+
 async def test_listings_held_are_bounded_by_asking_the_kernel_to_forget_the_least_recently_used(fake, inproc):
     """Beyond max_held_entries, the directories listed longest ago are asked to be forgotten
     (not the one being listed, nor its ancestors); once the kernel forgets them, their nodes go."""

@@ -172,3 +172,22 @@ async def test_in_a_directory_files_are_opened_in_sizes_are_probed_as_for_readin
     assert ranges[:2] == [f"bytes=0-{PROBE_BYTES - 1}", f"bytes={PROBE_BYTES}-{len(files[names[0]]) - 1}"]
     # every other file: one request for all of it
     assert sorted(ranges[2:]) == sorted(f"bytes=0-{(128 << 10) - 1}" for _ in names[1:]), ranges
+
+
+async def test_a_disk_filter_s_false_positive_costs_no_block_0_fetch(fake, inproc):
+    """`ls -l` of 100k large files fetched block 0 whole (128 KiB, not the 16 KiB probe) for about
+    180 of them: the disk cache's filter (a Bloom filter, which fills with the size records the
+    probes write) said "maybe" for their block 0, and a maybe was taken as held. A "maybe" now
+    looks on disk first; a block that is not there is probed as any other."""
+    files = flat(fake, [300 << 10] * 20)
+    fs = await inproc()
+    disk = fs.mount.reader.blocks.disk
+    assert disk is not None
+    disk.might_have = lambda key: True  # every look-up a false positive (for what is not there)
+    await fs.readdir(DIR)
+    fake.clear_requests()
+    attrs = await fs.ls_l(DIR)
+    assert {n: a.size for n, a in attrs.items()} == {n: len(d) for n, d in files.items()}
+    assert storage_ranges(fake) == [f"bytes=0-{PROBE_BYTES - 1}"] * len(files)
+    name = next(iter(files))
+    assert await fs.read_file(f"{DIR}/{name}") == files[name]  # what the probe brought is still right

@@ -10,6 +10,7 @@ import json
 import logging
 import sqlite3
 
+from ciartfs import fs as fs_module
 from ciartfs.fakeserver.taskcluster import PAST
 from datasets import TC_ID, TC_TOKEN, slug, tc_dataset
 from inproc import errno_of
@@ -106,6 +107,34 @@ async def test_rerun_of_a_resolved_task_shows_up_after_latest_ttl(fake, inproc, 
     fs.advance(3600)
     assert await fs.listdir(f"{root}/0/public/logs") == ["live.log"]
     assert not [r for r in fake.requests if r.path.endswith(f"/task/{slug(13)}/runs/0/artifacts")]
+
+
+async def test_the_kernel_keeps_a_group_s_entries_as_long_as_the_group_s_listing(fake, inproc, clock):
+    """fs.py: an entry of a complete listing that can change (a task: it can be re-run) is shown
+    with timeouts up to that listing's TTL, no staler than the tree itself (which answers from
+    the listing until then): `grep -r` over a group makes no lookup per task. Then, briefly."""
+    group = fake.queue.add_generated_group("gRoUpTtLQaC0000000000A", 3)
+    fs = await tc_fs(inproc, fake, latest_ttl=60)
+    path = "taskcluster/group/gRoUpTtLQaC0000000000A"
+    listed = await fs.readdir(path)
+    task, name = listed[group.task_id(1)], listed[group.name_of(1)]
+    assert task.is_dir and name.is_link
+    for attr in (task, name):
+        assert 59 <= attr.entry_timeout <= 60 and attr.attr_timeout == attr.entry_timeout
+    fs.advance(45)
+    attr = fs.ops.attributes(fs.node(task.inode))
+    assert 14 <= attr.entry_timeout <= 15 and attr.attr_timeout == attr.entry_timeout, "what is left of the TTL"
+    fs.advance(20)  # the listing is stale: asked again at the next lookup; until then, briefly
+    attr = fs.ops.attributes(fs.node(task.inode))
+    assert attr.entry_timeout == attr.attr_timeout == fs_module.MUTABLE_TIMEOUT
+    # a task looked up by id alone (taskcluster/<taskId>: no listing names it) stays brief
+    alone = await fs.stat(f"taskcluster/{group.task_id(2)}")
+    assert alone.entry_timeout == alone.attr_timeout == fs_module.MUTABLE_TIMEOUT
+    # what never changes is kept as long as ever; an unknown size is still asked again
+    run = (await fs.readdir(f"{path}/{group.task_id(1)}"))["0"]
+    assert run.entry_timeout == fs_module.IMMUTABLE_TIMEOUT
+    log = (await fs.readdir(f"{path}/{group.task_id(1)}/0/public/logs"))["live_backing.log"]
+    assert log.attr_timeout == 0 and log.entry_timeout == fs_module.IMMUTABLE_TIMEOUT
 
 
 async def test_running_task_log_grows_and_reference_is_not_cached(fake, inproc, clock, tmp_path):

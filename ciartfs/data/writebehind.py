@@ -1,7 +1,8 @@
 """Write-behind to the disk cache: blocks are queued and written by one background writer.
 
 Invariants:
-- A write never lies on the path of a read: `queue` returns at once, a writer task drains the
+- A write never lies on the path of a read (nor of an API listing: ApiDocs queues its documents
+  here too): `queue` returns at once, a writer task drains the
   queue in batches, one worker-thread hop, one append and one index commit per batch
   (`DiskStore.put_many`; a hop per block cost more CPU than the HTTP request that got it).
 - Memory is bounded: queued and being-written bytes stay under `max_pending` and are held
@@ -58,25 +59,37 @@ class WriteBehind:
         """The writer runs in `nursery`; until then nothing is queued."""
         self._background = nursery
 
-    def queue(self, key: str, data: Buffer) -> None:
-        """Queue a verified block (or size record) for the disk, unless that would pass a bound."""
+    def queue(self, key: str, data: Buffer, *, replace: bool = False) -> bool:
+        """Queue a verified block (or size record, or API document) for the disk, unless that
+        would pass a bound; False when it was not queued. `replace`: the key's data may differ
+        from what is queued under it (an API document seen anew), which it then replaces."""
         if self.disk is None or self._background is None:
-            return
+            return False
         if key in self._queue:
-            return
+            if not replace:
+                return True
+            old = self._queue.pop(key)
+            self._queued_bytes -= len(old)
+            self.budget.give(len(old))
         if self._queued_bytes + self._writing_bytes + len(data) > self.max_pending or not self.budget.try_take(len(data)):
             log.debug("disk cache: write queue full, %s stays in memory only", key)
-            return
+            return False
         self._queue[key] = data
         self._queued_bytes += len(data)
         self._last_queued = trio.current_time()
         if not self._writer_running:
             self._writer_running = True
             self._background.start_soon(self._drain)
+        return True
 
     def holds(self, key: str) -> bool:
         """Queued, or being written now: on disk at the latest at unmount."""
         return key in self._queue or key in self._writing
+
+    def pending(self, key: str) -> Buffer | None:
+        """What is queued or being written under `key` (the newest), if anything."""
+        data = self._queue.get(key)
+        return data if data is not None else self._writing.get(key)
 
     def writing(self, key: str) -> bool:
         return key in self._writing

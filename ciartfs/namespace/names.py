@@ -8,12 +8,13 @@ the README).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
-from ciartfs.namespace.model import Entry, Kind, StaticDir
+from ciartfs.namespace.model import Artifact, Entry, Kind, PackedFiles, StaticDir
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,60 @@ def tree_entries(tree: FileTree[T], make_file: Callable[[str, str, T], Entry], *
         entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable, source=StaticDir(children, ttl=ttl)))
     entries.extend(make_file(name, prefix + name, value) for name, value in tree.files.items())
     return entries
+
+
+def pack_files(tree: FileTree[T]) -> tuple[list[str], list[str], list[T]]:
+    """A placed FileTree's files, directory by directory, as a listing is kept: (each directory
+    holding files, as a prefix: "" for the top, "a/b/" below; its files' names, sorted, joined
+    by NUL (no placed name holds one); the files' values in that order)."""
+    dirs, names, values = [], [], []
+    todo = [("", tree)]
+    while todo:  # (depth first, without recursion: a path may be deep)
+        prefix, at = todo.pop()
+        if at.files:
+            listed = sorted(at.files)
+            dirs.append(prefix)
+            names.append("\0".join(listed))
+            values += [at.files[name] for name in listed]
+        todo += [(f"{prefix}{name}/", sub) for name, sub in reversed(at.dirs.items())]
+    return dirs, names, values
+
+
+def packed_entries(dirs: list[str], names: list[str], make: Callable[[str, int], Artifact], *, mtime: float,
+                   immutable: bool, ttl: float | None, info: Mapping[str, str]) -> tuple[list[Entry], PackedFiles | None]:
+    """The top level of what `pack_files` packed, as `tree_entries` gives a FileTree's, its
+    files packed (`make(path below the top, index in the packed order)` is the artifact of one,
+    made when first asked for): (the subdirectories, the files). A dict look-up per directory,
+    nothing per file but splitting the names."""
+    files: dict[str, PackedFiles] = {}
+    subdirs: dict[str, list[str]] = {"": []}
+    first = 0
+    for prefix, joined in zip(dirs, names, strict=True):
+        listed = joined.split("\0")
+        files[prefix] = PackedFiles(listed, mtime, immutable, info, functools.partial(_make_packed, make, prefix, listed, first))
+        first += len(listed)
+        chain, at = [], prefix  # the directories above it not registered yet
+        while at not in subdirs:
+            chain.append(at)
+            at = at[:-1].rpartition("/")[0] + "/" if "/" in at[:-1] else ""
+        for below in reversed(chain):
+            subdirs[below] = []
+            subdirs[at].append(below[len(at):-1])
+            at = below
+
+    def level(prefix: str) -> tuple[list[Entry], PackedFiles | None]:
+        entries = []
+        for name in subdirs[prefix]:
+            children, packed = level(f"{prefix}{name}/")
+            entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable,
+                                 source=StaticDir(children, ttl=ttl, files=packed)))
+        return entries, files.get(prefix)
+
+    return level("")
+
+
+def _make_packed(make: Callable[[str, int], Artifact], prefix: str, names: list[str], first: int, i: int) -> Artifact:
+    return make(prefix + names[i], first + i)
 
 
 def target_problem(target: str) -> str | None:

@@ -24,6 +24,12 @@ shown, with its size unknown; a slow one's request goes on in the background, so
 gets its true size. Only `size_of` (open, which needs the size) waits for the answer, and
 raises the artifact's own error.
 
+A directory source may give its files packed (model.PackedFiles: their names, and how to make
+one's artifact): their nodes are made without an Entry each, and a node's artifact only when it
+is first asked for (`Node.artifact`: a size, an open). Listing a directory of 100k artifacts
+(again, after the kernel forgot it) then makes 100k objects rather than 300k, with the garbage
+collector paused meanwhile (`many_made`: every one of them lives on).
+
 Walking ahead (`grep -r`, `find`, `du` over a Taskcluster group of 5k tasks, where each task
 costs an API listing and its files' probes, one task after another): a directory whose source
 says `walk_ahead` has its children walked ahead of the walker, once a second of them is entered
@@ -66,13 +72,13 @@ import ctypes.util
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableSequence
 
 import trio
 
 from ciartfs.data.cache import SingleFlight
 from ciartfs.errors import CiartfsError, NotFound, UpstreamError, again
-from ciartfs.namespace.model import Artifact, DirSource, Entry, Kind
+from ciartfs.namespace.model import Artifact, DirSource, Entry, Kind, PackedFiles, StaticDir, many_made
 from ciartfs.namespace.names import NAME_MAX, name_problem, short, target_problem
 
 log = logging.getLogger(__name__)
@@ -116,12 +122,14 @@ class Node:
     mtime: float
     immutable: bool
     source: DirSource | None = None
-    artifact: Artifact | None = None
+    # FILE: its artifact; None for a packed file until it is first asked for (see `artifact`)
+    made_artifact: Artifact | None = None
     target: str | None = None
     size: int | None = None
     info: Mapping[str, str] = dataclasses.field(default_factory=dict)
     lookups: int = 0
-    # nodes in this subtree (this one included) the kernel holds a reference to
+    # 1 if the kernel holds a reference to this node, plus its children whose subtree it holds
+    # one in: 0 when it references nothing in this subtree
     pinned: int = 0
     attached: bool = True
     children: dict[str, Node] = dataclasses.field(default_factory=dict)
@@ -130,6 +138,23 @@ class Node:
     checked: float = 0.0  # trio time the provider last confirmed this entry
     # FILE: why its size could not be learned, when last asked (shown on open and as an xattr)
     error: CiartfsError | None = None
+
+    @property
+    def artifact(self) -> Artifact | None:
+        """A file's artifact, made when first asked for if it was listed packed (PackedFiles of
+        its directory's source)."""
+        art = self.made_artifact
+        if art is None and self.kind is Kind.FILE and self.parent is not None:
+            source = self.parent.source
+            files = source.files if isinstance(source, StaticDir) else None
+            i = files.index(self.name) if files is not None else None
+            if files is not None and i is not None:
+                art = self.made_artifact = files.make(i)
+        return art
+
+    @artifact.setter
+    def artifact(self, value: Artifact | None) -> None:
+        self.made_artifact = value
 
     @property
     def path(self) -> str:
@@ -270,13 +295,17 @@ class Tree:
         return True
 
     def _pin(self, node: Node, delta: int) -> Node | None:
-        """Count a kernel reference gained or lost up the chain of parents. Returns the highest
-        directory whose subtree the kernel no longer references at all (when losing one)."""
+        """Count a kernel reference gained or lost (`node`'s first or last) up the chain of
+        parents, as far as it changes whether a subtree is referenced at all (readdirplus of 100k
+        entries: one step each, not one per ancestor). Returns the highest directory whose
+        subtree the kernel no longer references at all (when losing one)."""
         released = None
         at: Node | None = node
         while at is not None:
             at.pinned += delta
-            if at.pinned == 0 and at.kind is Kind.DIR:
+            if at.pinned != (1 if delta > 0 else 0):
+                break  # referenced before and still: the counts above stay
+            if delta < 0 and at.kind is Kind.DIR:
                 released = at
             at = at.parent
         return released
@@ -362,6 +391,17 @@ class Tree:
         return child
 
     @staticmethod
+    def fresh_for(node: Node) -> float | None:
+        """Seconds the listing that names `node` stays fresh (its directory's complete listing,
+        with a TTL), or None when no such listing vouches for it. Until then the tree answers
+        from that listing alone: nothing about `node` (its name, kind, target, mtime) changes."""
+        parent = node.parent
+        if parent is None or parent.expires is None or parent.listing is None or not node.attached \
+                or parent.source is None or not parent.source.complete:
+            return None
+        return parent.expires - trio.current_time()
+
+    @staticmethod
     def _stale(parent: Node, child: Node) -> bool:
         """A mutable child (e.g. `latest`) is re-validated once its parent's TTL has passed,
         also when it was reached by lookup alone, without a listing."""
@@ -387,8 +427,13 @@ class Tree:
 
     async def _fill(self, node: Node) -> None:
         assert node.source is not None
-        entries = await node.source.list()
-        ttl = node.source.ttl
+        source = node.source
+        files = source.files if isinstance(source, StaticDir) else None
+        if isinstance(source, StaticDir) and files is not None:
+            entries: list[Entry] | None = await source.list_unpacked()  # its files: nodes from `files` below
+        else:
+            entries = await source.list()
+        ttl = source.ttl
         node.expires = None if ttl is None else trio.current_time() + ttl
         if entries is None:
             node.listing = []
@@ -396,16 +441,19 @@ class Tree:
         names = []
         seen = set()
         now = trio.current_time()
-        for entry in entries:
-            if entry.name in seen:
-                continue
-            problem = name_problem(entry.name) or (entry.target is not None and target_problem(entry.target))
-            if problem:  # one unusable name (a lone surrogate from JSON) never fails its directory
-                log.warning("%s: skipping an entry whose name %s: %s", node.path, problem, short(entry.name))
-                continue
-            seen.add(entry.name)
-            self._upsert(node, entry, now)
-            names.append(entry.name)
+        with many_made():
+            for entry in entries:
+                if entry.name in seen:
+                    continue
+                problem = name_problem(entry.name) or (entry.target is not None and target_problem(entry.target))
+                if problem:  # one unusable name (a lone surrogate from JSON) never fails its directory
+                    log.warning("%s: skipping an entry whose name %s: %s", node.path, problem, short(entry.name))
+                    continue
+                seen.add(entry.name)
+                self._upsert(node, entry, now)
+                names.append(entry.name)
+            if files is not None:
+                self._add_packed(node, files, seen, names, now)
         if ttl is not None and node.source.complete:
             # A complete, mutable listing: children that vanished are gone.
             for gone in set(node.children) - seen:
@@ -432,17 +480,51 @@ class Tree:
             return child
         if child is not None:
             self._detach(child)
-        child = Node(
-            self._next_inode, entry.name, entry.kind, parent, entry.mtime, entry.immutable,
-            source=entry.source, artifact=entry.artifact, target=entry.target,
-            size=entry.artifact.size if entry.artifact else None, info=entry.info,
-            children={} if entry.kind is Kind.DIR else NO_CHILDREN,
+        child = Node(  # (by position: a listing of 100k artifacts makes 100k)
+            self._next_inode, entry.name, entry.kind, parent, entry.mtime, entry.immutable, entry.source,
+            entry.artifact, entry.target, entry.artifact.size if entry.artifact else None, entry.info,
+            0, 0, True, {} if entry.kind is Kind.DIR else NO_CHILDREN,
         )
         child.checked = now  # (one float shared by a listing's nodes: 24 bytes each saved at 100k)
         self._next_inode += 1
         self.nodes[child.inode] = child
         parent.children[entry.name] = child
         return child
+
+    def _add_packed(self, parent: Node, files: PackedFiles, seen: set[str], names: MutableSequence[str], now: float) -> None:
+        """`_upsert` of each packed file, without an Entry or an Artifact (see PackedFiles): the
+        node of a name new or that was not a file is made; a file's is kept (a mutable listing's
+        has its artifact made again and its size learned again)."""
+        children, nodes, inode = parent.children, self.nodes, self._next_inode
+        mtime, immutable, info, file = files.mtime, files.immutable, files.info, Kind.FILE
+        if not children and seen.isdisjoint(files.names):
+            # (a first listing, or one again after the kernel forgot it: nothing to compare)
+            for name in files.names:
+                nodes[inode] = children[name] = Node(inode, name, file, parent, mtime, immutable, None, None, None,
+                                                     None, info, 0, 0, True, NO_CHILDREN, None, None, now)
+                inode += 1
+            self._next_inode = inode
+            seen.update(files.names)
+            names.extend(files.names)
+            return
+        for name in files.names:
+            if name in seen:
+                continue
+            seen.add(name)
+            names.append(name)
+            child = children.get(name)
+            if child is not None:
+                if child.kind is file:
+                    child.checked, child.mtime, child.immutable, child.info = now, mtime, immutable, info
+                    if not immutable:
+                        child.made_artifact, child.size = None, None
+                    continue
+                self._detach(child)
+            child = Node(inode, name, file, parent, mtime, immutable, None, None, None, None, info, 0, 0, True, NO_CHILDREN)
+            child.checked = now
+            nodes[inode] = children[name] = child
+            inode += 1
+        self._next_inode = inode
 
     def _detach(self, node: Node) -> None:
         node.attached = False

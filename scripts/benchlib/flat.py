@@ -15,13 +15,14 @@ holds the N artifacts, and a fresh ciartfs mount (fresh cache dir) runs, in orde
   relist warm  `ls many | wc -l` again (the re-list the next one is compared with)
   drop     `echo 2 > /proc/sys/vm/drop_caches` when root (the kernel forgets the inodes)
   relist after forget  `ls many | wc -l` (the API documents come from the disk cache)
-and reports, per command: seconds, artifact requests (the API host's redirects and storage
-GETs, not the API listing), storage bytes sent, the daemon's peak RSS so far (VmHWM) and its
-RSS after it (RSS per
-artifact, and what came back after drop); the re-list after forget as a multiple of the warm
-one. `--browse 500`: a mount `ls`s each of 500 builds' artifact directory (`--per-build`
-files each, default 1000; `--browse-command 'ls -l'`) in turn, RSS every 50 builds: the
-last 100 builds should grow it by at most a tenth of the first 100 (a plateau). `--python`
+and reports, per command: seconds, the daemon's CPU seconds (utime+stime), artifact requests
+(the API host's redirects and storage GETs, not the API listing), storage bytes sent, the
+daemon's peak RSS so far (VmHWM) and its RSS after it (RSS per artifact, and what came back
+after drop); the re-list after forget as a multiple of the warm one, in seconds and in CPU
+seconds (the steadier figure on shared cores). `--browse 500`: a mount `ls`s each of 500
+builds' artifact directory (`--per-build` files each, default 1000; `--browse-command 'ls -l'`)
+in turn, RSS every 50 builds: the last 100 builds should grow it by at most a tenth of the
+first 100 (a plateau). `--python`
 runs another checkout's ciartfs (its venv's python, e.g. /work/main/.venv/bin/python, run from
 that checkout) for a before/after table. The fake runs in this process (threads); the commands and the mount are subprocesses.
 Everything started is stopped by pid in `finally`.
@@ -45,7 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from benchlib.common import proc_hwm_kib, proc_rss_kib  # noqa: E402
+from benchlib.common import proc_cpu, proc_hwm_kib, proc_rss_kib  # noqa: E402
 from benchlib.report import Target  # noqa: E402
 from ciartfs.cli.mountpoint import is_mounted  # noqa: E402
 from ciartfs.fakeserver import FakeCI  # noqa: E402
@@ -139,13 +140,15 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
             commands = {"ls": f"ls {many} | wc -l", "find": f"find {many} -name '*.bin' | wc -l",
                         "ls -l": f"ls -l {many} | wc -l"}
             for label in [*order, "relist warm"]:
+                cpu = proc_cpu(proc.pid)
                 took, out = timed(commands.get(label, commands["ls"]))
+                cpu = proc_cpu(proc.pid) - cpu
                 reqs, sent = storage_stats(fake, len(body))
                 rss = proc_rss_kib(proc.pid)
-                result[label] = {"s": round(took, 3), "requests": reqs, "storage_bytes": sent,
+                result[label] = {"s": round(took, 3), "cpu_s": round(cpu, 2), "requests": reqs, "storage_bytes": sent,
                                  "lines": int(out.strip()), "rss_kib": rss, "peak_rss_kib": proc_hwm_kib(proc.pid),
                                  "rss_per_artifact_b": round((rss - base) * 1024 / count)}
-                print(f"  {count:>7} {kind:<5} {label:<11} {took:8.3f} s  {reqs:>7} requests  "
+                print(f"  {count:>7} {kind:<5} {label:<11} {took:8.3f} s  {cpu:6.2f} CPU s  {reqs:>7} requests  "
                       f"{sent / 2**20:9.1f} MiB  RSS {rss / 1024:7.1f} MiB ({(rss - base) * 1024 / count:6.0f} B/artifact)",
                       flush=True)
             before = proc_rss_kib(proc.pid)
@@ -155,15 +158,20 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
                 print(f"  {count:>7} {kind:<5} drop        RSS {after / 1024:7.1f} MiB "
                       f"({result['drop']['returned_share']:.0%} of the growth returned)", flush=True)
                 fake.clear_requests()  # (the API documents asked for again would count; none are)
+                cpu = proc_cpu(proc.pid)
                 took, out = timed(commands["ls"])
+                cpu = proc_cpu(proc.pid) - cpu
                 api = [r.path for r in fake.requests if r.server == "api" and not r.path.startswith("/artifacts/")]
                 reqs, _ = storage_stats(fake, len(body))
-                warm = result["relist warm"]["s"]
-                result["relist after forget"] = {"s": round(took, 3), "requests": reqs, "api_requests": len(api),
+                warm, warm_cpu = result["relist warm"]["s"], result["relist warm"]["cpu_s"]
+                result["relist after forget"] = {"s": round(took, 3), "cpu_s": round(cpu, 2),
+                                                 "cpu_vs_warm": round(cpu / max(warm_cpu, 1e-2), 2),
+                                                 "requests": reqs, "api_requests": len(api),
                                                  "api_paths": api[:10],
                                                  "lines": int(out.strip()), "vs_warm": round(took / max(warm, 1e-3), 2)}
-                print(f"  {count:>7} {kind:<5} relist      {took:8.3f} s  {reqs:>7} requests  {len(api)} API requests {api[:3]}  "
-                      f"({took / max(warm, 1e-3):.1f}x the warm re-list, {warm:.3f} s)", flush=True)
+                print(f"  {count:>7} {kind:<5} relist      {took:8.3f} s  {cpu:6.2f} CPU s  {reqs:>7} requests  "
+                      f"{len(api)} API requests {api[:3]}  ({took / max(warm, 1e-3):.1f}x the warm re-list, {warm:.3f} s; "
+                      f"CPU {cpu / max(warm_cpu, 1e-2):.1f}x)", flush=True)
     finally:
         fake.stop()
     return result

@@ -14,17 +14,17 @@ import json
 import logging
 import re
 import urllib.parse
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import trio
 
 from ciartfs.data.sources import source_for_name
 from ciartfs.errors import BadListing, CiartfsError, Forbidden, NotFound, redact_url
-from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind, StaticDir
-from ciartfs.namespace.names import place_artifacts, tree_entries
+from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind, StaticDir, many_made
+from ciartfs.namespace.names import pack_files, packed_entries, place_artifacts
 from ciartfs.net.credentials import HeaderCredential, origin_of
 from ciartfs.net.wire import parse_url
 from ciartfs.providers import parse_time
@@ -259,6 +259,7 @@ class CircleCIApi:
         self.host = host
         self.api = host + "/api/v1.1"
         self.host_id = urllib.parse.urlsplit(host).netloc  # for cache keys: host, never secrets
+        self.kept = KeptListings()  # completed builds' listings, placed, by "vcs/user/project/build"
 
     def _project_url(self, vcs: str, user: str, project: str) -> str:
         def q(s: str) -> str:
@@ -297,7 +298,8 @@ class CircleCIApi:
                                   num: int) -> tuple[Build, list[ArtifactRecord] | None]:
         """The build and its artifact list, asked for at once (one round trip, not two, before
         the first file of a build can be opened). The list is kept if the build turns out to
-        be completed. A failing list is left for the build directory to ask again (None)."""
+        be completed. A failing list is left for the build directory to ask again (None), as is
+        one kept placed (`kept`: the build directory lists it from there)."""
         url = f"{self._project_url(vcs, user, project)}/{num}/artifacts"
         got_build = trio.Event()
         build: list[Build] = []
@@ -324,7 +326,8 @@ class CircleCIApi:
                 log.debug("%s: %s (asked again when the build is listed)", redact_url(url), e)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetch_artifacts)
+            if f"{vcs}/{user}/{project}/{num}" not in self.kept:
+                nursery.start_soon(fetch_artifacts)
             await fetch_build()
             if failed:
                 nursery.cancel_scope.cancel()
@@ -532,38 +535,116 @@ class _BuildDir(CompleteDir):
 
     async def list(self) -> list[Entry]:
         p, b = self.p, self.build
-        records, self._fetched = self._fetched, None
+        where = f"{p.where}/{b.num}"
+        records: list[ArtifactRecord] | list[PackedNode] | None = self._fetched
+        self._fetched = None
+        if records is None and b.completed:
+            records = p.api.kept.get(where)
         if records is None:
             records = await p.api.artifacts(p.vcs, p.user, p.name, b.num, completed=b.completed)
-        return node_entries(records, host=p.api.host, host_id=p.api.host_id, where=f"{p.where}/{b.num}", mtime=b.mtime,
-                            immutable=b.completed, ttl=self.ttl, source=lambda node: _source(p, b.num, node))
+        with many_made():
+            return node_entries(records, host=p.api.host, host_id=p.api.host_id, where=where, mtime=b.mtime,
+                                immutable=b.completed, ttl=self.ttl, source=lambda node: _source(p, b.num, node),
+                                kept=p.api.kept)
 
 
-def node_entries(records: list[ArtifactRecord], *, host: str, host_id: str, where: str, mtime: float,
-                 immutable: bool, ttl: float | None, source: Callable[[int], str]) -> list[Entry]:
-    """One directory per node_index with safe artifacts; below, the artifact paths. Shared by
-    v1.1 builds and v2 jobs (same cache keys: a job's blocks are cached once)."""
+# What the placed listings of completed builds keep, packed, once their nodes are gone (the
+# kernel forgot them): ~100 bytes a file, so 16 MiB keeps a build of 100k artifacts, or 160 of 1000.
+KEPT_LISTING_BYTES = 16 << 20
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackedNode:
+    """One node directory's files as placed (safe paths, duplicates resolved, token verdicts
+    given), in a few flat objects instead of three per file: re-listing a build the kernel
+    forgot starts from here, not from its JSON (parsing, placing and checking 100k artifacts
+    again cost several times the listing itself). See names.pack_files."""
+
+    node: int
+    dirs: list[str]  # the directories holding files, as prefixes ("" for the node directory)
+    names: list[str]  # per directory, its files' names, sorted, NUL-joined
+    urls: str  # NUL-joined, in the same order
+    tokens: bytes  # per file, 1 if its URL may carry the token
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.dirs)) + sum(map(len, self.names)) + len(self.urls) + len(self.tokens)
+
+
+class KeptListings:
+    """Completed builds' placed listings (immutable: they never change), least recently used
+    dropped beyond `limit` bytes, so that browsing builds plateaus."""
+
+    def __init__(self, limit: int = KEPT_LISTING_BYTES) -> None:
+        self.limit = limit
+        self._kept: OrderedDict[str, list[PackedNode]] = OrderedDict()
+        self.size = 0  # bytes kept
+
+    def __contains__(self, where: str) -> bool:
+        return where in self._kept
+
+    def get(self, where: str) -> list[PackedNode] | None:
+        nodes = self._kept.get(where)
+        if nodes is not None:
+            self._kept.move_to_end(where)
+        return nodes
+
+    def put(self, where: str, nodes: list[PackedNode]) -> None:
+        size = sum(n.size for n in nodes)
+        if where in self._kept or size > self.limit:
+            return
+        self._kept[where] = nodes
+        self.size += size
+        while self.size > self.limit:
+            _, dropped = self._kept.popitem(last=False)
+            self.size -= sum(n.size for n in dropped)
+
+
+def place_nodes(records: list[ArtifactRecord], *, host: str, where: str) -> list[PackedNode]:
+    """The safe artifacts of each node_index, placed (see place_artifacts), packed. A URL
+    holding a NUL (it could not be joined) leaves its file out, as one that is not http(s)."""
     by_node: dict[int, list[ArtifactRecord]] = defaultdict(list)
     for r in records:
+        if "\0" in r.url:
+            log.warning("%s: skipped artifact %r: its URL holds a NUL byte", where, r.path[:120])
+            continue
         by_node[r.node_index].append(r)
-    entries = []
+    packed = []
     takes_token = TokenVerdicts(host, where)
     for node, recs in sorted(by_node.items()):
-        node_where = f"{where}/{node}"
-        tree = place_artifacts(((r.path, r) for r in recs), where=node_where, tiebreak=lambda r: r.url)
-        if not tree.count():
-            continue  # nothing safe to show: no empty node directory
-        info = {"source": source(node)}
+        tree = place_artifacts(((r.path, r) for r in recs), where=f"{where}/{node}", tiebreak=lambda r: r.url)
+        dirs, names, placed = pack_files(tree)
+        if placed:  # nothing safe to show: no empty node directory
+            packed.append(PackedNode(node, dirs, names, "\0".join(r.url for r in placed),
+                                     bytes(takes_token(r.url, node) for r in placed)))
+    return packed
 
-        def make_file(name: str, path: str, rec: ArtifactRecord, node_where: str = node_where,
-                      info: dict[str, str] = info) -> Entry:
-            art = Artifact(key=f"circleci|{host_id}|{node_where}/{path}", url=rec.url, immutable=immutable,
-                           credentialed=takes_token(rec.url, rec.node_index),
-                           source=source_for_name(path))
-            return Entry(name, Kind.FILE, mtime=mtime, immutable=immutable, artifact=art, info=info)
 
-        children = tree_entries(tree, make_file, mtime=mtime, immutable=immutable, ttl=ttl)
-        entries.append(Entry(str(node), Kind.DIR, mtime=mtime, immutable=immutable,
-                             source=StaticDir(children, ttl=ttl), info=info))
+def node_entries(records: list[ArtifactRecord] | list[PackedNode], *, host: str, host_id: str, where: str,
+                 mtime: float, immutable: bool, ttl: float | None, source: Callable[[int], str],
+                 kept: KeptListings | None = None) -> list[Entry]:
+    """One directory per node_index with safe artifacts; below, the artifact paths. Shared by
+    v1.1 builds and v2 jobs (same cache keys: a job's blocks are cached once). `records` may be
+    what `place_nodes` made of them (kept); `kept`: where a completed build's is kept."""
+    if records and isinstance(records[0], PackedNode):
+        packed = records
+    else:
+        packed = place_nodes(cast(list[ArtifactRecord], records), host=host, where=where)
+        if kept is not None and immutable:
+            kept.put(where, packed)
+    entries = []
+    for placed in packed:
+        node_where = f"{where}/{placed.node}"
+        info = {"source": source(placed.node)}
+        urls, tokens = placed.urls.split("\0"), placed.tokens
+        key_prefix = f"circleci|{host_id}|{node_where}/"
+
+        def make(path: str, i: int, urls: list[str] = urls, tokens: bytes = tokens, key_prefix: str = key_prefix) -> Artifact:
+            return Artifact(key=key_prefix + path, url=urls[i], immutable=immutable, credentialed=tokens[i] == 1,
+                            source=source_for_name(path))
+
+        children, files = packed_entries(placed.dirs, placed.names, make, mtime=mtime, immutable=immutable, ttl=ttl,
+                                         info=info)
+        entries.append(Entry(str(placed.node), Kind.DIR, mtime=mtime, immutable=immutable,
+                             source=StaticDir(children, ttl=ttl, files=files), info=info))
     return entries
-
