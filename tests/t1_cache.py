@@ -3,7 +3,7 @@
 import trio
 import trio.testing
 
-from ciartfs.data.cache import MemoryCache, SingleFlight
+from ciartfs.data.cache import MemoryCache, SingleFlight, cut_run
 
 
 def test_memory_cache_is_bounded_in_bytes():
@@ -16,12 +16,34 @@ def test_memory_cache_is_bounded_in_bytes():
     assert mem.get("huge") is None
 
 
-def _run(mem: MemoryCache, name: str, blocks: int, size: int) -> tuple[bytes, list[str]]:
-    run = bytes([len(name)]) * (blocks * size)
-    view = memoryview(run)
+def _run(mem: MemoryCache, name: str, blocks: int, size: int, last: int | None = None) -> tuple[bytes, list[str]]:
+    """A run of `blocks` blocks of `size` bytes (the last one `last` bytes), each byte its offset mod 251."""
+    run = bytes(i % 251 for i in range((blocks - 1) * size + (size if last is None else last)))
     keys = [f"{name}{i}" for i in range(blocks)]
-    mem.put_run(run, [(key, view[i * size:(i + 1) * size]) for i, key in enumerate(keys)])
+    mem.put_run(run, cut_run(run, keys, size))
     return run, keys
+
+
+def test_consecutive_blocks_of_one_run_are_one_view_of_it():
+    """A kernel read of 1 MiB inside a run of 4 MiB read ahead is answered with a view of the
+    run (no copy); anything else is not a span, and the reader copies."""
+    mem = MemoryCache(100_000)
+    run, keys = _run(mem, "a", 8, 1000, last=300)
+    blocks = [mem.get_buffer(k) for k in keys]
+    span = mem.run_span(blocks[2:6])
+    assert span is not None and span.obj is run and span.readonly and bytes(span) == run[2000:6000]
+    tail = mem.run_span(blocks[5:])
+    assert tail is not None and bytes(tail) == run[5000:]
+    whole = mem.run_span(blocks)
+    assert whole is not None and len(whole) == len(run)
+    assert mem.run_span([blocks[2], blocks[4]]) is None  # not consecutive
+    assert mem.run_span([blocks[3], blocks[2]]) is None  # not in order
+    assert mem.run_span([blocks[2][:500], blocks[3]]) is None  # a view of part of a block
+    _, other = _run(mem, "b", 2, 1000)
+    assert mem.run_span([blocks[7], mem.get_buffer(other[0])]) is None  # two runs
+    assert mem.run_span([bytes(1000), bytes(1000)]) is None
+    mem.discard("a0")  # the run left the tier: its views are no longer known as a run
+    assert mem.run_span(blocks[2:6]) is None
 
 
 def test_a_runs_blocks_are_views_of_it_and_leave_the_memory_tier_together():

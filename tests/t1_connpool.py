@@ -462,12 +462,28 @@ async def test_tls_with_a_trusted_certificate(tls_server):
     assert server.accepted == 1
 
 
+@pytest.mark.parametrize("into", [False, True])
+@pytest.mark.parametrize("path", ["/short", "/head-cut", "/chunked-cut"])
+async def test_tls_answers_cut_short_are_retried_not_returned(tls_server, path, into):
+    """The server closing a TLS connection mid-answer, without close_notify (pool._SocketTLS
+    reads it as the end, as HTTP's framing then tells): cut short, retried, never returned."""
+    server, client_ctx = tls_server
+    client = HttpClient(timeout=1.5, transport=PoolPerOrigin(max_per_origin=4, ssl_context=client_ctx))
+    try:
+        with pytest.raises((UpstreamError, UpstreamTimeout)):
+            await client.get_range(server.url + path, 0, 4, into=into)
+        assert client.requests_made >= 2
+        assert server.accepted == client.requests_made
+    finally:
+        await client.aclose()
+
+
 LARGE = bytes(range(256)) * (12 << 10)  # 3 MiB
 
 
 @pytest.mark.parametrize("write_size", [1 << 20, 1000])
 async def test_tls_bodies_of_many_records_read_back_exact_on_one_connection(write_size):
-    """A body read over TLS comes in reads of many records (pool._BulkTLS): large ones, and a
+    """A body read over TLS comes in reads of many records (pool._SocketTLS): large ones, and a
     server that sends a small record per write; keep-alive stays in step across answers."""
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -503,7 +519,7 @@ async def test_tls_bodies_of_many_records_read_back_exact_on_one_connection(writ
             for start, length in ((0, len(LARGE)), (12345, 1 << 20), (len(LARGE) - 7, 7)):
                 reply = await client.get_range(f"https://127.0.0.1:{port}/big", start, length)
                 assert reply.data == LARGE[start:start + length]
-                # decrypted straight into one buffer (pool._BulkTLS.receive_into)
+                # decrypted straight into one buffer (pool._SocketTLS.receive_into)
                 reply = await client.get_range(f"https://127.0.0.1:{port}/big", start, length, into=True)
                 assert bytes(reply.buffer) == LARGE[start:start + length] and reply.data == b""
         finally:

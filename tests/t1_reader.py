@@ -3,11 +3,14 @@ trio's autojump clock), and the reader's read-ahead window over blocks it holds.
 
 from __future__ import annotations
 
+import time
+
+import pytest
 import trio
 
 from ciartfs.data import writebehind as writebehind_module
 from ciartfs.data.cache import DiskStore, MemoryCache
-from ciartfs.data.reader import Reader, ReadStream
+from ciartfs.data.reader import Reader, ReadStream, ThreadBusy
 from ciartfs.data.writebehind import WriteBehind
 from ciartfs.namespace.model import Artifact
 from ciartfs.net.bodies import MemoryBudget
@@ -188,3 +191,15 @@ async def test_api_documents_are_written_behind_and_served_before_they_are_writt
     assert await offline.get_json(kept, keep=True) == listing
     assert [r["runId"] for r in (await offline.get_json(status))["status"]["runs"]] == [0, 1]
     assert fake.requests == []
+
+@pytest.mark.skipif(ThreadBusy()._wanted is None, reason="no /proc/thread-self/schedstat")
+def test_thread_busy_tells_a_thread_that_computes_from_one_that_waits():
+    """Read-ahead asks for longer runs while trio's thread is CPU-bound (readahead.LONG_RUN_BYTES)."""
+    busy = ThreadBusy()
+    end = time.monotonic() + 2 * ThreadBusy.INTERVAL
+    while time.monotonic() < end:
+        busy.sample()  # (sampled at most every INTERVAL)
+    assert busy.busy
+    time.sleep(2 * ThreadBusy.INTERVAL)
+    busy.sample()
+    assert not busy.busy

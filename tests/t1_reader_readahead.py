@@ -3,7 +3,7 @@ grows and resets, when it is topped up, and how the blocks it wants become reque
 
 from __future__ import annotations
 
-from ciartfs.data.readahead import ReadStream, plan, requests
+from ciartfs.data.readahead import LONG_RUN_BYTES, RUN_BYTES, ReadStream, plan, requests, run_arrived, run_blocks_for
 
 MAX = 8  # blocks
 TOTAL = 100  # bytes: with a block size of 1, block i is byte i
@@ -83,7 +83,56 @@ def test_without_background_work_the_window_is_tracked_but_nothing_is_planned():
 def test_missing_blocks_become_runs_split_by_held_blocks_and_disk_reads():
     where = {3: "held", 6: "disk"}
     steps = requests(range(10), lambda i: where.get(i, "missing"), run_blocks=2, runs=True)
-    assert steps == [("run", [0, 1]), ("run", [2]), ("run", [4, 5]), ("single", 6), ("run", [7, 8]), ("run", [9])]
+    assert steps == [("run", [0, 1]), ("run", [2]), ("run", [4, 5]), ("single", 6), ("run", [7]), ("run", [8, 9])]
+
+
+def test_what_is_planned_ends_on_a_multiple_of_the_run_length_unless_at_the_end():
+    stream, stops = ReadStream(), []
+    for offset in range(60):
+        ahead = plan(stream, offset, offset + 1, 90, block_size=1, max_window=MAX, held=lambda i: False, align=4)
+        if ahead is not None:
+            stops.append(ahead.stop)
+    assert stops and all(stop % 4 == 0 for stop in stops)
+    assert plan(stream, 85, 86, 90, block_size=1, max_window=MAX, held=lambda i: False, align=4) is None  # (a seek)
+    assert plan(stream, 86, 87, 90, block_size=1, max_window=MAX, held=lambda i: False, align=4) == range(87, 88)
+    assert plan(stream, 87, 88, 90, block_size=1, max_window=MAX, held=lambda i: False, align=4) == range(88, 90)
+
+
+def test_runs_end_on_multiples_of_their_length():
+    """So that a kernel read as long as a run (1 MiB), at a multiple of its length, is one
+    run's view and never a copy joined from two."""
+    steps = requests(range(3, 13), lambda i: "missing", run_blocks=4, runs=True)
+    assert steps == [("run", [3]), ("run", [4, 5, 6, 7]), ("run", [8, 9, 10, 11]), ("run", [12])]
+
+
+def test_runs_grow_only_when_the_reader_is_cpu_bound_or_the_window_still_fills_the_link():
+    """A request costs the daemon as much CPU as ~1/4 MiB of bytes: longer runs where that is
+    the limit, never where they would leave a link of per-connection caps fewer connections."""
+    bs, window = 128 << 10, 128  # 16 MiB
+
+    def blocks(stream: ReadStream, cpu_bound: bool = False) -> int:
+        return run_blocks_for(stream, block_size=bs, max_window=window, cpu_bound=cpu_bound)
+
+    stream = ReadStream()
+    assert blocks(stream) == blocks(stream, cpu_bound=True) == RUN_BYTES // bs == 8  # nothing known yet
+    run_arrived(stream, 1 << 20, 0.020)  # 50 MiB/s (a busy daemon on loopback)
+    assert blocks(stream, cpu_bound=True) == LONG_RUN_BYTES // bs == 32
+    capped = ReadStream()
+    for _ in range(20):  # 25 MiB/s per connection, 20 ms to the first byte
+        run_arrived(capped, 1 << 20, 0.020 + 1 / 25)
+    assert blocks(capped) == blocks(capped, cpu_bound=True) == 8  # (a busy machine: still 16 connections)
+    fast = ReadStream()
+    for _ in range(20):  # loopback: 1 MiB in 1.5 ms
+        run_arrived(fast, 1 << 20, 0.0015)
+    assert blocks(fast) == 32
+    middle = ReadStream()
+    for _ in range(20):  # 80 MiB/s: 16 MiB in flight / 512 MiB/s wanted -> requests of 2.5 MiB -> 2 (powers of two)
+        run_arrived(middle, 1 << 20, 1 / 80)
+    assert blocks(middle) == 16
+    for _ in range(20):  # it slows down: back to short runs
+        run_arrived(middle, 1 << 20, 0.1)
+    assert blocks(middle) == 8
+    assert run_blocks_for(ReadStream(), block_size=8 << 20, max_window=4, cpu_bound=True) == 1
 
 
 def test_a_source_without_runs_gets_one_request_per_missing_block():

@@ -12,7 +12,9 @@ Invariants:
   buffer (`put_run`), which lives while any of them does. They leave the memory tier together
   (evicted, discarded or replaced: the others go with it), so the bytes alive are never more
   than the bytes the tier counts. `get` hands out bytes (a view copied); `get_buffer` hands
-  the view itself, for the reader's own read path.
+  the view itself, for the reader's own read path. A run's views are cut by `cut_run`,
+  consecutively from its start: `run_span` can then answer consecutive blocks of one run
+  (a kernel read of 1 MiB in a run of 4) with one view of it, no copy.
 """
 
 from __future__ import annotations
@@ -33,12 +35,28 @@ T = TypeVar("T")
 Buffer = bytes | memoryview
 
 
+def cut_run(run: bytes | bytearray, keys: list[str], block_size: int) -> list[tuple[str, memoryview]]:
+    """A run's blocks as read-only views of it, one per key, consecutive from its start, each
+    `block_size` long (the last one: what is left). The layout `MemoryCache.run_span` relies on."""
+    view = memoryview(run).toreadonly()
+    return [(key, view[i * block_size:(i + 1) * block_size]) for i, key in enumerate(keys)]
+
+
+class _Run:
+    """A run kept as views: its buffer, its blocks' keys and the views (`cut_run`'s)."""
+
+    __slots__ = ("buffer", "keys", "views")
+
+    def __init__(self, buffer: bytes | bytearray, keys: list[str], views: list[memoryview]) -> None:
+        self.buffer, self.keys, self.views = buffer, keys, views
+
+
 class _RunsLRU(cachetools.LRUCache[str, Buffer]):
     """An LRU whose eviction of a run's view takes the run's other views with it."""
 
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize=maxsize, getsizeof=len)
-        self.runs: dict[int, tuple[bytes | bytearray, list[str]]] = {}  # id(run buffer) -> (it, its blocks' keys)
+        self.runs: dict[int, _Run] = {}  # id(run buffer) -> the run
 
     def popitem(self) -> tuple[str, Buffer]:
         key, value = super().popitem()
@@ -49,10 +67,10 @@ class _RunsLRU(cachetools.LRUCache[str, Buffer]):
     def dissolve(self, view: memoryview) -> None:
         """Drop every block that is a view of `view`'s run (the run is then freed)."""
         entry = self.runs.pop(id(view.obj), None)
-        if entry is None or entry[0] is not view.obj:
+        if entry is None or entry.buffer is not view.obj:
             return
-        run, keys = entry
-        for key in keys:
+        run = entry.buffer
+        for key in entry.keys:
             if key in self:
                 other = cachetools.Cache.__getitem__(self, key)  # (no move to the front)
                 if type(other) is memoryview and other.obj is run:
@@ -79,17 +97,36 @@ class MemoryCache:
             self._lru[key] = data
 
     def put_run(self, run: bytes | bytearray, blocks: list[tuple[str, memoryview]]) -> None:
-        """Blocks that are views of `run` (each `memoryview(run)[a:b]`), kept without a copy;
-        they leave together (see the module docstring)."""
+        """A run's blocks as `cut_run` cut them, kept without a copy; they leave together (see
+        the module docstring)."""
         if 2 * len(run) > self._lru.maxsize:  # (a tiny tier could evict the run's first views for its last)
             for key, view in blocks:
                 self.put(key, bytes(view))
             return
         for key, _ in blocks:
             self._replacing(key)
-        self._lru.runs[id(run)] = (run, [key for key, _ in blocks])
+        self._lru.runs[id(run)] = _Run(run, [key for key, _ in blocks], [view for _, view in blocks])
         for key, view in blocks:
             self._lru[key] = view
+
+    def run_span(self, blocks: list[Buffer]) -> memoryview | None:
+        """Consecutive blocks that are consecutive views of one run kept here, as one read-only
+        view of the run (no copy); None when they are not. The views are compared by identity
+        with those `put_run` kept: the layout is then `cut_run`'s."""
+        first = blocks[0]
+        if type(first) is not memoryview:
+            return None
+        run = self._lru.runs.get(id(first.obj))
+        if run is None or run.buffer is not first.obj:
+            return None
+        views = run.views
+        at = next((i for i, view in enumerate(views) if view is first), None)
+        if at is None:
+            return None
+        if at + len(blocks) > len(views) or any(views[at + i] is not b for i, b in enumerate(blocks)):
+            return None
+        start = at * len(views[0])
+        return memoryview(run.buffer)[start:start + sum(len(b) for b in blocks)].toreadonly()
 
     def _replacing(self, key: str) -> None:
         if key in self._lru:

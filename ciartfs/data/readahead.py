@@ -12,9 +12,10 @@ Invariants (pure functions: no I/O, no clock; the reader executes the plans):
 - Read-ahead is topped up only once half the window has been consumed, so requests go out in
   runs rather than one block per read, and never past the file's last block, nor past the
   block holding the stream's `limit` when it has one (a zip member's end in its archive).
-- Missing blocks are fetched in runs of at most RUN_BYTES, one ranged GET each, at most
-  PREFETCH_CONCURRENCY at once: few requests, several connections, bounded memory (the window
-  per file, the memory LRU in total). A block held or being fetched splits a run; a block the
+- Missing blocks are fetched in runs of at most RUN_BYTES (LONG_RUN_BYTES for a stream whose
+  requests are fast: `run_blocks_for`), one ranged GET each, at most PREFETCH_CONCURRENCY at
+  once: few requests, several connections, bounded memory (the window per file, the memory LRU
+  in total). A block held or being fetched splits a run; a block the
   disk may have is read alone (from disk, not upstream).
 """
 
@@ -29,6 +30,17 @@ PREFETCH_CONCURRENCY = 16
 # Bytes one read-ahead request asks for: large enough that per-request costs (first-byte
 # latency, CPU) are amortised, small enough that 16 of them fill the link early.
 RUN_BYTES = 1 << 20
+# Longer runs, up to this, where a request's fixed cost matters more than concurrency: on a
+# fast link the daemon's CPU is the limit, and a request costs it as much as ~1/4 MiB of bytes
+# does (a 1 GiB cold read on loopback: 2.55 -> 2.23 CPU-s with runs of 4 MiB). So when the
+# reader's thread is busy (CPU-bound) and a request delivers more than LONG_RUN_MIN_RATE, or
+# when the window still holds enough requests in flight for LONG_RUN_TARGET_RATE at the rate
+# one request delivers (Little's law); a link of per-connection caps (25 MiB/s each, 20 ms: 17
+# MiB/s a request of 1 MiB) keeps its 1 MiB runs and its 16 connections, even on a machine so
+# busy that the daemon waits for the CPU most of the time.
+LONG_RUN_BYTES = 4 << 20
+LONG_RUN_TARGET_RATE = 512 << 20  # bytes per second
+LONG_RUN_MIN_RATE = 32 << 20  # bytes per second
 # How far ahead of a sequential reader blocks are fetched, at most.
 READAHEAD_BYTES = 16 << 20
 
@@ -41,13 +53,36 @@ class ReadStream:
     window: int = 0  # blocks
     ahead_end: int = 0  # read-ahead has been started for blocks below this index
     limit: int | None = None  # no read-ahead past the block holding byte limit-1 (None: the file's end)
+    run_rate: float = 0.0  # bytes per second one of its read-ahead requests delivered (a moving average)
+
+
+def run_blocks_for(stream: ReadStream, *, block_size: int, max_window: int, cpu_bound: bool) -> int:
+    """Blocks per read-ahead request for `stream` (see LONG_RUN_BYTES): a power of two times
+    RUN_BYTES, at most LONG_RUN_BYTES; longer than RUN_BYTES only while the reader is CPU-bound
+    (and requests are not slow), or `max_window` blocks hold enough such requests for
+    LONG_RUN_TARGET_RATE."""
+    if cpu_bound and stream.run_rate >= LONG_RUN_MIN_RATE:
+        wanted = LONG_RUN_BYTES
+    else:
+        wanted = int(max_window * block_size * stream.run_rate / LONG_RUN_TARGET_RATE)
+    run = RUN_BYTES
+    while run * 2 <= min(wanted, LONG_RUN_BYTES):
+        run *= 2
+    return max(1, run // block_size)
+
+
+def run_arrived(stream: ReadStream, nbytes: int, seconds: float) -> None:
+    """A read-ahead request of `stream` brought `nbytes` in `seconds` (from asking to its last byte)."""
+    rate = nbytes / max(seconds, 1e-4)
+    stream.run_rate = rate if stream.run_rate == 0.0 else 0.75 * stream.run_rate + 0.25 * rate
 
 
 def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: int, max_window: int,
-         held: Callable[[int], bool], active: bool = True) -> range | None:
+         held: Callable[[int], bool], active: bool = True, align: int = 1) -> range | None:
     """A read of [offset, end) happened: update `stream`, and return the blocks to fetch ahead
     now (None: none). `held(index)`: the block is in memory or being fetched. `active`: read-ahead
-    can run at all (the window is still tracked when it cannot)."""
+    can run at all (the window is still tracked when it cannot). `align`: what is planned ends
+    on a multiple of it (the run length: see `requests`), unless at the end."""
     bs = block_size
     last = (end - 1) // bs
     if offset > 0 and (offset == stream.next_offset
@@ -63,7 +98,7 @@ def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: i
     if stream.ahead_end - (last + 1) >= stream.window // 2 and stream.ahead_end > last + 1:
         return None  # more than half the window is still ahead
     end_of_file = total if stream.limit is None else max(end, min(total, stream.limit))
-    stop = min(last + 1 + stream.window, (end_of_file - 1) // bs + 1)
+    stop = min(-(-(last + 1 + stream.window) // align) * align, (end_of_file - 1) // bs + 1)
     if start >= stop:
         return None
     stream.ahead_end = stop
@@ -85,7 +120,7 @@ Step = tuple[Literal["single"], int] | tuple[Literal["run"], list[int]]
 def requests(blocks: range, state: Callable[[int], Literal["held", "disk", "missing"]], *, run_blocks: int,
              runs: bool) -> list[Step]:
     """How to fetch `blocks`, in order: ("run", indices) is one ranged GET for consecutive
-    missing blocks (at most `run_blocks`), ("single", index) one block fetched alone (it may be
+    missing blocks (at most `run_blocks`, ending on a multiple of it), ("single", index) one block fetched alone (it may be
     on disk, or the source fetches no runs); held blocks are skipped and end a run."""
     steps: list[Step] = []
     run: list[int] = []
@@ -105,7 +140,7 @@ def requests(blocks: range, state: Callable[[int], Literal["held", "disk", "miss
             steps.append(("single", index))
         else:
             run.append(index)
-            if len(run) == run_blocks:
-                end_run()
+            if len(run) == run_blocks or (index + 1) % run_blocks == 0:
+                end_run()  # (runs end on multiples of their length: a kernel read of 1 MiB never spans two)
     end_run()
     return steps

@@ -14,7 +14,7 @@ reads). This module owns what every artifact shares, whatever its source:
 
 Bytes are copied as little as they can be on a sequential read: a run's body is received into
 one buffer, its blocks are views of it (cache.py says how they leave memory together), and a
-read of exactly one run's blocks (the kernel's 1 MiB reads) replies with that buffer itself.
+read of consecutive blocks of one run (the kernel's 1 MiB reads) replies with a view of it.
 
 The pieces, each with its invariants at its top:
   sources.py     what an artifact's `source` may be, and the SourceReader each kind has
@@ -37,6 +37,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,21 @@ import trio
 
 from ciartfs.data import sources
 from ciartfs.data.blocks import Blocks, Stats
-from ciartfs.data.cache import Buffer, DiskStore, MemoryCache, SingleFlight
+from ciartfs.data.cache import Buffer, DiskStore, MemoryCache, SingleFlight, cut_run
 from ciartfs.data.decode import MAX_DECODED_SIZE, WholeDecoder
 from ciartfs.data.fill import Fills
 from ciartfs.data.hashes import HashChecks
 from ciartfs.data.livelog import LiveLogs
-from ciartfs.data.readahead import PREFETCH_CONCURRENCY, READAHEAD_BYTES, RUN_BYTES, ReadStream, plan, requests
+from ciartfs.data.readahead import (
+    PREFETCH_CONCURRENCY,
+    READAHEAD_BYTES,
+    RUN_BYTES,
+    ReadStream,
+    plan,
+    requests,
+    run_arrived,
+    run_blocks_for,
+)
 from ciartfs.data.sources import SourceReader
 from ciartfs.data.writebehind import MAX_PENDING_DISK_BYTES, WriteBehind
 from ciartfs.errors import ArtifactExpired, CiartfsError, UpstreamError, again, redact_url
@@ -92,6 +102,7 @@ class Reader:
         self.run_blocks = max(1, RUN_BYTES // block_size)
         self._flight: SingleFlight[Buffer] = SingleFlight()
         self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_CONCURRENCY)
+        self._busy = ThreadBusy()  # (sampled as runs arrive: read-ahead asks for longer ones when busy)
         self._errors: dict[str, str] = {}
         # artifact key -> why its size could not be learned (trio's clock: tests may mock it)
         self._size_failures: cachetools.TTLCache[str, CiartfsError] = cachetools.TTLCache(
@@ -242,7 +253,7 @@ class Reader:
             blocks = await self._checked_blocks(art, first, last, total)
             if checked:
                 await self.hashes.check(art, first, blocks, total)
-            data = _joined(blocks, offset - first * bs, end - first * bs)
+            data = _joined(self.memory, blocks, offset - first * bs, end - first * bs)
         if len(data) != end - offset:  # defence in depth: a short reply would be zero-padded
             raise UpstreamError(f"internal: assembled {len(data)} of {end - offset} bytes")
         self.stats.bytes_served += len(data)
@@ -317,14 +328,18 @@ class Reader:
             key = self._block_key(art, index, total)
             return key in self.memory or self._flight.in_flight(key)
 
+        run_blocks = run_blocks_for(stream, block_size=self.block_size, max_window=self.readahead_blocks,
+                                    cpu_bound=self._busy.busy)
         ahead = plan(stream, offset, end, total, block_size=self.block_size, max_window=self.readahead_blocks,
-                     held=held, active=self.blocks.background is not None)
+                     held=held, active=self.blocks.background is not None, align=run_blocks)
         if ahead is not None:
-            self._start_readahead(art, ahead, total)
+            self._start_readahead(art, ahead, total, stream, run_blocks)
 
-    def _start_readahead(self, art: Artifact, blocks: range, total: int) -> None:
-        """Fetch `blocks` in the background: the missing ones in runs of up to `run_blocks`, one
-        request each, where the source can; blocks the disk may have are read from it."""
+    def _start_readahead(self, art: Artifact, blocks: range, total: int, stream: ReadStream | None = None,
+                         run_blocks: int | None = None) -> None:
+        """Fetch `blocks` in the background: the missing ones in runs of up to `run_blocks` (by
+        default the reader's; longer for a `stream` whose requests are fast), one request each,
+        where the source can; blocks the disk may have are read from it."""
         background = self.blocks.background
         assert background is not None
         source = self._source(art)
@@ -340,7 +355,7 @@ class Reader:
             # (without runs every block is fetched alone anyway: no need to ask the disk index)
             return "disk" if runs and disk is not None and disk.might_have(key) else "missing"
 
-        for step in requests(blocks, state, run_blocks=self.run_blocks, runs=runs):
+        for step in requests(blocks, state, run_blocks=run_blocks or self.run_blocks, runs=runs):
             if step[0] == "single":
                 background.start_soon(self._prefetch, art, step[1], total)
                 continue
@@ -350,7 +365,7 @@ class Reader:
                 call = self._flight.claim(key)
                 assert call is not None  # not in flight: checked above, and nothing awaited since
                 run.append((index, key, call))
-            background.start_soon(self._prefetch_run, source, art, run, total)
+            background.start_soon(self._prefetch_run, source, art, run, total, stream)
 
     async def _prefetch(self, art: Artifact, index: int, total: int) -> None:
         try:
@@ -362,19 +377,22 @@ class Reader:
             log.exception("prefetch of block %d failed", index)
 
     async def _prefetch_run(self, source: SourceReader, art: Artifact, run: list[tuple[int, str, Any]],
-                            total: int) -> None:
+                            total: int, stream: ReadStream | None) -> None:
         """Fetch consecutive missing blocks with one request and settle each block's claimed
         flight: readers waiting for one of them get it as soon as the run lands."""
         bs = self.block_size
         first = run[0][0]
         try:
             async with self._prefetch_limiter:
+                asked = trio.current_time()
                 got = await source.fetch_run(art, first, len(run))
             if got is None:
                 return  # abandoned
             data, total = got
-            view = memoryview(data).toreadonly()  # the blocks are views of the run's buffer: no copy
-            blocks = [(key, view[(index - first) * bs:(index - first + 1) * bs]) for index, key, _ in run]
+            if stream is not None:
+                run_arrived(stream, len(data), trio.current_time() - asked)
+                self._busy.sample()
+            blocks = cut_run(data, [key for _, key, _ in run], bs)  # views of the run's buffer: no copy
             for (index, _, _), (_, block) in zip(run, blocks, strict=True):
                 self.blocks.check_length(art, index, block, total)
             self.blocks.keep_run(art, data, blocks)
@@ -391,15 +409,45 @@ class Reader:
                 self._flight.settle(key, call)
 
 
-def _joined(blocks: list[Buffer], lo: int, hi: int) -> bytes | memoryview:
-    """Bytes [lo, hi) of the blocks laid end to end. A read of exactly one run's blocks (the
-    kernel's 1 MiB reads, where read-ahead fetched 1 MiB runs) is the run's buffer itself: no copy."""
-    first = blocks[0]
-    run = first.obj if type(first) is memoryview else None
-    if lo == 0 and isinstance(run, (bytes, bytearray)) and hi == len(run) \
-            and all(type(b) is memoryview and b.obj is run for b in blocks) and sum(len(b) for b in blocks) == hi:
-        # views of one buffer, cut from it in order (Reader._prefetch_run): this many bytes
-        # of it from its start are all of it
-        return run if type(run) is bytes else memoryview(run).toreadonly()
+class ThreadBusy:
+    """Whether the thread that samples it (trio's) wanted the CPU most of the time lately: on it,
+    or waiting in the run queue for it (on a shared machine the second is most of it). Linux's
+    /proc/thread-self/schedstat; elsewhere never busy."""
+
+    PATH = "/proc/thread-self/schedstat"
+    INTERVAL = 0.05  # seconds between readings (a reading costs ~40 us)
+    BUSY = 0.8  # of the wall time
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._at = time.monotonic()
+        self._wanted = self._read()
+
+    def _read(self) -> float | None:
+        try:
+            with open(self.PATH, "rb") as f:
+                on_cpu, waiting = f.read().split()[:2]
+            return (int(on_cpu) + int(waiting)) / 1e9
+        except (OSError, ValueError):
+            return None
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        if self._wanted is None or now - self._at < self.INTERVAL:
+            return
+        wanted = self._read()
+        if wanted is None:
+            self._wanted = None
+            return
+        self.busy = (wanted - self._wanted) / (now - self._at) >= self.BUSY
+        self._at, self._wanted = now, wanted
+
+
+def _joined(memory: MemoryCache, blocks: list[Buffer], lo: int, hi: int) -> bytes | memoryview:
+    """Bytes [lo, hi) of the blocks laid end to end: a view of their run where they are
+    consecutive views of one (a kernel read of 1 MiB inside a run read ahead), else a copy."""
+    span = memory.run_span(blocks)
+    if span is not None:
+        return span if lo == 0 and hi == len(span) else span[lo:hi]
     data = b"".join(blocks)
     return data if lo == 0 and hi == len(data) else data[lo:hi]

@@ -26,10 +26,12 @@ Bounds: at most `max_per_origin` connections per origin, fewer while the origin 
 (see `_Origin`; a request waits for a slot, the caller's deadline covers the wait), at most
 `max_idle` idle connections in all.
 
-TLS: trio's SSLStream hands over one TLS record (at most 16 KiB) per `receive_some`, each
-through a Python state machine that cost more than the decryption (45% of the daemon's CPU
-on an HTTPS cold read, libcrypto 8%). `_BulkTLS` reads its socket in TLS_READ_SIZE reads and,
-after one such receive, decrypts the records already buffered in a tight loop.
+TLS: through the ssl module's SSLSocket (`_SocketTLS`), non-blocking, trio waiting for its
+descriptor: OpenSSL reads the socket and decrypts into the caller's buffer, and a receive
+takes every record already here. trio's SSLStream hands over one record (at most 16 KiB) per
+`receive_some`, through a Python state machine and two memory BIOs (each byte copied into
+one, then out of it): receiving 512 MiB over loopback cost 2.4 CPU-s per GiB that way
+(records batched), 1.56 through SSLSocket.
 
 Addresses: with an `AddressRule`, each new connection's peer address is checked once, right
 after connecting and before TLS or any request byte (`AddressRefused` otherwise); a pooled
@@ -46,26 +48,21 @@ final one are bounded in number and bytes, so a server streaming them costs litt
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import cast
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 import trio
 
+from ciartfs.buffers import unfilled
 from ciartfs.net.addresses import AddressRule
 from ciartfs.net.wire import HEAD_END, BrokenAnswer, ResponseParser, Target, header_dict, request_fields, request_head
 
 # Largest read from a socket while streaming a body: big reads cost fewer Python calls per
 # byte (a 512 MiB cold read is CPU-bound on this path).
 READ_SIZE = 1 << 20
-# A TLS stream's reads of its socket: many records each (decrypted in one loop, see _BulkTLS),
-# and not READ_SIZE: each read allocates its size whole, then is cut to what came, and a
-# megabyte allocated and cut per read, between the runs the block cache keeps, grew the heap
-# past what it held.
-TLS_READ_SIZE = 256 << 10
-# The most plaintext one TLS record carries.
-TLS_RECORD_BYTES = 16 << 10
 # Request bodies are small JSON documents a provider built (Taskcluster's startDownload):
 # nothing larger is ever sent.
 MAX_REQUEST_BODY = 64 << 10
@@ -108,7 +105,7 @@ class Reply:
         stream = self.stream
         length = stream.length_for_into() if isinstance(stream, _Body) else None
         assert isinstance(stream, _Body) and length is not None
-        buffer = _unfilled(length)
+        buffer = unfilled(length)  # (page-aligned: the disk cache writes its blocks with O_DIRECT)
         await stream.read_into(buffer)
         return buffer
 
@@ -116,29 +113,6 @@ class Reply:
         await self.stream.aclose()
 
 
-def _make_unfilled() -> Callable[[int], bytearray]:
-    """A bytearray of n bytes left as malloc gave them, to be received into: bytearray(n)
-    zeroes them first (4% of a cold read's CPU, beside the copy that then overwrites them).
-    CPython's own constructor; bytearray(n) where ctypes is missing."""
-    try:
-        import ctypes
-
-        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
-        make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-        make.restype = ctypes.py_object
-    except (ImportError, AttributeError):
-        return bytearray
-
-    def unfilled(n: int) -> bytearray:
-        buffer = make(None, n)
-        if type(buffer) is not bytearray or len(buffer) != n:
-            raise MemoryError(f"no buffer of {n} bytes")
-        return buffer
-
-    return unfilled
-
-
-_unfilled = _make_unfilled()
 
 
 class ViaHttpx:
@@ -160,81 +134,88 @@ class ViaHttpx:
         await self.transport.aclose()
 
 
-class _Wrapped(trio.abc.Stream):
-    """A stream over another: sends and closes go to `inner`; subclasses read their way."""
+class _SocketTLS(trio.abc.Stream):
+    """TLS through the ssl module's own socket (`SSLSocket`, non-blocking, on a duplicate of the
+    connection's descriptor), waiting with trio for the descriptor: OpenSSL reads the socket
+    itself and decrypts into the caller's buffer. trio's SSLStream goes through memory BIOs, two
+    more copies of every byte, and a Python state machine per record (see the module docstring).
+    Errors are the ssl module's (SSLError is an OSError); a peer closing without close_notify
+    reads as the end, as SSLStream's https_compatible mode does (HTTP frames its bodies)."""
 
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+    def __init__(self, sock: trio.socket.SocketType, context: ssl.SSLContext, server_hostname: str) -> None:
+        fd = os.dup(sock.fileno())
+        try:
+            raw = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            raw.setblocking(False)
+            self.tls = context.wrap_socket(raw, server_hostname=server_hostname, do_handshake_on_connect=False)
+        except BaseException:
+            raw.close()
+            raise
+        self.fd = fd
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class _LargeReads(_Wrapped):
-    """A socket stream whose reads without a size (SSLStream's) are TLS_READ_SIZE, not 64 KiB."""
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return bytes(await self.inner.receive_some(max_bytes or TLS_READ_SIZE))  # (bytes already: no copy)
-
-
-class _BulkTLS(_Wrapped):
-    """An SSLStream whose `receive_some(n)` also returns the records already received, up to
-    n bytes (see the module's docstring). What the loop stops at - nothing buffered, or a TLS
-    error or the peer's close_notify - the next `receive_some` meets through SSLStream."""
-
-    def __init__(self, tls: trio.SSLStream[_LargeReads]) -> None:
-        super().__init__(tls)
-        self.tls = tls
+    async def _wait(self, wants: ssl.SSLError) -> None:
+        if isinstance(wants, ssl.SSLWantWriteError):
+            await trio.lowlevel.wait_writable(self.fd)
+        else:
+            await trio.lowlevel.wait_readable(self.fd)
 
     async def do_handshake(self) -> None:
-        await self.tls.do_handshake()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        data = bytes(await self.tls.receive_some(max_bytes))
-        if not data or max_bytes is None or len(data) >= max_bytes:
-            return data
-        ssl_object = getattr(self.tls, "_ssl_object", None)  # SSLStream's own (private): a trio
-        if not isinstance(ssl_object, ssl.SSLObject):  # without it gets record-at-a-time reads
-            return data
-        pieces, got = [data], len(data)
-        while got < max_bytes:
+        while True:
             try:
-                more = ssl_object.read(max_bytes - got)
-            except ssl.SSLError:  # SSLWantReadError: the buffered records are used up
-                break
-            if not more:
-                break
-            pieces.append(more)
-            got += len(more)
-        return data if len(pieces) == 1 else b"".join(pieces)
+                self.tls.do_handshake()
+                return
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as e:
+                await self._wait(e)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while view:
+            try:
+                view = view[self.tls.send(view):]
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as e:
+                await self._wait(e)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self.fd)
 
     async def receive_into(self, view: memoryview) -> int:
-        """`receive_some`, into `view`: the records already received are decrypted straight into it.
-        The first record comes as bytes (SSLStream's): asked for as one record (16 KiB), not as
-        len(view), which the ssl module would allocate whole and then shrink to a record: a
-        megabyte allocated and cut per read, between the runs the cache keeps, fragmented the
-        heap (peak RSS of an HTTPS cold read +15-20 MiB)."""
-        data = await self.tls.receive_some(min(len(view), TLS_RECORD_BYTES))
-        got = len(data)
-        view[:got] = data
-        ssl_object = getattr(self.tls, "_ssl_object", None)
-        if not got or not isinstance(ssl_object, ssl.SSLObject):
-            return got
-        while got < len(view):
+        """Up to len(view) bytes, decrypted straight into `view`: waits for the first record,
+        then takes every record already here (one checkpoint, not one per 16 KiB record)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        got = 0
+        while True:
             try:
-                more = cast(int, ssl_object.read(len(view) - got, cast(bytearray, view[got:])))  # (into it: a count)
-            except ssl.SSLError:  # SSLWantReadError: the buffered records are used up
+                n = self.tls.recv_into(view[got:])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as e:
+                if got:
+                    break
+                await self._wait(e)
+                continue
+            if not n:
+                break  # the end (close_notify, or the connection closed)
+            got += n
+            if got == len(view):
                 break
-            if not more:
-                break
-            got += more
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return got
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        buffer = bytearray(max_bytes or HEAD_READ_SIZE)
+        got = await self.receive_into(memoryview(buffer))
+        return bytes(buffer[:got]) if got < len(buffer) else bytes(buffer)
+
+    async def aclose(self) -> None:
+        # No close_notify: an HTTP/1.1 body is framed (the server never needs it), and a
+        # peer that stopped reading must not hold us. The connection's own socket closes next.
+        trio.lowlevel.notify_closing(self.fd)
+        self.tls.close()
+        await trio.lowlevel.checkpoint()
 
 
 class _Connection:
@@ -264,7 +245,7 @@ class _Connection:
         try:
             if isinstance(stream, trio.SocketStream):
                 return await stream.socket.recv_into(view)
-            if isinstance(stream, _BulkTLS):
+            if isinstance(stream, _SocketTLS):
                 return await stream.receive_into(view)
             data = await stream.receive_some(len(view))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
@@ -562,9 +543,12 @@ class PoolPerOrigin:
         try:
             stream: trio.abc.Stream = tcp
             if target.scheme == "https":
-                tls = _BulkTLS(trio.SSLStream(_LargeReads(tcp), self._ssl_context(), server_hostname=host,
-                                              https_compatible=True))
-                await tls.do_handshake()
+                tls = _SocketTLS(tcp.socket, self._ssl_context(), host)
+                try:
+                    await tls.do_handshake()
+                except BaseException:
+                    await tls.aclose()
+                    raise
                 stream = tls
         except (OSError, trio.BrokenResourceError) as e:
             tcp.socket.close()
