@@ -165,14 +165,16 @@ informational = st.sampled_from([b"", b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1
 
 def joined(pieces: list[bytes], fold: bytes) -> bytes:
     """A field value; a fold is read as one space with the whitespace around it (RFC 9112 5.2)."""
-    out = b""
-    for i, piece in enumerate(pieces):
+    out, after_fold = b"", False  # after_fold: nothing but whitespace since the last fold
+    for piece in pieces:
         if piece == FOLD:
-            if i > 0 and pieces[i - 1] == FOLD:
-                continue  # one fold: two in a row would write an empty line, which ends the head
+            if after_fold:
+                continue  # one fold: two in a row (whitespace between) would write an empty line, which ends the head
             out = out.rstrip(b" \t") + fold
-        elif not (piece.strip(b" \t") == b"" and i > 0 and pieces[i - 1] == FOLD):
+            after_fold = True
+        elif not (piece.strip(b" \t") == b"" and after_fold):
             out += piece
+            after_fold = False
     return out
 
 
