@@ -46,6 +46,7 @@ final one are bounded in number and bytes, so a server streaming them costs litt
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import cast
@@ -238,25 +239,60 @@ class _BulkTLS(_Wrapped):
 
 
 class _Connection:
-    __slots__ = ("stream", "socket", "idle_since")
+    __slots__ = ("stream", "socket", "idle_since", "plain")
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
         self.stream = stream
         self.socket = socket
         self.idle_since = 0.0
+        # plain TCP: request heads are written and answer heads read on the socket's own
+        # descriptor (see send_all and receive), asked for each time: -1 once closed, never a
+        # number reused since by another file
+        self.plain = type(stream) is trio.SocketStream
 
     async def send_all(self, data: bytes) -> None:
+        """A request head of a few hundred bytes fits the socket's send buffer: written at
+        once, without trio's send_all (a conflict check and two checkpoints, one a round
+        through the scheduler: more than the write itself, twice per listed artifact). What
+        does not fit, and TLS, go the usual way."""
+        sent = 0
+        fd = self.socket.fileno() if self.plain else -1
+        if fd >= 0:
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                raise httpx.WriteError(f"sending the request: {e}") from None
+            if sent == len(data):
+                return
         try:
-            await self.stream.send_all(data)
+            await self.stream.send_all(memoryview(data)[sent:] if sent else data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             raise httpx.WriteError(f"sending the request: {e}") from None
 
     async def receive(self, max_bytes: int) -> bytes:
-        try:
-            data = await self.stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            raise httpx.ReadError(f"reading the answer: {e}") from None
-        return data if type(data) is bytes else bytes(data)  # (trio's streams give bytes)
+        """Up to `max_bytes`, waiting for the first (b"": the server closed). Plain TCP reads
+        the descriptor and waits only when nothing is there (trio's receive_some also goes
+        once through the scheduler after each read)."""
+        fd = self.socket.fileno() if self.plain else -1
+        if fd < 0:  # TLS, or closed (trio says so)
+            try:
+                data = await self.stream.receive_some(max_bytes)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                raise httpx.ReadError(f"reading the answer: {e}") from None
+            return data if type(data) is bytes else bytes(data)  # (trio's streams give bytes)
+        while True:
+            try:
+                return os.read(fd, max_bytes)
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                raise httpx.ReadError(f"reading the answer: {e}") from None
+            try:
+                await trio.lowlevel.wait_readable(self.socket)
+            except (trio.ClosedResourceError, OSError) as e:
+                raise httpx.ReadError(f"reading the answer: {e}") from None
 
     async def receive_into(self, view: memoryview) -> int:
         """Up to len(view) bytes received into `view`: how many (0: the server closed)."""
