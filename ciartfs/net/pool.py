@@ -15,7 +15,10 @@ Each exchange writes its request head itself (`wire.request_head`), finds where 
 head ends and has llhttp read it (`wire.ResponseParser`, through httptools). A body framed by
 Content-Length - every ranged GET - is then read straight off the socket in large reads, no
 more than Content-Length, as is a body that ends when the server closes; a chunked one goes
-through llhttp. A caller that wants the whole body in one buffer (a run of blocks) has it
+through llhttp. Over plain TCP, request heads are written and answer heads read on the
+socket's descriptor itself (`_Connection`): trio's stream calls cost more than those small
+writes and reads (bodies still go through trio, which lets other tasks in between reads). A
+caller that wants the whole body in one buffer (a run of blocks) has it
 received straight into it (`Reply.read_into`: `recv_into`, or over TLS the records decrypted
 into it): no chunk objects allocated, none joined.
 
@@ -272,16 +275,20 @@ class _Connection:
             raise httpx.WriteError(f"sending the request: {e}") from None
 
     async def receive(self, max_bytes: int) -> bytes:
-        """Up to `max_bytes`, waiting for the first (b"": the server closed). Plain TCP reads
-        the descriptor and waits only when nothing is there (trio's receive_some also goes
-        once through the scheduler after each read)."""
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            raise httpx.ReadError(f"reading the answer: {e}") from None
+        return data if type(data) is bytes else bytes(data)  # (trio's streams give bytes)
+
+    async def receive_head(self, max_bytes: int) -> bytes:
+        """`receive`, for an answer's head: plain TCP reads the descriptor and waits only when
+        nothing is there (trio's receive_some also goes once through the scheduler after each
+        read). Not for bodies: a body's reads go through trio, whose pass through the scheduler
+        after each lets FUSE requests in while a large body keeps arriving."""
         fd = self.socket.fileno() if self.plain else -1
         if fd < 0:  # TLS, or closed (trio says so)
-            try:
-                data = await self.stream.receive_some(max_bytes)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                raise httpx.ReadError(f"reading the answer: {e}") from None
-            return data if type(data) is bytes else bytes(data)  # (trio's streams give bytes)
+            return await self.receive(max_bytes)
         while True:
             try:
                 return os.read(fd, max_bytes)
@@ -351,7 +358,7 @@ class _Exchange:
                 if head_bytes + len(received) > MAX_HEAD_BYTES:
                     raise BrokenAnswer(f"answer heads larger than {MAX_HEAD_BYTES} bytes")
                 searched = max(0, len(received) - 2)  # an end ("\n\r\n") may span the next read
-                data = await self.conn.receive(HEAD_READ_SIZE)
+                data = await self.conn.receive_head(HEAD_READ_SIZE)
                 if not data:
                     raise httpx.RemoteProtocolError("the server closed the connection before the answer's head ended")
                 received += data
