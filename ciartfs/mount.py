@@ -12,6 +12,7 @@ arrives; either way it unmounts and returns normally.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -39,6 +40,13 @@ from ciartfs.providers.apidocs import ApiDocs
 from ciartfs.providers.base import MountContext, ProviderMount
 
 log = logging.getLogger(__name__)
+
+# Python's cyclic garbage collector runs a young-generation pass every 700 container objects
+# allocated (net of frees), and every pass walks the young objects still alive: with 96 size
+# probes in flight (their frames, requests and answers alive), each pass found ~1 ms of work,
+# ~80 passes in an `ls -l` of 1000 artifacts. Passes every 20,000 allocations cost a fraction
+# of that in all; the garbage cycles waiting for one stay small (a few MB at most).
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def fuse_options(settings: Settings) -> set[str]:
@@ -149,9 +157,19 @@ class Mount:
         }
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper collections for a long-running daemon: what start-up made (modules,
+    classes, settings) is moved out of the collector's sight for good (`gc.freeze`: full passes
+    no longer walk it), and young passes come every GC_YOUNG_THRESHOLD allocations."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def serve(settings: Settings, mountpoint: str, on_ready: Callable[[], None] | None = None) -> None:
     """Mount, call `on_ready`, serve until unmounted or signalled, then clean up."""
     mount = Mount(settings, mountpoint)
+    tune_gc()
     pyfuse3.init(mount.ops, mountpoint, fuse_options(settings))
     # queued to pyfuse3's own thread: safe from the trio thread, also within a handler
     mount.tree.ask_kernel_to_forget = lambda parent, name: pyfuse3.invalidate_entry_async(

@@ -643,3 +643,34 @@ async def test_a_host_that_answers_429_gets_fewer_requests_at_once(server):
     assert server.served == 160
     # 32 at once against a limit of 4 would be refused ~28 times per round of retries
     assert server.refused < 100, server.refused
+
+
+async def test_a_request_larger_than_the_send_buffer_arrives_whole_and_a_closed_connection_fails_cleanly():
+    """Plain TCP writes a request head straight to the socket; what the socket's buffer does
+    not take goes on through trio's send_all, from where the write stopped. Heads are read off
+    the descriptor. A connection used after it was closed fails as a transport error, never on
+    another descriptor."""
+    ours, theirs = trio.socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn = connpool._Connection(trio.SocketStream(ours), ours)
+    payload = bytes(range(256)) * 4096  # 1 MiB: many times what the buffer takes at once
+    got = bytearray()
+
+    async def drain() -> None:
+        while len(got) < len(payload):
+            await trio.sleep(0.001)  # a slow reader: the writer must wait, not drop bytes
+            got.extend(await theirs.recv(65536))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        await conn.send_all(payload)
+    assert bytes(got) == payload
+    await theirs.send(b"HTTP/1.1 200 OK\r\n")
+    assert await conn.receive_head(100) == b"HTTP/1.1 200 OK\r\n"
+    theirs.close()
+    assert await conn.receive_head(100) == b""  # the peer closed: end of stream
+    await conn.aclose()
+    with pytest.raises(connpool.httpx.TransportError):
+        await conn.send_all(b"GET / HTTP/1.1\r\n\r\n")
+    with pytest.raises(connpool.httpx.TransportError):
+        await conn.receive_head(100)

@@ -46,6 +46,8 @@ class ScriptedConnection:
             return piece[:max_bytes]
         return self.pieces.pop(0)
 
+    receive_head = receive  # (the pool reads heads with this one, bodies with `receive`)
+
     @property
     def unread(self) -> bytes:
         return b"".join(self.pieces)

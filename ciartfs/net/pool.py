@@ -15,7 +15,10 @@ Each exchange writes its request head itself (`wire.request_head`), finds where 
 head ends and has llhttp read it (`wire.ResponseParser`, through httptools). A body framed by
 Content-Length - every ranged GET - is then read straight off the socket in large reads, no
 more than Content-Length, as is a body that ends when the server closes; a chunked one goes
-through llhttp. A caller that wants the whole body in one buffer (a run of blocks) has it
+through llhttp. Over plain TCP, request heads are written and answer heads read on the
+socket's descriptor itself (`_Connection`): trio's stream calls cost more than those small
+writes and reads (bodies still go through trio, which lets other tasks in between reads). A
+caller that wants the whole body in one buffer (a run of blocks) has it
 received straight into it (`Reply.read_into`: `recv_into`, or over TLS the records decrypted
 into it): no chunk objects allocated, none joined.
 
@@ -219,16 +222,35 @@ class _SocketTLS(trio.abc.Stream):
 
 
 class _Connection:
-    __slots__ = ("stream", "socket", "idle_since")
+    __slots__ = ("stream", "socket", "idle_since", "plain")
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
         self.stream = stream
         self.socket = socket
         self.idle_since = 0.0
+        # plain TCP: request heads are written and answer heads read on the socket's own
+        # descriptor (see send_all and receive), asked for each time: -1 once closed, never a
+        # number reused since by another file
+        self.plain = type(stream) is trio.SocketStream
 
     async def send_all(self, data: bytes) -> None:
+        """A request head of a few hundred bytes fits the socket's send buffer: written at
+        once, without trio's send_all (a conflict check and two checkpoints, one a round
+        through the scheduler: more than the write itself, twice per listed artifact). What
+        does not fit, and TLS, go the usual way."""
+        sent = 0
+        fd = self.socket.fileno() if self.plain else -1
+        if fd >= 0:
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                raise httpx.WriteError(f"sending the request: {e}") from None
+            if sent == len(data):
+                return
         try:
-            await self.stream.send_all(data)
+            await self.stream.send_all(memoryview(data)[sent:] if sent else data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             raise httpx.WriteError(f"sending the request: {e}") from None
 
@@ -238,6 +260,26 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             raise httpx.ReadError(f"reading the answer: {e}") from None
         return data if type(data) is bytes else bytes(data)  # (trio's streams give bytes)
+
+    async def receive_head(self, max_bytes: int) -> bytes:
+        """`receive`, for an answer's head: plain TCP reads the descriptor and waits only when
+        nothing is there (trio's receive_some also goes once through the scheduler after each
+        read). Not for bodies: a body's reads go through trio, whose pass through the scheduler
+        after each lets FUSE requests in while a large body keeps arriving."""
+        fd = self.socket.fileno() if self.plain else -1
+        if fd < 0:  # TLS, or closed (trio says so)
+            return await self.receive(max_bytes)
+        while True:
+            try:
+                return os.read(fd, max_bytes)
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                raise httpx.ReadError(f"reading the answer: {e}") from None
+            try:
+                await trio.lowlevel.wait_readable(self.socket)
+            except (trio.ClosedResourceError, OSError) as e:
+                raise httpx.ReadError(f"reading the answer: {e}") from None
 
     async def receive_into(self, view: memoryview) -> int:
         """Up to len(view) bytes received into `view`: how many (0: the server closed)."""
@@ -296,7 +338,7 @@ class _Exchange:
                 if head_bytes + len(received) > MAX_HEAD_BYTES:
                     raise BrokenAnswer(f"answer heads larger than {MAX_HEAD_BYTES} bytes")
                 searched = max(0, len(received) - 2)  # an end ("\n\r\n") may span the next read
-                data = await self.conn.receive(HEAD_READ_SIZE)
+                data = await self.conn.receive_head(HEAD_READ_SIZE)
                 if not data:
                     raise httpx.RemoteProtocolError("the server closed the connection before the answer's head ended")
                 received += data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,21 @@ def proc_cpu(pid: int) -> float:
     """utime+stime of a process (all its threads), in seconds."""
     fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def stop_and_unmount(proc: subprocess.Popen[bytes], mountpoint: str, wait: float) -> None:
+    """Stop a filesystem's process by its pid (SIGTERM, SIGKILL after `wait` s), then unmount
+    what it left mounted."""
+    from ciartfs.cli.mountpoint import is_mounted  # (scripts/ may run before ciartfs is importable)
+
+    proc.terminate()
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if is_mounted(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
 
 
 def proc_tree_cpu(pid: int) -> float:

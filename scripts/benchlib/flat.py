@@ -46,7 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from benchlib.common import proc_cpu, proc_hwm_kib, proc_rss_kib  # noqa: E402
+from benchlib.common import proc_cpu, proc_hwm_kib, proc_rss_kib, stop_and_unmount  # noqa: E402
 from benchlib.report import Target  # noqa: E402
 from ciartfs.cli.mountpoint import is_mounted  # noqa: E402
 from ciartfs.fakeserver import FakeCI  # noqa: E402
@@ -91,14 +91,7 @@ def mounted(python: str, cwd: Path, fake: FakeCI, tmp: Path, tag: str) -> Iterat
             time.sleep(0.05)
         yield proc, mnt
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if is_mounted(str(mnt)):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        stop_and_unmount(proc, str(mnt), 15)
         shutil.rmtree(cache, ignore_errors=True)
 
 
