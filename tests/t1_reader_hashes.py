@@ -66,8 +66,9 @@ async def test_blocks_read_out_of_order_are_hashed_in_order_and_a_mismatch_fails
     caplog.set_level(logging.WARNING, logger="ciartfs")
     promise = Promise({"sha256": "0" * 64})
     reader, art, _ = _setup(tmp_path, promise)
-    for off in (BS, 2 * BS, 3 * BS, 4 * BS):  # completed before block 0 (concurrent kernel reads)
-        assert await reader.read(art, off, BS) == DATA[off:off + BS]
+    for off in (BS, 2 * BS, 3 * BS, 4 * BS):  # completed before block 0 (concurrent kernel reads;
+        # the size known, as the kernel's reads have it: no size probe fetched block 0)
+        assert await reader.read(art, off, BS, total=len(DATA)) == DATA[off:off + BS]
     assert promise.asked == 0  # nothing read from the start yet: nothing to check
     with pytest.raises(ContentMismatch) as info:
         await reader.read(art, 0, BS)  # continues through the blocks held in memory to the end
@@ -82,6 +83,49 @@ async def test_blocks_read_out_of_order_are_hashed_in_order_and_a_mismatch_fails
     assert again.value.reported
     assert len([r for r in caplog.records if "content hash mismatch" in r.getMessage()]) == 1
     assert not any(reader.memory.get(reader._block_key(art, i, len(DATA))) for i in range(5))
+
+
+async def test_reads_completing_out_of_order_far_ahead_of_the_hashing_still_get_the_file_checked(tmp_path, monkeypatch):
+    """Kernel reads of 1 MiB complete out of order: when the two after the first came back before
+    it, the first hashed its own blocks and a bounded number more, and nothing read later could
+    continue: `sha256sum` of a 3 MiB object with a wrong hash succeeded. The hashing now goes on
+    through every block memory holds, a step at a time."""
+    monkeypatch.setattr(hashes, "HASH_AHEAD_BLOCKS", 1)
+    promise = Promise({"sha256": "0" * 64})
+    reader, art, _ = _setup(tmp_path, promise)
+    for off in (BS, 2 * BS, 3 * BS, 4 * BS):  # blocks 1-4 first (block 4 is the last; block 0 not
+        # held then: the size known, no size probe fetched it)
+        assert await reader.read(art, off, BS, total=len(DATA)) == DATA[off:off + BS]
+    assert promise.asked == 0
+    with pytest.raises(ContentMismatch):
+        await reader.read(art, 0, BS)
+    assert promise.asked == 1 and reader.hash_checks == 1
+
+
+async def test_the_read_of_the_last_block_continues_the_hashing_from_the_disk(tmp_path):
+    """Blocks that left memory before the hashing reached them (a memory cache of one block
+    here) are taken from the disk by the read that reaches the file's end, never fetched again."""
+    promise = Promise({"sha256": "0" * 64})
+    store = DiskStore(tmp_path / "blocks", 1 << 20)
+    requests: list[str] = []
+
+    def counted(request: httpx.Request) -> httpx.Response:
+        requests.append(request.headers["range"])
+        return _ranged(request)
+
+    reader = Reader(HttpClient(timeout=5, transport=httpx.MockTransport(counted)), MemoryCache(BS), store, BS)
+    art = Artifact(key="obj", url=URL, immutable=True, expected_hashes=promise)
+    async with trio.open_nursery() as nursery:
+        reader.start(nursery)
+        for off in (BS, 2 * BS, 3 * BS):  # fetched first, then only on disk (memory holds one)
+            assert await reader.read(art, off, BS) == DATA[off:off + BS]
+        await reader.flush_writes()
+        assert await reader.read(art, 0, BS) == DATA[:BS]  # hashes block 0: block 1 is not in memory
+        assert promise.asked == 0
+        with pytest.raises(ContentMismatch):
+            await reader.read(art, 4 * BS, BS)  # the last block: 1-3 from the disk, then the check
+        assert promise.asked == 1 and len(requests) == 5  # each block fetched once
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("right", [True, False])

@@ -9,11 +9,16 @@ Invariants:
 - A mismatch is EIO (ContentMismatch) for every read of the artifact from then on while the
   mount lives (objects are immutable: it will not come right; the kernel may still hold pages
   read before), logged once; its blocks are dropped from memory, the write queue and disk.
-- Feeding the hashers never awaits, so concurrent reads feed in block order; the CPU a read
-  spends is bounded (its own blocks plus HASH_AHEAD_BLOCKS from memory).
-- Not checked: bytes of a large object read out of order (random ranged reads) before the
-  whole was read from its start, and one whose blocks were evicted from memory between the
-  reads that fetched them and the one that continues the hashing.
+- Blocks are fed in order, each once: a block is fed only if it is `next_block` at that moment
+  (reads check again after any await: concurrent reads also feed). The hashing runs on the
+  trio thread in steps of HASH_AHEAD_BLOCKS, with a checkpoint between steps.
+- A read continues the hashing through the blocks after its own that memory holds; a read that
+  reaches the file's last block also through those being fetched and those on disk: kernel reads
+  complete out of order, and a whole read must not end unchecked because the one that could
+  finish the hashing came first. Neither asks the network for anything.
+- Not checked: an object read out of order (random ranged reads, or kernel reads completing
+  out of order) whose blocks from its start were not all held when a read could continue the
+  hashing: in memory, or for the read of its last block also in flight or on disk.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import cachetools
+import trio
 
 from ciartfs.data.blocks import Blocks
 from ciartfs.data.cache import Buffer, SingleFlight
@@ -33,14 +39,15 @@ from ciartfs.namespace.model import Artifact
 
 log = logging.getLogger(__name__)
 
+HeldBlock = Callable[[int], Awaitable["Buffer | None"]]
+
 # Content hashes checked when the storage gives them (Taskcluster object artifacts).
 HASH_ALGORITHMS = ("sha256", "sha512")
 # Artifacts whose hashing from their start is under way, at most (least recently read dropped).
 HASHING_KEPT = 4096
 # Verdicts kept (right, or wrong).
 VERDICTS_KEPT = 100_000
-# Blocks a read may hash beyond its own, from memory (read-ahead fetched them): bounds the
-# CPU one read spends on the trio thread.
+# Blocks hashed between checkpoints (a step's CPU on the trio thread: ~2 ms at 128 KiB blocks).
 HASH_AHEAD_BLOCKS = 8
 
 
@@ -78,41 +85,29 @@ class HashChecks:
         if art.key in self._mismatched:  # (logged when found: raised quietly since)
             raise ContentMismatch(str(self._mismatched[art.key]), reported=True)
 
-    async def check(self, art: Artifact, first: int, blocks: Sequence[Buffer], total: int) -> None:
-        """Feed the blocks a read got (and those after them still in memory) to the artifact's
+    async def check(self, art: Artifact, first: int, blocks: Sequence[Buffer], total: int,
+                    held: HeldBlock | None = None) -> None:
+        """Feed the blocks a read got (and those after them that are held) to the artifact's
         hashers when they continue from its start; once all its blocks went in, compare with
-        the hashes the storage promised (see the module docstring)."""
+        the hashes the storage promised (see the module docstring). `held(index)`: the block if
+        it costs no new request (in memory, being fetched, or on disk), else None."""
         key = art.key
         if key in self._verified or total <= 0:
             return
+        count = self.blocks.count(total)
+        at_end = held is not None and first + len(blocks) >= count  # (this read reached the last block)
         state = self._hashing.get(key)
         if state is None:
-            if first != 0:
+            if first != 0 and not at_end:
                 return  # not read from its start (yet)
             # (only those the storage may promise: GitHub's sha256 alone is a third of SHA-512's CPU)
             promised = getattr(art.expected_hashes, "algorithms", HASH_ALGORITHMS)
             state = self._hashing[key] = _Hashing({name: hashlib.new(name) for name in HASH_ALGORITHMS
                                                    if name in promised})
-        b = self.blocks
-        count = b.count(total)
-        extra = HASH_AHEAD_BLOCKS  # bounded work per read: at most this many blocks from memory
-        while state.digests is None and state.next_block < count:
-            index = state.next_block
-            if first <= index < first + len(blocks):
-                block = blocks[index - first]
-            else:
-                cached = b.memory.get_buffer(b.key(art, index, total)) if extra > 0 else None
-                if cached is None:
-                    break
-                block, extra = cached, extra - 1
-            for hasher in state.hashers.values():
-                hasher.update(block)
-            state.next_block += 1
-        if state.next_block == count and state.digests is None:
-            state.digests = {name: hasher.hexdigest() for name, hasher in state.hashers.items()}
-        if state.digests is None:
+        if not await self._feed(art, state, first, blocks, total, held if at_end else None):
             return
         digests = state.digests
+        assert digests is not None
         try:
             expected = await self._expected_hashes(art)
         except Offline as e:
@@ -135,6 +130,40 @@ class HashChecks:
         log.warning("%s", mismatch)
         await self.blocks.drop(art, count, total)
         raise ContentMismatch(str(mismatch), reported=True)
+
+    async def _feed(self, art: Artifact, state: _Hashing, first: int, blocks: Sequence[Buffer], total: int,
+                    held: HeldBlock | None) -> bool:
+        """Feed what continues `state` from the read's blocks and memory (and, with `held`, from
+        what is being fetched or on disk); True once every block went in."""
+        b, key = self.blocks, art.key
+        count = b.count(total)
+        step = HASH_AHEAD_BLOCKS
+        while state.digests is None and state.next_block < count:
+            index = state.next_block
+            if first <= index < first + len(blocks):
+                block: Buffer | None = blocks[index - first]
+            else:
+                block = b.memory.get_buffer(b.key(art, index, total))
+                if block is None and held is not None:
+                    block = await held(index)
+                    if self._hashing.get(key) is not state:
+                        return state.digests is not None  # (finished by another read, or dropped)
+                    if state.next_block != index:
+                        continue  # (another read fed it meanwhile: look again)
+                if block is None:
+                    return False
+            for hasher in state.hashers.values():
+                hasher.update(block)
+            state.next_block += 1
+            step -= 1
+            if step == 0 and state.next_block < count:  # (the trio thread is shared: a checkpoint per step)
+                step = HASH_AHEAD_BLOCKS
+                await trio.lowlevel.checkpoint()
+                if self._hashing.get(key) is not state:
+                    return state.digests is not None  # (finished by another read, or dropped)
+        if state.next_block == count and state.digests is None:
+            state.digests = {name: hasher.hexdigest() for name, hasher in state.hashers.items()}
+        return state.digests is not None
 
     async def _expected_hashes(self, art: Artifact) -> dict[str, str]:
         known = self._expected.get(art.key)

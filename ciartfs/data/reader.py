@@ -49,7 +49,7 @@ from ciartfs.data.blocks import Blocks, Stats
 from ciartfs.data.cache import Buffer, DiskStore, MemoryCache, SingleFlight, cut_run
 from ciartfs.data.decode import MAX_DECODED_SIZE, WholeDecoder
 from ciartfs.data.fill import Fills
-from ciartfs.data.hashes import HashChecks
+from ciartfs.data.hashes import HashChecks, HeldBlock
 from ciartfs.data.livelog import LiveLogs
 from ciartfs.data.readahead import (
     PREFETCH_CONCURRENCY,
@@ -248,11 +248,11 @@ class Reader:
             block = await self._checked_block(art, first, total)
             data = block[offset - first * bs:end - first * bs]
             if checked:
-                await self.hashes.check(art, first, [block], total)
+                await self.hashes.check(art, first, [block], total, self._held(art, total))
         else:
             blocks = await self._checked_blocks(art, first, last, total)
             if checked:
-                await self.hashes.check(art, first, blocks, total)
+                await self.hashes.check(art, first, blocks, total, self._held(art, total))
             data = _joined(self.memory, blocks, offset - first * bs, end - first * bs)
         if len(data) != end - offset:  # defence in depth: a short reply would be zero-padded
             raise UpstreamError(f"internal: assembled {len(data)} of {end - offset} bytes")
@@ -297,6 +297,23 @@ class Reader:
             block = block[:expected]  # the file grew since its size was shown: serve up to that
         self.blocks.check_length(art, index, block, total)
         return block
+
+    def _held(self, art: Artifact, total: int) -> HeldBlock:
+        """Block `index` of `art` if it costs no new request: kept in memory, being fetched (its
+        fetch is awaited), queued for the disk or on it; else None (also when getting it failed: its own read
+        reports that)."""
+        async def held(index: int) -> Buffer | None:
+            key = self._block_key(art, index, total)
+            try:
+                if key in self.memory or self._flight.in_flight(key):
+                    return await self._checked_block(art, index, total)
+                block = self.writes.pending(key) or await self.blocks.from_disk(key)
+                if block is not None:
+                    self.blocks.check_length(art, index, block, total)
+                return block
+            except CiartfsError:
+                return None
+        return held
 
     def _block_key(self, art: Artifact, index: int, total: int | None) -> str:
         return self.blocks.key(art, index, total)
