@@ -79,7 +79,7 @@ def mounted(python: str, cwd: Path, fake: FakeCI, tmp: Path, tag: str) -> Iterat
     env["XDG_CONFIG_HOME"], env["XDG_CACHE_HOME"] = str(tmp / "xdg-config"), str(tmp / "xdg-cache")
     log = tmp / f"ciartfs-{tag}.log"
     with open(log.with_suffix(".stderr"), "wb") as stderr:  # the child keeps its own copy
-        proc = subprocess.Popen([python, "-m", "ciartfs", "mount", "-f", str(mnt), "--circleci-host", fake.api_url,
+        proc = subprocess.Popen([python, "-P", "-m", "ciartfs", "mount", "-f", str(mnt), "--circleci-host", fake.api_url,
                                  "--cache-dir", str(cache), "--log-file", str(log)],
                                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=stderr, start_new_session=True)

@@ -118,7 +118,9 @@ class FuseMount:
 
 
 class CiartfsMount(FuseMount):
-    """`python -m ciartfs mount -f`: every build of the fake, under /<vcs>/<user>/<repo>/<build>/<node>/."""
+    """`python -P -m ciartfs mount -f`: every build of the fake, under /<vcs>/<user>/<repo>/<build>/<node>/.
+    (-P: the ciartfs the venv has, not one in the working directory: an A/B run from a worktree
+    measured that worktree's code twice.)"""
 
     tool = "ciartfs"
     short = "ciartfs"
@@ -132,7 +134,7 @@ class CiartfsMount(FuseMount):
         # CIARTFS_BENCH_WRAP: a program the daemon's command line is passed to (a profiler's
         # wrapper: it must run the command and pass SIGTERM on)
         wrap = [os.environ["CIARTFS_BENCH_WRAP"]] if os.environ.get("CIARTFS_BENCH_WRAP") else []
-        return [*wrap, self.python, "-m", "ciartfs", "mount", "-f", str(self.path), "--circleci-host", self.api_url,
+        return [*wrap, self.python, "-P", "-m", "ciartfs", "mount", "-f", str(self.path), "--circleci-host", self.api_url,
                 "--cache-dir", str(self.cache), "--log-file", str(self.log), *self.options]
 
     def root(self, build: int) -> Path:
