@@ -104,7 +104,7 @@ class HashChecks:
             promised = getattr(art.expected_hashes, "algorithms", HASH_ALGORITHMS)
             state = self._hashing[key] = _Hashing({name: hashlib.new(name) for name in HASH_ALGORITHMS
                                                    if name in promised})
-        if not await self._feed(art, state, first, blocks, total, held if at_end else None):
+        if not await self._feed(art, state, first, blocks, total, count, held if at_end else None):
             return
         digests = state.digests
         assert digests is not None
@@ -132,11 +132,10 @@ class HashChecks:
         raise ContentMismatch(str(mismatch), reported=True)
 
     async def _feed(self, art: Artifact, state: _Hashing, first: int, blocks: Sequence[Buffer], total: int,
-                    held: HeldBlock | None) -> bool:
-        """Feed what continues `state` from the read's blocks and memory (and, with `held`, from
-        what is being fetched or on disk); True once every block went in."""
+                    count: int, held: HeldBlock | None) -> bool:
+        """Feed what continues `state` (of `count` blocks) from the read's blocks and memory (and,
+        with `held`, from what is being fetched or on disk); True once every block went in."""
         b, key = self.blocks, art.key
-        count = b.count(total)
         step = HASH_AHEAD_BLOCKS
         while state.digests is None and state.next_block < count:
             index = state.next_block

@@ -267,7 +267,7 @@ class Reader:
         index = first
         while index <= last:
             key = self._block_key(art, index, total)
-            if key not in self.memory and not self._flight.in_flight(key):
+            if not self._held_or_coming(key):
                 break
             blocks.append(await self._checked_block(art, index, total))
             index += 1
@@ -300,20 +300,26 @@ class Reader:
 
     def _held(self, art: Artifact, total: int) -> HeldBlock:
         """Block `index` of `art` if it costs no new request: kept in memory, being fetched (its
-        fetch is awaited), queued for the disk or on it; else None (also when getting it failed: its own read
-        reports that)."""
+        fetch is awaited), queued for the disk or on it; else None (also when getting it failed:
+        its own read reports that)."""
         async def held(index: int) -> Buffer | None:
             key = self._block_key(art, index, total)
             try:
-                if key in self.memory or self._flight.in_flight(key):
+                if self._held_or_coming(key):
                     return await self._checked_block(art, index, total)
-                block = self.writes.pending(key) or await self.blocks.from_disk(key)
+                block = self.writes.pending(key)
+                if block is None:
+                    block = await self.blocks.from_disk(key)
                 if block is not None:
                     self.blocks.check_length(art, index, block, total)
                 return block
             except CiartfsError:
                 return None
         return held
+
+    def _held_or_coming(self, key: str) -> bool:
+        """The block is in memory or being fetched: awaiting it makes no new request."""
+        return key in self.memory or self._flight.in_flight(key)
 
     def _block_key(self, art: Artifact, index: int, total: int | None) -> str:
         return self.blocks.key(art, index, total)
@@ -342,8 +348,7 @@ class Reader:
 
     def _plan_readahead(self, art: Artifact, stream: ReadStream, offset: int, end: int, total: int) -> None:
         def held(index: int) -> bool:
-            key = self._block_key(art, index, total)
-            return key in self.memory or self._flight.in_flight(key)
+            return self._held_or_coming(self._block_key(art, index, total))
 
         run_blocks = run_blocks_for(stream, block_size=self.block_size, max_window=self.readahead_blocks,
                                     cpu_bound=self._busy.busy)
@@ -367,7 +372,7 @@ class Reader:
 
         def state(index: int) -> Any:
             key = self._block_key(art, index, total)
-            if key in self.memory or self._flight.in_flight(key):
+            if self._held_or_coming(key):
                 return "held"
             # (without runs every block is fetched alone anyway: no need to ask the disk index)
             return "disk" if runs and disk is not None and disk.might_have(key) else "missing"
