@@ -479,14 +479,15 @@ class Bench:
         return {"fake": self.fake.cpu(), "proxy": self.proxy.cpu(), "files": self.files.cpu()}
 
     def proxy_stats(self) -> dict[str, dict[str, int]]:
-        return json.loads(self.proxy.ask({"stats": True}))
+        stats: dict[str, dict[str, int]] = json.loads(self.proxy.ask({"stats": True}))
+        return stats
 
     def proxy_bytes(self) -> int:
         """Bytes the proxy has delivered to clients so far, all upstreams."""
         return sum(v["bytes"] for v in self.proxy_stats().values())
 
     def limit(self, tool: str) -> float:
-        return self.args.cmd_timeout if tool == CIARTFS else self.args.peer_timeout
+        return float(self.args.cmd_timeout if tool == CIARTFS else self.args.peer_timeout)
 
     def mount(self, tool: str, build: int, *, taskcluster: bool = False) -> FuseMount:
         """A fresh mount (empty cache dir) of `tool`; peers mount `build`'s directory only.

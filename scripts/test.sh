@@ -10,5 +10,5 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 .venv/bin/ruff check ciartfs tests scripts
-.venv/bin/mypy ciartfs  # settings and strictness: [tool.mypy] in pyproject.toml
+.venv/bin/mypy ciartfs scripts  # settings and strictness: [tool.mypy] in pyproject.toml
 exec .venv/bin/python -m pytest "$@"

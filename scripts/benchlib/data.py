@@ -83,7 +83,7 @@ def generate(data: Path, size_mib: int, grep_files: int, ls_files: int, zip_memb
     (data / "ls").mkdir()
     for i in range(ls_files):
         name = f"file-{i:04d}.txt"
-        body = text_bytes(rng, rng.randint(100, 4000))
+        body = bytearray(text_bytes(rng, rng.randint(100, 4000)))
         local = data / "ls" / name
         local.write_bytes(body)
         ls_arts.append([f"many/{name}", str(local)])

@@ -41,9 +41,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from common import serve_commands  # run as a script: scripts/benchlib/ is on sys.path
-from ghdata import OWNER, REPO, TOKEN, archives
-
+# run as a script (python scripts/benchlib/X.py): scripts/ goes on sys.path for benchlib
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchlib.common import serve_commands
+from benchlib.ghdata import OWNER, REPO, TOKEN, archives
 from ciartfs.fakeserver import FakeCI
 from ciartfs.fakeserver.server import _Server
 
@@ -81,7 +82,7 @@ class BenchCI(FakeCI):
         return self.published.get("blob") or super().blob_url
 
     def own_url(self, role: str) -> str:
-        return getattr(super(), f"{role}_url")
+        return str(getattr(super(), f"{role}_url"))
 
 
 def add_github(fake: FakeCI, large_mib: int) -> dict[str, Any]:

@@ -36,7 +36,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from common import serve_commands  # run as a script: scripts/benchlib/ is on sys.path
+# run as a script (python scripts/benchlib/X.py): scripts/ goes on sys.path for benchlib
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchlib.common import serve_commands
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 

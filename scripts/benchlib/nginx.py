@@ -39,7 +39,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common import NGINX_ECHO_MODULE, serve_commands  # run as a script: scripts/benchlib/ is on sys.path
+# run as a script (python scripts/benchlib/X.py): scripts/ goes on sys.path for benchlib
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchlib.common import NGINX_ECHO_MODULE, serve_commands
 
 STATUS_PATH = "/_bench_generation"  # answers the config generation in force; not counted
 
@@ -47,7 +49,7 @@ STATUS_PATH = "/_bench_generation"  # answers the config generation in force; no
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 class Nginx:

@@ -84,7 +84,7 @@ class Proxy:
     async def serve(self) -> int:
         server = await asyncio.start_server(self.client, "127.0.0.1", 0, limit=HEAD_LIMIT, backlog=256)
         self.server = server
-        return server.sockets[0].getsockname()[1]
+        return int(server.sockets[0].getsockname()[1])
 
     async def client(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
         _nodelay(cwriter)

@@ -50,7 +50,7 @@ TC_RECIPE = "queue recipe (xargs -P8 curl)"
 TC_GREP_LIMIT_S, TC_GREP_TASKS = 10.0, 5000  # issue 17: grep -rl over a 5k-task group
 
 
-class Sample(dict):  # seconds (None: timed out after `timeout` s), plus resource figures for FUSE runs
+class Sample(dict[str, Any]):  # seconds (None: timed out after `timeout` s), plus resource figures for FUSE runs
     pass
 
 
@@ -383,7 +383,7 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
         out["targets"].append({"target": t.text, "measured": t.measured, "value": t.value, "need": t.need, "status": t.status})
     print("(ratios as in the table: baseline time / ciartfs time)")
     print()
-    load = info.get("loadavg_start"), os.getloadavg()
+    load = info["loadavg_start"], os.getloadavg()
     print(f"load average (1 min) at start {load[0][0]:.2f}, at end {load[1][0]:.2f}: on a busy machine the numbers are noisy")
     out["machine"]["loadavg_end"] = load[1]
     by_scenario: dict[str, list[str]] = {}
