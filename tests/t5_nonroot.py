@@ -9,6 +9,7 @@ system's python3 under /var/tmp): the checkout's venv may live where only root c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import pwd
@@ -27,6 +28,7 @@ from ciartfs.cli.mountpoint import is_mounted
 from conftest import blob, require_fuse, wait_for
 
 USER = "ciartfs-nonroot-test"
+LOCK_PATH = "/run/lock/ciartfs-nonroot-test.lock"
 SYSTEM_PYTHON = "/usr/bin/python3"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +55,14 @@ def user() -> Iterator[User]:
         pytest.skip("creating a user for the test needs root")
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip(f"{SYSTEM_PYTHON} is missing")
+    # Two suites on one machine would share the user (one deleting it under the other) and
+    # /dev/fuse's mode (changed below): each holds this lock while it uses them.
+    with open(LOCK_PATH, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (released when closed)
+        yield from _made_user()
+
+
+def _made_user() -> Iterator[User]:
     created = False
     try:
         pwd.getpwnam(USER)
