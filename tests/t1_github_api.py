@@ -72,9 +72,9 @@ async def test_without_a_token_the_api_headers_still_go():
     await client.aclose()
 
 
-def signing_api(api_calls, sig, api_delay=0.0):
+def signing_api(api_calls, sig, api_delay=0.0, refusal=403):
     """The API answers 302 to a blob URL signed with sig[0]; the blob host refuses any other
-    signature with 403, as Azure refuses an expired SAS."""
+    signature with `refusal`: 403 as Azure refuses an expired SAS, 400 for a malformed one."""
 
     async def handler(request):
         if request.url.host == "api.github.example":
@@ -82,15 +82,16 @@ def signing_api(api_calls, sig, api_delay=0.0):
             await trio.sleep(api_delay)
             return httpx.Response(302, headers={"Location": f"{BLOB}/b?sig={sig[0]}"})
         if request.url.params.get("sig") != sig[0]:
-            return httpx.Response(403, text="<Error><Code>AuthenticationFailed</Code></Error>")
+            return httpx.Response(refusal, text="<Error><Code>AuthenticationFailed</Code></Error>")
         return ranged(request, DATA)
 
     return handler
 
 
-async def test_a_blob_url_that_expired_is_resolved_again_once():
+@pytest.mark.parametrize("refusal", [403, 400])
+async def test_a_blob_url_that_expired_is_resolved_again_once(refusal):
     api_calls, sig = [], ["s1"]
-    client = client_for(signing_api(api_calls, sig))
+    client = client_for(signing_api(api_calls, sig, refusal=refusal))
     url = API + "/repos/o/r/actions/artifacts/1/zip"
     for start in range(0, 1000, 100):  # one resolution serves every block
         assert (await client.get_range(url, start, 100, credentials=True)).data == DATA[start:start + 100]
