@@ -295,3 +295,20 @@ def test_the_token_comes_from_gh_token_then_github_token_or_a_file(tmp_path):
     github = settings.provider("github")
     assert github.api_url == "https://ghe.example/api/v3" and "s3cret" in settings.secrets()
     assert "s3cret" not in repr(settings)
+
+
+async def test_github_enterprise_pages_under_its_api_base_path():
+    ghe = "https://ghe.example/api/v3"
+    server = PagedApi(next_origin=ghe)
+    client = HttpClient(timeout=3.0, credentials=(credential(ghe, TOKEN),), transport=Transport(server.handler))
+    api = ActionsApi(ApiDocs(client, None), ghe, token_set=True)
+    assert len(await api.runs("o", "r", 10)) == 5
+    assert [r.url.path for r in server.requests] == ["/api/v3/repos/o/r/actions/runs"] + [
+        "/api/v3/repositories/42/actions/runs"] * 2
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in server.requests)
+    outside = PagedApi(next_origin="https://ghe.example")  # the right origin, outside the API's base path
+    client2 = HttpClient(timeout=3.0, credentials=(credential(ghe, TOKEN),), transport=Transport(outside.handler))
+    with pytest.raises(BadListing, match="another endpoint"):
+        await ActionsApi(ApiDocs(client2, None), ghe, token_set=True).runs("o", "r", 10)
+    await client.aclose()
+    await client2.aclose()

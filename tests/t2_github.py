@@ -329,3 +329,16 @@ async def test_artifacts_and_members_carry_their_xattrs(fake, inproc):
         assert (run_info["id"], run_info["branch"], run_info["sha"], run_info["conclusion"]) == (
             run.id, "main", run.head_sha, "success"), path
         assert run_info["workflow"] == ".github/workflows/ci.yml" and run_info["event"] and run_info["created_at"]
+
+
+async def test_branch_names_with_a_slash_or_a_percent_sign(fake, inproc):
+    repo = gh_repo(fake)
+    run = repo.add_run(branch="fix/100%")
+    run.add_artifact("r", {"a.txt": b"pct"})
+    repo.add_run(branch="fix").add_artifact("r", {"a.txt": b"plain"})
+    fs = await gh_fs(inproc, fake)
+    assert await fs.listdir(f"{REPO}/branch") == ["fix", "fix%2F100%25"]
+    assert await fs.readlink(f"{REPO}/branch/fix%2F100%25/latest") == f"../../{run.id}"
+    assert await fs.read_file(f"{REPO}/branch/fix%2F100%25/latest/r/a.txt") == b"pct"
+    for wrong in ("fix%2F100%", "fix/100%25", "fix%2f100%25"):  # not the encoding of any branch
+        assert await errno_of(fs.stat(f"{REPO}/branch/{wrong}")) == errno.ENOENT, wrong

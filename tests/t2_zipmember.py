@@ -679,3 +679,23 @@ async def test_member_paths_follow_the_artifact_path_rules(zips, caplog):
                 "duplicate artifact path 'dup.txt'", "'both': it is also a directory"):
         assert sum(why in line for line in skipped) == 1, (why, skipped)
     assert len(skipped) == 7
+
+
+async def test_a_zip64_end_record_before_the_tail_is_read_where_its_locator_points(zips, monkeypatch):
+    # zip64 records are written past ZIP64_LIMIT: a small limit makes them cheap. A comment as
+    # long as can be puts the zip64 end record before the tail the listing reads first.
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 100)
+    members = [(f"m{i}.txt", text(i, 150 * i + 1), list(METHODS.values())[i % 4]) for i in range(6)]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, content, method in members:
+            zf.writestr(name, content, compress_type=method)
+        zf.comment = b"c" * 65535
+    data = buf.getvalue()
+    record_at = struct.unpack_from("<Q", data, len(data) - 22 - 65535 - 20 + 8)[0]
+    assert data[record_at:record_at + 4] == b"PK\x06\x06" and len(data) - record_at > zipmember.zipindex.tail_length(
+        len(data))
+    files = await zips.files(zips.archive(data))
+    assert sorted(files) == sorted(name for name, _, _ in members)
+    for name, content, _ in members:
+        assert await read_all(zips.reader, files[name].artifact) == content, name
