@@ -4,12 +4,14 @@ What "as the real services" means is written down in fakeserver/github.py and az
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import re
 import time
 import urllib.parse
 import zipfile
+import zlib
 from typing import Any
 
 import httpx
@@ -323,10 +325,17 @@ def test_the_blob_host_refuses_any_authorization_header(fake: FakeCI, repo: Fake
     assert b"<Code>AuthenticationFailed</Code>" in r.content and r.headers["content-type"] == "application/xml"
 
 
+def _expiry(url: str) -> float:
+    se = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["se"]
+    return datetime.datetime.strptime(se, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
+
+
 def test_sas_urls_expire_after_url_ttl_and_cannot_be_forged(fake: FakeCI, repo: FakeRepo):
-    fake.github.url_ttl = 1
     artifact = run_of(repo, 1).add_artifact("x", MEMBERS)
+    assert 60 <= _expiry(location(fake, artifact.id)) - time.time() <= 62  # GitHub's minute, by default
+    fake.github.url_ttl = 1
     url = location(fake, artifact.id)
+    assert _expiry(url) - time.time() <= 2
     assert HTTP.get(url).status_code == 200
     forged = re.sub(r"se=[^&]+", "se=2099-01-01T00%3A00%3A00Z", url)
     assert HTTP.get(forged).status_code == 403
@@ -445,6 +454,24 @@ def test_a_generated_deflated_artifact_reads_as_a_zip_and_its_digest_is_of_its_b
         assert [hashlib.sha256(archive.read(i)).hexdigest() for i in infos[:3]] == [generated.member_sha256(n)
                                                                                     for n in range(3)]
         assert len({archive.read(i) for i in infos}) == 40  # labelled: no two members alike
+
+
+def test_member_crcs_are_those_of_their_bytes(monkeypatch: pytest.MonkeyPatch):
+    """The CRC-32s the generated zips state for large members are combined from their pieces'
+    (never a pass over a 4 GiB member): the same as over the bytes."""
+    from ciartfs.fakeserver import generated_zip
+    from ciartfs.fakeserver.generated_zip import MemberSpec
+
+    monkeypatch.setattr(generated_zip, "COMBINED_CRC_OVER", 0)
+
+    bases = [b"1234567", b"xyz", b""]
+    specs = [MemberSpec("a", 16 + 7 * 5 + 3, 0), MemberSpec("b", 1000, 1, labelled=False),
+             MemberSpec("c", 0, 1, labelled=False), MemberSpec("d", 16, 0), MemberSpec("e", 7 * 4, 0, labelled=False)]
+    generated = GeneratedZip(specs, bases)
+    for i in range(len(specs)):
+        assert generated.crc(i) == zlib.crc32(b"".join(generated.member_read(i))), specs[i]
+    huge = GeneratedZip.huge_member()
+    assert huge.crc(1) == 0xCA1328A8  # (zlib.crc32 over its 4 GiB + 1 MiB + 123 zeros, computed once)
 
 
 def test_70000_members_make_a_zip64_archive_by_count(fake: FakeCI, repo: FakeRepo):

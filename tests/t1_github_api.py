@@ -72,9 +72,9 @@ async def test_without_a_token_the_api_headers_still_go():
     await client.aclose()
 
 
-def signing_api(api_calls, sig, api_delay=0.0):
+def signing_api(api_calls, sig, api_delay=0.0, refusal=403):
     """The API answers 302 to a blob URL signed with sig[0]; the blob host refuses any other
-    signature with 403, as Azure refuses an expired SAS."""
+    signature with `refusal`: 403 as Azure refuses an expired SAS, 400 for a malformed one."""
 
     async def handler(request):
         if request.url.host == "api.github.example":
@@ -82,15 +82,16 @@ def signing_api(api_calls, sig, api_delay=0.0):
             await trio.sleep(api_delay)
             return httpx.Response(302, headers={"Location": f"{BLOB}/b?sig={sig[0]}"})
         if request.url.params.get("sig") != sig[0]:
-            return httpx.Response(403, text="<Error><Code>AuthenticationFailed</Code></Error>")
+            return httpx.Response(refusal, text="<Error><Code>AuthenticationFailed</Code></Error>")
         return ranged(request, DATA)
 
     return handler
 
 
-async def test_a_blob_url_that_expired_is_resolved_again_once():
+@pytest.mark.parametrize("refusal", [403, 400])
+async def test_a_blob_url_that_expired_is_resolved_again_once(refusal):
     api_calls, sig = [], ["s1"]
-    client = client_for(signing_api(api_calls, sig))
+    client = client_for(signing_api(api_calls, sig, refusal=refusal))
     url = API + "/repos/o/r/actions/artifacts/1/zip"
     for start in range(0, 1000, 100):  # one resolution serves every block
         assert (await client.get_range(url, start, 100, credentials=True)).data == DATA[start:start + 100]
@@ -294,3 +295,20 @@ def test_the_token_comes_from_gh_token_then_github_token_or_a_file(tmp_path):
     github = settings.provider("github")
     assert github.api_url == "https://ghe.example/api/v3" and "s3cret" in settings.secrets()
     assert "s3cret" not in repr(settings)
+
+
+async def test_github_enterprise_pages_under_its_api_base_path():
+    ghe = "https://ghe.example/api/v3"
+    server = PagedApi(next_origin=ghe)
+    client = HttpClient(timeout=3.0, credentials=(credential(ghe, TOKEN),), transport=Transport(server.handler))
+    api = ActionsApi(ApiDocs(client, None), ghe, token_set=True)
+    assert len(await api.runs("o", "r", 10)) == 5
+    assert [r.url.path for r in server.requests] == ["/api/v3/repos/o/r/actions/runs"] + [
+        "/api/v3/repositories/42/actions/runs"] * 2
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in server.requests)
+    outside = PagedApi(next_origin="https://ghe.example")  # the right origin, outside the API's base path
+    client2 = HttpClient(timeout=3.0, credentials=(credential(ghe, TOKEN),), transport=Transport(outside.handler))
+    with pytest.raises(BadListing, match="another endpoint"):
+        await ActionsApi(ApiDocs(client2, None), ghe, token_set=True).runs("o", "r", 10)
+    await client.aclose()
+    await client2.aclose()

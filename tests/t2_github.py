@@ -270,7 +270,7 @@ async def test_zip64_artifacts_at_real_scale(fake, inproc):
     many, huge = GeneratedZip.many_members(), GeneratedZip.huge_member()
     run.add_artifact("many", content=many, digest_known=False)
     run.add_artifact("huge", content=huge, digest_known=False)
-    fs = await gh_fs(inproc, fake, timeout=120)  # the fake's first answer makes the 4 GiB member's CRC-32
+    fs = await gh_fs(inproc, fake)
     base = f"{REPO}/{run.id}"
     assert await fs.listdir(base) == ["huge", "many"]
     listed = len(blob_requests(fake))
@@ -288,3 +288,57 @@ async def test_zip64_artifacts_at_real_scale(fake, inproc):
     assert await fs.read(fh, size - 5000, 8192) == bytes(5000)
     assert await fs.read_file(f"{base}/huge/after.txt") == b"".join(huge.member_read(2))
     assert sum(r.bytes_sent for r in blob_requests(fake)) < 32 << 20, "read by range, never whole"
+
+
+async def test_every_listing_follows_link_pages_and_older_runs_look_up(fake, inproc, monkeypatch):
+    from ciartfs.providers.github import api
+
+    monkeypatch.setattr(api, "PER_PAGE", 2)  # (GitHub's 100 needs 101 artifacts to page)
+    repo = gh_repo(fake)
+    first = repo.add_run(branch="main")
+    first.add_artifact("old", {"o.txt": b"o"})
+    for _ in range(12):  # newer, all failed: `latest` asks GitHub for successful runs only
+        repo.add_run(branch="main", conclusion="failure")
+    run = repo.add_run(conclusion="failure")
+    for i in range(5):
+        run.add_artifact(f"a{i}", {"x.txt": b"%d" % i})
+    fs = await gh_fs(inproc, fake, recent_builds=3)
+    assert await fs.listdir(f"{REPO}/{run.id}") == [f"a{i}" for i in range(5)]
+    pages = [r.path for r in fake.requests if r.server == "api" and f"/runs/{run.id}/artifacts" in r.path]
+    assert len(pages) == 3 and all(f"/repositories/{repo.id}/" in p for p in pages[1:]), pages
+    assert await fs.read_file(f"{REPO}/{run.id}/a4/x.txt") == b"4"
+    listed = await fs.listdir(REPO)
+    assert len([n for n in listed if n.isdigit()]) == 3 and str(first.id) not in listed
+    assert await fs.readlink(f"{REPO}/latest") == str(first.id)  # past 12 failed runs
+    assert await fs.read_file(f"{REPO}/{first.id}/old/o.txt") == b"o"  # an older run: looked up by id
+
+
+async def test_artifacts_and_members_carry_their_xattrs(fake, inproc):
+    run = gh_repo(fake).add_run(branch="main")
+    art = run.add_artifact("report", {"d/a.txt": b"a"})
+    plain = run.add_artifact("notes.txt", data=b"plain\n", archive=False)
+    fs = await gh_fs(inproc, fake)
+    base = f"{REPO}/{run.id}"
+    for path, artifact in ((f"{base}/report", art), (f"{base}/report/d/a.txt", art), (f"{base}/notes.txt", plain)):
+        source = json.loads(await fs.getxattr(path, "user.ciartfs.source"))
+        assert (source["run"], source["artifact_id"], source["name"], source["size"], source["digest"]) == (
+            run.id, artifact.id, artifact.name, artifact.size, artifact.digest), path
+        assert (await fs.getxattr(path, "user.ciartfs.url")).decode() == (
+            f"{fake.api_url}/repos/acme/api/actions/artifacts/{artifact.id}/zip"), path
+        run_info = json.loads(await fs.getxattr(path, "user.ciartfs.run"))
+        assert (run_info["id"], run_info["branch"], run_info["sha"], run_info["conclusion"]) == (
+            run.id, "main", run.head_sha, "success"), path
+        assert run_info["workflow"] == ".github/workflows/ci.yml" and run_info["event"] and run_info["created_at"]
+
+
+async def test_branch_names_with_a_slash_or_a_percent_sign(fake, inproc):
+    repo = gh_repo(fake)
+    run = repo.add_run(branch="fix/100%")
+    run.add_artifact("r", {"a.txt": b"pct"})
+    repo.add_run(branch="fix").add_artifact("r", {"a.txt": b"plain"})
+    fs = await gh_fs(inproc, fake)
+    assert await fs.listdir(f"{REPO}/branch") == ["fix", "fix%2F100%25"]
+    assert await fs.readlink(f"{REPO}/branch/fix%2F100%25/latest") == f"../../{run.id}"
+    assert await fs.read_file(f"{REPO}/branch/fix%2F100%25/latest/r/a.txt") == b"pct"
+    for wrong in ("fix%2F100%", "fix/100%25", "fix%2f100%25"):  # not the encoding of any branch
+        assert await errno_of(fs.stat(f"{REPO}/branch/{wrong}")) == errno.ENOENT, wrong

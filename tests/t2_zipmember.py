@@ -623,3 +623,79 @@ async def test_directory_entries_make_at_most_the_directory_budget(zips, monkeyp
     assert "p00/" in files and "p01/" in files and "p39/" not in files  # made in order, until the budget
     assert "directory entries not shown" in caplog.text
     assert await read_all(zips.reader, files["ok.txt"].artifact) == b"fine\n"
+
+
+def raw_zip(members: list[tuple[bytes, bytes, int, bytes, bytes, bytes | None]]) -> bytes:
+    """A zip written field by field: (central name, content, method, local extra, central extra,
+    local name or None for the central one). zipfile cannot write what real writers do: local
+    headers whose name and extra lengths differ from the central directory's, or any name."""
+    local_part, central_part = bytearray(), bytearray()
+    for name, content, method, local_extra, central_extra, local_name in members:
+        data = zlib.compress(content, 6)[2:-4] if method == zipfile.ZIP_DEFLATED else content
+        crc, offset = zlib.crc32(content), len(local_part)
+        lname = name if local_name is None else local_name
+        local_part += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0x800, method, 0, 0x5B61, crc, len(data), len(content),
+                                  len(lname), len(local_extra)) + lname + local_extra + data
+        central_part += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0x800, method, 0, 0x5B61, crc, len(data),
+                                    len(content), len(name), len(central_extra), 0, 0, 0, 0o100644 << 16,
+                                    offset) + name + central_extra
+    eocd = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central_part),
+                       len(local_part), 0)
+    return bytes(local_part + central_part + eocd)
+
+
+async def test_a_members_data_begins_after_its_own_local_header(zips):
+    # Info-ZIP writes the extended timestamp with access time in the local header and without
+    # it centrally; zipalign pads local extras; a local name may differ in length too
+    ut_local, ut_central = struct.pack("<HHBll", 0x5455, 9, 3, 1, 2), struct.pack("<HHBl", 0x5455, 5, 1, 1)
+    pad = struct.pack("<HH", 0xD935, 300) + bytes(300)
+    a, b, c = text(1, BS + 7), text(2, 3 * BS), text(3, 5000)
+    data = raw_zip([(b"a.txt", a, zipfile.ZIP_STORED, ut_local + pad, ut_central, None),
+                    (b"b.txt", b, zipfile.ZIP_DEFLATED, ut_local, ut_central + pad, None),
+                    (b"c.txt", c, zipfile.ZIP_DEFLATED, b"", ut_central, b"c.txt.with-a-longer-local-name")])
+    assert zipfile.ZipFile(io.BytesIO(data)).read("a.txt") == a  # (what the stdlib reads too)
+    files = await zips.files(zips.archive(data))
+    for name, content in (("a.txt", a), ("b.txt", b), ("c.txt", c)):
+        assert await read_all(zips.reader, files[name].artifact) == content, name
+        assert await zips.reader.read(files[name].artifact, 4000, 100) == content[4000:4100], name
+
+
+async def test_member_paths_follow_the_artifact_path_rules(zips, caplog):
+    def member(name: bytes, content: bytes) -> tuple[bytes, bytes, int, bytes, bytes, None]:
+        return (name, content, zipfile.ZIP_STORED, b"", b"", None)
+
+    data = raw_zip([member(b"ok.txt", b"ok"), member(b"../up.txt", b"climbed"), member(b"a/./b.txt", b"dot"),
+                    member(b"/abs/x.txt", b"abs"), member(b"a//c.txt", b"double slash"),
+                    member(b"nul\x00.txt", b"nul"), member(b"x" * 256 + b"/long.txt", b"long"),
+                    member(b"bad-\xff.txt", b"not utf-8"), member(b"dup.txt", b"first"),
+                    member(b"dup.txt", b"second"), member(b"both", b"a file"), member(b"both/under", b"wins")])
+    files = await zips.files(zips.archive(data))
+    shown = {p: await read_all(zips.reader, e.artifact) for p, e in files.items() if e.kind is Kind.FILE}
+    assert shown == {"ok.txt": b"ok", "abs/x.txt": b"abs", "a/c.txt": b"double slash", "dup.txt": b"first",
+                     "both/under": b"wins"}
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    for why in ("'../up.txt': a component is '..'", "'a/./b.txt': a component is '.'", "'nul\\x00.txt': contains a NUL",
+                "longer than 255 bytes", "'bad-\\udcff.txt': a component is not valid UTF-8",
+                "duplicate artifact path 'dup.txt'", "'both': it is also a directory"):
+        assert sum(why in line for line in skipped) == 1, (why, skipped)
+    assert len(skipped) == 7
+
+
+async def test_a_zip64_end_record_before_the_tail_is_read_where_its_locator_points(zips, monkeypatch):
+    # zip64 records are written past ZIP64_LIMIT: a small limit makes them cheap. A comment as
+    # long as can be puts the zip64 end record before the tail the listing reads first.
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 100)
+    members = [(f"m{i}.txt", text(i, 150 * i + 1), list(METHODS.values())[i % 4]) for i in range(6)]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, content, method in members:
+            zf.writestr(name, content, compress_type=method)
+        zf.comment = b"c" * 65535
+    data = buf.getvalue()
+    record_at = struct.unpack_from("<Q", data, len(data) - 22 - 65535 - 20 + 8)[0]
+    assert data[record_at:record_at + 4] == b"PK\x06\x06" and len(data) - record_at > zipmember.zipindex.tail_length(
+        len(data))
+    files = await zips.files(zips.archive(data))
+    assert sorted(files) == sorted(name for name, _, _ in members)
+    for name, content, _ in members:
+        assert await read_all(zips.reader, files[name].artifact) == content, name

@@ -95,4 +95,12 @@ def test_without_a_token_members_are_eacces_with_a_log_line(actions, mount):
     assert sorted(os.listdir(run_dir)) == ["binaries", "report", "summary.md"]
     cat = run("cat", str(run_dir / "report/index.html"))
     assert cat.returncode != 0 and "Permission denied" in cat.stderr
-    assert "needs a token" in m.log_text()
+    assert "report: downloading GitHub Actions artifacts needs a token" in m.log_text()
+    # an `archive: false` artifact cannot be told from a zip without its blob (nothing in the
+    # API's artifact object says which): a directory too, and entering it says why
+    assert os.path.isdir(run_dir / "summary.md")
+    expect_errno(errno.EACCES, os.listdir, run_dir / "summary.md")
+    listing = run("ls", str(run_dir / "summary.md"))
+    assert listing.returncode != 0 and "Permission denied" in listing.stderr
+    assert "summary.md: downloading GitHub Actions artifacts needs a token" in m.log_text()
+    assert "GH_TOKEN" in m.log_text()

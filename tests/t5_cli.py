@@ -150,9 +150,35 @@ def test_mount_failures_exit_nonzero_with_one_clear_line(cli, tmp_path):
     assert result.returncode != 0 and "not mounted" in result.stderr
 
 
-def test_token_is_never_a_flag(cli):
-    result = cli.run("mount", str(cli.mountpoint()), "--circleci-token", "abc")
+@pytest.mark.parametrize("flag", ["--circleci-token", "--github-token", "--gh-token"])
+def test_token_is_never_a_flag(cli, flag):
+    result = cli.run("mount", str(cli.mountpoint()), flag, "abc")
     assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+
+
+def test_status_shows_the_github_rate_limit_left(cli, demo_fake, tmp_path):
+    require_fuse()
+    from conftest import TOKEN
+
+    token_file = tmp_path / "gh-token"
+    token_file.write_text(TOKEN + "\n")
+    mp = cli.mountpoint()
+    mounted = cli.run("mount", str(mp), *cli.settings(), "--github-api-url", demo_fake.api_url,
+                      "--github-token-file", str(token_file))
+    assert mounted.returncode == 0, mounted.stderr
+    assert "latest" in os.listdir(mp / "actions/acme/api")
+    used = demo_fake.github.rate_limit_used(TOKEN)
+    assert used > 0
+    left = re.compile(re.escape(f"GitHub Actions: {demo_fake.api_url}  (token set)  rate limit: ")
+                      + r"(\d+)/5000 requests left, resets \d\d:\d\d:\d\d UTC")
+
+
+    def shown() -> int | None:
+        found = left.search(cli.run("status").stdout)
+        return int(found.group(1)) if found else None
+
+    assert wait_for(lambda: shown() == 5000 - used, timeout=10), (cli.run("status").stdout, used)
+    assert cli.run("unmount", str(mp)).returncode == 0
 
 
 def test_unreachable_host_mounts_and_listings_give_eio(cli):

@@ -69,6 +69,7 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import mimetypes
 import threading
 import time
@@ -497,7 +498,7 @@ class FakeGitHub:
             if kind is not None:  # an injected exhaustion lasts until a near reset, `retry_after` away
                 with self._lock:
                     budget.used = budget.limit
-                    budget.reset = int(time.time()) + self.retry_after
+                    budget.reset = math.ceil(time.time()) + self.retry_after  # (a whole `retry_after` at least)
             status = 429 if kind == "primary-429" else 403
             raise _error(status, f"API rate limit exceeded for {who}",
                          "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api")
