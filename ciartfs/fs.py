@@ -306,10 +306,11 @@ class ArtifactFS(pyfuse3.Operations):
     @_edge
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         node = self.tree.get(inode)
+        art = node.artifact  # (first: a packed file's info may be made with it)
         names = [XATTR_PREFIX + key.encode() for key in node.info]
-        if node.artifact is not None:
+        if art is not None:
             names += [XATTR_PREFIX + key.encode() for key in ("url", "cached") if key not in node.info]
-            if node.artifact.error or node.error is not None:
+            if art.error or node.error is not None:
                 names.append(ERROR_XATTR)
         return names
 

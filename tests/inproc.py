@@ -45,6 +45,7 @@ from trio.testing import MockClock
 
 from ciartfs.config import load_settings
 from ciartfs.mount import Mount
+from ciartfs.namespace import tree as tree_module
 from ciartfs.namespace.tree import ROOT_INODE, Node
 
 CTX = pyfuse3.RequestContext()
@@ -130,6 +131,17 @@ class Attr:
     @property
     def perms(self) -> int:
         return stat.S_IMODE(self.mode)
+
+
+class _NoSourceIsStatic:
+    """Stands for StaticDir in the tree (`tree_sees_no_packed_files`)."""
+
+
+def tree_sees_no_packed_files(monkeypatch: Any) -> None:
+    """The tree lists a directory's packed files (model.PackedFiles) as the Entry each its
+    source's list() makes of them, with its artifact and info, as it lists any file: what the
+    packed listing is compared with."""
+    monkeypatch.setattr(tree_module, "StaticDir", _NoSourceIsStatic)
 
 
 class InProcFS:
@@ -276,6 +288,22 @@ class InProcFS:
                 found.update({posixpath.join(name, k): v for k, v in (await self.walk_files(rel, long=long)).items()})
             elif attr.is_file:
                 found[name] = attr
+        return found
+
+    async def snapshot(self, path: str) -> dict[str, tuple[str, int, str | None, dict[str, bytes]]]:
+        """Everything below `path` as `ls -lR` and `getfattr -d` see it: relative path -> (kind,
+        size, link target, xattrs but `cached`, which counts what reads brought)."""
+        found: dict[str, tuple[str, int, str | None, dict[str, bytes]]] = {}
+        for name, attr in (await self.ls_l(path)).items():
+            rel = posixpath.join(path, name)
+            kind = "dir" if attr.is_dir else "link" if attr.is_link else "file"
+            xattrs = {}
+            for key in await self.listxattr(rel):
+                if key != "user.ciartfs.cached":
+                    xattrs[key] = await self.getxattr(rel, key)
+            found[name] = (kind, attr.size, await self.readlink(rel) if attr.is_link else None, xattrs)
+            if attr.is_dir:
+                found.update({posixpath.join(name, k): v for k, v in (await self.snapshot(rel)).items()})
         return found
 
     # -- files --------------------------------------------------------------------------------

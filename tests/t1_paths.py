@@ -195,3 +195,42 @@ def test_v2_names_with_lone_surrogates_become_usable_names():
     named = unique_names(["build\ud800", "build?", "ok"], name_of=lambda x: x, order_of=lambda x: 0)
     assert [name for name, _ in named] == ["build?", "build?~2", "ok"]
     assert all(name_problem(name) is None for name, _ in named)
+
+
+def test_a_packed_listing_gives_each_file_its_columns_flags_info_and_apart_files_as_entries():
+    """namespace/packed.py: what a provider keeps of an immutable listing. Each packed file's
+    artifact and info are made from its own row; files kept apart come back as the entries
+    `make_apart` makes, in their directories (one only they are in made too); a column value
+    holding a NUL cannot be packed; the kept listings drop the least recently used past their cap."""
+    from ciartfs.namespace.packed import KeptListings, pack, unpack
+
+    paths = ["a/b/c.txt", "a/x.txt", "top.txt", "é/ü.bin", "only-apart/ref.txt", "a/ref.txt", "a/b/d.txt"]
+    tree = place_artifacts([(p, f"url-{i}") for i, p in enumerate(paths)], where="t")
+    packed = pack(tree, columns=lambda path, url: (url, path.upper()), width=2, flags=lambda path, url: len(path),
+                  apart=lambda path, url: path.endswith("ref.txt"))
+    assert packed is not None and len(packed) == 5 and sorted(p for p, _ in packed.apart) == ["a/ref.txt",
+                                                                                             "only-apart/ref.txt"]
+
+    def make(path: str, i: int) -> Artifact:
+        assert packed.flags[i] == len(path)
+        return Artifact(key=path, url=packed.text(0, i), immutable=True)
+
+    entries, files = unpack(packed, make, mtime=0.0, immutable=True, ttl=None, info={"shared": "x"},
+                            info_of=lambda path, i: {"upper": packed.text(1, i)},
+                            make_apart=lambda name, path, url: Entry(name, Kind.FILE, artifact=Artifact(path, url, False)))
+    top = StaticDir(entries, files=files)
+    assert trio.run(entry_values, top, "") == {p: f"url-{i}" for i, p in enumerate(paths)}
+    assert files is not None and files.names == ["top.txt"] and files.entry(0).info == {"upper": "TOP.TXT"}
+    a = next(e for e in entries if e.name == "a").source
+    assert a.files.names == ["x.txt"] and [e.name for e in trio.run(a.list_unpacked)] == ["b", "ref.txt"]
+    assert not trio.run(a.lookup, "ref.txt").artifact.immutable  # apart: as `make_apart` made it
+    assert pack(tree, columns=lambda path, url: (url + "\0" if path == "a/x.txt" else url,), width=1) is None
+
+    kept: KeptListings[str] = KeptListings(limit=100)
+    kept.put("one", "1", 40)
+    kept.put("two", "2", 40)
+    assert kept.get("one") == "1"  # used: "two" is now the least recently used
+    kept.put("three", "3", 40)
+    assert "two" not in kept and kept.get("one") == "1" and kept.get("three") == "3" and kept.size == 80
+    kept.put("huge", "h", 101)
+    assert "huge" not in kept and kept.size == 80

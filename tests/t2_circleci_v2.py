@@ -157,3 +157,46 @@ async def test_demo_has_the_awkward_cases(demo_fake, inproc, caplog):
     assert await errno_of(fs.open(f"{logs}/trace.log")) == errno.ENOENT
     assert (await fs.read_file(f"{logs}/build.log")).endswith(b"build 1 done\n")
     assert "expired" in caplog.text
+
+
+async def test_a_finished_job_listed_again_after_forget_comes_from_its_kept_listing_as_unpacked(fake, inproc,
+                                                                                                 monkeypatch):
+    """A finished job's listing never changes: it is kept placed and packed (namespace/packed.py),
+    so a re-list after the kernel forgot it asks and parses nothing, makes no artifact, and
+    shows the same names, kinds, sizes and xattrs as a first listing and as the tree makes them
+    from one Entry per file (unpacked); also through the workflow view."""
+    import ciartfs.providers.circleci.v2 as v2_module
+    from inproc import tree_sees_no_packed_files
+
+    parsed = []
+    real_parse = v2_module.parse_artifacts
+    monkeypatch.setattr(v2_module, "parse_artifacts", lambda doc, where: parsed.append(where) or real_parse(doc, where))
+    v2 = v2_dataset(fake)
+    build = v2.projects[("circleci", "6f0b5b0e-org", "a1b2c3-proj")].builds[42]
+    for path, data in [("deep/a/b/c.txt", b"c\n"), ("deep/a/x.txt", b"x" * 70_000), ("/lead/slash.txt", b"lead\n"),
+                       ("deep//double.txt", b"double\n"), ("out/f0.txt", b"a duplicate\n"), ("top.json", b"{}\n")]:
+        build.add_artifact(path, data)
+    build.add_artifact("node2.txt", b"on node 2\n", node_index=2)
+    fs = await inproc(token=TOKEN)
+    job, workflow_job = "circleci/6f0b5b0e-org/a1b2c3-proj/42", "github/acme/api/pipeline/7/ci/test"
+    first, first_workflow = await fs.snapshot(job), await fs.snapshot(workflow_job)
+    assert {"0/out/f4.txt", "0/deep/a/b/c.txt", "0/lead/slash.txt", "0/deep/double.txt", "1/bin/tool",
+            "2/node2.txt"} <= set(first)
+    assert first["0/deep/a/x.txt"][:2] == ("file", 70_000) and first["0/deep"][0] == "dir"
+    assert set(first["0/top.json"][3]) == {"user.ciartfs.source", "user.ciartfs.url"}
+    assert len(parsed) == 2
+    await fs.forget_everything()
+    fake.clear_requests()
+    listed = await fs.readdir(f"{job}/0/out")
+    assert all(fs.node(a.inode).made_artifact is None for a in listed.values()), "an artifact made by a listing"
+    assert await fs.snapshot(job) == first
+    assert await fs.snapshot(workflow_job) == first_workflow
+    assert len(parsed) == 2, "listed again by parsing the job's artifacts"
+    assert not [r for r in fake.requests if r.path.endswith("/artifacts")]
+    assert await fs.read_file(f"{job}/0/deep/a/x.txt") == b"x" * 70_000
+    tree_sees_no_packed_files(monkeypatch)
+    unpacked = await inproc(token=TOKEN)
+    assert await unpacked.snapshot(job) == first
+    assert await unpacked.snapshot(workflow_job) == first_workflow
+    listed = await unpacked.readdir(f"{job}/0/out")
+    assert all(unpacked.node(a.inode).made_artifact is not None for a in listed.values()), "not listed unpacked"

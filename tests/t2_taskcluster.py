@@ -315,3 +315,49 @@ async def test_a_private_object_uses_our_credentials_for_the_queue_and_only_the_
     assert [r for r in fake.requests if r.server == "storage"]
     assert not [r for r in fake.requests if r.server == "storage" and "authorization" in r.headers]
     assert caplog.text and TC_TOKEN not in caplog.text
+
+
+async def test_a_resolved_run_listed_again_after_forget_comes_from_its_kept_listing_as_unpacked(fake, inproc,
+                                                                                                 monkeypatch):
+    """A resolved run's listing never changes: it is kept placed and packed (namespace/packed.py),
+    its `reference` artifacts (which may change) apart, so a re-list after the kernel forgot it
+    asks nothing again and makes no artifact, and shows the same names, kinds, sizes and xattrs
+    (each file's own `source`, its error) as a first listing, and as the run listed unpacked
+    (one Entry per file, as before it was packed)."""
+    import ciartfs.providers.taskcluster.provider as tc_module
+    from inproc import tree_sees_no_packed_files
+
+    parsed = []
+    real_parse = tc_module.parse_artifacts
+    monkeypatch.setattr(tc_module, "parse_artifacts", lambda doc, where: parsed.append(where) or real_parse(doc, where))
+    tc = tc_dataset(fake)
+    run = tc.queue.tasks[slug(1)].runs[1]
+    run.add_artifact("top.txt", b"at the top\n")
+    run.add_artifact("public/logs/old.log", b"gone\n", expires=PAST)
+    run.add_artifact("/public/lead.txt", b"a leading slash\n")
+    run.add_artifact("public/deep/a/b/c.txt", b"c" * 70_000)
+    fs = await tc_fs(inproc, tc, env={"TASKCLUSTER_CLIENT_ID": TC_ID, "TASKCLUSTER_ACCESS_TOKEN": TC_TOKEN})
+    fs.expect_errors = True
+    top = f"taskcluster/{slug(1)}/1"
+    first = await fs.snapshot(top)
+    assert first["top.txt"][:2] == ("file", 11) and first["public/deep/a/b/c.txt"][:2] == ("file", 70_000)
+    assert json.loads(first["public/lead.txt"][3]["user.ciartfs.source"])["name"] == "/public/lead.txt"
+    assert "expired" in first["public/logs/old.log"][3]["user.ciartfs.error"].decode()
+    assert b"file-missing-on-worker" in first["public/missing.txt"][3]["user.ciartfs.error"]
+    listing = f"/task/{slug(1)}/runs/1/artifacts"
+    assert len([r for r in tc.requests if r.path.endswith(listing) and "continuationToken" not in r.query]) == 1
+    pages = len(parsed)
+    await fs.forget_everything()
+    tc.clear_requests()
+    listed = await fs.readdir(f"{top}/public/build")
+    assert all(fs.node(a.inode).made_artifact is None for a in listed.values()), "an artifact made by a listing"
+    assert fs.node((await fs.resolve(f"{top}/public/ref/link.txt")).inode).immutable is False  # a reference, apart
+    assert await fs.snapshot(top) == first
+    assert not [r for r in tc.requests if r.path.endswith(listing)], "the run's listing asked for again"
+    assert len(parsed) == pages, "listed again by parsing the run's listing"
+    assert await fs.read_file(f"{top}/public/deep/a/b/c.txt") == b"c" * 70_000
+    monkeypatch.setattr(tc_module, "pack", lambda *args, **kwargs: None)  # the run's entries made as before
+    tree_sees_no_packed_files(monkeypatch)
+    unpacked = await tc_fs(inproc, tc, env={"TASKCLUSTER_CLIENT_ID": TC_ID, "TASKCLUSTER_ACCESS_TOKEN": TC_TOKEN})
+    unpacked.expect_errors = True
+    assert await unpacked.snapshot(top) == first

@@ -136,13 +136,15 @@ class PackedFiles:
 
     `names` are sorted, distinct, pass `names.name_problem`, and name none of the directory's
     other entries; `make(i)` is never a LIVE artifact and says no size (a packed file's
-    attributes are given without it; its size is learned as any unknown one)."""
+    attributes are given without it; its size is learned as any unknown one). `info_of(i)`,
+    when files' info differ, is the i-th's, made with its artifact (`info` until then)."""
 
     names: list[str]
     mtime: float
     immutable: bool
     info: Mapping[str, str]
     make: Callable[[int], Artifact]
+    info_of: Callable[[int], Mapping[str, str]] | None = None
 
     def index(self, name: str) -> int | None:
         at = bisect.bisect_left(self.names, name)
@@ -150,7 +152,7 @@ class PackedFiles:
 
     def entry(self, i: int) -> Entry:
         return Entry(self.names[i], Kind.FILE, mtime=self.mtime, immutable=self.immutable, artifact=self.make(i),
-                     info=self.info)
+                     info=self.info if self.info_of is None else self.info_of(i))
 
 
 class StaticDir:

@@ -31,6 +31,7 @@ DIRS_FREE, DIRS_PER_FILE = 10_000, 4
 KNOWN_GOOD_KEPT = 4096
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclasses.dataclass
@@ -74,26 +75,25 @@ def pack_files(tree: FileTree[T]) -> tuple[list[str], list[str], list[T]]:
 
 
 def packed_entries(dirs: list[str], names: list[str], make: Callable[[str, int], Artifact], *, mtime: float,
-                   immutable: bool, ttl: float | None, info: Mapping[str, str]) -> tuple[list[Entry], PackedFiles | None]:
+                   immutable: bool, ttl: float | None, info: Mapping[str, str],
+                   info_of: Callable[[str, int], Mapping[str, str]] | None = None,
+                   extra: Mapping[str, list[Entry]] | None = None) -> tuple[list[Entry], PackedFiles | None]:
     """The top level of what `pack_files` packed, as `tree_entries` gives a FileTree's, its
     files packed (`make(path below the top, index in the packed order)` is the artifact of one,
-    made when first asked for): (the subdirectories, the files). A dict look-up per directory,
-    nothing per file but splitting the names."""
+    made when first asked for; `info_of(path, index)` its info, when files' differ): (the
+    subdirectories, the files). `extra`: more entries, by directory prefix (names none of the
+    packed files have). A dict look-up per directory, nothing per file but splitting the names."""
     files: dict[str, PackedFiles] = {}
     subdirs: dict[str, list[str]] = {"": []}
     first = 0
     for prefix, joined in zip(dirs, names, strict=True):
         listed = joined.split("\0")
-        files[prefix] = PackedFiles(listed, mtime, immutable, info, functools.partial(_make_packed, make, prefix, listed, first))
+        files[prefix] = PackedFiles(listed, mtime, immutable, info, functools.partial(_make_packed, make, prefix, listed, first),
+                                    None if info_of is None else functools.partial(_make_packed, info_of, prefix, listed, first))
         first += len(listed)
-        chain, at = [], prefix  # the directories above it not registered yet
-        while at not in subdirs:
-            chain.append(at)
-            at = at[:-1].rpartition("/")[0] + "/" if "/" in at[:-1] else ""
-        for below in reversed(chain):
-            subdirs[below] = []
-            subdirs[at].append(below[len(at):-1])
-            at = below
+        _register(subdirs, prefix)
+    for prefix in extra or {}:
+        _register(subdirs, prefix)
 
     def level(prefix: str) -> tuple[list[Entry], PackedFiles | None]:
         entries = []
@@ -101,12 +101,26 @@ def packed_entries(dirs: list[str], names: list[str], make: Callable[[str, int],
             children, packed = level(f"{prefix}{name}/")
             entries.append(Entry(name, Kind.DIR, mtime=mtime, immutable=immutable,
                                  source=StaticDir(children, ttl=ttl, files=packed)))
+        entries += (extra or {}).get(prefix, ())
         return entries, files.get(prefix)
 
     return level("")
 
 
-def _make_packed(make: Callable[[str, int], Artifact], prefix: str, names: list[str], first: int, i: int) -> Artifact:
+def _register(subdirs: dict[str, list[str]], prefix: str) -> None:
+    """Register directory `prefix` ("a/b/") and those above it in `subdirs` (each directory's
+    subdirectories' names, in the order first registered)."""
+    chain, at = [], prefix  # the directories above it not registered yet
+    while at not in subdirs:
+        chain.append(at)
+        at = at[:-1].rpartition("/")[0] + "/" if "/" in at[:-1] else ""
+    for below in reversed(chain):
+        subdirs[below] = []
+        subdirs[at].append(below[len(at):-1])
+        at = below
+
+
+def _make_packed(make: Callable[[str, int], R], prefix: str, names: list[str], first: int, i: int) -> R:
     return make(prefix + names[i], first + i)
 
 

@@ -142,7 +142,7 @@ class Node:
     @property
     def artifact(self) -> Artifact | None:
         """A file's artifact, made when first asked for if it was listed packed (PackedFiles of
-        its directory's source)."""
+        its directory's source), with its own info if files' differ (`info` until then)."""
         art = self.made_artifact
         if art is None and self.kind is Kind.FILE and self.parent is not None:
             source = self.parent.source
@@ -150,6 +150,8 @@ class Node:
             i = files.index(self.name) if files is not None else None
             if files is not None and i is not None:
                 art = self.made_artifact = files.make(i)
+                if files.info_of is not None:
+                    self.info = files.info_of(i)
         return art
 
     @artifact.setter

@@ -3,11 +3,15 @@
 runs them (`--only flat,memory`, and in a full run) and judges the issue's targets; alone:
 
     .venv/bin/python scripts/benchlib/flat.py [--counts 1000,10000,100000] [--kinds small,large]
-                                              [--python PATH] [--browse BUILDS] [--json PATH]
+                                              [--provider v1|v2] [--v2-page N] [--python PATH]
+                                              [--browse BUILDS] [--json PATH]
 
 For each N and kind (small: 1000-byte files; large: 4 MiB files, one bytes object shared by
 all, so the fake holds one copy), the bundled fake CircleCI serves one build whose `many/`
-holds the N artifacts, and a fresh ciartfs mount (fresh cache dir) runs, in order:
+holds the N artifacts (`--provider v1`, the default: a v1.1 build, github/bench/flat/1/0/many;
+`v2`: a job of a v2-only project, circleci/bench-org/flat-proj/1/0/many, listed through the v2
+API in pages of 1000 items, `--v2-page`, with a token), and a fresh ciartfs mount (fresh cache
+dir) runs, in order:
   ls       `ls many | wc -l`
   find     `find many -name '*.bin' | wc -l`
   ls -l    `ls -l many | wc -l`            (sizes: what the two before did not learn)
@@ -70,12 +74,15 @@ def storage_stats(fake: FakeCI, size: int) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def mounted(python: str, cwd: Path, fake: FakeCI, tmp: Path, tag: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """A fresh ciartfs mount (fresh cache dir) of `fake`: (its process, the mount point);
-    stopped by pid and unmounted at the end."""
+def mounted(python: str, cwd: Path, fake: FakeCI, tmp: Path, tag: str,
+            token: str | None = None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A fresh ciartfs mount (fresh cache dir) of `fake` (with CircleCI `token`): (its process,
+    the mount point); stopped by pid and unmounted at the end."""
     mnt, cache = tmp / f"mnt-{tag}", tmp / f"cache-{tag}"
     mnt.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CIRCLE", "CIARTFS_"))}
+    if token:
+        env["CIRCLE_TOKEN"] = token
     env["XDG_CONFIG_HOME"], env["XDG_CACHE_HOME"] = str(tmp / "xdg-config"), str(tmp / "xdg-cache")
     log = tmp / f"ciartfs-{tag}.log"
     with open(log.with_suffix(".stderr"), "wb") as stderr:  # the child keeps its own copy
@@ -111,21 +118,32 @@ def timed(cmd: str) -> tuple[float, str]:
     return time.monotonic() - start, out.stdout
 
 
-def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: list[str]) -> dict[str, Any]:
+# The v2 scenario: the project, the token the fake accepts, and its artifact listing's page size.
+V2_PROJECT = ("circleci", "bench-org", "flat-proj")
+V2_TOKEN = "bench-token"
+V2_PAGE = 1000
+PROVIDERS = ("v1", "v2")
+
+
+def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: list[str],
+             provider: str = "v1", v2_page: int = V2_PAGE) -> dict[str, Any]:
     """The commands of `order`, then the memory scenario: a warm `ls` (re-list), drop_caches
     (RSS returned), `ls` again (the re-list after the kernel forgot: requests, time / warm)."""
-    fake = FakeCI()
+    v2 = provider == "v2"
+    fake = FakeCI(tokens={V2_TOKEN} if v2 else None)
+    fake.v2.page_size = v2_page
     body = b"x" * (SMALL if kind == "small" else LARGE)
-    build = fake.add_project("github", "bench", "flat").add_build(
+    project = V2_PROJECT if v2 else ("github", "bench", "flat")
+    build = fake.add_project(*project).add_build(
         build_num=1, branch="main", status="success", lifecycle="finished", stop_time="2026-11-01T10:00:00Z")
     for i in range(count):
         build.add_artifact(f"many/f{i:06d}.bin", body)
     fake.start()
-    result: dict[str, Any] = {"count": count, "kind": kind}
+    result: dict[str, Any] = {"count": count, "kind": kind, "provider": provider}
     try:
-        with mounted(python, cwd, fake, tmp, f"{count}-{kind}") as (proc, mnt):
-            many = mnt / "github/bench/flat/1/0/many"
-            subprocess.run(["ls", str(mnt / "github/bench/flat")], check=True, capture_output=True)
+        with mounted(python, cwd, fake, tmp, f"{count}-{kind}-{provider}", V2_TOKEN if v2 else None) as (proc, mnt):
+            many = mnt / "/".join(project) / "1/0/many"
+            subprocess.run(["ls", str(many.parent.parent.parent)], check=True, capture_output=True)
             base = proc_rss_kib(proc.pid)  # the build not listed yet
             subprocess.run(["ls", str(many.parent)], check=True, capture_output=True)
             storage_stats(fake, len(body))
@@ -141,14 +159,14 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
                 result[label] = {"s": round(took, 3), "cpu_s": round(cpu, 2), "requests": reqs, "storage_bytes": sent,
                                  "lines": int(out.strip()), "rss_kib": rss, "peak_rss_kib": proc_hwm_kib(proc.pid),
                                  "rss_per_artifact_b": round((rss - base) * 1024 / count)}
-                print(f"  {count:>7} {kind:<5} {label:<11} {took:8.3f} s  {cpu:6.2f} CPU s  {reqs:>7} requests  "
+                print(f"  {provider} {count:>7} {kind:<5} {label:<11} {took:8.3f} s  {cpu:6.2f} CPU s  {reqs:>7} requests  "
                       f"{sent / 2**20:9.1f} MiB  RSS {rss / 1024:7.1f} MiB ({(rss - base) * 1024 / count:6.0f} B/artifact)",
                       flush=True)
             before = proc_rss_kib(proc.pid)
             after = drop_caches(proc.pid)
             if after is not None:
                 result["drop"] = {"rss_kib": after, "returned_share": round((before - after) / max(1, before - base), 2)}
-                print(f"  {count:>7} {kind:<5} drop        RSS {after / 1024:7.1f} MiB "
+                print(f"  {provider} {count:>7} {kind:<5} drop        RSS {after / 1024:7.1f} MiB "
                       f"({result['drop']['returned_share']:.0%} of the growth returned)", flush=True)
                 fake.clear_requests()  # (the API documents asked for again would count; none are)
                 cpu = proc_cpu(proc.pid)
@@ -162,7 +180,7 @@ def run_case(python: str, cwd: Path, count: int, kind: str, tmp: Path, order: li
                                                  "requests": reqs, "api_requests": len(api),
                                                  "api_paths": api[:10],
                                                  "lines": int(out.strip()), "vs_warm": round(took / max(warm, 1e-3), 2)}
-                print(f"  {count:>7} {kind:<5} relist      {took:8.3f} s  {cpu:6.2f} CPU s  {reqs:>7} requests  "
+                print(f"  {provider} {count:>7} {kind:<5} relist      {took:8.3f} s  {cpu:6.2f} CPU s  {reqs:>7} requests  "
                       f"{len(api)} API requests {api[:3]}  ({took / max(warm, 1e-3):.1f}x the warm re-list, {warm:.3f} s; "
                       f"CPU {cpu / max(warm_cpu, 1e-2):.1f}x)", flush=True)
     finally:
@@ -240,11 +258,11 @@ def flat_targets(python: str, cwd: Path, tmp: Path, counts: tuple[int, ...] = (1
 
 
 def memory_targets(python: str, cwd: Path, tmp: Path, count: int = 100_000,
-                   builds: int = 500) -> tuple[dict[str, Any], list[Target]]:
+                   builds: int = 500, provider: str = "v1") -> tuple[dict[str, Any], list[Target]]:
     """Issue 17's memory targets, measured: RSS per listed artifact at `count` (<= 1.5 KiB), the
     share of it drop_caches gives back (>= 70%), a re-list after forget against a warm one
     (<= 2x), and a browse of `builds` builds (a plateau)."""
-    case = run_case(python, cwd, count, "small", tmp, ["ls"])
+    case = run_case(python, cwd, count, "small", tmp, ["ls"], provider)
     walk = browse(python, cwd, builds, 1000, tmp)
     per_artifact = case["ls"]["rss_per_artifact_b"]
     growth = f"+{walk['first_hundred_kib'] / 1024:.1f} -> +{walk['last_hundred_kib'] / 1024:.1f} MiB"
@@ -269,6 +287,8 @@ def main() -> int:
     p.add_argument("--kinds", default="small,large")
     p.add_argument("--python", default=str(REPO / ".venv/bin/python"), help="the ciartfs to run (a venv's python)")
     p.add_argument("--checkout", help="the checkout whose ciartfs runs (default: the one --python's venv is in)")
+    p.add_argument("--provider", choices=PROVIDERS, default="v1", help="whose API lists the directory (default v1)")
+    p.add_argument("--v2-page", type=int, default=V2_PAGE, help=f"v2 artifacts per page (default {V2_PAGE})")
     p.add_argument("--order", default="ls,find,ls -l", help="the commands, in order (e.g. 'ls -l' alone: cold)")
     p.add_argument("--browse", type=int, default=0, metavar="BUILDS", help="also browse this many builds (e.g. 500)")
     p.add_argument("--per-build", type=int, default=1000, help="artifacts per browsed build (default 1000)")
@@ -281,7 +301,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ciartfs-flat-") as tmp:
         for count in (int(c) for c in args.counts.split(",") if c):
             for kind in args.kinds.split(","):
-                results.append(run_case(str(python), cwd, count, kind, Path(tmp), args.order.split(",")))
+                results.append(run_case(str(python), cwd, count, kind, Path(tmp), args.order.split(","),
+                                        args.provider, args.v2_page))
         if args.browse:
             results.append(browse(str(python), cwd, args.browse, args.per_build, Path(tmp), command=args.browse_command))
     if args.json:

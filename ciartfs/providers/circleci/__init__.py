@@ -76,7 +76,7 @@ class CircleCI(Provider[CircleCISettings]):
 
         token_set = bool(settings.token)
         api = v1.CircleCIApi(context.docs, settings.host, token_set=token_set)
-        v2_api = v2.CircleCIV2Api(context.docs, settings.host, token_set=token_set)
+        v2_api = v2.CircleCIV2Api(context.docs, settings.host, token_set=token_set, kept=api.kept)  # one cap per host
         ttl = context.ttl
         entries = v1.root_entries(
             api, recent_builds=context.recent_builds, ttl=ttl, mtime=context.mtime,

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import urllib.parse
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -24,7 +24,8 @@ import trio
 from ciartfs.data.sources import source_for_name
 from ciartfs.errors import BadListing, CiartfsError, Forbidden, NotFound, redact_url
 from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind, StaticDir, many_made
-from ciartfs.namespace.names import pack_files, packed_entries, place_artifacts
+from ciartfs.namespace.names import place_artifacts
+from ciartfs.namespace.packed import KeptListings, Packed, pack, unpack
 from ciartfs.net.credentials import HeaderCredential, origin_of
 from ciartfs.net.wire import parse_url
 from ciartfs.providers import parse_time
@@ -259,7 +260,7 @@ class CircleCIApi:
         self.host = host
         self.api = host + "/api/v1.1"
         self.host_id = urllib.parse.urlsplit(host).netloc  # for cache keys: host, never secrets
-        self.kept = KeptListings()  # completed builds' listings, placed, by "vcs/user/project/build"
+        self.kept: KeptNodes = KeptListings()  # completed builds' listings, placed, by "vcs/user/project/build"
 
     def _project_url(self, vcs: str, user: str, project: str) -> str:
         def q(s: str) -> str:
@@ -548,56 +549,19 @@ class _BuildDir(CompleteDir):
                                 kept=p.api.kept)
 
 
-# What the placed listings of completed builds keep, packed, once their nodes are gone (the
-# kernel forgot them): ~100 bytes a file, so 16 MiB keeps a build of 100k artifacts, or 160 of 1000.
-KEPT_LISTING_BYTES = 16 << 20
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackedNode:
     """One node directory's files as placed (safe paths, duplicates resolved, token verdicts
-    given), in a few flat objects instead of three per file: re-listing a build the kernel
-    forgot starts from here, not from its JSON (parsing, placing and checking 100k artifacts
-    again cost several times the listing itself). See names.pack_files."""
+    given), packed (namespace/packed.py): one text column, the URLs; flags, 1 where a URL may
+    carry the token."""
 
     node: int
-    dirs: list[str]  # the directories holding files, as prefixes ("" for the node directory)
-    names: list[str]  # per directory, its files' names, sorted, NUL-joined
-    urls: str  # NUL-joined, in the same order
-    tokens: bytes  # per file, 1 if its URL may carry the token
-
-    @property
-    def size(self) -> int:
-        return sum(map(len, self.dirs)) + sum(map(len, self.names)) + len(self.urls) + len(self.tokens)
+    files: Packed[ArtifactRecord]
 
 
-class KeptListings:
-    """Completed builds' placed listings (immutable: they never change), least recently used
-    dropped beyond `limit` bytes, so that browsing builds plateaus."""
-
-    def __init__(self, limit: int = KEPT_LISTING_BYTES) -> None:
-        self.limit = limit
-        self._kept: OrderedDict[str, list[PackedNode]] = OrderedDict()
-        self.size = 0  # bytes kept
-
-    def __contains__(self, where: str) -> bool:
-        return where in self._kept
-
-    def get(self, where: str) -> list[PackedNode] | None:
-        nodes = self._kept.get(where)
-        if nodes is not None:
-            self._kept.move_to_end(where)
-        return nodes
-
-    def put(self, where: str, nodes: list[PackedNode]) -> None:
-        size = sum(n.size for n in nodes)
-        if where in self._kept or size > self.limit:
-            return
-        self._kept[where] = nodes
-        self.size += size
-        while self.size > self.limit:
-            _, dropped = self._kept.popitem(last=False)
-            self.size -= sum(n.size for n in dropped)
+# A completed build's (or job's) nodes, kept by "vcs/user/project/build" (one store per host,
+# shared by v1.1 and v2: a job is a build).
+KeptNodes = KeptListings[list[PackedNode]]
 
 
 def place_nodes(records: list[ArtifactRecord], *, host: str, where: str) -> list[PackedNode]:
@@ -613,38 +577,37 @@ def place_nodes(records: list[ArtifactRecord], *, host: str, where: str) -> list
     takes_token = TokenVerdicts(host, where)
     for node, recs in sorted(by_node.items()):
         tree = place_artifacts(((r.path, r) for r in recs), where=f"{where}/{node}", tiebreak=lambda r: r.url)
-        dirs, names, placed = pack_files(tree)
-        if placed:  # nothing safe to show: no empty node directory
-            packed.append(PackedNode(node, dirs, names, "\0".join(r.url for r in placed),
-                                     bytes(takes_token(r.url, node) for r in placed)))
+        files = pack(tree, columns=lambda _, r: (r.url,), width=1,
+                     flags=lambda _, r: takes_token(r.url, node))  # noqa: B023 (called at once)
+        if files is not None and len(files):  # nothing safe to show: no empty node directory
+            packed.append(PackedNode(node, files))
     return packed
 
 
 def node_entries(records: list[ArtifactRecord] | list[PackedNode], *, host: str, host_id: str, where: str,
                  mtime: float, immutable: bool, ttl: float | None, source: Callable[[int], str],
-                 kept: KeptListings | None = None) -> list[Entry]:
+                 kept: KeptNodes | None = None, kept_as: str | None = None) -> list[Entry]:
     """One directory per node_index with safe artifacts; below, the artifact paths. Shared by
     v1.1 builds and v2 jobs (same cache keys: a job's blocks are cached once). `records` may be
-    what `place_nodes` made of them (kept); `kept`: where a completed build's is kept."""
+    what `place_nodes` made of them (kept); `kept`: where a completed build's is kept, as
+    `kept_as` (default `where`)."""
     if records and isinstance(records[0], PackedNode):
         packed = records
     else:
         packed = place_nodes(cast(list[ArtifactRecord], records), host=host, where=where)
         if kept is not None and immutable:
-            kept.put(where, packed)
+            kept.put(kept_as or where, packed, sum(p.files.size for p in packed))
     entries = []
     for placed in packed:
         node_where = f"{where}/{placed.node}"
         info = {"source": source(placed.node)}
-        urls, tokens = placed.urls.split("\0"), placed.tokens
         key_prefix = f"circleci|{host_id}|{node_where}/"
 
-        def make(path: str, i: int, urls: list[str] = urls, tokens: bytes = tokens, key_prefix: str = key_prefix) -> Artifact:
-            return Artifact(key=key_prefix + path, url=urls[i], immutable=immutable, credentialed=tokens[i] == 1,
-                            source=source_for_name(path))
+        def make(path: str, i: int, files: Packed[ArtifactRecord] = placed.files, key_prefix: str = key_prefix) -> Artifact:
+            return Artifact(key=key_prefix + path, url=files.text(0, i), immutable=immutable,
+                            credentialed=files.flags[i] == 1, source=source_for_name(path))
 
-        children, files = packed_entries(placed.dirs, placed.names, make, mtime=mtime, immutable=immutable, ttl=ttl,
-                                         info=info)
+        children, files = unpack(placed.files, make, mtime=mtime, immutable=immutable, ttl=ttl, info=info)
         entries.append(Entry(str(placed.node), Kind.DIR, mtime=mtime, immutable=immutable,
                              source=StaticDir(children, ttl=ttl, files=files), info=info))
     return entries

@@ -28,12 +28,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from ciartfs.errors import BadListing, NotFound
-from ciartfs.namespace.model import CompleteDir, Entry, Kind, StaticDir
+from ciartfs.namespace.model import CompleteDir, Entry, Kind, StaticDir, many_made
 from ciartfs.namespace.names import NAME_MAX
+from ciartfs.namespace.packed import KeptListings
 from ciartfs.providers import pages, parse_time
 from ciartfs.providers.apidocs import ApiDocs, Keep
 from ciartfs.providers.circleci.v1 import (
     ArtifactRecord,
+    KeptNodes,
+    PackedNode,
     TokenAwareDocs,
     encode_branch,
     node_entries,
@@ -136,12 +139,14 @@ def _finished(doc: Any) -> bool:
 
 
 class CircleCIV2Api:
-    def __init__(self, docs: ApiDocs, host: str, *, token_set: bool = False) -> None:
+    def __init__(self, docs: ApiDocs, host: str, *, token_set: bool = False, kept: KeptNodes | None = None) -> None:
         self.docs = TokenAwareDocs(docs, token_set)
         self.token_set = token_set
         self.host = host
         self.base = host + "/api/v2"
         self.host_id = urllib.parse.urlsplit(host).netloc
+        # finished jobs' listings, placed, by "v2|<where>/<job>" (shared with v1.1's API on one host)
+        self.kept: KeptNodes = kept if kept is not None else KeptListings()
 
     async def _items(self, url: str, keep: Keep = None) -> AsyncIterator[Any]:
         async for doc in pages(self.docs, url, token_param="page-token", token_field="next_page_token", keep=keep):
@@ -215,11 +220,16 @@ class _JobDir(CompleteDir):
 
     async def list(self) -> list[Entry]:
         p, job, number = self.p, self.job, self.number
-        records = await p.api.job_artifacts(p.slug, number, done=job.done)
+        where = f"{p.where}/{number}"
+        # a finished job's listing never changes: kept placed, so a re-list starts from there
+        records: list[ArtifactRecord] | list[PackedNode] | None = p.api.kept.get("v2|" + where) if job.done else None
+        if records is None:
+            records = await p.api.job_artifacts(p.slug, number, done=job.done)
         source = lambda node: json.dumps({"provider": "circleci-v2", "slug": p.slug, "job": number,  # noqa: E731
                                           "node": node})
-        return node_entries(records, host=p.api.host, host_id=p.api.host_id, where=f"{p.where}/{number}",
-                            mtime=job.mtime, immutable=job.done, ttl=self.ttl, source=source)
+        with many_made():
+            return node_entries(records, host=p.api.host, host_id=p.api.host_id, where=where, mtime=job.mtime,
+                                immutable=job.done, ttl=self.ttl, source=source, kept=p.api.kept, kept_as="v2|" + where)
 
 
 def v2_root_entry(api: CircleCIV2Api, *, ttl: float, mtime: float) -> Entry:

@@ -44,8 +44,9 @@ import mohawk
 
 from ciartfs.data.sources import LIVE, source_for_name
 from ciartfs.errors import BadListing, NotFound
-from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind
+from ciartfs.namespace.model import Artifact, CompleteDir, Entry, Kind, many_made
 from ciartfs.namespace.names import place_artifacts, split_artifact_path, tree_entries
+from ciartfs.namespace.packed import KeptListings, Packed, pack, unpack
 from ciartfs.net.credentials import Credential, origin_of
 from ciartfs.providers import pages, parse_time
 from ciartfs.providers.apidocs import ApiDocs, Keep
@@ -163,6 +164,8 @@ class QueueApi:
         self.root_url = root_url
         self.base = root_url + "/api/queue/v1"
         self.host_id = urllib.parse.urlsplit(root_url).netloc  # for cache keys: host, never secrets
+        # resolved runs' listings, placed and packed, by "<taskId>/<runId>"
+        self.kept: KeptListings[Packed[ArtifactRecord]] = KeptListings()
 
     async def status(self, task_id: str) -> TaskStatus:
         # never kept as final: a resolved task can be re-run (remembered only as last seen, for --offline)
@@ -349,20 +352,50 @@ class _TaskDir(CompleteDir):
 
 
 class _RunDir(CompleteDir):
-    """A run's artifacts, their names split on '/'."""
+    """A run's artifacts, their names split on '/'. A resolved run's listing never changes: it
+    is kept placed and packed (namespace/packed.py; its `reference` artifacts, which may change,
+    apart), so listing it again after the kernel forgot it starts from there."""
 
     def __init__(self, api: QueueApi, ttl: float, task_id: str, run: Run) -> None:
         self.api, self.task_id, self.run = api, task_id, run
         self.ttl = None if run.is_resolved else ttl
+        self.where = f"{task_id}/{run.run_id}"
 
     async def list(self) -> list[Entry]:
         run = self.run
-        records = await self.api.artifacts(self.task_id, run.run_id, resolved=run.is_resolved)
-        where = f"taskcluster/{self.task_id}/{run.run_id}"
-        tree = place_artifacts(((r.name, r) for r in records), where=where, tiebreak=lambda r: r.storage_type)
-        return tree_entries(tree, self._file, mtime=run.mtime, immutable=run.is_resolved, ttl=self.ttl)
+        packed = self.api.kept.get(self.where) if run.is_resolved else None
+        if packed is None:
+            records = await self.api.artifacts(self.task_id, run.run_id, resolved=run.is_resolved)
+            tree = place_artifacts(((r.name, r) for r in records), where=f"taskcluster/{self.where}",
+                                   tiebreak=lambda r: r.storage_type)
+            if run.is_resolved:
+                packed = pack(tree, columns=_columns, width=3, apart=lambda _, r: r.storage_type == "reference")
+            if packed is None:  # running (or a value that cannot be packed)
+                return tree_entries(tree, self._file, mtime=run.mtime, immutable=run.is_resolved, ttl=self.ttl)
+            self.api.kept.put(self.where, packed, packed.size)
+        files: Packed[ArtifactRecord] = packed
+
+        def record(path: str, i: int) -> ArtifactRecord:
+            expires = files.text(2, i)
+            return ArtifactRecord(files.text(0, i) or path, files.text(1, i), float(expires) if expires else None)
+
+        with many_made():
+            entries, top = unpack(files, lambda path, i: self._artifact(path, record(path, i)), mtime=run.mtime,
+                                  immutable=True, ttl=None, info={}, info_of=lambda path, i: self._info(record(path, i)),
+                                  make_apart=self._file)
+            # (the run directory is not a StaticDir: its own files are listed as entries)
+            return entries + ([top.entry(i) for i in range(len(top.names))] if top is not None else [])
 
     def _file(self, fname: str, path: str, rec: ArtifactRecord) -> Entry:
+        art = self._artifact(path, rec)
+        return Entry(fname, Kind.FILE, mtime=self.run.mtime, immutable=art.immutable, artifact=art, info=self._info(rec))
+
+    def _info(self, rec: ArtifactRecord) -> dict[str, str]:
+        return {"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,
+                                      "task": self.task_id, "run": self.run.run_id, "name": rec.name,
+                                      "storage_type": rec.storage_type})}
+
+    def _artifact(self, path: str, rec: ArtifactRecord) -> Artifact:
         run = self.run
         # A reference artifact points anywhere and may change: never cached as permanent.
         immutable = run.is_resolved and rec.storage_type != "reference"
@@ -374,16 +407,18 @@ class _RunDir(CompleteDir):
         # which streams until the task ends: served as a growing file (see livelog.py), under
         # its own key, so nothing of it mixes with what the name holds once the run resolved.
         live = rec.storage_type == "reference" and not run.is_resolved and gone is None
-        art = Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}"
-                           + ("|live" if live else ""),
-                       url=self.api.artifact_url(self.task_id, run.run_id, rec.name),
-                       immutable=immutable, error=rec.storage_type == "error" and gone is None, gone=gone,
-                       # built here: the queue's endpoint may be Hawk-signed. Where a `reference`
-                       # artifact points is a redirect from it, and redirects never are.
-                       credentialed=True, source=LIVE if live else source_for_name(path),
-                       expected_hashes=(functools.partial(self.api.object_hashes, self.task_id, run.run_id, rec.name)
-                                        if rec.storage_type == "object" and gone is None else None))
-        info = {"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,
-                                      "task": self.task_id, "run": run.run_id, "name": rec.name,
-                                      "storage_type": rec.storage_type})}
-        return Entry(fname, Kind.FILE, mtime=run.mtime, immutable=immutable, artifact=art, info=info)
+        return Artifact(key=f"taskcluster|{self.api.host_id}|{self.task_id}/{run.run_id}/{path}"
+                            + ("|live" if live else ""),
+                        url=self.api.artifact_url(self.task_id, run.run_id, rec.name),
+                        immutable=immutable, error=rec.storage_type == "error" and gone is None, gone=gone,
+                        # built here: the queue's endpoint may be Hawk-signed. Where a `reference`
+                        # artifact points is a redirect from it, and redirects never are.
+                        credentialed=True, source=LIVE if live else source_for_name(path),
+                        expected_hashes=(functools.partial(self.api.object_hashes, self.task_id, run.run_id, rec.name)
+                                         if rec.storage_type == "object" and gone is None else None))
+
+
+def _columns(path: str, rec: ArtifactRecord) -> tuple[str, str, str]:
+    """What a packed artifact keeps: its name as the queue spells it (when it is not the path it
+    was placed at), its storage type, and its `expires` (exact: repr of a float)."""
+    return ("" if rec.name == path else rec.name, rec.storage_type, "" if rec.expires is None else repr(rec.expires))
