@@ -23,7 +23,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from ciartfs import kernel_readahead, status
+from ciartfs import fuse_loop, kernel_readahead, status
 from ciartfs.config import Settings
 from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.data.reader import MAX_PENDING_DISK_BYTES, READAHEAD_BYTES, Reader
@@ -172,6 +172,7 @@ def serve(settings: Settings, mountpoint: str, on_ready: Callable[[], None] | No
     mount = Mount(settings, mountpoint)
     tune_gc()
     pyfuse3.init(mount.ops, mountpoint, fuse_options(settings))
+    fuse_loop.install()  # no wait for the fd while a request is queued (fuse_loop.py)
     # queued to pyfuse3's own thread: safe from the trio thread, also within a handler
     mount.tree.ask_kernel_to_forget = lambda parent, name: pyfuse3.invalidate_entry_async(
         parent, os.fsencode(name), ignore_enoent=True)
@@ -184,6 +185,8 @@ def serve(settings: Settings, mountpoint: str, on_ready: Callable[[], None] | No
         pyfuse3.close(unmount=True)
         raise
     pyfuse3.close(unmount=True)
+    log.debug("FUSE requests read when already queued: %d, after a wait: %d (%d found taken)",
+              fuse_loop.stats.queued, fuse_loop.stats.waited, fuse_loop.stats.taken)
     log.info("unmounted %s", mountpoint)
 
 

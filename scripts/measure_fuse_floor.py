@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What pyfuse3, trio and the kernel cost per file, with a filesystem that does nothing else.
 
-    .venv/bin/python scripts/measure_fuse_floor.py [--files N] [--size BYTES] [--runs N]
+    .venv/bin/python scripts/measure_fuse_floor.py [--files N] [--size BYTES] [--runs N] [--ciartfs-loop]
 
 Mounts a read-only filesystem of N files of SIZE bytes (default 2000 of 100 KiB, as the
 Actions `grep -rl` scenario: all in memory, answered at once, FLUSH refused once as ciartfs
@@ -27,7 +27,7 @@ from benchlib.common import proc_cpu, stop_and_unmount  # (scripts/ is on sys.pa
 from ciartfs.cli.mountpoint import is_mounted
 
 
-def serve(mountpoint: str, files: int, size: int) -> None:
+def serve(mountpoint: str, files: int, size: int, own_loop: bool) -> None:
     import pyfuse3
     import trio
 
@@ -76,17 +76,22 @@ def serve(mountpoint: str, files: int, size: int) -> None:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
     pyfuse3.init(Floor(), mountpoint, set(pyfuse3.default_options) | {"fsname=floor", "ro"})
+    if own_loop:  # what ciartfs's mount runs (fuse_loop.py)
+        from ciartfs import fuse_loop
+        if not fuse_loop.install():
+            raise SystemExit("fuse_loop.install() declined: pyfuse3's own loop would run")
     try:
         trio.run(pyfuse3.main)
     finally:
         pyfuse3.close(unmount=True)
 
 
-def measure(files: int, size: int) -> tuple[float, float]:
+def measure(files: int, size: int, own_loop: bool) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="fuse-floor-") as tmp:
         mnt = os.path.join(tmp, "mnt")
         os.mkdir(mnt)
-        child = subprocess.Popen([sys.executable, __file__, "--serve", mnt, "--files", str(files), "--size", str(size)])
+        child = subprocess.Popen([sys.executable, __file__, "--serve", mnt, "--files", str(files), "--size", str(size),
+                                  *(["--ciartfs-loop"] if own_loop else [])])
         try:
             deadline = time.monotonic() + 10
             while not is_mounted(mnt):
@@ -106,13 +111,15 @@ def main() -> None:
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--size", type=int, default=100 << 10)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--ciartfs-loop", action="store_true",
+                   help="with ciartfs's replacement of pyfuse3's wait for the FUSE fd (fuse_loop.py)")
     p.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)  # (the child)
     a = p.parse_args()
     if a.serve:
-        serve(a.serve, a.files, a.size)
+        serve(a.serve, a.files, a.size, a.ciartfs_loop)
         return
     for _ in range(a.runs):
-        wall, cpu = measure(a.files, a.size)
+        wall, cpu = measure(a.files, a.size, a.ciartfs_loop)
         print(f"grep -rl over {a.files} files of {a.size} B: {wall:.3f} s wall, {cpu:.2f} CPU s in the filesystem "
               f"({cpu / a.files * 1e6:.0f} us per file)")
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import trio
 
 from ciartfs.namespace import tree as tree_module
@@ -113,3 +115,54 @@ async def test_walking_ahead_stops_at_its_node_budget(fake, inproc, monkeypatch)
     await grep_task(fs, group, 2)  # one task fewer ahead: room for one more
     await idle(fs)
     assert artifact_listings(fake, group) == [4]
+
+
+async def test_grep_past_the_groups_ttl_costs_one_listing_of_the_group(fake, inproc, clock, monkeypatch):
+    """A `grep -r` longer than --latest-ttl: the group is listed again once when a task is next
+    entered, and nothing walked ahead is asked for again (no task's status, artifact listing
+    or log twice). (The extra API requests once seen in long benchmark runs were not the TTL's
+    but the kernel's forgetting: see the test below.)"""
+    monkeypatch.setattr(tree_module, "AHEAD_SIBLINGS", 8)
+    group = fake.queue.add_generated_group(GROUP, 60, files=(LOG,))
+    fs = await inproc(taskcluster_root_url=fake.api_url, latest_ttl=60)
+    await fs.readdir(f"taskcluster/group/{GROUP}")
+    every = []
+    for index in range(60):
+        if index in (20, 40):
+            await idle(fs)  # (the fake clock jumps while nothing waits on a request's timeout)
+            every += fake.requests
+            fake.clear_requests()
+            fs.advance(61)
+        assert await grep_task(fs, group, index) == group.data(index, 0)
+        if index in (20, 40):
+            assert [r.path for r in fake.requests if r.server == "api" and r.path.endswith("/list")] \
+                == [f"/api/queue/v1/task-group/{GROUP}/list"]
+    await idle(fs)
+    every += fake.requests
+    api = collections.Counter(r.path for r in every if r.server == "api")
+    assert api[f"/api/queue/v1/task-group/{GROUP}/list"] == 3
+    assert not [p for p in api if p.endswith("/status")]
+    assert all(n == 1 for p, n in api.items() if "/list" not in p)
+    assert len([p for p in api if p.endswith("/runs/0/artifacts")]) == 60
+    assert len([r for r in every if r.server == "storage"]) == 60
+
+
+async def test_a_task_the_kernel_forgot_is_listed_again_without_asking_the_queue(fake, inproc):
+    """Under memory pressure the kernel drops dentries it was shown (the group's readdirplus)
+    before `grep -r` reaches them, and the tree lets their subtrees go. Listed again within the
+    TTL, a task's runs come from the group's listing, as the first time: no status request
+    (a benchmark run under load made one per task forgotten, ~250 of 2000)."""
+    group = fake.queue.add_generated_group(GROUP, 40, files=(LOG,))
+    fs = await inproc(taskcluster_root_url=fake.api_url)
+    await fs.readdir(f"taskcluster/group/{GROUP}")
+    await grep_task(fs, group, 0)
+    await grep_task(fs, group, 1)
+    await idle(fs)  # the tasks after it walked ahead: listed, their logs' sizes learned
+    node = fs.tree.get((await fs.lstat(f"taskcluster/group/{GROUP}/{group.task_id(5)}")).inode)
+    assert node.listing is not None
+    fake.clear_requests()
+    await fs.ops.forget([(node.inode, node.lookups)])
+    assert node.listing is None, "the kernel forgot the task: the tree let its subtree go"
+    assert await grep_task(fs, group, 5) == group.data(5, 0)
+    await idle(fs)
+    assert [r.path for r in fake.requests] == [], "its listing kept, its log in memory: nothing asked"

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import mohawk
+import trio
 
 from ciartfs.data.sources import LIVE, source_for_name
 from ciartfs.errors import BadListing, NotFound
@@ -328,18 +329,21 @@ class _Group(CompleteDir):
 
 class _TaskDir(CompleteDir):
     """One directory per run, and `latest` -> the highest runId: asked again after the TTL
-    even when every run is resolved (a rerun adds one)."""
+    even when every run is resolved (a rerun adds one). The status it has (from the group's
+    listing or its own request) is current for the TTL: listed again within it (the kernel
+    forgot the directory, so the tree let its listing go), the task is not asked again
+    (`grep -r` over a group, under memory pressure: one status request per task forgotten)."""
 
     def __init__(self, api: QueueApi, ttl: float, status: TaskStatus) -> None:
         self.api, self.ttl_mutable, self.status = api, ttl, status
         self.ttl = ttl
-        self._fresh = True  # the status we were built from is still current
+        self._current_at = trio.current_time()  # when `status` was current (trio's clock, as the tree's TTLs)
 
     async def list(self) -> list[Entry]:
         status = self.status
-        if not self._fresh:
+        if trio.current_time() - self._current_at >= self.ttl_mutable:
             status = self.status = await self.api.status(status.task_id)
-        self._fresh = False
+            self._current_at = trio.current_time()
         entries = [Entry(str(r.run_id), Kind.DIR, mtime=r.mtime, immutable=r.is_resolved,
                          source=_RunDir(self.api, self.ttl_mutable, status.task_id, r),
                          info={"source": json.dumps({"provider": "taskcluster", "root_url": self.api.root_url,
