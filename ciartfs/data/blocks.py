@@ -90,9 +90,7 @@ class Blocks:
         cache.py), and (an immutable artifact's) behind to disk."""
         self.memory.put_run(run, blocks)
         if art.immutable:
-            queue = self.writes.queue
-            for key, view in blocks:
-                queue(key, view)
+            self.writes.queue_run(blocks)  # (checksummed now, while in the CPU's caches)
 
     async def from_disk(self, key: str) -> bytes | None:
         """The block from the disk tier (then also in memory), or None."""
