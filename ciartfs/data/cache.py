@@ -151,11 +151,28 @@ class MemoryCache:
 
 
 class _Call(Generic[T]):
+    """One execution: its outcome, and an event made only once someone waits for it (most
+    read-ahead blocks are settled before any read asks for them: no event each)."""
+
+    __slots__ = ("_event", "finished", "result", "error", "cancelled")
+
     def __init__(self) -> None:
-        self.done = trio.Event()
+        self._event: trio.Event | None = None
+        self.finished = False
         self.result: T | None = None
         self.error: BaseException | None = None
         self.cancelled = False
+
+    def finish(self) -> None:
+        self.finished = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if not self.finished:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
 
 
 class SingleFlight(Generic[T]):
@@ -184,7 +201,7 @@ class SingleFlight(Generic[T]):
     def settle(self, key: Hashable, call: _Call[T], result: T | None = None, error: BaseException | None = None) -> None:
         """End a claimed call: with a result, with an error, or with neither (abandoned:
         a waiter then computes the key itself)."""
-        if self._calls.get(key) is not call or call.done.is_set():
+        if self._calls.get(key) is not call or call.finished:
             return
         if error is not None:
             call.error = error
@@ -193,14 +210,14 @@ class SingleFlight(Generic[T]):
         else:
             call.cancelled = True
         del self._calls[key]
-        call.done.set()
+        call.finish()
 
     async def run(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> T:
         while True:
             call = self._calls.get(key)
             if call is None:
                 break
-            await call.done.wait()
+            await call.wait()
             if call.cancelled:
                 continue
             if call.error is not None:
@@ -219,4 +236,4 @@ class SingleFlight(Generic[T]):
             raise
         finally:
             del self._calls[key]
-            call.done.set()
+            call.finish()
