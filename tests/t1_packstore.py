@@ -8,11 +8,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import platform
 import sqlite3
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -365,42 +362,6 @@ def test_buffers_to_receive_into_are_page_aligned_and_exactly_as_long_as_asked()
         assert buffers.page_aligned(view[buffers.PAGE:3 * buffers.PAGE])
         assert not buffers.page_aligned(view[1:buffers.PAGE + 1]) and not buffers.page_aligned(view[:100])
     assert len(buffers.unfilled(100)) == 100
-
-
-_RUNS_RECEIVED = """
-import random, resource, sys
-from ciartfs import buffers
-if sys.argv[1] == "heap":
-    assert buffers.heap_for_bulk()
-rng, held = random.Random(1), []
-def run():  # a run received (every page written), other allocations between, the oldest freed
-    view = memoryview(buffers.unfilled(rng.choice([1, 2, 4, 4, 4]) << 20))
-    view[::4096] = bytes(len(view[::4096]))
-    held.append(view)
-    bytes(rng.randrange(1000, 300_000))
-    if len(held) > 24:
-        held.pop(0)
-for _ in range(100):
-    run()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(200):
-    run()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
-def test_run_buffers_reuse_freed_memory_instead_of_fresh_pages():
-    """Once the cache is full, runs come and go: a new run's buffer is memory a freed one had,
-    not a fresh mapping faulted in page by page as it is received into (in a process of its
-    own: the allocator's setting is process-wide)."""
-    def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", _RUNS_RECEIVED, mode], capture_output=True, text=True, check=True)
-        return int(out.stdout)
-
-    pages = 200 * 3 * (1 << 20) // buffers.PAGE  # (runs of 3 MiB on average)
-    default, heap = faults("default"), faults("heap")
-    assert heap < pages // 100 and heap < default // 4, (heap, default)
 
 
 def test_a_filesystem_refusing_o_direct_gets_the_same_bytes_through_the_page_cache(tmp_path, monkeypatch, caplog):

@@ -14,7 +14,8 @@ Invariants:
   than the bytes the tier counts. `get` hands out bytes (a view copied); `get_buffer` hands
   the view itself, for the reader's own read path. A run's views are cut by `cut_run`,
   consecutively from its start: `run_span` can then answer consecutive blocks of one run
-  (a kernel read of 1 MiB in a run of 4) with one view of it, no copy.
+  (a kernel read of 1 MiB in a run of 4) with one view of it, no copy. A run that leaves goes
+  back to buffers.recycle, which receives into it again only once no view of it is left.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Generic, TypeVar
 import cachetools
 import trio
 
+from ciartfs import buffers
 from ciartfs.data.packstore import DiskStore as DiskStore  # (re-exported: where callers know it)
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class _RunsLRU(cachetools.LRUCache[str, Buffer]):
                 other = cachetools.Cache.__getitem__(self, key)  # (no move to the front)
                 if type(other) is memoryview and other.obj is run:
                     del self[key]
+        buffers.recycle(run)  # (received into again once no view of it is left anywhere)
 
 
 class MemoryCache:

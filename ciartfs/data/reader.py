@@ -44,7 +44,6 @@ from typing import Any
 import cachetools
 import trio
 
-from ciartfs import buffers
 from ciartfs.data import sources
 from ciartfs.data.blocks import Blocks, Stats
 from ciartfs.data.cache import Buffer, DiskStore, MemoryCache, SingleFlight, cut_run
@@ -137,7 +136,6 @@ class Reader:
     def start(self, nursery: trio.Nursery) -> None:
         """Background work (disk writes, prefetch, live streams) runs in `nursery`; until then, none."""
         self.blocks.background = nursery
-        buffers.heap_for_bulk()  # (runs received into reused memory, not fresh mappings)
         self.writes.start(nursery)
         self.live.start(nursery)
         if self.disk is not None:
