@@ -107,23 +107,6 @@ def test_a_record_found_under_another_keys_id_fails_its_check(tmp_path):
     assert store.get("two") is None
 
 
-def test_checksums_computed_before_the_write_are_recorded_and_a_wrong_one_is_a_miss(tmp_path, monkeypatch):
-    """The write-behind checksums a run's blocks as they arrive (`sums`): the store records
-    those, and one that is not the bytes' own (a caller's mistake) reads as a miss, never as
-    wrong bytes."""
-    store = DiskStore(tmp_path, 1 << 20)
-    items = [("right", b"r" * 5000), ("wrong", b"w" * 5000), ("own", b"o" * 5000)]
-    sums = {"right": packstore.record_checksum("right", b"r" * 5000),
-            "wrong": packstore.record_checksum("wrong", b"x" * 5000)}
-    hashed: list[int] = []
-    real = packstore.checksum
-    monkeypatch.setattr(packstore, "checksum", lambda data, seed: hashed.append(len(data)) or real(data, seed))
-    assert store.put_many(items, sums) == 3
-    assert hashed == [5000]  # only the one without a checksum given
-    monkeypatch.undo()
-    assert (store.get("right"), store.get("wrong"), store.get("own")) == (b"r" * 5000, None, b"o" * 5000)
-
-
 def test_a_writer_killed_mid_append_leaves_a_miss_and_the_store_goes_on(tmp_path, monkeypatch):
     store = DiskStore(tmp_path, 1 << 20)
     store.put("before", b"b" * 100)

@@ -8,7 +8,6 @@ import time
 import pytest
 import trio
 
-from ciartfs.data import packstore
 from ciartfs.data import writebehind as writebehind_module
 from ciartfs.data.cache import DiskStore, MemoryCache
 from ciartfs.data.reader import Reader, ReadStream, ThreadBusy
@@ -113,38 +112,13 @@ async def test_the_write_queue_is_bounded_by_its_limit_and_the_memory_budget(tmp
     assert budget.used == 0
 
 
-async def test_a_runs_blocks_are_checksummed_when_queued_and_written_with_those_checksums(tmp_path, monkeypatch,
-                                                                                          autojump_clock):
-    """Hashed on arrival (in the CPU's caches, on trio's thread), not again by the writer:
-    the store gets the checksums, all or none of a run is queued, and the bytes read back."""
-    monkeypatch.setattr(writebehind_module, "WRITE_SETTLE_SECONDS", 60.0)
-    store = DiskStore(tmp_path / "blocks", 1 << 20)
-    given: list[dict[str, int] | None] = []
-    put_many = store.put_many
-    monkeypatch.setattr(store, "put_many", lambda items, sums=None: given.append(sums) or put_many(items, sums))
-    budget = MemoryBudget(1 << 20)
-    writes = WriteBehind(store, budget, max_pending=10_000)
-    run = memoryview(bytes(range(256)) * 32).toreadonly()  # 8 KiB
-    blocks = [("r|4096|0", run[:4096]), ("r|4096|1", run[4096:])]
-    async with trio.open_nursery() as nursery:
-        writes.start(nursery)
-        assert writes.queue_run(blocks)
-        assert not writes.queue_run([("s|4096|0", run[:4096]), ("s|4096|1", run)])  # past max_pending: none of it
-        assert not writes.holds("s|4096|0") and writes.pending_bytes == budget.used == 8192
-        nursery.cancel_scope.cancel()
-    await writes.flush()
-    assert given == [{key: packstore.record_checksum(key, view) for key, view in blocks}]
-    assert [store.get(key) for key, _ in blocks] == [bytes(run[:4096]), bytes(run[4096:])]
-    assert budget.used == 0
-
-
 class FailingDisk:
     """A disk cache whose every write fails (a full or broken file system)."""
 
     def __init__(self) -> None:
         self.tries = 0
 
-    def put_many(self, items: list[tuple[str, bytes]], sums: dict[str, int] | None = None) -> int:
+    def put_many(self, items: list[tuple[str, bytes]]) -> int:
         self.tries += 1
         raise OSError("no space left on device")
 

@@ -90,7 +90,9 @@ class Blocks:
         cache.py), and (an immutable artifact's) behind to disk."""
         self.memory.put_run(run, blocks)
         if art.immutable:
-            self.writes.queue_run(blocks)  # (checksummed now, while in the CPU's caches)
+            queue = self.writes.queue
+            for key, view in blocks:
+                queue(key, view)
 
     async def from_disk(self, key: str) -> bytes | None:
         """The block from the disk tier (then also in memory), or None."""

@@ -48,7 +48,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,11 +143,6 @@ def checksum(data: bytes | memoryview, seed: int) -> int:
             h.update(view[start:start + _HASH_PIECE])
         value = h.intdigest()
     return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def record_checksum(key: str, data: bytes | memoryview) -> int:
-    """The checksum `put_many` records for `data` under `key` (see its `sums`)."""
-    return checksum(data, key_digest(key)[1])
 
 
 class _Unusable(Exception):
@@ -467,19 +462,16 @@ class DiskStore:
         """Store `data` under `key`; False when it could not be (disk full, I/O error)."""
         return self.put_many([(key, data)]) == 1
 
-    def put_many(self, items: Iterable[tuple[str, bytes | memoryview]], sums: Mapping[str, int] | None = None) -> int:
+    def put_many(self, items: Iterable[tuple[str, bytes | memoryview]]) -> int:
         """Store each (key, data): one append and one index commit per pack it fills. How many
-        were stored, in order (fewer than all when the disk failed). `sums`: records' checksums
-        already computed (`record_checksum`) where the bytes were at hand; one that is not the
-        bytes' own only makes its record a miss when read."""
+        were stored, in order (fewer than all when the disk failed)."""
         if not self.enabled:
             return 0
         items = list(items)
         checked = []
         for key, data in items:  # (outside the locks)
             kid, seed = key_digest(key)
-            known = sums.get(key) if sums else None
-            checked.append((kid, len(data), checksum(data, seed) if known is None else known))
+            checked.append((kid, len(data), checksum(data, seed)))
         stored = 0
         with self._write_lock:
             retried = False

@@ -13,20 +13,15 @@ Invariants:
 - Nothing queued is lost at unmount: a batch cancelled before its thread ran goes back to the
   queue, and `flush` writes the queue.
 - A failing disk never kills the mount: the disk cache is an optimisation.
-- A run's blocks (`queue_run`) are checksummed as they are queued, the bytes just received and
-  still in the CPU's caches: the writer thread hashing them later took twice the CPU, and held
-  the GIL trio's thread wanted meanwhile. The checksums go with the blocks to `put_many`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import trio
 
 from ciartfs.data.cache import Buffer, DiskStore
-from ciartfs.data.packstore import record_checksum
 from ciartfs.net.bodies import MemoryBudget
 
 log = logging.getLogger(__name__)
@@ -53,7 +48,6 @@ class WriteBehind:
         self.max_pending = max_pending
         # verified blocks waiting for the disk, by key (a run's blocks: views of its buffer)
         self._queue: dict[str, Buffer] = {}
-        self._sums: dict[str, int] = {}  # checksums of queued blocks, where computed on queueing
         self._writing: dict[str, Buffer] = {}  # the batch a thread is writing now
         self._queued_bytes = 0
         self._writing_bytes = 0
@@ -75,43 +69,18 @@ class WriteBehind:
             if not replace:
                 return True
             old = self._queue.pop(key)
-            self._sums.pop(key, None)
             self._queued_bytes -= len(old)
             self.budget.give(len(old))
-        if not self._take(len(data)):
+        if self._queued_bytes + self._writing_bytes + len(data) > self.max_pending or not self.budget.try_take(len(data)):
             log.debug("disk cache: write queue full, %s stays in memory only", key)
             return False
         self._queue[key] = data
-        self._queued(len(data))
-        return True
-
-    def queue_run(self, blocks: Sequence[tuple[str, Buffer]]) -> bool:
-        """Queue a run's verified blocks, all or none (see `queue`), checksummed now (see the
-        module docstring); False when they were not queued."""
-        if self.disk is None or self._background is None:
-            return False
-        new = [(key, data) for key, data in blocks if key not in self._queue]
-        size = sum(len(data) for _, data in new)
-        if not self._take(size):
-            log.debug("disk cache: write queue full, a run of %d blocks stays in memory only", len(new))
-            return False
-        for key, data in new:
-            self._queue[key] = data
-            self._sums[key] = record_checksum(key, data)
-        self._queued(size)
-        return True
-
-    def _take(self, size: int) -> bool:
-        """Room for `size` more bytes, under both bounds (taken from the budget)."""
-        return self._queued_bytes + self._writing_bytes + size <= self.max_pending and self.budget.try_take(size)
-
-    def _queued(self, size: int) -> None:
-        assert self._background is not None
-        self._queued_bytes += size
+        self._queued_bytes += len(data)
         self._last_queued = trio.current_time()
         if not self._writer_running:
             self._writer_running = True
             self._background.start_soon(self._drain)
+        return True
 
     def holds(self, key: str) -> bool:
         """Queued, or being written now: on disk at the latest at unmount."""
@@ -133,7 +102,6 @@ class WriteBehind:
         """Unqueue these (blocks found wrong); a batch being written is the caller's to wait out."""
         for key in keys:
             data = self._queue.pop(key, None)
-            self._sums.pop(key, None)
             if data is not None:
                 self._queued_bytes -= len(data)
                 self.budget.give(len(data))
@@ -142,10 +110,9 @@ class WriteBehind:
         """At unmount: write what is still queued (at most max_pending bytes)."""
         if self.disk is not None and self._queue:
             batch, self._queue, queued, self._queued_bytes = self._queue, {}, self._queued_bytes, 0
-            sums, self._sums = self._sums, {}
             disk = self.disk
             try:
-                await trio.to_thread.run_sync(disk.put_many, list(batch.items()), sums)
+                await trio.to_thread.run_sync(disk.put_many, list(batch.items()))
             finally:
                 self.budget.give(queued)
 
@@ -160,16 +127,14 @@ class WriteBehind:
                         break
                     await trio.sleep_until(quiet_at)
                 batch, self._queue = self._queue, {}
-                sums, self._sums = self._sums, {}
                 self._writing_bytes, self._queued_bytes = self._queued_bytes, 0  # held until written
                 self._writing = batch
 
                 try:  # one append and one index commit for the batch
-                    await trio.to_thread.run_sync(disk.put_many, list(batch.items()), sums)
+                    await trio.to_thread.run_sync(disk.put_many, list(batch.items()))
                 except trio.Cancelled:
                     # Cancelled before the thread ran (unmount): the batch goes back for flush.
                     self._queue = {**batch, **self._queue}
-                    self._sums = {**sums, **self._sums}
                     self._queued_bytes += self._writing_bytes
                     self._writing_bytes = 0
                     raise
