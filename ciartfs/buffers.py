@@ -12,10 +12,16 @@ Invariants:
 - `address` only looks: it never keeps the buffer it examined exported, nor writes through it.
 - Without ctypes (or with a CPython that does not expose these functions) everything still
   works: buffers are then plain zeroed bytearrays and `address` says None (never aligned).
+- `recycle` takes back a run's buffer once the memory tier lets it go, and `unfilled` hands it
+  out again (same length) once nothing refers to it any more (no view of it is left: CPython's
+  reference count, with the list's own reference only): a fresh buffer was a fresh mapping
+  from glibc, faulted in page by page as it was received into (half the pages of a 1 GiB cold
+  read, ~10% of the daemon's CPU). At most RECYCLED_BYTES are kept so, in use elsewhere or not.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 PAGE = 4096
@@ -74,7 +80,43 @@ def _make() -> tuple[Callable[[int], bytearray], Callable[[object], int | None]]
     return unfilled, address
 
 
-unfilled, address = _make()
+_fresh, address = _make()
+
+# Run buffers kept for `unfilled` to hand out again, at most (four runs of 4 MiB).
+RECYCLED_BYTES = 16 << 20
+_recycled: list[bytearray] = []
+_recycled_bytes = 0
+
+
+def _references(items: list[bytearray], index: int) -> int:
+    return sys.getrefcount(items[index])
+
+
+# what `_references` counts for a buffer the list alone refers to (the list, the argument)
+_ONLY_LISTED = _references([bytearray(1)], 0) if hasattr(sys, "getrefcount") else -1
+
+
+def recycle(buffer: object) -> None:
+    """`buffer` (a run's, from `unfilled`) is no longer kept by its owner (see the module docstring)."""
+    global _recycled_bytes
+    if type(buffer) is not bytearray or len(buffer) < ALIGN_FROM or _ONLY_LISTED < 0:
+        return
+    _recycled.append(buffer)
+    _recycled_bytes += len(buffer)
+    while _recycled_bytes > RECYCLED_BYTES:
+        _recycled_bytes -= len(_recycled.pop(0))
+
+
+def unfilled(n: int) -> bytearray:
+    """A bytearray of exactly n bytes to receive into (see the module docstring): a recycled one
+    nothing else refers to, else a new one."""
+    global _recycled_bytes
+    if n >= ALIGN_FROM:
+        for index in range(len(_recycled)):
+            if len(_recycled[index]) == n and _references(_recycled, index) == _ONLY_LISTED:
+                _recycled_bytes -= n
+                return _recycled.pop(index)
+    return _fresh(n)
 
 
 def page_aligned(data: object) -> bool:

@@ -1,8 +1,11 @@
-"""Tier 1: memory LRU bound and single-flight (the disk store: t1_packstore.py)."""
+"""Tier 1: memory LRU bound and single-flight (the disk store: t1_packstore.py), and the run
+buffers the memory tier gives back for reuse (buffers.py)."""
 
+import pytest
 import trio
 import trio.testing
 
+from ciartfs import buffers
 from ciartfs.data.cache import MemoryCache, SingleFlight, cut_run
 
 
@@ -173,4 +176,46 @@ async def test_single_flight_claims_are_shared_and_abandoned_claims_are_taken_ov
         flight.settle("a", a, error=ValueError("late"))  # settling twice changes nothing
     assert got == {"a": b"from the run", "b": b"own b"}
     assert not flight.in_flight("a") and not flight.in_flight("b")
+
+
+
+@pytest.fixture
+def recycled(monkeypatch):
+    """The run buffers given back, empty for this test (module state)."""
+    monkeypatch.setattr(buffers, "_recycled", [])
+    monkeypatch.setattr(buffers, "_recycled_bytes", 0)
+    return buffers._recycled
+
+
+def test_a_run_left_the_memory_tier_is_received_into_again_only_once_no_view_of_it_is_left(recycled):
+    """A fresh buffer is a fresh mapping, faulted in page by page as it is received into; one
+    that left the memory tier is reused, but never while anything still sees its bytes (the
+    disk write queue, a reply being copied out): its bytes would change under them."""
+    n = 1 << 20
+    memory = MemoryCache(2 * n)
+    run = buffers.unfilled(n)
+    run[:] = bytes([7]) * n
+    memory.put_run(run, cut_run(run, [f"a|131072|{i}" for i in range(8)], 131072))
+    queued = memory.get_buffer("a|131072|3")  # (as the write queue holds a block)
+    assert queued is not None
+    memory.put("b", b"x" * (2 * n - 100))  # the run is evicted, whole
+    assert "a|131072|0" not in memory and recycled == [run]
+    kept = id(run)
+    del run  # (this test's own reference: a reference like any other)
+    first = buffers.unfilled(n)
+    assert id(first) != kept and len(recycled) == 1  # a view of it is still held
+    assert id(buffers.unfilled(n // 2)) != kept  # (nor is another length handed out)
+    assert bytes(queued) == bytes([7]) * 131072
+    del queued
+    again = buffers.unfilled(n)
+    assert id(again) == kept and recycled == [] and len(again) == n and buffers.page_aligned(again)
+
+
+def test_run_buffers_kept_for_reuse_are_bounded(recycled):
+    runs = [buffers.unfilled(4 << 20) for _ in range(6)]
+    for run in runs:
+        buffers.recycle(run)
+    assert recycled == runs[-4:] and buffers._recycled_bytes == buffers.RECYCLED_BYTES
+    buffers.recycle(b"x" * (1 << 20))  # (only bytearrays, as `unfilled` makes them)
+    assert len(recycled) == 4
 

@@ -105,6 +105,32 @@ def test_runs_end_on_multiples_of_their_length():
     assert steps == [("run", [3]), ("run", [4, 5, 6, 7]), ("run", [8, 9, 10, 11]), ("run", [12])]
 
 
+def test_runs_end_where_a_streams_reads_of_several_blocks_end():
+    """`cat` through the kernel's raised read-ahead: 256 KiB, 512 KiB, then 1 MiB at a time from
+    768 KiB. What is planned, and every run in it, ends where those reads end (block 6 modulo
+    8), whatever the run length, so that no read spans two runs (one view, not a copy)."""
+    bs, total = 128 << 10, 64 << 20
+    stream = ReadStream()
+    reads = [(0, 256 << 10), (256 << 10, 512 << 10)] + [(at, 1 << 20) for at in range(768 << 10, total, 1 << 20)]
+    planned = set()
+    for offset, length in reads:
+        run_blocks = 32 if offset > 8 << 20 else 8  # (runs grow once the reader is busy)
+        ahead = plan(stream, offset, min(offset + length, total), total, block_size=bs, max_window=128,
+                     held=lambda i: i in planned, align=run_blocks)
+        if ahead is None:
+            continue
+        assert stream.phase == 6 or offset == 0
+        planned.update(ahead)
+        for _, run in requests(ahead, lambda i: "missing", run_blocks=run_blocks, runs=True, phase=stream.phase):
+            assert (run[-1] + 1) % 8 == 6 or run[-1] + 1 == total // bs, (offset, run)
+    assert max(planned) == total // bs - 1
+    # reads of one block each (a mount whose read-ahead stays at 128 KiB) never move the phase
+    stream = ReadStream(phase=6)
+    for offset in range(0, 4 << 20, bs):
+        plan(stream, offset, offset + bs, total, block_size=bs, max_window=128, held=lambda i: False)
+    assert stream.phase == 6
+
+
 def test_runs_grow_only_when_the_reader_is_cpu_bound_or_the_window_still_fills_the_link():
     """A request costs the daemon as much CPU as ~1/4 MiB of bytes: longer runs where that is
     the limit, never where they would leave a link of per-connection caps fewer connections."""

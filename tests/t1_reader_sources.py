@@ -109,13 +109,36 @@ async def test_a_read_of_several_missing_blocks_fetches_them_in_runs(nursery):
     art = Artifact("k/big.bin", "http://storage.example/big", True, size=len(data))
     assert await reader.read(art, 3 * BS, 300 * BS + 5) == data[3 * BS:303 * BS + 5]  # no stream: no read-ahead
     run = reader.run_blocks * BS
-    # (the runs are fetched concurrently: in whatever order they start) each run ends on a
-    # multiple of its length, so that a kernel read of that length never spans two
+    # (the runs are fetched concurrently: in whatever order they start) the runs end where the
+    # read does, each at most a run long: a read of a run's length is then one run, never two
+    ends = range(304 * BS, 3 * BS, -run)
     assert sorted(storage.ranges, key=lambda r: int(r.partition("-")[0])) == [
-        f"{start}-{min((start // run + 1) * run, 304 * BS) - 1}" for start in [3 * BS, *range(run, 304 * BS, run)]]
+        f"{max(end - run, 3 * BS)}-{end - 1}" for end in reversed(ends)]
     # held blocks split the runs; what is held is not asked for again
     assert await reader.read(art, 0, 310 * BS) == data[:310 * BS]
     assert sorted(storage.ranges[-2:]) == sorted([f"0-{3 * BS - 1}", f"{304 * BS}-{310 * BS - 1}"])
+
+
+async def test_a_sequential_readers_reads_are_views_of_runs_that_end_where_its_reads_end(nursery):
+    """`cat` through the kernel's raised read-ahead reads 256 KiB, 512 KiB, then 1 MiB at a
+    time from 768 KiB: read-ahead's runs end where those reads end, so each read is one run's
+    view (no copy of 1 MiB joined from two runs' blocks)."""
+    data = bytes(range(256)) * (24 << 20 >> 8)
+    storage = RangedStorage(data)
+    reader = _reader(storage)
+    reader.start(nursery)
+    art = Artifact("k/big.bin", "http://storage.example/big", True, size=len(data))
+    stream = ReadStream()
+    reads = [(0, 256 << 10), (256 << 10, 512 << 10)] + [(at, 1 << 20) for at in range(768 << 10, len(data), 1 << 20)]
+    copies = []
+    for offset, length in reads:
+        got = await reader.read_buffer(art, offset, length, stream, total=len(data))
+        assert got == data[offset:offset + length]
+        if type(got) is not memoryview:
+            copies.append(offset)
+        await trio.testing.wait_all_tasks_blocked()  # (read-ahead lands between the kernel's reads)
+    assert stream.window > 0 and len(storage.ranges) < len(reads)  # read ahead, in runs
+    assert copies == []
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ Invariants:
   than the bytes the tier counts. `get` hands out bytes (a view copied); `get_buffer` hands
   the view itself, for the reader's own read path. A run's views are cut by `cut_run`,
   consecutively from its start: `run_span` can then answer consecutive blocks of one run
-  (a kernel read of 1 MiB in a run of 4) with one view of it, no copy.
+  (a kernel read of 1 MiB in a run of 4) with one view of it, no copy. A run that leaves goes
+  back to buffers.recycle, which receives into it again only once no view of it is left.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Generic, TypeVar
 import cachetools
 import trio
 
+from ciartfs import buffers
 from ciartfs.data.packstore import DiskStore as DiskStore  # (re-exported: where callers know it)
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class _RunsLRU(cachetools.LRUCache[str, Buffer]):
                 other = cachetools.Cache.__getitem__(self, key)  # (no move to the front)
                 if type(other) is memoryview and other.obj is run:
                     del self[key]
+        buffers.recycle(run)  # (received into again once no view of it is left anywhere)
 
 
 class MemoryCache:
@@ -151,11 +154,28 @@ class MemoryCache:
 
 
 class _Call(Generic[T]):
+    """One execution: its outcome, and an event made only once someone waits for it (most
+    read-ahead blocks are settled before any read asks for them: no event each)."""
+
+    __slots__ = ("_event", "finished", "result", "error", "cancelled")
+
     def __init__(self) -> None:
-        self.done = trio.Event()
+        self._event: trio.Event | None = None
+        self.finished = False
         self.result: T | None = None
         self.error: BaseException | None = None
         self.cancelled = False
+
+    def finish(self) -> None:
+        self.finished = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if not self.finished:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
 
 
 class SingleFlight(Generic[T]):
@@ -184,7 +204,7 @@ class SingleFlight(Generic[T]):
     def settle(self, key: Hashable, call: _Call[T], result: T | None = None, error: BaseException | None = None) -> None:
         """End a claimed call: with a result, with an error, or with neither (abandoned:
         a waiter then computes the key itself)."""
-        if self._calls.get(key) is not call or call.done.is_set():
+        if self._calls.get(key) is not call or call.finished:
             return
         if error is not None:
             call.error = error
@@ -193,14 +213,14 @@ class SingleFlight(Generic[T]):
         else:
             call.cancelled = True
         del self._calls[key]
-        call.done.set()
+        call.finish()
 
     async def run(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> T:
         while True:
             call = self._calls.get(key)
             if call is None:
                 break
-            await call.done.wait()
+            await call.wait()
             if call.cancelled:
                 continue
             if call.error is not None:
@@ -219,4 +239,4 @@ class SingleFlight(Generic[T]):
             raise
         finally:
             del self._calls[key]
-            call.done.set()
+            call.finish()

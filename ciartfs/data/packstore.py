@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -106,11 +107,18 @@ def key_digest(key: str) -> tuple[int, int]:
     prefix, sep, last = key.rpartition("|")
     if sep and last.isdigit() and len(last) < 16:
         index = int(last)
-        d = hashlib.sha256(f"{prefix}|{index >> 16}".encode("utf-8", "surrogatepass")).digest()
-        kid = (int.from_bytes(d[:6], "big") << 16 | (index & 0xFFFF)) - (1 << 63)
-        return kid, (int.from_bytes(d[6:14], "big") + index) & 0xFFFFFFFFFFFFFFFF
+        group, seed = _group_digest(prefix, index >> 16)
+        return (group | (index & 0xFFFF)) - (1 << 63), (seed + index) & 0xFFFFFFFFFFFFFFFF
     d = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(d[:8], "big", signed=True), int.from_bytes(d[8:16], "big")
+
+
+@functools.lru_cache(maxsize=1024)
+def _group_digest(prefix: str, high: int) -> tuple[int, int]:
+    """A block group's id bits and seed base (key_digest): one SHA-256 per file's 65536 blocks
+    read lately, not one per block (a cold read asks for each block's twice: the filter, the write)."""
+    d = hashlib.sha256(f"{prefix}|{high}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(d[:6], "big") << 16, int.from_bytes(d[6:14], "big")
 
 
 def _mix(kid: int) -> int:

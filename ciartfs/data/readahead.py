@@ -17,6 +17,9 @@ Invariants (pure functions: no I/O, no clock; the reader executes the plans):
   once: few requests, several connections, bounded memory (the window per file, the memory LRU
   in total). A block held or being fetched splits a run; a block the
   disk may have is read alone (from disk, not upstream).
+- Runs end where the stream's reads end (its `phase`): a kernel read is then inside one run,
+  answered with a view of the run's buffer, never a copy joined from two (`cat` reads 1 MiB at
+  768 KiB + k MiB: runs ending on multiples of 1 MiB made every read of it a 1 MiB copy).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ LONG_RUN_TARGET_RATE = 512 << 20  # bytes per second
 LONG_RUN_MIN_RATE = 32 << 20  # bytes per second
 # How far ahead of a sequential reader blocks are fetched, at most.
 READAHEAD_BYTES = 16 << 20
+# The kernel's largest read (FUSE max_pages: 256 pages). A stream's reads of several blocks end
+# at one offset modulo it (`cat`: 256 KiB, 512 KiB, then 1 MiB at a time from 768 KiB).
+KERNEL_READ_BYTES = 1 << 20
 
 
 @dataclasses.dataclass
@@ -54,6 +60,7 @@ class ReadStream:
     ahead_end: int = 0  # read-ahead has been started for blocks below this index
     limit: int | None = None  # no read-ahead past the block holding byte limit-1 (None: the file's end)
     run_rate: float = 0.0  # bytes per second one of its read-ahead requests delivered (a moving average)
+    phase: int = 0  # where its reads of several blocks end, in blocks modulo KERNEL_READ_BYTES: runs end there too
 
 
 def run_blocks_for(stream: ReadStream, *, block_size: int, max_window: int, cpu_bound: bool) -> int:
@@ -82,9 +89,12 @@ def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: i
     """A read of [offset, end) happened: update `stream`, and return the blocks to fetch ahead
     now (None: none). `held(index)`: the block is in memory or being fetched. `active`: read-ahead
     can run at all (the window is still tracked when it cannot). `align`: what is planned ends
-    on a multiple of it (the run length: see `requests`), unless at the end."""
+    on a run boundary for runs of that many blocks (`stream.phase` plus a multiple of it: see
+    `requests`), unless at the end."""
     bs = block_size
     last = (end - 1) // bs
+    if end % bs == 0 and last > offset // bs:  # (a read of one block never spans two runs)
+        stream.phase = (end // bs) % max(1, KERNEL_READ_BYTES // bs)
     if offset > 0 and (offset == stream.next_offset
                        or _skipped_only_held(stream.next_offset, offset, bs, max_window, held)):
         stream.window = min(max(1, stream.window * 2), max_window)
@@ -98,7 +108,8 @@ def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: i
     if stream.ahead_end - (last + 1) >= stream.window // 2 and stream.ahead_end > last + 1:
         return None  # more than half the window is still ahead
     end_of_file = total if stream.limit is None else max(end, min(total, stream.limit))
-    stop = min(-(-(last + 1 + stream.window) // align) * align, (end_of_file - 1) // bs + 1)
+    phase = stream.phase
+    stop = min(phase - (phase - (last + 1 + stream.window)) // align * align, (end_of_file - 1) // bs + 1)
     if start >= stop:
         return None
     stream.ahead_end = stop
@@ -118,10 +129,11 @@ Step = tuple[Literal["single"], int] | tuple[Literal["run"], list[int]]
 
 
 def requests(blocks: range, state: Callable[[int], Literal["held", "disk", "missing"]], *, run_blocks: int,
-             runs: bool) -> list[Step]:
+             runs: bool, phase: int = 0) -> list[Step]:
     """How to fetch `blocks`, in order: ("run", indices) is one ranged GET for consecutive
-    missing blocks (at most `run_blocks`, ending on a multiple of it), ("single", index) one block fetched alone (it may be
-    on disk, or the source fetches no runs); held blocks are skipped and end a run."""
+    missing blocks (at most `run_blocks`, ending at `phase` plus a multiple of it), ("single",
+    index) one block fetched alone (it may be on disk, or the source fetches no runs); held
+    blocks are skipped and end a run."""
     steps: list[Step] = []
     run: list[int] = []
 
@@ -140,7 +152,7 @@ def requests(blocks: range, state: Callable[[int], Literal["held", "disk", "miss
             steps.append(("single", index))
         else:
             run.append(index)
-            if len(run) == run_blocks or (index + 1) % run_blocks == 0:
-                end_run()  # (runs end on multiples of their length: a kernel read of 1 MiB never spans two)
+            if len(run) == run_blocks or (index + 1 - phase) % run_blocks == 0:
+                end_run()  # (runs end where the reads do: a kernel read of 1 MiB never spans two)
     end_run()
     return steps

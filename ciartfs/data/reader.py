@@ -240,8 +240,9 @@ class Reader:
         if first < last and self.blocks.background is not None:
             # A read of several blocks (the kernel asks up to 1 MiB at once where its read-ahead
             # was raised): the missing ones in runs, one request each, as read-ahead fetches
-            # them; the fetches below then wait for those. First: the limiter is FIFO.
-            self._start_readahead(art, range(first, last + 1), total)
+            # them; the fetches below then wait for those. First: the limiter is FIFO. (Runs
+            # ending where the read does: it is then one run's view, not a copy.)
+            self._start_readahead(art, range(first, last + 1), total, phase=(last + 1) % self.run_blocks)
         if stream is not None:
             self._plan_readahead(art, stream, offset, end, total)
         if first == last:
@@ -355,13 +356,14 @@ class Reader:
         ahead = plan(stream, offset, end, total, block_size=self.block_size, max_window=self.readahead_blocks,
                      held=held, active=self.blocks.background is not None, align=run_blocks)
         if ahead is not None:
-            self._start_readahead(art, ahead, total, stream, run_blocks)
+            self._start_readahead(art, ahead, total, stream, run_blocks, stream.phase)
 
     def _start_readahead(self, art: Artifact, blocks: range, total: int, stream: ReadStream | None = None,
-                         run_blocks: int | None = None) -> None:
+                         run_blocks: int | None = None, phase: int = 0) -> None:
         """Fetch `blocks` in the background: the missing ones in runs of up to `run_blocks` (by
-        default the reader's; longer for a `stream` whose requests are fast), one request each,
-        where the source can; blocks the disk may have are read from it."""
+        default the reader's; longer for a `stream` whose requests are fast), ending at `phase`
+        plus a multiple of it, one request each, where the source can; blocks the disk may have
+        are read from it."""
         background = self.blocks.background
         assert background is not None
         source = self._source(art)
@@ -377,7 +379,7 @@ class Reader:
             # (without runs every block is fetched alone anyway: no need to ask the disk index)
             return "disk" if runs and disk is not None and disk.might_have(key) else "missing"
 
-        for step in requests(blocks, state, run_blocks=run_blocks or self.run_blocks, runs=runs):
+        for step in requests(blocks, state, run_blocks=run_blocks or self.run_blocks, runs=runs, phase=phase):
             if step[0] == "single":
                 background.start_soon(self._prefetch, art, step[1], total)
                 continue
