@@ -196,8 +196,10 @@ async def test_api_documents_are_written_behind_and_served_before_they_are_writt
 def test_thread_busy_tells_a_thread_that_computes_from_one_that_waits():
     """Read-ahead asks for longer runs while trio's thread is CPU-bound (readahead.LONG_RUN_BYTES)."""
     busy = ThreadBusy()
-    end = time.monotonic() + 2 * ThreadBusy.INTERVAL
-    while time.monotonic() < end:
+    # Spinning is busy. Until it says so, within a bound: an interval may go to waiting for the
+    # GIL (a thread another test left), which is neither on the CPU nor in its run queue.
+    end = time.monotonic() + 40 * ThreadBusy.INTERVAL
+    while not busy.busy and time.monotonic() < end:
         busy.sample()  # (sampled at most every INTERVAL)
     assert busy.busy
     time.sleep(2 * ThreadBusy.INTERVAL)
