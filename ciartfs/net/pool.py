@@ -101,6 +101,18 @@ class Reply:
         stream = self.stream
         return stream.length_for_into() if isinstance(stream, _Body) else None
 
+    def finished(self) -> bool:
+        """The body was read to its end, or had no bytes (this pool's answers; False for others)."""
+        stream = self.stream
+        return isinstance(stream, _Body) and stream.finished()
+
+    def body_in_hand(self) -> bytes | None:
+        """The whole body, when it is framed by Content-Length and came with the head (a small
+        file's, most often), none of it read yet: taken without a body iterator (an async
+        generator per answer). None otherwise (read it with `aiter_raw`)."""
+        stream = self.stream
+        return stream.body_in_hand() if isinstance(stream, _Body) else None
+
     async def read_all(self) -> bytearray:
         """The whole body (`body_length` bytes) received straight into one buffer: no chunk
         objects, no join. A closed connection cuts it short as `aiter_raw` does (an error: the
@@ -261,24 +273,28 @@ class _Connection:
             raise httpx.ReadError(f"reading the answer: {e}") from None
         return data if type(data) is bytes else bytes(data)  # (trio's streams give bytes)
 
-    async def receive_head(self, max_bytes: int) -> bytes:
+    async def receive_head(self, max_bytes: int, *, sent_now: bool = False) -> bytes:
         """`receive`, for an answer's head: plain TCP reads the descriptor and waits only when
         nothing is there (trio's receive_some also goes once through the scheduler after each
         read). Not for bodies: a body's reads go through trio, whose pass through the scheduler
-        after each lets FUSE requests in while a large body keeps arriving."""
+        after each lets FUSE requests in while a large body keeps arriving. `sent_now`: the
+        request was just written, so its answer cannot be here yet: wait before reading (a read
+        that fails first is a syscall and an exception per request)."""
         fd = self.socket.fileno() if self.plain else -1
         if fd < 0:  # TLS, or closed (trio says so)
             return await self.receive(max_bytes)
+        wait = sent_now
         while True:
+            if wait:
+                try:
+                    await trio.lowlevel.wait_readable(self.socket)
+                except (trio.ClosedResourceError, OSError) as e:
+                    raise httpx.ReadError(f"reading the answer: {e}") from None
             try:
                 return os.read(fd, max_bytes)
             except BlockingIOError:
-                pass
+                wait = True
             except OSError as e:
-                raise httpx.ReadError(f"reading the answer: {e}") from None
-            try:
-                await trio.lowlevel.wait_readable(self.socket)
-            except (trio.ClosedResourceError, OSError) as e:
                 raise httpx.ReadError(f"reading the answer: {e}") from None
 
     async def receive_into(self, view: memoryview) -> int:
@@ -338,7 +354,7 @@ class _Exchange:
                 if head_bytes + len(received) > MAX_HEAD_BYTES:
                     raise BrokenAnswer(f"answer heads larger than {MAX_HEAD_BYTES} bytes")
                 searched = max(0, len(received) - 2)  # an end ("\n\r\n") may span the next read
-                data = await self.conn.receive_head(HEAD_READ_SIZE)
+                data = await self.conn.receive_head(HEAD_READ_SIZE, sent_now=not received and not head_bytes)
                 if not data:
                     raise httpx.RemoteProtocolError("the server closed the connection before the answer's head ended")
                 received += data
@@ -404,6 +420,15 @@ class _Exchange:
             self.remaining -= len(data)
             yield data
         self.done = True
+
+    def body_in_hand(self) -> bytes | None:
+        """The whole body, taken, when it is framed by Content-Length, came with the head and
+        none of it was read yet."""
+        if self.remaining != 0 or self.started:
+            return None
+        self.started = self.done = True
+        body, self.prefix = self.prefix, b""
+        return body
 
     def length_for_into(self) -> int | None:
         """The body's length when it is framed by Content-Length and none of it was read yet."""
@@ -472,6 +497,12 @@ class _Body(httpx.AsyncByteStream):
 
     def length_for_into(self) -> int | None:
         return None if self._closed else self._exchange.length_for_into()
+
+    def finished(self) -> bool:
+        return self._exchange.done
+
+    def body_in_hand(self) -> bytes | None:
+        return None if self._closed else self._exchange.body_in_hand()
 
     async def read_into(self, buffer: bytearray) -> None:
         await self._exchange.body_into(buffer)
@@ -613,7 +644,12 @@ class PoolPerOrigin:
         if origin is None:
             origin = self._origins[target.origin] = _Origin(target.origin, self.max_per_origin)
         slot = object()  # borrows the slot: not the task, as another task may close the body
-        await origin.slots.acquire_on_behalf_of(slot)
+        try:
+            # a free slot is taken without trio's checkpoint (a pass through the scheduler per
+            # request); the wait for the answer is the request's checkpoint
+            origin.slots.acquire_on_behalf_of_nowait(slot)
+        except trio.WouldBlock:
+            await origin.slots.acquire_on_behalf_of(slot)
         generation = origin.generation
         conn: _Connection | None = None
         try:
