@@ -47,8 +47,7 @@ class ScriptedConnection:
             return piece[:max_bytes]
         return self.pieces.pop(0)
 
-    async def receive_head(self, max_bytes: int, *, sent_now: bool = False) -> bytes:
-        return await self.receive(max_bytes)  # (the pool reads heads with this one, bodies with `receive`)
+    receive_head = receive  # (the pool reads heads with this one, bodies with `receive`)
 
     @property
     def unread(self) -> bytes:

@@ -273,28 +273,24 @@ class _Connection:
             raise httpx.ReadError(f"reading the answer: {e}") from None
         return data if type(data) is bytes else bytes(data)  # (trio's streams give bytes)
 
-    async def receive_head(self, max_bytes: int, *, sent_now: bool = False) -> bytes:
+    async def receive_head(self, max_bytes: int) -> bytes:
         """`receive`, for an answer's head: plain TCP reads the descriptor and waits only when
         nothing is there (trio's receive_some also goes once through the scheduler after each
         read). Not for bodies: a body's reads go through trio, whose pass through the scheduler
-        after each lets FUSE requests in while a large body keeps arriving. `sent_now`: the
-        request was just written, so its answer cannot be here yet: wait before reading (a read
-        that fails first is a syscall and an exception per request)."""
+        after each lets FUSE requests in while a large body keeps arriving."""
         fd = self.socket.fileno() if self.plain else -1
         if fd < 0:  # TLS, or closed (trio says so)
             return await self.receive(max_bytes)
-        wait = sent_now
         while True:
-            if wait:
-                try:
-                    await trio.lowlevel.wait_readable(self.socket)
-                except (trio.ClosedResourceError, OSError) as e:
-                    raise httpx.ReadError(f"reading the answer: {e}") from None
             try:
                 return os.read(fd, max_bytes)
             except BlockingIOError:
-                wait = True
+                pass
             except OSError as e:
+                raise httpx.ReadError(f"reading the answer: {e}") from None
+            try:
+                await trio.lowlevel.wait_readable(self.socket)
+            except (trio.ClosedResourceError, OSError) as e:
                 raise httpx.ReadError(f"reading the answer: {e}") from None
 
     async def receive_into(self, view: memoryview) -> int:
@@ -354,7 +350,7 @@ class _Exchange:
                 if head_bytes + len(received) > MAX_HEAD_BYTES:
                     raise BrokenAnswer(f"answer heads larger than {MAX_HEAD_BYTES} bytes")
                 searched = max(0, len(received) - 2)  # an end ("\n\r\n") may span the next read
-                data = await self.conn.receive_head(HEAD_READ_SIZE, sent_now=not received and not head_bytes)
+                data = await self.conn.receive_head(HEAD_READ_SIZE)
                 if not data:
                     raise httpx.RemoteProtocolError("the server closed the connection before the answer's head ended")
                 received += data
@@ -644,12 +640,7 @@ class PoolPerOrigin:
         if origin is None:
             origin = self._origins[target.origin] = _Origin(target.origin, self.max_per_origin)
         slot = object()  # borrows the slot: not the task, as another task may close the body
-        try:
-            # a free slot is taken without trio's checkpoint (a pass through the scheduler per
-            # request); the wait for the answer is the request's checkpoint
-            origin.slots.acquire_on_behalf_of_nowait(slot)
-        except trio.WouldBlock:
-            await origin.slots.acquire_on_behalf_of(slot)
+        await origin.slots.acquire_on_behalf_of(slot)
         generation = origin.generation
         conn: _Connection | None = None
         try:
