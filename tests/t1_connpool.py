@@ -37,6 +37,11 @@ SCRIPTS: dict[bytes, tuple[bytes, str]] = {
     b"/then-close": (PARTIAL + b"\r\n" + BODY[:4], "close"),
     b"/extra": (PARTIAL + b"\r\n" + BODY[:4] + b"JUNK", "keep"),
     b"/short": (PARTIAL + b"\r\n" + BODY[:2], "close"),
+    # framed by Content-Length and sent whole with the head, but not the bytes Content-Range names
+    b"/length-short-of-range": (RANGE_ONLY.join((b"HTTP/1.1 206 Partial Content\r\n", b"Content-Length: 3\r\n\r\n"))
+                                + BODY[:3], "keep"),
+    b"/length-beyond-range": (RANGE_ONLY.join((b"HTTP/1.1 206 Partial Content\r\n", b"Content-Length: 5\r\n\r\n"))
+                              + BODY[:5], "keep"),
     b"/not-modified": (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", "keep"),
     b"/huge-head": (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * (200 << 10) + b"\r\n\r\n", "close"),
     # legal but unusual: bare LF line ends (RFC 9112 2.2), a folded field (5.2), 1xx heads before
@@ -330,6 +335,19 @@ async def test_answers_cut_short_are_retried_not_returned(server, path, into):
             await client.get_range(server.url + path, 0, 4, into=into)
         assert client.requests_made >= 2  # retried, each time on a fresh connection
         assert server.accepted == client.requests_made
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("path", ["/length-short-of-range", "/length-beyond-range"])
+async def test_a_body_that_came_with_its_head_is_checked_against_its_content_range(server, path):
+    """A small body arrives with its head and is taken whole, without a read (`body_in_hand`):
+    it must still be exactly what Content-Range names, or it is asked for again, never returned."""
+    client = HttpClient(timeout=1.5)
+    try:
+        with pytest.raises((UpstreamError, UpstreamTimeout)):
+            await client.get_range(server.url + path, 0, 4)
+        assert client.requests_made >= 2  # a mismatch is retried
     finally:
         await client.aclose()
 

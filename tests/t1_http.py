@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ciartfs.errors import ArtifactExpired, BadListing, Forbidden, NotFound, UpstreamError, UpstreamTimeout
+from ciartfs.net import client as client_module
 from ciartfs.net.client import REDIRECT_TARGET_MAX_AGE, HttpClient, location_url
 from ciartfs.net.credentials import HeaderCredential, origin_of
 from ciartfs.providers.circleci.v1 import TokenVerdicts, artifact_url_takes_token, credential
@@ -124,6 +125,19 @@ async def test_a_redirect_target_is_not_used_past_its_maximum_age(server_and_cli
     reply = await client.get_range(API + "/art/1", 20, 10, credentials=True)
     assert reply.data == DATA[20:30]
     assert len(headers_to(server, API)) == 2  # too old: asked the API again, though sig1 still works
+
+
+async def test_redirect_targets_are_kept_boundedly_and_a_dropped_one_still_redirects(monkeypatch):
+    monkeypatch.setattr(client_module, "REDIRECT_TARGETS_KEPT", 3)
+    targets = client_module._RedirectTargets()
+    for i in range(4):
+        targets.set(f"u{i}", f"t{i}")
+    assert not targets.redirects("u0") and targets.get("u0") is None  # the least recently used went
+    assert targets.get("u1") == "t1"  # used: now the most recent
+    targets.set("u4", "t4")
+    assert targets.get("u1") == "t1" and not targets.redirects("u2")
+    targets.drop("u1")  # its target failed: resolved again, by one request while others wait
+    assert targets.get("u1") is None and targets.redirects("u1")
 
 
 @pytest.mark.parametrize("url,gets_token", [

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ciartfs.net import wire
 from ciartfs.net.pool import _Exchange
 from ciartfs.net.wire import (
     MAX_CONTENT_LENGTH,
@@ -401,6 +402,22 @@ def test_header_values_cannot_add_lines():
     for value in ("a\r\nX-Injected: 1", "a\nb", "a\x00", "caf\xe9"):
         with pytest.raises(httpx.LocalProtocolError):
             request_fields(target, [("Circle-Token", value)])
+
+
+def test_fields_found_legal_are_remembered_boundedly_and_illegal_ones_never():
+    target = parse_url("http://example.test/a")
+    wire._LEGAL_FIELDS.clear()
+    for i in range(wire.LEGAL_FIELDS_KEPT + 10):  # block reads: a new Range each
+        assert request_fields(target, [("Range", f"bytes={i}-{i + 9}")])[1] == ("Range", f"bytes={i}-{i + 9}")
+        assert len(wire._LEGAL_FIELDS) <= wire.LEGAL_FIELDS_KEPT
+    # the same pair again is sent as checked the first time (surrounding whitespace dropped)
+    for _ in range(2):
+        assert request_fields(target, [("Accept", " */* ")])[1] == ("Accept", "*/*")
+    for _ in range(2):  # refused every time, whatever was accepted before under that name
+        with pytest.raises(httpx.LocalProtocolError):
+            request_fields(target, [("Accept", "*/*\r\nX-Injected: 1")])
+        with pytest.raises(httpx.LocalProtocolError):
+            request_fields(target, [("Host", "elsewhere.test")])
 
 
 def httpx_target(url: str) -> tuple[str, str, int, str] | None:

@@ -35,6 +35,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import email.utils
@@ -49,7 +50,6 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-import cachetools
 import httpx
 import trio
 
@@ -227,6 +227,44 @@ def link_next(value: str | None) -> str | None:
     return match.group(1).strip() if match else None
 
 
+class _RedirectTargets:
+    """Artifact URL -> the target it redirected to, for REDIRECT_TARGET_MAX_AGE (on trio's clock:
+    tests may mock it); the REDIRECT_TARGETS_KEPT most recently used are kept. A URL whose target
+    expired or was dropped (it failed) is still known to redirect (`redirects`). One OrderedDict,
+    not cachetools' TTLCache beside an LRUCache: their bookkeeping (a timer context, links, two
+    caches updated per answer) was a measurable share of a listed artifact's CPU."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: collections.OrderedDict[str, tuple[str | None, float]] = collections.OrderedDict()
+
+    def get(self, url: str) -> str | None:
+        entry = self._entries.get(url)
+        if entry is None or entry[0] is None:
+            return None
+        if trio.current_time() >= entry[1]:
+            self._entries[url] = (None, 0.0)
+            return None
+        self._entries.move_to_end(url)
+        return entry[0]
+
+    def redirects(self, url: str) -> bool:
+        return url in self._entries
+
+    def set(self, url: str, target: str) -> None:
+        entries = self._entries
+        entries[url] = (target, trio.current_time() + REDIRECT_TARGET_MAX_AGE)
+        entries.move_to_end(url)
+        if len(entries) > REDIRECT_TARGETS_KEPT:
+            entries.popitem(last=False)
+
+    def drop(self, url: str) -> None:
+        """`url`'s target failed: resolve it again (it still redirects)."""
+        if url in self._entries:
+            self._entries[url] = (None, 0.0)
+
+
 class HttpClient:
     """Async HTTP client for API JSON and ranged artifact reads (see module docstring)."""
 
@@ -256,13 +294,11 @@ class HttpClient:
             transport = ViaHttpx(transport)
         self._transport: Sender = transport or PoolPerOrigin(
             max_per_origin=max_connections, max_idle=2 * max_connections + 64, address_rule=address_rule)
-        # artifact URL -> its resolved redirect target, until that fails or gets too old
-        self._targets: cachetools.TTLCache[str, str] = cachetools.TTLCache(
-            REDIRECT_TARGETS_KEPT, REDIRECT_TARGET_MAX_AGE, timer=lambda: trio.current_time())  # trio's clock: tests may mock it
-        # URLs that redirected before (their target expired): while one request resolves such
-        # a URL again, the others wait for its answer instead of each asking the API (GitHub
-        # counts every resolution against its rate limit).
-        self._redirected: cachetools.LRUCache[str, None] = cachetools.LRUCache(REDIRECT_TARGETS_KEPT)
+        # artifact URL -> its resolved redirect target, until that fails or gets too old; a URL
+        # that redirected before (its target expired or failed) is still known to redirect:
+        # while one request resolves such a URL again, the others wait for its answer instead of
+        # each asking the API (GitHub counts every resolution against its rate limit).
+        self._targets = _RedirectTargets()
         self._resolving: dict[str, trio.Event] = {}
         self.requests_made = 0
         self._rate_limits: dict[tuple[str, str, int], RateLimit] = {}  # API origin -> last stated budget
@@ -378,34 +414,33 @@ class HttpClient:
         deadline = trio.current_time() + timeout
         attempt = 0
         last = "waiting for the first answer"
-        try:
-            with trio.fail_after(timeout):
-                while True:
-                    try:
-                        return await once(*args)
-                    except _StaleTarget:
-                        continue  # resolve again from the original URL, at once
-                    except _Retry as e:
-                        last = str(e)
-                        attempt += 1
-                        if not retry:  # a request that must not be sent twice
-                            raise UpstreamError(f"{redact_url(url)}: {last} (not retried: not idempotent)") from None
-                        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
-                        remaining = deadline - trio.current_time() - MIN_ATTEMPT_TIME
-                        if e.retry_after is not None:
-                            if e.retry_after > remaining:  # the server asks for more than we have
-                                raise UpstreamError(f"{redact_url(url)}: {last}, Retry-After {e.retry_after:g}s "
-                                                    f"exceeds the time left (gave up after {attempt} attempts)") from None
-                            delay = max(delay, e.retry_after)
-                        delay = min(delay, remaining)  # one more try fits: shorten the wait
-                        if delay < 0:
-                            raise UpstreamError(f"{redact_url(url)}: {last} (gave up after {attempt} attempts)") from None
-                        log.debug("retrying %s in %.2fs: %s", redact_url(url), delay, last)
-                        await trio.sleep(delay)
-        except trio.TooSlowError:
-            raise UpstreamTimeout(
-                f"{redact_url(url)}: no complete answer within {timeout:g}s (last: {last})"
-            ) from None
+        # a CancelScope, not trio.fail_after: that one is a generator context manager around
+        # it, a measurable cost per request (two per listed artifact)
+        with trio.CancelScope(deadline=deadline) as scope:
+            while True:
+                try:
+                    return await once(*args)
+                except _StaleTarget:
+                    continue  # resolve again from the original URL, at once
+                except _Retry as e:
+                    last = str(e)
+                    attempt += 1
+                    if not retry:  # a request that must not be sent twice
+                        raise UpstreamError(f"{redact_url(url)}: {last} (not retried: not idempotent)") from None
+                    delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+                    remaining = deadline - trio.current_time() - MIN_ATTEMPT_TIME
+                    if e.retry_after is not None:
+                        if e.retry_after > remaining:  # the server asks for more than we have
+                            raise UpstreamError(f"{redact_url(url)}: {last}, Retry-After {e.retry_after:g}s "
+                                                f"exceeds the time left (gave up after {attempt} attempts)") from None
+                        delay = max(delay, e.retry_after)
+                    delay = min(delay, remaining)  # one more try fits: shorten the wait
+                    if delay < 0:
+                        raise UpstreamError(f"{redact_url(url)}: {last} (gave up after {attempt} attempts)") from None
+                    log.debug("retrying %s in %.2fs: %s", redact_url(url), delay, last)
+                    await trio.sleep(delay)
+        assert scope.cancelled_caught  # (the loop only ever returns or raises)
+        raise UpstreamTimeout(f"{redact_url(url)}: no complete answer within {timeout:g}s (last: {last})")
 
     def _open(self, url: str, *, accept: str, byte_range: str | None = None,
               credentials: bool, first_hop: Sequence[tuple[str, str]] = ()) -> _Answer:
@@ -493,7 +528,8 @@ class HttpClient:
         artifact's redirect would then pay a new TCP connection."""
         declared = resp.headers.get("content-length", "")
         try:
-            if declared.isdigit() and int(declared) <= DRAIN_LIMIT:
+            # (a redirect's body is most often empty: nothing to read, no body iterator made)
+            if not resp.finished() and declared.isdigit() and int(declared) <= DRAIN_LIMIT:
                 async for _ in resp.aiter_raw():
                     pass
         except httpx.TransportError:
@@ -605,7 +641,7 @@ class HttpClient:
                              into: bool) -> RangeReply:
         target = self._targets.get(url)
         resolved: trio.Event | None = None  # set once this request has resolved `url` again
-        if target is None and url in self._redirected:
+        if target is None and self._targets.redirects(url):
             pending = self._resolving.get(url)
             if pending is not None:
                 await pending.wait()
@@ -638,7 +674,7 @@ class HttpClient:
                 # Expired presigned URL (S3 answers 403) or a target gone stale: go back to
                 # the original URL once; a fresh target failing the same way is final.
                 if use_target:
-                    self._targets.pop(url, None)
+                    self._targets.drop(url)
                     raise _StaleTarget()
                 if status in (404, 410):
                     raise ArtifactExpired(f"{redact_url(url)}: storage answered HTTP {status}; the artifact has expired")
@@ -648,18 +684,15 @@ class HttpClient:
             if status in (401, 403):
                 raise Forbidden(f"{redact_url(url)}: HTTP {status} (check the API token)")
             if redirected:
-                self._targets[url] = final
-                self._redirected[url] = None
+                self._targets.set(url, final)
                 if resolved is not None:
                     resolved.set()  # the others may go on with it while this body is read
-            encoding = resp.headers.get("content-encoding", "").strip().lower() or None
-            if encoding == "identity":
-                encoding = None
+            encoding = _content_encoding(resp)
             if status == 206:
                 if start < 0:  # the tail: where it starts follows from the total
                     start = max(0, ranges.total_of(resp, url) - length)
                 reply = await ranges.read_partial(resp, url, start, length, into)
-                return dataclasses.replace(reply, encoding=encoding)
+                return reply if encoding is None else dataclasses.replace(reply, encoding=encoding)
             if status == 200:
                 declared = resp.headers.get("content-length", "")
                 if take_whole and start >= 0 and encoding is None and declared.isdigit():
@@ -673,7 +706,7 @@ class HttpClient:
                     reply = await ranges.read_whole_tail(resp, url, length)
                 else:
                     reply = await ranges.read_whole(resp, url, start, length)
-                return dataclasses.replace(reply, encoding=encoding)
+                return reply if encoding is None else dataclasses.replace(reply, encoding=encoding)
             if status == 416:
                 return ranges.unsatisfiable(resp, url, max(0, start))
             self._retry_or_raise(resp, url)
@@ -688,7 +721,7 @@ class HttpClient:
                               credentials=credentials and not use_target) as (resp, _final, _redirected):
             status = resp.status_code
             if status in (401, 403, 404, 410) and use_target:
-                self._targets.pop(url, None)
+                self._targets.drop(url)
                 raise _StaleTarget()
             if status in (404, 410):
                 raise ArtifactExpired(f"{redact_url(url)}: HTTP {status}; the artifact has expired or was deleted")
@@ -696,8 +729,7 @@ class HttpClient:
                 raise Forbidden(f"{redact_url(url)}: HTTP {status}")
             if status != 200:
                 self._retry_or_raise(resp, url)
-            encoding = resp.headers.get("content-encoding", "").strip().lower() or None
-            return await consume(resp.aiter_raw(), None if encoding == "identity" else encoding)
+            return await consume(resp.aiter_raw(), _content_encoding(resp))
 
     async def _stream_once(self, url: str, credentials: bool) -> Reply:
         resp, _, _ = await self._follow(url, "*/*", None, credentials)
@@ -711,6 +743,15 @@ class HttpClient:
             raise Forbidden(f"{redact_url(url)}: HTTP {status}")
         self._retry_or_raise(resp, url)
         raise AssertionError("unreachable")
+
+def _content_encoding(resp: Reply) -> str | None:
+    """The coding a body is stored in (lowercase), None for the bytes as they are."""
+    value = resp.headers.get("content-encoding")
+    if value is None:
+        return None
+    value = value.strip().lower()
+    return None if value in ("", "identity") else value
+
 
 async def _stream_chunks(resp: Reply, url: str) -> AsyncIterator[bytes]:
     """A streamed body's chunks; the connection failing is an UpstreamError (not retried: the

@@ -101,6 +101,18 @@ class Reply:
         stream = self.stream
         return stream.length_for_into() if isinstance(stream, _Body) else None
 
+    def finished(self) -> bool:
+        """The body was read to its end, or had no bytes (this pool's answers; False for others)."""
+        stream = self.stream
+        return isinstance(stream, _Body) and stream.finished()
+
+    def body_in_hand(self) -> bytes | None:
+        """The whole body, when it is framed by Content-Length and came with the head (a small
+        file's, most often), none of it read yet: taken without a body iterator (an async
+        generator per answer). None otherwise (read it with `aiter_raw`)."""
+        stream = self.stream
+        return stream.body_in_hand() if isinstance(stream, _Body) else None
+
     async def read_all(self) -> bytearray:
         """The whole body (`body_length` bytes) received straight into one buffer: no chunk
         objects, no join. A closed connection cuts it short as `aiter_raw` does (an error: the
@@ -405,6 +417,15 @@ class _Exchange:
             yield data
         self.done = True
 
+    def body_in_hand(self) -> bytes | None:
+        """The whole body, taken, when it is framed by Content-Length, came with the head and
+        none of it was read yet."""
+        if self.remaining != 0 or self.started:
+            return None
+        self.started = self.done = True
+        body, self.prefix = self.prefix, b""
+        return body
+
     def length_for_into(self) -> int | None:
         """The body's length when it is framed by Content-Length and none of it was read yet."""
         if self.remaining is None or self.done or self.started:
@@ -472,6 +493,12 @@ class _Body(httpx.AsyncByteStream):
 
     def length_for_into(self) -> int | None:
         return None if self._closed else self._exchange.length_for_into()
+
+    def finished(self) -> bool:
+        return self._exchange.done
+
+    def body_in_hand(self) -> bytes | None:
+        return None if self._closed else self._exchange.body_in_hand()
 
     async def read_into(self, buffer: bytearray) -> None:
         await self._exchange.body_into(buffer)

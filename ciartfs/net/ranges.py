@@ -111,6 +111,11 @@ async def read_partial(resp: Reply, url: str, start: int, length: int, into: boo
     want = last - first + 1
     if into and resp.body_length() == want:  # (a body of another length: read as chunks, refused below)
         return RangeReply(start, b"", total, buffer=await resp.read_all())
+    body = resp.body_in_hand()
+    if body is not None:  # all of it came with the head: nothing to read
+        if len(body) != want:
+            raise RangeMismatch(f"body of {len(body)} bytes, its Content-Range says {want}")
+        return RangeReply(start, body, total)
     chunks, got = [], 0
     async for chunk in resp.aiter_raw():
         chunks.append(chunk)
