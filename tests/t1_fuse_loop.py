@@ -116,6 +116,6 @@ def test_install_only_over_a_checked_pyfuse3_and_a_known_fd(monkeypatch, pipe):
 
 def test_the_installed_pyfuse3_is_one_this_was_checked_against():
     """A new pyfuse3 release must be read (internal.pxi) before it is added to PYFUSE3_VERSIONS:
-    fail here, not silently run the old loop, when the pinned version changes."""
+    fail here, not silently run the old loop, when the pin (pyproject.toml) changes."""
     assert pyfuse3.__version__ in fuse_loop.PYFUSE3_VERSIONS
     assert pyfuse3._wait_fuse_readable is not None and pyfuse3._session_loop is not None
