@@ -108,12 +108,16 @@ def plan(stream: ReadStream, offset: int, end: int, total: int, *, block_size: i
     if stream.ahead_end - (last + 1) >= stream.window // 2 and stream.ahead_end > last + 1:
         return None  # more than half the window is still ahead
     end_of_file = total if stream.limit is None else max(end, min(total, stream.limit))
-    phase = stream.phase
-    stop = min(phase - (phase - (last + 1 + stream.window)) // align * align, (end_of_file - 1) // bs + 1)
+    stop = min(_boundary_at_or_after(last + 1 + stream.window, stream.phase, align), (end_of_file - 1) // bs + 1)
     if start >= stop:
         return None
     stream.ahead_end = stop
     return range(start, stop)
+
+
+def _boundary_at_or_after(index: int, phase: int, align: int) -> int:
+    """The first run boundary (`phase` plus a multiple of `align`) at or after block `index`."""
+    return index + (phase - index) % align
 
 
 def _skipped_only_held(lo: int, hi: int, bs: int, max_window: int, held: Callable[[int], bool]) -> bool:

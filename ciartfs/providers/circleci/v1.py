@@ -327,7 +327,7 @@ class CircleCIApi:
                 log.debug("%s: %s (asked again when the build is listed)", redact_url(url), e)
 
         async with trio.open_nursery() as nursery:
-            if f"{vcs}/{user}/{project}/{num}" not in self.kept:
+            if build_where(vcs, user, project, num) not in self.kept:
                 nursery.start_soon(fetch_artifacts)
             await fetch_build()
             if failed:
@@ -360,7 +360,14 @@ class _Project:
 
     @property
     def where(self) -> str:
-        return f"{self.vcs}/{self.user}/{self.name}"
+        return build_where(self.vcs, self.user, self.name)
+
+
+def build_where(vcs: str, user: str, project: str, num: int | None = None) -> str:
+    """A project's or build's place: in log lines, and the key of its kept listing (one spelling,
+    so that a build whose listing is kept is never fetched again with it)."""
+    project_where = f"{vcs}/{user}/{project}"
+    return project_where if num is None else f"{project_where}/{num}"
 
 
 def root_entries(api: CircleCIApi, *, recent_builds: int, ttl: float, mtime: float,
@@ -536,7 +543,7 @@ class _BuildDir(CompleteDir):
 
     async def list(self) -> list[Entry]:
         p, b = self.p, self.build
-        where = f"{p.where}/{b.num}"
+        where = build_where(p.vcs, p.user, p.name, b.num)
         records: list[ArtifactRecord] | list[PackedNode] | None = self._fetched
         self._fetched = None
         if records is None and b.completed:
