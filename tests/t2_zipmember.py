@@ -29,6 +29,7 @@ from ciartfs.data.zipmember import MEMBER_KEY_SEPARATOR, ZipArchives, ZipMemberR
 from ciartfs.errors import CiartfsError
 from ciartfs.fakeserver.server import FakeCI
 from ciartfs.fakeserver.storage import next_blob_id
+from ciartfs.namespace import names
 from ciartfs.namespace.model import Artifact, Entry, Kind
 from ciartfs.net.client import HttpClient
 
@@ -614,7 +615,7 @@ async def test_a_member_far_from_the_next_header_is_not_decoded_in_a_batch(zips,
 async def test_directory_entries_make_at_most_the_directory_budget(zips, monkeypatch, caplog):
     """A zip's directory entries (empty directories) could ask for a directory per byte of its
     central directory, 250 a name here: they are bounded as a listing's paths are."""
-    monkeypatch.setattr(zipmember, "DIRS_FREE", 100)
+    monkeypatch.setattr(names, "DIRS_FREE", 100)
     chains = [(f"p{i:02d}/" + "d/" * 248, b"", 0) for i in range(40)]
     archive = zips.archive(make_zip([("ok.txt", b"fine\n", zipfile.ZIP_DEFLATED), *chains]))
     files = await zips.files(archive)

@@ -88,7 +88,7 @@ from ciartfs.data.sources import MemberOrder, ZipMember
 from ciartfs.data.zipindex import BZIP2, DEFLATED, LZMA, STORED, BadZip, NotAZip, ZipEntry
 from ciartfs.errors import CiartfsError, UpstreamError, again, redact_url
 from ciartfs.namespace.model import Artifact, Entry, Kind
-from ciartfs.namespace.names import DIRS_FREE, DIRS_PER_FILE, FileTree, place_artifacts, split_artifact_path, tree_entries
+from ciartfs.namespace.names import place_artifacts, place_directories, tree_entries
 
 if TYPE_CHECKING:
     from ciartfs.data.reader import Reader
@@ -221,27 +221,8 @@ def _entries(archive: Artifact, parsed: list[ZipEntry], *, where: str, mtime: fl
              info: dict[str, str]) -> list[Entry]:
     files = ((e.name, e) for e in parsed if not e.is_dir)
     tree = place_artifacts(files, where=where, tiebreak=lambda e: f"{e.header_offset:020d}")
-    # directory entries: empty directories show too, within the same bound on directories made
-    # as the files' (a hostile zip's directory entries could ask for millions)
-    made, skipped, budget = 0, 0, DIRS_FREE + DIRS_PER_FILE * len(parsed)
-    for e in parsed:
-        parts = split_artifact_path(e.name) if e.is_dir else ""
-        if isinstance(parts, str):
-            continue
-        node = tree
-        for part in parts:
-            if part in node.files:
-                break
-            sub = node.dirs.get(part)
-            if sub is None:
-                if made >= budget:
-                    skipped += 1
-                    break
-                made += 1
-                sub = node.dirs[part] = FileTree()
-            node = sub
-    if skipped:
-        log.warning("%s: %d directory entries not shown: past %d directories made by them", where, skipped, budget)
+    # directory entries: empty directories show too
+    place_directories(tree, (e.name for e in parsed if e.is_dir), where=where, entries=len(parsed))
 
     order = MemberOrder()
 

@@ -230,6 +230,33 @@ def place_artifacts(items: Iterable[tuple[Any, T]], *, where: str, tiebreak: Cal
     return tree
 
 
+def place_directories(tree: FileTree[Any], paths: Iterable[str], *, where: str, entries: int) -> None:
+    """Add directories named by `paths` (an archive's directory entries, so that empty ones show
+    too) to a placed `tree`, by the artifact path rules; a path that is not a legal one, or that
+    runs into a file, adds what it can before that. Within the same bound as the files' own
+    directories, for a listing of `entries` entries: a hostile zip's directory entries could ask
+    for millions."""
+    made, skipped, budget = 0, 0, DIRS_FREE + DIRS_PER_FILE * entries
+    for path in paths:
+        parts = split_artifact_path(path)
+        if isinstance(parts, str):
+            continue
+        node = tree
+        for part in parts:
+            if part in node.files:
+                break
+            sub = node.dirs.get(part)
+            if sub is None:
+                if made >= budget:
+                    skipped += 1
+                    break
+                made += 1
+                sub = node.dirs[part] = FileTree()
+            node = sub
+    if skipped:
+        log.warning("%s: %d directory entries not shown: past %d directories made by them", where, skipped, budget)
+
+
 # Characters a log line shows escaped: a name from the network must not forge a log line (a
 # newline), hide text (control sequences) or fail a log handler's encoding (lone surrogates).
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
