@@ -142,6 +142,26 @@ def test_records_discarded_at_the_end_of_the_own_pack_give_their_space_back(tmp_
     assert store.put("after", b"a" * 10) and store.get("after") == b"a" * 10
 
 
+def test_records_discarded_before_a_later_record_of_the_own_pack_give_their_disk_blocks_back(tmp_path):
+    """A failed decode followed by a record written meanwhile (an API document behind it): its
+    blocks cannot be cut off the end, so they are punched out; the later record reads back."""
+    store = DiskStore(tmp_path, 1 << 30)
+    store.put("kept", b"k" * 100)
+    for i in range(64):  # 8 MiB a decode wrote before it failed
+        store.put(f"decoded{i}", os.urandom(128 << 10))
+    store.put("document", b"{}" * 50)
+    (pack,) = [tmp_path / n for n in os.listdir(tmp_path) if n.endswith(".pack")]
+    before = pack.stat()
+    assert before.st_blocks * 512 >= 8 << 20
+    store.discard_many([f"decoded{i}" for i in range(64)])
+    after = pack.stat()
+    assert after.st_size == before.st_size, "the later record keeps its place"
+    assert after.st_blocks * 512 < 64 << 10, "the discarded records' disk blocks stayed"
+    assert store.get("kept") == b"k" * 100 and store.get("document") == b"{}" * 50
+    assert store.get("decoded5") is None
+    assert store.put("after", b"a" * 10) and store.get("after") == b"a" * 10
+
+
 def test_disk_full_turns_the_store_off(tmp_path, caplog, monkeypatch):
     store = DiskStore(tmp_path, 1 << 20)
 

@@ -28,9 +28,10 @@ def storage_gets(fake, art) -> int:
 
 
 def disk_usage(path) -> int:
-    """Bytes of files under `path`, but the disk cache's index (its write-ahead log holds a few
-    pages per commit until a checkpoint, whatever the records are)."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith("index.sqlite"))
+    """Disk space of files under `path` (a hole punched in a pack is none), but the disk cache's
+    index (its write-ahead log holds a few pages per commit until a checkpoint, whatever the
+    records are)."""
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file() and not p.name.startswith("index.sqlite"))
 
 
 def _expect_missing(path) -> None:

@@ -22,6 +22,8 @@ Invariants:
 - Eviction frees whole packs, oldest `used` first (a pack's `used` is its last write or read,
   written to the index at most every TOUCH_FLUSH_SECONDS and before every eviction). Its cost is
   proportional to what it frees: one indexed DELETE per pack and one unlink, no directory scan.
+- A discard frees at once the disk space of what it forgets in the own pack (a failed decode's
+  blocks): cut off its end, or punched out (fallocate) before a record written after them.
 - The index is shared by every mount using the directory (SQLite WAL: concurrent readers, one
   writer at a time). A writer only appends to its own pack; one evicted under it (by another
   mount) is noticed at its next commit (the pack's row is gone) and replaced by a new pack.
@@ -632,11 +634,20 @@ class DiskStore:
 
     def discard_many(self, keys: Iterable[str]) -> None:
         """Forget these keys, for every mount using the directory. Their bytes go with their pack,
-        except at the end of this store's own pack (what it just wrote: a failed decode, an
-        artifact found wrong), which is cut off at once unless a write is under way (never
-        waited for: the caller is often a read about to fail with EIO)."""
-        rows = [(key_digest(k)[0],) for k in keys]
-        self._delete_rows("DELETE FROM entries WHERE k=?", rows)
+        except in this store's own pack (what it just wrote: a failed decode, an artifact found
+        wrong): its end is cut off, and what lies before a later record (another file's block or
+        an API document written meanwhile) is punched out, at once, unless a write is under way
+        (never waited for: the caller is often a read about to fail with EIO)."""
+        spans: list[tuple[int, int, int]] = []  # (pack, pos, len) of the records forgotten
+        try:
+            with self._db_lock, _transaction(self._db):
+                for k in keys:
+                    kid = key_digest(k)[0]
+                    spans += self._db.execute("SELECT pack, pos, len FROM entries WHERE k=?", (kid,)).fetchall()
+                    self._db.execute("DELETE FROM entries WHERE k=?", (kid,))
+        except sqlite3.Error as e:
+            log.warning("disk cache: cannot update the index: %s", e)
+            return
         if not self._write_lock.acquire(blocking=False):
             return
         try:
@@ -659,6 +670,16 @@ class DiskStore:
                     log.warning("disk cache: cannot shorten %s: %s", self.root / pack_name(pack.number), e.strerror)
                 self._used -= pack.size - end
                 pack.size = end
+            # (adjacent records punched as one range: a hole frees whole filesystem blocks only)
+            lo = hi = 0
+            for number, pos, length in sorted(spans):
+                if number != pack.number or pos >= pack.size:
+                    continue
+                if pos > hi:
+                    punch_hole(pack.fd, lo, hi - lo)
+                    lo = pos
+                hi = min(pos + length, pack.size)
+            punch_hole(pack.fd, lo, hi - lo)
         finally:
             self._write_lock.release()
 
@@ -770,6 +791,30 @@ class DiskStore:
             self._fds.clear()
         with self._db_lock:
             self._db.close()
+
+
+def _fallocate() -> Any:
+    """libc's fallocate(2), or None (not Linux, no libc through ctypes)."""
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True)["fallocate"]
+        call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        call.restype = ctypes.c_int
+        return call
+    except (ImportError, AttributeError, OSError):
+        return None
+
+
+_FALLOCATE = _fallocate()
+_PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def punch_hole(fd: int, pos: int, length: int) -> bool:
+    """Give the disk blocks of [pos, pos + length) of a file back (it then reads as zeros, a
+    checksum's miss; its size stays): whole filesystem blocks only. False where the filesystem
+    or the platform cannot (the bytes then go with their file)."""
+    return _FALLOCATE is not None and length > 0 and _FALLOCATE(fd, _PUNCH_HOLE_KEEP_SIZE, pos, length) == 0
 
 
 def _walk_files(path: str) -> Iterator[os.stat_result]:
