@@ -46,7 +46,8 @@ T = TypeVar("T")
 V = TypeVar("V")
 
 # What the kept listings of one API host hold, packed, once their nodes are gone (the kernel
-# forgot them): ~100 bytes a file, so 16 MiB keeps a build of 100k artifacts, or 160 of 1000.
+# forgot them): a file's name and its URL's tail (after the prefix they share) and ~9 bytes,
+# ~30-100 bytes a file, so 16 MiB keeps a build of 100k artifacts, or 160-500 of 1000.
 KEPT_LISTING_BYTES = 16 << 20
 # What an apart file costs kept, besides its path: its value (a small record).
 APART_BYTES = 200
