@@ -234,3 +234,30 @@ def test_a_packed_listing_gives_each_file_its_columns_flags_info_and_apart_files
     assert "two" not in kept and kept.get("one") == "1" and kept.get("three") == "3" and kept.size == 80
     kept.put("huge", "h", 101)
     assert "huge" not in kept and kept.size == 80
+
+
+@pytest.mark.parametrize("urls", [
+    [f"https://output.circle-artifacts.com/output/job/3c2c2d5e/artifacts/0/many/f{i:06d}.bin" for i in range(1000)],
+    ["https://h/a", "https://h/ab", "https://h/a/c"],  # one value is the shared prefix itself
+    ["https://h/only"],  # one file: nothing shared with another
+    ["x", "y", "z"],  # nothing shared
+])
+def test_a_packed_column_keeps_what_its_values_share_once(urls):
+    """A build's URLs differ only after their host, job and node: a packed column keeps that
+    prefix once and the rest per file, and gives each value back whole."""
+    from ciartfs.namespace.packed import pack
+
+    tree = place_artifacts([(f"d/f{i:06d}", url) for i, url in enumerate(urls)], where="t")
+    packed = pack(tree, columns=lambda path, url: (url,), width=1)
+    assert packed is not None
+    assert [packed.text(0, i) for i in range(len(urls))] == urls
+    shared = len(urls[0]) - 12 if len(urls) == 1000 else 0  # 12: "f000123.bin" and its NUL
+    assert len(packed.texts[0]) <= sum(len(u) + 1 for u in urls) - len(urls) * shared
+    assert packed.size < sum(map(len, urls)) + 50 * len(urls) - len(urls) * shared
+
+
+def test_a_column_whose_shared_prefix_holds_a_nul_is_not_packed():
+    from ciartfs.namespace.packed import pack
+
+    tree = place_artifacts([("a", "u\0a"), ("b", "u\0b")], where="t")
+    assert pack(tree, columns=lambda path, url: (url,), width=1) is None

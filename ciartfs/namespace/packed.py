@@ -23,6 +23,8 @@ Invariants:
   none is also an apart file's or a subdirectory's (they come from one FileTree).
 - A column value never holds a NUL (they are NUL-joined): `pack` returns None for a listing
   that has one, and the provider lists it unpacked.
+- A column's values are kept without the prefix they all share (`Packed.prefixes`): a build's
+  URLs differ only after their host, job and node, so what is kept per file is about its path.
 - `make` never returns a LIVE artifact, and gives no size (model.PackedFiles): only immutable
   listings are packed.
 - `KeptListings` holds at most `limit` bytes (as `Packed.size` counts them); a listing larger
@@ -44,7 +46,8 @@ T = TypeVar("T")
 V = TypeVar("V")
 
 # What the kept listings of one API host hold, packed, once their nodes are gone (the kernel
-# forgot them): ~100 bytes a file, so 16 MiB keeps a build of 100k artifacts, or 160 of 1000.
+# forgot them): a file's name and its URL's tail (after the prefix they share) and ~9 bytes,
+# ~30-100 bytes a file, so 16 MiB keeps a build of 100k artifacts, or 160-500 of 1000.
 KEPT_LISTING_BYTES = 16 << 20
 # What an apart file costs kept, besides its path: its value (a small record).
 APART_BYTES = 200
@@ -53,13 +56,15 @@ APART_BYTES = 200
 class Packed(Generic[T]):
     """A placed listing's files, packed (see the module docstring): `dirs` and `names` as
     names.pack_files gives them, per file (in that order) its `texts` columns' values and one
-    byte of `flags`; `apart`: the files kept as (path, value) instead."""
+    byte of `flags`; `apart`: the files kept as (path, value) instead. A column's values are
+    kept as `prefixes[column]` (what they all begin with) and, NUL-joined in `texts`, the rest."""
 
-    __slots__ = ("dirs", "names", "texts", "flags", "apart", "_ends")
+    __slots__ = ("dirs", "names", "prefixes", "texts", "flags", "apart", "_ends")
 
     def __init__(self, dirs: list[str], names: list[str], texts: Sequence[str], flags: bytes,
-                 apart: list[tuple[str, T]]) -> None:
+                 apart: list[tuple[str, T]], prefixes: Sequence[str] | None = None) -> None:
         self.dirs, self.names, self.texts, self.flags, self.apart = dirs, names, tuple(texts), flags, apart
+        self.prefixes = tuple(prefixes) if prefixes is not None else ("",) * len(self.texts)
         # per column, where each value ends (made when a value is first asked for: 8 bytes a
         # file, where a list of the values would cost a str object each)
         self._ends: list[array[int] | None] = [None] * len(self.texts)
@@ -70,7 +75,8 @@ class Packed(Generic[T]):
     @property
     def size(self) -> int:
         """Bytes it holds, about (its columns' ends counted as if made)."""
-        return (sum(map(len, self.dirs)) + sum(map(len, self.names)) + sum(map(len, self.texts)) + len(self.flags)
+        return (sum(map(len, self.dirs)) + sum(map(len, self.names)) + sum(map(len, self.texts))
+                + sum(map(len, self.prefixes)) + len(self.flags)
                 + 8 * len(self.flags) * len(self.texts) + sum(len(p) + APART_BYTES for p, _ in self.apart))
 
     def text(self, column: int, i: int) -> str:
@@ -79,7 +85,7 @@ class Packed(Generic[T]):
         text = self.texts[column]
         if ends is None:
             ends = self._ends[column] = array("q", itertools.accumulate(len(v) + 1 for v in text.split("\0")))
-        return text[ends[i - 1] if i else 0:ends[i] - 1]
+        return self.prefixes[column] + text[ends[i - 1] if i else 0:ends[i] - 1]
 
 
 def pack(tree: FileTree[T], *, columns: Callable[[str, T], Sequence[str]], width: int,
@@ -94,14 +100,24 @@ def pack(tree: FileTree[T], *, columns: Callable[[str, T], Sequence[str]], width
     dirs, names, values = pack_files(tree)
     paths = [prefix + name for prefix, joined in zip(dirs, names, strict=True) for name in joined.split("\0")]
     rows = [columns(path, value) for path, value in zip(paths, values, strict=True)]
-    texts = []
+    texts, prefixes = [], []
     for c in range(width):
-        text = "\0".join(row[c] for row in rows)
-        if text.count("\0") != max(0, len(rows) - 1):
+        column = [row[c] for row in rows]
+        prefix = _shared_prefix(column) if len(column) > 1 else ""
+        text = "\0".join([v[len(prefix):] for v in column] if prefix else column)
+        if "\0" in prefix or text.count("\0") != max(0, len(rows) - 1):
             return None
         texts.append(text)
+        prefixes.append(prefix)
     flag_bytes = bytes(flags(p, v) for p, v in zip(paths, values, strict=True)) if flags else bytes(len(values))
-    return Packed(dirs, names, texts, flag_bytes, kept_apart)
+    return Packed(dirs, names, texts, flag_bytes, kept_apart, prefixes)
+
+
+def _shared_prefix(values: list[str]) -> str:
+    """The longest string every one of `values` begins with (character by character, not by
+    path component: URLs share a host and more)."""
+    low, high = min(values), max(values)  # what the smallest and largest share, all share
+    return low[:next((i for i, (a, b) in enumerate(zip(low, high, strict=False)) if a != b), len(low))]
 
 
 def _without(tree: FileTree[T], apart: Callable[[str, T], bool], prefix: str, out: list[tuple[str, T]]) -> FileTree[T]:
