@@ -1,6 +1,8 @@
 """Tier 1: memory LRU bound and single-flight (the disk store: t1_packstore.py), and the run
 buffers the memory tier gives back for reuse (buffers.py)."""
 
+import os
+
 import pytest
 import trio
 import trio.testing
@@ -219,3 +221,33 @@ def test_run_buffers_kept_for_reuse_are_bounded(recycled):
     buffers.recycle(b"x" * (1 << 20))  # (only bytearrays, as `unfilled` makes them)
     assert len(recycled) == 4
 
+
+
+def _vma_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"), reason="no transparent huge pages")
+def test_a_run_buffer_of_several_mib_starts_on_a_huge_page_and_asks_for_huge_pages(recycled):
+    """The memory tier's first fill is fresh memory: faulted in 2 MiB at a time, not 4 KiB (65k
+    faults per 256 MiB otherwise). Smaller buffers stay page-aligned only."""
+    HUGE = 2 << 20  # (x86-64's)
+    for n in (4 << 20, (2 << 20) + 131072, 2 << 20):
+        run = buffers.unfilled(n)
+        start = buffers.address(run)
+        assert len(run) == n and start is not None and start % HUGE == 0
+        assert "hg" in _vma_flags(start) and "hg" in _vma_flags(start + n - n % HUGE - 1)
+        run[:] = bytes(n)  # (written whole, as a run is received into)
+        assert buffers.page_aligned(memoryview(run)[:n - n % buffers.PAGE])
+    small = buffers.unfilled(1 << 20)
+    assert len(small) == 1 << 20 and buffers.page_aligned(small)
