@@ -16,8 +16,10 @@ Invariants:
   and the kernel is asked (madvise MADV_HUGEPAGE) to back its whole huge pages with huge pages:
   the memory tier's first fill, 256 MiB of fresh pages on a cold read, then faults 2 MiB at a
   time, not 4 KiB (65k faults per 256 MiB; on this VM a fault of a fresh page costs about what
-  the copy into it does). Only advice: where the kernel says no, or has THP off, or ctypes has
-  no libc, the buffer is the same, with small pages.
+  the copy into it does). The slack of that alignment is given back (MADV_DONTNEED): memory
+  malloc reuses is resident already, and up to 2 MiB of it per run would stay so, unused.
+  Only advice: where the kernel says no, or has THP off, or ctypes has no libc, the buffer is
+  the same, with small pages.
 - `recycle` takes back a run's buffer once the memory tier lets it go, and `unfilled` hands it
   out again (same length) once nothing refers to it any more (no view of it is left: CPython's
   reference count, with the list's own reference only): a fresh buffer was a fresh mapping
@@ -37,10 +39,14 @@ ALIGN_FROM = 64 << 10
 # aligned to it, so that its slack (up to one huge page, never touched: never resident) is at
 # most half of what is allocated: CPython's bytearray then trims without a copy.
 HUGE_PAGE = 2 << 20
+MADV_DONTNEED = 4
 MADV_HUGEPAGE = 14
 
 
-def _make() -> tuple[Callable[[int], bytearray], Callable[[object], int | None]]:
+Advise = Callable[[int, int, int], None]  # madvise(start, length, advice)
+
+
+def _make(advise: Advise | None) -> tuple[Callable[[int], bytearray], Callable[[object], int | None]]:
     try:
         import ctypes
 
@@ -63,7 +69,6 @@ def _make() -> tuple[Callable[[int], bytearray], Callable[[object], int | None]]
         release.restype = None
     except (ImportError, AttributeError):
         return bytearray, lambda data: None
-    advise = _madvise()
 
     def address(data: object) -> int | None:
         """Where the bytes of a buffer (bytes, bytearray, a contiguous memoryview) start in memory."""
@@ -87,7 +92,12 @@ def _make() -> tuple[Callable[[int], bytearray], Callable[[object], int | None]]
                 del buffer[:skip]  # the logical start moves; nothing is copied
                 del buffer[n:]  # off the end: the allocation stays where it is
                 if align == HUGE_PAGE and advise is not None and start is not None:
-                    advise(start + skip, n - n % HUGE_PAGE)  # (before any of it is touched)
+                    first = start + skip
+                    advise(first, n - n % HUGE_PAGE, MADV_HUGEPAGE)  # (before any of it is touched)
+                    # The slack either side (a huge page in all) may be memory malloc handed
+                    # out before, still resident: its whole pages go back (the NUL after the end stays).
+                    _whole_pages(advise, start, first)
+                    _whole_pages(advise, first + n + 1, start + n + align)
         if type(buffer) is not bytearray or len(buffer) != n:
             raise MemoryError(f"no buffer of {n} bytes")
         return buffer
@@ -95,8 +105,8 @@ def _make() -> tuple[Callable[[int], bytearray], Callable[[object], int | None]]
     return unfilled, address
 
 
-def _madvise() -> Callable[[int, int], None] | None:
-    """madvise(MADV_HUGEPAGE) for a range of this process's memory, or None where there is none
+def _madvise() -> Advise | None:
+    """madvise(2) for a range of this process's memory, or None where there is none
     (not Linux, no libc through ctypes). Its failure is ignored: it is only advice."""
     if not sys.platform.startswith("linux"):
         return None
@@ -110,13 +120,21 @@ def _madvise() -> Callable[[int, int], None] | None:
     except (ImportError, AttributeError, OSError):
         return None
 
-    def advise(start: int, length: int) -> None:
-        madvise(start, length, MADV_HUGEPAGE)
+    def advise(start: int, length: int, advice: int) -> None:
+        madvise(start, length, advice)
 
     return advise
 
 
-_fresh, address = _make()
+def _whole_pages(advise: Advise, lo: int, hi: int) -> None:
+    """Give back the whole pages of [lo, hi): unused memory of a buffer, read again as zeros."""
+    lo += -lo % PAGE
+    hi -= hi % PAGE
+    if lo < hi:
+        advise(lo, hi - lo, MADV_DONTNEED)
+
+
+_fresh, address = _make(_madvise())
 
 # Run buffers kept for `unfilled` to hand out again, at most (four runs of 4 MiB).
 RECYCLED_BYTES = 16 << 20
