@@ -50,8 +50,10 @@ def _make(advise: Advise | None) -> tuple[Callable[[int], bytearray], Callable[[
     try:
         import ctypes
 
+        # (functions of its own: `api[name]` is a new object, `api.name` one shared process-wide,
+        # whose argtypes another _make, or anyone, could set to another PyBuffer class)
         api = ctypes.pythonapi
-        make = api.PyByteArray_FromStringAndSize
+        make = api["PyByteArray_FromStringAndSize"]
         make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
         make.restype = ctypes.py_object
 
@@ -61,10 +63,10 @@ def _make(advise: Advise | None) -> tuple[Callable[[int], bytearray], Callable[[
                         ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
                         ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
 
-        get_buffer = api.PyObject_GetBuffer
+        get_buffer = api["PyObject_GetBuffer"]
         get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int)
         get_buffer.restype = ctypes.c_int
-        release = api.PyBuffer_Release
+        release = api["PyBuffer_Release"]
         release.argtypes = (ctypes.POINTER(PyBuffer),)
         release.restype = None
     except (ImportError, AttributeError):
