@@ -12,14 +12,16 @@ Invariants:
 - `address` only looks: it never keeps the buffer it examined exported, nor writes through it.
 - Without ctypes (or with a CPython that does not expose these functions) everything still
   works: buffers are then plain zeroed bytearrays and `address` says None (never aligned).
-- From HUGE_PAGE bytes on (a run of several MiB), its first byte is on a huge-page boundary
-  and the kernel is asked (madvise MADV_HUGEPAGE) to back its whole huge pages with huge pages:
-  the memory tier's first fill, 256 MiB of fresh pages on a cold read, then faults 2 MiB at a
-  time, not 4 KiB (65k faults per 256 MiB; on this VM a fault of a fresh page costs about what
-  the copy into it does). The slack of that alignment is given back (MADV_DONTNEED): memory
-  malloc reuses is resident already, and up to 2 MiB of it per run would stay so, unused.
-  Only advice: where the kernel says no, or has THP off, or ctypes has no libc, the buffer is
-  the same, with small pages.
+- The whole huge pages inside a buffer (2 MiB-aligned ranges wholly within it: one or two in
+  a run of 4 MiB) are asked (madvise MADV_HUGEPAGE) to be backed by huge pages before anything
+  touches them: the memory tier's first fill, 256 MiB of fresh memory on a cold read, then
+  faults 2 MiB at a time there, not 4 KiB (a fault of a fresh page costs this VM about what the
+  copy into it does). Never memory outside the buffer: the advice stays on its addresses after
+  free, and the kernel (khugepaged) may then fill a partly used huge page of malloc's whole.
+  Aligning a buffer to a huge page made all of it huge, but its slack (up to 2 MiB) was malloc's
+  reused memory, resident (peaks of 366-384 MiB against 318-335), and giving that back left
+  holes that khugepaged filled again. Only advice: where the kernel says no, has THP off, or
+  ctypes has no libc, the buffer is the same, with small pages.
 - `recycle` takes back a run's buffer once the memory tier lets it go, and `unfilled` hands it
   out again (same length) once nothing refers to it any more (no view of it is left: CPython's
   reference count, with the list's own reference only): a fresh buffer was a fresh mapping
@@ -35,11 +37,8 @@ from collections.abc import Callable
 PAGE = 4096
 # Smaller buffers are not worth an O_DIRECT write (nor the page of slack an aligned one costs).
 ALIGN_FROM = 64 << 10
-# x86-64's (and most 64-bit Linux's) transparent huge page. A buffer this large or larger is
-# aligned to it, so that its slack (up to one huge page, never touched: never resident) is at
-# most half of what is allocated: CPython's bytearray then trims without a copy.
+# x86-64's (and most 64-bit Linux's) transparent huge page.
 HUGE_PAGE = 2 << 20
-MADV_DONTNEED = 4
 MADV_HUGEPAGE = 14
 
 
@@ -86,20 +85,17 @@ def _make(advise: Advise | None) -> tuple[Callable[[int], bytearray], Callable[[
         if n < ALIGN_FROM:
             buffer = make(None, n)
         else:
-            align = HUGE_PAGE if n >= HUGE_PAGE and advise is not None else PAGE
-            buffer = make(None, n + align - 1)
+            buffer = make(None, n + PAGE - 1)
             if type(buffer) is bytearray:
                 start = address(buffer)
-                skip = -start % align if start is not None else 0
+                skip = -start % PAGE if start is not None else 0
                 del buffer[:skip]  # the logical start moves; nothing is copied
-                del buffer[n:]  # off the end: the allocation stays where it is
-                if align == HUGE_PAGE and advise is not None and start is not None:
-                    first = start + skip
-                    advise(first, n - n % HUGE_PAGE, MADV_HUGEPAGE)  # (before any of it is touched)
-                    # The slack either side (a huge page in all) may be memory malloc handed
-                    # out before, still resident: its whole pages go back (the NUL after the end stays).
-                    _whole_pages(advise, start, first)
-                    _whole_pages(advise, first + n + 1, start + n + align)
+                del buffer[n:]  # a few bytes off the end: the allocation stays where it is
+                if advise is not None and start is not None and n >= HUGE_PAGE:
+                    lo = start + skip
+                    lo, hi = lo + -lo % HUGE_PAGE, (lo + n) - (lo + n) % HUGE_PAGE
+                    if lo < hi:
+                        advise(lo, hi - lo, MADV_HUGEPAGE)  # (before any of it is touched)
         if type(buffer) is not bytearray or len(buffer) != n:
             raise MemoryError(f"no buffer of {n} bytes")
         return buffer
@@ -126,14 +122,6 @@ def _madvise() -> Advise | None:
         madvise(start, length, advice)
 
     return advise
-
-
-def _whole_pages(advise: Advise, lo: int, hi: int) -> None:
-    """Give back the whole pages of [lo, hi): unused memory of a buffer, read again as zeros."""
-    lo += -lo % PAGE
-    hi -= hi % PAGE
-    if lo < hi:
-        advise(lo, hi - lo, MADV_DONTNEED)
 
 
 _fresh, address = _make(_madvise())
