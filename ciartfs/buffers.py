@@ -12,16 +12,6 @@ Invariants:
 - `address` only looks: it never keeps the buffer it examined exported, nor writes through it.
 - Without ctypes (or with a CPython that does not expose these functions) everything still
   works: buffers are then plain zeroed bytearrays and `address` says None (never aligned).
-- The whole huge pages inside a buffer (2 MiB-aligned ranges wholly within it: one or two in
-  a run of 4 MiB) are asked (madvise MADV_HUGEPAGE) to be backed by huge pages before anything
-  touches them: the memory tier's first fill, 256 MiB of fresh memory on a cold read, then
-  faults 2 MiB at a time there, not 4 KiB (a fault of a fresh page costs this VM about what the
-  copy into it does). Never memory outside the buffer: the advice stays on its addresses after
-  free, and the kernel (khugepaged) may then fill a partly used huge page of malloc's whole.
-  Aligning a buffer to a huge page made all of it huge, but its slack (up to 2 MiB) was malloc's
-  reused memory, resident (peaks of 366-384 MiB against 318-335), and giving that back left
-  holes that khugepaged filled again. Only advice: where the kernel says no, has THP off, or
-  ctypes has no libc, the buffer is the same, with small pages.
 - `recycle` takes back a run's buffer once the memory tier lets it go, and `unfilled` hands it
   out again (same length) once nothing refers to it any more (no view of it is left: CPython's
   reference count, with the list's own reference only): a fresh buffer was a fresh mapping
@@ -37,22 +27,14 @@ from collections.abc import Callable
 PAGE = 4096
 # Smaller buffers are not worth an O_DIRECT write (nor the page of slack an aligned one costs).
 ALIGN_FROM = 64 << 10
-# x86-64's (and most 64-bit Linux's) transparent huge page.
-HUGE_PAGE = 2 << 20
-MADV_HUGEPAGE = 14
 
 
-Advise = Callable[[int, int, int], None]  # madvise(start, length, advice)
-
-
-def _make(advise: Advise | None) -> tuple[Callable[[int], bytearray], Callable[[object], int | None]]:
+def _make() -> tuple[Callable[[int], bytearray], Callable[[object], int | None]]:
     try:
         import ctypes
 
-        # (functions of its own: `api[name]` is a new object, `api.name` one shared process-wide,
-        # whose argtypes another _make, or anyone, could set to another PyBuffer class)
         api = ctypes.pythonapi
-        make = api["PyByteArray_FromStringAndSize"]
+        make = api.PyByteArray_FromStringAndSize
         make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
         make.restype = ctypes.py_object
 
@@ -62,10 +44,10 @@ def _make(advise: Advise | None) -> tuple[Callable[[int], bytearray], Callable[[
                         ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
                         ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
 
-        get_buffer = api["PyObject_GetBuffer"]
+        get_buffer = api.PyObject_GetBuffer
         get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int)
         get_buffer.restype = ctypes.c_int
-        release = api["PyBuffer_Release"]
+        release = api.PyBuffer_Release
         release.argtypes = (ctypes.POINTER(PyBuffer),)
         release.restype = None
     except (ImportError, AttributeError):
@@ -91,11 +73,6 @@ def _make(advise: Advise | None) -> tuple[Callable[[int], bytearray], Callable[[
                 skip = -start % PAGE if start is not None else 0
                 del buffer[:skip]  # the logical start moves; nothing is copied
                 del buffer[n:]  # a few bytes off the end: the allocation stays where it is
-                if advise is not None and start is not None and n >= HUGE_PAGE:
-                    lo = start + skip
-                    lo, hi = lo + -lo % HUGE_PAGE, (lo + n) - (lo + n) % HUGE_PAGE
-                    if lo < hi:
-                        advise(lo, hi - lo, MADV_HUGEPAGE)  # (before any of it is touched)
         if type(buffer) is not bytearray or len(buffer) != n:
             raise MemoryError(f"no buffer of {n} bytes")
         return buffer
@@ -103,28 +80,7 @@ def _make(advise: Advise | None) -> tuple[Callable[[int], bytearray], Callable[[
     return unfilled, address
 
 
-def _madvise() -> Advise | None:
-    """madvise(2) for a range of this process's memory, or None where there is none
-    (not Linux, no libc through ctypes). Its failure is ignored: it is only advice."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        madvise.restype = ctypes.c_int
-    except (ImportError, AttributeError, OSError):
-        return None
-
-    def advise(start: int, length: int, advice: int) -> None:
-        madvise(start, length, advice)
-
-    return advise
-
-
-_fresh, address = _make(_madvise())
+_fresh, address = _make()
 
 # Run buffers kept for `unfilled` to hand out again, at most (four runs of 4 MiB).
 RECYCLED_BYTES = 16 << 20

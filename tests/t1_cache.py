@@ -1,8 +1,6 @@
 """Tier 1: memory LRU bound and single-flight (the disk store: t1_packstore.py), and the run
 buffers the memory tier gives back for reuse (buffers.py)."""
 
-import os
-
 import pytest
 import trio
 import trio.testing
@@ -221,51 +219,3 @@ def test_run_buffers_kept_for_reuse_are_bounded(recycled):
     buffers.recycle(b"x" * (1 << 20))  # (only bytearrays, as `unfilled` makes them)
     assert len(recycled) == 4
 
-
-
-def _vma_flags(address: int) -> list[str]:
-    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
-    inside = False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                inside = lo <= address < hi
-            elif inside and head == "VmFlags:":
-                return line.split()[1:]
-    raise AssertionError(f"no mapping holds {address:#x}")
-
-
-@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"), reason="no transparent huge pages")
-def test_the_whole_huge_pages_inside_a_run_buffer_ask_for_huge_pages(recycled):
-    """The memory tier's first fill is fresh memory: where a run's buffer holds whole 2 MiB
-    pages, they fault in 2 MiB at a time, not 4 KiB (half the faults of a cold read of 1 GiB)."""
-    HUGE = 2 << 20  # (x86-64's)
-    for n in (4 << 20, 6 << 20):
-        run = buffers.unfilled(n)
-        start = buffers.address(run)
-        assert len(run) == n and start is not None and start % buffers.PAGE == 0
-        lo, hi = start + -start % HUGE, (start + n) - (start + n) % HUGE
-        assert lo < hi  # (a buffer of two huge pages or more holds one whole, wherever it starts)
-        assert "hg" in _vma_flags(lo) and "hg" in _vma_flags(hi - 1)
-        run[:] = bytes(n)  # (written whole, as a run is received into)
-
-
-def test_only_memory_inside_a_buffer_is_advised_and_only_whole_huge_pages():
-    """The advice stays on the addresses after the buffer is freed: outside it, the kernel could
-    fill a partly used huge page of malloc's memory whole (RSS for nothing)."""
-    HUGE = 2 << 20
-    calls: list[tuple[int, int, int]] = []
-    unfilled, address = buffers._make(lambda start, length, advice: calls.append((start, length, advice)))
-    for n in (4 << 20, (3 << 20) + 131072, 2 << 20, (2 << 20) - 4096, 1 << 20):
-        calls.clear()
-        run = unfilled(n)
-        start = address(run)
-        assert start is not None and start % buffers.PAGE == 0 and len(run) == n
-        lo, hi = start + -start % HUGE, (start + n) - (start + n) % HUGE
-        assert calls == ([(lo, hi - lo, buffers.MADV_HUGEPAGE)] if lo < hi else [])
-        for at, length, _ in calls:
-            assert at % HUGE == 0 and length % HUGE == 0 and start <= at and at + length <= start + n
-        run[:] = bytes(range(256)) * (n // 256)  # (writable, whole)
-        assert run[n - 1] == 255
