@@ -141,6 +141,44 @@ async def test_a_sequential_readers_reads_are_views_of_runs_that_end_where_its_r
     assert copies == []
 
 
+async def test_a_read_whose_blocks_are_all_held_asks_nothing_for_them_and_gets_their_bytes(nursery):
+    """A sequential reader's blocks are all held or coming by the time it reads them: its read
+    then plans nothing of its own (per 1 MiB read: 8 keys and 8 lookups less) and each block's
+    key is made once. Bytes at block and run edges, and across runs, are the file's."""
+    data = bytes(range(251)) * ((6 << 20) // 251)
+    storage = RangedStorage(data)
+    reader = _reader(storage)
+    reader.start(nursery)
+    art = Artifact("k/big.bin", "http://storage.example/big", True, size=len(data))
+    assert await reader.read(art, 0, len(data)) == data  # (all of it held now, in runs)
+    asked = len(storage.ranges)
+    own_plans: list[range] = []
+    start_readahead = reader._start_readahead
+
+    def recorded(art, blocks, total, stream=None, run_blocks=None, phase=0):
+        if stream is None:
+            own_plans.append(blocks)
+        start_readahead(art, blocks, total, stream, run_blocks, phase)
+
+    reader._start_readahead = recorded  # type: ignore[method-assign]
+    keys: list[int] = []
+    block_key = reader.blocks.key
+
+    def counted(art, index, total):
+        keys.append(index)
+        return block_key(art, index, total)
+
+    reader.blocks.key = counted  # type: ignore[method-assign]
+    run = reader.run_blocks * BS
+    for offset, length in [(0, 1), (BS - 1, 2), (run - 5, 10), (run, run), (3 * run - 7, 2 * run + 14),
+                           (len(data) - 3, 3), (len(data) - run - 1, run + 1)]:
+        keys.clear()
+        got = await reader.read_buffer(art, offset, length, total=len(data))
+        assert got == data[offset:offset + length]
+        assert sorted(keys) == list(range(offset // BS, (offset + length - 1) // BS + 1))  # each once
+    assert own_plans == [] and len(storage.ranges) == asked
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Generated(ByteSource):
     """A source of bytes made in-process: byte i of the file is (seed + i) % 251."""

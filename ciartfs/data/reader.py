@@ -237,7 +237,10 @@ class Reader:
         end = min(offset + length, total)
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
-        if first < last and self.blocks.background is not None:
+        # (each block's key once per read: a sequential read's 8 blocks are all held or coming)
+        keys = [self._block_key(art, index, total) for index in range(first, last + 1)]
+        if first < last and self.blocks.background is not None \
+                and not all(self._held_or_coming(key) for key in keys):
             # A read of several blocks (the kernel asks up to 1 MiB at once where its read-ahead
             # was raised): the missing ones in runs, one request each, as read-ahead fetches
             # them; the fetches below then wait for those. First: the limiter is FIFO. (Runs
@@ -246,12 +249,12 @@ class Reader:
         if stream is not None:
             self._plan_readahead(art, stream, offset, end, total)
         if first == last:
-            block = await self._checked_block(art, first, total)
+            block = await self._checked_block(art, first, total, keys[0])
             data = block[offset - first * bs:end - first * bs]
             if checked:
                 await self.hashes.check(art, first, [block], total, self._held(art, total))
         else:
-            blocks = await self._checked_blocks(art, first, last, total)
+            blocks = await self._checked_blocks(art, first, keys, total)
             if checked:
                 await self.hashes.check(art, first, blocks, total, self._held(art, total))
             data = _joined(self.memory, blocks, offset - first * bs, end - first * bs)
@@ -260,17 +263,18 @@ class Reader:
         self.stats.bytes_served += len(data)
         return data
 
-    async def _checked_blocks(self, art: Artifact, first: int, last: int, total: int) -> list[Buffer]:
-        """Blocks first..last, each checked. Those held or already being fetched (a sequential
-        read's, which read-ahead brought or is bringing) are awaited one after the other, with no
-        task each; should one need its own fetch, the rest are fetched concurrently."""
+    async def _checked_blocks(self, art: Artifact, first: int, keys: list[str], total: int) -> list[Buffer]:
+        """Blocks first.. (their `keys`), each checked. Those held or already being fetched (a
+        sequential read's, which read-ahead brought or is bringing) are awaited one after the
+        other, with no task each; should one need its own fetch, the rest are fetched concurrently."""
         blocks: list[Buffer] = []
+        last = first + len(keys) - 1
         index = first
         while index <= last:
-            key = self._block_key(art, index, total)
+            key = keys[index - first]
             if not self._held_or_coming(key):
                 break
-            blocks.append(await self._checked_block(art, index, total))
+            blocks.append(await self._checked_block(art, index, total, key))
             index += 1
         if index > last:
             return blocks
@@ -280,7 +284,7 @@ class Reader:
 
         async def fetch(i: int) -> None:
             try:
-                rest[i - start] = await self._checked_block(art, i, total)
+                rest[i - start] = await self._checked_block(art, i, total, keys[i - first])
             except CiartfsError as e:  # one error for the kernel, not an ExceptionGroup
                 failures.append(e)
 
@@ -291,8 +295,8 @@ class Reader:
             raise failures[0]
         return blocks + rest
 
-    async def _checked_block(self, art: Artifact, index: int, total: int) -> Buffer:
-        block = await self._buffer(art, index, total)
+    async def _checked_block(self, art: Artifact, index: int, total: int, key: str | None = None) -> Buffer:
+        block = await self._buffer(art, index, total, key)
         expected = min(self.block_size, total - index * self.block_size)
         if len(block) > expected and not art.immutable:
             block = block[:expected]  # the file grew since its size was shown: serve up to that
@@ -331,9 +335,11 @@ class Reader:
         block = await self._buffer(art, index, total)
         return block if type(block) is bytes else bytes(block)
 
-    async def _buffer(self, art: Artifact, index: int, total: int | None) -> Buffer:
-        """`block`, as kept: a view of its run, if it came with one (no copy)."""
-        key = self._block_key(art, index, total)
+    async def _buffer(self, art: Artifact, index: int, total: int | None, key: str | None = None) -> Buffer:
+        """`block`, as kept: a view of its run, if it came with one (no copy). `key`: its key,
+        when the caller has it already."""
+        if key is None:
+            key = self._block_key(art, index, total)
         hit = self.memory.get_buffer(key)
         if hit is not None:
             self.stats.memory_hits += 1
@@ -372,8 +378,10 @@ class Reader:
         disk = self.disk
         runs = source.readahead_runs(art)
 
+        keys: dict[int, str] = {}  # (each block's key once: a run's are claimed below)
+
         def state(index: int) -> Any:
-            key = self._block_key(art, index, total)
+            key = keys[index] = self._block_key(art, index, total)
             if self._held_or_coming(key):
                 return "held"
             # (without runs every block is fetched alone anyway: no need to ask the disk index)
@@ -385,7 +393,7 @@ class Reader:
                 continue
             run = []
             for index in step[1]:
-                key = self._block_key(art, index, total)
+                key = keys[index]
                 call = self._flight.claim(key)
                 assert call is not None  # not in flight: checked above, and nothing awaited since
                 run.append((index, key, call))
