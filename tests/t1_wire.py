@@ -15,9 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ciartfs.net import pool as wire_pool
 from ciartfs.net import wire
-from ciartfs.net.pool import _Exchange
+from ciartfs.net.pool import MAX_HEAD_BYTES, _Exchange
 from ciartfs.net.wire import (
     MAX_CONTENT_LENGTH,
     BrokenAnswer,
@@ -306,7 +305,7 @@ def test_a_chunked_body_s_trailers_are_not_headers():
 
 def test_an_oversized_head_is_broken_whatever_the_reads():
     field = b"X-Pad: " + b"a" * 1000 + b"\r\n"
-    answer = b"HTTP/1.1 200 OK\r\n" + field * (wire_pool.MAX_HEAD_BYTES // len(field) + 1) + b"Content-Length: 0\r\n\r\n"
+    answer = b"HTTP/1.1 200 OK\r\n" + field * (MAX_HEAD_BYTES // len(field) + 1) + b"Content-Length: 0\r\n\r\n"
     for size in (len(answer), 4096, 1000):
         ours = our_reading([answer[i:i + size] for i in range(0, len(answer), size)])
         assert ours.error is BrokenAnswer, size
