@@ -21,6 +21,11 @@ Where the machine is too busy for CPU times, count instructions, which load does
 `valgrind --tool=callgrind python scripts/measure_client_cpu.py --in-memory-only partial
 --requests N` for two values of N gives the instructions per request as the difference of the
 two totals divided by the difference of the Ns (start-up and warm-up cancel out).
+
+`--listing N` measures a listed artifact's whole client path instead (`HttpClient.get_range`
+of a size probe: the API's 302, then storage's 206 of a small file, 96 at once, in memory);
+under callgrind, likewise the difference of two Ns. To measure another checkout with it, run
+this file with that checkout's venv (its ciartfs is the one imported).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import trio
 
 import ciartfs
 from ciartfs.net import pool as connpool
+from ciartfs.net.client import HttpClient
 from ciartfs.net.pool import PoolPerOrigin
 from ciartfs.net.wire import parse_url
 
@@ -118,6 +124,64 @@ class InMemoryPool(PoolPerOrigin):
         return connpool._Connection(AnsweringStream(ANSWERS[target.path.encode()]), IdleSocket())  # type: ignore[arg-type]
 
 
+class ListingStream(AnsweringStream):
+    """The two hops of a listed artifact: the API host answers each request with a 302 to its
+    own storage URL, the storage host with a 206 of a whole 2000-byte file. Each send and
+    receive passes through the scheduler once, as a socket's wait does."""
+
+    SMALL_FILE = (b"HTTP/1.1 206 Partial Content\r\nx-amz-request-id: 8K3J1S5N0X7Q2W9E\r\n"
+                  b"Date: Wed, 02 Dec 2026 14:00:00 GMT\r\nETag: \"9b2cf535f27731c974343645a3985328\"\r\n"
+                  b"Accept-Ranges: bytes\r\nContent-Range: bytes 0-1999/2000\r\nContent-Type: application/octet-stream\r\n"
+                  b"Server: AmazonS3\r\nContent-Length: 2000\r\n\r\n") + bytes(range(250)) * 8
+
+    def __init__(self, storage: bool) -> None:
+        super().__init__(b"")
+        self.storage = storage
+
+    async def send_all(self, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.storage:
+            self.pending = self.SMALL_FILE
+        else:  # REDIRECT's Location, on the storage host, at this artifact's path
+            path = bytes(data).split(b" ", 2)[1]
+            self.pending = REDIRECT.replace(b"https://circle-production-customer-artifacts.s3.amazonaws.com/picard/5f1a/",
+                                            b"http://storage.invalid" + path + b"/")
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return await super().receive_some(max_bytes)
+
+
+class InMemoryListingPool(PoolPerOrigin):
+    async def _connect(self, target):  # type: ignore[no-untyped-def]
+        return connpool._Connection(ListingStream(target.host == "storage.invalid"), IdleSocket())  # type: ignore[arg-type]
+
+
+async def listing_run(artifacts: int) -> float:
+    """Client CPU seconds per listed artifact: `HttpClient.get_range` of a size probe (16 KiB)
+    of `artifacts` artifacts, 96 at once, each an API 302 and then storage's 206."""
+    client = HttpClient(timeout=30, transport=InMemoryListingPool(max_per_origin=96, max_idle=300))
+    limit = trio.Semaphore(96)
+
+    async def probe(i: int) -> None:
+        async with limit:
+            reply = await client.get_range(f"http://api.invalid/artifacts/{i}/file-{i}.txt", 0, 16 << 10)
+            assert reply.total == 2000 and len(reply.data) == 2000
+
+    async def probes(first: int, count: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(first, first + count):
+                nursery.start_soon(probe, i)
+
+    try:
+        await probes(10**9, 200)  # warm up: the connections, imports, caches
+        start = time.thread_time()
+        await probes(0, artifacts)
+        return (time.thread_time() - start) / artifacts
+    finally:
+        await client.aclose()
+
+
 async def one_run(url: str, path: str, requests: int, in_memory: bool) -> float:
     """Client CPU seconds per request over `requests` requests."""
     pool = (InMemoryPool if in_memory else PoolPerOrigin)(max_per_origin=4)
@@ -147,7 +211,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="runs per answer, the median reported (default 7)")
     parser.add_argument("--in-memory-only", choices=["partial", "redirect"],
                         help="run this answer once, in memory, exactly --requests times, and print nothing (for valgrind)")
+    parser.add_argument("--listing", type=int, metavar="N",
+                        help="instead: N listed artifacts (an API 302, then a 206) through HttpClient.get_range, "
+                             "96 at once, in memory; prints the CPU per artifact (for valgrind: the difference of two Ns)")
     args = parser.parse_args()
+    if args.listing:
+        print(f"{trio.run(listing_run, args.listing) * 1e6:.1f} us/listed artifact CPU")
+        return
     if args.in_memory_only:
         trio.run(one_run, "http://in-memory.invalid", "/" + args.in_memory_only, args.requests, True)
         return

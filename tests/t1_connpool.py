@@ -14,12 +14,13 @@ import time
 
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from ciartfs.errors import BadListing, UpstreamError, UpstreamTimeout
 from ciartfs.net import pool as connpool
 from ciartfs.net.client import HttpClient
-from ciartfs.net.pool import MAX_INFORMATIONAL, PoolPerOrigin, _Origin
+from ciartfs.net.pool import MAX_INFORMATIONAL, PoolPerOrigin, _Origin, _Slots
 from ciartfs.net.wire import HEAD_END, ResponseParser, parse_url
 from loopback_server import LoopbackServer, read_head
 
@@ -633,21 +634,95 @@ def test_429_halves_an_origins_concurrency_once_per_burst_and_answers_grow_it_ba
     origin = _Origin(("http", "h", 80), 32)
     sent_before = origin.generation
     origin.answered(429, sent_before)
-    assert origin.slots.total_tokens == 16
+    assert origin.slots.limit == 16
     for _ in range(10):  # the rest of the burst: sent before the cut, no news
         origin.answered(429, sent_before)
-    assert origin.slots.total_tokens == 16
+    assert origin.slots.limit == 16
     origin.answered(429, origin.generation)  # sent under the new limit, refused again
-    assert origin.slots.total_tokens == 8
+    assert origin.slots.limit == 8
     for _ in range(8):  # a round of answers without 429: one more at once
         origin.answered(206, origin.generation)
-    assert origin.slots.total_tokens == 9
+    assert origin.slots.limit == 9
     for _ in range(10_000):
         origin.answered(200, origin.generation)
-    assert origin.slots.total_tokens == 32  # never above the pool's bound
+    assert origin.slots.limit == 32  # never above the pool's bound
     for _ in range(10):
         origin.answered(429, origin.generation)
-    assert origin.slots.total_tokens == 1  # never below one
+    assert origin.slots.limit == 1  # never below one
+
+
+async def test_a_freed_slot_goes_to_the_longest_waiting_request_never_to_a_newcomer():
+    slots = _Slots(1)
+    order: list[str] = []
+
+    async def request(name: str, done: trio.Event) -> None:
+        await slots.acquire()
+        order.append(name)
+        await done.wait()
+        slots.release()
+
+    done = {name: trio.Event() for name in "abcd"}
+    async with trio.open_nursery() as nursery:
+        for name in "abc":
+            nursery.start_soon(request, name, done[name])
+            await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a"] and slots.taken == 1 and slots.waiting()
+        done["a"].set()  # freed: b's, handed over while b still sleeps
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(request, "d", done["d"])  # a newcomer, with c still waiting: waits behind it
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["a", "b"] and slots.taken == 1
+        for name in "bcd":
+            done[name].set()
+    assert order == ["a", "b", "c", "d"] and slots.taken == 0 and not slots.waiting()
+
+
+async def test_a_request_cancelled_while_waiting_for_a_slot_takes_none():
+    slots = _Slots(1)
+    await slots.acquire()
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def waits() -> None:
+            with scope:
+                await slots.acquire()
+                raise AssertionError("took a slot that was never freed")
+
+        nursery.start_soon(waits)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+    slots.release()  # nobody left waiting: nothing handed over
+    assert slots.taken == 0 and not slots.waiting()
+    with trio.CancelScope() as cancelled:  # a request cancelled before it asks takes none either
+        cancelled.cancel()
+        await slots.acquire()
+    assert slots.taken == 0
+
+
+async def test_a_lower_limit_waits_for_releases_and_a_higher_one_lets_waiters_in_at_once():
+    slots = _Slots(4)
+    for _ in range(4):
+        await slots.acquire()
+    slots.set_limit(2)  # nothing taken back from requests out
+    got = []
+
+    async def waits(i: int) -> None:
+        await slots.acquire()
+        got.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):  # one at a time: they wait in this order
+            nursery.start_soon(waits, i)
+            await trio.testing.wait_all_tasks_blocked()
+        slots.release()
+        slots.release()  # 2 out, at the limit: still nobody in
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [] and slots.taken == 2
+        slots.set_limit(4)  # two more at once: the two that waited longest (run in either order)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(got) == [0, 1] and slots.taken == 4
+        slots.release()
+    assert sorted(got) == [0, 1, 2] and got[2] == 2 and slots.taken == 4
 
 
 async def test_a_host_that_answers_429_gets_fewer_requests_at_once(server):

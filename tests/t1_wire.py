@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ciartfs.net import wire
-from ciartfs.net.pool import _Exchange
+from ciartfs.net.pool import MAX_HEAD_BYTES, _Exchange
 from ciartfs.net.wire import (
     MAX_CONTENT_LENGTH,
     BrokenAnswer,
@@ -157,7 +157,7 @@ field_values = st.lists(st.sampled_from([b"0", b"4", b"10", b"0004", b"1" + b"0"
                                          b"9223372036854775808", b"18446744073709551615", b",", b" ", b"\t", b"chunked",
                                          b"CHUNKED", b"gzip", b"chunked, gzip", b"gzip, chunked", b"chunked,", b";q=1", b"close",
                                          b"keep-alive", b"-", b"+", b"\x00", b"\r",
-                                         b"\x7f", b"\xe9", b"a", FOLD]), max_size=4)
+                                         b"\x7f", b"\xe9", b"a", b":", b"http://h:8/a?b=c:d", FOLD]), max_size=4)
 reasons = st.lists(st.sampled_from([b" ", b"\t", b"\x00", b"\xe9", b"\x7f", b"OK", b"Partial Content", b"\r"]),
                    max_size=3).map(b"".join)
 bodies = st.sampled_from([b"", b"abcd", b"ab", b"3\r\nabc\r\n0\r\n\r\n", b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n", b"3\r\nab",
@@ -272,6 +272,43 @@ def test_answer_examples(answer, status, body, reusable):
 def test_a_folded_field_reads_as_one_line():
     ours = our_reading([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Long: one \r\n\t two\r\n three\r\n\r\n"])
     assert ours.headers["x-long"] == "one two three"
+
+
+@pytest.mark.parametrize("fields, expected", [
+    # a repeated name (in any case) is one field, its values joined in order (RFC 9110 5.3)
+    (b"Vary: a\r\nX-A: 1\r\nvary: b\r\nVARY: c\r\n", {"vary": "a, b, c", "x-a": "1"}),
+    # a value's colons are its own: the name ends at the first
+    (b"Location: http://h:8080/a?b=c:d\r\n", {"location": "http://h:8080/a?b=c:d"}),
+    # whitespace around a value is not part of it (tabs too); an empty value is a value
+    (b"X-A: \t one two \t\r\nX-B:\r\nX-C:   \r\n", {"x-a": "one two", "x-b": "", "x-c": ""}),
+    # bare LF line ends, mixed with CRLF, and a value ending in whitespace before a bare LF
+    (b"X-A: 1 \nX-B: 2\r\nX-C: 3\t\n", {"x-a": "1", "x-b": "2", "x-c": "3"}),
+    # bytes outside ASCII read as Latin-1, one character each
+    (b"X-A: caf\xc3\xa9\r\n", {"x-a": "caf\xc3\xa9"}),
+    # obsolete folding inside a repeated field, read as one space
+    (b"X-A: one\r\nX-A: two\r\n three\r\n", {"x-a": "one, two three"}),
+])
+def test_head_fields_are_split_as_llhttp_reads_them(fields, expected):
+    answer = b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nab"
+    for cut in range(1, len(answer)):  # whatever the reads the head arrives in
+        ours = our_reading([answer[:cut], answer[cut:]])
+        assert ours.error is None and ours.body == b"ab" and ours.headers == {**expected, "content-length": "2"}, cut
+    unfolded = answer.replace(b"\r\n three", b" three")
+    assert ours.headers == header_dict((n, v.strip(b" \t")) for n, v in LlhttpReading(unfolded).messages[0].fields)
+
+
+def test_a_chunked_body_s_trailers_are_not_headers():
+    ours = our_reading([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
+                        b"3\r\nabc\r\n0\r\nX-A: 2\r\nX-Trailer: 3\r\n\r\n"])
+    assert (ours.error, ours.body, ours.headers) == (None, b"abc", {"transfer-encoding": "chunked", "x-a": "1"})
+
+
+def test_an_oversized_head_is_broken_whatever_the_reads():
+    field = b"X-Pad: " + b"a" * 1000 + b"\r\n"
+    answer = b"HTTP/1.1 200 OK\r\n" + field * (MAX_HEAD_BYTES // len(field) + 1) + b"Content-Length: 0\r\n\r\n"
+    for size in (len(answer), 4096, 1000):
+        ours = our_reading([answer[i:i + size] for i in range(0, len(answer), size)])
+        assert ours.error is BrokenAnswer, size
 
 
 def test_an_answer_to_head_has_no_body_whatever_it_declares():
@@ -397,6 +434,13 @@ def test_a_request_body_is_framed_by_its_length():
     assert server.error is None and server.requests == [(b"PUT", b"/start-download/a%2Fb")] and server.body == b'{"a": 1}'
 
 
+@pytest.mark.parametrize("path", ["/a b", "/a\tb", "/a\x7f", "/a\x00", "/caf\xe9", "/a\r\nX-Injected: 1", ""])
+def test_request_targets_outside_printable_ascii_are_refused(path):
+    target = wire.Target("http", "example.test", 80, path)  # (parse_url never makes these: built by hand)
+    with pytest.raises(httpx.LocalProtocolError):
+        request_fields(target, [])
+
+
 def test_header_values_cannot_add_lines():
     target = parse_url("http://example.test/a")
     for value in ("a\r\nX-Injected: 1", "a\nb", "a\x00", "caf\xe9"):
@@ -441,7 +485,7 @@ def our_target(url: str) -> tuple[str, str, int, str] | None:
 
 
 @settings(max_examples=1000, deadline=None)
-@given(scheme=st.sampled_from(["http", "https", "HTTP", "ftp"]),
+@given(scheme=st.sampled_from(["http", "https", "HTTP", "hTtPs", "ftp"]),
        host=st.lists(st.sampled_from(["a", "Z", "9", "255", "256", "01", ".", "-", "[::1]", "@", "ü", "%41", ":", "_"]),
                      max_size=8).map("".join),
        port=st.sampled_from(["", ":", ":80", ":443", ":8080", ":0", ":65536", ":x"]),

@@ -449,6 +449,49 @@ class _Exchange:
         self.done = True
 
 
+class _Slots:
+    """How many of an origin's requests are out (`taken`, at most `limit`), and who waits for a
+    slot: what trio.CapacityLimiter did here, with its checkpoints and fairness (first come,
+    first served: none taken past a waiting task; a freed slot handed straight to the first),
+    without what this pool never used: a set of borrowers, a statistics object asked for at
+    each release, and its wake-up pass run even with nobody waiting. A slot is counted, not
+    owned by a task: the task that closes a body may not be the one that sent its request."""
+
+    __slots__ = ("limit", "taken", "_waiting")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+        self._waiting = trio.lowlevel.ParkingLot()
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.taken < self.limit and not self._waiting:
+            self.taken += 1
+            # (a pass through the scheduler as CapacityLimiter makes: taking a free slot without
+            # it let a grep's next requests run ahead of the FUSE requests, slower overall)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            await self._waiting.park()  # woken with a slot counted for it (`_hand_over`)
+
+    def release(self) -> None:
+        self.taken -= 1
+        if self._waiting:
+            self._hand_over()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._hand_over()
+
+    def waiting(self) -> bool:
+        return bool(self._waiting)
+
+    def _hand_over(self) -> None:
+        while self._waiting and self.taken < self.limit:
+            self._waiting.unpark()  # (a task cancelled while parked has left the lot: never handed one)
+            self.taken += 1
+
+
 class _Origin:
     """One origin's idle connections, and how many requests may be out at once: the pool's
     `max_per_origin`, until the server answers 429 Too Many Requests. Then half as many, and
@@ -459,33 +502,33 @@ class _Origin:
     def __init__(self, key: tuple[str, str, int], max_connections: int) -> None:
         self.key = key
         self.max_connections = max_connections
-        self.slots = trio.CapacityLimiter(max_connections)
+        self.slots = _Slots(max_connections)
         self.idle: list[_Connection] = []
         self.generation = 0  # bumped by each cut
         self.answers = 0  # answers without a 429 since the limit last changed
 
     def unused(self) -> bool:
-        return not self.idle and self.slots.borrowed_tokens == 0 and self.slots.statistics().tasks_waiting == 0
+        return not self.idle and self.slots.taken == 0 and not self.slots.waiting()
 
     def answered(self, status: int, generation: int) -> None:
-        limit = self.slots.total_tokens
+        limit = self.slots.limit
         if status == 429:
             if generation == self.generation and limit > 1:
-                self.slots.total_tokens = max(1, int(limit) // 2)
+                self.slots.set_limit(max(1, limit // 2))
                 self.generation += 1
                 self.answers = 0
         elif limit < self.max_connections:
             self.answers += 1
             if self.answers >= limit:
-                self.slots.total_tokens = limit + 1
+                self.slots.set_limit(limit + 1)
                 self.answers = 0
 
 
 class _Body(httpx.AsyncByteStream):
     """A response body; closing it hands the connection back (or closes a spent one)."""
 
-    def __init__(self, pool: PoolPerOrigin, origin: _Origin, exchange: _Exchange, slot: object) -> None:
-        self._pool, self._origin, self._exchange, self._slot = pool, origin, exchange, slot
+    def __init__(self, pool: PoolPerOrigin, origin: _Origin, exchange: _Exchange) -> None:
+        self._pool, self._origin, self._exchange = pool, origin, exchange
         self._closed = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -514,7 +557,7 @@ class _Body(httpx.AsyncByteStream):
             else:  # unread or broken: the rest of the body would arrive on the next request
                 await exchange.conn.aclose()
         finally:
-            self._pool._release(self._origin, self._slot)
+            self._pool._release(self._origin)
 
 
 def _peer_address(sock: trio.socket.SocketType) -> str:
@@ -542,8 +585,8 @@ class PoolPerOrigin:
             self._ssl = httpx.create_ssl_context()  # certificates verified, as httpx does by default
         return self._ssl
 
-    def _release(self, origin: _Origin, slot: object) -> None:
-        origin.slots.release_on_behalf_of(slot)
+    def _release(self, origin: _Origin) -> None:
+        origin.slots.release()
         self._forget_if_unused(origin)
 
     def _forget_if_unused(self, origin: _Origin) -> None:
@@ -639,8 +682,7 @@ class PoolPerOrigin:
         origin = self._origins.get(target.origin)
         if origin is None:
             origin = self._origins[target.origin] = _Origin(target.origin, self.max_per_origin)
-        slot = object()  # borrows the slot: not the task, as another task may close the body
-        await origin.slots.acquire_on_behalf_of(slot)
+        await origin.slots.acquire()
         generation = origin.generation
         conn: _Connection | None = None
         try:
@@ -651,10 +693,10 @@ class PoolPerOrigin:
         except BaseException:
             if conn is not None:
                 await conn.aclose()
-            self._release(origin, slot)
+            self._release(origin)
             raise
         origin.answered(exchange.status, generation)
-        return Reply(exchange.status, exchange.headers, _Body(self, origin, exchange, slot))
+        return Reply(exchange.status, exchange.headers, _Body(self, origin, exchange))
 
     async def aclose(self) -> None:
         self._closed = True
