@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import functools
 import hashlib
@@ -56,6 +57,7 @@ from typing import Any
 
 import xxhash
 
+from ciartfs import libc
 from ciartfs.buffers import PAGE, page_aligned
 from ciartfs.private_dir import ensure_private_dir
 
@@ -642,9 +644,8 @@ class DiskStore:
         try:
             with self._db_lock, _transaction(self._db):
                 for k in keys:
-                    kid = key_digest(k)[0]
-                    spans += self._db.execute("SELECT pack, pos, len FROM entries WHERE k=?", (kid,)).fetchall()
-                    self._db.execute("DELETE FROM entries WHERE k=?", (kid,))
+                    spans += self._db.execute("DELETE FROM entries WHERE k=? RETURNING pack, pos, len",
+                                              (key_digest(k)[0],)).fetchall()
         except sqlite3.Error as e:
             log.warning("disk cache: cannot update the index: %s", e)
             return
@@ -793,20 +794,7 @@ class DiskStore:
             self._db.close()
 
 
-def _fallocate() -> Any:
-    """libc's fallocate(2), or None (not Linux, no libc through ctypes)."""
-    try:
-        import ctypes
-
-        call = ctypes.CDLL(None, use_errno=True)["fallocate"]
-        call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-        call.restype = ctypes.c_int
-        return call
-    except (ImportError, AttributeError, OSError):
-        return None
-
-
-_FALLOCATE = _fallocate()
+_FALLOCATE = libc.function("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 _PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 

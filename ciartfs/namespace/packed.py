@@ -62,9 +62,9 @@ class Packed(Generic[T]):
     __slots__ = ("dirs", "names", "prefixes", "texts", "flags", "apart", "_ends")
 
     def __init__(self, dirs: list[str], names: list[str], texts: Sequence[str], flags: bytes,
-                 apart: list[tuple[str, T]], prefixes: Sequence[str] | None = None) -> None:
+                 apart: list[tuple[str, T]], prefixes: Sequence[str]) -> None:
         self.dirs, self.names, self.texts, self.flags, self.apart = dirs, names, tuple(texts), flags, apart
-        self.prefixes = tuple(prefixes) if prefixes is not None else ("",) * len(self.texts)
+        self.prefixes = tuple(prefixes)
         # per column, where each value ends (made when a value is first asked for: 8 bytes a
         # file, where a list of the values would cost a str object each)
         self._ends: list[array[int] | None] = [None] * len(self.texts)
@@ -110,7 +110,7 @@ def pack(tree: FileTree[T], *, columns: Callable[[str, T], Sequence[str]], width
         texts.append(text)
         prefixes.append(prefix)
     flag_bytes = bytes(flags(p, v) for p, v in zip(paths, values, strict=True)) if flags else bytes(len(values))
-    return Packed(dirs, names, texts, flag_bytes, kept_apart, prefixes)
+    return Packed(dirs, names, texts, flag_bytes, kept_apart, prefixes=prefixes)
 
 
 def _shared_prefix(values: list[str]) -> str:

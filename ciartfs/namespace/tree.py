@@ -68,7 +68,6 @@ import bisect
 import collections
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import logging
 import time
@@ -76,6 +75,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 
 import trio
 
+from ciartfs import libc
 from ciartfs.data.cache import SingleFlight
 from ciartfs.errors import CiartfsError, NotFound, UpstreamError, again
 from ciartfs.namespace.model import Artifact, DirSource, Entry, Kind, PackedFiles, StaticDir, many_made
@@ -180,17 +180,7 @@ def _listed(parent: Node, name: str) -> bool:
     return at < len(listing) and listing[at] == name
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        trim = libc.malloc_trim  # glibc only
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-_malloc_trim = _find_malloc_trim()
+_malloc_trim = libc.function("malloc_trim", ctypes.c_int, ctypes.c_size_t)  # glibc only
 
 
 def return_freed_memory() -> None:
