@@ -263,9 +263,11 @@ def test_hostile_listings_fail_with_eio_and_memory_stays_under_the_ceiling(fake,
         results = dict(zip(kinds, pool.map(listing, kinds), strict=True))
     assert results == dict.fromkeys(kinds, errno.EIO)
     peak = _vm(m.proc.pid, "VmHWM")
-    # Before bounding: 32 endless listings took 2088 MiB, 8 gzip bombs 955 MiB. Measured
-    # after: 136-149 MiB for all 40 at once (the daemon starts at ~35 MiB).
-    assert peak <= memory_cache + bound + 100 * MIB, f"peak RSS {peak >> 20} MiB"
+    # Before bounding: 32 endless listings took 2088 MiB, 8 gzip bombs 955 MiB. Bounded, all 40
+    # at once took 136-174 MiB while glibc kept freed bodies as heap holes (~53 MiB at the
+    # peak); with its mmap threshold fixed (mount.tune_malloc), 110-125 MiB, also two tests at
+    # a time. The daemon starts at ~38 MiB.
+    assert peak <= memory_cache + bound + 64 * MIB, f"peak RSS {peak >> 20} MiB"
     # the mount still serves good listings and bytes
     root = m.path / "github/good/api/1/0"
     assert os.listdir(root / "ok") == ["data.bin"]
