@@ -375,8 +375,10 @@ def report(args: argparse.Namespace, res: Results, link: dict[str, Any], log_pro
         width=width))
     print()
     tgt = [*targets(res, a.memory_cache or f"{Settings.memory_cache >> 20}M"), *more_targets]
-    tw, mw, nw = (max(len(x) for x in col) for col in zip(*((t.text, t.measured, t.need) for t in tgt), strict=True))
-    print(f"{'targets (the issue)':<{tw}}  {'measured':>{mw}}  {'need':>{nw}}  status")
+    header = ("targets (the issue)", "measured", "need")  # also the widths when no scenario ran
+    tw, mw, nw = (max(len(x) for x in col) for col in zip(header, *((t.text, t.measured, t.need) for t in tgt),
+                                                            strict=True))
+    print(f"{header[0]:<{tw}}  {header[1]:>{mw}}  {header[2]:>{nw}}  status")
     print("-" * (tw + mw + nw + 14))
     for t in tgt:
         print(f"{t.text:<{tw}}  {t.measured:>{mw}}  {t.need:>{nw}}  {t.status}")
