@@ -184,14 +184,15 @@ async def test_a_finished_job_listed_again_after_forget_comes_from_its_kept_list
             "2/node2.txt"} <= set(first)
     assert first["0/deep/a/x.txt"][:2] == ("file", 70_000) and first["0/deep"][0] == "dir"
     assert set(first["0/top.json"][3]) == {"user.ciartfs.source", "user.ciartfs.url"}
-    assert len(parsed) == 2
+    assert len(set(parsed)) == 2  # the two jobs' listings (a page at a time)
+    parses = len(parsed)
     await fs.forget_everything()
     fake.clear_requests()
     listed = await fs.readdir(f"{job}/0/out")
     assert all(fs.node(a.inode).made_artifact is None for a in listed.values()), "an artifact made by a listing"
     assert await fs.snapshot(job) == first
     assert await fs.snapshot(workflow_job) == first_workflow
-    assert len(parsed) == 2, "listed again by parsing the job's artifacts"
+    assert len(parsed) == parses, "listed again by parsing the job's artifacts"
     assert not [r for r in fake.requests if r.path.endswith("/artifacts")]
     assert await fs.read_file(f"{job}/0/deep/a/x.txt") == b"x" * 70_000
     tree_sees_no_packed_files(monkeypatch)

@@ -148,11 +148,16 @@ class CircleCIV2Api:
         # finished jobs' listings, placed, by "v2|<where>/<job>" (shared with v1.1's API on one host)
         self.kept: KeptNodes = kept if kept is not None else KeptListings()
 
-    async def _items(self, url: str, keep: Keep = None) -> AsyncIterator[Any]:
+    async def _pages(self, url: str, keep: Keep = None) -> AsyncIterator[list[Any]]:
+        """Each page's items, a page at a time."""
         async for doc in pages(self.docs, url, token_param="page-token", token_field="next_page_token", keep=keep):
             if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
                 raise BadListing(f"{url}: no 'items' list")
-            for item in doc["items"]:
+            yield doc["items"]
+
+    async def _items(self, url: str, keep: Keep = None) -> AsyncIterator[Any]:
+        async for items in self._pages(url, keep):
+            for item in items:
                 yield item
 
     @staticmethod
@@ -168,7 +173,12 @@ class CircleCIV2Api:
 
     async def job_artifacts(self, slug: str, number: int, *, done: bool) -> list[ArtifactRecord]:
         url = f"{self.base}/project/{slug}/{number}/artifacts"
-        return parse_artifacts([item async for item in self._items(url, keep=done)], url)
+        # parsed a page at a time: a page's documents are gone before the next page's arrive, so
+        # only the records, which the listing needs, are alive together (100 pages of 1000)
+        records: list[ArtifactRecord] = []
+        async for items in self._pages(url, keep=done):
+            records += parse_artifacts(items, url)
+        return records
 
     async def pipeline_id(self, slug: str, number: int) -> str:
         url = f"{self.base}/project/{slug}/pipeline/{number}"
