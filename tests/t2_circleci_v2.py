@@ -87,6 +87,23 @@ async def test_v2_only_project_jobs(fake, inproc):
     assert await errno_of(fs.readdir("circleci/6f0b5b0e-org/a1b2c3-proj/99")) == errno.ENOENT
 
 
+async def test_a_bad_item_on_one_page_fails_the_job_listing_without_asking_for_the_pages_after_it(fake, inproc):
+    """A job's artifacts are parsed a page at a time: an item of the wrong shape on page 2 of 3
+    fails the listing (EIO) at once, page 3 is never asked for, and the mount goes on serving."""
+    v2 = v2_dataset(fake)
+    build = v2.projects[("circleci", "6f0b5b0e-org", "a1b2c3-proj")].builds[42]
+    page = v2.v2.page_size
+    assert 2 * page < len(build.artifacts) <= 3 * page  # three pages
+    build.artifacts[page].node_index = -1  # page 2's first: not a non-negative integer
+    fs = await inproc(token=TOKEN)
+    fs.expect_errors = True
+    job = "circleci/6f0b5b0e-org/a1b2c3-proj/42"
+    assert await errno_of(fs.readdir(job)) == errno.EIO
+    pages = [r for r in v2.requests if r.path.endswith("/42/artifacts")]
+    assert len(pages) == 2, [r.query for r in pages]
+    assert (await fs.stat(job)).is_dir  # the mount goes on
+
+
 async def test_workflow_view_with_renames(fake, inproc):
     v2 = v2_dataset(fake)
     fs = await inproc(token=TOKEN)
